@@ -1,0 +1,48 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP_BASE := $(VENV)/.installed-base
+STAMP_TEST := $(VENV)/.installed-test
+STAMP_BENCH := $(VENV)/.installed-bench
+JOBS ?= 2
+
+.PHONY: demo test validate bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP_BASE): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[data]"
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+$(STAMP_BENCH): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[test,bench]"
+	touch $@
+
+demo: $(STAMP_BASE)
+	$(PY) -m poolwise.datasets drivers demo/drivers.csv --force
+	$(VENV)/bin/poolwise compare demo/drivers.csv -f "reaction ~ 1 + (1 | driver)" --out demo --force
+	@echo "demo written to demo/ (figure, table, results)"
+
+test: $(STAMP_TEST)
+	$(PY) -m pytest -n $(JOBS) -q tests
+
+validate: $(STAMP_TEST)
+	$(PY) -m validation.sbc --reps 400 --out validation/_out
+
+bench: $(STAMP_BENCH)
+	$(PY) benchmarks/run.py --out benchmarks/results.md
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

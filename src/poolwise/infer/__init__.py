@@ -1,0 +1,99 @@
+"""Inference: a bound spec and its reduced data in, a :class:`Draws` record out.
+
+Every method returns the same record — arrays shaped (chain, draw, …) with plain names —
+so that ``fit.py`` needs one converter to ArviZ.  No labels, no ArviZ here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+from ..spec import BoundSpec
+
+__all__ = ["Draws", "run", "METHODS", "Progress"]
+
+METHODS = ("exact", "nuts")
+
+#: progress callback: (stage, fraction done in [0, 1])
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Posterior draws in plain arrays.
+
+    Attributes
+    ----------
+    beta
+        Common coefficients, (chain, draw, p), in the order of ``BoundSpec.coef_names``.
+    sigma
+        Residual SD, (chain, draw); ``None`` when standard errors are known.
+    tau
+        Population SD of the group intercepts, (chain, draw); ``None`` when it is fixed.
+    b
+        Group intercept deviations from the population mean, (chain, draw, J); ``None`` for
+        the pooled model.
+    sample_stats
+        Sampler diagnostics, each (chain, draw) (``diverging``, ``acceptance_rate``, …).
+    method
+        ``"exact"`` or ``"nuts"``.
+    info
+        Settings and notes of the run (seconds taken, target_accept, grid size, …).
+    """
+
+    beta: np.ndarray
+    sigma: np.ndarray | None
+    tau: np.ndarray | None
+    b: np.ndarray | None
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    method: str = "exact"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_chains(self) -> int:
+        return int(self.beta.shape[0])
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.beta.shape[1])
+
+
+def run(
+    bound: BoundSpec,
+    *,
+    method: str,
+    seed: int,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    progress: Progress | None = None,
+    **options: Any,
+) -> Draws:
+    """Dispatch to an inference method.
+
+    Raises
+    ------
+    SpecError
+        For an unknown method or one that does not apply to the family.
+    """
+    if method == "exact":
+        if not bound.spec.family.exact:
+            raise SpecError(f"method='exact' needs a gaussian family, not {bound.spec.family.name}.",
+                            hint="Use method='nuts'.", option="method")
+        from . import exact
+        from ..reduce import reduce
+
+        return exact.sample(bound, reduce(bound), seed=seed, chains=chains, draws=draws, progress=progress,
+                            **options)
+    if method == "nuts":
+        from . import nuts
+
+        return nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
+                           **options)
+    raise SpecError(f"The 'method' option must be one of {', '.join(repr(m) for m in METHODS)}. Got {method!r}.",
+                    option="method")
