@@ -64,7 +64,7 @@ def compare(
     if isinstance(formula, ModelSpec):
         base = formula
     else:
-        base = ModelSpec(formula, family=family, priors=dict(priors or {}))
+        base = ModelSpec(formula, family=family, priors=dict(priors or {}))  # type: ignore[arg-type]
     table = data if isinstance(data, _data.Table) else _data.read_table(data)
     fits: dict[str, Fit] = {}
     for i, pooling in enumerate(POOLINGS):
@@ -111,7 +111,7 @@ class Comparison:
         ``shrinkage``: the observed fraction of the way from the unpooled to the pooled
         estimate, (unpooled − hierarchical) / (unpooled − pooled).  Rows are ordered by size.
         """
-        parts = []
+        parts: list[pd.DataFrame] = []
         for name, f in self.fits.items():
             est = f.group_estimates(prob)
             if not parts:

@@ -92,13 +92,13 @@ def fit(
     if isinstance(formula, ModelSpec):
         spec = formula
     else:
-        spec = ModelSpec(formula, family=family, pooling=pooling, priors=dict(priors or {}))
+        spec = ModelSpec(formula, family=family, pooling=pooling, priors=dict(priors or {}))  # type: ignore[arg-type]
     for name, value in (("chains", chains), ("draws", draws)):
         if not isinstance(value, int) or value < 1:
             raise SpecError(f"The '{name}' option must be a positive integer. Got {value!r}.", option=name)
     if not isinstance(warmup, int) or warmup < 0:
         raise SpecError(f"The 'warmup' option must be a non-negative integer. Got {warmup!r}.", option="warmup")
-    method = method or ("exact" if spec.family.exact else "nuts")
+    method = method or ("exact" if spec.fam.exact else "nuts")
     table = data if isinstance(data, _data.Table) else _data.read_table(data)
     bound = spec.bind(table)
     result = run(bound, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
@@ -172,7 +172,7 @@ class Fit:
 
     def __repr__(self) -> str:
         b = self.bound
-        return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.family.name} pooling={self.pooling} "
+        return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={self.pooling} "
                 f"method={self.method} rows={b.n_obs} groups={b.n_groups} draws={self.draws.n_chains}×"
                 f"{self.draws.n_draws}>")
 
@@ -187,7 +187,7 @@ class Fit:
         if name == b.sd_name:
             if self.draws.tau is not None:
                 return self.draws.tau
-            return np.full(self.draws.beta.shape[:2], float(b.tau))
+            return np.full(self.draws.beta.shape[:2], float(b.tau or 0.0))
         raise KeyError(f"No parameter '{name}' in this fit.")
 
     def group_intercepts(self) -> np.ndarray:
@@ -398,7 +398,7 @@ def _to_inference_data(f: Fit) -> Any:
         coords=coords, dims=dims, **kwargs,
     )
     idata.posterior.attrs.update({
-        "formula": b.spec.formula, "family": b.spec.family.name, "pooling": str(b.spec.pooling),
+        "formula": b.spec.formula, "family": b.spec.fam.name, "pooling": str(b.spec.pooling),
         "method": d.method, "priors": "; ".join(f"{k} ~ {v}" for k, v in b.priors.items()),
         "n_obs": b.n_obs, "n_groups": b.n_groups, "inference_library": "poolwise",
     })

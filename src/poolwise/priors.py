@@ -57,8 +57,8 @@ class Prior:
 
     def __post_init__(self) -> None:
         if self.dist not in DISTRIBUTIONS:
-            names = ", ".join(DISTRIBUTIONS)
-            raise PriorError(f"Unknown prior distribution '{self.dist}'.", hint=f"Use one of: {names}.")
+            known = ", ".join(DISTRIBUTIONS)
+            raise PriorError(f"Unknown prior distribution '{self.dist}'.", hint=f"Use one of: {known}.")
         names, _ = DISTRIBUTIONS[self.dist]
         if len(self.args) != len(names):
             raise PriorError(

@@ -85,9 +85,9 @@ class ModelSpec:
     """
 
     formula: str
-    family: Family = field(default_factory=lambda: get_family("gaussian"))
+    family: Family | str = field(default_factory=lambda: get_family("gaussian"))
     pooling: str | float = "hierarchical"
-    priors: Mapping[str, Prior] = field(default_factory=dict)
+    priors: Mapping[str, Prior | str] = field(default_factory=dict)
     # parsed from the formula (not arguments)
     outcome: str = field(init=False, default="")
     se: str | None = field(init=False, default=None)
@@ -173,7 +173,14 @@ class ModelSpec:
         if unknown:
             raise SpecError(f"Cannot replace {sorted(unknown)} in a ModelSpec.", hint=f"Use one of {sorted(args)}.")
         args.update(changes)
-        return ModelSpec(**args)
+        return ModelSpec(str(args["formula"]), family=args["family"], pooling=args["pooling"],  # type: ignore[arg-type]
+                         priors=args["priors"])  # type: ignore[arg-type]
+
+    @property
+    def fam(self) -> Family:
+        """The family as a :class:`Family` (``family`` is normalized to one at construction)."""
+        assert isinstance(self.family, Family)
+        return self.family
 
     @property
     def group(self) -> GroupTerm | None:
@@ -354,8 +361,8 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
             if bad.size:
                 from .errors import format_rows
 
-                raise DataError(f"Column '{v}' has {bad.size} missing values ({format_rows(bad)}).",
-                                hint="Drop or impute them before fitting.", column=v, rows=bad)
+                raise DataError(f"Column '{v}' has {bad.size} missing values ({format_rows(bad.tolist())}).",
+                                hint="Drop or impute them before fitting.", column=v, rows=bad.tolist())
     frame = table.frame
     if len(group_cols) == 1:
         labels = _data.group_labels(table, group_cols[0])
@@ -404,7 +411,8 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
             raise PriorError(f"No parameter named '{name}' in this model for a prior.", hint=hint, option=name)
     priors = dict(defaults)
     source = {k: "default" for k in defaults}
-    for name, prior in spec.priors.items():
+    for name, given in spec.priors.items():
+        prior = parse_prior(given, name=name)
         want = defaults[name].support
         if prior.support != want:
             kind = "a positive parameter (half_normal, half_student_t, half_cauchy, exponential)" if want == "positive" \
@@ -439,7 +447,7 @@ def _is_numeric(s: pd.Series) -> bool:
 
 
 def _strip_group_terms(rhs: str) -> str:
-    out, depth, buf = [], 0, ""
+    buf = ""
     i = 0
     while i < len(rhs):
         ch = rhs[i]
@@ -463,7 +471,6 @@ def _strip_group_terms(rhs: str) -> str:
             continue
         buf += ch
         i += 1
-    del out, depth
     cleaned = re.sub(r"\+\s*\+", "+", buf)
     cleaned = re.sub(r"^\s*\+|\+\s*$", "", cleaned.strip()).strip()
     cleaned = re.sub(r"\+\s*$", "", cleaned).strip()

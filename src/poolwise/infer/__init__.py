@@ -82,8 +82,8 @@ def run(
         For an unknown method or one that does not apply to the family.
     """
     if method == "exact":
-        if not bound.spec.family.exact:
-            raise SpecError(f"method='exact' needs a gaussian family, not {bound.spec.family.name}.",
+        if not bound.spec.fam.exact:
+            raise SpecError(f"method='exact' needs a gaussian family, not {bound.spec.fam.name}.",
                             hint="Use method='nuts'.", option="method")
         from . import exact
         from ..reduce import reduce

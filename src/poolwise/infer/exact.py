@@ -72,9 +72,16 @@ class GroupSums:
     q: np.ndarray
     ld: np.ndarray
 
+    def take(self, idx: np.ndarray) -> GroupSums:
+        """The sums at the given positions of the batch."""
+        return GroupSums(self.A[idx], self.b[idx], self.q[idx], self.ld[idx])
 
-def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 22) -> GroupSums:
-    """Sums over groups at each ρ (vectorized; memory O(len(rho)·J) in chunks)."""
+
+def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool = True) -> GroupSums:
+    """Sums over groups at each ρ (vectorized; memory O(len(rho)·J) in chunks).
+
+    With ``logdet=False`` the log-determinant term is skipped (left at 0).
+    """
     rho = np.atleast_1d(np.asarray(rho, dtype=float))
     p, J = red.p, red.n_groups
     uu = (red.u[:, :, None] * red.u[:, None, :]).reshape(J, p * p)
@@ -85,13 +92,28 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 22) -> GroupSums
     q = np.empty(rho.size)
     ld = np.empty(rho.size)
     step = max(1, chunk // max(J, 1))
-    for s in range(0, rho.size, step):
+
+    def fill(s: int) -> None:
         r = rho[s : s + step, None]
         k = r / (1.0 + red.a[None, :] * r)
         A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(-1, p, p)
         b[s : s + step] = red.XtWy[None] - k @ usy
         q[s : s + step] = red.yWy - k @ sy2
-        ld[s : s + step] = np.log1p(red.a[None, :] * r).sum(axis=1)
+        if logdet:
+            np.multiply(red.a[None, :], r, out=k)
+            np.log1p(k, out=k)
+            ld[s : s + step] = k.sum(axis=1)
+        else:
+            ld[s : s + step] = 0.0
+
+    starts = list(range(0, rho.size, step))
+    if len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(fill, starts))
+    else:
+        fill(0)
     return GroupSums(A, b, q, ld)
 
 
@@ -142,39 +164,43 @@ def log_marginal(red: Reduced, hp: HyperPrior, sigma: np.ndarray | float, tau: n
 
 
 def conditional_moments(
-    red: Reduced, hp: HyperPrior, sigma: np.ndarray, tau: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    red: Reduced, hp: HyperPrior, sigma: np.ndarray, tau: np.ndarray, *, groups: bool = True,
+    sums: GroupSums | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """Exact conditional moments given (σ, τ) draws (flat arrays of length D).
 
     Returns
     -------
     beta_mean (D, p), beta_chol_of_precision (D, p, p), k (D, J) with k_j = ρ/(1 + a_j ρ),
-    s2 (D,).  Then b_j | β ~ N(k_j (sy_j − u_j'β), σ² k_j).
+    s2 (D,).  Then b_j | β ~ N(k_j (sy_j − u_j'β), σ² k_j).  ``k`` is ``None`` unless ``groups``.
     """
     s2 = sigma**2
     rho = tau**2 / s2
-    _, L, r = _combine(red, hp, s2, group_sums(red, rho))
+    _, L, r = _combine(red, hp, s2, sums if sums is not None else group_sums(red, rho, logdet=False))
     if red.p:
         z = np.linalg.solve(L, r[..., None])
         delta = np.linalg.solve(np.swapaxes(L, 1, 2), z)[..., 0]
         mean = hp.m0[None] + delta
     else:
         mean = np.zeros((s2.size, 0))
-    k = rho[:, None] / (1.0 + red.a[None, :] * rho[:, None])
+    k = rho[:, None] / (1.0 + red.a[None, :] * rho[:, None]) if groups else None
     return mean, L, k, s2
 
 
 def draw_conditional(
     red: Reduced, hp: HyperPrior, sigma: np.ndarray, tau: np.ndarray, rng: np.random.Generator,
-    *, with_groups: bool = True,
+    *, with_groups: bool = True, block: int = 128, sums: GroupSums | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Draw β and b from their exact conditional Gaussians, one draw per (σ, τ) pair.
+
+    The group draws are made in blocks of draws on two threads, each block with its own
+    generator spawned from ``rng`` (so the result does not depend on thread timing).
 
     Returns
     -------
     beta (D, p) and b (D, J) (``None`` when ``with_groups`` is false).
     """
-    mean, L, k, s2 = conditional_moments(red, hp, sigma, tau)
+    mean, L, _, s2 = conditional_moments(red, hp, sigma, tau, groups=False, sums=sums)
     D = s2.size
     if red.p:
         e = rng.standard_normal((D, red.p, 1))
@@ -183,8 +209,29 @@ def draw_conditional(
         beta = mean
     if not with_groups:
         return beta, None
-    bmean = k * (red.sy[None, :] - beta @ red.u.T)
-    b = bmean + np.sqrt(s2[:, None] * k) * rng.standard_normal(k.shape)
+    rho = tau**2 / s2
+    b = np.empty((D, red.n_groups))
+    starts = list(range(0, D, block))
+    child_seeds = [int(x) for x in rng.integers(0, 2**63 - 1, size=len(starts))]
+
+    def fill(i: int) -> None:
+        s = starts[i]
+        sl = slice(s, min(D, s + block))
+        g = np.random.default_rng(child_seeds[i])
+        r = rho[sl, None]
+        k = r / (1.0 + red.a[None, :] * r)
+        out = b[sl]
+        g.standard_normal(out=out)
+        out *= np.sqrt(k * s2[sl, None])
+        out += k * (red.sy[None, :] - beta[sl] @ red.u.T)
+
+    if len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(fill, range(len(starts))))
+    else:
+        fill(0)
     return beta, b
 
 
@@ -275,7 +322,7 @@ def _grid_box(target: _Target, center: np.ndarray, halfwidth: np.ndarray, n: int
 
 def _sample_hyper(
     target: _Target, scale: float, n_chains: int, n_draws: int, rng: np.random.Generator, grid: int
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, float]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, float], GroupSums]:
     d = len(target.dims)
     center, half = [], []
     if target.has_sigma:
@@ -303,27 +350,34 @@ def _sample_hyper(
     cells = rng.choice(prob.size, size=total, p=prob)
     idx = np.unravel_index(cells, f.shape)
     z = np.stack([axes[k][idx[k]] + widths[k] * rng.random(total) for k in range(d)], axis=1)
-    log_w = target(z) - log_q_cell[cells]
+    sig_p, tau_p = target.unpack(z)
+    s2_p = sig_p**2
+    sums = group_sums(target.red, tau_p**2 / s2_p)
+    ll_p, _, _ = _combine(target.red, target.hp, s2_p, sums)
+    log_w = ll_p + target.logprior(sig_p, tau_p) - log_q_cell[cells]
     # independence Metropolis–Hastings per chain against the exact density
     z = z.reshape(n_chains, n_draws + 1, d)
     log_w = log_w.reshape(n_chains, n_draws + 1)
     out = np.empty((n_chains, n_draws, d))
+    pick = np.empty((n_chains, n_draws), dtype=np.int64)
     acc = np.zeros((n_chains, n_draws), dtype=bool)
     lp = np.empty((n_chains, n_draws))
     log_u = np.log(rng.random((n_chains, n_draws)))
     for c in range(n_chains):
-        cur, cur_w = z[c, 0], log_w[c, 0]
+        cur, cur_w, cur_i = z[c, 0], log_w[c, 0], c * (n_draws + 1)
         for t in range(n_draws):
             prop, prop_w = z[c, t + 1], log_w[c, t + 1]
             if log_u[c, t] < prop_w - cur_w:
-                cur, cur_w = prop, prop_w
+                cur, cur_w, cur_i = prop, prop_w, c * (n_draws + 1) + t + 1
                 acc[c, t] = True
             out[c, t] = cur
+            pick[c, t] = cur_i
             lp[c, t] = cur_w
     sigma, tau = target.unpack(out.reshape(-1, d))
     stats = {"accepted": acc, "importance_log_weight": lp}
     meta = {"grid_points": float(prob.size), "acceptance_rate": float(acc.mean())}
-    return sigma.reshape(n_chains, n_draws), tau.reshape(n_chains, n_draws), stats, meta
+    meta_sums = sums.take(pick.ravel())
+    return sigma.reshape(n_chains, n_draws), tau.reshape(n_chains, n_draws), stats, meta, meta_sums
 
 
 def sample(
@@ -358,15 +412,16 @@ def sample(
     if progress:
         progress("hyperparameters", 0.0)
     if target.dims:
-        sigma, tau, stats, meta = _sample_hyper(target, bound.scale, chains, draws, rng, grid)
+        sigma, tau, stats, meta, sums = _sample_hyper(target, bound.scale, chains, draws, rng, grid)
     else:
         sigma = np.ones((chains, draws))
-        tau = np.full((chains, draws), float(bound.tau))
+        tau = np.full((chains, draws), float(bound.tau or 0.0))
         stats, meta = {}, {"grid_points": 0.0, "acceptance_rate": 1.0}
+        sums = None
     if progress:
         progress("coefficients and groups", 0.5)
     pooled = bound.tau == 0.0
-    beta, b = draw_conditional(red, hp, sigma.ravel(), tau.ravel(), rng, with_groups=not pooled)
+    beta, b = draw_conditional(red, hp, sigma.ravel(), tau.ravel(), rng, with_groups=not pooled, sums=sums)
     if progress:
         progress("done", 1.0)
     meta["seconds"] = time.perf_counter() - t0

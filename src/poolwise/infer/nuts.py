@@ -29,7 +29,6 @@ probabilistic programming in NumPyro. arXiv:1912.11554.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -305,9 +304,9 @@ def _warn_divergent(bound: BoundSpec, n_div: int, total: int, target_accept: flo
 def _user_stacklevel() -> int:
     """The ``stacklevel`` that points at the first frame outside poolwise (the user's line)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frame: Any = sys._getframe(1)  # the caller of this function is stacklevel 1
+    frame: Any = sys._getframe(1)  # the caller of this function (warnings.warn there) is level 1
     level = 1
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(here + os.sep):
         frame = frame.f_back
         level += 1
-    return max(level, 1) if not math.isnan(level) else 1
+    return level

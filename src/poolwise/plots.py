@@ -1,0 +1,332 @@
+"""Matplotlib figures of finished results: they arrange numbers, they compute none.
+
+Each figure is drawn from a data-returning helper (:func:`comparison_data`,
+:func:`pooling_factor_data`) so that whatever a figure shows is also available as numbers, and
+tests check the numbers drawn.  Figures are built on :class:`matplotlib.figure.Figure` directly,
+outside pyplot's global state: nothing here picks a backend, opens a window or calls
+``plt.show()``.  Every function takes optional axes to draw into and returns the Figure, which
+saves as PNG, SVG or PDF with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .compare import POOLINGS, Comparison
+from .fit import Fit
+
+if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["comparison_data", "plot_comparison", "pooling_factor_data", "plot_pooling_factors"]
+
+_TITLES = {
+    "pooled": "pooled: one estimate for all (τ = 0)",
+    "unpooled": "unpooled: each group alone (τ fixed, wide)",
+    "hierarchical": "hierarchical: partial pooling (τ learned)",
+}
+_COLORS = {"pooled": "#1f77b4", "unpooled": "#d62728", "hierarchical": "#2ca02c"}
+_POP_COLOR = "#7f7f7f"
+_MAX_TICKS = 10
+
+
+# --------------------------------------------------------------------------------------------
+# the three-panel comparison
+# --------------------------------------------------------------------------------------------
+
+
+def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: float = 0.95) -> dict[str, Any]:
+    """The numbers :func:`plot_comparison` draws.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    max_groups
+        Keep at most this many groups, evenly spread over the groups ordered by size (the
+        smallest and the largest always kept).  ``None`` keeps all.
+    prob
+        Mass of the intervals (as :meth:`Comparison.table`).
+
+    Returns
+    -------
+    dict
+        ``poolings``: for each of ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` a dict of
+        ``groups`` (labels, ordered by size), ``n``, ``mean``, ``lo`` and ``hi`` (NumPy arrays),
+        taken from ``cmp.table(prob)``; ``population``: ``mean`` and ``tau`` of the
+        hierarchical model's population distribution N(mean, tau) (``cmp.population()``);
+        ``pooled_estimate``: the pooled model's estimate (the same for every group);
+        ``n_groups`` (all groups), ``n_shown``; ``group_column``, ``outcome``, ``prob``.
+
+    Examples
+    --------
+    >>> import poolwise as pw
+    >>> cmp = pw.compare("reaction ~ 1 + (1 | driver)", pw.datasets.drivers(seed=2), draws=200)
+    >>> d = comparison_data(cmp)
+    >>> list(d["poolings"]), d["n_shown"] == d["n_groups"]
+    (['pooled', 'unpooled', 'hierarchical'], True)
+    """
+    table = cmp.table(prob)  # ordered by size
+    n_groups = len(table)
+    if max_groups is not None:
+        if int(max_groups) < 1:
+            raise ValueError(f"max_groups must be a positive integer, got {max_groups!r}.")
+        if n_groups > max_groups:
+            keep = np.unique(np.round(np.linspace(0, n_groups - 1, int(max_groups))).astype(int))
+            table = table.iloc[keep]
+    groups = [str(g) for g in table.index]
+    n = table["n"].to_numpy()
+    poolings: dict[str, dict[str, Any]] = {}
+    for name in POOLINGS:
+        poolings[name] = {
+            "groups": list(groups),
+            "n": n.copy(),
+            "mean": table[f"{name}_mean"].to_numpy(dtype=float),
+            "lo": table[f"{name}_lo"].to_numpy(dtype=float),
+            "hi": table[f"{name}_hi"].to_numpy(dtype=float),
+        }
+    pop = cmp.population()
+    return {
+        "poolings": poolings,
+        "population": {"mean": float(pop["mean"]), "tau": float(pop.get("tau", 0.0))},
+        "pooled_estimate": float(table["pooled_mean"].iloc[0]),
+        "n_groups": n_groups,
+        "n_shown": len(groups),
+        "group_column": cmp.group_column,
+        "outcome": cmp.hierarchical.spec.outcome,
+        "prob": prob,
+    }
+
+
+def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_groups: int = 60) -> Figure:
+    """The three panels side by side: pooled, unpooled and hierarchical group estimates.
+
+    Each panel shows every group's intercept (the outcome's expected value in that group when
+    the predictors are 0) as a point with its 95% interval, groups ordered by size along x and
+    the estimates on a y-axis shared by the three panels.  A dashed line marks the pooled
+    estimate in every panel; the hierarchical panel also shows the learned population
+    distribution N(mean, τ): a band mean ± 2τ and its density at the right edge.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    axes
+        Three axes to draw into (pooled, unpooled, hierarchical); a new figure by default.
+    max_groups
+        With more groups than this, a subset evenly spread over sizes is drawn (and the title
+        says so).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    comparison_data : the numbers drawn.
+    """
+    d = comparison_data(cmp, max_groups=max_groups)
+    fig, axs = _three_axes(axes, d["n_shown"])
+    pop = d["population"]
+    m, tau = pop["mean"], pop["tau"]
+    pooled = d["pooled_estimate"]
+
+    lows = [d["poolings"][k]["lo"] for k in POOLINGS]
+    highs = [d["poolings"][k]["hi"] for k in POOLINGS]
+    ymin = float(min(np.nanmin(v) for v in lows))
+    ymax = float(max(np.nanmax(v) for v in highs))
+    if math.isfinite(tau) and tau > 0:
+        ymin, ymax = min(ymin, m - 3 * tau), max(ymax, m + 3 * tau)
+    pad = 0.04 * (ymax - ymin or 1.0)
+    ylim = (ymin - pad, ymax + pad)
+
+    k = d["n_shown"]
+    x = np.arange(k)
+    ticks, ticklabels = _size_ticks(d["poolings"]["pooled"]["n"])
+    for ax, name in zip(axs, POOLINGS):
+        p = d["poolings"][name]
+        color = _COLORS[name]
+        if name == "hierarchical" and math.isfinite(tau) and tau > 0:
+            ax.axhspan(m - 2 * tau, m + 2 * tau, color=_POP_COLOR, alpha=0.15, lw=0,
+                       label="population: mean ± 2τ")
+            ax.axhline(m, color=_POP_COLOR, lw=1.0, label="population mean")
+            _side_density(ax, m, tau, k, ylim)
+        ax.axhline(pooled, color="black", ls="--", lw=1.0, label="pooled estimate", zorder=1)
+        ax.errorbar(x, p["mean"], yerr=[p["mean"] - p["lo"], p["hi"] - p["mean"]], fmt="o", ms=3.5,
+                    color=color, ecolor=color, elinewidth=0.8, alpha=0.9, capsize=0, zorder=3,
+                    label=f"group estimate, {d['prob']:.0%} interval")
+        title = _TITLES[name]
+        if name == "hierarchical" and math.isfinite(tau):
+            title += f"\nmean {m:.3g}, τ = {tau:.3g}"
+        elif name == "pooled":
+            title += f"\nestimate {pooled:.3g}"
+        else:
+            title += "\nno information shared"
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(ticklabels, fontsize=8)
+        ax.set_xlabel(f"{d['group_column']}, ordered by size (tick: n rows)", fontsize=9)
+        ax.set_ylim(*ylim)
+        if name != "hierarchical":
+            ax.set_xlim(-1, k)
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(axis="y", labelsize=8)
+    axs[0].set_ylabel(f"{d['outcome']}: group intercept", fontsize=9)
+    for ax in axs[1:]:
+        ax.tick_params(axis="y", labelleft=False)
+    handles, labels = [], []
+    for ax in axs:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("group estimate"):
+                handles.append(h)
+                labels.append(lab)
+    axs[2].legend(handles, labels, loc="upper left", fontsize=7.5, frameon=True, framealpha=0.85)
+
+    subset = ""
+    if d["n_shown"] < d["n_groups"]:
+        subset = f" — showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
+    fig.suptitle(f"{cmp.hierarchical.spec.formula}: {d['n_groups']} groups, three ways of pooling{subset}",
+                 fontsize=11)
+    fig.text(0.5, 0.01,
+             f"Each point is one {d['group_column']}'s intercept (posterior mean; bars: {d['prob']:.0%} interval), "
+             "smallest groups on the left. Dashed line: the pooled estimate. Grey band and curve: the "
+             "hierarchical model's population distribution N(mean, τ).",
+             ha="center", va="bottom", fontsize=8, wrap=True)
+    return fig
+
+
+def _three_axes(axes: Sequence[Axes] | None, k: int) -> tuple[Figure, list[Axes]]:
+    if axes is not None:
+        axs = list(axes)
+        if len(axs) != 3:
+            raise ValueError(f"plot_comparison needs 3 axes (pooled, unpooled, hierarchical), got {len(axs)}.")
+        fig = axs[0].get_figure()
+        assert fig is not None
+        return fig, axs  # type: ignore[return-value]
+    from matplotlib.figure import Figure
+
+    width = min(18.0, max(11.0, 6.0 + 0.14 * k))
+    fig = Figure(figsize=(width, 5.6), layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))  # type: ignore[union-attr,call-arg]
+    axs = list(fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [1, 1, 1.2]}))
+    return fig, axs
+
+
+def _size_ticks(n: np.ndarray) -> tuple[list[int], list[str]]:
+    """At most ~10 x ticks, at positions where the group size changes, labelled with the size."""
+    n = np.asarray(n)
+    if n.size == 0:
+        return [], []
+    starts = [0] + [i for i in range(1, n.size) if n[i] != n[i - 1]]
+    if len(starts) > _MAX_TICKS:
+        pick = np.unique(np.round(np.linspace(0, len(starts) - 1, _MAX_TICKS)).astype(int))
+        starts = [starts[i] for i in pick]
+    return starts, [str(int(n[i])) for i in starts]
+
+
+def _side_density(ax: Axes, m: float, tau: float, k: int, ylim: tuple[float, float]) -> None:
+    """Draw the N(m, τ) density sideways in a margin to the right of the groups."""
+    width = max(3.0, 0.22 * k)
+    left = k + 0.5
+    ys = np.linspace(ylim[0], ylim[1], 200)
+    dens = np.exp(-0.5 * ((ys - m) / tau) ** 2)  # scaled so its peak is 1
+    ax.fill_betweenx(ys, left, left + width * dens, color=_POP_COLOR, alpha=0.35, lw=0)
+    ax.plot(left + width * dens, ys, color=_POP_COLOR, lw=1.0)
+    ax.axvline(left - 0.25, color=_POP_COLOR, lw=0.5, alpha=0.5)
+    ax.text(left + 0.5 * width, ylim[0], "N(mean, τ)", ha="center", va="bottom", fontsize=7, color="#444444")
+    ax.set_xlim(-1, left + 1.1 * width)
+
+
+# --------------------------------------------------------------------------------------------
+# pooling factors
+# --------------------------------------------------------------------------------------------
+
+
+def pooling_factor_data(fit_or_cmp: Fit | Comparison, *, prob: float = 0.95) -> dict[str, Any]:
+    """The numbers :func:`plot_pooling_factors` draws.
+
+    Parameters
+    ----------
+    fit_or_cmp
+        A :class:`~poolwise.fit.Fit`, or a :class:`~poolwise.compare.Comparison` (its
+        hierarchical fit is used).
+    prob
+        Mass of the intervals.
+
+    Returns
+    -------
+    dict
+        ``groups``, ``n``, ``lambda``, ``lo``, ``hi`` (ordered by size, from
+        ``Fit.pooling_factors(prob)``), ``batch`` (Gelman & Pardoe's batch pooling factor),
+        ``group_column``, ``pooling``, ``prob``.
+    """
+    f = fit_or_cmp.hierarchical if isinstance(fit_or_cmp, Comparison) else fit_or_cmp
+    pf: pd.DataFrame = f.pooling_factors(prob)
+    batch = pf.attrs.get("batch")
+    pf = pf.sort_values("n", kind="stable")
+    return {
+        "groups": [str(g) for g in pf.index],
+        "n": pf["n"].to_numpy(),
+        "lambda": pf["lambda"].to_numpy(dtype=float),
+        "lo": pf["lambda_lo"].to_numpy(dtype=float),
+        "hi": pf["lambda_hi"].to_numpy(dtype=float),
+        "batch": None if batch is None else float(batch),
+        "group_column": f.group_column,
+        "pooling": f.pooling,
+        "prob": prob,
+    }
+
+
+def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None) -> Figure:
+    """Pooling factor λ_j of each group against its size (log scale), with intervals.
+
+    λ = 0: the group keeps its own estimate (unpooled); λ = 1: it takes the population mean
+    (pooled).  Small groups are pooled more.
+
+    Parameters
+    ----------
+    fit_or_cmp
+        A :class:`~poolwise.fit.Fit`, or a :class:`~poolwise.compare.Comparison`.
+    ax
+        Axes to draw into; a new figure by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    pooling_factor_data : the numbers drawn.
+    """
+    d = pooling_factor_data(fit_or_cmp)
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        got = ax.get_figure()
+        assert got is not None
+        fig = got  # type: ignore[assignment]
+    n = np.asarray(d["n"], dtype=float)
+    lam = d["lambda"]
+    ax.errorbar(n, lam, yerr=[lam - d["lo"], d["hi"] - lam], fmt="o", ms=4, color=_COLORS["hierarchical"],
+                elinewidth=0.8, alpha=0.8, capsize=0, label=f"group (bars: {d['prob']:.0%} interval)")
+    if d["batch"] is not None and math.isfinite(d["batch"]):
+        ax.axhline(d["batch"], color="black", ls="--", lw=1.0, label=f"batch pooling factor {d['batch']:.2f}")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.axhline(0, color=_POP_COLOR, lw=0.5)
+    ax.axhline(1, color=_POP_COLOR, lw=0.5)
+    ax.set_xlabel(f"{d['group_column']} size (rows, log scale)")
+    ax.set_ylabel("pooling factor λ  (0 = unpooled, 1 = pooled)")
+    ax.set_title(f"Pooling factors ({d['pooling']})", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
