@@ -191,8 +191,9 @@ def loo(f: Fit) -> dict[str, Any]:
 
     S = f.n_samples
     ess = az.ess(f.idata.posterior, method="mean")
-    reff = float(np.nanmean([float(np.nanmean(ess[v].values)) for v in ess.data_vars])) / S
-    reff = min(max(reff, 1e-3), 1.0) if math.isfinite(reff) else 1.0
+    # relative efficiency exactly as arviz.loo computes it
+    reff = float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean()) / S
+    reff = reff if math.isfinite(reff) and reff > 0 else 1.0
     elpd = np.empty(f.bound.n_obs)
     lppd = np.empty(f.bound.n_obs)
     ks = np.empty(f.bound.n_obs)

@@ -153,17 +153,17 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
         p = d["poolings"][name]
         color = _COLORS[name]
         if name == "hierarchical" and math.isfinite(tau) and tau > 0:
-            ax.axhspan(m - 2 * tau, m + 2 * tau, color=_POP_COLOR, alpha=0.15, lw=0,
-                       label="population: mean ± 2τ")
-            ax.axhline(m, color=_POP_COLOR, lw=1.0, label="population mean")
+            ax.fill_between([-1, k], m - 2 * tau, m + 2 * tau, color=_POP_COLOR, alpha=0.15, lw=0,
+                            label="population: mean ± 2τ")
+            ax.plot([-1, k], [m, m], color=_POP_COLOR, lw=1.0, label="population mean")
             _side_density(ax, m, tau, k, ylim)
         ax.axhline(pooled, color="black", ls="--", lw=1.0, label="pooled estimate", zorder=1)
         ax.errorbar(x, p["mean"], yerr=[p["mean"] - p["lo"], p["hi"] - p["mean"]], fmt="o", ms=3.5,
                     color=color, ecolor=color, elinewidth=0.8, alpha=0.9, capsize=0, zorder=3,
-                    label=f"group estimate, {d['prob']:.0%} interval")
+                    label=f"{d['group_column']}: posterior mean, {d['prob']:.0%} interval")
         title = _TITLES[name]
         if name == "hierarchical" and math.isfinite(tau):
-            title += f"\nmean {m:.3g}, τ = {tau:.3g}"
+            title += f"\npopulation mean {m:.3g}, τ = {tau:.3g}"
         elif name == "pooled":
             title += f"\nestimate {pooled:.3g}"
         else:
@@ -183,21 +183,22 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
     handles, labels = [], []
     for ax in axs:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels and not lab.startswith("group estimate"):
+            if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    axs[2].legend(handles, labels, loc="upper left", fontsize=7.5, frameon=True, framealpha=0.85)
+    if axes is None:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
+    else:
+        axs[0].legend(handles, labels, loc="best", fontsize=7.5)
 
     subset = ""
     if d["n_shown"] < d["n_groups"]:
-        subset = f" — showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
-    fig.suptitle(f"{cmp.hierarchical.spec.formula}: {d['n_groups']} groups, three ways of pooling{subset}",
-                 fontsize=11)
-    fig.text(0.5, 0.01,
-             f"Each point is one {d['group_column']}'s intercept (posterior mean; bars: {d['prob']:.0%} interval), "
-             "smallest groups on the left. Dashed line: the pooled estimate. Grey band and curve: the "
-             "hierarchical model's population distribution N(mean, τ).",
-             ha="center", va="bottom", fontsize=8, wrap=True)
+        subset = f"; showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
+    fig.suptitle(
+        f"{cmp.hierarchical.spec.formula}: {d['n_groups']} groups, three ways of pooling{subset}\n"
+        f"Each point is one {d['group_column']}'s intercept (the outcome at predictors = 0), smallest groups "
+        "on the left; the grey curve is the learned population distribution N(mean, τ).",
+        fontsize=10)
     return fig
 
 
@@ -212,8 +213,7 @@ def _three_axes(axes: Sequence[Axes] | None, k: int) -> tuple[Figure, list[Axes]
     from matplotlib.figure import Figure
 
     width = min(18.0, max(11.0, 6.0 + 0.14 * k))
-    fig = Figure(figsize=(width, 5.6), layout="constrained")
-    fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))  # type: ignore[union-attr,call-arg]
+    fig = Figure(figsize=(width, 6.0), layout="constrained")
     axs = list(fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [1, 1, 1.2]}))
     return fig, axs
 
@@ -224,9 +224,14 @@ def _size_ticks(n: np.ndarray) -> tuple[list[int], list[str]]:
     if n.size == 0:
         return [], []
     starts = [0] + [i for i in range(1, n.size) if n[i] != n[i - 1]]
-    if len(starts) > _MAX_TICKS:
-        pick = np.unique(np.round(np.linspace(0, len(starts) - 1, _MAX_TICKS)).astype(int))
-        starts = [starts[i] for i in pick]
+    gap = max(1.0, n.size / _MAX_TICKS)
+    kept = [0]
+    for i in starts[1:]:
+        if i - kept[-1] >= gap:
+            kept.append(i)
+    if kept[-1] != starts[-1] and n.size - 1 - kept[-1] >= gap:
+        kept.append(starts[-1])
+    starts = kept
     return starts, [str(int(n[i])) for i in starts]
 
 
@@ -236,8 +241,9 @@ def _side_density(ax: Axes, m: float, tau: float, k: int, ylim: tuple[float, flo
     left = k + 0.5
     ys = np.linspace(ylim[0], ylim[1], 200)
     dens = np.exp(-0.5 * ((ys - m) / tau) ** 2)  # scaled so its peak is 1
+    ys, dens = ys[dens > 1e-3], dens[dens > 1e-3]
     ax.fill_betweenx(ys, left, left + width * dens, color=_POP_COLOR, alpha=0.35, lw=0)
-    ax.plot(left + width * dens, ys, color=_POP_COLOR, lw=1.0)
+    ax.plot(left + width * dens, ys, color=_POP_COLOR, lw=1.0, label="population density N(mean, τ)")
     ax.axvline(left - 0.25, color=_POP_COLOR, lw=0.5, alpha=0.5)
     ax.text(left + 0.5 * width, ylim[0], "N(mean, τ)", ha="center", va="bottom", fontsize=7, color="#444444")
     ax.set_xlim(-1, left + 1.1 * width)
@@ -321,6 +327,9 @@ def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None
     if d["batch"] is not None and math.isfinite(d["batch"]):
         ax.axhline(d["batch"], color="black", ls="--", lw=1.0, label=f"batch pooling factor {d['batch']:.2f}")
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_ylim(-0.03, 1.03)
     ax.axhline(0, color=_POP_COLOR, lw=0.5)
     ax.axhline(1, color=_POP_COLOR, lw=0.5)

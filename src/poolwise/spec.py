@@ -289,7 +289,7 @@ class BoundSpec:
         if missing:
             _data.check_columns(_data.read_table(new), missing, context=" in the new data")
         if self.design is not None and len(self._predictor_columns()) > 0:
-            X = np.asarray(self.design.common.evaluate_new_data(new), dtype=float)
+            X = np.asarray(self.design.common.evaluate_new_data(new).design_matrix, dtype=float)
         else:
             X = np.ones((len(new), len(self.coef_names)), dtype=float)
         if self.group_column in new.columns:
@@ -337,7 +337,8 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
     cols = table.columns
     for v in spec.variables:
         if v not in cols:
-            near = difflib.get_close_matches(v, cols, n=1) or [c for c in cols if c.lower() == v.lower()]
+            near = ([c for c in cols if c.lower() == v.lower()] or difflib.get_close_matches(v, cols, n=1, cutoff=0.5)
+                    or [c for c in cols if v.startswith(c) or c.startswith(v)])
             hint = f"Did you mean '{near[0]}'?" if near else f"Columns are: {', '.join(cols[:20])}."
             raise FormulaError(f"Unknown column '{v}' in formula: {_mark(f, v)}.", hint=hint, column=v)
     gt = spec.group

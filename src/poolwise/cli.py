@@ -1,0 +1,298 @@
+"""The ``poolwise`` command: a thin Typer shell over the library, with Rich output.
+
+Flags map one to one to library arguments; every check on their values is the library's.  A
+:class:`~poolwise.errors.PoolwiseError` becomes one or two lines ``error: …`` on stderr and exit
+status 2; any other exception is a bug and keeps its traceback.  Output files are checked
+before any fitting, so an existing file is never overwritten without ``--force``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import pandas as pd
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .compare import POOLINGS, Comparison, compare
+from .errors import PoolwiseError, PriorError
+from .fit import Fit, fit
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="poolwise",
+    help="Pooled, unpooled and hierarchical models of grouped data, side by side.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+#: groups listed by ``poolwise compare`` (the full table goes to DIR/table.csv)
+SHOWN_GROUPS = 20
+
+FIT_FILES = ("fit.nc", "summary.csv", "pooling_factors.csv")
+COMPARE_FILES = ("comparison.png", "comparison.svg", "table.csv", "loo.csv",
+                 *(f"{p}.nc" for p in POOLINGS))
+
+# -- shared options ----------------------------------------------------------------------------
+DataArg = Annotated[Path, typer.Argument(help="CSV or Parquet file (read with DuckDB).", show_default=False)]
+FormulaOpt = Annotated[str, typer.Option("--formula", "-f", help='lme4 formula, e.g. "y ~ x + (1 | g)".',
+                                         show_default=False)]
+MethodOpt = Annotated[str | None, typer.Option(help="exact | nuts  [default: exact for gaussian]")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same draws.")]
+ChainsOpt = Annotated[int, typer.Option(help="Number of chains.")]
+DrawsOpt = Annotated[int, typer.Option(help="Draws per chain.")]
+WarmupOpt = Annotated[int, typer.Option(help="Warm-up draws per chain (nuts only).")]
+PriorOpt = Annotated[list[str] | None, typer.Option(
+    "--prior", help="NAME=PRIOR, e.g. 'sd(Intercept|g)=half_normal(2)'; repeatable.", show_default=False)]
+OutOpt = Annotated[Path | None, typer.Option(help="Folder to write results to (created if missing).",
+                                             show_default=False)]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist in --out.")]
+
+
+@app.command("fit")
+def fit_command(
+    data: DataArg,
+    formula: FormulaOpt,
+    pooling: Annotated[str, typer.Option(
+        help="hierarchical | pooled | unpooled | a positive number (a fixed group SD).")] = "hierarchical",
+    method: MethodOpt = None,
+    seed: SeedOpt = 0,
+    chains: ChainsOpt = 4,
+    draws: DrawsOpt = 1000,
+    warmup: WarmupOpt = 1000,
+    prior: PriorOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Fit one model under one pooling; print its summary and priors.
+
+    With --out DIR, write DIR/fit.nc (NetCDF, ArviZ), DIR/summary.csv (with group rows) and
+    DIR/pooling_factors.csv.
+    """
+    with _errors():
+        targets = _check_targets(out, FIT_FILES, force)
+        priors = _parse_priors(prior)
+        with _progress() as step:
+            f = fit(formula, os.fspath(data), pooling=pooling, priors=priors, method=method, seed=seed,
+                    chains=chains, draws=draws, warmup=warmup, progress=step)
+        console = _stdout()
+        console.print(repr(f), markup=False, highlight=False)
+        console.print(_summary_table(f))
+        console.print(_priors_table(f))
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            f.to_netcdf(targets["fit.nc"], overwrite=True)
+            f.summary().to_csv(targets["summary.csv"])
+            f.pooling_factors().to_csv(targets["pooling_factors.csv"])
+            _print_written(console, targets.values())
+
+
+@app.command("compare")
+def compare_command(
+    data: DataArg,
+    formula: FormulaOpt,
+    method: MethodOpt = None,
+    seed: SeedOpt = 0,
+    chains: ChainsOpt = 4,
+    draws: DrawsOpt = 1000,
+    warmup: WarmupOpt = 1000,
+    prior: PriorOpt = None,
+    out: OutOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Fit the pooled, unpooled and hierarchical models and compare them.
+
+    Prints per-group estimates (the smallest groups first), PSIS-LOO of each pooling and the
+    population distribution.  With --out DIR, write DIR/comparison.png and .svg (the three
+    panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc.
+    """
+    with _errors():
+        targets = _check_targets(out, COMPARE_FILES, force)
+        priors = _parse_priors(prior)
+        with _progress() as step:
+            cmp = compare(formula, os.fspath(data), priors=priors, method=method, seed=seed, chains=chains,
+                          draws=draws, warmup=warmup, progress=step)
+        table = cmp.table()
+        loo = cmp.loo()
+        console = _stdout()
+        console.print(repr(cmp), markup=False, highlight=False)
+        console.print(_groups_table(cmp, table))
+        if len(table) > SHOWN_GROUPS:
+            where = f"; all of them in {targets['table.csv']}" if out is not None else " (use --out for all)"
+            console.print(f"{SHOWN_GROUPS} smallest of {len(table)} groups shown{where}.", markup=False,
+                          highlight=False)
+        console.print(_loo_table(loo))
+        console.print(_population_line(cmp.population()), markup=False, highlight=False)
+        if out is not None:
+            from .plots import plot_comparison
+
+            out.mkdir(parents=True, exist_ok=True)
+            fig = plot_comparison(cmp)
+            fig.savefig(targets["comparison.png"], dpi=120)
+            fig.savefig(targets["comparison.svg"])
+            table.to_csv(targets["table.csv"])
+            loo.to_csv(targets["loo.csv"])
+            for name, f in cmp.fits.items():
+                f.to_netcdf(targets[f"{name}.nc"], overwrite=True)
+            _print_written(console, targets.values())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line (``python -m poolwise``)."""
+    app(args=list(argv) if argv is not None else None, prog_name="poolwise")
+
+
+# -- errors, files, progress -------------------------------------------------------------------
+
+
+def _stdout() -> Console:
+    """Rich console on stdout; 120 columns when piped (Rich's default is 80) unless COLUMNS is set."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """PoolwiseError → ``error: …`` on stderr, exit 2.  Other exceptions pass untouched."""
+    try:
+        yield
+    except PoolwiseError as err:
+        _fail(str(err))
+
+
+def _check_targets(out: Path | None, names: Sequence[str], force: bool) -> dict[str, str]:
+    """The output paths; fails before any work if one exists and ``force`` is not given."""
+    if out is None:
+        return {}
+    if out.exists() and not out.is_dir():
+        _fail(f"{out} is a file, not a folder. Give --out a folder.")
+    targets = {name: os.fspath(out / name) for name in names}
+    existing = [path for path in targets.values() if os.path.exists(path)]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        _fail(f"{existing[0]} exists already{more}. Pass --force to overwrite.")
+    return targets
+
+
+def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
+    """``["sd(Intercept|g)=half_normal(2)"]`` → ``{"sd(Intercept|g)": "half_normal(2)"}``."""
+    priors: dict[str, str] = {}
+    for item in items or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise PriorError(f"Cannot read --prior {item!r}.",
+                             hint="Write it as NAME=PRIOR, e.g. 'sd(Intercept|g)=half_normal(2)'.",
+                             option="prior")
+        priors[name.strip()] = text.strip()
+    return priors
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, float], None]]:
+    """A Rich progress bar on stderr fed by the library's ``progress(stage, fraction)``."""
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("fitting", total=1.0)
+
+        def step(stage: str, fraction: float) -> None:
+            bar.update(task, description=stage, completed=min(max(float(fraction), 0.0), 1.0))
+
+        yield step
+
+
+def _print_written(console: Console, paths: Any) -> None:
+    console.print("wrote " + ", ".join(str(p) for p in paths), markup=False, highlight=False)
+
+
+# -- tables ------------------------------------------------------------------------------------
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    if math.isnan(x):
+        return "–"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+        return f"{x:.{digits}g}"
+    return f"{x:.{digits}f}"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+
+
+def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict[str, int] | None = None) -> Table:
+    table = _table(title)
+    table.add_column(index_name, no_wrap=True)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for idx, row in frame.iterrows():
+        cells = []
+        for col in frame.columns:
+            v = row[col]
+            digits = (formats or {}).get(str(col), 3)
+            cells.append(str(int(v)) if digits == 0 and pd.notna(v) else _num(v, digits))
+        table.add_row(str(idx), *cells)
+    return table
+
+
+def _summary_table(f: Fit) -> Table:
+    s = f.summary(groups=False)
+    s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
+    s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
+    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 2}
+    return _frame_table(s, "Posterior summary", "parameter", digits)
+
+
+def _priors_table(f: Fit) -> Table:
+    table = _table("Priors")
+    for col in ("parameter", "prior", "source"):
+        table.add_column(col)
+    for name, row in f.priors.iterrows():
+        table.add_row(str(name), str(row["prior"]), str(row["source"]))
+    return table
+
+
+def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
+    out = _table("Group intercepts: posterior mean [95% interval]")
+    out.add_column(cmp.group_column, no_wrap=True)
+    out.add_column("n", justify="right")
+    for name in POOLINGS:
+        out.add_column(name, justify="right")
+    out.add_column("λ", justify="right")
+    for label, row in table.head(SHOWN_GROUPS).iterrows():
+        cells = [f"{_num(row[f'{p}_mean'])} [{_num(row[f'{p}_lo'])}, {_num(row[f'{p}_hi'])}]" for p in POOLINGS]
+        out.add_row(str(label), str(int(row["n"])), *cells, _num(row["lambda"], 2))
+    return out
+
+
+def _loo_table(loo: pd.DataFrame) -> Table:
+    return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "pareto_k_max": 2})
+
+
+def _population_line(pop: dict[str, float]) -> str:
+    parts = []
+    for key in ("mean", "tau", "sigma"):
+        if key in pop:
+            parts.append(f"{key} {_num(pop[key])} [{_num(pop[f'{key}_lo'])}, {_num(pop[f'{key}_hi'])}]")
+    return "population (hierarchical): " + ", ".join(parts)
