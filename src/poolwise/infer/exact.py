@@ -332,8 +332,17 @@ def _sample_hyper(
         center.append(0.0 if target.has_sigma else 2 * math.log(scale))
         half.append(14.0)
     lo, hi = _grid_box(target, np.array(center), np.array(half))
-    # a finer grid on the box: its refinement again, so that the box is tight
-    lo, hi = _grid_box(target, (lo + hi) / 2, (hi - lo) / 2, n=81)
+    # refine until the mass spans at least a dozen points of a 41-point grid in every direction
+    # (a posterior of 10⁷ rows is far narrower than the first box)
+    for _ in range(8):
+        lo, hi = _grid_box(target, (lo + hi) / 2, (hi - lo) / 2, n=41)
+        axes = [np.linspace(lo[k], hi[k], 41) for k in range(lo.size)]
+        f = target.on_grid(axes)
+        keep = np.where(np.isfinite(f), f, -np.inf) > np.max(f) - 25.0
+        spans = [int(np.count_nonzero(keep.any(axis=tuple(i for i in range(lo.size) if i != k)) if lo.size > 1
+                                      else keep)) for k in range(lo.size)]
+        if min(spans) >= 12:
+            break
     n = grid if d == 1 else int(round(grid ** 0.5 * 3))
     n = max(n, 64)
     axes = [np.linspace(lo[k], hi[k], n + 1) for k in range(d)]
