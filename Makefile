@@ -28,7 +28,7 @@ $(STAMP_BENCH): pyproject.toml | $(PY)
 
 demo: $(STAMP_BASE)
 	$(PY) -m poolwise.datasets drivers demo/drivers.csv --force
-	$(VENV)/bin/poolwise compare demo/drivers.csv -f "reaction ~ 1 + (1 | driver)" --out demo --force
+	$(VENV)/bin/poolwise compare demo/drivers.csv -f "reaction ~ night + (1 | driver)" --out demo --force
 	@echo "demo written to demo/ (figure, table, results)"
 
 test: $(STAMP_TEST)

@@ -25,7 +25,7 @@ def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(*args: str):  # noqa: ANN201 - click's Result
-    return CliRunner().invoke(app, [str(a) for a in args])
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})  # wide: no folded words
 
 
 def assert_error(result, *words: str) -> None:  # noqa: ANN001
@@ -50,6 +50,14 @@ def test_fit_prints_and_writes(csv: Path, tmp_path: Path) -> None:
     assert "sigma" in summary.index and any("D01" in str(i) for i in summary.index)
     pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
     assert len(pf) == 30 and pf["lambda"].between(0, 1).all()
+
+
+def test_fit_reads_parquet(csv: Path, tmp_path: Path) -> None:
+    path = tmp_path / "drivers.parquet"
+    pd.read_csv(csv).to_parquet(path)
+    r = run("fit", path, "-f", FORMULA, *FAST, "--pooling", "pooled")
+    assert r.exit_code == 0, r.output
+    assert "pooling=pooled" in r.stdout
 
 
 def test_fit_numeric_pooling(csv: Path) -> None:

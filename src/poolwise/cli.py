@@ -47,7 +47,7 @@ COMPARE_FILES = ("comparison.png", "comparison.svg", "table.csv", "loo.csv",
 DataArg = Annotated[Path, typer.Argument(help="CSV or Parquet file (read with DuckDB).", show_default=False)]
 FormulaOpt = Annotated[str, typer.Option("--formula", "-f", help='lme4 formula, e.g. "y ~ x + (1 | g)".',
                                          show_default=False)]
-MethodOpt = Annotated[str | None, typer.Option(help="exact | nuts  [default: exact for gaussian]")]
+MethodOpt = Annotated[str | None, typer.Option(help="exact | nuts (default: exact for gaussian data).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same draws.")]
 ChainsOpt = Annotated[int, typer.Option(help="Number of chains.")]
 DrawsOpt = Annotated[int, typer.Option(help="Draws per chain.")]
@@ -59,7 +59,9 @@ OutOpt = Annotated[Path | None, typer.Option(help="Folder to write results to (c
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist in --out.")]
 
 
-@app.command("fit")
+@app.command("fit", short_help="Fit one model under one pooling.", help=(
+    "Fit one model under one pooling; print its summary and priors. With --out DIR, write DIR/fit.nc "
+    "(ArviZ NetCDF), DIR/summary.csv (with the group rows) and DIR/pooling_factors.csv."))
 def fit_command(
     data: DataArg,
     formula: FormulaOpt,
@@ -97,7 +99,10 @@ def fit_command(
             _print_written(console, targets.values())
 
 
-@app.command("compare")
+@app.command("compare", short_help="Fit pooled, unpooled and hierarchical; compare them.", help=(
+    "Fit the pooled, unpooled and hierarchical models and compare them: per-group estimates, PSIS-LOO "
+    "and the population distribution. With --out DIR, write DIR/comparison.png and .svg (the three "
+    "panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc."))
 def compare_command(
     data: DataArg,
     formula: FormulaOpt,
@@ -122,8 +127,9 @@ def compare_command(
         with _progress() as step:
             cmp = compare(formula, os.fspath(data), priors=priors, method=method, seed=seed, chains=chains,
                           draws=draws, warmup=warmup, progress=step)
-        table = cmp.table()
-        loo = cmp.loo()
+            step("PSIS-LOO", 1.0)
+            table = cmp.table()
+            loo = cmp.loo()
         console = _stdout()
         console.print(repr(cmp), markup=False, highlight=False)
         console.print(_groups_table(cmp, table))

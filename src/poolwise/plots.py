@@ -229,7 +229,9 @@ def _size_ticks(n: np.ndarray) -> tuple[list[int], list[str]]:
     for i in starts[1:]:
         if i - kept[-1] >= gap:
             kept.append(i)
-    if kept[-1] != starts[-1] and n.size - 1 - kept[-1] >= gap:
+    if kept[-1] != starts[-1]:  # always label the largest size, dropping a neighbour too close
+        if starts[-1] - kept[-1] < gap and len(kept) > 1:
+            kept.pop()
         kept.append(starts[-1])
     starts = kept
     return starts, [str(int(n[i])) for i in starts]
@@ -237,7 +239,7 @@ def _size_ticks(n: np.ndarray) -> tuple[list[int], list[str]]:
 
 def _side_density(ax: Axes, m: float, tau: float, k: int, ylim: tuple[float, float]) -> None:
     """Draw the N(m, τ) density sideways in a margin to the right of the groups."""
-    width = max(3.0, 0.22 * k)
+    width = max(3.0, 0.18 * k)
     left = k + 0.5
     ys = np.linspace(ylim[0], ylim[1], 200)
     dens = np.exp(-0.5 * ((ys - m) / tau) ** 2)  # scaled so its peak is 1
