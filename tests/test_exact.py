@@ -57,15 +57,8 @@ def _random_problem(rng, *, weighted, p):
 # 1. log_marginal against the dense multivariate normal
 
 
-_P0_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="BUG in exact.group_sums: (k @ uu).reshape(-1, p, p) cannot infer -1 when p = 0 "
-           "(formula 'y ~ 0 + (1 | g)'); remove this mark when fixed",
-)
-
-
 @pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
-@pytest.mark.parametrize("p", [pytest.param(0, marks=_P0_BUG), 1, 3])
+@pytest.mark.parametrize("p", [0, 1, 3])
 def test_log_marginal_matches_dense_mvn(weighted, p):
     rng = np.random.default_rng(10 * p + weighted)
     y, X, w, group, J, m0, s0 = _random_problem(rng, weighted=weighted, p=p)

@@ -96,7 +96,7 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool
     def fill(s: int) -> None:
         r = rho[s : s + step, None]
         k = r / (1.0 + red.a[None, :] * r)
-        A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(-1, p, p)
+        A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(r.shape[0], p, p)
         b[s : s + step] = red.XtWy[None] - k @ usy
         q[s : s + step] = red.yWy - k @ sy2
         if logdet:

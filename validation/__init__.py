@@ -1,0 +1,1 @@
+"""Statistical validation of poolwise that takes longer than a unit test (``make validate``)."""

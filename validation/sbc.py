@@ -1,0 +1,261 @@
+"""Simulation-based calibration (SBC) of poolwise's exact path.
+
+For each replication, parameters are drawn from the prior, data are simulated from the model on a
+fixed design, the model is fitted with ``method="exact"`` under the *same* priors, and the rank of
+each true value among L (thinned) posterior draws is recorded. If the sampler draws from the
+correct posterior, every rank is uniform on {0, …, L} (Talts et al., 2018, Theorem 1); the
+uniformity of each quantity's ranks is tested with a chi-square test over equal-width bins, and
+the family of tests is Bonferroni-corrected.
+
+Model (``y ~ x + (1 | g)``)::
+
+    y_i = Intercept + slope·x_i + b_{g[i]} + e_i,   e_i ~ N(0, σ²),   b_j ~ N(0, τ²)
+    Intercept ~ normal(0, 1),  slope ~ normal(0, 1),  σ ~ exponential(1),  τ ~ half_normal(1)
+
+Quantities ranked: ``Intercept``, ``x`` (the slope), ``sigma``, ``sd(Intercept|g)`` (τ) and the
+group intercepts Intercept + b_j of the smallest group (1 row), the next (2 rows) and the largest.
+
+Run ``python -m validation.sbc --reps 400 --out validation/_out``: writes ``ranks.csv`` and
+``summary.md`` and exits 1 if any quantity fails the uniformity test.
+
+References
+----------
+Talts, S., Betancourt, M., Simpson, D., Vehtari, A. & Gelman, A. (2018). Validating Bayesian
+inference algorithms with simulation-based calibration. arXiv:1804.06788.
+Cook, S. R., Gelman, A. & Rubin, D. B. (2006). Validation of software for Bayesian models using
+posterior quantiles. JCGS 15(3), 675–692.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = ["SIM_PRIORS", "FORMULA", "run_sbc", "uniformity_pvalues", "failing", "default_sizes", "main"]
+
+FORMULA = "y ~ x + (1 | g)"
+#: the priors the parameters are simulated from (and, by default, fitted with)
+SIM_PRIORS: dict[str, str] = {
+    "Intercept": "normal(0, 1)",
+    "x": "normal(0, 1)",
+    "sigma": "exponential(1)",
+    "sd(Intercept|g)": "half_normal(1)",
+}
+_SCALARS = ("Intercept", "x", "sigma", "sd(Intercept|g)")
+
+#: ``perturb(name, draws) -> draws``: a deliberate error for negative controls
+Perturb = Callable[[str, np.ndarray], np.ndarray]
+
+
+def default_sizes(n_groups: int) -> np.ndarray:
+    """Unequal group sizes max(k + 1, round(1.5^k)), k = 0..n_groups−1: 1, 2, 3, 4, 5, 8, 11, 17, …"""
+    k = np.arange(n_groups)
+    return np.maximum(k + 1, np.round(1.5**k)).astype(int)
+
+
+_CALL = re.compile(r"^\s*([a-z_]+)\s*\(([^)]*)\)\s*$")
+
+
+def _draw(prior: str, rng: np.random.Generator) -> float:
+    """One draw from a prior written as poolwise writes it (parsed here, not by poolwise)."""
+    m = _CALL.match(prior)
+    if not m:
+        raise ValueError(f"cannot read prior {prior!r}")
+    name, args = m.group(1), [float(a) for a in m.group(2).split(",")]
+    if name == "normal":
+        return float(rng.normal(args[0], args[1]))
+    if name == "half_normal":
+        return float(abs(rng.normal(0.0, args[0])))
+    if name == "half_cauchy":
+        return float(abs(args[0] * rng.standard_cauchy()))
+    if name == "exponential":
+        return float(rng.exponential(1.0 / args[0]))
+    raise ValueError(f"no simulator for prior {prior!r}")
+
+
+def _design(sizes: np.ndarray, design_seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(design_seed)
+    J = sizes.size
+    width = len(str(J))
+    g = np.repeat(np.arange(J), sizes)
+    x = rng.normal(size=g.size)
+    labels = np.array([f"G{j + 1:0{width}d}" for j in range(J)])  # sorted order = index order
+    return pd.DataFrame({"x": x, "g": labels[g]}), g
+
+
+def run_sbc(
+    reps: int,
+    seed: int = 0,
+    *,
+    n_groups: int = 8,
+    sizes: Sequence[int] | None = None,
+    draws_per_fit: int = 99,
+    thin: int = 2,
+    fit_priors: Mapping[str, str] | None = None,
+    perturb: Perturb | None = None,
+    design_seed: int = 20180417,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Ranks of the true values among posterior draws, one per replication.
+
+    Parameters
+    ----------
+    reps
+        Number of simulated data sets.
+    seed
+        Seed of the replications (parameters, noise and each fit's seed derive from it).
+    n_groups, sizes
+        The fixed design: ``sizes[j]`` rows in group j (default :func:`default_sizes`, which
+        includes groups of 1 and 2 rows); one predictor ``x`` ~ N(0, 1) drawn once.
+    draws_per_fit
+        L, the posterior draws each rank is taken among (ranks lie in 0..L). Choose L + 1 a
+        multiple of the number of bins used later.
+    thin
+        Each fit makes ``L·thin`` draws in one chain and keeps every ``thin``-th, so the kept
+        draws are (close to) independent, as SBC requires.
+    fit_priors
+        Priors of the fit; default :data:`SIM_PRIORS` (the simulation's). Different priors make a
+        deliberately miscalibrated fit (negative control).
+    perturb
+        Optional ``perturb(name, draws)`` applied to the draws before ranking (negative control).
+    design_seed
+        Seed of the fixed design.
+    progress
+        Optional callback ``(done, reps)``.
+
+    Returns
+    -------
+    dict
+        Quantity name → int array (reps,) of ranks in 0..L.
+    """
+    import poolwise as pw
+
+    sizes_arr = default_sizes(n_groups) if sizes is None else np.asarray(sizes, dtype=int)
+    if sizes_arr.size != n_groups or (sizes_arr < 1).any():
+        raise ValueError(f"sizes must hold {n_groups} positive group sizes, got {list(sizes_arr)}")
+    if draws_per_fit < 1 or thin < 1 or reps < 1:
+        raise ValueError("reps, draws_per_fit and thin must be positive")
+    design, g = _design(sizes_arr, design_seed)
+    order = np.argsort(sizes_arr, kind="stable")
+    tracked = [int(order[0]), int(order[1]), int(order[-1])]
+    labels = sorted(set(design["g"]))
+    group_names = [f"intercept[{labels[j]}, n={sizes_arr[j]}]" for j in tracked]
+    priors = dict(fit_priors) if fit_priors is not None else dict(SIM_PRIORS)
+    names = list(_SCALARS) + group_names
+    ranks = {n: np.empty(reps, dtype=np.int64) for n in names}
+    children = np.random.SeedSequence(seed).spawn(reps)
+    for r, child in enumerate(children):
+        rng = np.random.default_rng(child)
+        truth = {k: _draw(SIM_PRIORS[k], rng) for k in _SCALARS}
+        b = rng.normal(0.0, truth["sd(Intercept|g)"], size=n_groups)
+        y = truth["Intercept"] + truth["x"] * design["x"].to_numpy() + b[g] + truth["sigma"] * rng.normal(size=g.size)
+        df = design.assign(y=y)
+        fit = pw.fit(FORMULA, df, priors=priors, method="exact", chains=1, draws=draws_per_fit * thin,
+                     seed=int(rng.integers(2**31)))
+        draws = {k: fit.param(k)[0, thin - 1 :: thin] for k in _SCALARS}
+        gi = fit.group_intercepts()[0, thin - 1 :: thin]
+        for name, j in zip(group_names, tracked):
+            draws[name] = gi[:, j]
+            truth[name] = truth["Intercept"] + b[j]
+        for name in names:
+            d = draws[name] if perturb is None else perturb(name, draws[name])
+            ranks[name][r] = int(np.sum(d < truth[name]))
+        if progress:
+            progress(r + 1, reps)
+    return ranks
+
+
+def uniformity_pvalues(ranks: Mapping[str, np.ndarray], draws_per_fit: int, bins: int) -> dict[str, float]:
+    """Chi-square test of uniform ranks over ``bins`` equal bins, per quantity.
+
+    Ranks take the L + 1 values 0..L; ``bins`` must divide L + 1 so every bin holds the same
+    number of rank values (and, under uniformity, the same expected count reps/bins).
+    """
+    n_values = draws_per_fit + 1
+    if n_values % bins:
+        raise ValueError(f"bins ({bins}) must divide draws_per_fit + 1 ({n_values})")
+    out = {}
+    for name, r in ranks.items():
+        r = np.asarray(r)
+        if r.min() < 0 or r.max() > draws_per_fit:
+            raise ValueError(f"ranks of {name} outside 0..{draws_per_fit}")
+        counts = np.bincount(r * bins // n_values, minlength=bins)
+        out[name] = float(stats.chisquare(counts).pvalue)
+    return out
+
+
+def failing(pvalues: Mapping[str, float], alpha: float) -> list[str]:
+    """Quantities whose p-value is below the Bonferroni threshold alpha / (number of quantities),
+    so that a correctly calibrated sampler fails any of them with probability at most ``alpha``."""
+    threshold = alpha / len(pvalues)
+    return [name for name, p in pvalues.items() if p < threshold]
+
+
+def _summary(ranks: dict[str, np.ndarray], pvalues: dict[str, float], *, reps: int, seed: int, L: int,
+             bins: int, alpha: float, seconds: float, sizes: np.ndarray) -> str:
+    bad = set(failing(pvalues, alpha))
+    lines = [
+        "# Simulation-based calibration of the exact path",
+        "",
+        f"Model `{FORMULA}`, priors " + ", ".join(f"`{k} ~ {v}`" for k, v in SIM_PRIORS.items()) + ".",
+        f"Design: {sizes.size} groups of sizes {', '.join(map(str, sizes))} ({int(sizes.sum())} rows).",
+        f"{reps} replications (seed {seed}), L = {L} posterior draws each (thinned by 2), "
+        f"{bins} bins; family-wise alpha {alpha} (Bonferroni: {alpha / len(pvalues):.2g} per quantity). "
+        f"Took {seconds:.1f} s.",
+        "",
+        "| quantity | chi-square p-value | bin counts | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    n_values = L + 1
+    for name, p in pvalues.items():
+        counts = np.bincount(ranks[name] * bins // n_values, minlength=bins)
+        lines.append(f"| {name} | {p:.4g} | {' '.join(map(str, counts))} | {'FAIL' if name in bad else 'ok'} |")
+    lines += ["", "FAILED: " + ", ".join(sorted(bad)) if bad else "All quantities pass.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: run SBC, write ``ranks.csv`` and ``summary.md``; 1 if any quantity fails."""
+    ap = argparse.ArgumentParser(prog="python -m validation.sbc", description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--draws", type=int, default=99, help="L, posterior draws per fit (L + 1 divisible by --bins)")
+    ap.add_argument("--bins", type=int, default=20)
+    ap.add_argument("--alpha", type=float, default=0.001, help="family-wise level of the uniformity tests")
+    ap.add_argument("--n-groups", type=int, default=8)
+    ap.add_argument("--out", default="validation/_out")
+    args = ap.parse_args(argv)
+    if (args.draws + 1) % args.bins:
+        ap.error(f"--bins ({args.bins}) must divide --draws + 1 ({args.draws + 1})")
+    if args.reps < 5 * args.bins:
+        ap.error(f"--reps ({args.reps}) should be at least 5 × --bins ({args.bins}) for the chi-square test")
+    t0 = time.perf_counter()
+
+    def tick(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            print(f"  {done}/{total} replications", file=sys.stderr)
+
+    ranks = run_sbc(args.reps, args.seed, n_groups=args.n_groups, draws_per_fit=args.draws, progress=tick)
+    seconds = time.perf_counter() - t0
+    pvalues = uniformity_pvalues(ranks, args.draws, args.bins)
+    os.makedirs(args.out, exist_ok=True)
+    pd.DataFrame(ranks).rename_axis("rep").to_csv(os.path.join(args.out, "ranks.csv"))
+    text = _summary(ranks, pvalues, reps=args.reps, seed=args.seed, L=args.draws, bins=args.bins,
+                    alpha=args.alpha, seconds=seconds, sizes=default_sizes(args.n_groups))
+    with open(os.path.join(args.out, "summary.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    return 1 if failing(pvalues, args.alpha) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
