@@ -126,7 +126,8 @@ def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
 
     def residual_scale() -> jax.Array:
         """σ (sampled) over √w."""
-        return numpyro.sample("sigma", sigma_prior) / w_sqrt
+        sigma: jax.Array = numpyro.sample("sigma", sigma_prior)
+        return sigma / w_sqrt
 
     def known_scale() -> jax.Array:
         """Known standard errors: 1/√w."""
@@ -137,7 +138,7 @@ def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
         tau = numpyro.sample("tau", tau_prior)
         with numpyro.plate("groups", n_groups):
             z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        b = numpyro.deterministic("b", tau * z)
+        b: jax.Array = numpyro.deterministic("b", tau * z)
         return b[g]
 
     def no_group_term() -> jax.Array:
