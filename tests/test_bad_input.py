@@ -92,7 +92,7 @@ def test_one_observation_groups_are_valid() -> None:
     assert f.pooling_factors().loc["a", "n"] == 1
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "prior" not in c[0] and c[0] not in ("bad method",)],
+@pytest.mark.parametrize("case", [c for c in CASES if "priors" not in c[3] and "method" not in c[3]],
                          ids=lambda c: c[0])
 def test_cli_exit_2(case: tuple, tmp_path: Path) -> None:
     from typer.testing import CliRunner
