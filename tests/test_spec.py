@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from poolwise.data import read_table
-from poolwise.errors import SpecError
+from poolwise.errors import DataError, SpecError
 from poolwise.spec import UNPOOLED_SCALE, ModelSpec
 
 
@@ -25,9 +25,25 @@ def test_pooling_values(pooling: object) -> None:
     ModelSpec("y ~ 1 + (1 | g)", pooling=pooling)  # type: ignore[arg-type]
 
 
-def test_slopes_are_refused_clearly() -> None:
-    with pytest.raises(SpecError, match="one varying intercept"):
-        ModelSpec("y ~ x + (x | g)")
+def test_slopes_parse_into_blocks() -> None:
+    s = ModelSpec("y ~ x + (1 + x || g) + (1 | a/b)")
+    assert [str(t) for t in s.group_terms] == ["(1 + x || g)", "(1 | a)", "(1 | a:b)"]
+    assert not s.simple
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"y": rng.normal(size=24), "x": rng.normal(size=24), "g": list("abcd") * 6,
+                       "a": list("uv") * 12, "b": list("pqr") * 8})
+    bound = s.bind(read_table(df))
+    assert [b.factor for b in bound.blocks] == ["g", "a", "a:b"]
+    assert bound.blocks[0].Z.shape == (24, 2) and bound.blocks[0].cor_names == []
+    assert "sd(x|g)" in bound.priors and "cor(g)" not in bound.priors
+    c = ModelSpec("y ~ x + (1 + x | g)").bind(read_table(df))
+    assert c.blocks[0].cor_names == ["cor(Intercept,x|g)"] and str(c.priors["cor(g)"]) == "lkj(2)"
+
+
+def test_slope_constant_within_groups_is_refused() -> None:
+    df = pd.DataFrame({"y": np.arange(8.0), "u": [1.0, 1, 2, 2, 3, 3, 4, 4], "g": list("aabbccdd")})
+    with pytest.raises(DataError, match="constant within every group"):
+        ModelSpec("y ~ u + (1 + u | g)").bind(read_table(df))
 
 
 def test_replace_is_a_new_spec() -> None:

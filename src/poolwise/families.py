@@ -1,7 +1,7 @@
 """Likelihood families, described declaratively.
 
-A :class:`Family` names its link, its parameters and the support of its outcome, and says
-which reductions and inference methods apply.  Mapping a family to NumPyro distributions is
+A :class:`Family` names its link, its auxiliary parameters and the support of its outcome, and
+says whether the collapsed (exact) path applies.  Mapping a family to NumPyro distributions is
 the NUTS path's job (``infer/nuts.py``); nothing here imports JAX.
 """
 
@@ -21,22 +21,33 @@ class Family:
     Attributes
     ----------
     name
-        ``"gaussian"``.
+        ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
+        ``"negative_binomial"``.
     link
-        Name of the link function (``"identity"``).
+        Name of the link function: ``"identity"``, ``"logit"`` or ``"log"``.
     params
         Auxiliary parameters besides the mean (``("sigma",)`` for gaussian).
     support
-        ``"real"`` for any finite number.
+        ``"real"`` (finite numbers), ``"binary"`` (0/1), ``"count"`` (non-negative integers) or
+        ``"trials"`` (integers from 0 to the number of trials).
     exact
-        Whether the collapsed (``method="exact"``) and REML paths apply.
+        Whether the collapsed (``method="exact"``) path applies.
     """
 
     name: str
     link: str
     params: tuple[str, ...]
     support: str
-    exact: bool
+    exact: bool = False
+
+    @property
+    def needs_trials(self) -> bool:
+        """Whether the formula must name the number of trials, ``y | trials(n) ~ …``."""
+        return self.support == "trials"
+
+    @property
+    def identity(self) -> bool:
+        return self.link == "identity"
 
     def __str__(self) -> str:
         return f"{self.name}(link={self.link})"
@@ -44,7 +55,14 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "gaussian": Family("gaussian", "identity", ("sigma",), "real", exact=True),
+    "student_t": Family("student_t", "identity", ("sigma", "nu"), "real"),
+    "bernoulli": Family("bernoulli", "logit", (), "binary"),
+    "binomial": Family("binomial", "logit", (), "trials"),
+    "poisson": Family("poisson", "log", (), "count"),
+    "negative_binomial": Family("negative_binomial", "log", ("phi",), "count"),
 }
+_ALIASES = {"normal": "gaussian", "t": "student_t", "studentt": "student_t", "logistic": "bernoulli",
+            "negbinomial": "negative_binomial", "negbin": "negative_binomial"}
 
 
 def get_family(family: str | Family) -> Family:
@@ -58,13 +76,8 @@ def get_family(family: str | Family) -> Family:
     if isinstance(family, Family):
         return family
     key = str(family).lower()
-    if key == "normal":
-        key = "gaussian"
+    key = _ALIASES.get(key, key)
     if key not in FAMILIES:
         names = ", ".join(f"'{n}'" for n in FAMILIES)
-        raise SpecError(
-            f"Unknown family {family!r}.",
-            hint=f"Supported families: {names}.",
-            option="family",
-        )
+        raise SpecError(f"Unknown family {family!r}.", hint=f"Supported families: {names}.", option="family")
     return FAMILIES[key]

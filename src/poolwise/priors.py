@@ -34,10 +34,12 @@ DISTRIBUTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "half_student_t": (("df", "sigma"), "positive"),
     "half_cauchy": (("sigma",), "positive"),
     "exponential": (("rate",), "positive"),
+    "gamma": (("alpha", "beta"), "positive"),
+    "lkj": (("eta",), "correlation"),
 }
 POSITIVE = "positive"
 REAL = "real"
-_SCALE_ARGS = {"sigma", "df", "rate"}
+_SCALE_ARGS = {"sigma", "df", "rate", "alpha", "beta", "eta"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class Prior:
 
     @property
     def support(self) -> str:
-        """``"real"`` or ``"positive"``: the support of the parameter this is a prior for."""
+        """``"real"``, ``"positive"`` or ``"correlation"``: the support of the parameter it is for."""
         return DISTRIBUTIONS[self.dist][1]
 
     @property
@@ -104,8 +106,13 @@ class Prior:
                 out = math.log(2.0) + _t_logpdf(x / k["sigma"], k["df"]) - math.log(k["sigma"])
             elif self.dist == "half_cauchy":
                 out = math.log(2.0) + _t_logpdf(x / k["sigma"], 1.0) - math.log(k["sigma"])
-            else:  # exponential
+            elif self.dist == "gamma":
+                a, b = k["alpha"], k["beta"]
+                out = a * math.log(b) - special.gammaln(a) + (a - 1) * np.log(x) - b * x
+            elif self.dist == "exponential":
                 out = math.log(k["rate"]) - k["rate"] * x
+            else:
+                raise PriorError(f"{self} is a prior on a correlation matrix; it has no density on numbers.")
             return np.where(x >= 0, out, -np.inf)
 
     def mean_sd(self) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""ModelSpec: an lme4 formula, a family, the pooling (a setting of the group SD) and priors.
+"""ModelSpec: an lme4 formula, a family, the pooling (a setting of the group covariance) and priors.
 
 A :class:`ModelSpec` is built without data (scikit-learn's "hyperparameters before data");
 ``spec.replace(pooling="pooled")`` makes a variant, which is how ``compare()`` builds its three
@@ -7,22 +7,21 @@ what was learned from the data — design arrays, group levels and their order, 
 priors, the data scale — kept apart from what the user asked for.  The bound spec keeps the
 formulae encoding state so that new rows are encoded exactly like the fitted ones.
 
-Pooling is one knob, the population SD τ of the group intercepts:
+Pooling is one knob, the covariance Σ of the group terms of each grouping factor:
 
-=================  ===============================================
-``"pooled"``       τ = 0: the group term is dropped
-``"unpooled"``     τ fixed and wide (10 × the data scale), not learned
-``"hierarchical"`` τ learned, with a prior
-a number t > 0     τ = t fixed (a point on the pooling path)
-=================  ===============================================
+=================  ==================================================================
+``"pooled"``       Σ = 0: the group terms are dropped
+``"unpooled"``     Σ fixed, diagonal and wide (10 × the data scale per unit of the
+                   term for identity links, 2.5 on the link scale otherwise), not learned
+``"hierarchical"`` Σ learned: priors on its SDs, LKJ on its correlations
+a number t > 0     every group SD fixed at t, no correlation (a point on the pooling path)
+=================  ==================================================================
 """
 
 from __future__ import annotations
 
-
 import difflib
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,39 +30,20 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
-from .errors import DataError, FormulaError, PriorError, SpecError
+from .errors import DataError, FormulaError, PriorError, SpecError, format_rows
 from .families import Family, get_family
+from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
-__all__ = ["ModelSpec", "BoundSpec", "GroupTerm", "POOLINGS", "UNPOOLED_SCALE"]
+__all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "POOLINGS", "UNPOOLED_SCALE"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
-#: the fixed population SD of the unpooled model, in units of the data scale
+#: the fixed group SD of the unpooled model, in units of the data scale (identity link)
 UNPOOLED_SCALE = 10.0
-
-
-@dataclass(frozen=True)
-class GroupTerm:
-    """One ``(expr | factor)`` term: ``GroupTerm(("Intercept",), "county")``."""
-
-    exprs: tuple[str, ...]
-    factor: str
-
-    def sd_name(self, expr: str = "Intercept") -> str:
-        """The population SD's name, ``sd(Intercept|county)``."""
-        return f"sd({expr}|{self.factor})"
-
-    @property
-    def factor_columns(self) -> tuple[str, ...]:
-        """Data columns that make up the factor (``region:county`` → two columns)."""
-        return tuple(self.factor.split(":"))
-
-    def __str__(self) -> str:
-        return f"({' + '.join('1' if e == 'Intercept' else e for e in self.exprs)} | {self.factor})"
-
-
-def _mark(formula: str, word: str) -> str:
-    return re.sub(rf"(?<![\w.]){re.escape(word)}(?![\w.])", f"»{word}«", formula, count=1)
+#: the fixed group SD of the unpooled model on the link scale (logit and log links)
+UNPOOLED_LINK_SD = 2.5
+_FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "log10": np.log10,
+              "log2": np.log2, "abs": np.abs}
 
 
 @dataclass(frozen=True)
@@ -73,15 +53,19 @@ class ModelSpec:
     Parameters
     ----------
     formula
-        lme4 syntax with one varying intercept, ``"y ~ x1 + x2 + (1 | g)"``; known standard
-        errors brms-style, ``"y | se(s) ~ 1 + (1 | g)"``.
+        lme4 syntax, ``"y ~ x1 + x2 + (1 + x1 | g)"``; ``||`` for uncorrelated group terms;
+        ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  brms-style additions:
+        ``"y | se(s) ~ 1 + (1 | g)"`` (known standard errors), ``"y | trials(n) ~ …"``
+        (binomial); ``offset(log(exposure))`` among the common terms.
     family
-        ``"gaussian"``.
+        ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"``,
+        ``"negative_binomial"``.
     pooling
-        ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (a fixed
-        population SD).
+        ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (every group SD
+        fixed at that value).
     priors
-        Priors by parameter name (``{"sd(Intercept|g)": "half_normal(2)"}``); strings are parsed.
+        Priors by parameter name (``{"sd(Intercept|g)": "half_normal(2)", "cor(g)": "lkj(4)"}``);
+        strings are parsed.
     """
 
     formula: str
@@ -91,7 +75,9 @@ class ModelSpec:
     # parsed from the formula (not arguments)
     outcome: str = field(init=False, default="")
     se: str | None = field(init=False, default=None)
+    trials: str | None = field(init=False, default=None)
     rhs: str = field(init=False, default="")
+    common: str = field(init=False, default="1")
     group_terms: tuple[GroupTerm, ...] = field(init=False, default=())
     variables: tuple[str, ...] = field(init=False, default=())
 
@@ -104,77 +90,33 @@ class ModelSpec:
                 hint='Write e.g. priors={"sd(Intercept|g)": "half_normal(2)"}.', option="priors",
             )
         object.__setattr__(self, "priors", {str(k): parse_prior(v, name=str(k)) for k, v in self.priors.items()})
-        self._parse()
-
-    # -- formula --------------------------------------------------------------------------
-    def _parse(self) -> None:
-        from formulae import model_description
-        from formulae.parser import ParseError
-
-        f = self.formula
-        if not isinstance(f, str) or "~" not in f:
+        p = parse_formula(self.formula)
+        for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables"):
+            object.__setattr__(self, name, getattr(p, name))
+        fam = self.fam
+        if p.se and fam.name != "gaussian":
+            raise FormulaError(f"se({p.se}) in formula {self.formula} needs family='gaussian', not '{fam.name}'.",
+                               option="formula", hint="Drop se() or use the gaussian family.")
+        if fam.needs_trials and not p.trials:
             raise FormulaError(
-                f"The formula {f!r} has no '~'.", hint="Write it as outcome ~ predictors + (1 | group).",
-                option="formula",
-            )
-        lhs, rhs = f.split("~", 1)
-        lhs_parts = [p.strip() for p in lhs.split("|")]
-        if not lhs_parts[0]:
-            raise FormulaError(f"The formula {f!r} has no outcome before '~'.", hint="Write y ~ x + (1 | g).",
-                               option="formula")
-        se: str | None = None
-        for extra in lhs_parts[1:]:
-            m = re.fullmatch(r"se\(\s*([A-Za-z_.][\w.]*)\s*\)", extra)
-            if not m:
-                raise FormulaError(
-                    f"Unknown response addition '{extra}' in formula: {f}.",
-                    hint="The supported addition is se(column), e.g. y | se(s) ~ 1 + (1 | g).",
-                    option="formula",
-                )
-            se = m.group(1)
-        outcome = lhs_parts[0]
-        if not re.fullmatch(r"[A-Za-z_.][\w.]*", outcome):
-            raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
-                               hint="Transform the column before fitting.", option="formula")
-        try:
-            desc = model_description(f"{outcome} ~ {rhs}")
-        except (ParseError, Exception) as err:  # formulae raises several kinds for bad syntax
-            raise FormulaError(
-                f"Cannot parse the formula: {f} ({str(err).strip() or type(err).__name__}).",
-                hint="Check the brackets and operators; lme4 syntax is y ~ x + (1 | g).", option="formula",
-            ) from None
-        terms: list[GroupTerm] = []
-        by_factor: dict[str, list[str]] = {}
-        for t in desc.group_terms:
-            factor = ":".join(v.name for v in t.factor.components)
-            expr = "Intercept" if type(t.expr).__name__ == "Intercept" else str(t.expr.name)
-            by_factor.setdefault(factor, []).append(expr)
-        for factor, exprs in by_factor.items():
-            terms.append(GroupTerm(tuple(exprs), factor))
-        if len(terms) > 1 or any(t.exprs != ("Intercept",) for t in terms):
-            raise SpecError(
-                f"The formula {f} has {', '.join(str(t) for t in terms)}; this version fits one varying "
-                "intercept (1 | g).",
-                hint="Varying slopes and several grouping factors come in a later release; use one (1 | g).",
-                option="formula",
-            )
-        variables = sorted(set(desc.var_names) | ({se} if se else set()))
-        object.__setattr__(self, "outcome", outcome)
-        object.__setattr__(self, "se", se)
-        object.__setattr__(self, "rhs", rhs.strip())
-        object.__setattr__(self, "group_terms", tuple(terms))
-        object.__setattr__(self, "variables", tuple(variables))
+                f"The binomial family needs the number of trials: write {p.outcome} | trials(n) ~ … "
+                f"(formula: {self.formula}).", option="formula",
+                hint="Name the column with the number of trials in trials(); for 0/1 outcomes use 'bernoulli'.")
+        if p.trials and not fam.needs_trials:
+            raise FormulaError(f"trials({p.trials}) in formula {self.formula} is for family='binomial'.",
+                               option="formula", hint="Pass family='binomial' or drop trials().")
 
     # -- variants ---------------------------------------------------------------------------
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with some arguments changed: ``spec.replace(pooling="pooled")``."""
-        args = {"formula": self.formula, "family": self.family, "pooling": self.pooling, "priors": dict(self.priors)}
+        args: dict[str, Any] = {"formula": self.formula, "family": self.family, "pooling": self.pooling,
+                                "priors": dict(self.priors)}
         unknown = set(changes) - set(args)
         if unknown:
             raise SpecError(f"Cannot replace {sorted(unknown)} in a ModelSpec.", hint=f"Use one of {sorted(args)}.")
         args.update(changes)
-        return ModelSpec(str(args["formula"]), family=args["family"], pooling=args["pooling"],  # type: ignore[arg-type]
-                         priors=args["priors"])  # type: ignore[arg-type]
+        return ModelSpec(str(args["formula"]), family=args["family"], pooling=args["pooling"],
+                         priors=args["priors"])
 
     @property
     def fam(self) -> Family:
@@ -184,13 +126,18 @@ class ModelSpec:
 
     @property
     def group(self) -> GroupTerm | None:
-        """The one varying-intercept term, or ``None`` for a formula without one."""
+        """The first group term, or ``None`` for a formula without one."""
         return self.group_terms[0] if self.group_terms else None
 
     @property
     def has_sigma(self) -> bool:
         """Whether the model has a residual SD (not when the standard errors are known)."""
-        return self.se is None
+        return "sigma" in self.fam.params and self.se is None
+
+    @property
+    def simple(self) -> bool:
+        """One grouping factor with a varying intercept only: ``y ~ … + (1 | g)``."""
+        return len(self.group_terms) == 1 and self.group_terms[0].exprs == ("Intercept",)
 
     # -- data -------------------------------------------------------------------------------
     def bind(self, table: _data.Table) -> BoundSpec:
@@ -205,6 +152,69 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class GroupBlock:
+    """The group terms of one grouping factor, bound to data.
+
+    Attributes
+    ----------
+    term
+        The :class:`GroupTerm` (terms, factor, correlated or not).
+    Z
+        Values of the varying terms on each row, shape (n_obs, q) (a column of ones for the
+        intercept).
+    group
+        Group index of each row, shape (n_obs,).
+    levels
+        Group labels in the order of the index.
+    Sigma
+        The covariance setting: ``None`` when learned, else the fixed q × q matrix (zeros for
+        pooled).
+    """
+
+    term: GroupTerm
+    Z: np.ndarray
+    group: np.ndarray
+    levels: list[str]
+    Sigma: np.ndarray | None
+
+    @property
+    def factor(self) -> str:
+        return self.term.factor
+
+    @property
+    def exprs(self) -> tuple[str, ...]:
+        return self.term.exprs
+
+    @property
+    def q(self) -> int:
+        return self.term.q
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.levels)
+
+    @property
+    def sd_names(self) -> list[str]:
+        return [self.term.sd_name(e) for e in self.exprs]
+
+    @property
+    def cor_names(self) -> list[str]:
+        """Names of the correlations (empty for ``||`` terms and single terms)."""
+        if not self.term.correlated:
+            return []
+        e = self.exprs
+        return [self.term.cor_name(e[i], e[j]) for j in range(len(e)) for i in range(j)]
+
+    @property
+    def pooled(self) -> bool:
+        return self.Sigma is not None and not np.any(self.Sigma)
+
+    def sizes(self) -> np.ndarray:
+        """Rows per group."""
+        return np.bincount(self.group, minlength=self.n_groups)
+
+
+@dataclass(frozen=True)
 class BoundSpec:
     """A :class:`ModelSpec` with what was learned from the data (trailing ``_`` in spirit).
 
@@ -215,28 +225,26 @@ class BoundSpec:
     y
         Outcome, shape (n_obs,).
     X
-        Common design matrix, shape (n_obs, p).
+        Common design matrix, shape (n_obs, p) (offset columns excluded).
     coef_names
         Names of the columns of ``X`` (``"Intercept"`` first when present).
     weights
         Observation precision weights: ones, or 1/se² when standard errors are known
         (then the residual variance is 1/weight and there is no ``sigma``).
-    group
-        Group index of each row (int, shape (n_obs,)).
-    levels
-        Group labels, in the order of the index.
-    group_column
-        The grouping factor's name.
+    offset
+        Known term added to the linear predictor (zeros without ``offset()``).
+    trials
+        Number of trials per row (binomial), else ``None``.
+    blocks
+        One :class:`GroupBlock` per grouping factor.
     priors
         Every prior used, by parameter name.
     prior_source
         ``"default"`` or ``"user"`` for each prior.
     scale
         The data scale (SD of the outcome, with the mean known variance added when ``se`` is
-        given); default priors and the unpooled SD are multiples of it.
-    tau
-        The population SD setting: ``None`` when learned (hierarchical), else the fixed value
-        (0 for pooled).
+        given; 1 on the link scale of logit/log families); default priors and the unpooled
+        SDs are multiples of it.
     """
 
     spec: ModelSpec
@@ -244,27 +252,17 @@ class BoundSpec:
     X: np.ndarray
     coef_names: list[str]
     weights: np.ndarray
-    group: np.ndarray
-    levels: list[str]
-    group_column: str
+    offset: np.ndarray
+    trials: np.ndarray | None
+    blocks: tuple[GroupBlock, ...]
     priors: dict[str, Prior]
     prior_source: dict[str, str]
     scale: float
-    tau: float | None
     design: Any = field(repr=False, default=None)
 
     @property
     def n_obs(self) -> int:
         return int(self.y.shape[0])
-
-    @property
-    def n_groups(self) -> int:
-        return len(self.levels)
-
-    @property
-    def sd_name(self) -> str:
-        """``sd(Intercept|g)``."""
-        return f"sd(Intercept|{self.group_column})"
 
     @property
     def has_sigma(self) -> bool:
@@ -274,38 +272,92 @@ class BoundSpec:
     def pooling(self) -> str | float:
         return self.spec.pooling
 
-    def group_sizes(self) -> np.ndarray:
-        """Number of rows in each group."""
-        return np.bincount(self.group, minlength=self.n_groups)
+    @property
+    def simple(self) -> bool:
+        """One grouping factor with a varying intercept only."""
+        return self.spec.simple
 
+    # -- the first block, the varying intercept of the simple model ----------------------------
+    @property
+    def block(self) -> GroupBlock:
+        return self.blocks[0]
+
+    @property
+    def group(self) -> np.ndarray:
+        return self.blocks[0].group
+
+    @property
+    def levels(self) -> list[str]:
+        return self.blocks[0].levels
+
+    @property
+    def n_groups(self) -> int:
+        return self.blocks[0].n_groups
+
+    @property
+    def group_column(self) -> str:
+        return self.blocks[0].factor
+
+    @property
+    def sd_name(self) -> str:
+        """``sd(Intercept|g)`` of the first block."""
+        return self.blocks[0].sd_names[0]
+
+    @property
+    def tau(self) -> float | None:
+        """The first block's first group SD setting: ``None`` when learned, else fixed (0 pooled)."""
+        S = self.blocks[0].Sigma
+        return None if S is None else float(math.sqrt(S[0, 0]))
+
+    def group_sizes(self) -> np.ndarray:
+        """Number of rows in each group of the first block."""
+        return self.blocks[0].sizes()
+
+    # -- new data -------------------------------------------------------------------------------
     def encode(self, new: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Encode new rows like the fitted ones.
+        """Encode new rows like the fitted ones (common terms and the first block's groups).
 
         Returns
         -------
         X_new, group index (−1 for a new group), and a mask of rows whose group is known.
         """
+        X = self.encode_common(new)
+        idx = self.encode_groups(new, self.blocks[0])
+        return X, idx, idx >= 0
+
+    def encode_common(self, new: pd.DataFrame) -> np.ndarray:
+        """The common design of new rows (offsets are in :meth:`encode_offset`)."""
         missing = [c for c in self._predictor_columns() if c not in new.columns]
         if missing:
             _data.check_columns(_data.read_table(new), missing, context=" in the new data")
-        if self.design is not None and len(self._predictor_columns()) > 0:
-            X = np.asarray(self.design.common.evaluate_new_data(new).design_matrix, dtype=float)
-        else:
-            X = np.ones((len(new), len(self.coef_names)), dtype=float)
-        if self.group_column in new.columns:
-            lab = _data.group_labels(_data.read_table(new[[self.group_column]]), self.group_column)
-            pos = {lv: i for i, lv in enumerate(self.levels)}
-            idx = np.array([pos.get(str(v), -1) for v in np.asarray(lab)], dtype=int)
-        else:
-            idx = np.full(len(new), -1, dtype=int)
-        return X, idx, idx >= 0
+        if self.design is not None and self.design.common is not None and self._predictor_columns():
+            full = self.design.common.evaluate_new_data(new)
+            frame = full.as_dataframe()
+            return np.asarray(frame[self.coef_names], dtype=float)
+        return np.ones((len(new), len(self.coef_names)), dtype=float)
+
+    def encode_groups(self, new: pd.DataFrame, block: GroupBlock) -> np.ndarray:
+        """Group index of new rows in ``block`` (−1 for a group not seen in fitting)."""
+        cols = list(block.term.factor_columns)
+        if not all(c in new.columns for c in cols):
+            return np.full(len(new), -1, dtype=int)
+        parts = [np.asarray(_data.group_labels(_data.read_table(new[[c]]), c)).astype(str) for c in cols]
+        labels = parts[0]
+        for p in parts[1:]:
+            labels = np.char.add(np.char.add(labels, ":"), p)
+        pos = {lv: i for i, lv in enumerate(block.levels)}
+        return np.array([pos.get(str(v), -1) for v in labels], dtype=int)
 
     def _predictor_columns(self) -> list[str]:
-        skip = {self.spec.outcome, self.spec.se, *self.group_column.split(":")}
+        skip = {self.spec.outcome, self.spec.se, self.spec.trials}
+        for b in self.blocks:
+            skip.update(b.term.factor_columns)
         return [v for v in self.spec.variables if v not in skip]
 
 
 def _check_pooling(pooling: Any) -> str | float:
+    msg = ("The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
+           f"(a fixed group SD). Got {pooling!r} instead.")
     if isinstance(pooling, str):
         key = pooling.strip().lower()
         if key in POOLINGS:
@@ -313,10 +365,7 @@ def _check_pooling(pooling: Any) -> str | float:
         try:
             pooling = float(key)
         except ValueError:
-            raise SpecError(
-                "The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
-                f"(a fixed group SD). Got {pooling!r} instead.", option="pooling",
-            ) from None
+            raise SpecError(msg, option="pooling") from None
     if isinstance(pooling, (int, float)) and not isinstance(pooling, bool):
         if not math.isfinite(pooling) or pooling <= 0:
             raise SpecError(
@@ -324,100 +373,150 @@ def _check_pooling(pooling: Any) -> str | float:
                 hint="Use pooling='pooled' for a group SD of 0.", option="pooling",
             )
         return float(pooling)
-    raise SpecError(
-        "The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
-        f"(a fixed group SD). Got {pooling!r} instead.", option="pooling",
-    )
+    raise SpecError(msg, option="pooling")
+
+
+def _labels(table: _data.Table, cols: list[str]) -> pd.Categorical:
+    if len(cols) == 1:
+        return _data.group_labels(table, cols[0])
+    parts = [np.asarray(_data.group_labels(table, c)).astype(str) for c in cols]
+    joined = pd.Series(parts[0])
+    for p in parts[1:]:
+        joined = joined + ":" + p
+    return pd.Categorical(joined, categories=sorted(set(joined)))
 
 
 def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
     from formulae import design_matrices
 
     f = spec.formula
+    fam = spec.fam
     cols = table.columns
     for v in spec.variables:
         if v not in cols:
             near = ([c for c in cols if c.lower() == v.lower()] or difflib.get_close_matches(v, cols, n=1, cutoff=0.5)
                     or [c for c in cols if v.startswith(c) or c.startswith(v)])
             hint = f"Did you mean '{near[0]}'?" if near else f"Columns are: {', '.join(cols[:20])}."
-            raise FormulaError(f"Unknown column '{v}' in formula: {_mark(f, v)}.", hint=hint, column=v)
-    gt = spec.group
-    if gt is None:
+            raise FormulaError(f"Unknown column '{v}' in formula: {mark(f, v)}.", hint=hint, column=v)
+    if not spec.group_terms:
         raise SpecError(
             f"The formula {f} has no group term.",
             hint="Add a varying intercept such as (1 | g): poolwise compares ways of pooling groups.",
             option="formula",
         )
-    group_cols = list(gt.factor_columns)
-    skip = {spec.outcome, spec.se, *group_cols}
+    group_cols = sorted({c for t in spec.group_terms for c in t.factor_columns})
+    skip = {spec.outcome, spec.se, spec.trials, *group_cols}
     numeric = [v for v in spec.variables if v not in skip and _is_numeric(table.frame[v])]
-    _data.validate(
-        table, outcome=spec.outcome, numeric=numeric, groups=group_cols,
-        positive=[spec.se] if spec.se else [],
-    )
-    # other predictors (text/categorical) must at least have no missing values
-    for v in spec.variables:
+    positive = [spec.se] if spec.se else []
+    _data.validate(table, outcome=spec.outcome, numeric=numeric + ([spec.trials] if spec.trials else []),
+                   groups=group_cols, positive=positive)
+    for v in spec.variables:  # text/categorical predictors must at least have no missing values
         if v not in skip and v not in numeric:
             bad = np.flatnonzero(table.frame[v].isna().to_numpy())
             if bad.size:
-                from .errors import format_rows
-
                 raise DataError(f"Column '{v}' has {bad.size} missing values ({format_rows(bad.tolist())}).",
                                 hint="Drop or impute them before fitting.", column=v, rows=bad.tolist())
     frame = table.frame
-    if len(group_cols) == 1:
-        labels = _data.group_labels(table, group_cols[0])
-    else:  # nested factor a:b -> one label per combination
-        parts = [np.asarray(_data.group_labels(table, c)).astype(str) for c in group_cols]
-        joined = pd.Series(parts[0])
-        for p in parts[1:]:
-            joined = joined + ":" + p
-        labels = pd.Categorical(joined, categories=sorted(set(joined)))
-    levels = [str(c) for c in labels.categories]
-    group = np.asarray(labels.codes, dtype=np.int64)
+    y = np.asarray(frame[spec.outcome], dtype=float)
+    trials = np.asarray(frame[spec.trials], dtype=float) if spec.trials else None
+    _check_support(fam, spec.outcome, y, spec.trials, trials)
     # common design through formulae (the encoding state is kept for predict)
-    common_rhs = _strip_group_terms(spec.rhs)
     try:
-        design = design_matrices(f"{spec.outcome} ~ {common_rhs}", frame, na_action="error")
+        design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame, na_action="error",
+                                 extra_namespace=_FUNCTIONS)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of formula {f}: {err}.",
                            hint="Check the transformations in the formula.", option="formula") from None
-    X = np.asarray(design.common.design_matrix, dtype=float) if design.common is not None else np.zeros((len(frame), 0))
-    coef_names = list(design.common.as_dataframe().columns) if design.common is not None else []
-    coef_names = ["Intercept" if c == "Intercept" else c for c in coef_names]
-    y = np.asarray(frame[spec.outcome], dtype=float)
-    _check_design(X, coef_names, f)
+    if design.common is not None:
+        full = design.common.as_dataframe()
+        off_cols = [c for c in full.columns if str(c).startswith("offset(")]
+        offset = full[off_cols].to_numpy(dtype=float).sum(axis=1) if off_cols else np.zeros(len(frame))
+        coef_names = [str(c) for c in full.columns if c not in off_cols]
+        X = full[coef_names].to_numpy(dtype=float)
+    else:
+        X, coef_names, offset = np.zeros((len(frame), 0)), [], np.zeros(len(frame))
+    if not np.all(np.isfinite(offset)):
+        bad = np.flatnonzero(~np.isfinite(offset))
+        raise DataError(f"The offset is not finite on {bad.size} rows ({format_rows(bad.tolist())}).",
+                        hint="An offset such as log(exposure) needs exposure > 0.", rows=bad.tolist())
+    _check_design(X, coef_names)
+    # scale of the outcome on the link scale
     if spec.se:
         se = np.asarray(frame[spec.se], dtype=float)
         weights = 1.0 / se**2
         scale = float(math.sqrt(np.var(y) + np.mean(se**2)))
     else:
         weights = np.ones_like(y)
-        scale = float(np.std(y))
+        scale = float(np.std(y)) if fam.identity else 1.0
     if not scale > 0:
         scale = float(max(abs(np.mean(y)), 1.0))
-    y_sd = scale
+    center = float(np.mean(y)) if fam.identity else _link_center(fam, y, trials)
+    # group blocks
+    blocks_raw = []
+    for term in spec.group_terms:
+        labels = _labels(table, list(term.factor_columns))
+        group = np.asarray(labels.codes, dtype=np.int64)
+        levels = [str(c) for c in labels.categories]
+        Z = _term_columns(term, frame, design, coef_names, X, f)
+        _check_slopes(term, Z, group, len(levels))
+        blocks_raw.append((term, Z, group, levels))
     x_means = {c: float(X[:, i].mean()) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(X[:, i].std()) for i, c in enumerate(coef_names) if c != "Intercept"}
-    sd_name = gt.sd_name()
+    sd_names = [t.sd_name(e) for t in spec.group_terms for e in t.exprs]
     defaults = default_priors(
-        y_mean=float(np.mean(y)), y_sd=y_sd, coef_names=coef_names, x_means=x_means, x_sds=x_sds,
-        has_sigma=spec.has_sigma, sd_names=[sd_name],
+        y_mean=center, y_sd=scale, coef_names=coef_names, x_means=x_means, x_sds=x_sds,
+        has_sigma=spec.has_sigma, sd_names=sd_names,
     )
+    for (term, Z, _, _) in blocks_raw:  # slope SDs scale with the slope's column
+        for k, e in enumerate(term.exprs):
+            if e != "Intercept":
+                sd_z = float(Z[:, k].std()) or 1.0
+                defaults[term.sd_name(e)] = Prior("half_student_t", (3.0, _round(2.5 * scale / sd_z)))
+        if term.correlated and term.q > 1:
+            defaults[f"cor({term.factor})"] = Prior("lkj", (2.0,))
+    if "nu" in fam.params:
+        defaults["nu"] = Prior("gamma", (2.0, 0.1))
+    if "phi" in fam.params:
+        defaults["phi"] = Prior("exponential", (1.0,))
+    priors, source = _resolve_priors(spec, defaults)
+    pooling = spec.pooling
+    blocks = []
+    for (term, Z, group, levels) in blocks_raw:
+        sdz = np.array([1.0 if e == "Intercept" else (float(Z[:, k].std()) or 1.0) for k, e in enumerate(term.exprs)])
+        if pooling == "pooled":
+            Sigma: np.ndarray | None = np.zeros((term.q, term.q))
+        elif pooling == "unpooled":
+            wide = (UNPOOLED_SCALE * scale if fam.identity else UNPOOLED_LINK_SD) / sdz
+            Sigma = np.diag(np.array([float(f"{v:.4g}") for v in wide]) ** 2)
+        elif pooling == "hierarchical":
+            Sigma = None
+        else:
+            Sigma = np.eye(term.q) * float(pooling) ** 2
+        if Sigma is not None:  # the group SDs and correlations are not parameters then
+            for name in [term.sd_name(e) for e in term.exprs] + [f"cor({term.factor})"]:
+                priors.pop(name, None)
+                source.pop(name, None)
+        blocks.append(GroupBlock(term, Z, group, levels, Sigma))
+    return BoundSpec(
+        spec=spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
+        blocks=tuple(blocks), priors=priors, prior_source=source, scale=scale, design=design,
+    )
+
+
+def _resolve_priors(spec: ModelSpec, defaults: dict[str, Prior]) -> tuple[dict[str, Prior], dict[str, str]]:
     known = set(defaults)
-    for name in spec.priors:
+    priors = dict(defaults)
+    source = {k: "default" for k in defaults}
+    for name, given in spec.priors.items():
         if name not in known:
             near = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"Did you mean '{near[0]}'?" if near else f"Parameters with priors: {', '.join(sorted(known))}."
             raise PriorError(f"No parameter named '{name}' in this model for a prior.", hint=hint, option=name)
-    priors = dict(defaults)
-    source = {k: "default" for k in defaults}
-    for name, given in spec.priors.items():
         prior = parse_prior(given, name=name)
         want = defaults[name].support
         if prior.support != want:
-            kind = "a positive parameter (half_normal, half_student_t, half_cauchy, exponential)" if want == "positive" \
-                else "a real parameter (normal)"
+            kind = {"positive": "a positive parameter (half_normal, half_student_t, half_cauchy, exponential, gamma)",
+                    "correlation": "a correlation matrix (lkj)", "real": "a real parameter (normal)"}[want]
             raise PriorError(f"Prior {prior} does not fit '{name}', which is {kind}.", option=name,
                              hint="Pick a distribution with the right support.")
         if want == "real" and prior.dist != "normal":
@@ -425,60 +524,91 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
                              option=name, hint="Use normal(mu, sigma).")
         priors[name] = prior
         source[name] = "user"
-    pooling = spec.pooling
-    if pooling == "pooled":
-        tau: float | None = 0.0
-    elif pooling == "unpooled":
-        tau = float(f"{UNPOOLED_SCALE * scale:.4g}")
-    elif pooling == "hierarchical":
-        tau = None
-    else:
-        tau = float(pooling)
-    if tau is not None:  # the group SD is not a parameter then
-        priors.pop(sd_name, None)
-        source.pop(sd_name, None)
-    return BoundSpec(
-        spec=spec, y=y, X=X, coef_names=coef_names, weights=weights, group=group, levels=levels,
-        group_column=gt.factor, priors=priors, prior_source=source, scale=scale, tau=tau, design=design,
-    )
+    return priors, source
+
+
+def _link_center(fam: Family, y: np.ndarray, trials: np.ndarray | None) -> float:
+    if fam.link == "logit":
+        p = float(np.sum(y) / np.sum(trials)) if trials is not None else float(np.mean(y))
+        p = min(max(p, 0.01), 0.99)
+        return float(math.log(p / (1 - p)))
+    return float(math.log(max(float(np.mean(y)), 0.01)))
+
+
+def _round(v: float) -> float:
+    return float(f"{v:.4g}")
 
 
 def _is_numeric(s: pd.Series) -> bool:
     return bool(pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
 
 
-def _strip_group_terms(rhs: str) -> str:
-    buf = ""
-    i = 0
-    while i < len(rhs):
-        ch = rhs[i]
-        if ch == "(":
-            # a bracket holding '|' at depth 0 of that bracket is a group term
-            j, d = i, 0
-            while j < len(rhs):
-                if rhs[j] == "(":
-                    d += 1
-                elif rhs[j] == ")":
-                    d -= 1
-                    if d == 0:
-                        break
-                j += 1
-            inner = rhs[i + 1 : j]
-            if "|" in inner and not re.match(r"^\s*[A-Za-z_]\w*\s*\(", inner):
-                i = j + 1
-                continue
-            buf += rhs[i : j + 1]
-            i = j + 1
+def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | None,
+                   trials: np.ndarray | None) -> None:
+    def fail(mask: np.ndarray, what: str, hint: str, column: str = outcome) -> None:
+        bad = np.flatnonzero(mask)
+        if bad.size:
+            raise DataError(f"Column '{column}' {what} for the {fam.name} family on {bad.size} rows "
+                            f"({format_rows(bad.tolist())}).", hint=hint, column=column, rows=bad.tolist())
+
+    integer = np.equal(np.floor(y), y)
+    if fam.support == "binary":
+        fail((y != 0) & (y != 1), "must be 0 or 1", "Code the outcome as 0/1, or use 'binomial' with trials().")
+    elif fam.support == "count":
+        fail(y < 0, "must be non-negative", "Counts cannot be negative.")
+        fail(~integer, "must hold whole numbers", "Counts must be integers; for measurements use 'gaussian'.")
+    elif fam.support == "trials":
+        assert trials is not None and trials_col is not None
+        fail((trials < 1) | ~np.equal(np.floor(trials), trials), "must be whole numbers >= 1",
+             "The number of trials is a positive count.", column=trials_col)
+        fail((y < 0) | ~integer, "must be whole numbers >= 0", "Successes are counts.")
+        fail(y > trials, f"must not exceed trials ({trials_col})", "Successes cannot exceed the number of trials.")
+
+
+def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,
+                  formula: str) -> np.ndarray:
+    from formulae import design_matrices
+
+    cols = []
+    for e in term.exprs:
+        if e == "Intercept":
+            cols.append(np.ones(len(frame)))
             continue
-        buf += ch
-        i += 1
-    cleaned = re.sub(r"\+\s*\+", "+", buf)
-    cleaned = re.sub(r"^\s*\+|\+\s*$", "", cleaned.strip()).strip()
-    cleaned = re.sub(r"\+\s*$", "", cleaned).strip()
-    return cleaned if cleaned else "1"
+        if e in coef_names:
+            cols.append(X[:, coef_names.index(e)])
+            continue
+        try:
+            dm = design_matrices(f"{frame.columns[0]} ~ 0 + {e}", frame, na_action="error",
+                                 extra_namespace=_FUNCTIONS)
+        except Exception as err:
+            raise FormulaError(f"Cannot build the group term {term} of formula {formula}: {err}.",
+                               option="formula") from None
+        m = np.asarray(dm.common.design_matrix, dtype=float)
+        if m.shape[1] != 1:
+            raise SpecError(f"The group term {term} varies '{e}', which expands to {m.shape[1]} columns.",
+                            hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
+                            option="formula")
+        cols.append(m[:, 0])
+    return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
 
-def _check_design(X: np.ndarray, names: list[str], formula: str) -> None:
+def _check_slopes(term: GroupTerm, Z: np.ndarray, group: np.ndarray, J: int) -> None:
+    for k, e in enumerate(term.exprs):
+        if e == "Intercept":
+            continue
+        z = Z[:, k]
+        lo = np.full(J, np.inf)
+        hi = np.full(J, -np.inf)
+        np.minimum.at(lo, group, z)
+        np.maximum.at(hi, group, z)
+        if np.all(hi - lo == 0):
+            raise DataError(
+                f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
+                "group cannot be estimated.",
+                hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+
+
+def _check_design(X: np.ndarray, names: list[str]) -> None:
     n = X.shape[0]
     for i, name in enumerate(names):
         if name != "Intercept" and n > 1 and np.ptp(X[:, i]) == 0:
@@ -489,9 +619,9 @@ def _check_design(X: np.ndarray, names: list[str], formula: str) -> None:
     if X.shape[1] == 0:
         return
     # perfect collinearity: a column in the span of the ones before it
-    scale = np.sqrt((X**2).mean(axis=0))
-    scale[scale == 0] = 1.0
-    Z = X / scale
+    norm = np.sqrt((X**2).mean(axis=0))
+    norm[norm == 0] = 1.0
+    Z = X / norm
     for k in range(1, Z.shape[1]):
         A = Z[:, :k]
         coef, *_ = np.linalg.lstsq(A, Z[:, k], rcond=None)
@@ -503,5 +633,3 @@ def _check_design(X: np.ndarray, names: list[str], formula: str) -> None:
                 "the coefficients cannot be separated.", hint=f"Drop '{names[k]}' or one of the others from the formula.",
                 column=names[k],
             )
-
-

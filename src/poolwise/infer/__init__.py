@@ -81,6 +81,7 @@ def run(
     SpecError
         For an unknown method or one that does not apply to the family.
     """
+    _check_supported(bound, method)
     if method == "exact":
         if not bound.spec.fam.exact:
             raise SpecError(f"method='exact' needs a gaussian family, not {bound.spec.fam.name}.",
@@ -97,3 +98,18 @@ def run(
                            **options)
     raise SpecError(f"The 'method' option must be one of {', '.join(repr(m) for m in METHODS)}. Got {method!r}.",
                     option="method")
+
+
+def _check_supported(bound: BoundSpec, method: str) -> None:
+    """Refuse, clearly, the models whose inference is not written yet."""
+    spec = bound.spec
+    if not spec.simple:
+        terms = " + ".join(str(t) for t in spec.group_terms)
+        raise SpecError(
+            f"The formula {spec.formula} has {terms}; inference for varying slopes and several grouping "
+            "factors is not available yet: this version fits one varying intercept (1 | g).",
+            hint="Use one (1 | g) term for now.", option="formula",
+        )
+    if method == "nuts" and spec.fam.name != "gaussian":
+        raise SpecError(f"The {spec.fam.name} family is not available on the nuts path yet.",
+                        hint="Use family='gaussian'.", option="family")
