@@ -204,7 +204,7 @@ class Fit:
         chunk = chunk or max(1, self.memory_budget // (8 * self.n_samples * 3))
         for s in range(0, n, chunk):
             sl = slice(s, min(n, s + chunk))
-            mu = np.einsum("cdp,np->cdn", self.draws.beta, b.X[sl])
+            mu = self.draws.beta @ b.X[sl].T
             if self.draws.b is not None:
                 mu = mu + self.draws.b[..., b.group[sl]]
             yield sl, mu
@@ -236,6 +236,19 @@ class Fit:
         for sl, mu in self._mu_chunks():
             parts.append(mu + self._obs_sd(sl) * rng.standard_normal(mu.shape))
         return np.concatenate(parts, axis=-1)
+
+    def _pointwise(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Log-likelihood and posterior predictive together, from one pass over the means."""
+        self._check_budget("log_likelihood")
+        rng = np.random.default_rng(seed)
+        y = self.bound.y
+        lls, pps = [], []
+        for sl, mu in self._mu_chunks():
+            sd = self._obs_sd(sl)
+            z = (y[sl] - mu) / sd
+            lls.append(-0.5 * z * z - np.log(sd) - 0.5 * math.log(2 * math.pi))
+            pps.append(mu + sd * rng.standard_normal(mu.shape))
+        return np.concatenate(lls, axis=-1), np.concatenate(pps, axis=-1)
 
     def _check_budget(self, what: str) -> None:
         need = self.n_samples * self.bound.n_obs * 8
@@ -391,8 +404,9 @@ def _to_inference_data(f: Fit) -> Any:
     dims[b.spec.outcome] = ["obs"]
     kwargs: dict[str, Any] = {}
     if f.eager_pointwise:
-        kwargs["log_likelihood"] = {b.spec.outcome: f.log_likelihood()}
-        kwargs["posterior_predictive"] = {b.spec.outcome: f.posterior_predictive()}
+        ll, pp = f._pointwise(seed=0)
+        kwargs["log_likelihood"] = {b.spec.outcome: ll}
+        kwargs["posterior_predictive"] = {b.spec.outcome: pp}
     idata = az.from_dict(
         posterior=posterior, sample_stats=dict(d.sample_stats) or None, observed_data=observed,
         coords=coords, dims=dims, **kwargs,
