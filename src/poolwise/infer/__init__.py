@@ -15,12 +15,33 @@ import numpy as np
 from ..errors import SpecError
 from ..spec import BoundSpec
 
-__all__ = ["Draws", "run", "METHODS", "Progress"]
+__all__ = ["Draws", "BlockDraws", "run", "METHODS", "Progress"]
 
 METHODS = ("exact", "nuts")
 
 #: progress callback: (stage, fraction done in [0, 1])
 Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class BlockDraws:
+    """Draws of one grouping factor's group terms (one :class:`~poolwise.spec.GroupBlock`).
+
+    Attributes
+    ----------
+    sd
+        Population SDs of the q terms, (chain, draw, q); ``None`` when Σ is fixed.
+    corr
+        Correlation matrices, (chain, draw, q, q); ``None`` when Σ is fixed, the terms are
+        uncorrelated (``||``) or q = 1.
+    values
+        Group values (deviations from the common coefficients), (chain, draw, J, q); ``None``
+        when the block is pooled (Σ = 0).
+    """
+
+    sd: np.ndarray | None
+    corr: np.ndarray | None
+    values: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -36,14 +57,20 @@ class Draws:
     tau
         Population SD of the group intercepts, (chain, draw); ``None`` when it is fixed.
     b
-        Group intercept deviations from the population mean, (chain, draw, J); ``None`` for
-        the pooled model.
+        Group intercept deviations from the population mean, (chain, draw, J), of the first
+        grouping factor of a simple ``(1 | g)`` model; ``None`` when pooled or when ``blocks``
+        holds the group draws.
     sample_stats
         Sampler diagnostics, each (chain, draw) (``diverging``, ``acceptance_rate``, …).
     method
         ``"exact"`` or ``"nuts"``.
     info
         Settings and notes of the run (seconds taken, target_accept, grid size, …).
+    aux
+        Auxiliary family parameters besides ``sigma`` (``nu``, ``phi``), each (chain, draw).
+    blocks
+        Per grouping factor, in the order of ``BoundSpec.blocks``, for models beyond one
+        varying intercept (then ``tau`` and ``b`` are ``None``).
     """
 
     beta: np.ndarray
@@ -53,6 +80,16 @@ class Draws:
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     method: str = "exact"
     info: dict[str, Any] = field(default_factory=dict)
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
+    blocks: tuple[BlockDraws, ...] = ()
+
+    def block_draws(self) -> tuple[BlockDraws, ...]:
+        """Draws per grouping factor; for the simple model built from ``tau`` and ``b``."""
+        if self.blocks:
+            return self.blocks
+        sd = None if self.tau is None else self.tau[..., None]
+        values = None if self.b is None else self.b[..., None]
+        return (BlockDraws(sd=sd, corr=None, values=values),)
 
     @property
     def n_chains(self) -> int:
