@@ -99,7 +99,7 @@ def test_predict_known_and_new_groups(hfit: pw.Fit) -> None:
     sig2 = float((hfit.param("sigma") ** 2).mean())
     assert pr["sd"].iloc[1] ** 2 == pytest.approx(var_expect + sig2, rel=0.1)
     with pytest.raises(SpecError):
-        hfit.predict(new, kind="link")
+        hfit.predict(new, kind="median")
     with pytest.raises(DataError):
         hfit.predict(pd.DataFrame({"driver": ["D05"]}))
 

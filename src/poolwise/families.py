@@ -2,12 +2,17 @@
 
 A :class:`Family` names its link, its auxiliary parameters and the support of its outcome, and
 says whether the collapsed (exact) path applies.  Mapping a family to NumPyro distributions is
-the NUTS path's job (``infer/nuts.py``); nothing here imports JAX.
+the NUTS path's job (``infer/nuts.py``); nothing here imports JAX.  The NumPy/SciPy methods (:meth:`Family.log_likelihood`,
+:meth:`Family.sample`, :meth:`Family.inverse_link`) serve the results side (``fit.py``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
+from scipy import special
 
 from .errors import SpecError
 
@@ -52,6 +57,170 @@ class Family:
     def __str__(self) -> str:
         return f"{self.name}(link={self.link})"
 
+    # -- NumPy/SciPy evaluation (the results side: log-likelihood, predictions) ----------------
+    def inverse_link(self, eta: np.ndarray) -> np.ndarray:
+        """The mean of the outcome (the success probability for binomial) from the linear predictor."""
+        eta = np.asarray(eta, dtype=float)
+        if self.link == "identity":
+            return eta
+        if self.link == "logit":
+            return np.asarray(special.expit(eta))
+        if self.link == "log":
+            with np.errstate(over="ignore"):
+                return np.exp(eta)
+        raise SpecError(f"Unknown link '{self.link}' of family {self.name}.")
+
+    def log_likelihood(
+        self, y: np.ndarray, eta: np.ndarray, *, sigma: np.ndarray | float | None = None,
+        nu: np.ndarray | float | None = None, phi: np.ndarray | float | None = None,
+        trials: np.ndarray | None = None, weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Pointwise log density (log mass) of ``y`` given the linear predictor ``eta``.
+
+        ``y``, ``trials`` and ``weights`` are per row (shape (n,)); ``eta`` is (…, n) with any
+        leading draw axes; ``sigma``, ``nu`` and ``phi`` broadcast against ``eta`` (pass draws as
+        (…, 1)).
+
+        ==================== ===========================================================
+        gaussian             Normal(η, σ/√w); σ = 1 when standard errors are known (w = 1/se²)
+        student_t            Student-t(ν, η, σ/√w)
+        bernoulli            Bernoulli(logit⁻¹ η)
+        binomial             Binomial(trials, logit⁻¹ η)
+        poisson              Poisson(exp η)
+        negative_binomial    NB2: mean μ = exp η, concentration φ, Var = μ + μ²/φ
+        ==================== ===========================================================
+
+        For the non-Gaussian families ``weights`` multiply the log-likelihood (brms's
+        convention); a bound model's weights are all one there.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> ll = get_family("poisson").log_likelihood(np.array([2.0]), np.log(np.array([2.0])))
+        >>> round(float(ll[0]), 4)  # log(2² e⁻² / 2!)
+        -1.3069
+        """
+        y = np.asarray(y, dtype=float)
+        eta = np.asarray(eta, dtype=float)
+        w = None if weights is None else np.asarray(weights, dtype=float)
+        name = self.name
+        if name in ("gaussian", "student_t"):
+            sd = np.asarray(1.0 if sigma is None else sigma, dtype=float)
+            if w is not None:
+                sd = sd / np.sqrt(w)
+            z = (y - eta) / sd
+            if name == "gaussian":
+                return np.asarray(-0.5 * z * z - np.log(sd) - 0.5 * math.log(2 * math.pi))
+            if nu is None:
+                raise SpecError("The student_t log-likelihood needs 'nu'.")
+            v = np.asarray(nu, dtype=float)
+            return np.asarray(special.gammaln((v + 1) / 2) - special.gammaln(v / 2) - 0.5 * np.log(v * math.pi)
+                              - np.log(sd) - (v + 1) / 2 * np.log1p(z * z / v))
+        if name == "bernoulli":
+            out = y * eta - np.logaddexp(0.0, eta)
+        elif name == "binomial":
+            if trials is None:
+                raise SpecError("The binomial log-likelihood needs the number of trials.")
+            n = np.asarray(trials, dtype=float)
+            log_choose = special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
+            out = log_choose + y * eta - n * np.logaddexp(0.0, eta)
+        elif name == "poisson":
+            with np.errstate(over="ignore"):
+                out = y * eta - np.exp(eta) - special.gammaln(y + 1)
+        elif name == "negative_binomial":
+            if phi is None:
+                raise SpecError("The negative_binomial log-likelihood needs 'phi'.")
+            p = np.asarray(phi, dtype=float)
+            log_phi = np.log(p)
+            log_total = np.logaddexp(log_phi, eta)  # log(φ + μ)
+            out = (special.gammaln(y + p) - special.gammaln(p) - special.gammaln(y + 1)
+                   + p * (log_phi - log_total) + y * (eta - log_total))
+        else:
+            raise SpecError(f"No log-likelihood for family '{name}'.")
+        if w is not None:
+            out = out * w
+        return np.asarray(out)
+
+    def sample(
+        self, rng: np.random.Generator, eta: np.ndarray, *, sigma: np.ndarray | float | None = None,
+        nu: np.ndarray | float | None = None, phi: np.ndarray | float | None = None,
+        trials: np.ndarray | None = None, weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Draw outcomes given the linear predictor ``eta`` (same arguments as :meth:`log_likelihood`).
+
+        Returns an array of ``eta``'s shape (floats; counts are whole numbers).
+        """
+        eta = np.asarray(eta, dtype=float)
+        name = self.name
+        if name in ("gaussian", "student_t"):
+            sd = np.asarray(1.0 if sigma is None else sigma, dtype=float)
+            if weights is not None:
+                sd = sd / np.sqrt(np.asarray(weights, dtype=float))
+            if name == "gaussian":
+                return np.asarray(eta + sd * rng.standard_normal(eta.shape))
+            if nu is None:
+                raise SpecError("Sampling the student_t family needs 'nu'.")
+            v = np.broadcast_to(np.asarray(nu, dtype=float), eta.shape)
+            return np.asarray(eta + sd * rng.standard_t(v))
+        mean = self.inverse_link(eta)
+        if name == "bernoulli":
+            return (rng.random(eta.shape) < mean).astype(float)
+        if name == "binomial":
+            if trials is None:
+                raise SpecError("Sampling the binomial family needs the number of trials.")
+            n = np.broadcast_to(np.asarray(trials, dtype=np.int64), eta.shape)
+            return rng.binomial(n, mean).astype(float)
+        lam = np.minimum(mean, _MAX_RATE)  # guards rng.poisson against absurd draws far in the tails
+        if name == "poisson":
+            return rng.poisson(lam).astype(float)
+        if name == "negative_binomial":  # gamma–Poisson mixture: λ ~ Gamma(φ, μ/φ)
+            if phi is None:
+                raise SpecError("Sampling the negative_binomial family needs 'phi'.")
+            p = np.broadcast_to(np.asarray(phi, dtype=float), eta.shape)
+            return rng.poisson(np.minimum(rng.gamma(p, lam / p), _MAX_RATE)).astype(float)
+        raise SpecError(f"Cannot sample family '{name}'.")
+
+    def information(
+        self, eta: np.ndarray, *, sigma: np.ndarray | float | None = None, nu: np.ndarray | float | None = None,
+        phi: np.ndarray | float | None = None, trials: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Expected Fisher information about the linear predictor, per row (the GLM working weight).
+
+        Gaussian w/σ², Student-t w(ν+1)/((ν+3)σ²), Bernoulli p(1−p), binomial n·p(1−p),
+        Poisson μ, negative binomial μφ/(φ+μ).  Used for the per-group pooling factors.
+        """
+        eta = np.asarray(eta, dtype=float)
+        name = self.name
+        w = 1.0 if weights is None else np.asarray(weights, dtype=float)
+        if name in ("gaussian", "student_t"):
+            s2 = np.asarray(1.0 if sigma is None else sigma, dtype=float) ** 2
+            out = np.broadcast_to(w / s2, np.broadcast_shapes(eta.shape, np.shape(w / s2)))
+            if name == "student_t":
+                if nu is None:
+                    raise SpecError("The student_t information needs 'nu'.")
+                v = np.asarray(nu, dtype=float)
+                out = out * (v + 1) / (v + 3)
+            return np.asarray(out, dtype=float)
+        mean = self.inverse_link(eta)
+        if name == "bernoulli":
+            out = mean * (1 - mean)
+        elif name == "binomial":
+            out = (1.0 if trials is None else np.asarray(trials, dtype=float)) * mean * (1 - mean)
+        elif name == "poisson":
+            out = mean
+        elif name == "negative_binomial":
+            if phi is None:
+                raise SpecError("The negative_binomial information needs 'phi'.")
+            p = np.asarray(phi, dtype=float)
+            out = p * special.expit(eta - np.log(p))  # μφ/(φ+μ), stable for large μ
+        else:
+            raise SpecError(f"No information for family '{name}'.")
+        return np.asarray(out * w, dtype=float)
+
+
+#: upper bound of a Poisson rate drawn for the posterior predictive
+_MAX_RATE = 1e12
 
 FAMILIES: dict[str, Family] = {
     "gaussian": Family("gaussian", "identity", ("sigma",), "real", exact=True),

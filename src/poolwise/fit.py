@@ -1,7 +1,10 @@
 """The ``fit()`` verb and :class:`Fit`: bind → reduce → infer → one ArviZ converter.
 
-``Fit`` holds an ArviZ ``InferenceData`` (convertible to an xarray DataTree) rather than being
-one, so a move to ArviZ 1.x stays inside this module and ``compare.py``.  Arrays of draws × rows
+``Fit`` works for every family and any number of grouping factors and group terms; the
+pointwise log-likelihood and predictions go through the family's NumPy methods
+(:class:`~poolwise.families.Family`).  ``Fit`` holds an ArviZ ``InferenceData`` (convertible to
+an xarray DataTree) rather than being one, so a move to ArviZ 1.x stays inside this module and
+``compare.py``.  Arrays of draws × rows
 (pointwise log-likelihood, posterior predictive) are put into the results only when they fit a
 memory budget; otherwise they are computed on demand, in chunks of rows.
 """
@@ -17,15 +20,18 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
-from .errors import DataError, SpecError
-from .infer import Draws, Progress, run
+from .errors import DataError, SpecError, format_rows
+from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
-from .spec import BoundSpec, ModelSpec
+from .spec import BoundSpec, GroupBlock, ModelSpec
 
 __all__ = ["fit", "Fit", "MEMORY_BUDGET"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
+#: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
+#: import JAX) — used only when the draws do not record ``info["target_accepts"]``
+_RETRY_TARGET_ACCEPT = (0.95, 0.99)
 
 
 def fit(
@@ -55,7 +61,8 @@ def fit(
     data
         A pandas, polars or pyarrow table, or a path to a CSV or Parquet file.
     family
-        ``"gaussian"``.
+        ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
+        ``"negative_binomial"``.
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (a fixed
         population SD).
@@ -86,7 +93,7 @@ def fit(
     >>> import poolwise as pw
     >>> df = pw.datasets.drivers(seed=1)
     >>> f = pw.fit("reaction ~ night + (1 | driver)", df, draws=200, seed=0)
-    >>> f.summary().loc["sigma", "mean"] > 0
+    >>> bool(f.summary().loc["sigma", "mean"] > 0)
     True
     """
     if isinstance(formula, ModelSpec):
@@ -109,6 +116,10 @@ def fit(
 class Fit:
     """A fitted model: ArviZ results plus what poolwise knows about the model.
 
+    Works for every family and any number of grouping factors and group terms.  The linear
+    predictor of row i is η_i = x_i'β + offset_i + Σ_blocks Σ_k z_ik b_{g[i],k}; the outcome is
+    drawn from the family given η (see :class:`~poolwise.families.Family`).
+
     Attributes
     ----------
     spec
@@ -127,6 +138,10 @@ class Fit:
         self.spec = bound.spec
         self.draws = draws
         self.memory_budget = memory_budget
+        self.block_draws: tuple[BlockDraws, ...] = draws.block_draws()
+        if len(self.block_draws) != len(bound.blocks):
+            raise SpecError(f"The draws hold {len(self.block_draws)} group blocks but the model has "
+                            f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
         self.idata = _to_inference_data(self)
 
     # -- basic facts -------------------------------------------------------------------------
@@ -144,8 +159,15 @@ class Fit:
 
     @property
     def group_var(self) -> str:
-        """Name of the posterior variable of the group deviations, ``1|g``."""
-        return f"1|{self.bound.group_column}"
+        """Name of the posterior variable of the first block's first term, ``1|g``."""
+        block = self.bound.blocks[0]
+        return block.term.value_name(block.exprs[0])
+
+    @property
+    def group_vars(self) -> list[str]:
+        """Names of every posterior variable of group values (``1|g``, ``x|g``, ``1|a``…)."""
+        return [blk.term.value_name(e) for blk, bd in zip(self.bound.blocks, self.block_draws)
+                if bd.values is not None for e in blk.exprs]
 
     @property
     def n_samples(self) -> int:
@@ -158,17 +180,38 @@ class Fit:
 
     @property
     def priors(self) -> pd.DataFrame:
-        """Every prior used, whether it is a default or the user's, and the fixed settings."""
-        rows = [{"parameter": k, "prior": str(v), "source": self.bound.prior_source[k]}
-                for k, v in self.bound.priors.items()]
-        if self.bound.tau is not None:
-            what = {"pooled": "0 (pooled: group term dropped)",
-                    "unpooled": f"{self.bound.tau:.4g} fixed (unpooled: 10 × data scale)"}.get(
-                str(self.pooling), f"{self.bound.tau:.4g} fixed")
-            rows.append({"parameter": self.bound.sd_name, "prior": what, "source": "pooling"})
-        if not self.bound.has_sigma:
+        """Every prior used, whether it is a default or the user's, and the fixed settings.
+
+        Learned correlations appear as ``cor(<group>)`` with their LKJ prior; a fixed Σ (pooled,
+        unpooled, a point on the pooling path) is listed term by term with the source ``pooling``.
+        """
+        b = self.bound
+        rows = [{"parameter": k, "prior": str(v), "source": b.prior_source[k]} for k, v in b.priors.items()]
+        for block in b.blocks:
+            if block.Sigma is None:
+                continue
+            for k, e in enumerate(block.exprs):
+                rows.append({"parameter": block.term.sd_name(e), "prior": self._fixed_sd_text(block, k),
+                             "source": "pooling"})
+            if block.term.correlated and block.q > 1:
+                what = "none (pooled: group terms dropped)" if block.pooled else "0 fixed (Σ diagonal)"
+                rows.append({"parameter": f"cor({block.factor})", "prior": what, "source": "pooling"})
+        if not b.has_sigma and "sigma" in self.spec.fam.params:
             rows.append({"parameter": "sigma", "prior": f"known: se({self.spec.se})", "source": "data"})
-        return pd.DataFrame(rows).set_index("parameter")
+        return pd.DataFrame(rows, columns=["parameter", "prior", "source"]).set_index("parameter")
+
+    def _fixed_sd_text(self, block: GroupBlock, k: int) -> str:
+        assert block.Sigma is not None
+        sd = math.sqrt(float(block.Sigma[k, k]))
+        if block.pooled:
+            return "0 (pooled: group term dropped)"
+        if self.pooling == "unpooled":
+            if self.spec.fam.identity:
+                unit = "" if block.exprs[k] == "Intercept" else f" / sd({block.exprs[k]})"
+                return f"{sd:.4g} fixed (unpooled: 10 × data scale{unit})"
+            unit = "" if block.exprs[k] == "Intercept" else f" / sd({block.exprs[k]})"
+            return f"{sd:.4g} fixed (unpooled: 2.5 on the link scale{unit})"
+        return f"{sd:.4g} fixed"
 
     def __repr__(self) -> str:
         b = self.bound
@@ -178,50 +221,126 @@ class Fit:
 
     # -- draws as arrays -------------------------------------------------------------------
     def param(self, name: str) -> np.ndarray:
-        """Draws of a scalar parameter, (chain, draw)."""
-        b = self.bound
+        """Draws of a scalar parameter, (chain, draw).
+
+        ``name`` is a coefficient, ``sigma``, an auxiliary parameter (``nu``, ``phi``), a group
+        SD ``sd(x|g)`` or a correlation ``cor(a,b|g)``; fixed settings come back as constants.
+
+        Raises
+        ------
+        KeyError
+            For a name that is not a parameter of this fit.
+        """
+        b, d = self.bound, self.draws
+        shape = d.beta.shape[:2]
         if name in b.coef_names:
-            return self.draws.beta[..., b.coef_names.index(name)]
-        if name == "sigma" and self.draws.sigma is not None:
-            return self.draws.sigma
-        if name == b.sd_name:
-            if self.draws.tau is not None:
-                return self.draws.tau
-            return np.full(self.draws.beta.shape[:2], float(b.tau or 0.0))
+            return d.beta[..., b.coef_names.index(name)]
+        if name == "sigma" and d.sigma is not None:
+            return d.sigma
+        if name in d.aux:
+            return d.aux[name]
+        for block, bd in zip(b.blocks, self.block_draws):
+            term = block.term
+            for k, e in enumerate(block.exprs):
+                if name == term.sd_name(e):
+                    if bd.sd is not None:
+                        return bd.sd[..., k]
+                    S = block.Sigma
+                    return np.full(shape, 0.0 if S is None else math.sqrt(float(S[k, k])))
+            for j in range(block.q if term.correlated else 0):
+                for i in range(j):
+                    if name in (term.cor_name(block.exprs[i], block.exprs[j]),
+                                term.cor_name(block.exprs[j], block.exprs[i])):
+                        if bd.corr is not None:
+                            return bd.corr[..., i, j]
+                        S = block.Sigma
+                        if S is None or S[i, i] <= 0 or S[j, j] <= 0:
+                            return np.zeros(shape)
+                        return np.full(shape, float(S[i, j] / math.sqrt(S[i, i] * S[j, j])))
         raise KeyError(f"No parameter '{name}' in this fit.")
 
+    def _resolve_term(self, term: str | None) -> tuple[int, int]:
+        """(block index, term index) of ``term``: ``"x|g"``, ``"1|g"``, or an unambiguous ``"x"``."""
+        blocks = self.bound.blocks
+        if term is None:
+            return 0, 0
+        hits = []
+        for i, block in enumerate(blocks):
+            for k, e in enumerate(block.exprs):
+                if term in (block.term.value_name(e), f"{e}|{block.factor}", block.term.sd_name(e)):
+                    return i, k
+                if term in (e, "1" if e == "Intercept" else e):
+                    hits.append((i, k))
+        if len(hits) == 1:
+            return hits[0]
+        names = ", ".join(f"'{b.term.value_name(e)}'" for b in blocks for e in b.exprs)
+        what = "is ambiguous" if hits else "is not a group term of this model"
+        raise SpecError(f"The term {term!r} {what}.", hint=f"Use one of {names}.", option="term")
+
     def group_intercepts(self) -> np.ndarray:
-        """Draws of each group's intercept, Intercept + b_j, shape (chain, draw, J)."""
+        """Draws of each group's intercept in the first block, Intercept + b_j, (chain, draw, J)."""
+        block = self.bound.blocks[0]
+        if "Intercept" in block.exprs:
+            return self._group_coefficient(0, block.exprs.index("Intercept"))
         C, D = self.draws.beta.shape[:2]
         base = self.param("Intercept")[..., None] if "Intercept" in self.bound.coef_names else np.zeros((C, D, 1))
-        if self.draws.b is None:
-            return np.broadcast_to(base, (C, D, self.bound.n_groups))
-        return base + self.draws.b
+        return np.broadcast_to(base, (C, D, block.n_groups))
+
+    def _group_coefficient(self, i: int, k: int) -> np.ndarray:
+        """Common coefficient of term k of block i (0 when not a common term) + the group values."""
+        b = self.bound
+        block, bd = b.blocks[i], self.block_draws[i]
+        e = block.exprs[k]
+        C, D = self.draws.beta.shape[:2]
+        base = self.param(e)[..., None] if e in b.coef_names else np.zeros((C, D, 1))
+        if bd.values is None:
+            return np.broadcast_to(base, (C, D, block.n_groups))
+        return base + bd.values[..., k]
+
+    def _family_kwargs(self, rows: slice | np.ndarray | None, draws: slice | None = None) -> dict[str, Any]:
+        """Keyword arguments of the family methods: parameter draws as (…, 1), per-row columns."""
+        b, d = self.bound, self.draws
+        sel: Any = slice(None) if draws is None else draws
+
+        def flat(a: np.ndarray) -> np.ndarray:
+            return a.reshape(-1)[sel][:, None] if draws is not None else a[..., None]
+
+        kw: dict[str, Any] = {"sigma": None if d.sigma is None else flat(d.sigma)}
+        for name in ("nu", "phi"):
+            kw[name] = flat(d.aux[name]) if name in d.aux else None
+        if rows is not None:
+            kw["weights"] = b.weights[rows]
+            kw["trials"] = None if b.trials is None else b.trials[rows]
+        return kw
+
+    def _eta(self, rows: slice, draws: slice | None = None) -> np.ndarray:
+        """Linear predictor of ``rows``: (chain, draw, rows), or (draws, rows) for a flat slice."""
+        b, d = self.bound, self.draws
+        beta = d.beta if draws is None else d.beta.reshape(-1, d.beta.shape[-1])[draws]
+        eta = beta @ b.X[rows].T
+        eta = eta + b.offset[rows]
+        for block, bd in zip(b.blocks, self.block_draws):
+            if bd.values is None:
+                continue
+            vals = bd.values if draws is None else bd.values.reshape((-1,) + bd.values.shape[2:])[draws]
+            g = block.group[rows]
+            for k in range(block.q):
+                eta = eta + block.Z[rows, k] * vals[..., g, k]
+        return np.asarray(eta)
 
     def _mu_chunks(self, chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-        b = self.bound
-        n = b.n_obs
+        """The linear predictor η (chain, draw, rows) in chunks of rows."""
+        n = self.bound.n_obs
         chunk = chunk or max(1, self.memory_budget // (8 * self.n_samples * 3))
         for s in range(0, n, chunk):
             sl = slice(s, min(n, s + chunk))
-            mu = self.draws.beta @ b.X[sl].T
-            if self.draws.b is not None:
-                mu = mu + self.draws.b[..., b.group[sl]]
-            yield sl, mu
-
-    def _obs_sd(self, sl: slice) -> np.ndarray:
-        w = self.bound.weights[sl]
-        if self.draws.sigma is not None:
-            return self.draws.sigma[..., None] / np.sqrt(w)
-        return np.broadcast_to(1.0 / np.sqrt(w), (1, 1, w.size))
+            yield sl, self._eta(sl)
 
     def log_likelihood_chunks(self, chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """Pointwise log-likelihood, (chain, draw, rows) in chunks of rows (on demand)."""
-        y = self.bound.y
-        for sl, mu in self._mu_chunks(chunk):
-            sd = self._obs_sd(sl)
-            z = (y[sl] - mu) / sd
-            yield sl, -0.5 * z * z - np.log(sd) - 0.5 * math.log(2 * math.pi)
+        y, fam = self.bound.y, self.spec.fam
+        for sl, eta in self._mu_chunks(chunk):
+            yield sl, fam.log_likelihood(y[sl], eta, **self._family_kwargs(sl))
 
     def log_likelihood(self) -> np.ndarray:
         """The whole pointwise log-likelihood (chain, draw, n_obs); refuses past the budget."""
@@ -232,22 +351,20 @@ class Fit:
         """Replicated outcomes (chain, draw, n_obs) for the observed rows."""
         self._check_budget("posterior_predictive")
         rng = np.random.default_rng(seed)
-        parts = []
-        for sl, mu in self._mu_chunks():
-            parts.append(mu + self._obs_sd(sl) * rng.standard_normal(mu.shape))
+        fam = self.spec.fam
+        parts = [fam.sample(rng, eta, **self._family_kwargs(sl)) for sl, eta in self._mu_chunks()]
         return np.concatenate(parts, axis=-1)
 
     def _pointwise(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Log-likelihood and posterior predictive together, from one pass over the means."""
+        """Log-likelihood and posterior predictive together, from one pass over η."""
         self._check_budget("log_likelihood")
         rng = np.random.default_rng(seed)
-        y = self.bound.y
+        y, fam = self.bound.y, self.spec.fam
         lls, pps = [], []
-        for sl, mu in self._mu_chunks():
-            sd = self._obs_sd(sl)
-            z = (y[sl] - mu) / sd
-            lls.append(-0.5 * z * z - np.log(sd) - 0.5 * math.log(2 * math.pi))
-            pps.append(mu + sd * rng.standard_normal(mu.shape))
+        for sl, eta in self._mu_chunks():
+            kw = self._family_kwargs(sl)
+            lls.append(fam.log_likelihood(y[sl], eta, **kw))
+            pps.append(fam.sample(rng, eta, **kw))
         return np.concatenate(lls, axis=-1), np.concatenate(pps, axis=-1)
 
     def _check_budget(self, what: str) -> None:
@@ -264,57 +381,176 @@ class Fit:
     def summary(self, *, hdi_prob: float = 0.95, groups: bool = True) -> pd.DataFrame:
         """Posterior summary: mean, sd, HDI, MCSE, bulk/tail ESS and R-hat of each parameter.
 
-        Rows are ``Intercept``, the predictors, ``sigma``, ``sd(Intercept|g)`` and (with
-        ``groups``) the group deviations ``1|g[label]``.  ``.attrs["priors"]`` holds the priors.
+        Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
+        ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
+        group values ``1|g[label]``, ``x|g[label]``.  ``.attrs["priors"]`` holds the priors,
+        ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS).
         """
         import arviz as az
 
-        names = [n for n in self.idata.posterior.data_vars if groups or n != self.group_var]
+        skip = set() if groups else set(self.group_vars)
+        names = [n for n in self.idata.posterior.data_vars if n not in skip]
         out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
+        out.attrs["notes"] = self.notes()
         return out
 
-    def pooling_factors(self, prob: float = 0.95) -> pd.DataFrame:
-        """Pooling factor of each group, λ_j = (σ²/a_j) / (σ²/a_j + τ²), with its interval.
+    def notes(self) -> list[str]:
+        """Plain-language notes on the run: divergent transitions at each NUTS attempt."""
+        info = self.draws.info
+        out: list[str] = []
+        if self.method == "nuts" and "divergences" in info:
+            divs = [int(v) for v in info["divergences"]]
+            targets = _attempt_targets(info, len(divs))
+            if divs:
+                first = f"{divs[0]} divergent transitions"
+                if targets[0] is not None:
+                    first += f" at target_accept={targets[0]:g}"
+                parts = [first]
+                for t, n in zip(targets[1:], divs[1:]):
+                    parts.append(f"refit at {t:g}: {n}" if t is not None else f"refit at a higher target_accept: {n}")
+                out.append("; ".join(parts))
+        return out
+
+    def pooling_factors(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
+        """Pooling factor λ_j of each group for one group term, with its central interval.
 
         0 means the group keeps its own estimate (unpooled), 1 that it takes the population
-        mean (pooled).  ``a_j`` is the group's size (the sum of precision weights 1/se² when
-        standard errors are known).  ``.attrs["batch"]`` holds Gelman & Pardoe's (2006)
-        batch pooling factor 1 − Var_j(E[b_j]) / E[Var_j(b_j)].
+        value (pooled).
+
+        Parameters
+        ----------
+        prob
+            Mass of the interval.
+        term
+            The group term: ``"1|g"`` (default: the first block's first term), ``"x|g"``, or a
+            term name such as ``"x"`` when only one grouping factor varies it.
+
+        Returns
+        -------
+        DataFrame indexed by the term's group labels with ``n``, ``lambda`` (posterior mean),
+        ``lambda_lo`` and ``lambda_hi``.  ``.attrs["batch"]`` holds Gelman & Pardoe's (2006)
+        batch pooling factor 1 − Var_j(E[b_j]) / E[Var_j(b_j)] of the term;
+        ``.attrs["term"]`` the term's variable name.
+
+        Notes
+        -----
+        Per group and per posterior draw, λ_j is the fraction of the population variance of
+        b_j that remains after group j's data are seen, in the Gaussian (Laplace)
+        approximation of the group's likelihood at that draw:
+
+            λ_jk = [(Σ⁻¹ + I_j)⁻¹]_kk / Σ_kk,   I_j = Σ_{i in j} w_i z_i z_i'
+
+        where Σ is the block's population covariance at the draw and w_i the family's Fisher
+        information about η_i (its GLM working weight: a_i/σ² for gaussian, p(1 − p) for
+        bernoulli, μ for poisson, …; see :meth:`~poolwise.families.Family.information`).  For
+        one term this is Morris's shrinkage factor B_j = V_j / (V_j + τ²), with V_j = 1/I_j the
+        sampling variance of the group's own estimate on the link scale; for a Gaussian
+        varying intercept V_j = σ²/a_j and it is exactly λ_j = (σ²/a_j) / (σ²/a_j + τ²), with
+        a_j the group's size (the sum of the precision weights 1/se² when standard errors are
+        known).  The reported λ_j is conditional on the other group terms (the crossed
+        factors' effects enter through η only).  λ_j = 1 when the population SD is 0 (pooled)
+        or the group carries no information about the term.
 
         References
         ----------
         Gelman, A. & Pardoe, I. (2006). Bayesian measures of explained variance and pooling in
         multilevel (hierarchical) models. Technometrics 48(2), 241–251.
+
+        Morris, C. N. (1983). Parametric empirical Bayes inference: theory and applications.
+        JASA 78(381), 47–55.  Christiansen, C. L. & Morris, C. N. (1997). Hierarchical Poisson
+        regression modeling. JASA 92(438), 618–632.
         """
-        b = self.bound
-        a = np.bincount(b.group, weights=b.weights, minlength=b.n_groups)
-        s2 = (self.draws.sigma**2 if self.draws.sigma is not None else np.ones(self.draws.beta.shape[:2]))
-        t2 = self.param(b.sd_name) ** 2
-        noise = s2[..., None] / a[None, None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            lam = np.where(t2[..., None] > 0, noise / (noise + t2[..., None]), 1.0)
-        flat = lam.reshape(-1, b.n_groups)
-        lo, hi = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
-        df = pd.DataFrame(
-            {"n": b.group_sizes(), "lambda": flat.mean(axis=0), "lambda_lo": lo, "lambda_hi": hi},
-            index=pd.Index(b.levels, name=b.group_column),
-        )
-        if self.draws.b is not None:
-            bd = self.draws.b.reshape(-1, b.n_groups)
-            df.attrs["batch"] = float(1.0 - bd.mean(axis=0).var() / bd.var(axis=1).mean())
+        i, k = self._resolve_term(term)
+        block, bd = self.bound.blocks[i], self.block_draws[i]
+        J = block.n_groups
+        if bd.values is None:  # pooled: every group takes the population value
+            lam = np.ones((self.n_samples, J))
+            batch = 1.0
         else:
-            df.attrs["batch"] = 1.0
+            lam = self._lambda_draws(i, k)
+            bv = bd.values[..., k].reshape(-1, J)
+            within = float(bv.var(axis=1).mean())
+            batch = float(1.0 - bv.mean(axis=0).var() / within) if within > 0 else 1.0
+        lo, hi = np.quantile(lam, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+        df = pd.DataFrame(
+            {"n": block.sizes(), "lambda": lam.mean(axis=0), "lambda_lo": lo, "lambda_hi": hi},
+            index=pd.Index(block.levels, name=block.factor),
+        )
+        df.attrs["batch"] = batch
+        df.attrs["term"] = block.term.value_name(block.exprs[k])
         return df
 
-    def group_estimates(self, prob: float = 0.95) -> pd.DataFrame:
-        """Each group's intercept (Intercept + b_j): n, mean, sd and central interval."""
-        b = self.bound
-        gi = self.group_intercepts().reshape(-1, b.n_groups)
+    def _lambda_draws(self, i: int, k: int) -> np.ndarray:
+        """λ_jk per draw, (samples, J) (see :meth:`pooling_factors`)."""
+        b, fam = self.bound, self.spec.fam
+        block = b.blocks[i]
+        J, q, S = block.n_groups, block.q, self.n_samples
+        Sigma = self._sigma_draws(i).reshape(S, q, q)
+        out = np.empty((S, J))
+        step = max(1, self.memory_budget // (8 * J * max(q * q, 3) * 4))
+        if fam.identity:  # information does not depend on η: Z'WZ per group, once
+            ZWZ = _group_cross(block.Z, b.weights, block.group, J)  # (J, q, q)
+        for s0 in range(0, S, step):
+            ds = slice(s0, min(S, s0 + step))
+            kw = self._family_kwargs(None, ds)
+            if fam.identity:
+                c = fam.information(np.zeros((1, 1)), **kw)  # (draws, 1): 1/σ² (× (ν+1)/(ν+3))
+                info = c[:, :, None, None] * ZWZ[None]
+            else:
+                info = np.zeros((ds.stop - ds.start, J, q, q))
+                n = b.n_obs
+                chunk = max(1, self.memory_budget // (8 * (ds.stop - ds.start) * 4))
+                for r0 in range(0, n, chunk):
+                    sl = slice(r0, min(n, r0 + chunk))
+                    w = fam.information(self._eta(sl, ds), **{**kw, "weights": b.weights[sl],
+                                        "trials": None if b.trials is None else b.trials[sl]})
+                    info += _group_cross(block.Z[sl], w, block.group[sl], J)
+            Sg = Sigma[ds]
+            t2 = Sg[:, k, k][:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                if q == 1:
+                    noise = 1.0 / info[..., 0, 0]
+                    lam = np.where(t2 > 0, noise / (noise + t2), 1.0)
+                else:
+                    A = np.eye(q) + Sg[:, None] @ info  # (draws, J, q, q)
+                    post = np.linalg.solve(A, np.broadcast_to(Sg[:, None], A.shape))
+                    lam = np.where(t2 > 0, post[..., k, k] / t2, 1.0)
+            out[ds] = np.where(np.isfinite(lam), np.clip(lam, 0.0, 1.0), 1.0)
+        return out
+
+    def _sigma_draws(self, i: int) -> np.ndarray:
+        """The population covariance of block i per draw, (chain, draw, q, q)."""
+        L = self._sigma_factor(i)
+        return np.asarray(L @ np.swapaxes(L, -1, -2))
+
+    def _sigma_factor(self, i: int) -> np.ndarray:
+        """A factor L of block i's covariance per draw, Σ = L L', (chain, draw, q, q)."""
+        block, bd = self.bound.blocks[i], self.block_draws[i]
+        C, D = self.draws.beta.shape[:2]
+        q = block.q
+        if bd.sd is not None:
+            if bd.corr is not None:
+                R = bd.corr + 1e-12 * np.eye(q)
+                Lr = np.linalg.cholesky(R)
+            else:
+                Lr = np.broadcast_to(np.eye(q), (C, D, q, q))
+            return np.asarray(bd.sd[..., :, None] * Lr)
+        S = np.zeros((q, q)) if block.Sigma is None else np.asarray(block.Sigma, dtype=float)
+        vals, vecs = np.linalg.eigh(S)
+        L = vecs * np.sqrt(np.clip(vals, 0.0, None))
+        return np.broadcast_to(L, (C, D, q, q))
+
+    def group_estimates(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
+        """Each group's coefficient for one term (default the first block's intercept,
+        Intercept + b_j): n, mean, sd and central interval."""
+        i, k = self._resolve_term(term)
+        block = self.bound.blocks[i]
+        gi = self._group_coefficient(i, k).reshape(-1, block.n_groups)
         lo, hi = np.quantile(gi, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
-        return pd.DataFrame({"n": b.group_sizes(), "mean": gi.mean(axis=0), "sd": gi.std(axis=0), "lo": lo,
-                             "hi": hi}, index=pd.Index(b.levels, name=b.group_column))
+        return pd.DataFrame({"n": block.sizes(), "mean": gi.mean(axis=0), "sd": gi.std(axis=0), "lo": lo,
+                             "hi": hi}, index=pd.Index(block.levels, name=block.factor))
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(
@@ -323,17 +559,22 @@ class Fit:
     ) -> pd.DataFrame | np.ndarray:
         """Predict rows of new data, for known groups and for new ones.
 
-        A row of a known group uses that group's intercept draws; a row of a group not seen in
-        fitting (or without the group column) draws a new intercept from the population,
-        N(0, τ²) per posterior draw.
+        In each grouping factor, a row of a known group uses that group's draws; a group not
+        seen in fitting (or a row without the factor's columns) gets new values drawn from the
+        population, MVN(0, Σ) per posterior draw (Σ from the SD and correlation draws, or the
+        fixed Σ), shared by the rows of the same new group.  Known and new levels of different
+        factors mix freely.
 
         Parameters
         ----------
         new_data
-            Rows with the predictor columns (and the group column, if known groups are meant).
+            Rows with the predictor columns (and the group columns, if known groups are meant;
+            the offset's columns; the trials column for binomial responses; the se column for
+            responses of a model with known standard errors).
         kind
-            ``"response"`` (posterior predictive, with the residual noise) or ``"mean"``
-            (the expected value x'β + b_j).
+            ``"response"`` (posterior predictive: outcomes drawn from the family), ``"mean"``
+            (the expected value, link⁻¹(η): the success probability for binomial) or ``"link"``
+            (η itself).
         prob
             Mass of the central interval.
         return_draws
@@ -341,37 +582,130 @@ class Fit:
 
         Returns
         -------
-        DataFrame with ``mean``, ``sd``, ``lo``, ``hi`` and ``new_group`` per row.
+        DataFrame with ``mean``, ``sd``, ``lo``, ``hi`` and ``new_group`` (any factor's level new)
+        per row.
+
+        Raises
+        ------
+        DataError
+            For no rows, missing predictor/offset columns, or a missing trials/se column when
+            responses are asked for.
         """
-        if kind not in ("response", "mean"):
-            raise SpecError(f"The 'kind' option must be 'response' or 'mean'. Got {kind!r}.", option="kind")
+        if kind not in ("response", "mean", "link"):
+            raise SpecError(f"The 'kind' option must be 'response', 'mean' or 'link'. Got {kind!r}.", option="kind")
         table = new_data if isinstance(new_data, _data.Table) else _data.read_table(new_data)
         frame = table.frame
         if len(frame) == 0:
             raise DataError("The new data have no rows.", hint="Pass at least one row to predict.")
-        X, idx, known = self.bound.encode(frame)
+        b, d, fam = self.bound, self.draws, self.spec.fam
+        X = b.encode_common(frame)
+        offset = self._encode_offset(frame)
         rng = np.random.default_rng(seed)
-        C, D = self.draws.beta.shape[:2]
-        mu = np.einsum("cdp,np->cdn", self.draws.beta, X)
-        if self.draws.b is not None:
-            tau = self.param(self.bound.sd_name)
-            new_b = tau[..., None] * rng.standard_normal((C, D, len(frame)))
-            mu = mu + np.where(known[None, None, :], self.draws.b[..., np.maximum(idx, 0)], new_b)
-        if kind == "response":
-            if self.draws.sigma is not None:
-                sd = self.draws.sigma[..., None]
-            else:
-                if self.spec.se is None or self.spec.se not in frame.columns:
-                    raise DataError(f"Predicting responses needs the standard-error column '{self.spec.se}'.",
-                                    hint="Add it to the new data or use kind='mean'.", column=self.spec.se)
-                sd = np.asarray(frame[self.spec.se], dtype=float)[None, None, :]
-            mu = mu + sd * rng.standard_normal(mu.shape)
+        C, D = d.beta.shape[:2]
+        n = len(frame)
+        eta = np.einsum("cdp,np->cdn", d.beta, X) + offset
+        any_new = np.zeros(n, dtype=bool)
+        for i, (block, bd) in enumerate(zip(b.blocks, self.block_draws)):
+            idx = b.encode_groups(frame, block)
+            new = idx < 0
+            any_new |= new
+            if bd.values is None:
+                continue
+            Z = self._encode_Z(frame, block, X)
+            vals = bd.values[..., np.maximum(idx, 0), :]  # (C, D, n, q)
+            if new.any():
+                keys = self._new_keys(frame, block, new)
+                uniq, inv = np.unique(keys, return_inverse=True)
+                L = self._sigma_factor(i)
+                z = rng.standard_normal((C, D, len(uniq), block.q))
+                drawn = np.einsum("cdkl,cdul->cduk", L, z)
+                vals = _fill_new(vals, drawn, new, inv)
+            eta = eta + np.einsum("cdnk,nk->cdn", vals, Z)
+        if kind == "link":
+            out = eta
+        elif kind == "mean":
+            out = fam.inverse_link(eta)
+        else:
+            out = fam.sample(rng, eta, **self._new_family_kwargs(frame))
         if return_draws:
-            return mu
-        flat = mu.reshape(C * D, -1)
+            return out
+        flat = out.reshape(C * D, -1)
         lo, hi = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         return pd.DataFrame({"mean": flat.mean(axis=0), "sd": flat.std(axis=0), "lo": lo, "hi": hi,
-                             "new_group": ~known}, index=frame.index)
+                             "new_group": any_new}, index=frame.index)
+
+    def _new_family_kwargs(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Family arguments for responses of new rows (trials, known standard errors)."""
+        kw = self._family_kwargs(None)
+        spec = self.spec
+        if spec.fam.needs_trials:
+            col = spec.trials
+            if col is None or col not in frame.columns:
+                raise DataError(f"Predicting binomial responses needs the trials column '{col}' in the new data.",
+                                hint="Add it to the new data or use kind='mean' (the success probability).",
+                                column=col)
+            trials = np.asarray(frame[col], dtype=float)
+            bad = np.flatnonzero(~np.isfinite(trials) | (trials < 0) | (np.floor(trials) != trials))
+            if bad.size:
+                raise DataError(f"Column '{col}' must hold whole numbers >= 0 in the new data "
+                                f"({format_rows(bad.tolist())}).", hint="The number of trials is a count.",
+                                column=col, rows=bad.tolist())
+            kw["trials"] = trials
+        if "sigma" in spec.fam.params and self.draws.sigma is None:
+            if spec.se is None or spec.se not in frame.columns:
+                raise DataError(f"Predicting responses needs the standard-error column '{spec.se}'.",
+                                hint="Add it to the new data or use kind='mean'.", column=spec.se)
+            kw["weights"] = 1.0 / np.asarray(frame[spec.se], dtype=float) ** 2
+        return kw
+
+    def _encode_offset(self, frame: pd.DataFrame) -> np.ndarray:
+        """The offset of new rows (zeros without ``offset()`` in the formula)."""
+        b = self.bound
+        enc = getattr(b, "encode_offset", None)
+        if callable(enc):
+            return np.asarray(enc(frame), dtype=float)
+        if "offset(" not in self.spec.common or b.design is None or b.design.common is None:
+            return np.zeros(len(frame))
+        full = b.design.common.evaluate_new_data(frame).as_dataframe()
+        cols = [c for c in full.columns if str(c).startswith("offset(")]
+        off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
+        bad = np.flatnonzero(~np.isfinite(off))
+        if bad.size:
+            raise DataError(f"The offset is not finite on {bad.size} new rows ({format_rows(bad.tolist())}).",
+                            hint="An offset such as log(exposure) needs exposure > 0.", rows=bad.tolist())
+        return off
+
+    def _encode_Z(self, frame: pd.DataFrame, block: GroupBlock, X: np.ndarray) -> np.ndarray:
+        """Values of the block's varying terms on new rows, (rows, q)."""
+        cols = []
+        for e in block.exprs:
+            if e == "Intercept":
+                cols.append(np.ones(len(frame)))
+            elif e in self.bound.coef_names:
+                cols.append(X[:, self.bound.coef_names.index(e)])
+            elif e in frame.columns:
+                cols.append(np.asarray(frame[e], dtype=float))
+            else:
+                from formulae import design_matrices
+
+                from .spec import _FUNCTIONS
+
+                dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0),
+                                     na_action="error", extra_namespace=_FUNCTIONS)
+                cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
+        return np.column_stack(cols)
+
+    def _new_keys(self, frame: pd.DataFrame, block: GroupBlock, new: np.ndarray) -> np.ndarray:
+        """A key per new row: its label when the factor columns are there, else one per row."""
+        cols = list(block.term.factor_columns)
+        rows = np.flatnonzero(new)
+        if all(c in frame.columns for c in cols):
+            parts = [np.asarray(_data.group_labels(_data.read_table(frame[[c]]), c)).astype(str) for c in cols]
+            labels = parts[0]
+            for p in parts[1:]:
+                labels = np.char.add(np.char.add(labels, ":"), p)
+            return np.asarray(labels[rows]).astype(str)
+        return np.array([f"\x00row{r}" for r in rows])
 
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
@@ -381,6 +715,49 @@ class Fit:
             raise DataError(f"The file '{path}' exists already.", hint="Pass overwrite=True (CLI: --force).")
         self.idata.to_netcdf(path)
         return path
+
+
+def _fill_new(vals: np.ndarray, drawn: np.ndarray, new: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """``vals`` (C, D, n, q) with the new rows replaced by their new group's draws (C, D, U, q)."""
+    out = np.array(vals, copy=True)
+    out[:, :, new, :] = drawn[:, :, np.asarray(inv).reshape(-1), :]
+    return out
+
+
+def _group_cross(Z: np.ndarray, w: np.ndarray, group: np.ndarray, J: int) -> np.ndarray:
+    """Σ_{i in j} w_i z_i z_i' per group: (J, q, q) for w of shape (rows,), (…, J, q, q) for (…, rows)."""
+    from scipy import sparse
+
+    n, q = Z.shape
+    G = sparse.csr_matrix((np.ones(n), (np.arange(n), group)), shape=(n, J))
+    w = np.asarray(w, dtype=float)
+    lead = w.shape[:-1]
+    w2 = np.broadcast_to(w, lead + (n,)).reshape(-1, n)
+    out = np.empty((w2.shape[0], J, q, q))
+    for k in range(q):
+        for m in range(k, q):
+            s = np.asarray(G.T @ (w2 * (Z[:, k] * Z[:, m])).T).T  # (lead, J)
+            out[:, :, k, m] = s
+            out[:, :, m, k] = s
+    return out.reshape(lead + (J, q, q))
+
+
+def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:
+    """target_accept of each NUTS attempt: from ``info["target_accepts"]`` when recorded, else
+    the final ``target_accept`` and the retry schedule."""
+    given = info.get("target_accepts")
+    if given is not None and len(given) == n:
+        return [float(t) for t in given]
+    used = info.get("target_accept")
+    if used is None or n == 0:
+        return [None] * n
+    if n == 1:
+        return [float(used)]
+    retries = [t for t in _RETRY_TARGET_ACCEPT if t <= float(used) + 1e-12][-(n - 1):]
+    first: list[float | None] = [None]
+    if len(retries) == n - 1:
+        return first + [float(t) for t in retries]
+    return first * (n - 1) + [float(used)]
 
 
 def _to_inference_data(f: Fit) -> Any:
@@ -393,13 +770,25 @@ def _to_inference_data(f: Fit) -> Any:
         posterior[name] = d.beta[..., i]
     if d.sigma is not None:
         posterior["sigma"] = d.sigma
-    if d.tau is not None:
-        posterior[b.sd_name] = d.tau
-    coords: dict[str, Any] = {b.group_column: b.levels, "obs": np.arange(b.n_obs)}
+    for name, arr in d.aux.items():
+        posterior[name] = arr
+    coords: dict[str, Any] = {"obs": np.arange(b.n_obs)}
     dims: dict[str, list[str]] = {}
-    if d.b is not None:
-        posterior[f.group_var] = d.b
-        dims[f.group_var] = [b.group_column]
+    for block, bd in zip(b.blocks, f.block_draws):
+        term = block.term
+        coords[block.factor] = block.levels
+        if bd.sd is not None:
+            for k, e in enumerate(block.exprs):
+                posterior[term.sd_name(e)] = bd.sd[..., k]
+        if bd.corr is not None:
+            for j in range(block.q):
+                for i in range(j):
+                    posterior[term.cor_name(block.exprs[i], block.exprs[j])] = bd.corr[..., i, j]
+        if bd.values is not None:
+            for k, e in enumerate(block.exprs):
+                name = term.value_name(e)
+                posterior[name] = bd.values[..., k]
+                dims[name] = [block.factor]
     observed = {b.spec.outcome: b.y}
     dims[b.spec.outcome] = ["obs"]
     kwargs: dict[str, Any] = {}
