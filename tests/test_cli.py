@@ -112,11 +112,22 @@ def test_fit_force(csv: Path, tmp_path: Path) -> None:
         (["fit", "{csv}", "-f", FORMULA, "--prior", "sd(Intercept|driver)=half_nrml(1)"], ["half_nrml"]),
         (["fit", "{csv}", "-f", FORMULA, "--prior", "sd(Intercept|driver)=half_normal(-1)"], ["positive"]),
         (["compare", "{csv}", "-f", FORMULA, "--draws", "0"], ["draws"]),
+        (["fit", "{csv}", "-f", FORMULA, "--family", "gamma"], ["family", "gamma", "poisson"]),
+        (["compare", "{csv}", "-f", FORMULA, "--family", "gamma"], ["family", "gamma"]),
+        (["fit", "{csv}", "-f", FORMULA, "--family", "poisson"], ["reaction", "poisson", "whole numbers"]),
+        (["compare", "{csv}", "-f", FORMULA, "--family", "bernoulli"], ["reaction", "bernoulli", "0 or 1"]),
     ],
 )
 def test_errors_exit_2_in_one_or_two_lines(csv: Path, tmp_path: Path, args: list[str], words: list[str]) -> None:
     args = [a.format(csv=csv, missing=tmp_path / "missing.csv") for a in args]
     assert_error(run(*args[:2], *FAST, *args[2:]), *words)  # the case's own flags come last and win
+
+
+def test_family_flag(csv: Path) -> None:
+    r = run("fit", csv, "-f", FORMULA, *FAST, "--family", "gaussian")
+    assert r.exit_code == 0, r.output
+    assert "family=gaussian" in r.stdout
+    assert "--family" in run("compare", "--help").stdout
 
 
 def test_out_is_a_file(csv: Path, tmp_path: Path) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import poolwise as pw
 from poolwise import plots
-from poolwise.compare import POOLINGS
+from poolwise.compare import POOLINGS, Comparison
+from poolwise.fit import Fit
+from poolwise.infer import BlockDraws, Draws
+from poolwise.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +101,114 @@ def test_pooling_factor_data(cmp: pw.Comparison) -> None:
     fig = plots.plot_pooling_factors(cmp.hierarchical)
     (ax,) = fig.get_axes()
     assert ax.get_xscale() == "log"
+
+
+# -- any model: hand-made draws (no sampler runs) ---------------------------------------------
+
+C, D = 2, 30
+
+
+def _frame(seed: int = 0, J: int = 6, per: int = 7) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    levels = [f"g{j}" for j in range(J)]
+    g = np.repeat(levels, np.arange(per, per + J))
+    u = dict(zip(levels, rng.normal(size=J)))
+    x = rng.normal(size=g.size)
+    return pd.DataFrame({"y": rng.normal(size=g.size) + x, "x": x, "g": g, "u": [u[v] for v in g],
+                         "yb": rng.integers(0, 2, g.size), "c": rng.poisson(2.0, g.size)})
+
+
+def hand_comparison(formula: str, df: pd.DataFrame, family: str = "gaussian", seed: int = 0) -> Comparison:
+    """Three Fits of ``formula`` from synthetic draws with the right shapes for each pooling."""
+    rng = np.random.default_rng(seed)
+    fits = {}
+    for pooling in POOLINGS:
+        bound = ModelSpec(formula, family=family, pooling=pooling).bind(pw.data.read_table(df))
+        blocks = []
+        for blk in bound.blocks:
+            learned = blk.Sigma is None
+            corr = None
+            if learned and blk.term.correlated and blk.q > 1:
+                corr = np.broadcast_to(0.3 + 0.7 * np.eye(blk.q), (C, D, blk.q, blk.q)).copy()
+            blocks.append(BlockDraws(sd=np.abs(rng.normal(1.0, 0.1, (C, D, blk.q))) if learned else None, corr=corr,
+                                     values=None if blk.pooled else rng.normal(size=(C, D, blk.n_groups, blk.q))))
+        aux: dict[str, np.ndarray] = {name: np.abs(rng.normal(4.0, 0.2, (C, D))) for name in ("nu", "phi")
+                                      if name in bound.spec.fam.params}
+        draws = Draws(beta=rng.normal(0.5, 0.3, (C, D, len(bound.coef_names))), tau=None, b=None,
+                      sigma=np.abs(rng.normal(1.0, 0.05, (C, D))) if bound.has_sigma else None, aux=aux,
+                      blocks=tuple(blocks), method="nuts")
+        fits[pooling] = Fit(bound, draws)
+    return Comparison(fits)
+
+
+@pytest.fixture(scope="module")
+def slopes() -> Comparison:
+    return hand_comparison("y ~ x + (1 + x | g)", _frame(1))
+
+
+def test_one_row_of_three_panels_per_term(slopes: Comparison) -> None:
+    for term in slopes.terms:
+        t = slopes.table(term=term)
+        d = plots.comparison_data(slopes, term=term)
+        assert d["term"] == term and d["group_column"] == "g"
+        for name in POOLINGS:
+            np.testing.assert_array_equal(d["poolings"][name]["mean"], t[f"{name}_mean"].to_numpy())
+        np.testing.assert_array_equal(d["regression"], t["regression"].to_numpy())
+        pop = slopes.population(term)
+        assert d["population"] == {"mean": pop["mean"], "tau": pop["tau"]}
+    fig = plots.plot_comparison(slopes)
+    axes = fig.get_axes()
+    assert len(axes) == 6
+    assert [ax.get_title().split(":")[0] for ax in axes] == list(POOLINGS) * 2
+    assert axes[0].get_ylim() == axes[1].get_ylim() == axes[2].get_ylim()
+    assert axes[3].get_ylim() == axes[4].get_ylim() == axes[5].get_ylim()
+    assert axes[0].get_ylabel() == "y: group intercept"
+    assert axes[3].get_ylabel() == "y: group slope of x"
+    lo, hi = axes[3].get_ylim()
+    t = slopes.table(term="x|g")
+    assert t["unpooled_lo"].min() >= lo and t["unpooled_hi"].max() <= hi
+    # one term only: the one-row figure
+    assert len(plots.plot_comparison(slopes, terms="x|g").get_axes()) == 3
+    # given axes: a 2 × 3 grid or a flat list of 6
+    from matplotlib.figure import Figure
+
+    own = Figure()
+    assert plots.plot_comparison(slopes, axes=own.subplots(2, 3)) is own
+    with pytest.raises(ValueError, match="needs 6 axes"):
+        plots.plot_comparison(slopes, axes=Figure().subplots(1, 3))
+    path_fig = plots.plot_comparison(slopes, max_groups=3)
+    assert "at most 3 groups a row" in path_fig.get_suptitle()
+
+
+def test_group_level_predictor_band_around_the_regression() -> None:
+    cmp = hand_comparison("y ~ x + u + (1 | g)", _frame(2))
+    t = cmp.table()
+    d = plots.comparison_data(cmp)
+    assert d["group_level"] == ["u"]
+    np.testing.assert_array_equal(d["regression"], t["regression"].to_numpy())
+    assert np.ptp(d["regression"]) > 0
+    fig = plots.plot_comparison(cmp)
+    pooled_ax, _, hier_ax = fig.get_axes()
+    labels = hier_ax.get_legend_handles_labels()[1]
+    assert "population: regression ± 2τ" in labels and "population mean" not in labels
+    tau = d["population"]["tau"]
+    from matplotlib.patches import Rectangle
+
+    bottoms = sorted(float(p.get_y()) for p in hier_ax.patches if isinstance(p, Rectangle))  # regression − 2τ
+    np.testing.assert_allclose(bottoms, np.sort(d["regression"] - 2 * tau))
+    assert "regression on u" in hier_ax.get_title()
+    assert "regression on u" in fig.get_suptitle()
+    # the pooled estimates differ by group: marked group by group, not one dashed line
+    assert "regression on u" in pooled_ax.get_title()
+
+
+@pytest.mark.parametrize(("family", "formula", "scale"), [
+    ("bernoulli", "yb ~ x + (1 | g)", "(logit scale)"),
+    ("poisson", "c ~ x + (1 | g)", "(log scale)"),
+])
+def test_non_gaussian_axis_says_the_scale(family: str, formula: str, scale: str) -> None:
+    cmp = hand_comparison(formula, _frame(3), family=family)
+    d = plots.comparison_data(cmp)
+    assert d["link"] in ("logit", "log")
+    fig = plots.plot_comparison(cmp)
+    assert fig.get_axes()[0].get_ylabel() == f"{formula.split(' ')[0]}: group intercept {scale}"

@@ -47,6 +47,8 @@ COMPARE_FILES = ("comparison.png", "comparison.svg", "table.csv", "loo.csv",
 DataArg = Annotated[Path, typer.Argument(help="CSV or Parquet file (read with DuckDB).", show_default=False)]
 FormulaOpt = Annotated[str, typer.Option("--formula", "-f", help='lme4 formula, e.g. "y ~ x + (1 | g)".',
                                          show_default=False)]
+FamilyOpt = Annotated[str, typer.Option(
+    help="gaussian | student_t | bernoulli | binomial | poisson | negative_binomial.")]
 MethodOpt = Annotated[str | None, typer.Option(help="exact | nuts (default: exact for gaussian data).")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same draws.")]
 ChainsOpt = Annotated[int, typer.Option(help="Number of chains.")]
@@ -67,6 +69,7 @@ def fit_command(
     formula: FormulaOpt,
     pooling: Annotated[str, typer.Option(
         help="hierarchical | pooled | unpooled | a positive number (a fixed group SD).")] = "hierarchical",
+    family: FamilyOpt = "gaussian",
     method: MethodOpt = None,
     seed: SeedOpt = 0,
     chains: ChainsOpt = 4,
@@ -85,8 +88,8 @@ def fit_command(
         targets = _check_targets(out, FIT_FILES, force)
         priors = _parse_priors(prior)
         with _progress() as step:
-            f = fit(formula, os.fspath(data), pooling=pooling, priors=priors, method=method, seed=seed,
-                    chains=chains, draws=draws, warmup=warmup, progress=step)
+            f = fit(formula, os.fspath(data), family=family, pooling=pooling, priors=priors, method=method,
+                    seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step)
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(f))
@@ -106,6 +109,7 @@ def fit_command(
 def compare_command(
     data: DataArg,
     formula: FormulaOpt,
+    family: FamilyOpt = "gaussian",
     method: MethodOpt = None,
     seed: SeedOpt = 0,
     chains: ChainsOpt = 4,
@@ -125,8 +129,8 @@ def compare_command(
         targets = _check_targets(out, COMPARE_FILES, force)
         priors = _parse_priors(prior)
         with _progress() as step:
-            cmp = compare(formula, os.fspath(data), priors=priors, method=method, seed=seed, chains=chains,
-                          draws=draws, warmup=warmup, progress=step)
+            cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
+                          chains=chains, draws=draws, warmup=warmup, progress=step)
             step("PSIS-LOO", 1.0)
             table = cmp.table()
             loo = cmp.loo()
@@ -280,7 +284,8 @@ def _priors_table(f: Fit) -> Table:
 
 
 def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
-    out = _table("Group intercepts: posterior mean [95% interval]")
+    scale = {"logit": " (logit scale)", "log": " (log scale)"}.get(cmp.hierarchical.spec.fam.link, "")
+    out = _table(f"Group intercepts{scale}: posterior mean [95% interval]")
     out.add_column(cmp.group_column, no_wrap=True)
     out.add_column("n", justify="right")
     for name in POOLINGS:

@@ -74,9 +74,9 @@ def compare(
             if progress:
                 progress(f"{_p}: {stage}", (_i + frac) / len(POOLINGS))
 
-        # the user's prior on the group SD applies to the hierarchical fit only
+        # the user's priors on the group SDs and correlations apply to the hierarchical fit only
         if pooling != "hierarchical":
-            spec = spec.replace(priors={k: v for k, v in spec.priors.items() if not k.startswith("sd(")})
+            spec = spec.replace(priors={k: v for k, v in spec.priors.items() if not k.startswith(("sd(", "cor("))})
         fits[pooling] = fit(spec, table, method=method, seed=seed + i, chains=chains, draws=draws, warmup=warmup,
                             progress=step, memory_budget=memory_budget)
     return Comparison(fits)
@@ -103,45 +103,105 @@ class Comparison:
     def group_column(self) -> str:
         return self.hierarchical.group_column
 
-    def table(self, prob: float = 0.95) -> pd.DataFrame:
-        """Per group: size, the group intercept under each pooling, pooling factor, shrinkage.
+    @property
+    def terms(self) -> list[str]:
+        """Every group term of every grouping factor, by its variable name: ``["1|g", "x|g", "1|a"]``."""
+        return [blk.term.value_name(e) for blk in self.hierarchical.bound.blocks for e in blk.exprs]
 
-        Columns ``n``; ``<pooling>_mean``, ``<pooling>_lo``, ``<pooling>_hi`` for each pooling;
-        ``lambda`` (with ``lambda_lo``, ``lambda_hi``): the hierarchical model's pooling factor;
-        ``shrinkage``: the observed fraction of the way from the unpooled to the pooled
-        estimate, (unpooled − hierarchical) / (unpooled − pooled).  Rows are ordered by size.
+    def table(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
+        """Per group: size, one group term's coefficient under each pooling, pooling factor, shrinkage.
+
+        Parameters
+        ----------
+        prob
+            Mass of the central intervals.
+        term
+            The group term (see :attr:`terms`): ``"1|g"``, ``"x|g"``, or a term name such as
+            ``"x"`` when only one grouping factor varies it.  Default: the first grouping
+            factor's first term.
+
+        Returns
+        -------
+        DataFrame indexed by the term's group labels, ordered by size, with columns ``n``;
+        ``<pooling>_mean``, ``<pooling>_lo``, ``<pooling>_hi`` for each pooling (the group's
+        coefficient: the common coefficient of the term plus the group's value,
+        :meth:`Fit.group_estimates`); ``lambda`` (with ``lambda_lo``, ``lambda_hi``): the
+        hierarchical model's pooling factor; ``shrinkage``: the observed fraction of the way
+        from the unpooled to the pooled estimate, (unpooled − hierarchical) / (unpooled −
+        pooled); ``regression``: the hierarchical model's posterior mean of the population
+        value of the term in that group (see Notes).  ``.attrs`` holds ``term`` (the variable
+        name), ``group_level`` (the group-level predictors found) and ``batch_pooling``
+        (Gelman & Pardoe's batch pooling factor).
+
+        Notes
+        -----
+        A *group-level predictor* of a term is a common column c of the design whose values
+        within each group j are c_i = u_j z_i, z the term's column (for the intercept: a column
+        constant within each group, such as a county's uranium level).  Such predictors enter
+        the group's coefficient: in every pooling the group's estimate is then
+        β_term + Σ_c β_c u_jc + b_j (the group mean at row-level predictors 0, for the
+        intercept), and ``regression`` is the population value β_term + Σ_c β_c u_jc around which
+        the hierarchical model draws the groups, with SD τ.  Without group-level predictors
+        ``regression`` is the same for every group: the population mean of the term.
+
+        Raises
+        ------
+        SpecError
+            For a term that is not a group term of the model, or an ambiguous one.
         """
+        hier = self.hierarchical
+        name = _term_name(hier, term)
+        pf = hier.pooling_factors(prob, term=name)
+        i, k = _term_index(hier, name)
+        u = _group_level(hier, i, k)
         parts: list[pd.DataFrame] = []
-        for name, f in self.fits.items():
-            est = f.group_estimates(prob)
+        for pooling, f in self.fits.items():
+            est = f.group_estimates(prob, term=name) if not u else _estimates_with(f, name, u, prob)
             if not parts:
                 parts.append(est[["n"]])
-            parts.append(est[["mean", "lo", "hi"]].add_prefix(f"{name}_"))
+            parts.append(est[["mean", "lo", "hi"]].add_prefix(f"{pooling}_"))
         out = pd.concat(parts, axis=1)
-        pf = self.hierarchical.pooling_factors(prob)
         out["lambda"] = pf["lambda"]
         out["lambda_lo"] = pf["lambda_lo"]
         out["lambda_hi"] = pf["lambda_hi"]
         with np.errstate(invalid="ignore", divide="ignore"):
             out["shrinkage"] = (out["unpooled_mean"] - out["hierarchical_mean"]) / (
                 out["unpooled_mean"] - out["pooled_mean"])
+        e = hier.bound.blocks[i].exprs[k]
+        base = float(hier.param(e).mean()) if e in hier.bound.coef_names else 0.0
+        reg = np.full(len(out), base)
+        for c, uc in u.items():
+            reg = reg + float(hier.param(c).mean()) * uc
+        out["regression"] = reg
         out = out.sort_values("n", kind="stable")
+        out.attrs["term"] = name
+        out.attrs["group_level"] = list(u)
         out.attrs["batch_pooling"] = pf.attrs.get("batch")
         return out
 
-    def population(self) -> dict[str, float]:
-        """The hierarchical model's population distribution of group intercepts.
+    def population(self, term: str | None = None) -> dict[str, float]:
+        """The hierarchical model's population distribution of one group term.
 
-        Returns posterior means of the population mean (``Intercept``) and SD (``tau``), with
-        their 95% intervals, and of ``sigma`` when the model has one.
+        Returns posterior means of the population mean (``mean``: the term's common
+        coefficient, ``Intercept`` for the intercept; 0 when the term has no common
+        coefficient) and SD (``tau``: ``sd(<term>|<group>)``), with their 95% intervals
+        (``mean_lo``, ``mean_hi``, …), and of ``sigma`` when the model has one.  With
+        group-level predictors the mean is the term's value where they are 0 (the
+        per-group population values are the ``regression`` column of :meth:`table`).
         """
         f = self.hierarchical
+        name = _term_name(f, term)
+        i, k = _term_index(f, name)
+        block = f.bound.blocks[i]
+        e = block.exprs[k]
         out: dict[str, float] = {}
-        for key, name in (("mean", "Intercept"), ("tau", f.bound.sd_name), ("sigma", "sigma")):
+        for key, pname in (("mean", e), ("tau", block.term.sd_name(e)), ("sigma", "sigma")):
             try:
-                d = f.param(name).ravel()
+                d = f.param(pname).ravel()
             except KeyError:
-                continue
+                if key != "mean":
+                    continue
+                d = np.zeros(1)
             out[key] = float(d.mean())
             out[f"{key}_lo"], out[f"{key}_hi"] = (float(v) for v in np.quantile(d, [0.025, 0.975]))
         return out
@@ -176,6 +236,79 @@ class Comparison:
         f = self.hierarchical
         return (f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={f.bound.n_groups} "
                 f"method={f.method}>")
+
+
+def _term_name(f: Fit, term: str | None) -> str:
+    """The variable name (``"x|g"``) of ``term`` as :meth:`Fit.pooling_factors` reads it: ``None``
+    for the first block's first term, ``"x|g"``, ``"1|g"``, ``"sd(x|g)"`` or an unambiguous ``"x"``."""
+    blocks = f.bound.blocks
+    if term is None:
+        return blocks[0].term.value_name(blocks[0].exprs[0])
+    hits = []
+    for block in blocks:
+        for e in block.exprs:
+            name = block.term.value_name(e)
+            if term in (name, f"{e}|{block.factor}", block.term.sd_name(e)):
+                return name
+            if term in (e, "1" if e == "Intercept" else e):
+                hits.append(name)
+    if len(hits) == 1:
+        return hits[0]
+    f.group_estimates(term=term)  # raises the library's SpecError for an unknown or ambiguous term
+    raise AssertionError(term)  # pragma: no cover
+
+
+def _term_index(f: Fit, name: str) -> tuple[int, int]:
+    """(block index, term index) of the group term whose variable is ``name`` (``"x|g"``)."""
+    for i, block in enumerate(f.bound.blocks):
+        for k, e in enumerate(block.exprs):
+            if block.term.value_name(e) == name:
+                return i, k
+    raise KeyError(name)  # pragma: no cover - names come from this fit's own blocks
+
+
+def _group_level(f: Fit, i: int, k: int, rtol: float = 1e-9) -> dict[str, np.ndarray]:
+    """The group-level predictors of term k of block i: {column: u_j} for each common column
+    c (other than the term's own) with c_i = u_j z_i in every group j (z the term's column;
+    constant within each group for the intercept).  u_j = 0 where z is 0 on all the group's rows."""
+    b = f.bound
+    block = b.blocks[i]
+    e = block.exprs[k]
+    z = np.asarray(block.Z[:, k], dtype=float)
+    g, J = block.group, block.n_groups
+    szz = np.bincount(g, weights=z * z, minlength=J)
+    out: dict[str, np.ndarray] = {}
+    for c_idx, c in enumerate(b.coef_names):
+        if c == e:
+            continue
+        col = np.asarray(b.X[:, c_idx], dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            u = np.where(szz > 0, np.bincount(g, weights=z * col, minlength=J) / szz, 0.0)
+        resid = col - u[g] * z
+        if np.all(np.abs(resid) <= rtol * max(1.0, float(np.abs(col).max(initial=0.0)))):
+            out[c] = u
+    return out
+
+
+def _estimates_with(f: Fit, name: str, u: Mapping[str, np.ndarray], prob: float) -> pd.DataFrame:
+    """Like :meth:`Fit.group_estimates` for term ``name``, with the group-level part Σ_c β_c u_jc
+    added to each group's coefficient draw by draw."""
+    i, k = _term_index(f, name)
+    block, bd = f.bound.blocks[i], f.block_draws[i]
+    e = block.exprs[k]
+    C, D = f.draws.beta.shape[:2]
+    J = block.n_groups
+    draws = np.zeros((C, D, J))
+    if e in f.bound.coef_names:
+        draws += f.param(e)[..., None]
+    if bd.values is not None:
+        draws += bd.values[..., k]
+    for c, uc in u.items():
+        draws += f.param(c)[..., None] * np.asarray(uc)[None, None, :]
+    flat = draws.reshape(-1, J)
+    lo, hi = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+    return pd.DataFrame({"n": block.sizes(), "mean": flat.mean(axis=0), "sd": flat.std(axis=0), "lo": lo,
+                         "hi": hi}, index=pd.Index(block.levels, name=block.factor))
 
 
 def loo(f: Fit) -> dict[str, Any]:

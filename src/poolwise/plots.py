@@ -41,8 +41,9 @@ _MAX_TICKS = 10
 # --------------------------------------------------------------------------------------------
 
 
-def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: float = 0.95) -> dict[str, Any]:
-    """The numbers :func:`plot_comparison` draws.
+def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: float = 0.95,
+                    term: str | None = None) -> dict[str, Any]:
+    """The numbers :func:`plot_comparison` draws for one group term.
 
     Parameters
     ----------
@@ -53,16 +54,25 @@ def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: flo
         smallest and the largest always kept).  ``None`` keeps all.
     prob
         Mass of the intervals (as :meth:`Comparison.table`).
+    term
+        The group term (one of ``cmp.terms``, or a name :meth:`Comparison.table` reads);
+        default the first grouping factor's first term.
 
     Returns
     -------
     dict
         ``poolings``: for each of ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` a dict of
         ``groups`` (labels, ordered by size), ``n``, ``mean``, ``lo`` and ``hi`` (NumPy arrays),
-        taken from ``cmp.table(prob)``; ``population``: ``mean`` and ``tau`` of the
-        hierarchical model's population distribution N(mean, tau) (``cmp.population()``);
-        ``pooled_estimate``: the pooled model's estimate (the same for every group);
-        ``n_groups`` (all groups), ``n_shown``; ``group_column``, ``outcome``, ``prob``.
+        taken from ``cmp.table(prob, term=term)``; ``population``: ``mean`` and ``tau`` of the
+        hierarchical model's population distribution N(mean, tau) of the term
+        (``cmp.population(term)``); ``regression``: the population value of each shown group
+        (the table's ``regression`` column: the same for every group unless the model has
+        group-level predictors, listed in ``group_level``); ``pooled_estimate``: the pooled
+        model's estimate of the first shown group (the same for every group without
+        group-level predictors); ``n_groups`` (all groups), ``n_shown``; ``term`` (its
+        variable name, ``"1|g"``), ``expr`` (``"Intercept"`` or the slope's name), ``link``
+        (the family's link: the scale of the estimates); ``group_column``, ``outcome``,
+        ``prob``.
 
     Examples
     --------
@@ -72,7 +82,10 @@ def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: flo
     >>> list(d["poolings"]), d["n_shown"] == d["n_groups"]
     (['pooled', 'unpooled', 'hierarchical'], True)
     """
-    table = cmp.table(prob)  # ordered by size
+    table = cmp.table(prob, term=term)  # ordered by size
+    name = str(table.attrs["term"])
+    block = next(b for b in cmp.hierarchical.bound.blocks for e in b.exprs if b.term.value_name(e) == name)
+    expr = next(e for e in block.exprs if block.term.value_name(e) == name)
     n_groups = len(table)
     if max_groups is not None:
         if int(max_groups) < 1:
@@ -83,45 +96,60 @@ def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: flo
     groups = [str(g) for g in table.index]
     n = table["n"].to_numpy()
     poolings: dict[str, dict[str, Any]] = {}
-    for name in POOLINGS:
-        poolings[name] = {
+    for pooling in POOLINGS:
+        poolings[pooling] = {
             "groups": list(groups),
             "n": n.copy(),
-            "mean": table[f"{name}_mean"].to_numpy(dtype=float),
-            "lo": table[f"{name}_lo"].to_numpy(dtype=float),
-            "hi": table[f"{name}_hi"].to_numpy(dtype=float),
+            "mean": table[f"{pooling}_mean"].to_numpy(dtype=float),
+            "lo": table[f"{pooling}_lo"].to_numpy(dtype=float),
+            "hi": table[f"{pooling}_hi"].to_numpy(dtype=float),
         }
-    pop = cmp.population()
+    pop = cmp.population(name)
     return {
         "poolings": poolings,
         "population": {"mean": float(pop["mean"]), "tau": float(pop.get("tau", 0.0))},
+        "regression": table["regression"].to_numpy(dtype=float),
+        "group_level": list(table.attrs.get("group_level", [])),
         "pooled_estimate": float(table["pooled_mean"].iloc[0]),
         "n_groups": n_groups,
         "n_shown": len(groups),
-        "group_column": cmp.group_column,
+        "term": name,
+        "expr": expr,
+        "link": cmp.hierarchical.spec.fam.link,
+        "group_column": block.factor,
         "outcome": cmp.hierarchical.spec.outcome,
         "prob": prob,
     }
 
 
-def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_groups: int = 60) -> Figure:
+def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None, max_groups: int = 60,
+                    terms: str | Sequence[str] | None = None) -> Figure:
     """The three panels side by side: pooled, unpooled and hierarchical group estimates.
 
-    Each panel shows every group's intercept (the outcome's expected value in that group when
-    the predictors are 0) as a point with its 95% interval, groups ordered by size along x and
-    the estimates on a y-axis shared by the three panels.  A dashed line marks the pooled
+    Each panel shows every group's coefficient of a group term (for the intercept: the
+    outcome's expected value in that group when the predictors are 0, on the link scale for
+    non-gaussian families) as a point with its 95% interval, groups ordered by size along x
+    and the estimates on a y-axis shared by the three panels.  A dashed line marks the pooled
     estimate in every panel; the hierarchical panel also shows the learned population
-    distribution N(mean, τ): a band mean ± 2τ and its density at the right edge.
+    distribution N(mean, τ): a band mean ± 2τ and its density at the right edge.  With
+    group-level predictors the population value differs by group: the band is then drawn
+    around each group's regression value (regression ± 2τ) and the pooled estimates are
+    marked group by group.  A model with several group terms (varying slopes, several
+    grouping factors) gets one row of three panels per term.
 
     Parameters
     ----------
     cmp
         A :class:`~poolwise.compare.Comparison`.
     axes
-        Three axes to draw into (pooled, unpooled, hierarchical); a new figure by default.
+        Axes to draw into, three per term (pooled, unpooled, hierarchical): a sequence of 3
+        for one term, or of 3 × the number of terms, flat or one row of 3 per term; a new
+        figure by default.
     max_groups
         With more groups than this, a subset evenly spread over sizes is drawn (and the title
         says so).
+    terms
+        The group terms to draw, one row each (names as in ``cmp.terms``); default all.
 
     Returns
     -------
@@ -131,10 +159,79 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
     --------
     comparison_data : the numbers drawn.
     """
-    d = comparison_data(cmp, max_groups=max_groups)
-    fig, axs = _three_axes(axes, d["n_shown"])
+    names = list(cmp.terms) if terms is None else [terms] if isinstance(terms, str) else list(terms)
+    if not names:
+        raise ValueError("plot_comparison needs at least one term.")
+    rows = [comparison_data(cmp, max_groups=max_groups, term=t) for t in names]
+    k_max = max(d["n_shown"] for d in rows)
+    fig, grid = _axes_grid(axes, len(rows), k_max)
+    handles: list[Any] = []
+    labels: list[str] = []
+    for axs, d in zip(grid, rows):
+        _draw_row(axs, d)
+        for ax in axs:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+    if axes is None:
+        ncol = len(labels) if len(rows) == 1 else min(len(labels), 6)
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
+    else:
+        grid[0][0].legend(handles, labels, loc="best", fontsize=7.5)
+
+    formula = cmp.hierarchical.spec.formula
+    if len(rows) == 1:
+        d = rows[0]
+        subset = ""
+        if d["n_shown"] < d["n_groups"]:
+            subset = f"; showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
+        if d["expr"] == "Intercept":
+            what = f"Each point is one {d['group_column']}'s intercept (the outcome at predictors = 0)"
+        else:
+            what = f"Each point is one {d['group_column']}'s slope of {d['expr']}"
+        if _varies(d["regression"]):
+            if d["expr"] == "Intercept":
+                what = (f"Each point is one {d['group_column']}'s intercept (the outcome at its "
+                        f"{', '.join(d['group_level'])} and the other predictors = 0)")
+            pop_text = (f"\nthe grey bars are the learned population around the regression on "
+                        f"{', '.join(d['group_level'])}: regression ± 2τ.")
+        else:
+            pop_text = " the grey curve is the learned population distribution N(mean, τ)."
+        fig.suptitle(
+            f"{formula}: {d['n_groups']} groups, three ways of pooling{subset}\n"
+            f"{what}, smallest groups on the left;{pop_text}",
+            fontsize=10)
+    else:
+        subset = ""
+        if any(d["n_shown"] < d["n_groups"] for d in rows):
+            subset = f"; at most {max_groups} groups a row, evenly spread over sizes"
+        fig.suptitle(
+            f"{formula}: three ways of pooling, one row per group term ({', '.join(names)}){subset}\n"
+            "Each point is one group's coefficient of the row's term, smallest groups on the left; grey: the "
+            "learned population distribution (mean or regression ± 2τ).",
+            fontsize=10)
+    return fig
+
+
+def _varies(v: np.ndarray) -> bool:
+    """Whether the per-group values differ (group-level predictors), beyond rounding."""
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    return v.size > 1 and float(np.ptp(v)) > 1e-9 * max(1.0, float(np.abs(v).max()))
+
+
+_SCALES = {"identity": "", "logit": " (logit scale)", "log": " (log scale)"}
+
+
+def _draw_row(axs: Sequence[Axes], d: dict[str, Any]) -> None:
+    """One row of three panels (pooled, unpooled, hierarchical) for one term."""
     pop = d["population"]
     m, tau = pop["mean"], pop["tau"]
+    reg = np.asarray(d["regression"], dtype=float)
+    by_group = _varies(reg)
+    pooled_all = d["poolings"]["pooled"]["mean"]
+    pooled_varies = _varies(pooled_all)
     pooled = d["pooled_estimate"]
 
     lows = [d["poolings"][k]["lo"] for k in POOLINGS]
@@ -142,7 +239,10 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
     ymin = float(min(np.nanmin(v) for v in lows))
     ymax = float(max(np.nanmax(v) for v in highs))
     if math.isfinite(tau) and tau > 0:
-        ymin, ymax = min(ymin, m - 3 * tau), max(ymax, m + 3 * tau)
+        if by_group:
+            ymin, ymax = min(ymin, float(np.nanmin(reg)) - 3 * tau), max(ymax, float(np.nanmax(reg)) + 3 * tau)
+        else:
+            ymin, ymax = min(ymin, m - 3 * tau), max(ymax, m + 3 * tau)
     pad = 0.04 * (ymax - ymin or 1.0)
     ylim = (ymin - pad, ymax + pad)
 
@@ -153,19 +253,31 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
         p = d["poolings"][name]
         color = _COLORS[name]
         if name == "hierarchical" and math.isfinite(tau) and tau > 0:
-            ax.fill_between([-1, k], m - 2 * tau, m + 2 * tau, color=_POP_COLOR, alpha=0.15, lw=0,
-                            label="population: mean ± 2τ")
-            ax.plot([-1, k], [m, m], color=_POP_COLOR, lw=1.0, label="population mean")
-            _side_density(ax, m, tau, k, ylim)
-        ax.axhline(pooled, color="black", ls="--", lw=1.0, label="pooled estimate", zorder=1)
+            if by_group:
+                ax.bar(x, 4 * tau, bottom=reg - 2 * tau, width=0.9, color=_POP_COLOR, alpha=0.15, lw=0,
+                       label="population: regression ± 2τ")
+                ax.scatter(x, reg, marker="_", s=80, color="#444444", lw=1.5, zorder=2,
+                           label=f"regression on {', '.join(d['group_level'])}")
+            else:
+                ax.fill_between([-1, k], m - 2 * tau, m + 2 * tau, color=_POP_COLOR, alpha=0.15, lw=0,
+                                label="population: mean ± 2τ")
+                ax.plot([-1, k], [m, m], color=_POP_COLOR, lw=1.0, label="population mean")
+                _side_density(ax, m, tau, k, ylim)
+        if pooled_varies:
+            ax.scatter(x, pooled_all, marker="_", s=60, color="black", lw=1.0, zorder=1, label="pooled estimate")
+        else:
+            ax.axhline(pooled, color="black", ls="--", lw=1.0, label="pooled estimate", zorder=1)
         ax.errorbar(x, p["mean"], yerr=[p["mean"] - p["lo"], p["hi"] - p["mean"]], fmt="o", ms=3.5,
                     color=color, ecolor=color, elinewidth=0.8, alpha=0.9, capsize=0, zorder=3,
                     label=f"{d['group_column']}: posterior mean, {d['prob']:.0%} interval")
         title = _TITLES[name]
         if name == "hierarchical" and math.isfinite(tau):
-            title += f"\npopulation mean {m:.3g}, τ = {tau:.3g}"
+            if by_group:
+                title += f"\nregression on {', '.join(d['group_level'])}, τ = {tau:.3g}"
+            else:
+                title += f"\npopulation mean {m:.3g}, τ = {tau:.3g}"
         elif name == "pooled":
-            title += f"\nestimate {pooled:.3g}"
+            title += ("\nregression on " + ", ".join(d["group_level"])) if pooled_varies else f"\nestimate {pooled:.3g}"
         else:
             title += "\nno information shared"
         ax.set_title(title, fontsize=10)
@@ -173,49 +285,34 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | None = None, max_
         ax.set_xticklabels(ticklabels, fontsize=8)
         ax.set_xlabel(f"{d['group_column']}, ordered by size (tick: n rows)", fontsize=9)
         ax.set_ylim(*ylim)
-        if name != "hierarchical":
+        if name != "hierarchical" or by_group:
             ax.set_xlim(-1, k)
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="y", labelsize=8)
-    axs[0].set_ylabel(f"{d['outcome']}: group intercept", fontsize=9)
+    what = "group intercept" if d["expr"] == "Intercept" else f"group slope of {d['expr']}"
+    scale = _SCALES.get(d["link"], f" ({d['link']} scale)")
+    axs[0].set_ylabel(f"{d['outcome']}: {what}{scale}", fontsize=9)
     for ax in axs[1:]:
         ax.tick_params(axis="y", labelleft=False)
-    handles, labels = [], []
-    for ax in axs:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if axes is None:
-        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
-    else:
-        axs[0].legend(handles, labels, loc="best", fontsize=7.5)
-
-    subset = ""
-    if d["n_shown"] < d["n_groups"]:
-        subset = f"; showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
-    fig.suptitle(
-        f"{cmp.hierarchical.spec.formula}: {d['n_groups']} groups, three ways of pooling{subset}\n"
-        f"Each point is one {d['group_column']}'s intercept (the outcome at predictors = 0), smallest groups "
-        "on the left; the grey curve is the learned population distribution N(mean, τ).",
-        fontsize=10)
-    return fig
 
 
-def _three_axes(axes: Sequence[Axes] | None, k: int) -> tuple[Figure, list[Axes]]:
+def _axes_grid(axes: Sequence[Axes] | Any | None, n_rows: int, k: int) -> tuple[Figure, list[list[Axes]]]:
+    """The figure and one list of three axes (pooled, unpooled, hierarchical) per term."""
     if axes is not None:
-        axs = list(axes)
-        if len(axs) != 3:
-            raise ValueError(f"plot_comparison needs 3 axes (pooled, unpooled, hierarchical), got {len(axs)}.")
-        fig = axs[0].get_figure()
+        flat = list(np.asarray(axes, dtype=object).ravel())
+        if len(flat) != 3 * n_rows:
+            raise ValueError(f"plot_comparison needs {3 * n_rows} axes (pooled, unpooled, hierarchical for each of "
+                             f"{n_rows} term{'s' if n_rows > 1 else ''}), got {len(flat)}.")
+        fig = flat[0].get_figure()
         assert fig is not None
-        return fig, axs  # type: ignore[return-value]
+        return fig, [flat[3 * r:3 * r + 3] for r in range(n_rows)]
     from matplotlib.figure import Figure
 
     width = min(18.0, max(11.0, 6.0 + 0.14 * k))
-    fig = Figure(figsize=(width, 6.0), layout="constrained")
-    axs = list(fig.subplots(1, 3, sharey=True, gridspec_kw={"width_ratios": [1, 1, 1.2]}))
-    return fig, axs
+    height = 6.0 if n_rows == 1 else 1.4 + 4.3 * n_rows
+    fig = Figure(figsize=(width, height), layout="constrained")
+    grid = fig.subplots(n_rows, 3, sharey="row", squeeze=False, gridspec_kw={"width_ratios": [1, 1, 1.2]})
+    return fig, [list(row) for row in grid]
 
 
 def _size_ticks(n: np.ndarray) -> tuple[list[int], list[str]]:
