@@ -400,7 +400,7 @@ class Fit:
         """Plain-language notes on the run: divergent transitions at each NUTS attempt."""
         info = self.draws.info
         out: list[str] = []
-        if self.method == "nuts" and "divergences" in info:
+        if "divergences" in info:
             divs = [int(v) for v in info["divergences"]]
             targets = _attempt_targets(info, len(divs))
             if divs:
@@ -411,6 +411,8 @@ class Fit:
                 for t, n in zip(targets[1:], divs[1:]):
                     parts.append(f"refit at {t:g}: {n}" if t is not None else f"refit at a higher target_accept: {n}")
                 out.append("; ".join(parts))
+        if info.get("note"):
+            out.append(str(info["note"]))
         return out
 
     def pooling_factors(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:

@@ -159,8 +159,8 @@ def _fake_run(counts: list[int], calls: list[float]) -> Callable[..., Any]:
         div = np.zeros((chains, draws), dtype=bool)
         div.flat[:k] = True
         ones = np.ones((chains, draws))
-        samples = {"beta": np.zeros((chains, draws, 2)), "sigma": ones, "tau": ones,
-                   "b": np.zeros((chains, draws, 12))}
+        samples = {"beta": np.zeros((chains, draws, 2)), "sigma": ones, "sd(Intercept|g)": ones,
+                   "u(g)": np.zeros((chains, draws, 12, 1))}
         extra = {"diverging": div, "accept_prob": ones, "num_steps": 7 * ones, "energy": ones,
                  "potential_energy": ones}
         return samples, extra

@@ -7,7 +7,7 @@ so that ``fit.py`` needs one converter to ArviZ.  No labels, no ArviZ here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,8 +126,21 @@ def run(
         from . import exact
         from ..reduce import reduce
 
-        return exact.sample(bound, reduce(bound), seed=seed, chains=chains, draws=draws, progress=progress,
-                            **options)
+        if bound.simple:
+            return exact.sample(bound, reduce(bound), seed=seed, chains=chains, draws=draws, progress=progress,
+                                **options)
+        if len(bound.blocks) == 1:
+            return exact.sample_block(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
+                                      progress=progress, **options)
+        # several grouping factors: the collapsed marginal needs a sparse Cholesky (as lme4's);
+        # until then the same model is fitted by NUTS, and the summary says so
+        from . import nuts
+
+        result = nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
+                             **options)
+        note = (f"method='exact' covers one grouping factor; this model has {len(bound.blocks)} "
+                f"({', '.join(b.factor for b in bound.blocks)}), so it was fitted with NUTS.")
+        return replace(result, info={**result.info, "note": note})
     if method == "nuts":
         from . import nuts
 
@@ -138,15 +151,5 @@ def run(
 
 
 def _check_supported(bound: BoundSpec, method: str) -> None:
-    """Refuse, clearly, the models whose inference is not written yet."""
-    spec = bound.spec
-    if not spec.simple:
-        terms = " + ".join(str(t) for t in spec.group_terms)
-        raise SpecError(
-            f"The formula {spec.formula} has {terms}; inference for varying slopes and several grouping "
-            "factors is not available yet: this version fits one varying intercept (1 | g).",
-            hint="Use one (1 | g) term for now.", option="formula",
-        )
-    if method == "nuts" and spec.fam.name != "gaussian":
-        raise SpecError(f"The {spec.fam.name} family is not available on the nuts path yet.",
-                        hint="Use family='gaussian'.", option="family")
+    """Refuse, clearly, what a method cannot fit (before any work is done)."""
+    del bound, method  # every family, term and factor is fitted by nuts; exact is checked in run()

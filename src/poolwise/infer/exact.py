@@ -443,3 +443,47 @@ def sample(
         method="exact",
         info=meta,
     )
+
+
+def sample_block(
+    bound: BoundSpec,
+    *,
+    seed: int,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    progress: Progress | None = None,
+    target_accept: float = 0.9,
+) -> Draws:
+    """Exact posterior draws of a Gaussian model with q group terms of one grouping factor.
+
+    The hyperparameters (σ, the group SDs and their correlations) are sampled on the collapsed
+    marginal (:mod:`poolwise.infer.collapsed`), then β and every group's values exactly.
+    """
+    from . import BlockDraws
+    from . import collapsed
+
+    if progress:
+        progress("hyperparameters", 0.0)
+    blk = bound.blocks[0]
+    stats = collapsed.block_stats(bound.y, bound.X, blk.Z, bound.weights, blk.group, blk.n_groups)
+    hp = HyperPrior.from_bound(bound)
+    sd_priors = [bound.priors[n] for n in blk.sd_names] if blk.Sigma is None else None
+    cor = bound.priors.get(f"cor({blk.factor})")
+    out = collapsed.sample(
+        stats, m0=hp.m0, s0=hp.s0, sigma_prior=hp.sigma, sd_priors=sd_priors,
+        lkj_eta=float(cor.args[0]) if cor is not None else 1.0, has_sigma=bound.has_sigma,
+        Sigma_fixed=blk.Sigma, correlated=blk.term.correlated and blk.q > 1, seed=seed, chains=chains,
+        draws=draws, warmup=warmup, target_accept=target_accept,
+    )
+    if progress:
+        progress("done", 1.0)
+    values = None if blk.pooled else out["b"]
+    info = dict(out["info"])
+    info["hyper_sampler"] = "NUTS on the collapsed marginal"
+    info["divergences"] = [int(info.get("divergences", 0))]
+    info["target_accepts"] = [target_accept]
+    return Draws(
+        beta=out["beta"], sigma=out["sigma"], tau=None, b=None, sample_stats=out["sample_stats"], method="exact",
+        info=info, blocks=(BlockDraws(sd=out["sd"], corr=out["corr"], values=values),),
+    )

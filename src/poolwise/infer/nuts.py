@@ -1,17 +1,23 @@
 """Full-model inference with NUTS in NumPyro: the model from the spec, vectorized chains.
 
-This module owns the NumPyro model of the Gaussian varying-intercept model, written once from a
+This module owns the NumPyro model of a bound spec, written once from a
 :class:`~poolwise.spec.BoundSpec` as a plain function, and the sampler run around it:
 
-    β ~ N(m0, diag(s0²)),  σ ~ prior,  τ ~ prior,  z_j ~ N(0, 1),  b_j = τ z_j,
-    y_i ~ N(x_i'β + b_{g[i]}, σ²/w_i)
+    β ~ N(m0, diag(s0²)),   per grouping factor f with q terms and J_f groups:
+        s_k ~ prior (k = 1..q),  L ~ LKJCholesky(q, η),  z_j ~ N(0, I_q),  u_j = diag(s) L z_j,
+    η_i = x_i'β + offset_i + Σ_f Z_f[i]·u_{f, g_f[i]},   y_i ~ Family(link⁻¹(η_i), aux)
 
-The group intercepts are non-centered (b = τ z), which removes the funnel between τ and b when
-groups hold little data (Betancourt & Girolami, 2015).  Pooling is a setting of τ and never a
-branch in the model body: a learned τ is a sample site with its prior; a fixed τ is the same
-site conditioned with :func:`numpyro.handlers.condition`; the pooled model (τ = 0) is built
-with the group term absent.  With known standard errors (``y | se(s)``) there is no σ and the
-residual SD of row i is 1/√w_i.
+so that u_j ~ N(0, Σ) with Σ = diag(s) R diag(s), R = L L'.  The group effects are
+non-centered (u = diag(s) L z), which removes the funnel between the SDs and the group values
+when groups hold little data (Betancourt & Girolami, 2015).  Uncorrelated terms (``||``) and
+single terms have L = I.  Pooling is a setting of Σ and never a branch in the model body: a
+learned Σ has sample sites for its SDs (named as the priors, ``sd(x|g)``) and its Cholesky
+factor; a fixed Σ conditions the SD sites with :func:`numpyro.handlers.condition` and enters
+its correlation as a constant; a pooled factor (Σ = 0) is built with its terms absent.
+
+Families: ``gaussian`` N(η, σ²/w) (with known standard errors, ``y | se(s)``, the SD of row i
+is 1/√w_i), ``student_t`` t_ν(η, σ), ``bernoulli`` and ``binomial`` (logit link, ``trials``),
+``poisson`` and ``negative_binomial`` (log link, NB2 with concentration φ).
 
 Divergent transitions are acted on, then reported: the run is repeated at a higher target
 acceptance (0.95, then 0.99); if it still diverges a :class:`~poolwise.errors.ConvergenceWarning`
@@ -23,6 +29,8 @@ Hoffman, M. D. & Gelman, A. (2014). The No-U-Turn Sampler: adaptively setting pa
 Hamiltonian Monte Carlo. JMLR 15, 1593–1623.
 Betancourt, M. & Girolami, M. (2015). Hamiltonian Monte Carlo for hierarchical models. In
 Current Trends in Bayesian Methodology with Applications, 79–101. CRC Press.
+Lewandowski, D., Kurowicka, D. & Joe, H. (2009). Generating random correlation matrices based
+on vines and extended onion method. J. Multivariate Analysis 100, 1989–2001.
 Phan, D., Pradhan, N. & Jankowiak, M. (2019). Composable effects for flexible and accelerated
 probabilistic programming in NumPyro. arXiv:1912.11554.
 """
@@ -34,6 +42,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -50,16 +59,17 @@ from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 from ..errors import ConvergenceWarning  # noqa: E402
 from ..priors import Prior  # noqa: E402
-from ..spec import BoundSpec  # noqa: E402
-from . import Draws, Progress  # noqa: E402
+from ..spec import BoundSpec, GroupBlock  # noqa: E402
+from . import BlockDraws, Draws, Progress  # noqa: E402
 
-__all__ = ["sample", "build_model", "RETRY_TARGET_ACCEPT"]
+__all__ = ["sample", "build_model", "site_names", "fixed_sites", "RETRY_TARGET_ACCEPT"]
 
 #: target acceptance probabilities tried, in turn, while transitions diverge
 RETRY_TARGET_ACCEPT = (0.95, 0.99)
 
 Model = Callable[..., None]
 _EXTRA_FIELDS = ("diverging", "accept_prob", "num_steps", "energy", "potential_energy")
+_AUX = ("nu", "phi")
 
 
 def _to_numpyro(prior: Prior) -> dist.Distribution:
@@ -77,27 +87,134 @@ def _to_numpyro(prior: Prior) -> dist.Distribution:
         return dist.HalfCauchy(k["sigma"])
     if prior.dist == "exponential":
         return dist.Exponential(k["rate"])
+    if prior.dist == "gamma":
+        return dist.Gamma(k["alpha"], k["beta"])  # shape and rate, as priors.py's density
     raise AssertionError(f"no NumPyro distribution for prior {prior}")  # priors.py validates names
 
 
+@dataclass(frozen=True)
+class BlockSites:
+    """Names of the sample sites of one grouping factor (one :class:`~poolwise.spec.GroupBlock`).
+
+    Attributes
+    ----------
+    sd
+        One scalar site per term, named as its prior (``"sd(Intercept|g)"``, ``"sd(x|g)"``).
+    chol
+        The Cholesky factor of the correlation matrix, ``"L(g)"`` (q × q; sampled only when the
+        terms are correlated, learned and q > 1).
+    z
+        Standardized group effects, ``"z(g)"`` (J × q).
+    values
+        The group values u = z (diag(s) L)', deterministic, ``"u(g)"`` (J × q).
+    """
+
+    sd: tuple[str, ...]
+    chol: str
+    z: str
+    values: str
+
+
+def site_names(block: GroupBlock) -> BlockSites:
+    """The sample-site names of ``block`` in :func:`build_model`'s model."""
+    f = block.factor
+    return BlockSites(sd=tuple(block.sd_names), chol=f"L({f})", z=f"z({f})", values=f"u({f})")
+
+
+def _learns_cor(block: GroupBlock) -> bool:
+    return block.Sigma is None and block.term.correlated and block.q > 1
+
+
+def _group_term(bound: BoundSpec, block: GroupBlock) -> Callable[[], jax.Array]:
+    """The contribution of one non-pooled grouping factor to the linear predictor, non-centered.
+
+    The SD sites have the term's prior when Σ is learned and a flat density when Σ is fixed (then
+    :func:`sample` conditions them on √diag Σ, so that the log density has no prior constant).
+    """
+    names = site_names(block)
+    q, n_groups = block.q, block.n_groups
+    Z = jnp.asarray(block.Z, dtype=jnp.float64)
+    g = jnp.asarray(block.group, dtype=jnp.int32)
+    flat = dist.ImproperUniform(constraints.positive, (), ())
+    sd_priors = ([_to_numpyro(bound.priors[n]) for n in names.sd] if block.Sigma is None else [flat] * q)
+    learn_cor = _learns_cor(block)
+    eta = float(bound.priors[f"cor({block.factor})"].args[0]) if learn_cor else 0.0
+    if block.Sigma is None:
+        chol_fixed = jnp.eye(q)
+    else:  # a fixed Σ's correlation is a constant (the identity for every pooling setting today)
+        s = np.sqrt(np.diag(block.Sigma))
+        chol_fixed = jnp.asarray(np.linalg.cholesky(block.Sigma / np.outer(s, s)))
+
+    def term() -> jax.Array:
+        sd = jnp.stack([numpyro.sample(n, p) for n, p in zip(names.sd, sd_priors)])
+        chol = numpyro.sample(names.chol, dist.LKJCholesky(q, eta)) if learn_cor else chol_fixed
+        with numpyro.plate(f"groups({block.factor})", n_groups):
+            z = numpyro.sample(names.z, dist.Normal(0.0, 1.0).expand([q]).to_event(1))
+        u: jax.Array = numpyro.deterministic(names.values, z @ (sd[:, None] * chol).T)
+        return jnp.sum(Z * u[g], axis=1)
+
+    return term
+
+
+def _likelihood(bound: BoundSpec) -> Callable[[jax.Array], dist.Distribution]:
+    """η ↦ the distribution of y (sampling the family's auxiliary parameters on the way)."""
+    fam = bound.spec.fam
+    w_sqrt = jnp.sqrt(jnp.asarray(bound.weights, dtype=jnp.float64))
+    priors = {name: _to_numpyro(bound.priors[name]) for name in ("sigma", *_AUX) if name in bound.priors}
+
+    if fam.name == "gaussian":
+        if bound.has_sigma:
+            def gaussian(eta: jax.Array) -> dist.Distribution:
+                return dist.Normal(eta, numpyro.sample("sigma", priors["sigma"]) / w_sqrt)
+            return gaussian
+
+        def known_se(eta: jax.Array) -> dist.Distribution:
+            return dist.Normal(eta, 1.0 / w_sqrt)
+        return known_se
+    if fam.name == "student_t":
+        def student_t(eta: jax.Array) -> dist.Distribution:
+            nu = numpyro.sample("nu", priors["nu"])
+            return dist.StudentT(nu, eta, numpyro.sample("sigma", priors["sigma"]) / w_sqrt)
+        return student_t
+    if fam.name == "bernoulli":
+        return lambda eta: dist.BernoulliLogits(eta)
+    if fam.name == "binomial":
+        assert bound.trials is not None  # spec.py requires trials() for the binomial
+        trials = jnp.asarray(bound.trials, dtype=jnp.float64)
+        return lambda eta: dist.BinomialLogits(eta, total_count=trials)
+    if fam.name == "poisson":
+        return lambda eta: dist.Poisson(jnp.exp(eta))
+    if fam.name == "negative_binomial":
+        def negative_binomial(eta: jax.Array) -> dist.Distribution:
+            # NB2 with mean exp(η) and concentration φ, written with logits η − log φ: the same
+            # law as dist.NegativeBinomial2, whose betaln is far slower to compile and run
+            phi = numpyro.sample("phi", priors["phi"])
+            return dist.NegativeBinomialLogits(phi, eta - jnp.log(phi))
+        return negative_binomial
+    raise AssertionError(f"no likelihood for family {fam.name}")  # families.py lists the names
+
+
 def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
-    """The NumPyro model of a bound Gaussian varying-intercept spec, as a plain function.
+    """The NumPyro model of a bound spec, as a plain function.
 
     Parameters
     ----------
     bound
-        The bound model: rows, design, group index and resolved priors.
+        The bound model: rows, design, group blocks and resolved priors.
     with_groups
-        Whether the group term is present; by default it is absent only for the pooled
-        model (``bound.tau == 0``).  A fixed τ is *not* applied here: condition the site
-        ``"tau"`` with :func:`numpyro.handlers.condition` (as :func:`sample` does).
+        ``False`` drops every group term; by default a grouping factor is absent only when it
+        is pooled (Σ = 0).  A fixed Σ is *not* applied here: condition the SD sites with
+        :func:`numpyro.handlers.condition` (as :func:`sample` does, with :func:`fixed_sites`).
 
     Returns
     -------
     callable
-        ``model(y=None)``: sites ``"beta"`` (p,), ``"sigma"`` (when the model has one),
-        ``"tau"``, ``"z"`` (J,) and the deterministic ``"b"`` = τ·z (with groups), and the
-        observed ``"y"`` in the plate ``"obs"`` (pointwise, for
+        ``model(y=None)``: sites ``"beta_c"`` (p,), the coefficients of the centered design
+        (the intercept at the predictors' means; same prior, same density), and the
+        deterministic ``"beta"`` (p,); ``"sigma"``, ``"nu"``, ``"phi"`` as the family
+        has them; per grouping factor the sites of :func:`site_names` (SDs, ``"L(g)"`` when
+        correlations are learned, ``"z(g)"`` (J, q) and the deterministic ``"u(g)"`` (J, q));
+        and the observed ``"y"`` in the plate ``"obs"`` (pointwise, for
         :func:`numpyro.infer.util.log_likelihood` and :class:`numpyro.infer.Predictive`).
 
     Examples
@@ -108,54 +225,52 @@ def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
     >>> bound = ModelSpec("y ~ 1 + (1 | g)").bind(poolwise.data.read_table(df))
     >>> from numpyro.infer import Predictive
     >>> import jax
-    >>> Predictive(build_model(bound), num_samples=3)(jax.random.PRNGKey(0))["b"].shape
-    (3, 2)
+    >>> Predictive(build_model(bound), num_samples=3)(jax.random.PRNGKey(0))["u(g)"].shape
+    (3, 2, 1)
     """
-    if with_groups is None:
-        with_groups = bound.tau != 0.0
     X = jnp.asarray(bound.X, dtype=jnp.float64)
-    n_obs, n_groups = bound.n_obs, bound.n_groups
-    g = jnp.asarray(bound.group, dtype=jnp.int32)
-    w_sqrt = jnp.sqrt(jnp.asarray(bound.weights, dtype=jnp.float64))
-    m0 = jnp.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names], dtype=jnp.float64)
-    s0 = jnp.array([bound.priors[c].mean_sd()[1] for c in bound.coef_names], dtype=jnp.float64)
-    sigma_prior = _to_numpyro(bound.priors["sigma"]) if bound.has_sigma else None
-    # A fixed τ has no prior (it is conditioned away); a flat density leaves lp without a constant.
-    tau_prior = (_to_numpyro(bound.priors[bound.sd_name]) if bound.tau is None
-                 else dist.ImproperUniform(constraints.positive, (), ()))
-
-    def residual_scale() -> jax.Array:
-        """σ (sampled) over √w."""
-        sigma: jax.Array = numpyro.sample("sigma", sigma_prior)
-        return sigma / w_sqrt
-
-    def known_scale() -> jax.Array:
-        """Known standard errors: 1/√w."""
-        return 1.0 / w_sqrt
-
-    def group_term() -> jax.Array:
-        """Non-centered group intercepts b = τ z, gathered to rows."""
-        tau = numpyro.sample("tau", tau_prior)
-        with numpyro.plate("groups", n_groups):
-            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        b: jax.Array = numpyro.deterministic("b", tau * z)
-        return b[g]
-
-    def no_group_term() -> jax.Array:
-        """The pooled model: Σ = 0, no group term."""
-        return jnp.zeros(n_obs)
-
-    scale = residual_scale if sigma_prior is not None else known_scale
-    groups = group_term if with_groups else no_group_term
+    offset = jnp.asarray(bound.offset, dtype=jnp.float64)
+    n_obs = bound.n_obs
+    m0 = np.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names])
+    s0 = np.array([bound.priors[c].mean_sd()[1] for c in bound.coef_names])
+    # Sample the coefficients of the centered design, β_c = A β (the intercept at the predictors'
+    # means), whose posterior is far less correlated; A is a shear (det 1), so the prior
+    # N(A m0, A S0 A') on β_c is the prior on β exactly, and so is the log density.
+    n_coef = len(m0)
+    A = np.eye(n_coef)
+    if bound.coef_names[:1] == ["Intercept"]:
+        A[0, 1:] = bound.X[:, 1:].mean(axis=0)
+    mc = jnp.asarray(A @ m0)
+    chol_c = jnp.asarray(np.linalg.cholesky(A @ np.diag(s0**2) @ A.T))
+    A_inv = jnp.asarray(np.linalg.inv(A))
+    present = [b for b in bound.blocks if not b.pooled] if with_groups is not False else []
+    terms = [_group_term(bound, b) for b in present]
+    likelihood = _likelihood(bound)
 
     def model(y: jax.Array | None = None) -> None:
-        beta = numpyro.sample("beta", dist.Normal(m0, s0).to_event(1))
-        mu = X @ beta + groups()
-        sd = scale()
+        if n_coef:
+            beta_c = numpyro.sample("beta_c", dist.MultivariateNormal(mc, scale_tril=chol_c))
+            beta = numpyro.deterministic("beta", A_inv @ beta_c)
+        else:  # y ~ 0 + …: no common coefficients
+            beta = numpyro.deterministic("beta", jnp.zeros(0))
+        eta = X @ beta + offset
+        for term in terms:
+            eta = eta + term()
+        d = likelihood(eta)
         with numpyro.plate("obs", n_obs):
-            numpyro.sample("y", dist.Normal(mu, sd), obs=y)
+            numpyro.sample("y", d, obs=y)
 
     return model
+
+
+def fixed_sites(bound: BoundSpec) -> dict[str, jax.Array]:
+    """Values of the SD sites of fixed, non-pooled Σ (√diag Σ), for :func:`~numpyro.handlers.condition`."""
+    out: dict[str, jax.Array] = {}
+    for block in bound.blocks:
+        if block.Sigma is not None and not block.pooled:
+            for name, s in zip(site_names(block).sd, np.sqrt(np.diag(block.Sigma))):
+                out[name] = jnp.asarray(float(s))
+    return out
 
 
 def _run_once(
@@ -187,7 +302,7 @@ def sample(
     Parameters
     ----------
     bound
-        The bound model (any pooling; known standard errors allowed).
+        The bound model (any family, pooling and group terms; known standard errors allowed).
     seed
         Seed of the JAX key (same seed, same draws).
     chains, draws, warmup
@@ -203,12 +318,17 @@ def sample(
     Returns
     -------
     Draws
-        ``beta`` (chain, draw, p); ``sigma`` (chain, draw) or ``None`` with known standard
-        errors; ``tau`` (chain, draw) or ``None`` when fixed; ``b`` = τ·z (chain, draw, J) or
-        ``None`` when pooled; ``sample_stats`` with ``diverging``, ``acceptance_rate``,
-        ``n_steps``, ``tree_depth``, ``energy`` and ``lp`` (the log density, the potential
-        energy negated), each (chain, draw); ``info`` with ``seconds``, the ``target_accept``
-        finally used, ``divergences`` at each attempt and the number of ``retries``.
+        ``beta`` (chain, draw, p); ``sigma`` (chain, draw) or ``None`` without one; ``aux``
+        with ``nu`` / ``phi`` (chain, draw) as the family has them; ``blocks``, one
+        :class:`~poolwise.infer.BlockDraws` per grouping factor in the order of
+        ``bound.blocks`` (``sd`` (chain, draw, q) and ``corr`` (chain, draw, q, q) when learned,
+        ``values`` (chain, draw, J, q) unless pooled).  For the simple Gaussian model
+        ``(1 | g)`` also ``tau`` (chain, draw) (``None`` when fixed) and ``b`` (chain, draw, J)
+        (``None`` when pooled); else both are ``None``.  ``sample_stats`` with ``diverging``,
+        ``acceptance_rate``, ``n_steps``, ``tree_depth``, ``energy`` and ``lp`` (the log
+        density, the potential energy negated), each (chain, draw); ``info`` with ``seconds``,
+        the ``target_accept`` finally used, ``divergences`` at each attempt and the number of
+        ``retries``.
 
     Warns
     -----
@@ -218,13 +338,13 @@ def sample(
     See Also
     --------
     build_model : the NumPyro model sampled here.
-    poolwise.infer.exact.sample : the collapsed exact path for the same model.
+    poolwise.infer.exact.sample : the collapsed exact path for the Gaussian (1 | g) model.
 
     Notes
     -----
-    The group intercepts are non-centered (Betancourt & Girolami, 2015); a fixed τ conditions
-    the site ``"tau"``; the pooled model has no group term.  NUTS is Hoffman & Gelman (2014)'s,
-    as implemented in NumPyro.
+    The group effects are non-centered (Betancourt & Girolami, 2015) with an LKJ prior on
+    their correlations (Lewandowski et al., 2009); a fixed Σ conditions the SD sites; a pooled
+    factor has no terms.  NUTS is Hoffman & Gelman (2014)'s, as implemented in NumPyro.
 
     Examples
     --------
@@ -234,15 +354,16 @@ def sample(
     >>> df = pd.DataFrame({"y": rng.normal(size=30), "g": np.repeat(list("abc"), 10)})
     >>> bound = ModelSpec("y ~ 1 + (1 | g)").bind(poolwise.data.read_table(df))
     >>> d = sample(bound, seed=0, chains=2, draws=50, warmup=50)
-    >>> d.beta.shape, d.b.shape, d.method
-    ((2, 50, 1), (2, 50, 3), 'nuts')
+    >>> d.beta.shape, d.b.shape, d.blocks[0].values.shape, d.method
+    ((2, 50, 1), (2, 50, 3), (2, 50, 3, 1), 'nuts')
     """
     t0 = time.perf_counter()
     if progress:
         progress("warmup+sampling", 0.0)
     model = build_model(bound)
-    if bound.tau is not None and bound.tau != 0.0:
-        model = condition(model, {"tau": jnp.asarray(float(bound.tau))})
+    fixed = fixed_sites(bound)
+    if fixed:
+        model = condition(model, fixed)
     y = jnp.asarray(bound.y, dtype=jnp.float64)
     key = jax.random.PRNGKey(seed)
     schedule = [target_accept] + [t for t in RETRY_TARGET_ACCEPT if t > target_accept]
@@ -269,12 +390,17 @@ def sample(
         "energy": extra["energy"].astype(float),
         "lp": -extra["potential_energy"].astype(float),
     }
-    pooled = bound.tau == 0.0
+    blocks = tuple(_block_draws(b, samples) for b in bound.blocks)
+    tau = b = None
+    if bound.simple and bound.spec.fam.name == "gaussian":  # the record the exact path also fills
+        first = blocks[0]
+        tau = None if first.sd is None else first.sd[..., 0]
+        b = None if first.values is None else first.values[..., 0]
     return Draws(
         beta=samples["beta"].astype(float),
         sigma=samples["sigma"].astype(float) if bound.has_sigma else None,
-        tau=samples["tau"].astype(float) if bound.tau is None else None,
-        b=None if pooled else samples["b"].astype(float),
+        tau=tau,
+        b=b,
         sample_stats=stats,
         method="nuts",
         info={
@@ -285,16 +411,41 @@ def sample(
             "max_tree_depth": max_tree_depth,
             "warmup": warmup,
         },
+        aux={k: samples[k].astype(float) for k in _AUX if k in samples},
+        blocks=blocks,
     )
 
 
+def _block_draws(block: GroupBlock, samples: dict[str, np.ndarray]) -> BlockDraws:
+    """One grouping factor's draws, (chain, draw, …), from the named sites."""
+    if block.pooled:
+        return BlockDraws(sd=None, corr=None, values=None)
+    names = site_names(block)
+    values = samples[names.values].astype(float)
+    if block.Sigma is not None:
+        return BlockDraws(sd=None, corr=None, values=values)
+    sd = np.stack([samples[n].astype(float) for n in names.sd], axis=-1)
+    corr = None
+    if _learns_cor(block):
+        L = samples[names.chol].astype(float)
+        corr = L @ np.swapaxes(L, -1, -2)
+    return BlockDraws(sd=sd, corr=corr, values=values)
+
+
 def _warn_divergent(bound: BoundSpec, n_div: int, total: int, target_accept: float) -> None:
-    if bound.tau is None:
-        what = f"{bound.sd_name} may be biased"
-        remedy = 'Try method="exact" or a tighter prior on the group SD.'
+    learned = [n for b in bound.blocks if b.Sigma is None for n in b.sd_names]
+    exact = bound.simple and bound.spec.fam.exact
+    if learned:
+        what = f"{', '.join(learned)} may be biased"
+        if exact:
+            remedy = 'Try method="exact" or a tighter prior on the group SD.'
+        else:
+            example = f'priors={{"{learned[0]}": "half_normal(1)"}}'
+            remedy = (f"Try tighter priors on the group SDs ({example}), fewer varying terms, or "
+                      "pooling='unpooled'.")
     else:
         what = "the posterior may be biased"
-        remedy = 'Try method="exact" or tighter priors.'
+        remedy = 'Try method="exact" or tighter priors.' if exact else "Try tighter priors on the coefficients."
     warnings.warn(
         ConvergenceWarning(f"{n_div} of {total} draws diverged even at target_accept={target_accept:g}; "
                            f"{what}. {remedy}"),

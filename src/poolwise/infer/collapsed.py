@@ -1,0 +1,656 @@
+"""Exact inference for Gaussian models with q correlated group terms of one grouping factor.
+
+Model, for rows i in groups j = g[i]:
+
+    y_i = x_i'β + z_i'b_j + e_i,   e_i ~ N(0, σ²/w_i),   b_j ~ MVN(0, Σ),   β ~ N(m0, diag(s0²)),
+
+with Σ = diag(s) R diag(s) (group SDs s, correlation R) and weights w = 1, or w = 1/se² when the
+standard errors are known (then σ ≡ 1), as in :mod:`poolwise.infer.exact`.
+
+Marginal likelihood
+-------------------
+Write Σ = ΛΛ' with Λ = diag(s) L_R (L_R the lower Cholesky factor of R).  Integrating b_j out,
+group j's rows are N(X_j β, V_j), V_j = σ²W_j⁻¹ + Z_jΛΛ'Z_j'.  Put
+
+    M_j = I_q + Λ'Z_j'W_jZ_jΛ / σ²        (q × q, M_j ⪰ I, so always positive definite).
+
+Woodbury's identity and the matrix determinant lemma (Harville, 1977; Bates et al., 2015, §3)
+give, in a form that stays valid for a singular Σ (a zero SD or |correlation| = 1):
+
+    V_j⁻¹      = W_j/σ² − W_jZ_jΛ M_j⁻¹ Λ'Z_j'W_j / σ⁴
+    log|V_j|   = n_j log σ² − Σ_{i∈j} log w_i + log|M_j|.
+
+With C_j the Cholesky factor of M_j, G_j = C_j⁻¹Λ'(Z'WX)_j/σ² (q × p) and
+h_j = C_j⁻¹Λ'(Z'Wy)_j/σ² (q), the sums over groups are
+
+    A  = X'V⁻¹X = X'WX/σ² − Σ_j G_j'G_j
+    bb = X'V⁻¹y = X'Wy/σ² − Σ_j G_j'h_j
+    qq = y'V⁻¹y = y'Wy/σ² − Σ_j h_j'h_j,
+
+so one evaluation needs only the per-group blocks Z'WZ, Z'WX, Z'Wy (:class:`BlockStats`) and
+costs O(J q²(q + p) + p³): a batched q × q Cholesky over the J groups, never a pass over rows.
+β is then integrated against its Gaussian prior exactly as :func:`poolwise.infer.exact._combine`
+does: with P = S0⁻¹ + A and r = bb − A m0,
+
+    log p(y | σ, Σ) = −½[N log 2π + log|V| + log|S0| + log|P|
+                         + qq − 2 bb'm0 + m0'A m0 − r'P⁻¹r].
+
+Conditionals
+------------
+β | σ, Σ, y ~ N(m0 + P⁻¹r, P⁻¹).  For the groups write b_j = Λa_j with a_j ~ N(0, I_q) a priori
+(a parameterization that needs no Λ⁻¹); the rows of group j are y_j − X_jβ ~ N(Z_jΛa_j, σ²W_j⁻¹),
+so
+
+    a_j | β, σ, Σ, y ~ N(M_j⁻¹Λ'[(Z'Wy)_j − (Z'WX)_jβ]/σ²,  M_j⁻¹),
+
+drawn as a_j = C_j⁻ᵀ(C_j⁻¹ rhs_j + ε_j).  Equivalently b_j | β ~ N(K_j[(Z'Wy)_j − (Z'WX)_jβ]/σ², K_j)
+with K_j = ΛM_j⁻¹Λ' (:func:`conditional_moments`).  Drawing β from its marginal conditional and
+then every b_j given β is an exact draw of (β, b) given the hyperparameters.
+
+Hyperparameters
+---------------
+(σ, s, L_R) are sampled with NUTS (NumPyro) on the low-dimensional collapsed posterior: σ and the
+SDs on the log scale, L_R with the LKJ prior on correlation matrices (Lewandowski, Kurowicka &
+Joe, 2009) in NumPyro's unconstrained Cholesky-of-correlation (CorrCholesky) parameterization.
+Because b is integrated out there is no funnel between the SDs and the group effects.  The
+model's potential is jitted as one function (initialization would otherwise compile each
+primitive eagerly) and the chains start at dispersed, data-scaled points (:func:`_init_params`).
+A fixed Σ (all zeros: the pooled model) leaves σ alone to sample, or nothing: then the draws of
+(β, b) are made directly.
+
+References
+----------
+Harville, D. A. (1977). Maximum likelihood approaches to variance component estimation and to
+related problems. JASA 72, 320–338.
+Bates, D., Mächler, M., Bolker, B. & Walker, S. (2015). Fitting linear mixed-effects models
+using lme4. Journal of Statistical Software 67(1), 1–48.
+Lewandowski, D., Kurowicka, D. & Joe, H. (2009). Generating random correlation matrices based
+on vines and extended onion method. Journal of Multivariate Analysis 100, 1989–2001.
+Hoffman, M. D. & Gelman, A. (2014). The No-U-Turn Sampler. JMLR 15, 1593–1623.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import constrain_fn, potential_energy
+
+from ..priors import Prior
+from .nuts import _to_numpyro  # also switches JAX to float64
+
+__all__ = ["BlockStats", "block_stats", "log_marginal", "conditional_moments", "sample"]
+
+_LOG2PI = math.log(2.0 * math.pi)
+_EXTRA_FIELDS = ("diverging", "accept_prob", "num_steps", "energy", "potential_energy")
+
+
+@dataclass(frozen=True)
+class BlockStats:
+    """Sufficient statistics of the Gaussian model with q group terms (NumPy arrays).
+
+    Attributes
+    ----------
+    n
+        Rows per group, (J,).
+    ZtWZ, ZtWX, ZtWy
+        Per-group blocks Z_j'W_jZ_j (J, q, q), Z_j'W_jX_j (J, q, p) and Z_j'W_jy_j (J, q).
+    XtWX, XtWy, yWy
+        Totals over all rows: (p, p), (p,) and a scalar.
+    sum_log_w
+        Σ log w over all rows.
+    n_obs
+        Number of rows.
+    """
+
+    n: np.ndarray
+    ZtWZ: np.ndarray
+    ZtWX: np.ndarray
+    ZtWy: np.ndarray
+    XtWX: np.ndarray
+    XtWy: np.ndarray
+    yWy: float
+    sum_log_w: float
+    n_obs: int
+
+    @property
+    def n_groups(self) -> int:
+        """J, the number of groups."""
+        return int(self.n.shape[0])
+
+    @property
+    def p(self) -> int:
+        """Number of common coefficients."""
+        return int(self.XtWX.shape[0])
+
+    @property
+    def q(self) -> int:
+        """Number of group terms."""
+        return int(self.ZtWZ.shape[1])
+
+
+def block_stats(
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, w: np.ndarray | None, group: np.ndarray, n_groups: int
+) -> BlockStats:
+    """Sufficient statistics in one pass over the rows (O(n q (p + q)) time, O(n) extra memory).
+
+    Parameters
+    ----------
+    y
+        Response, (n,).
+    X
+        Common design, (n, p).
+    Z
+        Group-term design, (n, q) (a column of ones for a varying intercept).
+    w
+        Row weights (n,), ones or 1/se²; ``None`` for ones.
+    group
+        0-based group index of each row, (n,).
+    n_groups
+        J; groups without rows get zero blocks.
+
+    Returns
+    -------
+    BlockStats
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, non-positive weights or a group index out of range.
+    """
+    y = np.asarray(y, dtype=float).ravel()
+    n = y.size
+    X = np.asarray(X, dtype=float).reshape(n, -1)
+    Z = np.asarray(Z, dtype=float).reshape(n, -1)
+    w = np.ones(n) if w is None else np.asarray(w, dtype=float).ravel()
+    group = np.asarray(group).ravel().astype(np.int64)
+    if w.size != n or group.size != n:
+        raise ValueError("y, X, Z, w and group must have the same number of rows.")
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("Weights must be finite and positive.")
+    if n and (group.min() < 0 or group.max() >= n_groups):
+        raise ValueError("Group indices must lie in [0, n_groups).")
+    p, q = X.shape[1], Z.shape[1]
+    wZ = Z * w[:, None]
+
+    def per_group(v: np.ndarray) -> np.ndarray:
+        return np.bincount(group, weights=v, minlength=n_groups)
+
+    ZtWZ = np.empty((n_groups, q, q))
+    for a in range(q):
+        for c in range(a, q):
+            ZtWZ[:, a, c] = ZtWZ[:, c, a] = per_group(wZ[:, a] * Z[:, c])
+    ZtWX = np.empty((n_groups, q, p))
+    for a in range(q):
+        for k in range(p):
+            ZtWX[:, a, k] = per_group(wZ[:, a] * X[:, k])
+    ZtWy = np.empty((n_groups, q))
+    for a in range(q):
+        ZtWy[:, a] = per_group(wZ[:, a] * y)
+    wX = X * w[:, None]
+    return BlockStats(
+        n=np.bincount(group, minlength=n_groups).astype(float),
+        ZtWZ=ZtWZ,
+        ZtWX=ZtWX,
+        ZtWy=ZtWy,
+        XtWX=wX.T @ X,
+        XtWy=wX.T @ y,
+        yWy=float(np.dot(w * y, y)),
+        sum_log_w=float(np.log(w).sum()),
+        n_obs=n,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the collapsed marginal and the conditionals (JAX)
+
+
+class _JStats(NamedTuple):
+    """:class:`BlockStats` as JAX arrays (a pytree)."""
+
+    ZtWZ: jax.Array
+    ZtWX: jax.Array
+    ZtWy: jax.Array
+    XtWX: jax.Array
+    XtWy: jax.Array
+    yWy: jax.Array
+    sum_log_w: jax.Array
+    n_obs: int
+
+
+def _to_jax(stats: BlockStats) -> _JStats:
+    f = jnp.float64
+    return _JStats(jnp.asarray(stats.ZtWZ, f), jnp.asarray(stats.ZtWX, f), jnp.asarray(stats.ZtWy, f),
+                   jnp.asarray(stats.XtWX, f), jnp.asarray(stats.XtWy, f), jnp.asarray(stats.yWy, f),
+                   jnp.asarray(stats.sum_log_w, f), int(stats.n_obs))
+
+
+_UNROLL_MAX_Q = 4  # batched q × q Cholesky written out elementwise up to this q (faster than LAPACK calls)
+
+
+class _BatchChol:
+    """Cholesky factors C_j of a batch of small SPD matrices M (J, q, q), with triangular solves.
+
+    For q ≤ :data:`_UNROLL_MAX_Q` the factorization and the solves are written out elementwise
+    over the batch (XLA fuses them; per-matrix LAPACK calls dominate for tiny q); otherwise
+    :func:`jax.numpy.linalg.cholesky` and :func:`jax.scipy.linalg.solve_triangular` are used.
+    """
+
+    def __init__(self, M: jax.Array) -> None:
+        self.q = int(M.shape[-1])
+        self.unrolled = self.q <= _UNROLL_MAX_Q
+        if self.unrolled:
+            q = self.q
+            L: list[list[jax.Array]] = [[jnp.zeros(M.shape[:-2])] * q for _ in range(q)]
+            for j in range(q):
+                s = M[..., j, j]
+                for k in range(j):
+                    s = s - L[j][k] ** 2
+                L[j][j] = jnp.sqrt(s)
+                for i in range(j + 1, q):
+                    t = M[..., i, j]
+                    for k in range(j):
+                        t = t - L[i][k] * L[j][k]
+                    L[i][j] = t / L[j][j]
+            self.entries = L
+        else:
+            self.full = jnp.linalg.cholesky(M)
+
+    def logdet(self) -> jax.Array:
+        """Σ_j log|M_j|."""
+        if self.unrolled:
+            return 2.0 * sum((jnp.sum(jnp.log(self.entries[i][i])) for i in range(self.q)), jnp.zeros(()))
+        return 2.0 * jnp.sum(jnp.log(jnp.diagonal(self.full, axis1=-2, axis2=-1)))
+
+    def solve(self, B: jax.Array, *, transpose: bool = False) -> jax.Array:
+        """C_j⁻¹B_j (or C_j⁻ᵀB_j with ``transpose``) for B of shape (J, q, m)."""
+        if not self.unrolled:
+            return jsl.solve_triangular(self.full, B, lower=True, trans="T" if transpose else 0)
+        L, q = self.entries, self.q
+        x: list[jax.Array | None] = [None] * q
+        order = range(q - 1, -1, -1) if transpose else range(q)
+        for i in order:
+            t = B[:, i, :]
+            others = range(i + 1, q) if transpose else range(i)
+            for k in others:
+                coef = L[k][i] if transpose else L[i][k]
+                xk = x[k]
+                assert xk is not None
+                t = t - coef[:, None] * xk
+            x[i] = t / L[i][i][:, None]
+        return jnp.stack([v for v in x if v is not None], axis=1)
+
+
+class _Pieces(NamedTuple):
+    ll: jax.Array  # log p(y | σ, Σ)
+    LP: jax.Array  # Cholesky factor of P = S0⁻¹ + X'V⁻¹X, (p, p)
+    r: jax.Array  # X'V⁻¹y − X'V⁻¹X m0, (p,)
+    C: _BatchChol  # Cholesky factors of M_j
+    s2: jax.Array  # σ²
+
+
+def _pieces(js: _JStats, m0: jax.Array, s0: jax.Array, sigma: jax.Array, Lam: jax.Array) -> _Pieces:
+    """log p(y | σ, Σ = ΛΛ') and what β's conditional needs (see the module docstring)."""
+    s2 = sigma**2
+    q = Lam.shape[0]
+    p = js.XtWX.shape[0]
+    LtZWZL = jnp.einsum("ba,jbc,cd->jad", Lam, js.ZtWZ, Lam)
+    C = _BatchChol(jnp.eye(q) + LtZWZL / s2)
+    h = C.solve(jnp.einsum("ba,jb->ja", Lam, js.ZtWy)[..., None])[..., 0] / s2
+    qq = js.yWy / s2 - jnp.sum(h * h)
+    logdetV = js.n_obs * jnp.log(s2) - js.sum_log_w + C.logdet()
+    if p == 0:
+        ll = -0.5 * (js.n_obs * _LOG2PI + logdetV + qq)
+        return _Pieces(ll, jnp.zeros((0, 0)), jnp.zeros(0), C, s2)
+    G = C.solve(jnp.einsum("ba,jbk->jak", Lam, js.ZtWX)) / s2
+    A = js.XtWX / s2 - jnp.einsum("jak,jal->kl", G, G)
+    A = 0.5 * (A + A.T)
+    bb = js.XtWy / s2 - jnp.einsum("jak,ja->k", G, h)
+    Am0 = A @ m0
+    r = bb - Am0
+    quad = qq - 2.0 * bb @ m0 + m0 @ Am0
+    P = A + jnp.diag(1.0 / s0**2)
+    LP = jnp.linalg.cholesky(P)
+    z = jsl.solve_triangular(LP, r, lower=True)
+    quad = quad - z @ z
+    logdetP = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LP)))
+    logdet_prior = 2.0 * jnp.sum(jnp.log(s0))
+    ll = -0.5 * (js.n_obs * _LOG2PI + logdetV + logdet_prior + logdetP + quad)
+    return _Pieces(ll, LP, r, C, s2)
+
+
+def _as_scalar(x: float | jax.Array) -> jax.Array:
+    return jnp.asarray(x, dtype=jnp.float64)
+
+
+def log_marginal(
+    stats: BlockStats, m0: np.ndarray | jax.Array, s0: np.ndarray | jax.Array, sigma: float | jax.Array,
+    Lambda: np.ndarray | jax.Array,
+) -> jax.Array:
+    """log p(y | σ, Σ = ΛΛ') with β and every b_j integrated out.
+
+    JAX-traceable and differentiable in ``sigma`` and ``Lambda``; O(J q²(q + p) + p³).
+
+    Parameters
+    ----------
+    stats
+        Sufficient statistics (:func:`block_stats`).
+    m0, s0
+        Prior β ~ N(m0, diag(s0²)), (p,) each.
+    sigma
+        Residual SD (1 when the standard errors are known).
+    Lambda
+        A (q, q) square root of Σ (``diag(s) @ L_R``); singular Λ allowed.
+
+    Returns
+    -------
+    jax.Array
+        A scalar.
+    """
+    pc = _pieces(_to_jax(stats), jnp.asarray(m0, jnp.float64), jnp.asarray(s0, jnp.float64), _as_scalar(sigma),
+                 jnp.asarray(Lambda, jnp.float64))
+    return pc.ll
+
+
+def conditional_moments(
+    stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: float, Lambda: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact conditional moments of β and b given (σ, Σ = ΛΛ').
+
+    Returns
+    -------
+    beta_mean (p,), beta_cov (p, p) and K (J, q, q) with K_j = ΛM_j⁻¹Λ', such that
+    β | σ, Σ, y ~ N(beta_mean, beta_cov) and
+    b_j | β, σ, Σ, y ~ N(K_j[(Z'Wy)_j − (Z'WX)_jβ]/σ², K_j).
+    """
+    Lam = jnp.asarray(Lambda, jnp.float64)
+    pc = _pieces(_to_jax(stats), jnp.asarray(m0, jnp.float64), jnp.asarray(s0, jnp.float64), _as_scalar(sigma), Lam)
+    p = stats.p
+    if p:
+        Pinv = jsl.cho_solve((pc.LP, True), jnp.eye(p))
+        mean = jnp.asarray(m0) + Pinv @ pc.r
+    else:
+        Pinv, mean = jnp.zeros((0, 0)), jnp.zeros(0)
+    Cinv_Lt = pc.C.solve(jnp.broadcast_to(Lam.T, (stats.n_groups,) + Lam.shape))  # C⁻¹Λ'
+    K = jnp.einsum("jab,jac->jbc", Cinv_Lt, Cinv_Lt)
+    return np.asarray(mean), np.asarray(Pinv), np.asarray(K)
+
+
+def _draw_one(js: _JStats, m0: jax.Array, s0: jax.Array, sigma: jax.Array, Lam: jax.Array, key: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+    """One draw of (β, b) given (σ, Λ): β from its collapsed conditional, then each b_j = Λa_j."""
+    pc = _pieces(js, m0, s0, sigma, Lam)
+    k1, k2 = jax.random.split(key)
+    p = js.XtWX.shape[0]
+    if p:
+        e = jax.random.normal(k1, (p,), dtype=jnp.float64)
+        z = jsl.solve_triangular(pc.LP, pc.r, lower=True)
+        beta = m0 + jsl.solve_triangular(pc.LP, z + e, lower=True, trans="T")
+        res = js.ZtWy - jnp.einsum("jak,k->ja", js.ZtWX, beta)
+    else:
+        beta = jnp.zeros(0)
+        res = js.ZtWy
+    rhs = jnp.einsum("ba,jb->ja", Lam, res) / pc.s2
+    t = pc.C.solve(rhs[..., None])[..., 0]
+    eps = jax.random.normal(k2, rhs.shape, dtype=jnp.float64)
+    a = pc.C.solve((t + eps)[..., None], transpose=True)[..., 0]
+    b = jnp.einsum("ab,jb->ja", Lam, a)
+    return beta, b
+
+
+def _psd_sqrt(S: np.ndarray) -> np.ndarray:
+    """A square root Λ (ΛΛ' = S) of a symmetric positive semi-definite matrix, singular allowed."""
+    S = 0.5 * (S + S.T)
+    vals, vecs = np.linalg.eigh(S)
+    if vals.size and vals.min() < -1e-10 * max(1.0, float(np.abs(vals).max())):
+        raise ValueError("Sigma_fixed must be positive semi-definite.")
+    out: np.ndarray = vecs * np.sqrt(np.clip(vals, 0.0, None))[None, :]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the hyperparameter sampler
+
+
+class _StackedPositive(dist.Distribution):  # type: ignore[misc]
+    """Independent positive components with their own priors, as one vector site."""
+
+    arg_constraints: dict[str, Any] = {}
+    support = constraints.independent(constraints.positive, 1)
+
+    def __init__(self, parts: Sequence[dist.Distribution]) -> None:
+        self.parts = list(parts)
+        super().__init__(batch_shape=(), event_shape=(len(self.parts),))
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        keys = jax.random.split(key, len(self.parts))
+        return jnp.stack([jnp.abs(d.sample(k, sample_shape)) for d, k in zip(self.parts, keys)], axis=-1)
+
+    def log_prob(self, value: jax.Array) -> jax.Array:
+        return sum((d.log_prob(value[..., k]) for k, d in enumerate(self.parts)), jnp.zeros(value.shape[:-1]))
+
+
+def _hyper_model(marginal: Callable[[jax.Array, jax.Array], jax.Array], q: int, *, sigma_prior: Prior | None,
+                 sd_priors: Sequence[Prior] | None, lkj_eta: float, Lam_fixed: jax.Array | None,
+                 correlated: bool = True) -> Callable[[], None]:
+    """The NumPyro model of the hyperparameters; ``marginal(σ, Λ)`` is log p(y | σ, Σ = ΛΛ')."""
+    sigma_dist = _to_numpyro(sigma_prior) if sigma_prior is not None else None
+    sd_dist = _StackedPositive([_to_numpyro(pr) for pr in sd_priors]) if sd_priors is not None else None
+
+    def model() -> None:
+        sigma = numpyro.sample("sigma", sigma_dist) if sigma_dist is not None else jnp.asarray(1.0)
+        if Lam_fixed is not None:
+            Lam = Lam_fixed
+        else:
+            sd = numpyro.sample("sd", sd_dist)
+            if q > 1 and correlated:
+                L = numpyro.sample("L", dist.LKJCholesky(q, lkj_eta))
+                Lam = sd[:, None] * L
+            else:  # one term, or independent terms (lme4's ||): Σ diagonal
+                Lam = jnp.diag(sd)
+        numpyro.factor("marginal", marginal(sigma, Lam))
+
+    return model
+
+
+def _init_params(stats: BlockStats, key: jax.Array, chains: int, *, has_sigma: bool, with_sd: bool,
+                 correlated: bool = True) -> dict[str, jax.Array]:
+    """Dispersed, data-scaled starting points in the unconstrained space, one per chain.
+
+    Centre: σ at 0.8 × the root mean weighted squared residual of least squares, s_k at half of
+    that over the root mean weighted square of z_k, R = I; each coordinate then jittered by
+    U(−1, 1) on the unconstrained (log / CorrCholesky) scale.  Starting at the data's scale
+    spares the warmup a long walk from the prior's (or from NumPyro's default box around 1).
+    """
+    q, p, n = stats.q, stats.p, max(stats.n_obs, 1)
+    rss = stats.yWy
+    if p:
+        beta_hat = np.linalg.lstsq(stats.XtWX, stats.XtWy, rcond=None)[0]
+        rss = stats.yWy - float(beta_hat @ stats.XtWy)
+    scale = math.sqrt(max(rss, 1e-12 * max(stats.yWy, 1e-300)) / max(n - p, 1))
+    zz = np.sqrt(np.maximum(np.einsum("jkk->k", stats.ZtWZ) / n, 1e-300))
+    k_sigma, k_sd, k_L = jax.random.split(key, 3)
+    out: dict[str, jax.Array] = {}
+    if has_sigma:
+        out["sigma"] = math.log(0.8 * scale) + jax.random.uniform(k_sigma, (chains,), minval=-1.0, maxval=1.0)
+    if with_sd:
+        centre = jnp.log(0.5 * scale / jnp.asarray(zz))
+        out["sd"] = centre[None, :] + jax.random.uniform(k_sd, (chains, q), minval=-1.0, maxval=1.0)
+        if q > 1 and correlated:
+            out["L"] = jax.random.uniform(k_L, (chains, q * (q - 1) // 2), minval=-1.0, maxval=1.0)
+    return out
+
+
+def sample(
+    stats: BlockStats,
+    *,
+    m0: np.ndarray,
+    s0: np.ndarray,
+    sigma_prior: Prior | None,
+    sd_priors: Sequence[Prior] | None,
+    lkj_eta: float,
+    has_sigma: bool,
+    Sigma_fixed: np.ndarray | None = None,
+    correlated: bool = True,
+    seed: int,
+    chains: int = 4,
+    draws: int = 1000,
+    warmup: int = 1000,
+    target_accept: float = 0.9,
+    max_tree_depth: int = 10,
+) -> dict[str, Any]:
+    """Posterior draws: (σ, s, R) by NUTS on the collapsed marginal, then β and b exactly.
+
+    Parameters
+    ----------
+    stats
+        Sufficient statistics (:func:`block_stats`).
+    m0, s0
+        Prior β ~ N(m0, diag(s0²)).
+    sigma_prior
+        Prior of σ (used when ``has_sigma``).
+    sd_priors
+        One prior per group term (q of them); unused when ``Sigma_fixed`` is given.
+    lkj_eta
+        Concentration of the LKJ prior on the correlation matrix (1 = uniform).
+    correlated
+        ``False`` for independent group terms (lme4's ``||``): Σ diagonal, no correlation
+        sampled, ``"corr"`` returned as ``None``.
+    has_sigma
+        ``False`` when the standard errors are known (σ ≡ 1).
+    Sigma_fixed
+        A fixed (q, q) covariance of the group terms (all zeros: the pooled model); then no SD
+        or correlation is sampled, and with ``has_sigma=False`` the draws are made directly.
+    seed
+        Seed of the JAX key (same seed, same draws).
+    chains, draws, warmup
+        Vectorized NUTS chains, kept draws and warmup iterations per chain.
+    target_accept, max_tree_depth
+        NUTS settings.
+
+    Returns
+    -------
+    dict
+        ``"sigma"`` (C, D) or ``None``; ``"sd"`` (C, D, q) or ``None`` when Σ is fixed;
+        ``"corr"`` (C, D, q, q) or ``None`` when Σ is fixed (all ones for q = 1); ``"beta"``
+        (C, D, p); ``"b"`` (C, D, J, q); ``"sample_stats"`` with ``diverging``,
+        ``acceptance_rate``, ``n_steps``, ``energy`` and ``lp``, each (C, D); ``"info"`` with
+        ``seconds``, ``seconds_hyper``, ``seconds_conditional``, ``divergences``,
+        ``target_accept``, ``warmup`` and ``hyper_dims``.
+
+    Raises
+    ------
+    ValueError
+        For priors or a fixed Σ of the wrong size.
+    """
+    t0 = time.perf_counter()
+    q, p, J = stats.q, stats.p, stats.n_groups
+    m0 = np.asarray(m0, dtype=float).reshape(p)
+    s0 = np.asarray(s0, dtype=float).reshape(p)
+    Lam_fixed: jax.Array | None = None
+    if Sigma_fixed is not None:
+        S = np.asarray(Sigma_fixed, dtype=float)
+        if S.shape != (q, q):
+            raise ValueError(f"Sigma_fixed must be {q}×{q}, got shape {S.shape}.")
+        Lam_fixed = jnp.asarray(_psd_sqrt(S))
+    elif sd_priors is None or len(sd_priors) != q:
+        raise ValueError(f"Give one SD prior per group term ({q}).")
+    if has_sigma and sigma_prior is None:
+        raise ValueError("A model with σ needs sigma_prior.")
+    if lkj_eta <= 0:
+        raise ValueError("lkj_eta must be positive.")
+    js = _to_jax(stats)
+    jm0, js0 = jnp.asarray(m0), jnp.asarray(s0)
+    key_mcmc, key_cond = jax.random.split(jax.random.PRNGKey(seed))
+    C, D = chains, draws
+    n_corr = q * (q - 1) // 2 if correlated else 0
+    hyper_dims = int(has_sigma) + (0 if Sigma_fixed is not None else q + n_corr)
+    samples: dict[str, np.ndarray] = {}
+    if hyper_dims:
+        model = _hyper_model(lambda sig, lam: _pieces(js, jm0, js0, sig, lam).ll, q,
+                             sigma_prior=sigma_prior if has_sigma else None,
+                             sd_priors=None if Sigma_fixed is not None else sd_priors, lkj_eta=lkj_eta,
+                             Lam_fixed=Lam_fixed, correlated=correlated)
+        # NUTS on the model's potential, jitted as one function: NumPyro's initialization would
+        # otherwise run the model eagerly and compile each of its primitives separately
+        potential = jax.jit(lambda u: potential_energy(model, (), {}, u))
+        kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                    chain_method="vectorized", progress_bar=False)
+        key_init, key_run = jax.random.split(key_mcmc)
+        init = _init_params(stats, key_init, chains, has_sigma=has_sigma, with_sd=Sigma_fixed is None,
+                            correlated=correlated)
+        mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS)
+        unconstrained = mcmc.get_samples(group_by_chain=False)
+        constrain = jax.jit(jax.vmap(lambda u: constrain_fn(model, (), {}, u)))
+        samples = {k: np.asarray(v).reshape((C, D) + v.shape[1:]) for k, v in constrain(unconstrained).items()}
+        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+        stats_out = {
+            "diverging": extra["diverging"].astype(bool),
+            "acceptance_rate": extra["accept_prob"].astype(float),
+            "n_steps": extra["num_steps"].astype(np.int64),
+            "energy": extra["energy"].astype(float),
+            "lp": -extra["potential_energy"].astype(float),
+        }
+    sigma = samples["sigma"].astype(float) if has_sigma else np.ones((C, D))
+    corr: np.ndarray | None = None
+    if Lam_fixed is not None:
+        Lam = np.broadcast_to(np.asarray(Lam_fixed), (C, D, q, q))
+        sd = None
+    else:
+        sd = samples["sd"].astype(float)
+        if q > 1 and correlated:
+            L = samples["L"].astype(float)
+            corr = L @ np.swapaxes(L, -1, -2)
+        else:
+            L = np.broadcast_to(np.eye(q), (C, D, q, q))
+        Lam = sd[..., :, None] * L
+    t1 = time.perf_counter()
+
+    def draw_all(sig: jax.Array, lam: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def one(args: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            return _draw_one(js, jm0, js0, *args)
+
+        batch = max(1, min(C * D, int(4_000_000 // max(1, J * q * (q + p + 1)))))
+        return jax.lax.map(one, (sig, lam, keys), batch_size=batch)
+
+    keys = jax.random.split(key_cond, C * D)
+    beta, b = jax.jit(draw_all)(jnp.asarray(sigma.reshape(-1)), jnp.asarray(Lam.reshape(-1, q, q)), keys)
+    if not hyper_dims:
+        ll = float(_pieces(js, jm0, js0, jnp.asarray(1.0), Lam_fixed).ll) if Lam_fixed is not None else 0.0
+        stats_out = {
+            "diverging": np.zeros((C, D), dtype=bool),
+            "acceptance_rate": np.ones((C, D)),
+            "n_steps": np.zeros((C, D), dtype=np.int64),
+            "energy": np.zeros((C, D)),
+            "lp": np.full((C, D), ll),
+        }
+    t2 = time.perf_counter()
+    return {
+        "sigma": sigma if has_sigma else None,
+        "sd": sd,
+        "corr": corr,
+        "beta": np.asarray(beta).reshape(C, D, p),
+        "b": np.asarray(b).reshape(C, D, J, q),
+        "sample_stats": stats_out,
+        "info": {
+            "seconds": t2 - t0,
+            "seconds_hyper": t1 - t0,
+            "seconds_conditional": t2 - t1,
+            "divergences": int(stats_out["diverging"].sum()),
+            "target_accept": target_accept,
+            "warmup": warmup if hyper_dims else 0,
+            "hyper_dims": hyper_dims,
+        },
+    }
