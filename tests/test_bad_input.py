@@ -68,6 +68,24 @@ CASES = [
     ("non-positive se", "y | se(s) ~ 1 + (1 | g)", _with(s=np.r_[0.0, np.ones(29)]), {}, DataError,
      ["'s'", "positive"]),
     ("no group term", "y ~ x", _good(), {}, SpecError, ["(1 | g)"]),
+    # families: outcomes outside the support, trials
+    ("negative counts", "y ~ x + (1 | g)", _with(y=np.r_[-1, np.arange(29)]), {"family": "poisson"}, DataError,
+     ["'y'", "non-negative", "row 0"]),
+    ("fractional counts", "y ~ x + (1 | g)", _with(y=np.r_[0.5, np.arange(29)]), {"family": "negative_binomial"},
+     DataError, ["'y'", "whole numbers", "row 0"]),
+    ("bernoulli not 0/1", "y ~ x + (1 | g)", _with(y=np.r_[2, np.zeros(29)]), {"family": "bernoulli"}, DataError,
+     ["'y'", "0 or 1", "row 0"]),
+    ("successes over trials", "y | trials(n) ~ x + (1 | g)", _with(y=np.r_[5, np.zeros(29)], n=np.full(30, 3)),
+     {"family": "binomial"}, DataError, ["'y'", "must not exceed trials", "row 0"]),
+    ("trials missing", "y ~ x + (1 | g)", _with(y=np.zeros(30)), {"family": "binomial"}, FormulaError,
+     ["trials(n)"]),
+    ("trials for gaussian", "y | trials(n) ~ x + (1 | g)", _with(n=np.full(30, 3)), {}, FormulaError,
+     ["trials(n)", "binomial"]),
+    ("unknown family", "y ~ x + (1 | g)", _good(), {"family": "gamma"}, SpecError, ["'gamma'", "poisson"]),
+    ("slope constant within groups", "y ~ u + (1 + u | g)", _with(u=np.repeat(np.arange(6.0), 5)), {}, DataError,
+     ["'u'", "constant within every group"]),
+    ("log of zero offset", "y ~ x + offset(log(e)) + (1 | g)", _with(y=np.ones(30), e=np.r_[0.0, np.ones(29)]),
+     {"family": "poisson"}, DataError, ["offset", "row 0"]),
 ]
 
 
@@ -105,6 +123,8 @@ def test_cli_exit_2(case: tuple, tmp_path: Path) -> None:
     args = ["fit", str(path), "-f", formula, "--draws", "20", "--chains", "1"]
     if "pooling" in options:
         args += ["--pooling", str(options["pooling"])]
+    if "family" in options:
+        args += ["--family", str(options["family"])]
     result = CliRunner().invoke(app, args)
     out = result.output if result.output else ""
     assert result.exit_code == 2, out

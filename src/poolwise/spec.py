@@ -422,8 +422,9 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
     _check_support(fam, spec.outcome, y, spec.trials, trials)
     # common design through formulae (the encoding state is kept for predict)
     try:
-        design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame, na_action="error",
-                                 extra_namespace=_FUNCTIONS)
+        with np.errstate(all="ignore"):  # log(0) and the like are reported below, row by row
+            design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame, na_action="error",
+                                     extra_namespace=_FUNCTIONS)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of formula {f}: {err}.",
                            hint="Check the transformations in the formula.", option="formula") from None
