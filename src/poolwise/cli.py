@@ -94,6 +94,8 @@ def fit_command(
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(f))
         console.print(_priors_table(f))
+        for note in f.notes():
+            console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             f.to_netcdf(targets["fit.nc"], overwrite=True)
@@ -143,6 +145,9 @@ def compare_command(
                           highlight=False)
         console.print(_loo_table(loo))
         console.print(_population_line(cmp.population()), markup=False, highlight=False)
+        for name, fitted in cmp.fits.items():
+            for note in fitted.notes():
+                console.print(f"note ({name}): {note}", markup=False, highlight=False)
         if out is not None:
             from .plots import plot_comparison
 
