@@ -49,14 +49,22 @@ then every b_j given β is an exact draw of (β, b) given the hyperparameters.
 
 Hyperparameters
 ---------------
-(σ, s, L_R) are sampled with NUTS (NumPyro) on the low-dimensional collapsed posterior: σ and the
-SDs on the log scale, L_R with the LKJ prior on correlation matrices (Lewandowski, Kurowicka &
+By default (σ, s, L_R) are drawn without any compilation, in NumPy: the log posterior of
+θ = (log σ, log s, CorrCholesky-unconstrained correlations), batched over θ (a batched q × q
+Cholesky over the groups, :func:`_np_pieces`), is maximized by damped Newton steps with
+finite-difference derivatives; a multivariate t₅ proposal centred at the mode with the inverse
+Hessian as scale is refitted by two rounds of importance sampling, and independence
+Metropolis–Hastings against the exact density corrects its draws (:func:`_imh`).  When the
+acceptance rate falls below :data:`IMH_MIN_ACCEPT`, or no proposal can be built, NUTS takes over.
+
+With NUTS (``hyper="nuts"``, or the fallback) they are sampled on the same low-dimensional
+collapsed posterior: σ and the SDs on the log scale, L_R with the LKJ prior on correlation matrices (Lewandowski, Kurowicka &
 Joe, 2009) in NumPyro's unconstrained Cholesky-of-correlation (CorrCholesky) parameterization.
 Because b is integrated out there is no funnel between the SDs and the group effects.  The
 model's potential is jitted as one function (initialization would otherwise compile each
 primitive eagerly) and the chains start at dispersed, data-scaled points (:func:`_init_params`).
 A fixed Σ (all zeros: the pooled model) leaves σ alone to sample, or nothing: then the draws of
-(β, b) are made directly.
+(β, b) are made directly.  Either way β and b are then drawn in NumPy (:func:`_np_draw`).
 
 References
 ----------
@@ -67,6 +75,8 @@ using lme4. Journal of Statistical Software 67(1), 1–48.
 Lewandowski, D., Kurowicka, D. & Joe, H. (2009). Generating random correlation matrices based
 on vines and extended onion method. Journal of Multivariate Analysis 100, 1989–2001.
 Hoffman, M. D. & Gelman, A. (2014). The No-U-Turn Sampler. JMLR 15, 1593–1623.
+Tierney, L. (1994). Markov chains for exploring posterior distributions. Annals of Statistics 22,
+1701–1762 (independence Metropolis–Hastings).
 """
 
 from __future__ import annotations
@@ -86,6 +96,7 @@ import numpyro.distributions as dist
 from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy
+from scipy import special
 
 from ..priors import Prior
 from .nuts import _to_numpyro  # also switches JAX to float64
@@ -387,28 +398,6 @@ def conditional_moments(
     return np.asarray(mean), np.asarray(Pinv), np.asarray(K)
 
 
-def _draw_one(js: _JStats, m0: jax.Array, s0: jax.Array, sigma: jax.Array, Lam: jax.Array, key: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-    """One draw of (β, b) given (σ, Λ): β from its collapsed conditional, then each b_j = Λa_j."""
-    pc = _pieces(js, m0, s0, sigma, Lam)
-    k1, k2 = jax.random.split(key)
-    p = js.XtWX.shape[0]
-    if p:
-        e = jax.random.normal(k1, (p,), dtype=jnp.float64)
-        z = jsl.solve_triangular(pc.LP, pc.r, lower=True)
-        beta = m0 + jsl.solve_triangular(pc.LP, z + e, lower=True, trans="T")
-        res = js.ZtWy - jnp.einsum("jak,k->ja", js.ZtWX, beta)
-    else:
-        beta = jnp.zeros(0)
-        res = js.ZtWy
-    rhs = jnp.einsum("ba,jb->ja", Lam, res) / pc.s2
-    t = pc.C.solve(rhs[..., None])[..., 0]
-    eps = jax.random.normal(k2, rhs.shape, dtype=jnp.float64)
-    a = pc.C.solve((t + eps)[..., None], transpose=True)[..., 0]
-    b = jnp.einsum("ab,jb->ja", Lam, a)
-    return beta, b
-
-
 def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     """A square root Λ (ΛΛ' = S) of a symmetric positive semi-definite matrix, singular allowed."""
     S = 0.5 * (S + S.T)
@@ -416,6 +405,523 @@ def _psd_sqrt(S: np.ndarray) -> np.ndarray:
     if vals.size and vals.min() < -1e-10 * max(1.0, float(np.abs(vals).max())):
         raise ValueError("Sigma_fixed must be positive semi-definite.")
     out: np.ndarray = vecs * np.sqrt(np.clip(vals, 0.0, None))[None, :]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the collapsed marginal and the conditional draws in NumPy, batched over hyperparameter values
+
+
+class _NpChol:
+    """Cholesky factors of a batch of small SPD matrices M (..., q, q), with triangular solves (NumPy).
+
+    The NumPy twin of :class:`_BatchChol`: for q ≤ :data:`_UNROLL_MAX_Q` the factorization is
+    written out elementwise over the batch (one vectorized operation per entry instead of one
+    LAPACK call per matrix); a matrix that is not positive definite gives NaN entries, never an
+    exception.
+    """
+
+    def __init__(self, M: np.ndarray) -> None:
+        self.q = int(M.shape[-1])
+        self.unrolled = self.q <= _UNROLL_MAX_Q
+        q = self.q
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.unrolled:
+                L: list[list[np.ndarray]] = [[np.zeros(M.shape[:-2])] * q for _ in range(q)]
+                for j in range(q):
+                    s = M[..., j, j]
+                    for k in range(j):
+                        s = s - L[j][k] ** 2
+                    L[j][j] = np.sqrt(s)
+                    for i in range(j + 1, q):
+                        t = M[..., i, j]
+                        for k in range(j):
+                            t = t - L[i][k] * L[j][k]
+                        L[i][j] = t / L[j][j]
+                self.entries = L
+            else:
+                try:
+                    self.full = np.linalg.cholesky(M)
+                except np.linalg.LinAlgError:
+                    flat = M.reshape((-1, q, q))
+                    out = np.full(flat.shape, np.nan)
+                    for i in range(flat.shape[0]):
+                        try:
+                            out[i] = np.linalg.cholesky(flat[i])
+                        except np.linalg.LinAlgError:
+                            pass
+                    self.full = out.reshape(M.shape)
+
+    def sum_log_diag(self) -> np.ndarray:
+        """Σ_i log C_ii per matrix, shape M.shape[:-2] (½ log|M|)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.unrolled:
+                out = np.log(self.entries[0][0])
+                for i in range(1, self.q):
+                    out = out + np.log(self.entries[i][i])
+                return np.asarray(out)
+            return np.asarray(np.log(np.diagonal(self.full, axis1=-2, axis2=-1)).sum(axis=-1))
+
+    def solve(self, B: np.ndarray, *, transpose: bool = False) -> np.ndarray:
+        """C⁻¹B (or C⁻ᵀB with ``transpose``) for B of shape (..., q, m)."""
+        if not self.unrolled:
+            Lm = np.swapaxes(self.full, -1, -2) if transpose else self.full
+            return np.asarray(np.linalg.solve(Lm, B))
+        L, q = self.entries, self.q
+        out = np.empty(np.broadcast_shapes(B.shape, L[0][0].shape + (q, 1)))
+        order = range(q - 1, -1, -1) if transpose else range(q)
+        for i in order:
+            t = B[..., i, :]
+            others = range(i + 1, q) if transpose else range(i)
+            for k in others:
+                coef = L[k][i] if transpose else L[i][k]
+                t = t - coef[..., None] * out[..., k, :]
+            out[..., i, :] = t / L[i][i][..., None]
+        return out
+
+
+class _NpPieces(NamedTuple):
+    ll: np.ndarray  # log p(y | σ, Σ), (B,)
+    LP: _NpChol | None  # Cholesky factors of P, (B, p, p)
+    r: np.ndarray  # (B, p)
+    C: _NpChol  # Cholesky factors of M_j, (B, J, q, q)
+    s2: np.ndarray  # (B,)
+
+
+def _lam_t_blocks(Lam: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Λ_b'V_j for every b and j as one matrix product: Lam (B, q, q), V (J, q, m) → (B, J, q, m)."""
+    B, q, _ = Lam.shape
+    J, _, m = V.shape
+    Vt = np.ascontiguousarray(V.transpose(0, 2, 1)).reshape(J * m, q)
+    out = Vt @ Lam.transpose(1, 0, 2).reshape(q, B * q)  # [(j, k), (b, a)] = Σ_c V[j, c, k] Λ[b, c, a]
+    return np.ascontiguousarray(out.reshape(J, m, B, q).transpose(2, 0, 3, 1))
+
+
+def _lam_t_vec(Lam: np.ndarray, X: np.ndarray, *, transpose: bool = True) -> np.ndarray:
+    """Λ_b'x_bj (or Λ_b x_bj with ``transpose=False``) for X (B, J, q): Σ_c Λ[b, c, a] X[b, j, c]."""
+    q = Lam.shape[-1]
+    out = np.zeros(X.shape)
+    for c in range(q):
+        coef = Lam[:, c, :] if transpose else Lam[:, :, c]
+        out += coef[:, None, :] * X[:, :, c, None]
+    return out
+
+
+def _np_pieces(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndarray, Lam: np.ndarray
+               ) -> _NpPieces:
+    """:func:`_pieces` in NumPy, batched over (σ, Λ): sigma (B,), Lam (B, q, q)."""
+    s2 = sigma**2
+    B, q, p, J = sigma.shape[0], stats.q, stats.p, stats.n_groups
+    # M_j = I + Λ'(Z'WZ)_jΛ/σ²: (Λ ⊗ Λ) against the flattened blocks in one matrix product
+    K = (Lam[:, :, None, :, None] * Lam[:, None, :, None, :]).transpose(1, 2, 0, 3, 4).reshape(q * q, B * q * q)
+    M = (stats.ZtWZ.reshape(J, q * q) @ K).reshape(J, B, q, q).transpose(1, 0, 2, 3)
+    M = M / s2[:, None, None, None] + np.eye(q)
+    C = _NpChol(M)
+    h = C.solve(_lam_t_blocks(Lam, stats.ZtWy[:, :, None]))[..., 0] / s2[:, None, None]
+    qq = stats.yWy / s2 - (h * h).reshape(B, -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logdetV = stats.n_obs * np.log(s2) - stats.sum_log_w + 2.0 * C.sum_log_diag().sum(axis=-1)
+    if p == 0:
+        ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + qq)
+        return _NpPieces(ll, None, np.zeros((B, 0)), C, s2)
+    G = (C.solve(_lam_t_blocks(Lam, stats.ZtWX)) / s2[:, None, None, None]).reshape(B, J * q, p)
+    A = stats.XtWX[None] / s2[:, None, None] - np.swapaxes(G, 1, 2) @ G
+    A = 0.5 * (A + np.swapaxes(A, 1, 2))
+    bb = stats.XtWy[None] / s2[:, None] - (G * h.reshape(B, J * q, 1)).sum(axis=1)
+    Am0 = A @ m0
+    r = bb - Am0
+    quad = qq - 2.0 * bb @ m0 + Am0 @ m0
+    LP = _NpChol(A + np.diag(1.0 / s0**2))
+    z = LP.solve(r[..., None])[..., 0]
+    quad = quad - (z * z).sum(axis=1)
+    ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + 2.0 * np.sum(np.log(s0)) + 2.0 * LP.sum_log_diag() + quad)
+    return _NpPieces(ll, LP, r, C, s2)
+
+
+def _chunk(stats: BlockStats) -> int:
+    """Batch size bounding the per-group work arrays to about 2¹⁷ numbers (they stay in cache:
+    larger batches are slower, not faster, and memory stays O(batch × J × q²))."""
+    per = max(1, stats.n_groups * stats.q * (stats.q + stats.p + 1))
+    return max(1, (1 << 17) // per)
+
+
+def _np_log_marginal(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndarray, Lam: np.ndarray
+                     ) -> np.ndarray:
+    """log p(y | σ, Σ = ΛΛ') for a batch: sigma (B,), Lam (B, q, q); NaN → −inf."""
+    B = sigma.shape[0]
+    out = np.empty(B)
+    step = _chunk(stats)
+    for s in range(0, B, step):
+        out[s:s + step] = _np_pieces(stats, m0, s0, sigma[s:s + step], Lam[s:s + step]).ll
+    return np.where(np.isnan(out), -np.inf, out)
+
+
+def _np_draw(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndarray, Lam: np.ndarray,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One exact draw of (β, b) per (σ, Λ) (NumPy twin of the JAX conditional; batched in chunks).
+
+    β from its collapsed conditional, then each b_j = Λa_j with a_j = C_j⁻ᵀ(C_j⁻¹rhs_j + ε_j).
+    """
+    D, q, p, J = sigma.shape[0], stats.q, stats.p, stats.n_groups
+    beta = np.zeros((D, p))
+    b = np.zeros((D, J, q))
+    step = _chunk(stats)
+    for s in range(0, D, step):
+        sl = slice(s, min(D, s + step))
+        n = sl.stop - sl.start
+        lam = Lam[sl]
+        pc = _np_pieces(stats, m0, s0, sigma[sl], lam)
+        if p:
+            assert pc.LP is not None
+            e = rng.standard_normal((n, p, 1))
+            z = pc.LP.solve(pc.r[..., None])
+            bt = m0 + pc.LP.solve(z + e, transpose=True)[..., 0]
+            beta[sl] = bt
+            res = stats.ZtWy[None] - (stats.ZtWX.reshape(J * q, p) @ bt.T).T.reshape(n, J, q)
+        else:
+            res = np.broadcast_to(stats.ZtWy, (n, J, q))
+        rhs = _lam_t_vec(lam, res) / pc.s2[:, None, None]
+        t = pc.C.solve(rhs[..., None])[..., 0]
+        eps = rng.standard_normal(rhs.shape)
+        a = pc.C.solve((t + eps)[..., None], transpose=True)[..., 0]
+        b[sl] = _lam_t_vec(lam, a, transpose=False)
+    return beta, b
+
+
+# ----------------------------------------------------------------------------------------------
+# the hyperparameter posterior in the unconstrained space (NumPy)
+
+
+def _corr_cholesky(x: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """NumPyro's CorrCholeskyTransform in NumPy: x (B, q(q−1)/2) → (L (B, q, q), log|J| (B,)).
+
+    x fills the strict lower triangle row by row; t = tanh(x); each row of the unit-diagonal
+    matrix is mapped to a unit vector by signed stick breaking.  The log-Jacobian is NumPyro's
+    (of x → the strict lower triangle of L).
+    """
+    B = x.shape[0]
+    eps = np.finfo(float).eps
+    t = np.clip(np.tanh(x), -1.0 + eps, 1.0 - eps)
+    r = np.zeros((B, q, q))
+    rows, cols = np.tril_indices(q, -1)
+    r[:, rows, cols] = t
+    z1m_cumprod_sqrt = np.cumprod(np.sqrt(1.0 - r**2), axis=-1)
+    shifted = np.concatenate([np.ones((B, q, 1)), z1m_cumprod_sqrt[..., :-1]], axis=-1)
+    L = (r + np.eye(q)) * shifted
+    z1m_cumprod = 1.0 - np.cumsum(L * L, axis=-1)
+    r2, c2 = np.tril_indices(q, -2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stick = 0.5 * np.log(z1m_cumprod[:, r2, c2]).sum(axis=-1)
+    tanh = -2.0 * np.sum(x + np.logaddexp(0.0, -2.0 * x) - math.log(2.0), axis=-1)
+    return L, stick + tanh
+
+
+def _lkj_cholesky_logpdf(L: np.ndarray, eta: float) -> np.ndarray:
+    """Log density of the LKJ(η) distribution of the Cholesky factor L (…, q, q) of a correlation
+    matrix (Lewandowski et al., 2009), as :class:`numpyro.distributions.LKJCholesky`:
+    Σ_{i=2..q} (2η − 2 + q − i) log L_ii minus the log normalizing constant."""
+    q = int(L.shape[-1])
+    i = np.arange(1, q)
+    order = 2.0 * eta - 3.0 + q - i
+    with np.errstate(divide="ignore", invalid="ignore"):
+        unnorm = np.sum(order * np.log(L[..., i, i]), axis=-1)
+    dm1 = q - 1
+    alpha = eta + 0.5 * dm1
+    norm = 0.5 * dm1 * math.log(math.pi) + float(special.multigammaln(alpha - 0.5, dm1)) \
+        - float(special.gammaln(alpha)) * dm1
+    return np.asarray(unnorm - norm)
+
+
+class _HyperTarget:
+    """Log posterior density of θ = (log σ, log s_1..q, CorrCholesky-unconstrained correlations).
+
+    The density is that of NumPyro's unconstrained space for :func:`_hyper_model` (priors,
+    log-Jacobians and the collapsed marginal), so it equals minus NumPyro's potential energy.
+    Vectorized over rows of θ.
+    """
+
+    def __init__(self, stats: BlockStats, m0: np.ndarray, s0: np.ndarray, *, sigma_prior: Prior | None,
+                 sd_priors: Sequence[Prior] | None, lkj_eta: float, Lam_fixed: np.ndarray | None,
+                 correlated: bool) -> None:
+        self.stats, self.m0, self.s0 = stats, m0, s0
+        self.sigma_prior, self.sd_priors, self.lkj_eta, self.Lam_fixed = sigma_prior, sd_priors, lkj_eta, Lam_fixed
+        q = stats.q
+        self.n_sigma = int(sigma_prior is not None)
+        self.n_sd = q if Lam_fixed is None else 0
+        self.n_corr = q * (q - 1) // 2 if (Lam_fixed is None and q > 1 and correlated) else 0
+        self.dim = self.n_sigma + self.n_sd + self.n_corr
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray,
+                                                 np.ndarray]:
+        """σ (B,), s (B, q) or None, L_R (B, q, q) or None, Λ (B, q, q), log prior + log-Jacobian (B,)."""
+        B, q = theta.shape[0], self.stats.q
+        lp = np.zeros(B)
+        i = 0
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if self.n_sigma:
+                assert self.sigma_prior is not None
+                sigma = np.exp(theta[:, 0])
+                lp = lp + self.sigma_prior.logpdf(sigma) + theta[:, 0]
+                i = 1
+            else:
+                sigma = np.ones(B)
+            sd: np.ndarray | None = None
+            L: np.ndarray | None = None
+            if self.n_sd:
+                assert self.sd_priors is not None
+                sd = np.exp(theta[:, i:i + q])
+                for k, pr in enumerate(self.sd_priors):
+                    lp = lp + pr.logpdf(sd[:, k]) + theta[:, i + k]
+                i += q
+                if self.n_corr:
+                    L, logjac = _corr_cholesky(theta[:, i:i + self.n_corr], q)
+                    lp = lp + _lkj_cholesky_logpdf(L, self.lkj_eta) + logjac
+                    Lam = sd[:, :, None] * L
+                else:
+                    Lam = sd[:, :, None] * np.eye(q)
+            else:
+                assert self.Lam_fixed is not None
+                Lam = np.broadcast_to(self.Lam_fixed, (B, q, q))
+        return sigma, sd, L, Lam, lp
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.atleast_2d(theta)
+        sigma, _, _, Lam, lp = self.unpack(theta)
+        ok = np.isfinite(lp) & np.isfinite(sigma) & (sigma > 0) & np.all(np.isfinite(Lam), axis=(1, 2))
+        out = np.full(theta.shape[0], -np.inf)
+        if ok.any():
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                ll = _np_log_marginal(self.stats, self.m0, self.s0, sigma[ok], np.ascontiguousarray(Lam[ok]))
+            out[ok] = ll + lp[ok]
+        return np.where(np.isnan(out), -np.inf, out)
+
+    def center(self) -> np.ndarray:
+        """The data-scaled starting point of :func:`_init_params` (no jitter), as θ."""
+        st = self.stats
+        p, n = st.p, max(st.n_obs, 1)
+        rss = st.yWy
+        if p:
+            beta_hat = np.linalg.lstsq(st.XtWX, st.XtWy, rcond=None)[0]
+            rss = st.yWy - float(beta_hat @ st.XtWy)
+        scale = math.sqrt(max(rss, 1e-12 * max(st.yWy, 1e-300)) / max(n - p, 1))
+        zz = np.sqrt(np.maximum(np.einsum("jkk->k", st.ZtWZ) / n, 1e-300))
+        parts: list[np.ndarray] = []
+        if self.n_sigma:
+            parts.append(np.array([math.log(0.8 * scale)]))
+        if self.n_sd:
+            parts.append(np.log(0.5 * scale / zz))
+        parts.append(np.zeros(self.n_corr))
+        return np.concatenate(parts)
+
+
+def _fd_derivs(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: np.ndarray
+               ) -> tuple[float, np.ndarray, np.ndarray]:
+    """f(x), its gradient and Hessian by central differences with steps h (d,), in one batch.
+
+    H_ij = [f(x+h_ie_i+h_je_j) − f(x+h_ie_i−h_je_j) − f(x−h_ie_i+h_je_j) + f(x−h_ie_i−h_je_j)]/(4h_ih_j)
+    (1 + 4d² evaluations); the gradient from the diagonal points x ± 2h_ie_i.
+    """
+    d = x.size
+    E = np.diag(h)
+    sgn = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=float)
+    pts = x + (sgn[None, None, :, 0, None] * E[:, None, None, :] + sgn[None, None, :, 1, None] * E[None, :, None, :])
+    v = f(np.vstack([x[None], pts.reshape(-1, d)]))
+    f0, v = float(v[0]), v[1:].reshape(d, d, 4)
+    H = (v[..., 0] - v[..., 1] - v[..., 2] + v[..., 3]) / (4.0 * np.outer(h, h))
+    ii = np.arange(d)
+    g = (v[ii, ii, 0] - v[ii, ii, 3]) / (4.0 * h)
+    return f0, g, 0.5 * (H + H.T)
+
+
+def _newton_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, max_iter: int = 100
+                 ) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+    """Minimize f (batched: rows in, values out) by damped Newton steps with finite differences.
+
+    Each iteration evaluates the gradient and Hessian in one batch, takes the Newton direction
+    of the Hessian with its eigenvalues made positive (a gradient direction where it is not
+    finite), capped at length 3, and a step length chosen among 1, ½, …, 2⁻¹² in a second batch.
+    Returns the minimizer, f there, the Hessian there (None if not positive definite and finite)
+    and the number of function evaluations.
+    """
+    d = x0.size
+    x, fx = x0.copy(), float(f(x0[None])[0])
+    h = np.full(d, 1e-3)
+    alphas = 2.0 ** -np.arange(13)
+    n_eval = 1
+    H: np.ndarray | None = None
+    for _ in range(max_iter):
+        _, g, H = _fd_derivs(f, x, h)
+        n_eval += 1 + 4 * d * d
+        if not np.all(np.isfinite(g)):
+            return x, fx, None, n_eval
+        step: np.ndarray
+        pd = False
+        if np.all(np.isfinite(H)):
+            vals, vecs = np.linalg.eigh(H)
+            pd = bool(vals.min() > 0)
+            big = max(float(np.abs(vals).max()), 1e-300)
+            vals = np.maximum(np.abs(vals), 1e-8 * big)
+            step = -vecs @ ((vecs.T @ g) / vals)
+            if pd:
+                h = np.clip(0.5 * np.sqrt(np.diag((vecs / vals) @ vecs.T)), 1e-6, 0.1)
+        else:
+            step = -g / max(float(np.linalg.norm(g)), 1e-300)
+        norm = float(np.linalg.norm(step))
+        if norm > 3.0:
+            step *= 3.0 / norm
+        if pd and float(-g @ step) < 1e-10:  # Newton decrement: at the mode
+            break
+        cand = x + alphas[:, None] * step
+        fc = f(cand)
+        n_eval += alphas.size
+        fc = np.where(np.isfinite(fc), fc, np.inf)
+        k = int(np.argmin(fc))
+        if not fc[k] < fx:
+            break
+        x, fx = cand[k], float(fc[k])
+    if H is None or not np.all(np.isfinite(H)):
+        return x, fx, None, n_eval
+    return x, fx, H, n_eval
+
+
+_T_DF = 5.0
+
+
+def _t_draws(rng: np.random.Generator, mu: np.ndarray, chol: np.ndarray, n: int, df: float = _T_DF) -> np.ndarray:
+    d = mu.size
+    z = rng.standard_normal((n, d))
+    w = np.sqrt(df / rng.chisquare(df, size=n))
+    out: np.ndarray = mu + (z @ chol.T) * w[:, None]
+    return out
+
+
+def _t_logpdf(x: np.ndarray, mu: np.ndarray, chol: np.ndarray, df: float = _T_DF) -> np.ndarray:
+    d = mu.size
+    z = np.linalg.solve(chol, (x - mu).T).T
+    m = np.einsum("nd,nd->n", z, z)
+    const = (special.gammaln(0.5 * (df + d)) - special.gammaln(0.5 * df) - 0.5 * d * math.log(df * math.pi)
+             - float(np.log(np.diag(chol)).sum()))
+    return np.asarray(const - 0.5 * (df + d) * np.log1p(m / df))
+
+
+def _safe_chol(cov: np.ndarray) -> np.ndarray | None:
+    """Cholesky factor of a symmetric matrix after clipping its eigenvalues; None if all ≤ 0."""
+    cov = 0.5 * (cov + cov.T)
+    if not np.all(np.isfinite(cov)):
+        return None
+    vals, vecs = np.linalg.eigh(cov)
+    if vals.max() <= 0:
+        return None
+    vals = np.clip(vals, 1e-8 * vals.max(), None)
+    return np.asarray(np.linalg.cholesky((vecs * vals) @ vecs.T))
+
+
+@dataclass
+class _ImhResult:
+    theta: np.ndarray  # (C, D, d)
+    lp: np.ndarray  # (C, D)
+    accepted: np.ndarray  # (C, D)
+    info: dict[str, Any]
+
+
+IMH_MIN_ACCEPT = 0.3  # below this acceptance rate the sampler falls back to NUTS
+_IS_DRAWS = 2000
+_IS_ROUNDS = 2
+_INFLATE = 1.2  # the importance-sampling rounds use t₅(mean, 1.2 × covariance)
+_FINAL_INFLATE = 1.0  # the MH proposal: t₅(mean, refitted covariance) (its covariance is 5/3 of that)
+
+
+def _imh(target: _HyperTarget, chains: int, draws: int, rng: np.random.Generator) -> _ImhResult | str:
+    """Independence Metropolis–Hastings with an adapted multivariate t₅ proposal.
+
+    1. The mode of the log posterior in θ (damped Newton, :func:`_newton_mode`, with gradient
+       and Hessian by central differences in one batch); the covariance from the Hessian there
+       (steps refined to ½ a posterior SD).
+    2. Adaptive importance sampling: 2000 draws from t₅(mean, 1.2·cov), self-normalized weights,
+       mean and covariance refitted from the weighted draws (two rounds, starting at the mode).
+    3. chains × (draws + 1) proposals from t₅(mean, cov); per chain, each proposal is accepted
+       with probability min(1, w_new / w_cur), w = posterior / proposal density.  The first
+       proposal starts the chain.  The draws are exact (MH), nearly independent when the
+       proposal fits.
+
+    Returns the draws, or a string saying why the proposal could not be built.
+    """
+    d = target.dim
+    x0 = target.center()
+    if not np.isfinite(target(x0)[0]):
+        return "the log posterior is not finite at the starting point"
+
+    def neg(x: np.ndarray) -> np.ndarray:
+        return -target(x)
+
+    mode, f_mode, H, n_eval = _newton_mode(neg, x0)
+    if not np.isfinite(f_mode):
+        return "no finite mode found"
+    cov: np.ndarray | None = None
+    if H is not None:
+        # the Hessian again with steps of ½ a posterior SD (the last one's may have been coarser)
+        vals, vecs = np.linalg.eigh(H)
+        if vals.min() > 0:
+            h = np.clip(0.5 * np.sqrt(np.diag((vecs / vals) @ vecs.T)), 1e-6, 0.1)
+            _, _, H2 = _fd_derivs(neg, mode, h)
+            n_eval += 1 + 4 * d * d
+            if np.all(np.isfinite(H2)) and np.linalg.eigvalsh(H2).min() > 0:
+                H = H2
+            cov = np.linalg.inv(H)
+    if cov is None:
+        return "the Hessian at the mode is not positive definite"
+    mu = mode
+    chol = _safe_chol(_INFLATE * cov)
+    if chol is None:
+        return "the Hessian at the mode is not positive definite"
+    is_ess = float("nan")
+    for _ in range(_IS_ROUNDS):
+        th = _t_draws(rng, mu, chol, _IS_DRAWS)
+        lw = target(th) - _t_logpdf(th, mu, chol)
+        if not np.any(np.isfinite(lw)):
+            break
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        is_ess = float(1.0 / np.sum(w * w))
+        if is_ess < 5.0 * d + 10.0:  # too few effective draws to refit a covariance
+            break
+        new_mu = w @ th
+        dev = th - new_mu
+        new_cov = (w[:, None] * dev).T @ dev
+        new_chol = _safe_chol(_INFLATE * new_cov)
+        if new_chol is None:
+            break
+        mu, chol, cov = new_mu, new_chol, new_cov
+    final = _safe_chol(_FINAL_INFLATE * cov)
+    if final is not None:
+        chol = final
+    total = chains * (draws + 1)
+    th = _t_draws(rng, mu, chol, total)
+    lp = target(th)
+    lw = lp - _t_logpdf(th, mu, chol)
+    th = th.reshape(chains, draws + 1, d)
+    lp = lp.reshape(chains, draws + 1)
+    lw = np.where(np.isfinite(lw), lw, -np.inf).reshape(chains, draws + 1)
+    log_u = np.log(rng.random((chains, draws)))
+    idx = np.zeros((chains, draws), dtype=np.int64)
+    acc = np.zeros((chains, draws), dtype=bool)
+    cur_i = np.zeros(chains, dtype=np.int64)
+    cur_w = lw[:, 0].copy()
+    for t in range(draws):
+        prop_w = lw[:, t + 1]
+        a = log_u[:, t] < prop_w - cur_w
+        cur_i = np.where(a, t + 1, cur_i)
+        cur_w = np.where(a, prop_w, cur_w)
+        idx[:, t] = cur_i
+        acc[:, t] = a
+    rows = np.arange(chains)[:, None]
+    out = _ImhResult(theta=th[rows, idx], lp=lp[rows, idx], accepted=acc, info={
+        "acceptance_rate": float(acc.mean()),
+        "importance_ess": is_ess,
+        "mode_evaluations": n_eval,
+    })
+    if not np.all(np.isfinite(cur_w)):
+        return "a chain found no proposal of finite density"
     return out
 
 
@@ -492,6 +998,43 @@ def _init_params(stats: BlockStats, key: jax.Array, chains: int, *, has_sigma: b
     return out
 
 
+def _nuts_hyper(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, *, sigma_prior: Prior | None,
+                sd_priors: Sequence[Prior] | None, lkj_eta: float, Lam_fixed: np.ndarray | None, correlated: bool,
+                seed: int, chains: int, draws: int, warmup: int, target_accept: float, max_tree_depth: int,
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(σ, s, L_R) by NUTS (NumPyro) on the collapsed marginal: constrained draws and sample stats."""
+    q = stats.q
+    js = _to_jax(stats)
+    jm0, js0 = jnp.asarray(m0), jnp.asarray(s0)
+    jLam = None if Lam_fixed is None else jnp.asarray(Lam_fixed)
+    model = _hyper_model(lambda sig, lam: _pieces(js, jm0, js0, sig, lam).ll, q, sigma_prior=sigma_prior,
+                         sd_priors=sd_priors if Lam_fixed is None else None, lkj_eta=lkj_eta,
+                         Lam_fixed=jLam, correlated=correlated)
+    # NUTS on the model's potential, jitted as one function: NumPyro's initialization would
+    # otherwise run the model eagerly and compile each of its primitives separately
+    potential = jax.jit(lambda u: potential_energy(model, (), {}, u))
+    kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                chain_method="vectorized", progress_bar=False)
+    key_init, key_run = jax.random.split(jax.random.PRNGKey(seed))
+    init = _init_params(stats, key_init, chains, has_sigma=sigma_prior is not None, with_sd=Lam_fixed is None,
+                        correlated=correlated)
+    mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS)
+    unconstrained = mcmc.get_samples(group_by_chain=False)
+    constrain = jax.jit(jax.vmap(lambda u: constrain_fn(model, (), {}, u)))
+    samples = {k: np.asarray(v).reshape((chains, draws) + v.shape[1:])
+               for k, v in constrain(unconstrained).items()}
+    extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    stats_out = {
+        "diverging": extra["diverging"].astype(bool),
+        "acceptance_rate": extra["accept_prob"].astype(float),
+        "n_steps": extra["num_steps"].astype(np.int64),
+        "energy": extra["energy"].astype(float),
+        "lp": -extra["potential_energy"].astype(float),
+    }
+    return samples, stats_out
+
+
 def sample(
     stats: BlockStats,
     *,
@@ -509,8 +1052,14 @@ def sample(
     warmup: int = 1000,
     target_accept: float = 0.9,
     max_tree_depth: int = 10,
+    hyper: str = "imh",
 ) -> dict[str, Any]:
-    """Posterior draws: (σ, s, R) by NUTS on the collapsed marginal, then β and b exactly.
+    """Posterior draws: (σ, s, R) on the collapsed marginal, then β and b exactly.
+
+    The hyperparameters are drawn by independence Metropolis–Hastings with an adapted t proposal
+    (:func:`_imh`; NumPy only, no compilation), falling back to NUTS (NumPyro) when its
+    acceptance rate is below :data:`IMH_MIN_ACCEPT` or the proposal cannot be built; β and b are
+    then drawn from their exact conditionals in NumPy.
 
     Parameters
     ----------
@@ -533,124 +1082,128 @@ def sample(
         A fixed (q, q) covariance of the group terms (all zeros: the pooled model); then no SD
         or correlation is sampled, and with ``has_sigma=False`` the draws are made directly.
     seed
-        Seed of the JAX key (same seed, same draws).
-    chains, draws, warmup
-        Vectorized NUTS chains, kept draws and warmup iterations per chain.
-    target_accept, max_tree_depth
-        NUTS settings.
+        Seed (same seed, same draws).
+    chains, draws
+        Chains and kept draws per chain.
+    warmup, target_accept, max_tree_depth
+        NUTS settings (used by ``hyper="nuts"`` and by the fallback).
+    hyper
+        ``"imh"`` (default) or ``"nuts"``: the sampler of the hyperparameters.
 
     Returns
     -------
     dict
         ``"sigma"`` (C, D) or ``None``; ``"sd"`` (C, D, q) or ``None`` when Σ is fixed;
-        ``"corr"`` (C, D, q, q) or ``None`` when Σ is fixed (all ones for q = 1); ``"beta"``
-        (C, D, p); ``"b"`` (C, D, J, q); ``"sample_stats"`` with ``diverging``,
-        ``acceptance_rate``, ``n_steps``, ``energy`` and ``lp``, each (C, D); ``"info"`` with
-        ``seconds``, ``seconds_hyper``, ``seconds_conditional``, ``divergences``,
-        ``target_accept``, ``warmup`` and ``hyper_dims``.
+        ``"corr"`` (C, D, q, q), or ``None`` when Σ is fixed, q = 1 or the terms are
+        independent; ``"beta"`` (C, D, p); ``"b"`` (C, D, J, q); ``"sample_stats"``:
+        ``accepted`` and ``lp`` (IMH) or ``diverging``, ``acceptance_rate``, ``n_steps``,
+        ``energy`` and ``lp`` (NUTS), each (C, D); ``"info"`` with ``seconds``,
+        ``seconds_hyper``, ``seconds_conditional``, ``divergences``, ``hyper_sampler``,
+        ``hyper_dims`` and the sampler's settings and diagnostics (``acceptance_rate``;
+        ``hyper_fallback`` saying why NUTS replaced IMH).
 
     Raises
     ------
     ValueError
-        For priors or a fixed Σ of the wrong size.
+        For priors or a fixed Σ of the wrong size, or an unknown ``hyper``.
     """
     t0 = time.perf_counter()
     q, p, J = stats.q, stats.p, stats.n_groups
     m0 = np.asarray(m0, dtype=float).reshape(p)
     s0 = np.asarray(s0, dtype=float).reshape(p)
-    Lam_fixed: jax.Array | None = None
+    Lam_fixed: np.ndarray | None = None
+    if hyper not in ("imh", "nuts"):
+        raise ValueError(f"hyper must be 'imh' or 'nuts', got {hyper!r}.")
     if Sigma_fixed is not None:
         S = np.asarray(Sigma_fixed, dtype=float)
         if S.shape != (q, q):
             raise ValueError(f"Sigma_fixed must be {q}×{q}, got shape {S.shape}.")
-        Lam_fixed = jnp.asarray(_psd_sqrt(S))
+        Lam_fixed = _psd_sqrt(S)
     elif sd_priors is None or len(sd_priors) != q:
         raise ValueError(f"Give one SD prior per group term ({q}).")
     if has_sigma and sigma_prior is None:
         raise ValueError("A model with σ needs sigma_prior.")
     if lkj_eta <= 0:
         raise ValueError("lkj_eta must be positive.")
-    js = _to_jax(stats)
-    jm0, js0 = jnp.asarray(m0), jnp.asarray(s0)
-    key_mcmc, key_cond = jax.random.split(jax.random.PRNGKey(seed))
+    ss_hyper, ss_cond = np.random.SeedSequence(seed).spawn(2)
     C, D = chains, draws
-    n_corr = q * (q - 1) // 2 if correlated else 0
-    hyper_dims = int(has_sigma) + (0 if Sigma_fixed is not None else q + n_corr)
-    samples: dict[str, np.ndarray] = {}
+    correlated = correlated and q > 1
+    target = _HyperTarget(stats, m0, s0, sigma_prior=sigma_prior if has_sigma else None,
+                          sd_priors=sd_priors if Lam_fixed is None else None, lkj_eta=lkj_eta, Lam_fixed=Lam_fixed,
+                          correlated=correlated)
+    hyper_dims = target.dim
+    info: dict[str, Any] = {"hyper_dims": hyper_dims}
+    sigma = np.ones((C, D))
+    sd: np.ndarray | None = None
+    L: np.ndarray | None = None
+    stats_out: dict[str, np.ndarray]
     if hyper_dims:
-        model = _hyper_model(lambda sig, lam: _pieces(js, jm0, js0, sig, lam).ll, q,
-                             sigma_prior=sigma_prior if has_sigma else None,
-                             sd_priors=None if Sigma_fixed is not None else sd_priors, lkj_eta=lkj_eta,
-                             Lam_fixed=Lam_fixed, correlated=correlated)
-        # NUTS on the model's potential, jitted as one function: NumPyro's initialization would
-        # otherwise run the model eagerly and compile each of its primitives separately
-        potential = jax.jit(lambda u: potential_energy(model, (), {}, u))
-        kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                    chain_method="vectorized", progress_bar=False)
-        key_init, key_run = jax.random.split(key_mcmc)
-        init = _init_params(stats, key_init, chains, has_sigma=has_sigma, with_sd=Sigma_fixed is None,
-                            correlated=correlated)
-        mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS)
-        unconstrained = mcmc.get_samples(group_by_chain=False)
-        constrain = jax.jit(jax.vmap(lambda u: constrain_fn(model, (), {}, u)))
-        samples = {k: np.asarray(v).reshape((C, D) + v.shape[1:]) for k, v in constrain(unconstrained).items()}
-        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-        stats_out = {
-            "diverging": extra["diverging"].astype(bool),
-            "acceptance_rate": extra["accept_prob"].astype(float),
-            "n_steps": extra["num_steps"].astype(np.int64),
-            "energy": extra["energy"].astype(float),
-            "lp": -extra["potential_energy"].astype(float),
-        }
-    sigma = samples["sigma"].astype(float) if has_sigma else np.ones((C, D))
+        use_nuts = hyper == "nuts"
+        if not use_nuts:
+            res = _imh(target, C, D, np.random.default_rng(ss_hyper))
+            if isinstance(res, str):
+                reason = res
+            elif res.info["acceptance_rate"] < IMH_MIN_ACCEPT:
+                reason = (f"the independence MH acceptance rate was {res.info['acceptance_rate']:.2f} "
+                          f"(< {IMH_MIN_ACCEPT})")
+            else:
+                reason = ""
+            if reason:
+                use_nuts = True
+                info["hyper_fallback"] = f"NUTS: {reason}"
+                if not isinstance(res, str):
+                    info["imh_acceptance_rate"] = res.info["acceptance_rate"]
+            else:
+                assert not isinstance(res, str)
+                sig_f, sd_f, L_f, _, _ = target.unpack(res.theta.reshape(C * D, hyper_dims))
+                if has_sigma:
+                    sigma = sig_f.reshape(C, D)
+                if sd_f is not None:
+                    sd = sd_f.reshape(C, D, q)
+                if L_f is not None:
+                    L = L_f.reshape(C, D, q, q)
+                stats_out = {"accepted": res.accepted, "lp": res.lp}
+                info.update(res.info)
+                info.update({"hyper_sampler": "independence MH (t proposal)", "divergences": 0, "warmup": 0})
+        if use_nuts:
+            samples, stats_out = _nuts_hyper(
+                stats, m0, s0, sigma_prior=sigma_prior if has_sigma else None, sd_priors=sd_priors,
+                lkj_eta=lkj_eta, Lam_fixed=Lam_fixed, correlated=correlated, seed=seed, chains=C, draws=D,
+                warmup=warmup, target_accept=target_accept, max_tree_depth=max_tree_depth)
+            if has_sigma:
+                sigma = samples["sigma"].astype(float)
+            if Lam_fixed is None:
+                sd = samples["sd"].astype(float)
+                if correlated:
+                    L = samples["L"].astype(float)
+            info.update({"hyper_sampler": "NUTS on the collapsed marginal", "warmup": warmup,
+                         "target_accept": target_accept, "divergences": int(stats_out["diverging"].sum()),
+                         "acceptance_rate": float(stats_out["acceptance_rate"].mean())})
+    else:
+        ll = float(_np_pieces(stats, m0, s0, np.ones(1), Lam_fixed[None]).ll[0]) if Lam_fixed is not None else 0.0
+        stats_out = {"lp": np.full((C, D), ll)}
+        info.update({"hyper_sampler": "none (nothing to sample)", "divergences": 0, "warmup": 0})
     corr: np.ndarray | None = None
     if Lam_fixed is not None:
-        Lam = np.broadcast_to(np.asarray(Lam_fixed), (C, D, q, q))
-        sd = None
+        Lam = np.broadcast_to(Lam_fixed, (C, D, q, q))
     else:
-        sd = samples["sd"].astype(float)
-        if q > 1 and correlated:
-            L = samples["L"].astype(float)
+        assert sd is not None
+        if L is not None:
             corr = L @ np.swapaxes(L, -1, -2)
+            Lam = sd[..., :, None] * L
         else:
-            L = np.broadcast_to(np.eye(q), (C, D, q, q))
-        Lam = sd[..., :, None] * L
+            Lam = sd[..., :, None] * np.eye(q)
     t1 = time.perf_counter()
-
-    def draw_all(sig: jax.Array, lam: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-        def one(args: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            return _draw_one(js, jm0, js0, *args)
-
-        batch = max(1, min(C * D, int(4_000_000 // max(1, J * q * (q + p + 1)))))
-        return jax.lax.map(one, (sig, lam, keys), batch_size=batch)
-
-    keys = jax.random.split(key_cond, C * D)
-    beta, b = jax.jit(draw_all)(jnp.asarray(sigma.reshape(-1)), jnp.asarray(Lam.reshape(-1, q, q)), keys)
-    if not hyper_dims:
-        ll = float(_pieces(js, jm0, js0, jnp.asarray(1.0), Lam_fixed).ll) if Lam_fixed is not None else 0.0
-        stats_out = {
-            "diverging": np.zeros((C, D), dtype=bool),
-            "acceptance_rate": np.ones((C, D)),
-            "n_steps": np.zeros((C, D), dtype=np.int64),
-            "energy": np.zeros((C, D)),
-            "lp": np.full((C, D), ll),
-        }
+    beta, b = _np_draw(stats, m0, s0, sigma.reshape(-1), np.ascontiguousarray(Lam.reshape(-1, q, q)),
+                       np.random.default_rng(ss_cond))
     t2 = time.perf_counter()
+    info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
     return {
         "sigma": sigma if has_sigma else None,
         "sd": sd,
         "corr": corr,
-        "beta": np.asarray(beta).reshape(C, D, p),
-        "b": np.asarray(b).reshape(C, D, J, q),
+        "beta": beta.reshape(C, D, p),
+        "b": b.reshape(C, D, J, q),
         "sample_stats": stats_out,
-        "info": {
-            "seconds": t2 - t0,
-            "seconds_hyper": t1 - t0,
-            "seconds_conditional": t2 - t1,
-            "divergences": int(stats_out["diverging"].sum()),
-            "target_accept": target_accept,
-            "warmup": warmup if hyper_dims else 0,
-            "hyper_dims": hyper_dims,
-        },
+        "info": info,
     }

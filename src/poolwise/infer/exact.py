@@ -458,7 +458,9 @@ def sample_block(
     """Exact posterior draws of a Gaussian model with q group terms of one grouping factor.
 
     The hyperparameters (σ, the group SDs and their correlations) are sampled on the collapsed
-    marginal (:mod:`poolwise.infer.collapsed`), then β and every group's values exactly.
+    marginal (:mod:`poolwise.infer.collapsed`: independence Metropolis–Hastings with an adapted
+    Student-t proposal, NUTS when that proposal fits badly), then β and every group's values
+    exactly.
     """
     from . import BlockDraws
     from . import collapsed
@@ -480,7 +482,6 @@ def sample_block(
         progress("done", 1.0)
     values = None if blk.pooled else out["b"]
     info = dict(out["info"])
-    info["hyper_sampler"] = "NUTS on the collapsed marginal"
     info["divergences"] = [int(info.get("divergences", 0))]
     info["target_accepts"] = [target_accept]
     return Draws(
