@@ -287,15 +287,31 @@ class Fit:
         return np.broadcast_to(base, (C, D, block.n_groups))
 
     def _group_coefficient(self, i: int, k: int) -> np.ndarray:
-        """Common coefficient of term k of block i (0 when not a common term) + the group values."""
+        """Common coefficient of term k of block i (0 when not a common term) + the group values.
+
+        For a nested factor (``region:county``) the values of the enclosing levels (``region``)
+        of the same term are included: a county's intercept is Intercept + a_region + c_county.
+        """
         b = self.bound
         block, bd = b.blocks[i], self.block_draws[i]
         e = block.exprs[k]
         C, D = self.draws.beta.shape[:2]
         base = self.param(e)[..., None] if e in b.coef_names else np.zeros((C, D, 1))
-        if bd.values is None:
-            return np.broadcast_to(base, (C, D, block.n_groups))
-        return base + bd.values[..., k]
+        out = np.broadcast_to(base, (C, D, block.n_groups))
+        if bd.values is not None:
+            out = out + bd.values[..., k]
+        # a nested level (region:county) includes the values of the levels it lies in (region)
+        for j, outer in enumerate(b.blocks):
+            prefix = outer.factor + ":"
+            if j == i or not block.factor.startswith(prefix) or e not in outer.exprs:
+                continue
+            ov = self.block_draws[j].values
+            if ov is None:
+                continue
+            parent = np.empty(block.n_groups, dtype=np.int64)
+            parent[block.group] = outer.group
+            out = out + ov[..., parent, outer.exprs.index(e)]
+        return out
 
     def _family_kwargs(self, rows: slice | np.ndarray | None, draws: slice | None = None) -> dict[str, Any]:
         """Keyword arguments of the family methods: parameter draws as (…, 1), per-row columns."""

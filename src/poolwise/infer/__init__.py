@@ -132,14 +132,20 @@ def run(
         if len(bound.blocks) == 1:
             return exact.sample_block(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
                                       progress=progress, **options)
-        # several grouping factors: the collapsed marginal needs a sparse Cholesky (as lme4's);
-        # until then the same model is fitted by NUTS, and the summary says so
+        from . import nested
+
+        why = nested.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress)
+        if isinstance(why, Draws):
+            return why
+        # crossed factors (or a nested fit whose sampler could not run): the collapsed marginal
+        # would need a sparse Cholesky (as lme4's); the same model is fitted by NUTS, and the
+        # summary says so
         from . import nuts
 
         result = nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                              **options)
-        note = (f"method='exact' covers one grouping factor; this model has {len(bound.blocks)} "
-                f"({', '.join(b.factor for b in bound.blocks)}), so it was fitted with NUTS.")
+        note = (f"method='exact' covers one grouping factor and two nested varying intercepts; this model "
+                f"has {', '.join(str(b.term) for b in bound.blocks)} ({why}), so it was fitted with NUTS.")
         return replace(result, info={**result.info, "note": note})
     if method == "nuts":
         from . import nuts

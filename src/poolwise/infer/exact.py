@@ -482,8 +482,11 @@ def sample_block(
         progress("done", 1.0)
     values = None if blk.pooled else out["b"]
     info = dict(out["info"])
-    info["divergences"] = [int(info.get("divergences", 0))]
-    info["target_accepts"] = [target_accept]
+    if str(info.get("hyper_sampler", "")).startswith("NUTS"):  # divergences mean something there only
+        info["divergences"] = [int(info.get("divergences", 0))]
+        info["target_accepts"] = [target_accept]
+    else:
+        info.pop("divergences", None)
     return Draws(
         beta=out["beta"], sigma=out["sigma"], tau=None, b=None, sample_stats=out["sample_stats"], method="exact",
         info=info, blocks=(BlockDraws(sd=out["sd"], corr=out["corr"], values=values),),
