@@ -35,7 +35,7 @@ test: $(STAMP_TEST)
 	$(PY) -m pytest -n $(JOBS) -q tests
 
 validate: $(STAMP_TEST)
-	$(PY) -m validation.sbc --reps 400 --out validation/_out
+	$(PY) -m validation.sbc --family gaussian-exact bernoulli poisson --reps 400 --out validation/_out
 
 bench: $(STAMP_BENCH)
 	$(PY) benchmarks/run.py --out benchmarks/results.md

@@ -18,6 +18,12 @@ group intercepts Intercept + b_j of the smallest group (1 row), the next (2 rows
 Run ``python -m validation.sbc --reps 400 --out validation/_out``: writes ``ranks.csv`` and
 ``summary.md`` and exits 1 if any quantity fails the uniformity test.
 
+The NUTS path (:func:`run_sbc_nuts`) is checked the same way on ``y ~ x + (1 | g)`` with the
+``bernoulli`` (logit link) and ``poisson`` (log link) families: 8 groups of 3 to 15 rows, priors
+:data:`NUTS_SIM_PRIORS`, one chain per fit thinned to L near-independent draws by its effective
+sample size. ``--family bernoulli poisson gaussian-exact`` picks the checks (outputs
+``ranks-<family>.csv`` and ``summary-<family>.md`` for the NUTS families).
+
 References
 ----------
 Talts, S., Betancourt, M., Simpson, D., Vehtari, A. & Gelman, A. (2018). Validating Bayesian
@@ -40,7 +46,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["SIM_PRIORS", "FORMULA", "run_sbc", "uniformity_pvalues", "failing", "default_sizes", "main"]
+__all__ = ["SIM_PRIORS", "FORMULA", "run_sbc", "uniformity_pvalues", "failing", "default_sizes", "main",
+           "NUTS_FAMILIES", "NUTS_SIM_PRIORS", "NUTS_SIZES", "run_sbc_nuts"]
 
 FORMULA = "y ~ x + (1 | g)"
 #: the priors the parameters are simulated from (and, by default, fitted with)
@@ -174,6 +181,160 @@ def run_sbc(
     return ranks
 
 
+# -- the NUTS path: bernoulli and poisson varying intercepts ------------------------------------
+
+NUTS_FAMILIES = ("bernoulli", "poisson")
+#: the priors the NUTS-path parameters are simulated from (and, by default, fitted with); the
+#: poisson's keep the rates moderate (the linear predictor mostly within log 0.3 .. log 40)
+NUTS_SIM_PRIORS: dict[str, dict[str, str]] = {
+    "bernoulli": {"Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sd(Intercept|g)": "half_normal(1)"},
+    "poisson": {"Intercept": "normal(1, 0.5)", "x": "normal(0, 0.5)", "sd(Intercept|g)": "half_normal(0.5)"},
+}
+#: rows per group of the NUTS design (8 groups, 3 to 15 rows, 67 rows)
+NUTS_SIZES = (3, 4, 5, 6, 8, 11, 15, 15)
+_NUTS_SCALARS = ("Intercept", "x", "sd(Intercept|g)")
+
+
+def _ess_min(draws: Mapping[str, np.ndarray]) -> float:
+    """The smallest bulk effective sample size over quantities, each (chain, draw) or (draw,)."""
+    import arviz as az
+
+    return min(float(az.ess(np.atleast_2d(np.asarray(d, dtype=float)), method="bulk")) for d in draws.values())
+
+
+def run_sbc_nuts(
+    family: str,
+    reps: int,
+    seed: int = 0,
+    *,
+    sizes: Sequence[int] = NUTS_SIZES,
+    draws_per_fit: int = 99,
+    warmup: int = 300,
+    draws: int = 300,
+    max_chains: int = 4,
+    fit_priors: Mapping[str, str] | None = None,
+    perturb: Perturb | None = None,
+    design_seed: int = 20180417,
+    progress: Callable[[int, int], None] | None = None,
+    info: dict[str, list[float]] | None = None,
+) -> dict[str, np.ndarray]:
+    """SBC ranks of poolwise's NUTS path (``infer.nuts.sample``) on ``y ~ x + (1 | g)``.
+
+    Each replication draws Intercept, the slope of ``x``, τ = sd(Intercept|g) and the group
+    deviations b_j ~ N(0, τ²) from :data:`NUTS_SIM_PRIORS` (``family``), simulates y (bernoulli:
+    P(y = 1) = logit⁻¹(η); poisson: rate exp(η)) on a fixed design, fits one NUTS chain of
+    ``warmup`` + ``draws`` iterations under the same priors and ranks the truths among L draws.
+
+    Thinning: the L draws are spread evenly over the draws, which are near-independent when
+    the smallest bulk ESS (over the ranked quantities) is at least L; while it is lower, another
+    chain of the same length (next seed, same compiled sampler) is added, up to ``max_chains``
+    (Talts et al. 2018, section 5.1: thin by N / ESS).
+
+    Parameters
+    ----------
+    family
+        ``"bernoulli"`` or ``"poisson"``.
+    reps, seed
+        Replications and their seed (parameters, outcomes and fit seeds derive from it).
+    sizes
+        Rows per group (default :data:`NUTS_SIZES`); one predictor ``x`` ~ N(0, 1) drawn once.
+    draws_per_fit
+        L, the posterior draws each rank is taken among (ranks in 0..L).
+    warmup, draws, max_chains
+        NUTS warmup and kept iterations of each chain, and the most chains of one replication.
+    fit_priors
+        Priors of the fit; default the simulation's. Different priors make a deliberately
+        miscalibrated fit (negative control).
+    perturb
+        Optional ``perturb(name, draws)`` applied to the draws before ranking (negative control).
+    design_seed
+        Seed of the fixed design.
+    progress
+        Optional callback ``(done, reps)``.
+    info
+        Optional dict, filled with per-replication lists ``"draws"`` (over its chains),
+        ``"ess_min"``, ``"divergences"`` (of all its chains) and ``"seconds"``.
+
+    Returns
+    -------
+    dict
+        Quantity name → int array (reps,) of ranks in 0..L: ``Intercept``, ``x``,
+        ``sd(Intercept|g)`` and ``b[G.., n=..]``, the group deviation of the smallest, a middle
+        and the largest group.
+    """
+    import warnings
+
+    import poolwise.data
+    from poolwise.errors import ConvergenceWarning
+    from poolwise.infer import nuts
+    from poolwise.spec import ModelSpec
+
+    if family not in NUTS_FAMILIES:
+        raise ValueError(f"family must be one of {NUTS_FAMILIES}, got {family!r}")
+    sizes_arr = np.asarray(sizes, dtype=int)
+    if (sizes_arr < 1).any() or sizes_arr.size < 2:
+        raise ValueError(f"sizes must hold at least 2 positive group sizes, got {list(sizes_arr)}")
+    L = draws_per_fit
+    if L < 1 or reps < 1 or draws < L:
+        raise ValueError("reps and draws_per_fit must be positive and draws >= draws_per_fit")
+    sim = NUTS_SIM_PRIORS[family]
+    priors = dict(fit_priors) if fit_priors is not None else dict(sim)
+    design, g = _design(sizes_arr, design_seed)
+    J = sizes_arr.size
+    x = design["x"].to_numpy()
+    order = np.argsort(sizes_arr, kind="stable")
+    tracked = [int(order[0]), int(order[J // 2]), int(order[-1])]
+    labels = sorted(set(design["g"]))
+    group_names = [f"b[{labels[j]}, n={sizes_arr[j]}]" for j in tracked]
+    names = list(_NUTS_SCALARS) + group_names
+    ranks = {n: np.empty(reps, dtype=np.int64) for n in names}
+    spec = ModelSpec(FORMULA, family=family, priors=priors)
+    children = np.random.SeedSequence(seed).spawn(reps)
+    for r, child in enumerate(children):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(child)
+        truth = {k: _draw(sim[k], rng) for k in _NUTS_SCALARS}
+        b = rng.normal(0.0, truth["sd(Intercept|g)"], size=J)
+        eta = truth["Intercept"] + truth["x"] * x + b[g]
+        if family == "bernoulli":
+            y = (rng.uniform(size=g.size) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+        else:
+            y = rng.poisson(np.exp(eta)).astype(float)
+        bound = spec.bind(poolwise.data.read_table(design.assign(y=y)))
+        fit_seed = int(rng.integers(2**31))
+        chains: list[dict[str, np.ndarray]] = []
+        n_div = 0
+        while True:  # chains of the same shape reuse one compiled sampler
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # counted in info instead
+                d = nuts.sample(bound, seed=fit_seed + len(chains), chains=1, warmup=warmup, draws=draws)
+            n_div += d.info["divergences"][-1]
+            sd, values = d.blocks[0].sd, d.blocks[0].values
+            assert sd is not None and values is not None  # a learned, non-pooled block
+            chain = {"Intercept": d.beta[0, :, 0], "x": d.beta[0, :, 1], "sd(Intercept|g)": sd[0, :, 0]}
+            chain.update({name: values[0, :, j, 0] for name, j in zip(group_names, tracked)})
+            chains.append(chain)
+            ess = _ess_min({k: np.stack([c[k] for c in chains]) for k in names})
+            if ess >= L or len(chains) >= max_chains:
+                break
+        n_draws = draws * len(chains)
+        pooled = {k: np.concatenate([c[k] for c in chains]) for k in names}
+        keep = np.round(np.linspace(0, n_draws - 1, L)).astype(int)
+        for name, j in zip(group_names, tracked):
+            truth[name] = b[j]
+        for name in names:
+            kept = pooled[name][keep]
+            kept = kept if perturb is None else perturb(name, kept)
+            ranks[name][r] = int(np.sum(kept < truth[name]))
+        if info is not None:
+            for k, v in (("draws", n_draws), ("ess_min", ess), ("divergences", n_div),
+                         ("seconds", time.perf_counter() - t0)):
+                info.setdefault(k, []).append(float(v))
+        if progress:
+            progress(r + 1, reps)
+    return ranks
+
+
 def uniformity_pvalues(ranks: Mapping[str, np.ndarray], draws_per_fit: int, bins: int) -> dict[str, float]:
     """Chi-square test of uniform ranks over ``bins`` equal bins, per quantity.
 
@@ -223,38 +384,96 @@ def _summary(ranks: dict[str, np.ndarray], pvalues: dict[str, float], *, reps: i
     return "\n".join(lines)
 
 
+def _summary_nuts(family: str, ranks: dict[str, np.ndarray], pvalues: dict[str, float], info: dict[str, list[float]],
+                  *, reps: int, seed: int, L: int, bins: int, alpha: float, seconds: float, warmup: int,
+                  draws: int) -> str:
+    bad = set(failing(pvalues, alpha))
+    sizes = np.asarray(NUTS_SIZES)
+    n_draws = np.asarray(info["draws"])
+    lines = [
+        f"# Simulation-based calibration of the NUTS path: {family}",
+        "",
+        f"Model `{FORMULA}`, family {family}, priors "
+        + ", ".join(f"`{k} ~ {v}`" for k, v in NUTS_SIM_PRIORS[family].items()) + ".",
+        f"Design: {sizes.size} groups of sizes {', '.join(map(str, sizes))} ({int(sizes.sum())} rows).",
+        f"{reps} replications (seed {seed}); NUTS chains of {warmup} warmup + {draws} draws, another chain while "
+        f"the bulk ESS < L (draws per replication: median {np.median(n_draws):.0f}, max {n_draws.max():.0f}; "
+        f"smallest ESS {min(info['ess_min']):.0f}); L = {L} draws spread evenly; "
+        f"{int(np.sum(np.asarray(info['divergences']) > 0))} replications with divergences left after retries.",
+        f"{bins} bins; family-wise alpha {alpha} (Bonferroni: {alpha / len(pvalues):.2g} per quantity). "
+        f"Took {seconds:.1f} s (median {np.median(info['seconds'][1:] or info['seconds']):.2f} s per replication "
+        "after the first, which compiles).",
+        "",
+        "| quantity | chi-square p-value | bin counts | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    n_values = L + 1
+    for name, p in pvalues.items():
+        counts = np.bincount(ranks[name] * bins // n_values, minlength=bins)
+        lines.append(f"| {name} | {p:.4g} | {' '.join(map(str, counts))} | {'FAIL' if name in bad else 'ok'} |")
+    lines += ["", "FAILED: " + ", ".join(sorted(bad)) if bad else "All quantities pass.", ""]
+    return "\n".join(lines)
+
+
+FAMILIES = ("gaussian-exact", *NUTS_FAMILIES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run SBC, write ``ranks.csv`` and ``summary.md``; 1 if any quantity fails."""
+    """Command line: run SBC per family, write ranks and summaries; 1 if any quantity fails.
+
+    ``gaussian-exact`` (the default) writes ``ranks.csv`` and ``summary.md``; a NUTS family
+    writes ``ranks-<family>.csv`` and ``summary-<family>.md``.
+    """
     ap = argparse.ArgumentParser(prog="python -m validation.sbc", description=__doc__.splitlines()[0])
+    ap.add_argument("--family", nargs="+", choices=FAMILIES, default=["gaussian-exact"],
+                    help="which checks to run: the exact Gaussian path and/or the NUTS path's families")
     ap.add_argument("--reps", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--draws", type=int, default=99, help="L, posterior draws per fit (L + 1 divisible by --bins)")
     ap.add_argument("--bins", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=0.001, help="family-wise level of the uniformity tests")
-    ap.add_argument("--n-groups", type=int, default=8)
+    ap.add_argument("--n-groups", type=int, default=8, help="groups of the gaussian-exact design")
+    ap.add_argument("--warmup", type=int, default=300, help="NUTS warmup iterations per chain")
+    ap.add_argument("--chain-draws", type=int, default=300, help="NUTS draws per chain")
     ap.add_argument("--out", default="validation/_out")
     args = ap.parse_args(argv)
     if (args.draws + 1) % args.bins:
         ap.error(f"--bins ({args.bins}) must divide --draws + 1 ({args.draws + 1})")
     if args.reps < 5 * args.bins:
         ap.error(f"--reps ({args.reps}) should be at least 5 × --bins ({args.bins}) for the chi-square test")
-    t0 = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
 
     def tick(done: int, total: int) -> None:
         if done % 50 == 0 or done == total:
             print(f"  {done}/{total} replications", file=sys.stderr)
 
-    ranks = run_sbc(args.reps, args.seed, n_groups=args.n_groups, draws_per_fit=args.draws, progress=tick)
-    seconds = time.perf_counter() - t0
-    pvalues = uniformity_pvalues(ranks, args.draws, args.bins)
-    os.makedirs(args.out, exist_ok=True)
-    pd.DataFrame(ranks).rename_axis("rep").to_csv(os.path.join(args.out, "ranks.csv"))
-    text = _summary(ranks, pvalues, reps=args.reps, seed=args.seed, L=args.draws, bins=args.bins,
-                    alpha=args.alpha, seconds=seconds, sizes=default_sizes(args.n_groups))
-    with open(os.path.join(args.out, "summary.md"), "w") as fh:
-        fh.write(text)
-    print(text)
-    return 1 if failing(pvalues, args.alpha) else 0
+    rc = 0
+    for family in dict.fromkeys(args.family):
+        t0 = time.perf_counter()
+        if family == "gaussian-exact":
+            ranks = run_sbc(args.reps, args.seed, n_groups=args.n_groups, draws_per_fit=args.draws, progress=tick)
+            seconds = time.perf_counter() - t0
+            pvalues = uniformity_pvalues(ranks, args.draws, args.bins)
+            text = _summary(ranks, pvalues, reps=args.reps, seed=args.seed, L=args.draws, bins=args.bins,
+                            alpha=args.alpha, seconds=seconds, sizes=default_sizes(args.n_groups))
+            suffix = ""
+        else:
+            print(f"SBC of the NUTS path, {family}:", file=sys.stderr)
+            info: dict[str, list[float]] = {}
+            ranks = run_sbc_nuts(family, args.reps, args.seed, draws_per_fit=args.draws, warmup=args.warmup,
+                                 draws=args.chain_draws, progress=tick, info=info)
+            seconds = time.perf_counter() - t0
+            pvalues = uniformity_pvalues(ranks, args.draws, args.bins)
+            text = _summary_nuts(family, ranks, pvalues, info, reps=args.reps, seed=args.seed, L=args.draws,
+                                 bins=args.bins, alpha=args.alpha, seconds=seconds, warmup=args.warmup,
+                                 draws=args.chain_draws)
+            suffix = f"-{family}"
+        pd.DataFrame(ranks).rename_axis("rep").to_csv(os.path.join(args.out, f"ranks{suffix}.csv"))
+        with open(os.path.join(args.out, f"summary{suffix}.md"), "w") as fh:
+            fh.write(text)
+        print(text)
+        rc |= 1 if failing(pvalues, args.alpha) else 0
+    return rc
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ CASES: dict[str, Case] = {
 
 @functools.cache
 def _nuts_run(case: str) -> tuple[BoundSpec, Draws]:
-    """One NUTS run per case, shared by the tests (each run compiles its own kernel)."""
+    """One NUTS run per case, shared by the tests (each model structure compiles its own sampler)."""
     bound = _bind(*CASES[case])
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
@@ -147,6 +147,61 @@ def test_same_seed_same_draws_different_seed_different() -> None:
     np.testing.assert_array_equal(a.sample_stats["lp"], b.sample_stats["lp"])
     assert not np.array_equal(a.beta[:2, :100], c.beta)
     assert not np.array_equal(a.sigma[:2, :100], c.sigma)
+
+
+def test_new_data_of_the_same_shapes_reuses_the_compiled_sampler() -> None:
+    """A second fit on new data (same shapes) runs the cached program: no new cache entry, no new
+    compilation of it (its JAX cache holds one executable), different draws; and a cached run
+    does not depend on the runs before it (same seed, same draws)."""
+    df = _frame()
+    first = _bind("y ~ x + (1 | g)")
+    second = ModelSpec("y ~ x + (1 | g)").bind(poolwise.data.read_table(df.assign(y=df["y"] * 1.5 - 0.3)))
+    assert second.priors["sigma"] != first.priors["sigma"]  # default priors follow the data's scale
+    settings = {"seed": 3, "chains": 2, "warmup": 60, "draws": 40}
+    a = nuts.sample(first, **settings)
+    n_cached = len(nuts._RUN_CACHE)
+    key = next(reversed(nuts._RUN_CACHE))
+    b = nuts.sample(second, **settings)
+    c = nuts.sample(first, **settings)
+    assert len(nuts._RUN_CACHE) == n_cached and next(reversed(nuts._RUN_CACHE)) == key
+    assert nuts._RUN_CACHE[key]._cache_size() == 1  # compiled once for the three fits
+    assert not np.allclose(a.beta, b.beta)
+    np.testing.assert_array_equal(a.beta, c.beta)
+    assert a.sigma is not None and c.sigma is not None and a.tau is not None and c.tau is not None
+    np.testing.assert_array_equal(a.sigma, c.sigma)
+    np.testing.assert_array_equal(a.tau, c.tau)
+
+
+def test_compiled_samplers_are_least_recently_used_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import OrderedDict
+
+    monkeypatch.setattr(nuts, "_RUN_CACHE", OrderedDict())
+    model = nuts._structural_model(nuts._structure(_bind("y ~ x + (1 | g)")))
+    runs = [nuts._compiled_run(model, ("shapes", i), chains=1, draws=10, warmup=10, target_accept=0.8,
+                               max_tree_depth=10) for i in range(nuts.CACHE_SIZE + 3)]  # traced lazily: cheap
+    assert len(nuts._RUN_CACHE) == nuts.CACHE_SIZE
+    assert nuts._compiled_run(model, ("shapes", nuts.CACHE_SIZE + 2), chains=1, draws=10, warmup=10,
+                              target_accept=0.8, max_tree_depth=10) is runs[-1]
+    assert nuts._compiled_run(model, ("shapes", 0), chains=1, draws=10, warmup=10, target_accept=0.8,
+                              max_tree_depth=10) is not runs[0]  # evicted, made anew
+    assert len(nuts._RUN_CACHE) == nuts.CACHE_SIZE
+    nuts.clear_cache()
+    assert not nuts._RUN_CACHE
+
+
+def test_structure_excludes_the_data() -> None:
+    """Bound specs that differ only in their data and the priors' arguments share one model
+    function (and so one sampler)."""
+    df = _frame()
+    a = _bind("y ~ x + (1 | g)")
+    b = ModelSpec("y ~ x + (1 | g)").bind(poolwise.data.read_table(df.assign(x=df["x"] + 2.0)))
+    assert nuts._structural_model(nuts._structure(a)) is nuts._structural_model(nuts._structure(b))
+    c = ModelSpec("y ~ x + (1 | g)", priors={"sd(Intercept|g)": "half_student_t(3, 5)"}).bind(poolwise.data.read_table(df))
+    assert nuts._structure(c) == nuts._structure(a)
+    d = ModelSpec("y ~ x + (1 | g)", priors={"sd(Intercept|g)": "half_normal(1)"}).bind(poolwise.data.read_table(df))
+    assert nuts._structure(d) != nuts._structure(a)  # another prior family
+    pooled = _bind("y ~ x + (1 | g)", "pooled")
+    assert nuts._structure(pooled) != nuts._structure(a)
 
 
 def _fake_run(counts: list[int], calls: list[float]) -> Callable[..., Any]:

@@ -19,6 +19,13 @@ Families: ``gaussian`` N(η, σ²/w) (with known standard errors, ``y | se(s)``,
 is 1/√w_i), ``student_t`` t_ν(η, σ), ``bernoulli`` and ``binomial`` (logit link, ``trials``),
 ``poisson`` and ``negative_binomial`` (log link, NB2 with concentration φ).
 
+Compiled once, reused: the model is one function per model *structure* (family, terms, pooling
+settings, priors of the SDs and auxiliary parameters, sizes) taking the data arrays as
+arguments, and the whole run (initialization, warmup, sampling) is compiled under
+:func:`jax.jit` once per structure, data shapes and sampler settings.  A fit of new data of the
+same shapes reuses the compiled program (the last :data:`CACHE_SIZE` are kept); the same seed
+gives the same draws.
+
 Divergent transitions are acted on, then reported: the run is repeated at a higher target
 acceptance (0.95, then 0.99); if it still diverges a :class:`~poolwise.errors.ConvergenceWarning`
 names the count, what may be biased and the remedy.
@@ -37,11 +44,13 @@ probabilistic programming in NumPyro. arXiv:1912.11554.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +63,14 @@ import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 from numpyro.distributions import constraints  # noqa: E402
-from numpyro.handlers import condition  # noqa: E402
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 from ..errors import ConvergenceWarning  # noqa: E402
-from ..priors import Prior  # noqa: E402
+from ..priors import DISTRIBUTIONS, Prior  # noqa: E402
 from ..spec import BoundSpec, GroupBlock  # noqa: E402
 from . import BlockDraws, Draws, Progress  # noqa: E402
 
-__all__ = ["sample", "build_model", "site_names", "fixed_sites", "RETRY_TARGET_ACCEPT"]
+__all__ = ["sample", "build_model", "site_names", "fixed_sites", "clear_cache", "CACHE_SIZE", "RETRY_TARGET_ACCEPT"]
 
 #: target acceptance probabilities tried, in turn, while transitions diverge
 RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -74,22 +82,29 @@ _AUX = ("nu", "phi")
 
 def _to_numpyro(prior: Prior) -> dist.Distribution:
     """The NumPyro distribution of a poolwise :class:`~poolwise.priors.Prior`."""
-    k = prior.kwargs
-    if prior.dist == "normal":
+    return _prior_dist(prior.dist, prior.args)
+
+
+def _prior_dist(name: str, args: Any) -> dist.Distribution:
+    """The NumPyro distribution of the prior family ``name`` with arguments ``args`` (floats or a
+    traced array, in the order of :data:`~poolwise.priors.DISTRIBUTIONS`)."""
+    names = DISTRIBUTIONS[name][0]
+    k = {n: args[i] for i, n in enumerate(names)}
+    if name == "normal":
         return dist.Normal(k["mu"], k["sigma"])
-    if prior.dist == "student_t":
+    if name == "student_t":
         return dist.StudentT(k["df"], k["mu"], k["sigma"])
-    if prior.dist == "half_normal":
+    if name == "half_normal":
         return dist.HalfNormal(k["sigma"])
-    if prior.dist == "half_student_t":
+    if name == "half_student_t":
         return dist.FoldedDistribution(dist.StudentT(k["df"], 0.0, k["sigma"]))
-    if prior.dist == "half_cauchy":
+    if name == "half_cauchy":
         return dist.HalfCauchy(k["sigma"])
-    if prior.dist == "exponential":
+    if name == "exponential":
         return dist.Exponential(k["rate"])
-    if prior.dist == "gamma":
+    if name == "gamma":
         return dist.Gamma(k["alpha"], k["beta"])  # shape and rate, as priors.py's density
-    raise AssertionError(f"no NumPyro distribution for prior {prior}")  # priors.py validates names
+    raise AssertionError(f"no NumPyro distribution for prior {name}")  # priors.py validates names
 
 
 @dataclass(frozen=True)
@@ -125,73 +140,179 @@ def _learns_cor(block: GroupBlock) -> bool:
     return block.Sigma is None and block.term.correlated and block.q > 1
 
 
-def _group_term(bound: BoundSpec, block: GroupBlock) -> Callable[[], jax.Array]:
+# -- the model: one function per model *structure*, the data as its arguments -------------------
+#
+# JAX compiles a sampler for a model function and the shapes of its arguments.  The model is
+# therefore written from the structure of a bound spec alone (family, terms, pooling settings,
+# prior families, sizes), which is hashable, while every data array (y, X, offset, weights,
+# trials, per block Z and the group index, fixed Σ) and the priors' arguments (which the default
+# priors take from the data's scale) are arguments.  Fits of the same structure on new data of
+# the same shapes reuse one compiled sampler (see _run_once).
+
+
+@dataclass(frozen=True)
+class _BlockStructure:
+    """What the model of one non-pooled grouping factor depends on, besides its data."""
+
+    factor: str
+    sd: tuple[str, ...]
+    n_groups: int
+    learn_cor: bool
+    sd_priors: tuple[str, ...] | None  # prior families; None: Σ fixed (flat SD sites, conditioned by sample)
+
+    @property
+    def q(self) -> int:
+        return len(self.sd)
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """The hashable structure of a bound model: everything the model function closes over."""
+
+    family: str
+    has_sigma: bool
+    n_coef: int
+    blocks: tuple[_BlockStructure, ...]
+    aux_priors: tuple[tuple[str, str], ...]  # (name, prior family) of sigma / nu / phi as the family has them
+
+
+def _present(bound: BoundSpec, with_groups: bool | None) -> list[GroupBlock]:
+    return [b for b in bound.blocks if not b.pooled] if with_groups is not False else []
+
+
+def _structure(bound: BoundSpec, with_groups: bool | None = None) -> _Structure:
+    blocks = []
+    for block in _present(bound, with_groups):
+        learn_cor = _learns_cor(block)
+        blocks.append(_BlockStructure(
+            factor=block.factor,
+            sd=tuple(site_names(block).sd),
+            n_groups=block.n_groups,
+            learn_cor=learn_cor,
+            sd_priors=tuple(bound.priors[n].dist for n in block.sd_names) if block.Sigma is None else None,
+        ))
+    aux = tuple((n, bound.priors[n].dist) for n in ("sigma", *_AUX) if n in bound.priors)
+    return _Structure(family=bound.spec.fam.name, has_sigma=bound.has_sigma, n_coef=len(bound.coef_names),
+                      blocks=tuple(blocks), aux_priors=aux)
+
+
+def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False) -> dict[str, Any]:
+    """The data arguments of the structural model: a pytree of float64 / int32 arrays.
+
+    ``fixed_sd`` adds √diag Σ of fixed blocks, which the model then observes on its SD sites
+    (what :func:`numpyro.handlers.condition` with :func:`fixed_sites` does).
+    """
+    f64 = np.float64
+    m0 = np.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names], dtype=f64)
+    s0 = np.array([bound.priors[c].mean_sd()[1] for c in bound.coef_names], dtype=f64)
+    # Sample the coefficients of the centered design, β_c = A β (the intercept at the predictors'
+    # means), whose posterior is far less correlated; A is a shear (det 1), so the prior
+    # N(A m0, A S0 A') on β_c is the prior on β exactly, and so is the log density.
+    A = np.eye(m0.size)
+    if bound.coef_names[:1] == ["Intercept"]:
+        A[0, 1:] = bound.X[:, 1:].mean(axis=0)
+    blocks = []
+    for block in _present(bound, with_groups):
+        b: dict[str, Any] = {"Z": np.asarray(block.Z, dtype=f64), "g": np.asarray(block.group, dtype=np.int32)}
+        if block.Sigma is None:
+            b["sd_prior"] = tuple(np.asarray(bound.priors[n].args, dtype=f64) for n in block.sd_names)
+            if _learns_cor(block):
+                b["eta"] = np.asarray(bound.priors[f"cor({block.factor})"].args[0], dtype=f64)
+        else:  # a fixed Σ's correlation is a constant (the identity today)
+            s = np.sqrt(np.diag(block.Sigma))
+            b["chol"] = np.linalg.cholesky(block.Sigma / np.outer(s, s))
+            if fixed_sd:
+                b["sd"] = s.astype(f64)
+        blocks.append(b)
+    data: dict[str, Any] = {
+        "X": np.asarray(bound.X, dtype=f64),
+        "offset": np.asarray(bound.offset, dtype=f64),
+        "w_sqrt": np.sqrt(np.asarray(bound.weights, dtype=f64)),
+        "mc": A @ m0,
+        "chol_c": np.linalg.cholesky(A @ np.diag(s0**2) @ A.T) if m0.size else np.zeros((0, 0)),
+        "A_inv": np.linalg.inv(A) if m0.size else np.zeros((0, 0)),
+        "blocks": tuple(blocks),
+        "aux_prior": {n: np.asarray(bound.priors[n].args, dtype=f64) for n in ("sigma", *_AUX) if n in bound.priors},
+    }
+    if bound.trials is not None:
+        data["trials"] = np.asarray(bound.trials, dtype=f64)
+    return jax.tree.map(jnp.asarray, data)
+
+
+def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
     """The contribution of one non-pooled grouping factor to the linear predictor, non-centered.
 
-    The SD sites have the term's prior when Σ is learned and a flat density when Σ is fixed (then
-    :func:`sample` conditions them on √diag Σ, so that the log density has no prior constant).
+    The SD sites have the term's prior when Σ is learned and a flat density when Σ is fixed
+    (then observed at √diag Σ when ``data`` holds it, so that the log density has no prior
+    constant).
     """
-    names = site_names(block)
-    q, n_groups = block.q, block.n_groups
-    Z = jnp.asarray(block.Z, dtype=jnp.float64)
-    g = jnp.asarray(block.group, dtype=jnp.int32)
-    flat = dist.ImproperUniform(constraints.positive, (), ())
-    sd_priors = ([_to_numpyro(bound.priors[n]) for n in names.sd] if block.Sigma is None else [flat] * q)
-    learn_cor = _learns_cor(block)
-    eta = float(bound.priors[f"cor({block.factor})"].args[0]) if learn_cor else 0.0
-    if block.Sigma is None:
-        chol_fixed = jnp.eye(q)
-    else:  # a fixed Σ's correlation is a constant (the identity for every pooling setting today)
-        s = np.sqrt(np.diag(block.Sigma))
-        chol_fixed = jnp.asarray(np.linalg.cholesky(block.Sigma / np.outer(s, s)))
-
-    def term() -> jax.Array:
-        sd = jnp.stack([numpyro.sample(n, p) for n, p in zip(names.sd, sd_priors)])
-        chol = numpyro.sample(names.chol, dist.LKJCholesky(q, eta)) if learn_cor else chol_fixed
-        with numpyro.plate(f"groups({block.factor})", n_groups):
-            z = numpyro.sample(names.z, dist.Normal(0.0, 1.0).expand([q]).to_event(1))
-        u: jax.Array = numpyro.deterministic(names.values, z @ (sd[:, None] * chol).T)
-        return jnp.sum(Z * u[g], axis=1)
-
-    return term
+    q = bs.q
+    if bs.sd_priors is not None:
+        sd = jnp.stack([numpyro.sample(n, _prior_dist(p, a)) for n, p, a in zip(bs.sd, bs.sd_priors, data["sd_prior"])])
+    else:
+        flat = dist.ImproperUniform(constraints.positive, (), ())
+        obs = data.get("sd")
+        sd = jnp.stack([numpyro.sample(n, flat, obs=None if obs is None else obs[k]) for k, n in enumerate(bs.sd)])
+    if bs.learn_cor:
+        chol = numpyro.sample(f"L({bs.factor})", dist.LKJCholesky(q, data["eta"]))
+    else:
+        chol = data["chol"] if "chol" in data else jnp.eye(q)
+    with numpyro.plate(f"groups({bs.factor})", bs.n_groups):
+        z = numpyro.sample(f"z({bs.factor})", dist.Normal(0.0, 1.0).expand([q]).to_event(1))
+    u: jax.Array = numpyro.deterministic(f"u({bs.factor})", z @ (sd[:, None] * chol).T)
+    return jnp.sum(data["Z"] * u[data["g"]], axis=1)
 
 
-def _likelihood(bound: BoundSpec) -> Callable[[jax.Array], dist.Distribution]:
-    """η ↦ the distribution of y (sampling the family's auxiliary parameters on the way)."""
-    fam = bound.spec.fam
-    w_sqrt = jnp.sqrt(jnp.asarray(bound.weights, dtype=jnp.float64))
-    priors = {name: _to_numpyro(bound.priors[name]) for name in ("sigma", *_AUX) if name in bound.priors}
+def _likelihood(st: _Structure, data: dict[str, Any], eta: jax.Array) -> dist.Distribution:
+    """The distribution of y given η (sampling the family's auxiliary parameters on the way)."""
+    families, args = dict(st.aux_priors), data["aux_prior"]
 
-    if fam.name == "gaussian":
-        if bound.has_sigma:
-            def gaussian(eta: jax.Array) -> dist.Distribution:
-                return dist.Normal(eta, numpyro.sample("sigma", priors["sigma"]) / w_sqrt)
-            return gaussian
+    def prior(name: str) -> dist.Distribution:
+        return _prior_dist(families[name], args[name])
 
-        def known_se(eta: jax.Array) -> dist.Distribution:
-            return dist.Normal(eta, 1.0 / w_sqrt)
-        return known_se
-    if fam.name == "student_t":
-        def student_t(eta: jax.Array) -> dist.Distribution:
-            nu = numpyro.sample("nu", priors["nu"])
-            return dist.StudentT(nu, eta, numpyro.sample("sigma", priors["sigma"]) / w_sqrt)
-        return student_t
-    if fam.name == "bernoulli":
-        return lambda eta: dist.BernoulliLogits(eta)
-    if fam.name == "binomial":
-        assert bound.trials is not None  # spec.py requires trials() for the binomial
-        trials = jnp.asarray(bound.trials, dtype=jnp.float64)
-        return lambda eta: dist.BinomialLogits(eta, total_count=trials)
-    if fam.name == "poisson":
-        return lambda eta: dist.Poisson(jnp.exp(eta))
-    if fam.name == "negative_binomial":
-        def negative_binomial(eta: jax.Array) -> dist.Distribution:
-            # NB2 with mean exp(η) and concentration φ, written with logits η − log φ: the same
-            # law as dist.NegativeBinomial2, whose betaln is far slower to compile and run
-            phi = numpyro.sample("phi", priors["phi"])
-            return dist.NegativeBinomialLogits(phi, eta - jnp.log(phi))
-        return negative_binomial
-    raise AssertionError(f"no likelihood for family {fam.name}")  # families.py lists the names
+    w_sqrt = data["w_sqrt"]
+    if st.family == "gaussian":
+        if st.has_sigma:
+            return dist.Normal(eta, numpyro.sample("sigma", prior("sigma")) / w_sqrt)
+        return dist.Normal(eta, 1.0 / w_sqrt)  # known standard errors
+    if st.family == "student_t":
+        nu = numpyro.sample("nu", prior("nu"))
+        return dist.StudentT(nu, eta, numpyro.sample("sigma", prior("sigma")) / w_sqrt)
+    if st.family == "bernoulli":
+        return dist.BernoulliLogits(eta)
+    if st.family == "binomial":
+        return dist.BinomialLogits(eta, total_count=data["trials"])  # spec.py requires trials()
+    if st.family == "poisson":
+        return dist.Poisson(jnp.exp(eta))
+    if st.family == "negative_binomial":
+        # NB2 with mean exp(η) and concentration φ, written with logits η − log φ: the same
+        # law as dist.NegativeBinomial2, whose betaln is far slower to compile and run
+        phi = numpyro.sample("phi", prior("phi"))
+        return dist.NegativeBinomialLogits(phi, eta - jnp.log(phi))
+    raise AssertionError(f"no likelihood for family {st.family}")  # families.py lists the names
+
+
+@functools.lru_cache(maxsize=64)
+def _structural_model(st: _Structure) -> Model:
+    """``model(data, y=None)``: the NumPyro model of structure ``st``, data as arguments.
+
+    One function object per structure, so that JAX's caches keyed on it are reused.
+    """
+
+    def model(data: dict[str, Any], y: jax.Array | None = None) -> None:
+        if st.n_coef:
+            beta_c = numpyro.sample("beta_c", dist.MultivariateNormal(data["mc"], scale_tril=data["chol_c"]))
+            beta = numpyro.deterministic("beta", data["A_inv"] @ beta_c)
+        else:  # y ~ 0 + …: no common coefficients
+            beta = numpyro.deterministic("beta", jnp.zeros(0))
+        eta = data["X"] @ beta + data["offset"]
+        for bs, block_data in zip(st.blocks, data["blocks"]):
+            eta = eta + _group_term(bs, block_data)
+        d = _likelihood(st, data, eta)
+        with numpyro.plate("obs", data["X"].shape[0]):
+            numpyro.sample("y", d, obs=y)
+
+    return model
 
 
 def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
@@ -216,6 +337,8 @@ def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
         correlations are learned, ``"z(g)"`` (J, q) and the deterministic ``"u(g)"`` (J, q));
         and the observed ``"y"`` in the plate ``"obs"`` (pointwise, for
         :func:`numpyro.infer.util.log_likelihood` and :class:`numpyro.infer.Predictive`).
+        It binds the bound spec's data to a model function shared by every bound spec of the
+        same structure (see :func:`sample`).
 
     Examples
     --------
@@ -228,37 +351,11 @@ def build_model(bound: BoundSpec, *, with_groups: bool | None = None) -> Model:
     >>> Predictive(build_model(bound), num_samples=3)(jax.random.PRNGKey(0))["u(g)"].shape
     (3, 2, 1)
     """
-    X = jnp.asarray(bound.X, dtype=jnp.float64)
-    offset = jnp.asarray(bound.offset, dtype=jnp.float64)
-    n_obs = bound.n_obs
-    m0 = np.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names])
-    s0 = np.array([bound.priors[c].mean_sd()[1] for c in bound.coef_names])
-    # Sample the coefficients of the centered design, β_c = A β (the intercept at the predictors'
-    # means), whose posterior is far less correlated; A is a shear (det 1), so the prior
-    # N(A m0, A S0 A') on β_c is the prior on β exactly, and so is the log density.
-    n_coef = len(m0)
-    A = np.eye(n_coef)
-    if bound.coef_names[:1] == ["Intercept"]:
-        A[0, 1:] = bound.X[:, 1:].mean(axis=0)
-    mc = jnp.asarray(A @ m0)
-    chol_c = jnp.asarray(np.linalg.cholesky(A @ np.diag(s0**2) @ A.T))
-    A_inv = jnp.asarray(np.linalg.inv(A))
-    present = [b for b in bound.blocks if not b.pooled] if with_groups is not False else []
-    terms = [_group_term(bound, b) for b in present]
-    likelihood = _likelihood(bound)
+    core = _structural_model(_structure(bound, with_groups))
+    data = _model_data(bound, with_groups)
 
     def model(y: jax.Array | None = None) -> None:
-        if n_coef:
-            beta_c = numpyro.sample("beta_c", dist.MultivariateNormal(mc, scale_tril=chol_c))
-            beta = numpyro.deterministic("beta", A_inv @ beta_c)
-        else:  # y ~ 0 + …: no common coefficients
-            beta = numpyro.deterministic("beta", jnp.zeros(0))
-        eta = X @ beta + offset
-        for term in terms:
-            eta = eta + term()
-        d = likelihood(eta)
-        with numpyro.plate("obs", n_obs):
-            numpyro.sample("y", d, obs=y)
+        core(data, y)
 
     return model
 
@@ -273,17 +370,65 @@ def fixed_sites(bound: BoundSpec) -> dict[str, jax.Array]:
     return out
 
 
+# -- the sampler: one compiled run per (structure, data shapes, settings), least recently used out
+#
+# The whole run — initialization, warmup and sampling of every chain — is traced once under
+# jax.jit with the data and the key as arguments.  (NumPyro's MCMC(jit_model_args=True) does not
+# avoid the recompilation on its own: its outer sampling loop takes a fresh jitted body as a
+# static argument on every run.)  Same key, same compiled program: same draws.
+
+#: how many compiled samplers are kept (each holds its XLA executables)
+CACHE_SIZE = 8
+_RUN_CACHE: OrderedDict[Hashable, Callable[..., Any]] = OrderedDict()
+
+
+def _shapes(tree: Any) -> Hashable:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
+
+
+def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
+                  target_accept: float, max_tree_depth: int) -> Callable[..., Any]:
+    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings."""
+    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth)
+    run = _RUN_CACHE.get(cache_key)
+    if run is not None:
+        _RUN_CACHE.move_to_end(cache_key)
+        return run
+
+    def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                    chain_method="vectorized", progress_bar=False)
+        mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
+        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+    run = jax.jit(run_mcmc)
+    _RUN_CACHE[cache_key] = run
+    while len(_RUN_CACHE) > CACHE_SIZE:
+        _RUN_CACHE.popitem(last=False)
+    return run
+
+
+def clear_cache() -> None:
+    """Drop every compiled sampler (the next fit of each model structure compiles again)."""
+    _RUN_CACHE.clear()
+
+
 def _run_once(
-    model: Model, y: jax.Array, key: jax.Array, *, chains: int, draws: int, warmup: int,
+    model: Model, data: dict[str, Any], key: jax.Array, *, chains: int, draws: int, warmup: int,
     target_accept: float, max_tree_depth: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
-    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(key, y=y, extra_fields=_EXTRA_FIELDS)
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    return samples, extra
+    """One MCMC run of the structural ``model(args, y=data["y"])``, ``args`` the rest of ``data``;
+    compiled at most once per model, data shapes and settings (while in the cache)."""
+    args = {k: v for k, v in data.items() if k != "y"}
+    run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
+                        target_accept=target_accept, max_tree_depth=max_tree_depth)
+    samples, extra = run(key, args, data["y"])
+    out = {k: np.asarray(v) for k, v in samples.items()}, {k: np.asarray(v) for k, v in extra.items()}
+    if not np.isfinite(out[1]["potential_energy"]).all():  # under jit, NumPyro's own check of the start is skipped
+        raise RuntimeError("NUTS found no starting point with a finite log density; check the data and priors.")
+    return out
 
 
 def sample(
@@ -360,11 +505,9 @@ def sample(
     t0 = time.perf_counter()
     if progress:
         progress("warmup+sampling", 0.0)
-    model = build_model(bound)
-    fixed = fixed_sites(bound)
-    if fixed:
-        model = condition(model, fixed)
-    y = jnp.asarray(bound.y, dtype=jnp.float64)
+    model = _structural_model(_structure(bound))
+    data = _model_data(bound, fixed_sd=True)
+    data["y"] = jnp.asarray(bound.y, dtype=jnp.float64)
     key = jax.random.PRNGKey(seed)
     schedule = [target_accept] + [t for t in RETRY_TARGET_ACCEPT if t > target_accept]
     divergences: list[int] = []
@@ -372,7 +515,7 @@ def sample(
     samples: dict[str, np.ndarray] = {}
     extra: dict[str, np.ndarray] = {}
     for used in schedule:
-        samples, extra = _run_once(model, y, key, chains=chains, draws=draws, warmup=warmup,
+        samples, extra = _run_once(model, data, key, chains=chains, draws=draws, warmup=warmup,
                                    target_accept=used, max_tree_depth=max_tree_depth)
         divergences.append(int(extra["diverging"].sum()))
         if divergences[-1] == 0:
