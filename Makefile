@@ -37,7 +37,12 @@ test: $(STAMP_TEST)
 validate: $(STAMP_TEST)
 	$(PY) -m validation.sbc --family gaussian-exact bernoulli poisson --reps 400 --out validation/_out
 
+PYMC_VENV := benchmarks/_data/_venv_pymc
+
 bench: $(STAMP_BENCH)
+	@# PyMC + nutpie rows run in their own environment, when it installs (rows skipped otherwise)
+	-test -x $(PYMC_VENV)/bin/python || ($(PYTHON) -m venv $(PYMC_VENV) && \
+	    $(PYMC_VENV)/bin/pip install --quiet pymc nutpie)
 	$(PY) benchmarks/run.py --out benchmarks/results.md
 
 lint: $(STAMP_TEST)

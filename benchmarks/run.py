@@ -1,9 +1,16 @@
-"""Benchmark: poolwise's exact path against plain NumPyro NUTS, measured side by side in one run.
+"""Benchmark: poolwise against plain NumPyro NUTS (and PyMC + nutpie), side by side in one run.
+
+Data sets, in the order they run: ``radon`` and ``synthetic`` (200,000 rows; random intercept,
+poolwise exact), ``logistic`` (100,000 rows in 2,000 groups, correlated intercept and slope,
+bernoulli; poolwise nuts vs NumPyro and, when its venv exists, PyMC + nutpie) and
+``sleepstudy`` (correlated slopes, poolwise exact; last, so it measures the newest exact path).
 
 Usage::
 
     python benchmarks/run.py --out benchmarks/results.md          # the full run (make bench)
-    python benchmarks/run.py --quick --out /tmp/bench.md          # a smoke run (seconds)
+    python benchmarks/run.py --quick --out /tmp/bench.md          # a smoke run (minutes)
+    python benchmarks/run.py --only sleepstudy                    # re-measure a subset; the other
+                                                                  # rows are kept from results.json
 
 Every measurement runs in its own fresh Python process (a "worker": this same file, called
 with ``--worker``), so that
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +46,19 @@ HERE = Path(__file__).resolve().parent
 RADON_FORMULA = "log_radon ~ floor + (1 | county)"
 SYNTH_FORMULA = "y ~ x1 + x2 + (1 | g)"
 
+SLEEP_FORMULA = "Reaction ~ Days + (Days | Subject)"
+LOGISTIC_FORMULA = "y ~ x + (1 + x | g)"
+
 SYNTH_ROWS = 200_000
+LOGISTIC_ROWS = 100_000
+LOGISTIC_GROUPS = 2_000
+#: warmup+draws per chain of every sampler on the 100,000-row logistic set (NUTS over all rows
+#: per gradient; the full 1000+1000 takes far longer than the benchmark's budget on 2 cores)
+LOGISTIC_DEFAULT = "50+50"
+#: each logistic row is stopped after this many seconds
+LOGISTIC_TIMEOUT_S = 480.0
+#: the separate virtual environment with PyMC and nutpie (git-ignored; created on demand)
+PYMC_VENV = HERE / "_data" / "_venv_pymc"
 #: NumPyro's warmup+draws per chain on the 200,000-row set (the full 1000+1000 takes hours here)
 NUMPYRO_SYNTH_DEFAULT = "50+50"
 #: NumPyro runs are stopped after this many seconds
@@ -81,15 +101,73 @@ def synthetic(n_rows: int = SYNTH_ROWS, n_groups: int = 5_000, seed: int = 20240
     return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": np.char.add("g", g.astype(str))})
 
 
+def logistic(n_rows: int = LOGISTIC_ROWS, n_groups: int = LOGISTIC_GROUPS, seed: int = 20240602) -> Any:
+    """``y ~ Bernoulli(logit⁻¹(−0.5 + 0.7 x + a_g + b_g x))`` with correlated ``(a_g, b_g)``.
+
+    ``(a_g, b_g) ~ N(0, Σ)``, SDs 0.8 and 0.4, correlation 0.5; ``x ~ N(0, 1)``.  Group sizes
+    lognormal (σ = 1), scaled to sum to ``n_rows``, each at least 1 (from a handful of rows to
+    a few hundred).  Needs only NumPy and pandas (the PyMC worker runs it in another venv).
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sizes = _group_sizes(rng, n_rows, n_groups, sigma=1.0)
+    g = np.repeat(np.arange(n_groups), sizes)
+    rng.shuffle(g)
+    sd, rho = np.array([0.8, 0.4]), 0.5
+    chol = np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]]))
+    ab = (rng.normal(size=(n_groups, 2)) @ chol.T) * sd
+    x = rng.normal(size=n_rows)
+    eta = -0.5 + 0.7 * x + ab[g, 0] + ab[g, 1] * x
+    y = (rng.random(n_rows) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
+    return pd.DataFrame({"y": y, "x": x, "g": np.char.add("g", g.astype(str))})
+
+
+def _group_sizes(rng: Any, n_rows: int, n_groups: int, sigma: float) -> Any:
+    """Lognormal group sizes scaled to sum to exactly ``n_rows``, each at least 1."""
+    import numpy as np
+
+    raw = rng.lognormal(mean=0.0, sigma=sigma, size=n_groups)
+    sizes = np.maximum(1, np.floor(raw / raw.sum() * n_rows)).astype(np.int64)
+    diff = n_rows - int(sizes.sum())
+    order = np.argsort(-sizes)
+    i = 0
+    while diff != 0:
+        j = order[i % n_groups]
+        step = 1 if diff > 0 else -1
+        if sizes[j] + step >= 1:
+            sizes[j] += step
+            diff -= step
+        i += 1
+    return sizes
+
+
+#: data set → (formula, family)
+DATASETS = {
+    "radon": (RADON_FORMULA, "gaussian"),
+    "synthetic": (SYNTH_FORMULA, "gaussian"),
+    "logistic": (LOGISTIC_FORMULA, "bernoulli"),
+    "sleepstudy": (SLEEP_FORMULA, "gaussian"),
+}
+
+
 def load(dataset: str, quick: bool) -> tuple[Any, str]:
-    """The data frame and formula of a data set (``radon`` or ``synthetic``)."""
+    """The data frame and formula of a data set (see :data:`DATASETS`)."""
+    formula = DATASETS[dataset][0]
     if dataset == "radon":
         import poolwise.datasets
 
-        return poolwise.datasets.radon(), RADON_FORMULA
+        return poolwise.datasets.radon(), formula
+    if dataset == "sleepstudy":
+        import poolwise.datasets
+
+        return poolwise.datasets.sleepstudy(), formula
+    if dataset == "logistic":
+        return (logistic(n_rows=5_000, n_groups=100) if quick else logistic()), formula
     if quick:
-        return synthetic(n_rows=5_000, n_groups=100), SYNTH_FORMULA
-    return synthetic(), SYNTH_FORMULA
+        return synthetic(n_rows=5_000, n_groups=100), formula
+    return synthetic(), formula
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +202,7 @@ def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: 
                     timed: bool, warm: bool = True) -> dict[str, Any]:
     """Fit with poolwise.  ``timed``: (with ``warm``) a warm-up fit first, then the timed fit, then
     the ESS; otherwise one fit alone (for peak memory)."""
-    import numpy as np  # noqa: F401
+    import numpy as np
 
     import poolwise as pw
 
@@ -133,7 +211,7 @@ def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: 
 
     df, formula = load(dataset, quick)
     out: dict[str, Any] = {"rows": len(df)}
-    kw = dict(method=method, seed=0, chains=chains, draws=draws, warmup=warmup)
+    kw = dict(family=DATASETS[dataset][1], method=method, seed=0, chains=chains, draws=draws, warmup=warmup)
     if timed and warm:
         t0 = time.perf_counter()
         first = pw.fit(formula, df, **kw)
@@ -142,7 +220,7 @@ def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: 
     t0 = time.perf_counter()
     f = pw.fit(formula, df, **kw)
     out["wall_s"] = time.perf_counter() - t0
-    out["groups"] = f.bound.n_groups
+    out["groups"] = int(np.asarray(f.bound.n_groups).ravel()[0])
     out["sampler_s"] = float(f.draws.info.get("seconds", float("nan")))
     if timed:
         out["min_ess"], out["min_ess_at"] = _min_bulk_ess(f.idata.posterior)
@@ -211,19 +289,154 @@ def worker_numpyro(dataset: str, quick: bool, chains: int, draws: int, warmup: i
     }
 
 
-WORKERS = {"import": worker_import, "poolwise": worker_poolwise, "numpyro": worker_numpyro}
+def _slopes_arrays(dataset: str, quick: bool) -> dict[str, Any]:
+    """Outcome, predictor and group codes of a ``y ~ x + (1 + x | g)`` data set (NumPy only)."""
+    import numpy as np
+    import pandas as pd
+
+    df, formula = load(dataset, quick)
+    outcome = formula.split("~")[0].strip()
+    x_name = formula.split("~")[1].split("+")[0].strip()
+    group = formula.split("|")[1].strip(" )")
+    codes, levels = pd.factorize(df[group], sort=True)
+    return {"y": df[outcome].to_numpy(dtype=float), "x": df[x_name].to_numpy(dtype=float),
+            "g": codes.astype(np.int64), "J": len(levels), "rows": len(df)}
+
+
+def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
+                          priors: dict[str, Any]) -> dict[str, Any]:
+    """Plain NumPyro NUTS for ``y ~ x + (1 + x | g)`` with correlated (intercept, slope).
+
+    Non-centered: ``s_k ~ half-t``, ``L ~ LKJCholesky(2, η)``, ``z_j ~ N(0, I)``,
+    ``u_j = diag(s) L z_j``; gaussian or bernoulli (logit) likelihood.  JAX defaults (float32).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    a = _slopes_arrays(dataset, quick)
+    J = a["J"]
+    y, x, g = jnp.asarray(a["y"]), jnp.asarray(a["x"]), jnp.asarray(a["g"])
+    m0, s0 = jnp.asarray(priors["m0"]), jnp.asarray(priors["s0"])
+    sd_df, sd_scale = jnp.asarray(priors["sd_df"]), jnp.asarray(priors["sd_scale"])
+    family = DATASETS[dataset][1]
+
+    def model(x: jax.Array, g: jax.Array, y: jax.Array | None = None) -> None:
+        beta = numpyro.sample("beta", dist.Normal(m0, s0).to_event(1))
+        sds = numpyro.sample("sds", dist.FoldedDistribution(dist.StudentT(sd_df, 0.0, sd_scale)).to_event(1))
+        L = numpyro.sample("L", dist.LKJCholesky(2, priors["eta"]))
+        with numpyro.plate("groups", J):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        u = numpyro.deterministic("u", (z @ L.T) * sds)
+        eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x
+        if family == "gaussian":
+            sigma = numpyro.sample("sigma", dist.Exponential(priors["sigma_rate"]))
+            with numpyro.plate("obs", x.shape[0]):
+                numpyro.sample("y", dist.Normal(eta, sigma), obs=y)
+        else:
+            with numpyro.plate("obs", x.shape[0]):
+                numpyro.sample("y", dist.BernoulliLogits(eta), obs=y)
+
+    t0 = time.perf_counter()
+    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0), x, g, y=y, extra_fields=("diverging", "num_steps"))
+    samples = mcmc.get_samples(group_by_chain=True)
+    jax.block_until_ready(samples)
+    wall = time.perf_counter() - t0
+    import arviz as az
+
+    s = {k: np.asarray(v) for k, v in samples.items()}
+    post = {"beta": s["beta"], "sds": s["sds"], "cor": s["L"][..., 1, 0], "u": s["u"]}
+    if "sigma" in s:
+        post["sigma"] = s["sigma"]
+    min_ess, at = _min_bulk_ess(az.from_dict(posterior=post).posterior)
+    min_ess_z, _ = _min_bulk_ess(az.from_dict(posterior={"z": s["z"]}).posterior)
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    return {
+        "rows": a["rows"], "groups": J, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
+        "min_ess_z": min_ess_z, "dtype": str(s["beta"].dtype),
+        "divergences": int(np.asarray(extra["diverging"]).sum()),
+        "mean_steps": float(np.asarray(extra["num_steps"]).mean()),
+        "chains": chains, "draws": draws, "warmup": warmup,
+    }
+
+
+def worker_pymc(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
+                priors: dict[str, Any]) -> dict[str, Any]:
+    """PyMC's model of ``y ~ x + (1 + x | g)``, sampled by nutpie (runs in the PyMC venv).
+
+    The same non-centered parametrization and priors as the NumPyro row: ``LKJCholeskyCov``
+    with ``η`` and half-t SDs, ``u = z Lᵀ`` (L the Cholesky factor of the covariance).
+    """
+    import numpy as np
+    import nutpie
+    import pymc as pm
+
+    a = _slopes_arrays(dataset, quick)
+    J = a["J"]
+    family = DATASETS[dataset][1]
+    t0 = time.perf_counter()
+    with pm.Model() as model:
+        beta = pm.Normal("beta", mu=np.asarray(priors["m0"]), sigma=np.asarray(priors["s0"]), shape=2)
+        sd_dist = pm.HalfStudentT.dist(nu=np.asarray(priors["sd_df"]), sigma=np.asarray(priors["sd_scale"]),
+                                       shape=2)
+        chol, corr, sds = pm.LKJCholeskyCov("chol", n=2, eta=priors["eta"], sd_dist=sd_dist, compute_corr=True)
+        pm.Deterministic("sds", sds)
+        pm.Deterministic("cor", corr[0, 1])
+        z = pm.Normal("z", 0.0, 1.0, shape=(J, 2))
+        u = pm.Deterministic("u", z @ chol.T)
+        g, x = a["g"], a["x"]
+        eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x
+        if family == "gaussian":
+            sigma = pm.Exponential("sigma", lam=priors["sigma_rate"])
+            pm.Normal("y", mu=eta, sigma=sigma, observed=a["y"])
+        else:
+            pm.Bernoulli("y", logit_p=eta, observed=a["y"])
+    compiled = nutpie.compile_pymc_model(model)
+    compile_s = time.perf_counter() - t0
+    idata = nutpie.sample(compiled, chains=chains, draws=draws, tune=warmup, seed=0, progress_bar=False)
+    wall = time.perf_counter() - t0
+    post = idata.posterior
+    keep = [v for v in ("beta", "sds", "cor", "u", "sigma") if v in post]
+    min_ess, at = _min_bulk_ess(post[keep])
+    min_ess_z, _ = _min_bulk_ess(post[["z"]])
+    out: dict[str, Any] = {
+        "rows": a["rows"], "groups": J, "wall_s": wall, "compile_s": compile_s, "min_ess": min_ess,
+        "min_ess_at": at, "min_ess_z": min_ess_z, "dtype": str(np.asarray(post["beta"]).dtype),
+        "chains": chains, "draws": draws, "warmup": warmup,
+    }
+    stats = getattr(idata, "sample_stats", None)
+    if stats is not None and "diverging" in stats:
+        out["divergences"] = int(np.asarray(stats["diverging"]).sum())
+    if stats is not None and "n_steps" in stats:
+        out["mean_steps"] = float(np.asarray(stats["n_steps"]).mean())
+    try:
+        from importlib.metadata import version
+
+        out["versions"] = {k: version(k) for k in ("pymc", "nutpie", "pytensor", "numba")}
+    except Exception:  # pragma: no cover - reporting only
+        pass
+    return out
+
+
+WORKERS = {"import": worker_import, "poolwise": worker_poolwise, "numpyro": worker_numpyro,
+           "numpyro_slopes": worker_numpyro_slopes, "pymc": worker_pymc}
 
 
 # ----------------------------------------------------------------------------------------------
 # the parent: spawn, measure, tabulate
 
 
-def spawn(task: str, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
+def spawn(task: str, timeout: float | None = None, python: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run one worker in a fresh process; its JSON result plus its own peak RSS (MiB)."""
     with tempfile.TemporaryDirectory() as tmp:
         res_path = Path(tmp) / "result.json"
         log_path = Path(tmp) / "log.txt"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", task, "--worker-args",
+        cmd = [python or sys.executable, str(Path(__file__).resolve()), "--worker", task, "--worker-args",
                json.dumps(kwargs), "--worker-out", str(res_path)]
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
@@ -323,6 +536,105 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
+def _parse_only(values: list[str] | None) -> list[str]:
+    """The data sets named by ``--only`` (all when none), in the order they run."""
+    if not values:
+        return list(DATASETS)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    bad = [n for n in names if n not in DATASETS]
+    if bad:
+        raise SystemExit(f"--only: unknown data set(s) {bad}; choose from {list(DATASETS)}")
+    return [d for d in DATASETS if d in names]
+
+
+def slopes_priors(dataset: str, quick: bool) -> dict[str, Any]:
+    """poolwise's default priors for a ``y ~ x + (1 + x | g)`` model, for the hand-written models."""
+    import poolwise.data
+    from poolwise.spec import ModelSpec
+
+    df, formula = load(dataset, quick)
+    bound = ModelSpec(formula, family=DATASETS[dataset][1]).bind(poolwise.data.read_table(df))
+    pri = bound.priors
+    sds = [v for k, v in pri.items() if k.startswith("sd(")]
+    cor = [v for k, v in pri.items() if k.startswith("cor(")]
+    assert len(sds) == 2 and len(cor) == 1 and cor[0].dist == "lkj", pri
+    assert all(v.dist == "half_student_t" for v in sds), sds
+    out = {
+        "m0": [pri[c].mean_sd()[0] for c in bound.coef_names],
+        "s0": [pri[c].mean_sd()[1] for c in bound.coef_names],
+        "sd_df": [v.kwargs["df"] for v in sds],
+        "sd_scale": [v.kwargs["sigma"] for v in sds],
+        "eta": cor[0].kwargs["eta"],
+        "text": "; ".join(f"{k} ~ {v}" for k, v in pri.items()),
+    }
+    if "sigma" in pri:
+        assert pri["sigma"].dist == "exponential", pri["sigma"]
+        out["sigma_rate"] = pri["sigma"].kwargs["rate"]
+    return out
+
+
+def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
+                 notes: list[str], log: Callable[[str], None]) -> None:
+    """poolwise nuts, plain NumPyro and PyMC + nutpie on the 100,000-row logistic set, same settings."""
+    ds = "logistic"
+    nw, nd = (50, 50) if quick else (int(v) for v in args.logistic.split("+"))
+    settings = f"{chains}×({nw}+{nd})"
+    pri = slopes_priors(ds, quick)
+    timeout = args.logistic_timeout
+    if not quick and (nw, nd) != (1000, 1000):
+        notes.append(
+            f"Every sampler on the logistic set ran at {settings}, not 4×(1000+1000): each gradient is a pass "
+            f"over all {LOGISTIC_ROWS:,} rows and NUTS takes up to hundreds per iteration, so the full run would "
+            f"take far longer than this benchmark's budget on this machine. ESS/s is as measured at these "
+            f"settings; nothing is extrapolated. Short warmup means less adaptation, for every sampler alike.")
+
+    def add(tool: str, r: dict[str, Any], baseline: bool = False) -> None:
+        if "error" in r and r.get("timed_out"):
+            notes.append(f"{tool} on the logistic set did not finish {settings} within {timeout:.0f} s and was "
+                         f"stopped (`--logistic-timeout`); it has no ESS/s.")
+        rows.append({"dataset": ds, "tool": tool, "settings": settings, "baseline": baseline, **r})
+        log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
+
+    r = spawn("poolwise", dataset=ds, method="nuts", quick=quick, chains=chains, draws=nd, warmup=nw,
+              timed=True, warm=False, timeout=timeout)
+    add("poolwise nuts (float64)", r)
+    r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
+              timeout=timeout)
+    add(f"NumPyro NUTS ({r.get('dtype', 'float32')})", r, baseline=True)
+    py = Path(args.pymc_python)
+    if not py.exists():
+        notes.append(f"PyMC + nutpie was not run: no Python at {py} (make it with `python -m venv "
+                     f"benchmarks/_data/_venv_pymc && benchmarks/_data/_venv_pymc/bin/pip install pymc nutpie`).")
+        return
+    r = spawn("pymc", python=str(py), dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
+              timeout=timeout)
+    if "error" in r and not r.get("timed_out"):
+        notes.append(f"PyMC + nutpie failed on the logistic set: {r['error']} (log in the details).")
+    add("PyMC + nutpie", r)
+
+
+def run_sleepstudy(args: argparse.Namespace, quick: bool, chains: int, draws: int, warmup: int,
+                   rows: list[dict[str, Any]], notes: list[str], log: Callable[[str], None]) -> None:
+    """poolwise exact against plain NumPyro NUTS on sleepstudy with correlated (intercept, slope)."""
+    ds = "sleepstudy"
+    pri = slopes_priors(ds, quick)
+    r = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=draws, warmup=warmup,
+              timed=True)
+    m = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=draws, warmup=warmup,
+              timed=False)
+    if "error" not in r:
+        r["peak_mib_timed_process"] = r.pop("peak_mib")
+        r["peak_mib"] = m.get("peak_mib")
+        r["one_fit_process_s"] = m.get("process_s")
+    rows.append({"dataset": ds, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
+    log(f"{ds}: poolwise exact {json.dumps(r)}")
+    r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=draws, warmup=warmup, priors=pri,
+              timeout=args.numpyro_timeout)
+    rows.append({"dataset": ds, "tool": f"NumPyro NUTS ({r.get('dtype', 'float32')})",
+                 "settings": f"{chains}×({warmup}+{draws})", "baseline": True, **r})
+    log(f"{ds}: NumPyro {json.dumps(r)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "results.md"), help="Markdown file to write")
@@ -334,6 +646,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--numpyro-timeout", type=float, default=NUMPYRO_TIMEOUT_S,
                     help="stop a NumPyro run after this many seconds (default %(default)s)")
     ap.add_argument("--skip-numpyro-synthetic", action="store_true", help="do not run NumPyro on the synthetic set")
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help=f"run only these data sets ({', '.join(DATASETS)}; repeat or comma-separate); the "
+                         "rows of the others are kept from the saved results .json next to --out")
+    ap.add_argument("--no-merge", action="store_true", help="with --only: do not keep the other data sets' rows")
+    ap.add_argument("--logistic", default=LOGISTIC_DEFAULT, metavar="WARMUP+DRAWS",
+                    help="warmup+draws per chain of every sampler on the 100,000-row logistic set "
+                         "(default %(default)s)")
+    ap.add_argument("--logistic-timeout", type=float, default=LOGISTIC_TIMEOUT_S,
+                    help="stop each logistic row after this many seconds (default %(default)s)")
+    ap.add_argument("--pymc-python", default=str(PYMC_VENV / "bin" / "python"),
+                    help="Python with pymc and nutpie for the PyMC row (default %(default)s; made with "
+                         "`python -m venv benchmarks/_data/_venv_pymc && benchmarks/_data/_venv_pymc/bin/pip "
+                         "install pymc nutpie`); the row is skipped, with a note, when it is missing")
     ap.add_argument("--from-json", help="re-render the Markdown from a saved results .json (no measuring)")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--worker-args", default="{}", help=argparse.SUPPRESS)
@@ -367,7 +692,10 @@ def main(argv: list[str] | None = None) -> int:
     bare = spawn("import")
     log(f"bare `import poolwise`: peak RSS {bare.get('peak_mib', float('nan')):.0f} MiB")
 
+    only = _parse_only(args.only)
     for dataset in ("radon", "synthetic"):
+        if dataset not in only:
+            continue
         pri = numpyro_priors(dataset, quick)
         # poolwise exact: warm-up fit + timed fit (+ ESS) in one process ...
         r = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
@@ -410,6 +738,31 @@ def main(argv: list[str] | None = None) -> int:
                      "settings": f"{chains}×({nw}+{nd})", "baseline": True, **r})
         log(f"{dataset}: NumPyro {json.dumps(r)}")
 
+    # the correlated-slopes data sets; sleepstudy last, so that it sees the newest exact path
+    if "logistic" in only:
+        run_logistic(args, quick, chains, rows, notes, log)
+    if "sleepstudy" in only:
+        run_sleepstudy(args, quick, chains, draws, warmup, rows, notes, log)
+
+    # rows of the data sets not run now come from the saved results (--only)
+    merged_from = None
+    if set(only) != set(DATASETS) and not args.no_merge:
+        saved_path = Path(args.out).with_suffix(".json")
+        if saved_path.exists():
+            saved = json.loads(saved_path.read_text())
+            if bool(saved.get("quick")) == quick:
+                merged_from = saved.get("started")
+                kept = [r for r in saved["rows"] if r["dataset"] not in only]
+                for r in kept:
+                    r.setdefault("run_started", saved.get("started"))
+                kept_notes = [n for n in saved.get("notes", []) if not any(
+                    f" {ds} " in f" {n} " or f"the {ds} set" in n for ds in only)]
+                order = list(DATASETS)
+                rows[:] = sorted(kept + rows, key=lambda r: order.index(r["dataset"]))
+                notes[:] = kept_notes + notes
+    for row in rows:
+        row.setdefault("run_started", started.isoformat())
+
     # ratios against the NumPyro row of the same data set
     for row in rows:
         if "min_ess" in row and "wall_s" in row:
@@ -419,15 +772,25 @@ def main(argv: list[str] | None = None) -> int:
                      and "ess_per_s" in b), None)
         if base is not None and "ess_per_s" in row and not row.get("baseline"):
             row["ratio"] = row["ess_per_s"] / base["ess_per_s"]
+        # logistic: poolwise against the best of the others (NumPyro, PyMC + nutpie)
+        if row["dataset"] == "logistic" and row["tool"].startswith("poolwise") and "ess_per_s" in row:
+            others = [b["ess_per_s"] for b in rows if b["dataset"] == "logistic"
+                      and not b["tool"].startswith("poolwise") and "ess_per_s" in b]
+            if others:
+                row["ratio_best_other"] = row["ess_per_s"] / max(others)
 
     for row in rows:
-        if row.get("baseline") and row.get("divergences"):
+        if row["run_started"] == started.isoformat() and row.get("baseline") and row.get("divergences"):
             notes.append(f"NumPyro on {row['dataset']} had {row['divergences']} divergent transitions at "
                          f"{row['settings']}; its ESS there (and so the ratio) comes from a poorly adapted run and "
                          f"says only that plain NUTS does not get far in that time, not what a full run would give.")
+    if merged_from is not None:
+        notes.append(f"This run measured only {', '.join(only)} (`--only`); the other rows are from the run "
+                     f"started {merged_from} (each row's `run_started` in the details). Ratios compare rows of "
+                     f"one data set, always measured in the same run.")
     Path(args.out).with_suffix(".json").write_text(json.dumps(
         {"rows": rows, "notes": notes, "bare": bare, "started": started.isoformat(),
-         "total_s": time.perf_counter() - t_start, "quick": quick}, indent=1))
+         "total_s": time.perf_counter() - t_start, "quick": quick, "only": only}, indent=1))
     text = render(rows, notes, bare, started, time.perf_counter() - t_start, quick, args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
@@ -439,7 +802,7 @@ def render(rows: list[dict[str, Any]], notes: list[str], bare: dict[str, Any], s
            total_s: float, quick: bool, args: argparse.Namespace) -> str:
     mach, ver = machine(), versions()
     L: list[str] = []
-    L.append("# poolwise benchmark: exact path vs plain NumPyro NUTS")
+    L.append("# poolwise benchmark: poolwise vs plain NumPyro NUTS (and PyMC + nutpie)")
     L.append("")
     if quick:
         L.append("**QUICK SMOKE RUN (`--quick`): 4×100 draws, 5,000-row synthetic set. Not the benchmark.**")
@@ -455,7 +818,8 @@ def render(rows: list[dict[str, Any]], notes: list[str], bare: dict[str, Any], s
     L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if "error" in r:
-            L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | | | failed | | | | |")
+            what = "stopped (timeout)" if r.get("timed_out") else "failed"
+            L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | | | {what} | | | | |")
             continue
         ratio = "1 (baseline)" if r.get("baseline") else (
             (f"{r['ratio']:,.0f}×" if r["ratio"] >= 10 else f"{r['ratio']:.2f}×") if "ratio" in r else "—")
@@ -466,11 +830,26 @@ def render(rows: list[dict[str, Any]], notes: list[str], bare: dict[str, Any], s
     L.append("## Targets")
     L.append("")
     checks = []
-    for ds in ("radon", "synthetic"):
+    for ds in ("radon", "synthetic", "sleepstudy"):
         ex = next((r for r in rows if r["dataset"] == ds and r["tool"] == "poolwise exact"), None)
         ratio = None if ex is None else ex.get("ratio")
-        checks.append((f"{ds}: poolwise exact ≥ 100× NumPyro's ESS/s",
+        what = "sleepstudy (correlated slopes)" if ds == "sleepstudy" else ds
+        checks.append((f"{what}: poolwise exact ≥ 100× NumPyro's ESS/s",
                        None if ratio is None else ratio >= 100, "—" if ratio is None else f"{ratio:,.0f}×"))
+    lg = next((r for r in rows if r["dataset"] == "logistic" and r["tool"].startswith("poolwise")), None)
+    if lg is not None:
+        rb = lg.get("ratio_best_other")
+        others = [r for r in rows if r["dataset"] == "logistic" and not r["tool"].startswith("poolwise")
+                  and "ess_per_s" in r]
+        best = max(others, key=lambda r: r["ess_per_s"])["tool"] if others else "—"
+        val = "—" if rb is None else f"{rb:.2f}× of {best}, at {lg.get('settings')}"
+        ok = None if rb is None else rb >= 1.0
+        if "error" in lg:
+            ok = False if (lg.get("timed_out") and others) else None
+            val = (f"poolwise nuts did not finish {lg.get('settings')} within the timeout; "
+                   + ", ".join(f"{r['tool']} finished in {r['wall_s']:.0f} s" for r in others))
+        checks.append(("logistic (100,000 rows, correlated slopes): poolwise nuts ≥ 1× the best other's ESS/s",
+                       ok, val))
     ex = next((r for r in rows if r["dataset"] == "synthetic" and r["tool"] == "poolwise exact"), None)
     if ex and "wall_s" in ex:
         checks.append((f"{ex['rows']:,}-row fit under 3 s wall time", ex["wall_s"] < 3.0, f"{ex['wall_s']:.2f} s"))
@@ -491,19 +870,40 @@ def render(rows: list[dict[str, Any]], notes: list[str], bare: dict[str, Any], s
              "(including the pointwise log-likelihood and predictive when they fit the memory budget). "
              "*NumPyro* and *poolwise nuts*: wall time of one run in the process, JIT compilation included.")
     L.append("- Min bulk ESS: `arviz.ess(posterior, method=\"bulk\")`, minimum over every variable and every "
-             "element: all coefficients, σ, τ and every group deviation b_j (NumPyro: b = τ·z as a "
-             "deterministic site; the min over the raw z is given below).")
+             "element: all coefficients, σ, every group SD, the correlation (slopes models) and every group "
+             "value (NumPyro and PyMC: the group values as deterministic sites, u = diag(s)·L·z, or b = τ·z; "
+             "the min over the raw z is given in the details as `min_ess_z`).")
     L.append("- Peak MiB: `ru_maxrss` of a fresh process (via `os.wait4`) that loads the data and runs "
              "the fit; for poolwise exact a process that runs one fit only, for the other rows the "
              f"timing process. A bare `import poolwise` process peaks at {_fmt(bare.get('peak_mib'), 0)} MiB.")
     L.append("- Plain NumPyro: a hand-written non-centered model, `MCMC(NUTS(model), num_warmup, num_samples, "
              "num_chains=4, chain_method=\"vectorized\")`, default `target_accept_prob` 0.8 and tree depth 10, "
              "JAX defaults (float32), the same priors as poolwise's defaults:")
-    for ds in ("radon", "synthetic"):
+    for ds in DATASETS:
+        if not any(r["dataset"] == ds for r in rows):
+            continue
         try:
-            L.append(f"  - {ds}: {numpyro_priors(ds, quick)['text']}")
+            fn = numpyro_priors if ds in ("radon", "synthetic") else slopes_priors
+            L.append(f"  - {ds}: {fn(ds, quick)['text']}")
         except Exception as err:  # pragma: no cover - reporting only
             L.append(f"  - {ds}: ({err})")
+    L.append("- Correlated slopes (sleepstudy, logistic), NumPyro: s_k ~ half-t (as poolwise's "
+             "`sd(...)`), L ~ `LKJCholesky(2, η)` (poolwise's `lkj(η)`), z_j ~ N(0, I₂), u_j = diag(s)·L·z_j, "
+             "η_i = β₀ + β₁x_i + u_{g,0} + u_{g,1}x_i; gaussian (σ ~ exponential) or `BernoulliLogits`.")
+    L.append("- PyMC + nutpie (logistic): the same model and priors in PyMC (`pm.LKJCholeskyCov(n=2, eta, "
+             "sd_dist=HalfStudentT)`, u = z·chol', `pm.Bernoulli(logit_p=η)`), compiled with "
+             "`nutpie.compile_pymc_model` (numba backend, the default) and sampled with "
+             "`nutpie.sample(chains=4, tune, draws, seed=0)`; wall time includes compilation (`compile_s` in "
+             "the details). It runs in its own virtual environment, `benchmarks/_data/_venv_pymc` "
+             "(git-ignored), made with `python -m venv benchmarks/_data/_venv_pymc && "
+             "benchmarks/_data/_venv_pymc/bin/pip install pymc nutpie`; float64.")
+    L.append("- Logistic set: y ~ Bernoulli(logit⁻¹(−0.5 + 0.7·x + a_g + b_g·x)), (a_g, b_g) ~ N(0, Σ) with SDs "
+             "0.8 and 0.4 and correlation 0.5, x ~ N(0, 1); 100,000 rows in 2,000 groups, sizes lognormal(0, 1) "
+             "scaled to the row count (min 1), fixed seed; `pw.fit(\"y ~ x + (1 + x | g)\", df, "
+             "family=\"bernoulli\", method=\"nuts\", seed=0)`. Ratio column: against NumPyro; the target "
+             "compares poolwise with the best of NumPyro and PyMC + nutpie.")
+    L.append("- sleepstudy: lme4's data (180 rows, 18 subjects), `pw.fit(\"Reaction ~ Days + (Days | Subject)\", "
+             "df, method=\"exact\", seed=0)`, 4×1000; NumPyro 4×(1000+1000).")
     L.append("- Synthetic set: y = 1 + 0.5·x1 − 0.3·x2 + b_g + N(0, 1), b_g ~ N(0, 0.5²); group sizes "
              "lognormal(0, 1.5) scaled to the row count (min 1), fixed seed; formula `y ~ x1 + x2 + (1 | g)`.")
     for n in notes:
