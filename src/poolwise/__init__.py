@@ -3,9 +3,10 @@
 from . import errors
 from .compare import Comparison, compare
 from .fit import Fit, fit
+from .path import PoolingPath, pooling_path
 from .spec import ModelSpec
 
-__all__ = ["fit", "compare", "ModelSpec", "Fit", "Comparison", "datasets", "errors"]
+__all__ = ["fit", "compare", "pooling_path", "ModelSpec", "Fit", "Comparison", "PoolingPath", "datasets", "errors"]
 __version__ = "0.1.0"
 
 

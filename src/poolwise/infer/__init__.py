@@ -17,7 +17,7 @@ from ..spec import BoundSpec
 
 __all__ = ["Draws", "BlockDraws", "run", "METHODS", "Progress"]
 
-METHODS = ("exact", "nuts")
+METHODS = ("exact", "nuts", "empirical")
 
 #: progress callback: (stage, fraction done in [0, 1])
 Progress = Callable[[str, float], None]
@@ -152,6 +152,10 @@ def run(
 
         return nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                            **options)
+    if method == "empirical":
+        from . import empirical
+
+        return empirical.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress, **options)
     raise SpecError(f"The 'method' option must be one of {', '.join(repr(m) for m in METHODS)}. Got {method!r}.",
                     option="method")
 
