@@ -4,9 +4,11 @@ from . import errors
 from .compare import Comparison, compare
 from .fit import Fit, fit
 from .path import PoolingPath, pooling_path
+from .sensitivity import compare_priors, sensitivity
 from .spec import ModelSpec
 
-__all__ = ["fit", "compare", "pooling_path", "ModelSpec", "Fit", "Comparison", "PoolingPath", "datasets", "errors"]
+__all__ = ["fit", "compare", "pooling_path", "sensitivity", "compare_priors", "ModelSpec", "Fit", "Comparison",
+           "PoolingPath", "datasets", "errors"]
 __version__ = "0.1.0"
 
 
