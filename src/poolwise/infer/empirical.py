@@ -248,6 +248,52 @@ def _scale_guess(XtWX: np.ndarray, XtWy: np.ndarray, yWy: float, n: int) -> floa
     return math.sqrt(max(rss, 1e-12 * max(yWy, 1e-300)) / max(n - p, 1))
 
 
+def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, int]:
+    """REML/ML of the varying-intercept model with σ² profiled out: a 1-D search over ρ = τ²/σ².
+
+    For fixed ρ the sums Ā, b̄, q̄ and the log-determinant do not depend on σ, and the criterion
+    is maximized at σ̂² = R/(N − p) (REML) or R/N (ML), R = q̄ − b̄'Ā⁻¹b̄.  A grid over log ρ
+    brackets the maximum, which a bounded Brent search then polishes.
+
+    Returns σ̂, τ̂, the criterion there and the number of evaluations.
+    """
+    from scipy.optimize import minimize_scalar
+
+    p, N = red.p, red.n_obs
+    dof = N - p if reml else N
+    count = 0
+
+    def crit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal count
+        rho = np.exp(np.atleast_1d(v))
+        count += rho.size
+        with np.errstate(all="ignore"):
+            gs = exact.group_sums(red, rho)
+            R = gs.q.copy()
+            logdetA = np.zeros(rho.size)
+            if p:
+                L = np.linalg.cholesky(gs.A)
+                z = np.linalg.solve(L, gs.b[..., None])[..., 0]
+                R = R - (z * z).sum(axis=1)
+                logdetA = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+            s2 = R / dof
+            ll = -0.5 * (N * _LOG2PI + N * np.log(s2) - red.sum_log_w + gs.ld + dof)
+            if reml:
+                ll = ll + 0.5 * p * _LOG2PI - 0.5 * (logdetA - p * np.log(s2))
+        return np.where(np.isfinite(ll), ll, -np.inf), s2
+
+    grid = np.linspace(-30.0, 12.0, 211)
+    ll, _ = crit(grid)
+    k = int(np.argmax(ll))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
+    res = minimize_scalar(lambda v: -float(crit(np.array([v]))[0][0]), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-10})
+    v = float(res.x) if -float(res.fun) >= ll[k] else float(grid[k])
+    best, s2 = crit(np.array([v]))
+    sigma = math.sqrt(float(s2[0]))
+    return sigma, sigma * math.exp(0.5 * v), float(best[0]), count
+
+
 def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: bool) -> Draws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
@@ -282,7 +328,12 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
             parts.append(np.log(sd_f * scale / zz))
         parts.append(np.zeros(hyp.n_corr))
         starts.append(np.concatenate(parts))
-    theta, ll, converged, n_eval = _maximize(f, starts, np.full(hyp.dim, 0.5))
+    if bound.simple and bound.has_sigma and blk.Sigma is None:  # σ profiled: a 1-D search
+        sig_hat, tau_hat, ll, n_eval = _profile_simple(red, reml=reml)
+        theta = np.log(np.array([sig_hat, tau_hat]))
+        converged = bool(np.isfinite(ll))
+    else:
+        theta, ll, converged, n_eval = _maximize(f, starts, np.full(hyp.dim, 0.5))
     sigma, sd, L, Lam = hyp.unpack(theta)
     corr = None if L is None else L @ L.T
     sig_d = np.full(C * D, sigma)
