@@ -342,9 +342,11 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
         tau = float(Lam[0, 0])
         beta_hat = exact.conditional_moments(red, _flat(red.p), np.array([sigma]), np.array([tau]),
                                              groups=False)[0][0]
+        # the hyperparameters are fixed: the sums over groups once, shared by every draw
+        one = exact.group_sums(red, np.array([tau**2 / sigma**2]), logdet=False)
         with np.errstate(all="ignore"):
             beta, b = exact.draw_conditional(red, _flat(red.p), sig_d, np.full(C * D, tau), rng,
-                                             with_groups=not pooled)
+                                             with_groups=not pooled, sums=one.take(np.zeros(C * D, dtype=np.int64)))
         values = None if b is None else b.reshape(C, D, -1, 1)
     else:
         beta_hat = _block_gls(stats, sigma, Lam)[0]
