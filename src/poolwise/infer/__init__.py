@@ -17,7 +17,7 @@ from ..spec import BoundSpec
 
 __all__ = ["Draws", "BlockDraws", "run", "METHODS", "Progress"]
 
-METHODS = ("exact", "nuts", "empirical")
+METHODS = ("exact", "nuts", "empirical", "laplace")
 
 #: progress callback: (stage, fraction done in [0, 1])
 Progress = Callable[[str, float], None]
@@ -156,6 +156,10 @@ def run(
         from . import empirical
 
         return empirical.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress, **options)
+    if method == "laplace":
+        from . import laplace
+
+        return laplace.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress, **options)
     raise SpecError(f"The 'method' option must be one of {', '.join(repr(m) for m in METHODS)}. Got {method!r}.",
                     option="method")
 
