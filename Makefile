@@ -43,6 +43,7 @@ bench: $(STAMP_BENCH)
 	@# PyMC + nutpie rows run in their own environment, when it installs (rows skipped otherwise)
 	-test -x $(PYMC_VENV)/bin/python || ($(PYTHON) -m venv $(PYMC_VENV) && \
 	    $(PYMC_VENV)/bin/pip install --quiet pymc nutpie)
+	-$(PIP) install --quiet mixedlm-rs
 	$(PY) benchmarks/run.py --out benchmarks/results.md
 
 lint: $(STAMP_TEST)
