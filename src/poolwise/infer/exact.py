@@ -189,7 +189,7 @@ def conditional_moments(
 
 def draw_conditional(
     red: Reduced, hp: HyperPrior, sigma: np.ndarray, tau: np.ndarray, rng: np.random.Generator,
-    *, with_groups: bool = True, block: int = 128, sums: GroupSums | None = None,
+    *, with_groups: bool = True, block: int = 512, sums: GroupSums | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Draw β and b from their exact conditional Gaussians, one draw per (σ, τ) pair.
 
