@@ -538,6 +538,12 @@ class Fit:
                 out.append("; ".join(parts))
         if info.get("note"):
             out.append(str(info["note"]))
+        if self.method == "empirical":
+            out.append(f"{info.get('method', 'REML')} point estimates of the hyperparameters (criterion "
+                       f"{float(info.get('criterion', float('nan'))):.6g}); the priors listed are not used for them. "
+                       "Coefficients and group values are drawn from their conditional posterior given the estimates.")
+        if self.method == "laplace":
+            out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
         return out
 
     def pooling_factors(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
