@@ -9,6 +9,7 @@ what this module returns.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +19,11 @@ import pandas as pd
 
 from . import data as _data
 from .fit import MEMORY_BUDGET, Fit, fit
-from .infer import Progress
+from .infer import Progress, run
 from .priors import Prior
 from .spec import ModelSpec
 
-__all__ = ["compare", "Comparison", "POOLINGS", "loo"]
+__all__ = ["compare", "Comparison", "POOLINGS", "loo", "logo", "Recommendation"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
 
@@ -94,6 +95,7 @@ class Comparison:
     def __init__(self, fits: dict[str, Fit]) -> None:
         self.fits = fits
         self._loo: pd.DataFrame | None = None
+        self._logo: pd.DataFrame | None = None
 
     @property
     def hierarchical(self) -> Fit:
@@ -226,6 +228,139 @@ class Comparison:
             self._loo = pd.DataFrame(rows).set_index("pooling").sort_values("elpd_loo", ascending=False)
         return self._loo
 
+    def logo(self, *, max_refits: int = 10, draws: int = 250, chains: int = 4, folds: int = 10,
+             max_groups: int = 200) -> pd.DataFrame:
+        """Leave-one-group-out cross-validation of each pooling, ranked best first.
+
+        elpd_j is the log predictive density of group j's rows, jointly, under the model
+        fitted without group j, where group j is a *new* group (its value drawn from the
+        population: N(0, τ²) hierarchical, the fixed wide SD unpooled, none pooled).  See
+        :func:`logo` for how each method computes it.
+
+        Returns
+        -------
+        DataFrame indexed by pooling with ``elpd_logo``, ``se``, ``elpd_diff`` and ``dse``
+        (SE of the difference to the best, over groups), ``pareto_k_max``, ``n_bad_k`` and
+        ``n_refits``.  ``.attrs["pointwise"]`` holds {pooling: per-group elpd (Series)},
+        ``.attrs["pareto_k"]`` the per-group k (PSIS paths), ``.attrs["how"]`` the scheme used.
+        Computed with the default options once and cached.
+        """
+        default = (max_refits, draws, chains, folds, max_groups) == (10, 250, 4, 10, 200)
+        if default and self._logo is not None:
+            return self._logo
+        res = {name: logo(f, max_refits=max_refits, draws=draws, chains=chains, folds=folds, max_groups=max_groups)
+               for name, f in self.fits.items()}
+        best = max(res, key=lambda k: res[k]["elpd_logo"])
+        rows = []
+        for name, r in res.items():
+            diff = r["pointwise"].to_numpy() - res[best]["pointwise"].to_numpy()
+            rows.append({"pooling": name, "elpd_logo": r["elpd_logo"], "se": r["se"],
+                         "elpd_diff": float(-diff.sum()), "dse": float(math.sqrt(diff.size * diff.var())),
+                         "pareto_k_max": r["pareto_k_max"], "n_bad_k": r["n_bad_k"], "n_refits": r["n_refits"]})
+        out = pd.DataFrame(rows).set_index("pooling").sort_values("elpd_logo", ascending=False)
+        out.attrs["pointwise"] = {k: r["pointwise"] for k, r in res.items()}
+        out.attrs["pareto_k"] = {k: r["pareto_k"] for k, r in res.items()}
+        out.attrs["how"] = {k: r["how"] for k, r in res.items()}
+        if default:
+            self._logo = out
+        return out
+
+    def recommend(self, *, small: int = 5) -> Recommendation:
+        """Which pooling, and why, in plain words with the numbers behind them.
+
+        The rule
+        --------
+        1. Evidence: ΔELPD ± SE of each pooling against the best, over observations (PSIS-LOO,
+           :meth:`loo`) and over groups (leave-one-group-out, :meth:`logo`).  A pooling is
+           *ruled out* when it is worse than the best on either by more than 2 SE and more
+           than 4 nats (smaller differences are negligible).
+        2. If one pooling remains, it is the choice.
+        3. Otherwise the predictive evidence does not separate the remaining ones (the reasons say
+           so), and the posterior of the population SD τ, relative to the within-group SD σ, and
+           the group sizes decide, following the guidance: τ is *near 0* when its 95% interval
+           reaches 0.05 σ (lower end ≤ 0.05 σ) or every pooling factor is ≥ 0.9; then pooled.
+           Otherwise hierarchical when some groups are small (n_j ≤ ``small``); with
+           hierarchical and unpooled left, unpooled only when every group has ample data
+           (pooling factors ≤ 0.05), else hierarchical (unpooled is its limit as τ grows).
+           Where none of this decides, the choice is ``"indistinguishable"`` and ``preferred``
+           names the pooling the guidance leans to.
+        4. Never unpooled when the hierarchical posterior of τ is concentrated near 0.
+        """
+        loo_t = self.loo()
+        logo_t = self.logo()
+        pop = self.population()
+        hier = self.hierarchical
+        pf = hier.pooling_factors()
+        lam = pf["lambda"].to_numpy(dtype=float)
+        n = pf["n"].to_numpy(dtype=float)
+        n_small = int((n <= small).sum())
+        sigma = pop.get("sigma")
+        unit = sigma if sigma is not None and sigma > 0 else None
+        tau, tau_lo, tau_hi = pop["tau"], pop["tau_lo"], pop["tau_hi"]
+        ref = 0.05 * (unit if unit is not None else float(hier.bound.scale))
+        lam_min = float(np.nanmin(lam)) if lam.size else float("nan")
+        lam_max = float(np.nanmax(lam)) if lam.size else float("nan")
+        tau_near_0 = bool(tau_lo <= ref or (lam.size > 0 and lam_min >= 0.9))
+
+        table = pd.DataFrame({
+            "elpd_loo": loo_t["elpd_loo"], "d_loo": loo_t["elpd_diff"], "dse_loo": loo_t["dse"],
+            "elpd_logo": logo_t["elpd_logo"], "d_logo": logo_t["elpd_diff"], "dse_logo": logo_t["dse"],
+        }).loc[list(POOLINGS)]
+        ruled_out = {m: bool(table.loc[m, "d_loo"] > max(2 * table.loc[m, "dse_loo"], 4.0)
+                             or table.loc[m, "d_logo"] > max(2 * table.loc[m, "dse_logo"], 4.0)) for m in POOLINGS}
+        table["ruled_out"] = pd.Series(ruled_out)
+        remain = [m for m in POOLINGS if not ruled_out[m]]
+        if not remain:  # the two criteria disagree: keep the best of each
+            remain = sorted({str(loo_t.index[0]), str(logo_t.index[0])}, key=POOLINGS.index)
+        if tau_near_0 and "unpooled" in remain and len(remain) > 1:
+            remain.remove("unpooled")
+
+        reasons: list[str] = []
+        for label, t, col in (("observation (PSIS-LOO)", loo_t, "elpd_loo"), ("group (leave-one-group-out)", logo_t,
+                                                                             "elpd_logo")):
+            best = str(t.index[0])
+            parts = [f"{m} {-t.loc[m, 'elpd_diff']:.1f} ± {t.loc[m, 'dse']:.1f}" for m in t.index[1:]]
+            reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it: " + ", ".join(parts) + ".")
+        how = logo_t.attrs.get("how", {})
+        if how:
+            reasons.append("Leave-one-group-out: " + "; ".join(f"{k}: {v}" for k, v in how.items()) + ".")
+        if unit is not None:
+            reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
+                           f"{tau / unit:.2f} × the within-group SD σ = {unit:.3g}.")
+        else:
+            reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
+        if lam.size:
+            reasons.append(f"Pooling factors λ_j range from {lam_min:.2f} to {lam_max:.2f} "
+                           f"(0 = the group's own estimate, 1 = the population value).")
+        reasons.append(f"{n_small} of {n.size} groups have {small} or fewer rows.")
+
+        preferred: str
+        if len(remain) == 1:
+            choice = preferred = remain[0]
+            reasons.insert(0, f"Only {choice} is not ruled out (the others predict worse than the best by more "
+                              f"than 2 SE and 4 nats).")
+        else:
+            tied = ", ".join(remain)
+            if "pooled" in remain and tau_near_0:
+                choice = preferred = "pooled"
+                why = "τ's posterior reaches ~0 (group differences are negligible), so the simpler pooled model"
+            elif "hierarchical" in remain and not tau_near_0 and n_small > 0:
+                choice = preferred = "hierarchical"
+                why = "τ's 95% interval excludes ~0 and there are small groups, which borrow strength"
+            elif set(remain) == {"hierarchical", "unpooled"}:
+                if lam.size and lam_max <= 0.05:
+                    choice = preferred = "unpooled"
+                    why = "the groups are distinct and every group has ample data (λ_j ≤ 0.05)"
+                else:
+                    choice = preferred = "hierarchical"
+                    why = "the groups vary and the hierarchical model contains the unpooled one as τ grows"
+            else:
+                choice = "indistinguishable"
+                preferred = "hierarchical" if "hierarchical" in remain and not tau_near_0 else remain[0]
+                why = f"neither the predictive evidence nor τ's posterior separates them; leaning to {preferred}"
+            reasons.insert(0, f"The predictive evidence does not separate {tied} (within 2 SE or 4 nats); {why}.")
+        return Recommendation(choice=choice, reasons=reasons, table=table, preferred=preferred)
+
     def plot(self, **kwargs: Any) -> Any:
         """The three-panel figure (see :func:`poolwise.plots.plot_comparison`)."""
         from .plots import plot_comparison  # a convenience; plots only read this object
@@ -341,4 +476,173 @@ def loo(f: Fit) -> dict[str, Any]:
     return {
         "elpd_loo": float(elpd.sum()), "se": float(math.sqrt(n * elpd.var())), "p_loo": float((lppd - elpd).sum()),
         "pointwise": elpd, "pareto_k": ks, "pareto_k_max": float(ks.max()), "n_bad_k": int((ks > 0.7).sum()),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """What :meth:`Comparison.recommend` concludes.
+
+    Attributes
+    ----------
+    choice
+        ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or ``"indistinguishable"``.
+    reasons
+        Plain sentences with the numbers behind the choice.
+    table
+        The evidence: per pooling, ELPD, ΔELPD vs the best and its SE by observation (``*_loo``)
+        and by group (``*_logo``), and whether it is ruled out.
+    preferred
+        The pooling the guidance leans to (equals ``choice`` unless it is ``"indistinguishable"``).
+    """
+
+    choice: str
+    reasons: list[str]
+    table: pd.DataFrame = dataclasses.field(repr=False)
+    preferred: str = ""
+
+    def __str__(self) -> str:
+        head = (f"Recommendation: {self.choice}" if self.choice != "indistinguishable" else
+                f"Recommendation: the models are indistinguishable (leaning to {self.preferred})")
+        return "\n".join([head] + [f"  - {r}" for r in self.reasons])
+
+
+def _drop_groups(bound: Any, drop: np.ndarray) -> tuple[Any, np.ndarray]:
+    """``bound`` without the rows of the first block's groups in ``drop`` (bool, per group):
+    the other groups re-indexed, priors, scale and pooling settings unchanged.  Returns the new
+    bound spec and the kept-row mask."""
+    keep = ~drop[bound.blocks[0].group]
+    blocks = []
+    for block in bound.blocks:
+        g = block.group[keep]
+        present = np.zeros(block.n_groups, dtype=bool)
+        present[g] = True
+        new_index = np.cumsum(present) - 1
+        blocks.append(dataclasses.replace(block, Z=block.Z[keep], group=new_index[g].astype(block.group.dtype),
+                                          levels=[lv for lv, p in zip(block.levels, present) if p]))
+    new = dataclasses.replace(
+        bound, y=bound.y[keep], X=bound.X[keep], weights=bound.weights[keep], offset=bound.offset[keep],
+        trials=None if bound.trials is None else bound.trials[keep], blocks=tuple(blocks))
+    return new, keep
+
+
+def _analytic(f: Fit) -> bool:
+    """Whether a new group's predictive density is Gaussian in closed form: gaussian identity
+    family, one grouping factor with a varying intercept only."""
+    b = f.bound
+    return f.spec.fam.name == "gaussian" and len(b.blocks) == 1 and b.blocks[0].q == 1 and bool(
+        np.all(np.asarray(b.blocks[0].Z) == 1.0))
+
+
+def _new_group_logpdf(f: Fit, bound: Any, rows: np.ndarray) -> np.ndarray:
+    """log p(y_rows | θ_s) per posterior draw s of ``f`` for rows of one *new* group of the
+    first block: y ~ N(Xβ + offset, D + τ² 11'), D = diag(σ²/w) (1/w with known SEs), by the
+    matrix determinant lemma and Sherman–Morrison (no n_j × n_j matrix).  Shape (S,)."""
+    d = f.draws
+    beta = d.beta.reshape(-1, d.beta.shape[-1])
+    r = bound.y[rows][None, :] - beta @ bound.X[rows].T - bound.offset[rows][None, :]
+    w = bound.weights[rows]
+    s2 = (d.sigma.reshape(-1) ** 2) if d.sigma is not None else np.ones(beta.shape[0])
+    block = f.bound.blocks[0]
+    tau2 = f.param(block.term.sd_name(block.exprs[0])).reshape(-1) ** 2
+    dinv = w[None, :] / s2[:, None]  # (S, n_j)
+    a = dinv.sum(axis=1)
+    t = (r * dinv).sum(axis=1)
+    q = (r * r * dinv).sum(axis=1)
+    c = 1.0 + tau2 * a
+    logdet = -np.log(dinv).sum(axis=1) + np.log(c)
+    quad = q - tau2 * t * t / c
+    return -0.5 * (rows.size * math.log(2 * math.pi) + logdet + quad)
+
+
+def _lme(x: np.ndarray) -> float:
+    from scipy.special import logsumexp
+
+    return float(logsumexp(x) - math.log(x.size))
+
+
+def logo(f: Fit, *, max_refits: int = 10, draws: int = 250, chains: int = 4, folds: int = 10,
+         max_groups: int = 200) -> dict[str, Any]:
+    """Leave-one-group-out cross-validation of one fit over the groups of its first grouping factor.
+
+    elpd_j = log p(y_j | y_{-j}), the joint predictive density of group j's rows as a new group.
+
+    * Exact path with a Gaussian varying intercept: an explicit refit without group j
+      (``chains × draws`` draws, seed of the fit + j; the same priors and pooling settings),
+      then elpd_j = log mean_s N(y_j | X_j β_s, σ_s² W_j⁻¹ + τ_s² 11') exactly per draw.  With
+      more than ``max_groups`` groups: K-fold over groups (``folds`` refits, each predicting
+      the groups it left out, each as a new group).
+    * Other paths: PSIS over groups with log ratio −Σ_{i∈j} log p(y_i | θ_s) (Pareto k per
+      group); for the groups with k > 0.7, up to ``max_refits`` of them (largest k first) are
+      refitted explicitly (by the exact path: the same Gaussian model) and predicted as above when the model is a Gaussian varying
+      intercept; the others keep their PSIS value (counted in ``n_bad_k``).
+
+    Returns a dict: ``elpd_logo``, ``se``, ``pointwise`` (Series by group label),
+    ``pareto_k`` (Series, NaN where exact), ``pareto_k_max``, ``n_bad_k``, ``n_refits``, ``how``.
+    """
+    b = f.bound
+    block = b.blocks[0]
+    J = block.n_groups
+    g = block.group
+    elpd = np.full(J, np.nan)
+    ks = np.full(J, np.nan)
+    n_refits = 0
+    analytic = _analytic(f)
+    seed = int(f.draws.info.get("seed", 0)) if isinstance(getattr(f.draws, "info", None), dict) else 0
+
+    def refit(drop: np.ndarray, s: int) -> Fit:
+        nb, _ = _drop_groups(b, drop)
+        method = "exact" if analytic and f.spec.fam.exact else f.method  # same model, exact posterior
+        return Fit(nb, run(nb, method=method, seed=s, chains=chains, draws=draws, warmup=draws),
+                   memory_budget=f.memory_budget)
+
+    if f.method == "exact" and analytic:
+        if J <= max_groups:
+            for j in range(J):
+                drop = np.zeros(J, dtype=bool)
+                drop[j] = True
+                rf = refit(drop, seed + 1000 + j)
+                elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
+                n_refits += 1
+            how = f"exact refit without each group ({J} refits of {chains}×{draws} draws)"
+        else:
+            perm = np.random.default_rng(seed).permutation(J)
+            for k, part in enumerate(np.array_split(perm, folds)):
+                drop = np.zeros(J, dtype=bool)
+                drop[part] = True
+                rf = refit(drop, seed + 1000 + k)
+                for j in part:
+                    elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
+                n_refits += 1
+            how = f"{folds}-fold over groups ({J} groups > {max_groups}; {folds} exact refits)"
+    else:
+        import arviz as az
+        from scipy.special import logsumexp
+
+        S = f.n_samples
+        llg = np.zeros((S, J))
+        for sl, ll in f.log_likelihood_chunks():
+            ll2 = ll.reshape(S, -1)
+            np.add.at(llg.T, g[sl], ll2.T)
+        lw, kk = az.psislw(-llg.T)
+        elpd[:] = logsumexp(lw + llg.T, axis=1)
+        ks[:] = kk
+        bad = np.flatnonzero(ks > 0.7)
+        bad = bad[np.argsort(-ks[bad])]
+        if analytic:
+            for j in bad[:max_refits]:
+                drop = np.zeros(J, dtype=bool)
+                drop[j] = True
+                rf = refit(drop, seed + 1000 + int(j))
+                elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
+                n_refits += 1
+        how = (f"PSIS over groups, {int((ks > 0.7).sum())} with k > 0.7, {n_refits} refitted exactly"
+               + ("" if analytic or not bad.size else " (refits need a Gaussian varying intercept; none done)"))
+    n_bad = int((ks > 0.7).sum()) - n_refits if np.isfinite(ks).any() else 0
+    return {
+        "elpd_logo": float(elpd.sum()), "se": float(math.sqrt(J * elpd.var())),
+        "pointwise": pd.Series(elpd, index=pd.Index(block.levels, name=block.factor)),
+        "pareto_k": pd.Series(ks, index=pd.Index(block.levels, name=block.factor)),
+        "pareto_k_max": float(np.nanmax(ks)) if np.isfinite(ks).any() else float("nan"),
+        "n_bad_k": max(n_bad, 0), "n_refits": n_refits, "how": how,
     }
