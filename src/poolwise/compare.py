@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +25,8 @@ from .infer import Progress, run
 from .priors import Prior
 from .spec import ModelSpec
 
-__all__ = ["compare", "Comparison", "POOLINGS", "loo", "logo", "Recommendation"]
+__all__ = ["compare", "Comparison", "POOLINGS", "loo", "logo", "Recommendation", "predictive_sample",
+           "diagnostics"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
 
@@ -96,6 +99,7 @@ class Comparison:
         self.fits = fits
         self._loo: pd.DataFrame | None = None
         self._logo: pd.DataFrame | None = None
+        self._diagnostics: pd.DataFrame | None = None
 
     @property
     def hierarchical(self) -> Fit:
@@ -367,6 +371,61 @@ class Comparison:
 
         return plot_comparison(self, **kwargs)
 
+    def report(self, path: str | os.PathLike[str], overwrite: bool = False) -> str:
+        """Write a self-contained HTML report of this comparison (see :func:`poolwise.report.write_report`).
+
+        Returns the path written; raises :class:`~poolwise.errors.DataError` when the file
+        exists and ``overwrite`` is not set.
+        """
+        from .report import write_report  # a convenience; the report only reads this object
+
+        return write_report(self, path, overwrite=overwrite)
+
+    def diagnostics(self) -> pd.DataFrame:
+        """Sampling diagnostics of each fit: R-hat, bulk and tail ESS, divergences.
+
+        Returns
+        -------
+        DataFrame with one row per pooling and parameter (see :func:`diagnostics`), the fits in
+        the order pooled, unpooled, hierarchical; ``.attrs["fits"]`` holds, per pooling, the
+        method, the sampler, chains × draws, the divergences (an int, or ``None`` where they
+        cannot occur or do not apply) and ``divergences_text``, a phrase saying which.  Computed
+        once and cached.
+        """
+        if self._diagnostics is None:
+            parts = [diagnostics(f).assign(pooling=name) for name, f in self.fits.items()]
+            out = pd.concat(parts, ignore_index=True)
+            out = out[["pooling"] + [c for c in out.columns if c != "pooling"]]
+            out.attrs = {"fits": {name: p.attrs["fit"] for name, p in zip(self.fits, parts)}}
+            self._diagnostics = out
+        return self._diagnostics
+
+    def data_summary(self) -> dict[str, Any]:
+        """What the three fits were given: rows, groups and group sizes, the outcome.
+
+        Returns a dict: ``n_obs``; ``outcome`` (its name) with ``outcome_summary`` (``mean``,
+        ``sd``, ``min``, ``q25``, ``median``, ``q75``, ``max``); ``groups``: one dict per grouping
+        factor with ``factor``, ``n_groups``, ``size_min``, ``size_median``, ``size_max``.
+        """
+        b = self.hierarchical.bound
+        y = np.asarray(b.y, dtype=float)
+        q = np.quantile(y, [0.0, 0.25, 0.5, 0.75, 1.0])
+        seen: dict[str, dict[str, Any]] = {}
+        for block in b.blocks:
+            if block.factor in seen:
+                continue
+            sizes = block.sizes()
+            seen[block.factor] = {"factor": block.factor, "n_groups": int(block.n_groups),
+                                  "size_min": int(sizes.min()), "size_median": float(np.median(sizes)),
+                                  "size_max": int(sizes.max())}
+        return {
+            "n_obs": int(b.n_obs), "outcome": self.hierarchical.spec.outcome,
+            "outcome_summary": {"mean": float(y.mean()), "sd": float(y.std(ddof=1)) if y.size > 1 else 0.0,
+                                "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]),
+                                "q75": float(q[3]), "max": float(q[4])},
+            "groups": list(seen.values()),
+        }
+
     def __repr__(self) -> str:
         f = self.hierarchical
         return (f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={f.bound.n_groups} "
@@ -477,6 +536,120 @@ def loo(f: Fit) -> dict[str, Any]:
         "elpd_loo": float(elpd.sum()), "se": float(math.sqrt(n * elpd.var())), "p_loo": float((lppd - elpd).sum()),
         "pointwise": elpd, "pareto_k": ks, "pareto_k_max": float(ks.max()), "n_bad_k": int((ks > 0.7).sum()),
     }
+
+
+def predictive_sample(f: Fit, *, n_draws: int = 50, max_rows: int = 10_000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Replicated data sets from a fit's posterior predictive, for a posterior predictive check.
+
+    Parameters
+    ----------
+    f
+        A :class:`~poolwise.fit.Fit`.
+    n_draws
+        How many posterior draws (each a replicated data set), evenly spaced over the draws.
+    max_rows
+        With more rows than this, a random subset of this many rows (sorted) is used.
+    seed
+        Seed of the row subset and of the replicated outcomes made on demand.
+
+    Returns
+    -------
+    rows, y, y_rep
+        The row numbers used, the observed outcome at them and the replicated outcomes,
+        (draws, rows).  They are taken from the fit's stored ``posterior_predictive`` when it has
+        one, else drawn on demand for the chosen draws and rows only (memory O(draws × rows
+        used)).
+    """
+    b = f.bound
+    n, S = int(b.n_obs), f.n_samples
+    rng = np.random.default_rng(seed)
+    rows = np.arange(n) if n <= max_rows else np.sort(rng.choice(n, int(max_rows), replace=False))
+    k = max(1, min(int(n_draws), S))
+    step = max(1, S // k)
+    pick = slice(0, step * k, step)
+    if "posterior_predictive" in f.idata.groups():
+        stored = np.asarray(f.idata.posterior_predictive[f.spec.outcome].values).reshape(S, n)
+        y_rep = stored[pick][:, rows]
+    else:
+        eta = f._eta(rows, pick)  # type: ignore[arg-type]  # row indices select like a slice
+        y_rep = f.spec.fam.sample(rng, eta, **f._family_kwargs(rows, pick))
+    return rows, np.asarray(b.y, dtype=float)[rows], np.asarray(y_rep, dtype=float)
+
+
+def _sampler(f: Fit) -> tuple[str, int | None, str]:
+    """(how the draws were made, divergences or None, a phrase on divergences) of one fit."""
+    info = f.draws.info if isinstance(f.draws.info, dict) else {}
+    stats = f.draws.sample_stats
+    if "diverging" in stats:
+        n_div = int(np.asarray(stats["diverging"]).sum())
+        hyper = str(info.get("hyper_sampler", "NUTS (NumPyro)"))
+        if f.method == "exact":
+            hyper = f"{hyper} on the collapsed marginal, then exact conditional draws"
+        return hyper, n_div, f"{n_div} of {f.n_samples} transitions diverged"
+    if f.method == "empirical":
+        return (f"{info.get('method', 'REML')} point estimates of the hyperparameters, conditional draws of the rest",
+                None, "not applicable: the hyperparameters are point estimates, not sampled")
+    if f.method == "laplace":
+        return ("independence MH over coefficients and hyperparameters (Laplace marginal)", None,
+                "none possible: independence Metropolis-Hastings does not diverge")
+    if f.method == "exact":
+        hyper = str(info.get("hyper_sampler", "independence MH (quadrature-grid proposal)" if info.get("grid_points")
+                                 else "none (nothing to sample)"))
+        if "acceptance_rate" in info and info.get("grid_points"):
+            hyper += f", acceptance {float(info['acceptance_rate']):.0%}"
+        return (f"{hyper} for the hyperparameters, then exact conditional draws", None,
+                "none possible: no Hamiltonian dynamics (independence MH / exact draws)")
+    return str(f.method), None, "not recorded by this method"
+
+
+def diagnostics(f: Fit) -> pd.DataFrame:
+    """R-hat and bulk/tail ESS of one fit's parameters (ArviZ's rank-normalized versions, unrounded).
+
+    Returns
+    -------
+    DataFrame with one row per scalar parameter (``kind="parameter"``: coefficients,
+    ``sigma``, group SDs and correlations) and one per group variable (``kind="group values"``,
+    ``1|g``: the worst over its ``n`` groups, largest R-hat and smallest ESS), columns
+    ``parameter``, ``kind``, ``n``, ``r_hat``, ``ess_bulk``, ``ess_tail`` and ``sampled``
+    (False for constant draws: point estimates of an empirical fit, whose R-hat is NaN).
+    ``.attrs["fit"]`` holds ``method``, ``sampler``, ``chains``, ``draws``, ``divergences``
+    (int, or ``None`` where none can occur or they do not apply) and ``divergences_text``.
+
+    References
+    ----------
+    Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. & Bürkner, P.-C. (2021). Rank-normalization,
+    folding, and localization: an improved R-hat for assessing convergence of MCMC. Bayesian
+    Analysis 16, 667–718.
+    """
+    import arviz as az
+
+    post = f.idata.posterior
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant draws: R-hat 0/0
+        rhat = az.rhat(post)
+        bulk = az.ess(post, method="bulk")
+        tail = az.ess(post, method="tail")
+    group_vars = set(f.group_vars)
+    rows: list[dict[str, Any]] = []
+    for name in post.data_vars:
+        name = str(name)
+        values = np.asarray(post[name].values)
+        sampled = bool(np.ptp(values) > 0) if values.size else False
+        r, eb, et = (np.asarray(v[name].values, dtype=float).ravel() for v in (rhat, bulk, tail))
+        grouped = name in group_vars
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: constant draws
+            rows.append({"parameter": name, "kind": "group values" if grouped else "parameter", "n": r.size,
+                         "r_hat": float(np.nanmax(r)) if np.isfinite(r).any() else math.nan,
+                         "ess_bulk": float(np.nanmin(eb)) if np.isfinite(eb).any() else math.nan,
+                         "ess_tail": float(np.nanmin(et)) if np.isfinite(et).any() else math.nan,
+                         "sampled": sampled})
+    out = pd.DataFrame(rows, columns=["parameter", "kind", "n", "r_hat", "ess_bulk", "ess_tail", "sampled"])
+    sampler, n_div, text = _sampler(f)
+    out.attrs["fit"] = {"method": f.method, "sampler": sampler, "chains": f.draws.n_chains,
+                        "draws": f.draws.n_draws, "divergences": n_div, "divergences_text": text}
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

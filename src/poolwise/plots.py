@@ -1,7 +1,8 @@
 """Matplotlib figures of finished results: they arrange numbers, they compute none.
 
 Each figure is drawn from a data-returning helper (:func:`comparison_data`,
-:func:`pooling_factor_data`) so that whatever a figure shows is also available as numbers, and
+:func:`pooling_factor_data`, :func:`shrinkage_data`, :func:`ppc_data`, :func:`loo_data`,
+:func:`diagnostics_data`, …) so that whatever a figure shows is also available as numbers, and
 tests check the numbers drawn.  Figures are built on :class:`matplotlib.figure.Figure` directly,
 outside pyplot's global state: nothing here picks a backend, opens a window or calls
 ``plt.show()``.  Every function takes optional axes to draw into and returns the Figure, which
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .compare import POOLINGS, Comparison
+from .errors import SpecError
 from .fit import Fit
 from .path import PoolingPath
 
@@ -26,7 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
     from matplotlib.figure import Figure
 
 __all__ = ["comparison_data", "plot_comparison", "pooling_factor_data", "plot_pooling_factors", "pooling_path_data",
-           "plot_pooling_path", "prior_predictive_data", "plot_prior_predictive"]
+           "plot_pooling_path", "prior_predictive_data", "plot_prior_predictive", "shrinkage_data", "plot_shrinkage",
+           "ppc_data", "plot_ppc", "loo_data", "plot_loo", "diagnostics_data", "plot_diagnostics"]
 
 _TITLES = {
     "pooled": "pooled: one estimate for all (τ = 0)",
@@ -711,4 +714,523 @@ def plot_prior_predictive(fit: Fit, *, ax: Axes | None = None, draws: int = 500,
                  f"mass lies within the observed range [{lo:.3g}, {hi:.3g}]", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# shrinkage: unpooled → hierarchical, per group
+# --------------------------------------------------------------------------------------------
+
+
+def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int | None = None,
+                   prob: float = 0.95) -> dict[str, Any]:
+    """The numbers :func:`plot_shrinkage` draws for one group term.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    term
+        The group term (as :meth:`Comparison.table` reads it); default the first.
+    max_groups
+        Keep at most this many groups, evenly spread over sizes (``None``: all).
+    prob
+        Mass of the intervals of the table the estimates come from.
+
+    Returns
+    -------
+    dict
+        ``groups`` (labels, ordered by size), ``n``; ``start`` (each group's unpooled estimate,
+        the table's ``unpooled_mean``) and ``end`` (its hierarchical estimate,
+        ``hierarchical_mean``): the arrows; ``x``: where each arrow is drawn, the group size
+        spread a little within ties so that groups of equal size do not hide each other;
+        ``log_x`` (whether the x axis is logarithmic: sizes spanning a factor of 10 or more);
+        ``regression`` (the population value of each group, the table's ``regression``
+        column), ``by_group`` (whether it varies: group-level predictors, listed in
+        ``group_level``), ``population`` (``mean``, ``tau``), ``pooled`` (the pooled
+        estimates), ``lambda``, ``term``, ``expr``, ``group_column``, ``outcome``, ``link``,
+        ``n_groups``, ``n_shown``.
+
+    Examples
+    --------
+    >>> import poolwise as pw
+    >>> cmp = pw.compare("reaction ~ 1 + (1 | driver)", pw.datasets.drivers(seed=2), draws=200)
+    >>> d = shrinkage_data(cmp)
+    >>> bool((d["start"] == cmp.table()["unpooled_mean"].to_numpy()).all())
+    True
+    """
+    table = cmp.table(prob, term=term)
+    name = str(table.attrs["term"])
+    block = next(b for b in cmp.hierarchical.bound.blocks for e in b.exprs if b.term.value_name(e) == name)
+    expr = next(e for e in block.exprs if block.term.value_name(e) == name)
+    n_groups = len(table)
+    if max_groups is not None:
+        if int(max_groups) < 1:
+            raise SpecError(f"max_groups must be a positive integer, got {max_groups!r}.", option="max_groups",
+                            hint="Pass a whole number of at least 1, or None for all groups.")
+        if n_groups > max_groups:
+            table = table.iloc[np.unique(np.round(np.linspace(0, n_groups - 1, int(max_groups))).astype(int))]
+    n = table["n"].to_numpy()
+    nf = n.astype(float)
+    log_x = bool(nf.size and nf.min() > 0 and nf.max() / nf.min() >= 10)
+    x = _spread_ties(nf, log_x)
+    reg = table["regression"].to_numpy(dtype=float)
+    pop = cmp.population(name)
+    return {
+        "groups": [str(g) for g in table.index],
+        "n": n,
+        "x": x,
+        "log_x": log_x,
+        "start": table["unpooled_mean"].to_numpy(dtype=float),
+        "end": table["hierarchical_mean"].to_numpy(dtype=float),
+        "pooled": table["pooled_mean"].to_numpy(dtype=float),
+        "regression": reg,
+        "by_group": _varies(reg),
+        "group_level": list(table.attrs.get("group_level", [])),
+        "population": {"mean": float(pop["mean"]), "tau": float(pop.get("tau", 0.0))},
+        "lambda": table["lambda"].to_numpy(dtype=float),
+        "term": name,
+        "expr": expr,
+        "group_column": block.factor,
+        "outcome": cmp.hierarchical.spec.outcome,
+        "link": cmp.hierarchical.spec.fam.link,
+        "n_groups": n_groups,
+        "n_shown": len(table),
+    }
+
+
+def _spread_ties(n: np.ndarray, log_x: bool, width: float = 0.3) -> np.ndarray:
+    """Positions for groups of sizes ``n``: each size, with ties spread evenly over ±width/2 of
+    the gap to the next size (a factor on a log axis, an offset on a linear one)."""
+    x = np.asarray(n, dtype=float).copy()
+    sizes = np.unique(x)
+    if log_x:
+        gap = float(np.median(np.diff(np.log(sizes)))) if sizes.size > 1 else 1.0
+    else:
+        gap = float(np.median(np.diff(sizes))) if sizes.size > 1 else 1.0
+    half = 0.5 * width * gap
+    for s in sizes:
+        idx = np.flatnonzero(x == s)
+        if idx.size < 2:
+            continue
+        offs = np.linspace(-half, half, idx.size)
+        x[idx] = s * np.exp(offs) if log_x else s + offs
+    return x
+
+
+def plot_shrinkage(cmp: Comparison, *, ax: Axes | None = None, term: str | None = None,
+                   max_groups: int | None = 200) -> Figure:
+    """Shrinkage: per group an arrow from its unpooled to its hierarchical estimate, against size.
+
+    Each arrow starts at the group's own (unpooled) estimate and ends at its partially pooled
+    (hierarchical) one, drawn at the group's size on the x axis (logarithmic when sizes vary
+    widely).  The arrows point toward the population mean (grey line) or, with group-level
+    predictors, toward each group's regression value (grey ticks); small groups move far, large
+    ones hardly.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    ax
+        Axes to draw into; a new figure by default.
+    term
+        The group term; default the first.
+    max_groups
+        With more groups, a subset evenly spread over sizes is drawn.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    shrinkage_data : the numbers drawn.
+    """
+    d = shrinkage_data(cmp, term=term, max_groups=max_groups)
+    fig, ax = _figure_and_axes(ax, (7.5, 4.6))
+    x, start, end = d["x"], d["start"], d["end"]
+    if d["by_group"]:
+        ax.scatter(x, d["regression"], marker="_", s=70, color=_POP_COLOR, lw=1.6, zorder=1,
+                   label=f"population value (regression on {', '.join(d['group_level'])})")
+    else:
+        ax.axhline(d["population"]["mean"], color=_POP_COLOR, lw=1.2, zorder=1,
+                   label=f"population mean {d['population']['mean']:.3g}")
+    for xi, s, e in zip(x, start, end):
+        ax.annotate("", xy=(xi, e), xytext=(xi, s), zorder=3,
+                    arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 0.9, "shrinkA": 0, "shrinkB": 0,
+                                "mutation_scale": 7})
+    ax.scatter(x, start, s=16, facecolors="none", edgecolors=_COLORS["unpooled"], lw=1.0, zorder=4,
+               label="unpooled estimate (start)")
+    ax.scatter(x, end, s=14, color=_COLORS["hierarchical"], zorder=5, label="hierarchical estimate (end)")
+    if d["log_x"]:
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    what = "group intercept" if d["expr"] == "Intercept" else f"group slope of {d['expr']}"
+    scale = _SCALES.get(d["link"], f" ({d['link']} scale)")
+    ax.set_ylabel(f"{d['outcome']}: {what}{scale}", fontsize=9)
+    ax.set_xlabel(f"{d['group_column']} size (rows{', log scale' if d['log_x'] else ''})", fontsize=9)
+    subset = f"; {d['n_shown']} of {d['n_groups']} groups shown" if d["n_shown"] < d["n_groups"] else ""
+    target = "their regression values" if d["by_group"] else "the population mean"
+    ax.set_title(f"Shrinkage of {d['term']}: unpooled → hierarchical estimate per {d['group_column']}{subset}\n"
+                 f"small groups are pulled toward {target}, large ones keep their own", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _figure_and_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The figure of ``ax``, or a new figure with one axes."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=size, layout="constrained")
+        return fig, fig.add_subplot()
+    got = ax.get_figure()
+    assert got is not None
+    return got, ax  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# posterior predictive check
+# --------------------------------------------------------------------------------------------
+
+
+def ppc_data(cmp: Comparison, *, n_draws: int = 50, max_rows: int = 10_000, bins: int = 30,
+             seed: int = 0) -> dict[str, Any]:
+    """The numbers :func:`plot_ppc` draws: the outcome's histogram against replicated ones.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    n_draws
+        Replicated data sets per pooling (posterior draws, evenly spaced).
+    max_rows
+        With more rows, a random subset of this many (the same for every pooling).
+    bins
+        Histogram bins over the shared range (whole numbers get one bin each when there are
+        few of them).
+    seed
+        Seed of the row subset (see :func:`poolwise.compare.predictive_sample`).
+
+    Returns
+    -------
+    dict
+        ``poolings``: for each pooling ``observed_density`` (bins,), ``replicated_density``
+        (draws, bins), ``observed_mean`` and ``replicated_mean`` (draws,) (the mean of the
+        outcome and of each replicated data set); ``edges`` (shared by all panels), ``rows``
+        (rows used), ``n_obs`` (rows in the data), ``discrete``, ``outcome``, ``formula``.
+    """
+    from .compare import predictive_sample
+
+    samples = {name: predictive_sample(f, n_draws=n_draws, max_rows=max_rows, seed=seed)
+               for name, f in cmp.fits.items()}
+    y = next(iter(samples.values()))[1]
+    reps = np.concatenate([s[2].ravel() for s in samples.values()])
+    reps = reps[np.isfinite(reps)]
+    lo, hi = float(y.min()), float(y.max())
+    if reps.size:
+        q_lo, q_hi = np.quantile(reps, [0.005, 0.995])
+        lo, hi = min(lo, float(q_lo)), max(hi, float(q_hi))
+    discrete = cmp.hierarchical.spec.fam.support in ("binary", "count", "trials")
+    if discrete and hi - lo <= 60:
+        edges = np.arange(math.floor(lo), math.floor(hi) + 2) - 0.5
+    else:
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, int(bins) + 1)
+    width = np.diff(edges)
+    out: dict[str, dict[str, Any]] = {}
+    for name, (rows, yo, yrep) in samples.items():
+        obs, _ = np.histogram(yo, bins=edges)
+        rep = np.stack([np.histogram(r, bins=edges)[0] for r in yrep])
+        out[name] = {
+            "observed_density": obs / (yo.size * width),
+            "replicated_density": rep / (yrep.shape[1] * width),  # share of all rows: mass outside is lost
+            "observed_mean": float(yo.mean()),
+            "replicated_mean": yrep.mean(axis=1),
+        }
+    return {"poolings": out, "edges": edges, "rows": int(y.size), "n_obs": int(cmp.hierarchical.bound.n_obs),
+            "discrete": discrete, "outcome": cmp.hierarchical.spec.outcome, "formula": cmp.hierarchical.spec.formula}
+
+
+def plot_ppc(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None, n_draws: int = 50,
+             max_rows: int = 10_000, seed: int = 0) -> Figure:
+    """Posterior predictive check of each pooling: the outcome against replicated data sets.
+
+    One panel per pooling: the observed outcome's histogram (filled) and, as thin lines (through
+    the bin centres; steps for whole numbers), the histograms of ``n_draws`` data sets replicated from the fit's posterior predictive, on bins
+    shared by all panels.  A model that fits draws replicated data like the observed.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    axes
+        One axes per pooling (pooled, unpooled, hierarchical); a new figure by default.
+    n_draws, max_rows, seed
+        As for :func:`ppc_data`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    ppc_data : the numbers drawn.
+    """
+    d = ppc_data(cmp, n_draws=n_draws, max_rows=max_rows, seed=seed)
+    names = list(d["poolings"])
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.0 * len(names), 3.6), layout="constrained")
+        axs = list(fig.subplots(1, len(names), sharey=True, squeeze=False)[0])
+    else:
+        axs = list(np.asarray(axes, dtype=object).ravel())
+        if len(axs) != len(names):
+            raise SpecError(f"plot_ppc needs {len(names)} axes (one per pooling), got {len(axs)}.", option="axes",
+                            hint="Pass one axes per pooling, or none for a new figure.")
+        got = axs[0].get_figure()
+        assert got is not None
+        fig = got
+    edges = d["edges"]
+    for ax, name in zip(axs, names):
+        p = d["poolings"][name]
+        ax.stairs(p["observed_density"], edges, fill=True, color=_POP_COLOR, alpha=0.45, label="observed")
+        k = len(p["replicated_density"])
+        color = _COLORS.get(name, "#1f77b4")
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        for i, dens in enumerate(p["replicated_density"]):
+            label = f"replicated ({k} draws)" if i == 0 else None
+            if d["discrete"]:
+                ax.stairs(dens, edges, color=color, alpha=0.2, lw=0.7, label=label)
+            else:  # a line through the bin centres: 50 of them stay readable
+                ax.plot(centers, dens, color=color, alpha=0.18, lw=0.8, label=label)
+        ax.set_title(f"{name}", fontsize=10)
+        ax.set_xlabel(d["outcome"], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="upper right")
+    axs[0].set_ylabel("density", fontsize=9)
+    rows = f"; {d['rows']} of {d['n_obs']} rows (random subset)" if d["rows"] < d["n_obs"] else ""
+    fig.suptitle(f"Posterior predictive check of {d['formula']}{rows}", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# LOO comparison
+# --------------------------------------------------------------------------------------------
+
+_CRITERIA = {"loo": ("elpd_loo", "PSIS-LOO: predicting a new observation of a known group"),
+             "logo": ("elpd_logo", "leave-one-group-out: predicting a new group")}
+
+
+def loo_data(cmp: Comparison, *, criterion: str = "loo") -> dict[str, Any]:
+    """The numbers :func:`plot_loo` draws, from :meth:`Comparison.loo` (or :meth:`Comparison.logo`).
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    criterion
+        ``"loo"`` (PSIS-LOO over observations) or ``"logo"`` (leave-one-group-out).
+
+    Returns
+    -------
+    dict
+        ``poolings`` (best first), ``elpd``, ``se``, ``elpd_diff``, ``dse`` (NumPy arrays in that
+        order, the table's numbers), ``diff_at`` (where each difference is drawn: the best ELPD
+        minus the difference, as ``arviz.plot_compare`` does), ``best``, ``best_elpd``,
+        ``criterion``, ``column``, ``title``.
+    """
+    if criterion not in _CRITERIA:
+        raise SpecError(f"The criterion must be 'loo' or 'logo', got {criterion!r} instead.", option="criterion",
+                        hint="Use 'loo' (a new observation of a known group) or 'logo' (a new group).")
+    column, title = _CRITERIA[criterion]
+    t = cmp.loo() if criterion == "loo" else cmp.logo()
+    elpd = t[column].to_numpy(dtype=float)
+    diff = t["elpd_diff"].to_numpy(dtype=float)
+    best = str(t.index[0])
+    return {
+        "poolings": [str(i) for i in t.index], "elpd": elpd, "se": t["se"].to_numpy(dtype=float),
+        "elpd_diff": diff, "dse": t["dse"].to_numpy(dtype=float), "diff_at": float(elpd[0]) - diff,
+        "best": best, "best_elpd": float(elpd[0]), "criterion": criterion, "column": column, "title": title,
+    }
+
+
+def plot_loo(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None,
+             criteria: str | Sequence[str] = ("loo",)) -> Figure:
+    """Predictive comparison of the poolings, as ``arviz.plot_compare`` draws it.
+
+    One panel per criterion, one row per pooling (best on top): the ELPD with ± 1 SE (open
+    circle, black bar) and, for the others, the difference to the best with ± 1 SE of the
+    difference (grey triangle and bar, drawn at best ELPD − ΔELPD); the dashed line marks the
+    best ELPD.  Higher is better.
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    axes
+        One axes per criterion; a new figure by default.
+    criteria
+        ``"loo"``, ``"logo"`` or both, one panel each.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    loo_data : the numbers drawn.
+    """
+    names = [criteria] if isinstance(criteria, str) else list(criteria)
+    data = [loo_data(cmp, criterion=c) for c in names]
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(6.0 * len(data), 2.6), layout="constrained")
+        axs = list(fig.subplots(1, len(data), squeeze=False)[0])
+    else:
+        axs = list(np.asarray(axes, dtype=object).ravel())
+        if len(axs) != len(data):
+            raise SpecError(f"plot_loo needs {len(data)} axes (one per criterion), got {len(axs)}.", option="axes",
+                            hint="Pass one axes per criterion, or none for a new figure.")
+        got = axs[0].get_figure()
+        assert got is not None
+        fig = got
+    for ax, d in zip(axs, data):
+        k = len(d["poolings"])
+        y = -np.arange(k, dtype=float)
+        ax.axvline(d["best_elpd"], color=_POP_COLOR, ls="--", lw=1.0)
+        ax.errorbar(d["elpd"], y, xerr=d["se"], fmt="o", mfc="none", mec="black", color="black", ms=6,
+                    capsize=0, lw=1.2, label="ELPD ± SE")
+        if k > 1:
+            ax.errorbar(d["diff_at"][1:], y[1:] + 0.25, xerr=d["dse"][1:], fmt="^", color=_POP_COLOR, ms=5,
+                        capsize=0, lw=1.2, label="ΔELPD vs best ± SE")
+        ax.set_yticks(y)
+        ax.set_yticklabels(d["poolings"])
+        ax.set_ylim(y[-1] - 0.6, 0.6)
+        ax.set_xlabel(f"{d['column']} (log score, higher is better)", fontsize=9)
+        ax.set_title(d["title"], fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=7.5, loc="best")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# sampling diagnostics
+# --------------------------------------------------------------------------------------------
+
+_RHAT_OK = 1.01
+
+
+def diagnostics_data(cmp: Comparison) -> dict[str, Any]:
+    """The numbers :func:`plot_diagnostics` draws, from :meth:`Comparison.diagnostics`.
+
+    Returns
+    -------
+    dict
+        ``labels`` (``"pooling: parameter"``; group variables as ``"pooling: 1|g (J groups, worst)"``),
+        ``pooling``, ``r_hat``, ``ess_bulk``, ``ess_tail`` (arrays, one entry per row of
+        :meth:`Comparison.diagnostics` whose draws were sampled), ``not_sampled`` (labels of
+        the rest: point estimates), ``fits`` (per pooling: method, sampler, chains, draws,
+        divergences, divergences_text), ``ess_target`` (100 per chain), ``r_hat_target`` (1.01),
+        ``table`` (the whole DataFrame).
+    """
+    t = cmp.diagnostics()
+    fits = t.attrs["fits"]
+    labels = [f"{r.pooling}: {r.parameter}" + (f" ({r.n} groups, worst)" if r.kind == "group values" else "")
+              for r in t.itertuples()]
+    sampled = t["sampled"].to_numpy(dtype=bool)
+    chains = max(int(v["chains"]) for v in fits.values())
+    return {
+        "labels": [lab for lab, s in zip(labels, sampled) if s],
+        "pooling": t["pooling"].to_numpy()[sampled],
+        "r_hat": t["r_hat"].to_numpy(dtype=float)[sampled],
+        "ess_bulk": t["ess_bulk"].to_numpy(dtype=float)[sampled],
+        "ess_tail": t["ess_tail"].to_numpy(dtype=float)[sampled],
+        "not_sampled": [lab for lab, s in zip(labels, sampled) if not s],
+        "fits": fits,
+        "ess_target": 100.0 * chains,
+        "r_hat_target": _RHAT_OK,
+        "table": t,
+    }
+
+
+def plot_diagnostics(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None) -> Figure:
+    """R-hat and bulk/tail ESS of each fit's parameters, and its divergences.
+
+    Left: R-hat of each parameter of each fit (group values: the worst over the groups), with
+    the 1.01 line; right: bulk and tail ESS (the smallest over the groups), with the line at
+    100 per chain.  The
+    title gives each fit's divergences, or why there can be none (the exact path draws its
+    hyperparameters by independence MH and the rest exactly; empirical fits are not sampled).
+
+    Parameters
+    ----------
+    cmp
+        A :class:`~poolwise.compare.Comparison`.
+    axes
+        Two axes (R-hat, ESS); a new figure by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    See Also
+    --------
+    diagnostics_data : the numbers drawn.
+    """
+    d = diagnostics_data(cmp)
+    k = len(d["labels"])
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10.0, 1.6 + 0.24 * max(k, 3)), layout="constrained")
+        left, right = fig.subplots(1, 2, sharey=True)
+    else:
+        flat = list(np.asarray(axes, dtype=object).ravel())
+        if len(flat) != 2:
+            raise SpecError(f"plot_diagnostics needs 2 axes (R-hat, ESS), got {len(flat)}.", option="axes",
+                            hint="Pass two axes, or none for a new figure.")
+        left, right = flat
+        got = left.get_figure()
+        assert got is not None
+        fig = got
+    y = -np.arange(k, dtype=float)
+    colors = [_COLORS.get(str(p), "black") for p in d["pooling"]]
+    rhat = np.where(np.isfinite(d["r_hat"]), d["r_hat"], np.nan)
+    left.scatter(rhat, y, c=colors, s=18, zorder=3)
+    left.axvline(1.0, color=_POP_COLOR, lw=0.8)
+    left.axvline(d["r_hat_target"], color="#d62728", ls="--", lw=0.9, label=f"R-hat {d['r_hat_target']}")
+    left.set_xlabel("R-hat (rank-normalized)", fontsize=9)
+    left.set_yticks(y)
+    left.set_yticklabels(d["labels"], fontsize=7.5)
+    finite = rhat[np.isfinite(rhat)]
+    hi = max(float(finite.max()) if finite.size else 1.0, d["r_hat_target"])
+    left.set_xlim(min(0.995, float(finite.min()) if finite.size else 0.995), hi + 0.005)
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(4))
+    right.scatter(d["ess_bulk"], y + 0.15, marker="o", s=16, c=colors, label="bulk ESS", zorder=3)
+    right.scatter(d["ess_tail"], y - 0.15, marker="s", s=14, facecolors="none", edgecolors=colors, label="tail ESS",
+                  zorder=3)
+    right.axvline(d["ess_target"], color="#d62728", ls="--", lw=0.9, label=f"{d['ess_target']:.0f} (100 per chain)")
+    ess = np.concatenate([d["ess_bulk"], d["ess_tail"], [d["ess_target"]]])
+    right.set_xlim(0, 1.08 * float(np.nanmax(ess)))
+    right.set_xlabel("effective sample size (bulk: dots, tail: squares)", fontsize=9)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="lower right")
+        if k:
+            ax.set_ylim(y[-1] - 0.6, 0.6)
+    lines = [f"{name}: {info['method']}, {info['chains']}×{info['draws']} draws; divergences: "
+             f"{info['divergences_text']}" for name, info in d["fits"].items()]
+    if d["not_sampled"]:
+        lines.append("not sampled (point estimates): " + ", ".join(d["not_sampled"]))
+    fig.suptitle("Sampling diagnostics\n" + "\n".join(lines), fontsize=8.5)
     return fig
