@@ -28,10 +28,11 @@ $(STAMP_BENCH): pyproject.toml | $(PY)
 
 demo: $(STAMP_BASE)
 	$(PY) -m poolwise.datasets drivers demo/drivers.csv --force
-	$(VENV)/bin/poolwise compare demo/drivers.csv -f "reaction ~ night + (1 | driver)" --out demo --force
+	$(VENV)/bin/poolwise compare demo/drivers.csv -f "reaction ~ night + (1 | driver)" --out demo --report demo/report.html --force
 	@echo "demo written to demo/ (figure, table, results)"
 
 test: $(STAMP_TEST)
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium could not be installed: the browser test will be skipped"
 	$(PY) -m pytest -n $(JOBS) -q tests
 
 validate: $(STAMP_TEST)

@@ -58,7 +58,10 @@ PriorOpt = Annotated[list[str] | None, typer.Option(
     "--prior", help="NAME=PRIOR, e.g. 'sd(Intercept|g)=half_normal(2)'; repeatable.", show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option(help="Folder to write results to (created if missing).",
                                              show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist in --out.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist in --out (and --report).")]
+ReportOpt = Annotated[Path | None, typer.Option(
+    help="Write a self-contained HTML report (figures, tables, the recommendation) to this file.",
+    show_default=False)]
 
 
 @app.command("fit", short_help="Fit one model under one pooling.", help=(
@@ -107,7 +110,8 @@ def fit_command(
 @app.command("compare", short_help="Fit pooled, unpooled and hierarchical; compare them.", help=(
     "Fit the pooled, unpooled and hierarchical models and compare them: per-group estimates, PSIS-LOO "
     "and the population distribution. With --out DIR, write DIR/comparison.png and .svg (the three "
-    "panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc."))
+    "panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc. With --report FILE, "
+    "write one self-contained HTML report with the recommendation, and print the recommendation."))
 def compare_command(
     data: DataArg,
     formula: FormulaOpt,
@@ -119,16 +123,20 @@ def compare_command(
     warmup: WarmupOpt = 1000,
     prior: PriorOpt = None,
     out: OutOpt = None,
+    report: ReportOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Fit the pooled, unpooled and hierarchical models and compare them.
 
     Prints per-group estimates (the smallest groups first), PSIS-LOO of each pooling and the
     population distribution.  With --out DIR, write DIR/comparison.png and .svg (the three
-    panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc.
+    panels), DIR/table.csv, DIR/loo.csv and DIR/{pooled,unpooled,hierarchical}.nc.  With
+    --report FILE, write the HTML report (:func:`poolwise.report.write_report`) and print the
+    recommendation.
     """
     with _errors():
         targets = _check_targets(out, COMPARE_FILES, force)
+        report_path = _check_report(report, force)
         priors = _parse_priors(prior)
         with _progress() as step:
             cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
@@ -160,6 +168,14 @@ def compare_command(
             for name, f in cmp.fits.items():
                 f.to_netcdf(targets[f"{name}.nc"], overwrite=True)
             _print_written(console, targets.values())
+        if report_path is not None:
+            from .report import write_report
+
+            with _progress() as step:
+                step("leave-one-group-out and the report", 0.5)
+                write_report(cmp, report_path, overwrite=True)  # checked before fitting
+            console.print(str(cmp.recommend()), markup=False, highlight=False)
+            _print_written(console, [report_path])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -204,6 +220,17 @@ def _check_targets(out: Path | None, names: Sequence[str], force: bool) -> dict[
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         _fail(f"{existing[0]} exists already{more}. Pass --force to overwrite.")
     return targets
+
+
+def _check_report(path: Path | None, force: bool) -> str | None:
+    """The report's path; fails before any work if it is a folder, or exists without ``force``."""
+    if path is None:
+        return None
+    if path.is_dir():
+        _fail(f"{path} is a folder. Give --report a file name such as report.html.")
+    if path.exists() and not force:
+        _fail(f"{path} exists already. Pass --force to overwrite.")
+    return os.fspath(path)
 
 
 def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
