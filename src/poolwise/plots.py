@@ -751,6 +751,11 @@ def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int 
         estimates), ``lambda``, ``term``, ``expr``, ``group_column``, ``outcome``, ``link``,
         ``n_groups``, ``n_shown``.
 
+    Raises
+    ------
+    SpecError
+        For ``max_groups`` below 1, or a term that is not a group term of the model.
+
     Examples
     --------
     >>> import poolwise as pw
@@ -978,6 +983,11 @@ def plot_ppc(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None, n_dra
     -------
     matplotlib.figure.Figure
 
+    Raises
+    ------
+    SpecError
+        When ``axes`` holds the wrong number of axes.
+
     See Also
     --------
     ppc_data : the numbers drawn.
@@ -1045,6 +1055,11 @@ def loo_data(cmp: Comparison, *, criterion: str = "loo") -> dict[str, Any]:
         order, the table's numbers), ``diff_at`` (where each difference is drawn: the best ELPD
         minus the difference, as ``arviz.plot_compare`` does), ``best``, ``best_elpd``,
         ``criterion``, ``column``, ``title``.
+
+    Raises
+    ------
+    SpecError
+        For a criterion other than ``"loo"`` and ``"logo"``.
     """
     if criterion not in _CRITERIA:
         raise SpecError(f"The criterion must be 'loo' or 'logo', got {criterion!r} instead.", option="criterion",
@@ -1082,6 +1097,11 @@ def plot_loo(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None,
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    SpecError
+        When ``axes`` holds the wrong number of axes, or for an unknown criterion.
 
     See Also
     --------
@@ -1180,6 +1200,11 @@ def plot_diagnostics(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = Non
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    SpecError
+        When ``axes`` holds the wrong number of axes.
 
     See Also
     --------
