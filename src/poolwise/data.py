@@ -15,7 +15,7 @@ import glob
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Number
 from typing import TYPE_CHECKING, Any, TypeGuard, Union
 
@@ -62,6 +62,8 @@ class Table:
 
     frame: pd.DataFrame
     source: str
+    #: group labels already computed, by (column, rows) (the frame is never mutated)
+    _labels: dict[tuple[str, int], pd.Categorical] = field(default_factory=dict, repr=False)
 
     @property
     def n_rows(self) -> int:
@@ -562,6 +564,19 @@ def group_labels(table: Table, column: str) -> pd.Categorical:
         or pd.api.types.is_bool_dtype(dtype)
         or pd.api.types.is_datetime64_any_dtype(dtype)
     )
+    key = (column, len(series))
+    cached = table._labels.get(key)
+    if cached is not None:
+        return cached
+    if pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, pd.CategoricalDtype):
+        # text labels are their own strings: factorize sorted, no per-label Python work
+        codes, uniques = pd.factorize(series, sort=True, use_na_sentinel=True)
+        out = pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64),
+                                        categories=pd.Index(np.asarray(uniques, dtype=object).astype(str),
+                                                            dtype=object))
+        if out.categories.is_unique:  # (str(x) of distinct objects could collide)
+            table._labels[key] = out
+            return out
     codes, uniques = pd.factorize(series, sort=natural, use_na_sentinel=True)
     labels = [_label(v) for v in np.asarray(uniques, dtype=object)]
     if natural:
@@ -571,7 +586,9 @@ def group_labels(table: Table, column: str) -> pd.Categorical:
     index = {label: i for i, label in enumerate(ordered)}
     remap = np.array([index[label] for label in labels] + [-1], dtype=np.int64)
     new_codes = remap[np.asarray(codes, dtype=np.int64)]  # -1 (missing) maps to the last slot
-    return pd.Categorical.from_codes(new_codes, categories=ordered)
+    result = pd.Categorical.from_codes(new_codes, categories=ordered)
+    table._labels[key] = result
+    return result
 
 
 def _label(value: Any) -> str:

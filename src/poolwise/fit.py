@@ -909,7 +909,7 @@ def _to_inference_data(f: Fit) -> Any:
     dims: dict[str, list[str]] = {}
     for block, bd in zip(b.blocks, f.block_draws):
         term = block.term
-        coords[block.factor] = block.levels
+        coords[block.factor] = np.asarray(block.levels)  # an array: ArviZ deep-copies coords
         if bd.sd is not None:
             for k, e in enumerate(block.exprs):
                 posterior[term.sd_name(e)] = bd.sd[..., k]

@@ -94,12 +94,18 @@ def test_criteria_equal_dense(reml: bool) -> None:
 
 def _statsmodels(df: pd.DataFrame, formula: str, group: str, reml: bool, re_formula: str | None) -> Any:
     model = smf.mixedlm(formula, df, groups=df[group], re_formula=re_formula)
+    fits = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # statsmodels' L-BFGS start fails on radon (σ_group → 0, llf = inf); BFGS converges tightly
-        res = model.fit(reml=reml, method=["bfgs"], gtol=1e-10, maxiter=5000)
-    assert res.converged and np.isfinite(res.llf)
-    return res
+        # statsmodels' L-BFGS start fails on radon (σ_group → 0, llf = inf); BFGS gets closest to the
+        # optimum but may report no convergence (gtol 1e-10 is below float noise on some machines,
+        # seen on sleepstudy), so L-BFGS is the witness that the optimum was reached
+        for method in (["bfgs"], ["lbfgs"]):
+            fits.append(model.fit(reml=reml, method=method, gtol=1e-10, maxiter=5000))
+    finite = [r for r in fits if np.isfinite(r.llf)]
+    best = max(finite, key=lambda r: r.llf)
+    assert any(r.converged and r.llf >= best.llf - 1e-8 * abs(best.llf) for r in finite)
+    return best
 
 
 CASES = {

@@ -8,9 +8,9 @@
 4. Same seed, same draws; unsupported models refused.
 
 Tolerance: the Laplace-marginal posterior is not the exact posterior, so the gap between the two
-methods is Monte Carlo error *plus* the approximation's bias.  We allow max(4 × combined MCSE,
-0.1 × posterior SD): 4 MCSE covers the Monte Carlo part; 0.1 posterior SD bounds the bias we
-accept.  For cbpp (15 herds of ~4 binomial observations with 5–30 trials each) the per-herd
+methods is Monte Carlo error *plus* the approximation's bias.  We allow 4 × combined MCSE +
+0.1 × posterior SD: 4 MCSE covers the Monte Carlo part; 0.1 posterior SD bounds the bias we
+accept (the two add: the gap is the bias plus the Monte Carlo error).  For cbpp (15 herds of ~4 binomial observations with 5–30 trials each) the per-herd
 posterior of the effect is close to Gaussian, so the Laplace error in the marginal is small
 (lme4's nAGQ = 1 and adaptive quadrature agree to about 1e-2 in the herd SD); for the synthetic
 set each group has 50 Bernoulli rows, where the Laplace error is of order 1/n_j.
@@ -39,7 +39,7 @@ def _mcse(x: np.ndarray) -> float:
 
 def _agree(a: np.ndarray, b: np.ndarray, what: str) -> None:
     gap = abs(float(a.mean()) - float(b.mean()))
-    tol = max(4.0 * np.hypot(_mcse(a), _mcse(b)), 0.1 * float(b.std()))
+    tol = 4.0 * np.hypot(_mcse(a), _mcse(b)) + 0.1 * float(b.std())  # MC error on top of the bias
     assert gap <= tol, f"{what}: laplace {a.mean():.4f}, nuts {b.mean():.4f}, gap {gap:.4f} > tol {tol:.4f}"
 
 
@@ -85,7 +85,7 @@ def test_cbpp_agrees_with_nuts() -> None:
     _agree(sd_l[..., 0], sd_n[..., 0], "sd(herd)")
 
 
-@pytest.mark.slow
+@pytest.mark.validate  # full NUTS on 10,000 Bernoulli rows: about 5 minutes, so make validate
 def test_synthetic_slopes_agree_with_nuts() -> None:
     df = _synthetic()
     f = "y ~ x + (1 + x | g)"
