@@ -176,6 +176,9 @@ class GroupBlock:
     group: np.ndarray
     levels: list[str]
     Sigma: np.ndarray | None
+    #: rows per group and Σ w z z' per group (J, q, q), when the rows were reduced in the query
+    counts: np.ndarray | None = field(default=None, repr=False)
+    ZtWZ: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def factor(self) -> str:
@@ -211,6 +214,8 @@ class GroupBlock:
 
     def sizes(self) -> np.ndarray:
         """Rows per group."""
+        if self.counts is not None:
+            return self.counts
         return np.bincount(self.group, minlength=self.n_groups)
 
 
@@ -259,10 +264,20 @@ class BoundSpec:
     prior_source: dict[str, str]
     scale: float
     design: Any = field(repr=False, default=None)
+    #: for rows reduced inside their engine (:func:`poolwise.reduce.bind_source`): the statistics
+    #: (``.simple``, ``.block``), the number of rows and where they are; the row arrays are then empty
+    reduced: Any = field(repr=False, default=None)
 
     @property
     def n_obs(self) -> int:
+        if self.reduced is not None:
+            return int(self.reduced.n_obs)
         return int(self.y.shape[0])
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether the row arrays are held (not when the rows were reduced in the query)."""
+        return self.reduced is None
 
     @property
     def has_sigma(self) -> bool:

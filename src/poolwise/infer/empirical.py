@@ -60,7 +60,7 @@ import numpy as np
 from scipy import optimize
 
 from ..errors import SpecError
-from ..reduce import Reduced, reduce_arrays
+from ..reduce import Reduced, bound_block_stats, reduce
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
 from . import collapsed, exact
@@ -142,7 +142,7 @@ def block_loglik(stats: collapsed.BlockStats, sigma: float, Lam: np.ndarray, *, 
     Parameters
     ----------
     stats
-        Sufficient statistics (:func:`poolwise.infer.collapsed.block_stats`).
+        Sufficient statistics (:func:`poolwise.reduce.block_stats`).
     sigma
         Residual SD (1 when the standard errors are known).
     Lam
@@ -297,12 +297,11 @@ def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, i
 def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: bool) -> Draws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
-    y = bound.y - bound.offset
     hyp = _Hyper(bound.has_sigma, blk.q, blk.Sigma, blk.term.correlated)
     rng = np.random.default_rng(seed)
     C, D = chains, draws
     if bound.simple:
-        red = reduce_arrays(y, bound.X, bound.weights, blk.group, blk.n_groups)
+        red = reduce(bound)
 
         def f(theta: np.ndarray) -> float:
             sigma, _, _, Lam = hyp.unpack(theta)
@@ -311,7 +310,7 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
         scale = _scale_guess(red.XtWX, red.XtWy, red.yWy, red.n_obs)
         zz = np.ones(1)
     else:
-        stats = collapsed.block_stats(y, bound.X, blk.Z, bound.weights, blk.group, blk.n_groups)
+        stats = bound_block_stats(bound)
 
         def f(theta: np.ndarray) -> float:
             sigma, _, _, Lam = hyp.unpack(theta)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..priors import Prior
-from ..reduce import Reduced
+from ..reduce import Reduced, bound_block_stats
 from ..spec import BoundSpec
 from . import Draws, Progress
 
@@ -487,7 +487,7 @@ def sample_block(
     if progress:
         progress("hyperparameters", 0.0)
     blk = bound.blocks[0]
-    stats = collapsed.block_stats(bound.y, bound.X, blk.Z, bound.weights, blk.group, blk.n_groups)
+    stats = bound_block_stats(bound)
     hp = HyperPrior.from_bound(bound)
     sd_priors = [bound.priors[n] for n in blk.sd_names] if blk.Sigma is None else None
     cor = bound.priors.get(f"cor({blk.factor})")

@@ -62,7 +62,7 @@ class _Nested:
     """Sufficient statistics of the nested model and its log marginal, batched over (σ, τ_a, τ_c)."""
 
     def __init__(self, bound: BoundSpec, outer: GroupBlock, inner: GroupBlock, parent: np.ndarray) -> None:
-        self.red: Reduced = reduce_arrays(bound.y, bound.X, bound.weights, inner.group, inner.n_groups)
+        self.red: Reduced = reduce_arrays(bound.y - bound.offset, bound.X, bound.weights, inner.group, inner.n_groups)
         self.parent = parent
         self.J_outer = outer.n_groups
         self.hp = HyperPrior.from_bound(bound)
