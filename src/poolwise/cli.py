@@ -44,7 +44,11 @@ COMPARE_FILES = ("comparison.png", "comparison.svg", "table.csv", "loo.csv",
                  *(f"{p}.nc" for p in POOLINGS))
 
 # -- shared options ----------------------------------------------------------------------------
-DataArg = Annotated[Path, typer.Argument(help="CSV or Parquet file (read with DuckDB).", show_default=False)]
+DataArg = Annotated[Path, typer.Argument(
+    help="CSV or Parquet file, or a quoted glob of them ('trips/*.parquet'), read with DuckDB.", show_default=False)]
+EngineOpt = Annotated[str | None, typer.Option(
+    help="duckdb | spark: where a gaussian model's rows are reduced to per-group statistics (default duckdb; "
+         "spark uses the active or a new SparkSession).", show_default=False)]
 FormulaOpt = Annotated[str, typer.Option("--formula", "-f", help='lme4 formula, e.g. "y ~ x + (1 | g)".',
                                          show_default=False)]
 FamilyOpt = Annotated[str, typer.Option(
@@ -81,6 +85,7 @@ def fit_command(
     prior: PriorOpt = None,
     out: OutOpt = None,
     force: ForceOpt = False,
+    engine: EngineOpt = None,
 ) -> None:
     """Fit one model under one pooling; print its summary and priors.
 
@@ -92,7 +97,8 @@ def fit_command(
         priors = _parse_priors(prior)
         with _progress() as step:
             f = fit(formula, os.fspath(data), family=family, pooling=pooling, priors=priors, method=method,
-                    seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step)
+                    seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
+                    spark=_spark_session() if engine == "spark" else None)
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(f))
@@ -231,6 +237,15 @@ def _check_report(path: Path | None, force: bool) -> str | None:
     if path.exists() and not force:
         _fail(f"{path} exists already. Pass --force to overwrite.")
     return os.fspath(path)
+
+
+def _spark_session() -> Any:
+    """The active SparkSession, or a new one (local unless spark-submit or SPARK_REMOTE says otherwise)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        _fail("--engine spark needs pyspark (pip install pyspark) and Java 17.")
+    return SparkSession.getActiveSession() or SparkSession.builder.appName("poolwise").getOrCreate()
 
 
 def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
 __all__ = [
     "DataLike",
     "Table",
+    "Source",
+    "scan",
+    "is_scannable",
     "read_table",
     "check_columns",
     "validate",
@@ -80,6 +83,237 @@ class Table:
         if len(self.columns) > _MAX_LISTED_COLUMNS:
             cols += ", …"
         return f"Table(source={self.source!r}, n_rows={self.n_rows}, columns=[{cols}])"
+
+
+# --------------------------------------------------------------------------------------------
+# rows that stay in their engine
+# --------------------------------------------------------------------------------------------
+
+#: the kinds of column a Source reports
+_KINDS = ("number", "boolean", "text", "other")
+
+
+@dataclass(frozen=True, eq=False)
+class Source:
+    """Rows that stay where they are — CSV/Parquet files scanned by DuckDB, a DuckDB relation,
+    or a Spark DataFrame — queried with SQL, never loaded whole.
+
+    Attributes
+    ----------
+    engine : str
+        ``"duckdb"`` or ``"spark"``.
+    relation : str
+        What follows ``FROM`` in a query: ``read_parquet('trips/*.parquet')`` or a view name.
+    kinds : dict of str to str
+        Each column's kind: ``"number"``, ``"boolean"``, ``"text"`` or ``"other"``.
+    source : str
+        Where the rows are, for messages: the path, ``"duckdb relation"`` or ``"spark"``.
+    """
+
+    engine: str
+    relation: str
+    kinds: dict[str, str]
+    source: str
+    _handle: Any = field(repr=False, default=None)  # a DuckDB connection, or a SparkSession
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names, in order."""
+        return list(self.kinds)
+
+    @property
+    def dialect(self) -> str:
+        """SQL dialect of the engine (``"duckdb"`` or ``"spark"``)."""
+        return self.engine
+
+    def quote(self, name: str) -> str:
+        """``name`` as a quoted identifier of this engine's SQL."""
+        if self.engine == "spark":
+            return "`" + name.replace("`", "``") + "`"
+        return _quote_identifier(name)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run ``sql`` (which names this source as ``{rows}``) and return its (small) result.
+
+        Raises
+        ------
+        DataError
+            When the engine refuses the query or cannot read the rows.
+        """
+        text = sql.replace("{rows}", self.relation)
+        try:
+            if self.engine == "spark":
+                out: pd.DataFrame = self._handle.sql(text).toPandas()
+                return out
+            frame: pd.DataFrame = self._run(text).df()
+            return frame
+        except Exception as err:  # the engine's own error types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+            raise DataError(f"Could not read {self.source}: {first}",
+                            hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
+
+    def query_arrays(self, sql: str) -> dict[str, np.ndarray]:
+        """Like :meth:`query`, as NumPy arrays by column (DuckDB: without going through pandas)."""
+        if self.engine == "spark":
+            frame = self.query(sql)
+            return {str(c): frame[c].to_numpy() for c in frame.columns}
+        text = sql.replace("{rows}", self.relation)
+        try:
+            got = self._run(text).fetchnumpy()
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+            raise DataError(f"Could not read {self.source}: {first}",
+                            hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
+        return {str(k): np.asarray(v.filled(np.nan) if np.ma.isMaskedArray(v) and v.dtype.kind == "f" else v)
+                for k, v in got.items()}
+
+    def _run(self, text: str) -> Any:
+        """A DuckDB result: the connection's, or the user's relation's (lazy: it is not loaded)."""
+        if isinstance(self._handle, tuple):  # ("relation", rel): the query sees it under its view name
+            return self._handle[1].query(self.relation, text)
+        return self._handle.execute(text)
+
+    def load(self, columns: Sequence[str]) -> Table:
+        """The given columns of every row, as a :class:`Table` (for models the query cannot reduce)."""
+        _check_names(self.columns, columns)
+        select = ", ".join(self.quote(c) for c in _unique(list(columns)))
+        return _finish(self.query(f"SELECT {select} FROM {{rows}}"), self.source)
+
+
+def is_scannable(data: object) -> bool:
+    """Whether :func:`scan` takes ``data``: a path or glob, a DuckDB relation, a Spark DataFrame."""
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    module = type(data).__module__ or ""
+    return module.split(".")[0] in ("duckdb", "pyspark") and hasattr(data, "columns")
+
+
+def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
+    """Open rows for querying without loading them.
+
+    Parameters
+    ----------
+    data : str, os.PathLike, duckdb.DuckDBPyRelation or pyspark.sql.DataFrame
+        A CSV or Parquet file, a glob of them (``"trips/*.parquet"``), a DuckDB relation, or a
+        Spark DataFrame.
+    engine : {"duckdb", "spark"}, optional
+        For a path: DuckDB (default) or Spark (then ``spark`` is the SparkSession, or the active
+        one is used). A relation or DataFrame brings its engine.
+    spark : pyspark.sql.SparkSession, optional
+        The session that reads a path with ``engine="spark"``.
+
+    Returns
+    -------
+    Source
+
+    Raises
+    ------
+    DataError
+        For a missing file, an unsupported type or extension, or rows the engine cannot read.
+    SpecError
+        For an unknown engine, or ``engine="spark"`` without pyspark.
+
+    Examples
+    --------
+    >>> import os, tempfile, pandas as pd
+    >>> path = os.path.join(tempfile.mkdtemp(), "rows.csv")
+    >>> pd.DataFrame({"y": [1.0, 2.0], "g": ["a", "b"]}).to_csv(path, index=False)
+    >>> src = scan(path)
+    >>> src.kinds
+    {'y': 'number', 'g': 'text'}
+    """
+    from .errors import SpecError
+
+    if engine not in (None, "duckdb", "spark"):
+        raise SpecError(f"The 'engine' option must be 'duckdb' or 'spark'. Got {engine!r}.", option="engine")
+    module = (type(data).__module__ or "").split(".")[0]
+    if module == "pyspark":
+        if engine == "duckdb":
+            raise SpecError("A Spark DataFrame is reduced by Spark, not DuckDB.", hint="Leave engine unset.",
+                            option="engine")
+        return _spark_source(data.sparkSession, data, "spark DataFrame")
+    if module == "duckdb":
+        if engine == "spark":
+            raise SpecError("A DuckDB relation is reduced by DuckDB, not Spark.", hint="Leave engine unset.",
+                            option="engine")
+        view = "poolwise_rows"
+        kinds = _unique_kinds([(str(n), str(t)) for n, t in zip(data.columns, data.types)])
+        return Source("duckdb", view, kinds, "the DuckDB relation", ("relation", data))
+    if not isinstance(data, (str, os.PathLike)):
+        raise DataError(f"Cannot scan data of type {type(data).__name__}.",
+                        hint="Pass a CSV or Parquet path (or glob), a DuckDB relation or a Spark DataFrame.")
+    path = os.fspath(data)
+    reader = _reader_for(path)
+    _check_path(path)
+    if engine == "spark":
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError:
+            raise SpecError("engine='spark' needs pyspark.", hint="pip install pyspark (and Java 17).",
+                            option="engine") from None
+        session = spark or SparkSession.getActiveSession()
+        if session is None:
+            raise SpecError("engine='spark' needs a SparkSession.", hint="Pass spark=SparkSession.builder.getOrCreate().",
+                            option="engine")
+        try:
+            if reader == "read_parquet":
+                frame = session.read.parquet(path)
+            else:
+                frame = session.read.csv(path, header=True, inferSchema=True)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise DataError(f"Could not read '{path}': {first}", hint="Check the path and the file type.") from None
+        return _spark_source(session, frame, path)
+    literal = "'" + path.replace("'", "''") + "'"
+    return _duckdb_source(_duckdb_connection(), f"{reader}({literal})", path)
+
+
+def _duckdb_connection() -> Any:
+    import duckdb
+
+    return duckdb.connect()
+
+
+def _kind_of(type_name: str) -> str:
+    t = type_name.upper()
+    if t == "BOOLEAN":
+        return "boolean"
+    if any(t.startswith(k) for k in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                                      "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL",
+                                      "INT", "LONG", "SHORT", "BYTE")):
+        return "number"
+    if t.startswith(("VARCHAR", "STRING", "TEXT", "CHAR", "ENUM")):
+        return "text"
+    return "other"
+
+
+def _duckdb_source(con: Any, relation: str, where: str) -> Source:
+    import duckdb
+
+    try:
+        schema = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    except duckdb.Error as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+        raise DataError(f"Could not read '{where}': {first}",
+                        hint="Check that the file is well-formed CSV or Parquet.") from None
+    return Source("duckdb", relation, _unique_kinds([(str(r[0]), str(r[1])) for r in schema]), where, con)
+
+
+def _unique_kinds(schema: list[tuple[str, str]]) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for name, type_name in schema:
+        if name in kinds:
+            raise DataError(f"Column '{name}' appears more than once.", hint="Rename or drop the duplicates.",
+                            column=name)
+        kinds[name] = _kind_of(type_name)
+    return kinds
+
+
+def _spark_source(session: Any, frame: Any, where: str) -> Source:
+    view = f"poolwise_rows_{id(frame):x}"
+    frame.createOrReplaceTempView(view)
+    kinds = {str(f.name): _kind_of(str(f.dataType.simpleString())) for f in frame.schema.fields}
+    return Source("spark", view, kinds, where, session)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,16 +430,7 @@ def _read_path(path: str, columns: list[str] | None) -> Table:
     import duckdb
 
     reader = _reader_for(path)
-    if _GLOB_CHARS & set(path):
-        if not glob.glob(path):
-            raise DataError(f"No files match '{path}'.", hint="Check the path.")
-    elif os.path.isdir(path):
-        raise DataError(
-            f"'{path}' is a directory, not a file.",
-            hint="Pass a file, or a glob such as 'data/*.parquet'.",
-        )
-    elif not os.path.exists(path):
-        raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
+    _check_path(path)
 
     literal = "'" + path.replace("'", "''") + "'"
     relation = f"{reader}({literal})"
@@ -227,6 +452,19 @@ def _read_path(path: str, columns: list[str] | None) -> Table:
             hint="Check that the file is well-formed CSV or Parquet.",
         ) from err
     return _finish(frame, path)
+
+
+def _check_path(path: str) -> None:
+    if _GLOB_CHARS & set(path):
+        if not glob.glob(path):
+            raise DataError(f"No files match '{path}'.", hint="Check the path.")
+    elif os.path.isdir(path):
+        raise DataError(
+            f"'{path}' is a directory, not a file.",
+            hint="Pass a file, or a glob such as 'data/*.parquet'.",
+        )
+    elif not os.path.exists(path):
+        raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
 
 
 def _reader_for(path: str) -> str:

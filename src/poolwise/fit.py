@@ -11,6 +11,7 @@ memory budget; otherwise they are computed on demand, in chunks of rows.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
+from . import reduce as _reduce
 from .errors import DataError, SpecError, format_rows
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "Fit", "MEMORY_BUDGET"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
@@ -48,6 +50,8 @@ def fit(
     warmup: int = 1000,
     progress: Progress | None = None,
     memory_budget: int = MEMORY_BUDGET,
+    engine: str | None = None,
+    spark: Any = None,
     **options: Any,
 ) -> Fit:
     """Fit a model of grouped data under one pooling.
@@ -59,7 +63,13 @@ def fit(
         Or a :class:`~poolwise.spec.ModelSpec` (then ``family``, ``pooling`` and ``priors`` are
         taken from it).
     data
-        A pandas, polars or pyarrow table, or a path to a CSV or Parquet file.
+        A pandas, polars or pyarrow table; a path or glob of CSV or Parquet files; a DuckDB
+        relation; or a Spark DataFrame.  For a gaussian model with one grouping factor fitted by
+        ``method="exact"`` or ``"empirical"``, files, relations and DataFrames are reduced inside
+        their engine (DuckDB, or Spark) by one aggregation query to one row of sufficient
+        statistics per group, so the rows never enter memory; the fit then holds no rows (no
+        pointwise log-likelihood or posterior predictive of the observed rows).  Other models
+        load only the columns they need, and the fit's notes say how many rows.
     family
         ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
         ``"negative_binomial"``.
@@ -78,6 +88,11 @@ def fit(
         Optional callback ``(stage, fraction)``.
     memory_budget
         Bytes above which draws × rows arrays are computed on demand instead of stored.
+    engine
+        ``"duckdb"`` (default for paths) or ``"spark"`` (a path read by ``spark``, the
+        SparkSession, or the active one).
+    spark
+        The SparkSession that reads a path with ``engine="spark"``.
 
     Returns
     -------
@@ -106,11 +121,43 @@ def fit(
     if not isinstance(warmup, int) or warmup < 0:
         raise SpecError(f"The 'warmup' option must be a non-negative integer. Got {warmup!r}.", option="warmup")
     method = method or ("exact" if spec.fam.exact else "nuts")
-    table = data if isinstance(data, _data.Table) else _data.read_table(data)
-    bound = spec.bind(table)
+    if progress:
+        progress("reduce", 0.0)
+    bound, note = bind_data(spec, data, method=method, engine=engine, spark=spark)
     result = run(bound, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                  **options)
+    if note is not None:
+        info = dict(result.info)
+        info["note"] = f"{info['note']} {note}" if info.get("note") else note
+        result = dataclasses.replace(result, info=info)
     return Fit(bound, result, memory_budget=memory_budget)
+
+
+def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = None, spark: Any = None
+              ) -> tuple[BoundSpec, str | None]:
+    """Bind ``spec`` to ``data``: in memory, or reduced inside DuckDB/Spark when the model allows.
+
+    Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
+    factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
+    (:func:`poolwise.reduce.bind_source`); for other models only the needed columns are loaded.
+
+    Returns
+    -------
+    The bound spec, and a note for the fit when the columns were loaded (``None`` otherwise).
+    """
+    if isinstance(data, _data.Table):
+        return spec.bind(data), None
+    if engine is None and spark is None and not _data.is_scannable(data):
+        return spec.bind(_data.read_table(data)), None
+    src = _data.scan(data, engine=engine, spark=spark)
+    why = _reduce.query_reason(spec) or (None if method in ("exact", "empirical") else
+                                         f"method={method!r} works on the rows")
+    if why is None:
+        return _reduce.bind_source(spec, src), None
+    bound = spec.bind(src.load(spec.variables))
+    note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
+            f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")
+    return bound, note
 
 
 class Fit:
@@ -176,7 +223,7 @@ class Fit:
     @property
     def eager_pointwise(self) -> bool:
         """Whether the pointwise arrays are stored (else made on demand)."""
-        return self.n_samples * self.bound.n_obs * 8 <= self.memory_budget
+        return self.bound.has_rows and self.n_samples * self.bound.n_obs * 8 <= self.memory_budget
 
     @property
     def priors(self) -> pd.DataFrame:
@@ -346,6 +393,7 @@ class Fit:
 
     def _mu_chunks(self, chunk: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """The linear predictor η (chain, draw, rows) in chunks of rows."""
+        self._require_rows("pointwise log-likelihood")
         n = self.bound.n_obs
         chunk = chunk or max(1, self.memory_budget // (8 * self.n_samples * 3))
         for s in range(0, n, chunk):
@@ -414,6 +462,7 @@ class Fit:
         """
         if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
             raise SpecError(f"The 'draws' option must be a positive integer. Got {draws!r}.", option="draws")
+        self._require_rows("prior predictive of the observed rows")
         b, fam = self.bound, self.spec.fam
         need = draws * b.n_obs * 8
         if need > self.memory_budget:
@@ -492,7 +541,17 @@ class Fit:
             pps.append(fam.sample(rng, eta, **kw))
         return np.concatenate(lls, axis=-1), np.concatenate(pps, axis=-1)
 
+    def _require_rows(self, what: str) -> None:
+        """Refuse, clearly, what needs the rows of a fit whose rows were reduced in the query."""
+        r = self.bound.reduced
+        if r is not None:
+            raise SpecError(
+                f"The {what} needs the rows, and this fit never loaded them: its {r.n_obs:,} rows were reduced "
+                f"inside {r.engine} ({r.source}) to one row per group.",
+                hint="Fit a table in memory for it (poolwise.data.read_table(path), or a DataFrame).", option="data")
+
     def _check_budget(self, what: str) -> None:
+        self._require_rows(what.replace("_", " "))
         need = self.n_samples * self.bound.n_obs * 8
         if need > self.memory_budget:
             raise SpecError(
@@ -544,6 +603,10 @@ class Fit:
                        "Coefficients and group values are drawn from their conditional posterior given the estimates.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
+        r = self.bound.reduced
+        if r is not None:
+            out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {self.bound.n_groups:,} rows of "
+                       "sufficient statistics in one query; the rows were never loaded.")
         return out
 
     def pooling_factors(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
@@ -624,7 +687,7 @@ class Fit:
         out = np.empty((S, J))
         step = max(1, self.memory_budget // (8 * J * max(q * q, 3) * 4))
         if fam.identity:  # information does not depend on η: Z'WZ per group, once
-            ZWZ = _group_cross(block.Z, b.weights, block.group, J)  # (J, q, q)
+            ZWZ = block.ZtWZ if block.ZtWZ is not None else _group_cross(block.Z, b.weights, block.group, J)
         for s0 in range(0, S, step):
             ds = slice(s0, min(S, s0 + step))
             kw = self._family_kwargs(None, ds)
@@ -821,10 +884,10 @@ class Fit:
             else:
                 from formulae import design_matrices
 
-                from .spec import _FUNCTIONS
+                from .spec import FUNCTIONS
 
                 dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0),
-                                     na_action="error", extra_namespace=_FUNCTIONS)
+                                     na_action="error", extra_namespace=FUNCTIONS)
                 cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
         return np.column_stack(cols)
 
@@ -922,8 +985,11 @@ def _to_inference_data(f: Fit) -> Any:
                 name = term.value_name(e)
                 posterior[name] = bd.values[..., k]
                 dims[name] = [block.factor]
-    observed = {b.spec.outcome: b.y}
-    dims[b.spec.outcome] = ["obs"]
+    observed = {b.spec.outcome: b.y} if b.has_rows else None
+    if b.has_rows:
+        dims[b.spec.outcome] = ["obs"]
+    else:  # reduced in the query: no row arrays, so no observed data nor an 'obs' coordinate
+        del coords["obs"]
     kwargs: dict[str, Any] = {}
     if f.eager_pointwise:
         ll, pp = f._pointwise(seed=0)
@@ -933,6 +999,8 @@ def _to_inference_data(f: Fit) -> Any:
         posterior=posterior, sample_stats=dict(d.sample_stats) or None, observed_data=observed,
         coords=coords, dims=dims, **kwargs,
     )
+    if b.reduced is not None:
+        idata.posterior.attrs.update({"reduced_in": f"{b.reduced.engine}: {b.reduced.source}"})
     idata.posterior.attrs.update({
         "formula": b.spec.formula, "family": b.spec.fam.name, "pooling": str(b.spec.pooling),
         "method": d.method, "priors": "; ".join(f"{k} ~ {v}" for k, v in b.priors.items()),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import FormulaError
 
-__all__ = ["GroupTerm", "ParsedFormula", "parse_formula", "mark"]
+__all__ = ["GroupTerm", "ParsedFormula", "parse_formula", "mark", "sql_columns", "quote_sql", "sql_literal"]
 
 _NAME = r"[A-Za-z_.][\w.]*"
 
@@ -160,7 +160,7 @@ def parse_formula(f: str) -> ParsedFormula:
         first = factor.split(":")[0]
         terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
                                and first not in uncorrelated))
-    variables = set(desc.var_names) | set(extras.values())
+    variables = {v for v in desc.var_names if v} | set(extras.values())  # (formulae lists literals as "")
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
         common=_strip_group_terms(rhs_clean), group_terms=tuple(terms), variables=tuple(sorted(variables)),
@@ -217,3 +217,146 @@ def _strip_group_terms(rhs: str) -> str:
     cleaned = re.sub(r"\+\s*\+", "+", cleaned).strip()
     cleaned = re.sub(r"\+\s*$", "", cleaned).strip()
     return cleaned if cleaned and cleaned not in ("+",) else "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# design columns as SQL expressions (for reductions that run inside DuckDB or Spark)
+
+#: functions a formula may apply that the query can compute (formulae name → SQL template)
+_SQL_FUNCTIONS = {
+    "log": "LN({})", "np.log": "LN({})", "numpy.log": "LN({})",
+    "exp": "EXP({})", "np.exp": "EXP({})", "numpy.exp": "EXP({})",
+    "sqrt": "SQRT({})", "np.sqrt": "SQRT({})", "numpy.sqrt": "SQRT({})",
+    "log10": "LOG10({})", "np.log10": "LOG10({})", "numpy.log10": "LOG10({})",
+    "log2": "(LN({}) / LN(2.0))", "np.log2": "(LN({}) / LN(2.0))", "numpy.log2": "(LN({}) / LN(2.0))",
+    "log1p": "LN(1.0 + {})", "np.log1p": "LN(1.0 + {})", "numpy.log1p": "LN(1.0 + {})",
+    "abs": "ABS({})", "np.abs": "ABS({})", "numpy.abs": "ABS({})",
+    "I": "({})",
+}
+_SQL_OPERATORS = {"+": "+", "-": "-", "*": "*", "/": "/"}
+
+
+def quote_sql(name: str, dialect: str = "duckdb") -> str:
+    """A column name as a quoted SQL identifier (``"x"`` in DuckDB, ```x``` in Spark SQL)."""
+    if dialect == "spark":
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value: object) -> str:
+    """A Python value (a level of a categorical column) as an SQL literal."""
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _sql_expr(node: object, formula: str, dialect: str) -> str:
+    """SQL for one node of formulae's call tree (variables, numbers, + − × ÷ ** and _SQL_FUNCTIONS)."""
+    kind = type(node).__name__
+    if kind == "LazyVariable":
+        return f"CAST({quote_sql(str(node.name), dialect)} AS DOUBLE)"  # type: ignore[attr-defined]
+    if kind == "LazyValue":
+        value = node.value  # type: ignore[attr-defined]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"CAST({value!r} AS DOUBLE)"
+    if kind == "LazyOperator":
+        symbol = str(node.symbol)  # type: ignore[attr-defined]
+        args = [_sql_expr(a, formula, dialect) for a in node.args]  # type: ignore[attr-defined]
+        if len(args) == 1 and symbol in ("-", "+"):
+            return f"({symbol}{args[0]})"
+        if len(args) == 2 and symbol == "**":
+            return f"POWER({args[0]}, {args[1]})"
+        if len(args) == 2 and symbol in _SQL_OPERATORS:
+            return f"({args[0]} {_SQL_OPERATORS[symbol]} {args[1]})"
+    if kind == "LazyCall":
+        callee = str(node.callee)  # type: ignore[attr-defined]
+        args = node.args  # type: ignore[attr-defined]
+        if callee in _SQL_FUNCTIONS and len(args) == 1 and not node.kwargs:  # type: ignore[attr-defined]
+            return _SQL_FUNCTIONS[callee].format(_sql_expr(args[0], formula, dialect))
+        raise FormulaError(
+            f"The function {callee}() in formula {formula} cannot be computed inside the query that reduces "
+            "the file.",
+            hint=f"Use one of {', '.join(sorted({k for k in _SQL_FUNCTIONS if '.' not in k}))}, compute the "
+                 "column beforehand, or pass a pandas table.", option="formula")
+    raise FormulaError(f"Part of formula {formula} cannot be computed inside the query that reduces the file.",
+                       hint="Compute the column beforehand, or pass a pandas table.", option="formula")
+
+
+def _component_sql(comp: object, formula: str, dialect: str) -> list[tuple[str, str]]:
+    """(label, SQL) of each column one component of a formulae term contributes."""
+    kind = getattr(comp, "kind", None)
+    name = str(getattr(comp, "name", comp))
+    if type(comp).__name__ == "Call" and getattr(comp.call, "stateful_transform", None) is not None:  # type: ignore[attr-defined]
+        raise FormulaError(
+            f"The transform {name} in formula {formula} needs statistics of the whole column, which the "
+            "query that reduces the file does not compute.",
+            hint="Standardize the column beforehand, or pass a pandas table.", option="formula")
+    if kind == "categoric":
+        cm = comp.contrast_matrix  # type: ignore[attr-defined]
+        levels = list(comp.levels)  # type: ignore[attr-defined]
+        if type(comp).__name__ == "Call":
+            args = comp.call.args  # type: ignore[attr-defined]
+            if str(comp.call.callee) != "C" or len(args) < 1 or type(args[0]).__name__ != "LazyVariable":  # type: ignore[attr-defined]
+                raise FormulaError(f"The categorical term {name} in formula {formula} cannot be computed inside "
+                                   "the query that reduces the file.",
+                                   hint="Write C(column) around a plain column.", option="formula")
+            column = quote_sql(str(args[0].name), dialect)
+        else:
+            column = quote_sql(name, dialect)
+        out = []
+        for c, label in enumerate(cm.labels):
+            parts = [f"WHEN {column} = {sql_literal(level)} THEN {float(cm.matrix[i, c])!r}"
+                     for i, level in enumerate(levels) if cm.matrix[i, c] != 0]
+            sql = f"(CASE {' '.join(parts)} ELSE 0.0 END)" if parts else "0.0"
+            out.append((f"{name}[{label}]", sql))
+        return out
+    if type(comp).__name__ == "Call":
+        call = comp.call  # type: ignore[attr-defined]
+        node = type("LazyCall", (), {})()
+        node.callee, node.args, node.kwargs = call.callee, call.args, call.kwargs  # type: ignore[attr-defined]
+        return [(name, _sql_expr(node, formula, dialect))]
+    return [(name, f"CAST({quote_sql(name, dialect)} AS DOUBLE)")]
+
+
+def sql_columns(terms: dict[str, object], formula: str, dialect: str = "duckdb") -> list[tuple[str, str]]:
+    """Every column of a formulae design as ``(name, SQL expression)``, in the design's order.
+
+    ``terms`` is ``design.common.terms`` of a design built by ``formulae`` (on any rows holding
+    every level of the categorical columns: the encoding — reference levels, full-rank coding of
+    interactions — is formulae's own, so the names and columns equal those of the in-memory path).
+    Offsets keep their ``offset(...)`` name.
+
+    Raises
+    ------
+    FormulaError
+        For a transform the query cannot compute (stateful transforms such as ``scale()``,
+        functions outside ``log exp sqrt log10 log2 log1p abs I``).
+    """
+    import itertools
+
+    out: list[tuple[str, str]] = []
+    for term_name, term in terms.items():
+        if type(term).__name__ == "Intercept":
+            out.append(("Intercept", "1.0"))
+            continue
+        comps = list(getattr(term, "components", []))
+        if len(comps) == 1 and type(comps[0]).__name__ == "Call" and str(comps[0].call.callee) == "offset":  # type: ignore[attr-defined]
+            args = comps[0].call.args  # type: ignore[attr-defined]
+            out.append((str(term_name), _sql_expr(args[0], formula, dialect)))
+            continue
+        pieces = [_component_sql(c, formula, dialect) for c in comps]
+        cols = {":".join(lab for lab, _ in combo): " * ".join(sql for _, sql in combo)
+                for combo in itertools.product(*pieces)}
+        labels = [str(lab) for lab in getattr(term, "labels", list(cols))]
+        missing = [lab for lab in labels if lab not in cols]
+        if missing:
+            raise FormulaError(f"The term {term_name} of formula {formula} cannot be computed inside the query "
+                               "that reduces the file.", hint="Pass a pandas table.", option="formula")
+        out.extend((lab, cols[lab]) for lab in labels)
+    return out

@@ -1,4 +1,4 @@
-"""Per-group sufficient statistics of the Gaussian model.
+"""Per-group sufficient statistics of the Gaussian model, from row arrays or inside the engine.
 
 For observation weights w (ones, or 1/se² when standard errors are known), the collapsed
 marginal likelihood of ``y ~ X β + b_g + e`` needs only, per group j,
@@ -7,17 +7,31 @@ marginal likelihood of ``y ~ X β + b_g + e`` needs only, per group j,
 
 and, over all rows, X'WX, X'Wy, y'Wy and Σ log w.  After this one pass over the rows the cost
 of every likelihood evaluation depends on the number of groups only.
+
+The pass is NumPy's for rows in memory (:func:`reduce_arrays`, :func:`block_stats`) and one
+aggregation query for rows that stay in DuckDB or Spark (:func:`bind_source`): the formula's
+columns become SQL expressions (:func:`poolwise.formula.sql_columns`), the query returns one
+row per group, and the rows never leave the engine — memory is O(groups), whatever the number
+of rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from .spec import BoundSpec
+from . import data as _data
+from .errors import DataError, FormulaError, SpecError, format_rows
+from .formula import sql_columns, sql_literal
+from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
-__all__ = ["Reduced", "BlockStats", "reduce", "reduce_arrays", "block_stats", "bound_block_stats"]
+__all__ = ["Reduced", "BlockStats", "Reduction", "reduce", "reduce_arrays", "block_stats", "bound_block_stats",
+           "bind_source", "query_reason"]
 
 
 @dataclass(frozen=True)
@@ -220,3 +234,455 @@ def block_stats(
         sum_log_w=float(np.log(w).sum()),
         n_obs=n,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# rows reduced inside their engine (DuckDB or Spark): one aggregation query
+
+#: more common coefficients than this and X'WX is summed in a second query (not per group)
+_MAX_PER_GROUP_PAIRS = 120
+#: categorical predictors with more levels than this are refused (one column per level)
+_MAX_LEVELS = 5000
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What the aggregation query gave: the statistics of both exact paths and where they came from.
+
+    Attributes
+    ----------
+    simple
+        :class:`Reduced` (the varying-intercept path; q = 1 with an intercept term).
+    block
+        :class:`BlockStats` (the q-term path).
+    n_obs
+        Rows reduced.
+    source
+        Where the rows are (a path, "the DuckDB relation", "spark").
+    engine
+        ``"duckdb"`` or ``"spark"``.
+    sql
+        The aggregation query, as run.
+    """
+
+    simple: Reduced | None
+    block: BlockStats
+    n_obs: int
+    source: str
+    engine: str
+    sql: str = field(repr=False, default="")
+
+
+def query_reason(spec: ModelSpec) -> str | None:
+    """``None`` when the model's statistics can be computed inside the engine, else why not."""
+    if not spec.fam.exact:
+        return f"the {spec.fam.name} family is fitted from the rows"
+    if len(spec.group_terms) != 1:
+        return "the model has several grouping factors"
+    return None
+
+
+def _num(src: _data.Source, column: str) -> str:
+    return f"CAST({src.quote(column)} AS DOUBLE)"
+
+
+def _inf() -> str:
+    return "CAST('Infinity' AS DOUBLE)"
+
+
+def _bad_number(expr: str) -> str:
+    """SQL that is true where ``expr`` (a DOUBLE) is missing, NaN or infinite (DuckDB and Spark)."""
+    return f"({expr} IS NULL OR isnan({expr}) OR abs({expr}) = {_inf()})"
+
+
+def _levels(src: _data.Source, column: str) -> list[Any]:
+    """The distinct non-missing values of a column, in their natural order."""
+    frame = src.query(f"SELECT DISTINCT {src.quote(column)} AS v FROM {{rows}}")
+    values = [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(values) > _MAX_LEVELS:
+        raise DataError(f"Column '{column}' has {len(values)} distinct values: as a categorical predictor that is "
+                        f"{len(values) - 1} columns.", hint="Use it as a grouping factor, or as a number.",
+                        column=column)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def _bad_rows(src: _data.Source, condition: str, limit: int = 6) -> list[int]:
+    """0-based positions (in scan order) of rows where ``condition`` holds, for messages."""
+    frame = src.query(f"SELECT r FROM (SELECT row_number() OVER () - 1 AS r, ({condition}) AS bad FROM {{rows}}) "
+                      f"AS t WHERE bad LIMIT {limit}")
+    return [int(v) for v in frame["r"].tolist()]
+
+
+def _skeleton(spec: ModelSpec, src: _data.Source, levels: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
+    """A few rows holding every level of the categorical columns: formulae builds its encoding on them."""
+    k = max([2] + [len(v) for v in levels.values()])
+    out: dict[str, Any] = {}
+    for c in columns:
+        if c in levels:
+            vals = levels[c] or [0.0]
+            out[c] = [vals[i % len(vals)] for i in range(k)]
+        elif src.kinds[c] == "boolean":
+            out[c] = [bool(i % 2) for i in range(k)]
+        else:
+            out[c] = [1.0 + (i % 2) for i in range(k)]
+    frame = pd.DataFrame(out, index=pd.RangeIndex(k))
+    for c in levels:
+        if src.kinds[c] == "text":
+            frame[c] = frame[c].astype(object)
+    return frame
+
+
+def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
+    from formulae import design_matrices
+
+    try:
+        with np.errstate(all="ignore"):
+            return design_matrices(formula, frame, na_action="error", extra_namespace=FUNCTIONS)
+    except Exception as err:  # formulae's own errors for transforms it cannot apply
+        raise FormulaError(f"Cannot build the design of {what}: {err}.", hint="Check the transformations in the formula.",
+                           option="formula") from None
+
+
+def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
+    """Bind a gaussian model with one grouping factor to rows that stay in their engine.
+
+    One aggregation query (``GROUP BY`` the grouping factor) computes, per group, the row count
+    and the weighted sums of products of the design columns, the group-term columns and the
+    outcome (less any offset), together with counts of the values that would fail validation;
+    a second, small query reads the categorical predictors' levels first.  The formula's
+    encoding is formulae's own (built on a few rows holding every level), translated column by
+    column into SQL, so names, reference levels and interactions equal those of the in-memory
+    path.  The bound spec holds no rows: its :attr:`~poolwise.spec.BoundSpec.reduced` carries the
+    statistics of both exact paths.
+
+    Parameters
+    ----------
+    spec
+        A gaussian model with one grouping factor (:func:`query_reason` is ``None``).
+    src
+        The rows (:func:`poolwise.data.scan`).
+
+    Returns
+    -------
+    BoundSpec
+
+    Raises
+    ------
+    DataError
+        For missing or non-finite values, non-numeric columns, non-positive standard errors, a
+        single group, constant or collinear predictors, slopes constant within every group —
+        naming the column and the first rows at fault (counted from 0 in scan order).
+    FormulaError
+        For unknown columns, or transforms the query cannot compute (``scale()``, functions
+        other than log, exp, sqrt, log10, log2, log1p, abs and arithmetic in ``I()``).
+    SpecError
+        For a model the query cannot reduce (:func:`query_reason`).
+    """
+    why = query_reason(spec)
+    if why is not None:
+        raise SpecError(f"The rows of this model cannot be reduced inside the query: {why}.",
+                        hint="Load the columns it needs (poolwise.data.read_table).", option="formula")
+    check_formula_columns(spec, src.columns)
+    f, q_ = spec.formula, src.quote
+    term = spec.group_terms[0]
+    group_cols = list(term.factor_columns)
+    skip = {spec.outcome, spec.se, *group_cols}
+    for name in [spec.outcome] + ([spec.se] if spec.se else []):
+        if src.kinds[name] not in ("number", "boolean"):
+            raise DataError(f"Column '{name}' must be numeric but has {src.kinds[name]} values.",
+                            hint="Convert it to numbers or pick another column.", column=name)
+    predictors = [v for v in spec.variables if v not in skip]
+    for v in predictors + group_cols:
+        if src.kinds[v] == "other":
+            raise DataError(f"Column '{v}' holds values that are neither numbers nor text.",
+                            hint="Convert it to numbers or text in the file.", column=v)
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
+    categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
+    levels = {v: _levels(src, v) for v in categorical}
+    frame = _skeleton(spec, src, levels, predictors)
+    frame[spec.outcome] = np.arange(len(frame), dtype=float)
+    design = _design(f"{spec.outcome} ~ {spec.common}", frame, f"formula {f}")
+    cols = sql_columns(design.common.terms, f, src.dialect) if design.common is not None else []
+    offsets = [sql for name, sql in cols if name.startswith("offset(")]
+    xs = [(name, sql) for name, sql in cols if not name.startswith("offset(")]
+    coef_names = [name for name, _ in xs]
+    z_sql: list[str] = []
+    for e in term.exprs:
+        if e == "Intercept":
+            z_sql.append("1.0")
+        elif e in coef_names:
+            z_sql.append(xs[coef_names.index(e)][1])
+        else:
+            dz = _design(f"{spec.outcome} ~ 0 + {e}", frame, f"the group term {term} of formula {f}")
+            one = sql_columns(dz.common.terms, f, src.dialect)
+            if len(one) != 1:
+                raise SpecError(f"The group term {term} varies '{e}', which expands to {len(one)} columns.",
+                                hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
+                                option="formula")
+            z_sql.append(one[0][1])
+    y_raw = _num(src, spec.outcome)
+    y_sql = y_raw if not offsets else f"({y_raw} - " + " - ".join(f"({o})" for o in offsets) + ")"
+    w_sql = "1.0" if not spec.se else f"(1.0 / ({_num(src, spec.se)} * {_num(src, spec.se)}))"
+    return _run_reduction(spec, src, design, coef_names, [s for _, s in xs], z_sql, y_raw, y_sql, w_sql,
+                          group_cols, predictors, categorical)
+
+
+def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: list[str], x_sql: list[str],
+                   z_sql: list[str], y_raw: str, y_sql: str, w_sql: str, group_cols: list[str],
+                   predictors: list[str], categorical: list[str]) -> BoundSpec:
+    term = spec.group_terms[0]
+    p, q = len(x_sql), len(z_sql)
+    # the columns whose weighted cross products are summed: X, the group terms not in X, y
+    base: list[str] = list(x_sql)
+    z_idx = []
+    for s_ in z_sql:
+        if s_ == "1.0" and "1.0" not in base:
+            base.append("1.0")
+        elif s_ not in base:
+            base.append(s_)
+        z_idx.append(base.index(s_))
+    y_at = len(base)
+    base.append(y_sql)
+    one_at = base.index("1.0") if "1.0" in base else None
+    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base)]
+    inner += [f"{w_sql} AS w", f"{y_raw} AS yraw"]
+    keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
+    aggs: dict[str, str] = {"n": "COUNT(*)"}
+
+    def prod(i: int, j: int) -> str:
+        parts = [f"c{k}" for k in (i, j) if k != one_at]
+        return "w" + "".join(f" * {t}" for t in parts)
+
+    pairs: dict[tuple[int, int], str] = {}
+
+    def need(i: int, j: int) -> str:
+        i, j = min(i, j), max(i, j)
+        key = (i, j) if one_at is None else tuple(sorted((i if i != one_at else -1, j if j != one_at else -1)))
+        if key not in pairs:
+            alias = f"s{len(pairs)}"
+            pairs[key] = alias  # type: ignore[index]
+            aggs[alias] = f"SUM({prod(i, j)})"
+        return pairs[key]  # type: ignore[index]
+
+    per_x_pairs = p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS
+    ZZ = [[need(z_idx[a], z_idx[b]) for b in range(q)] for a in range(q)]
+    ZX = [[need(z_idx[a], k) for k in range(p)] for a in range(q)]
+    Zy = [need(z_idx[a], y_at) for a in range(q)]
+    yy = need(y_at, y_at)
+    aggs["sw"] = "SUM(w)"
+    XX = [[need(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
+    Xy = [need(k, y_at) for k in range(p)]
+    Xw = [f"SUM(w * c{k})" if k != one_at else "SUM(w)" for k in range(p)]
+    for k, e in enumerate(Xw):
+        aggs[f"xw{k}"] = e
+    # unweighted moments for the data-scaled priors (and the slopes' within-group check)
+    aggs["y1"], aggs["y2"] = "SUM(yraw)", "SUM(yraw * yraw)"
+    for k in range(p):
+        aggs[f"x1_{k}"], aggs[f"x2_{k}"] = f"SUM(c{k})", f"SUM(c{k} * c{k})"
+    for a in range(q):
+        i = z_idx[a]
+        aggs[f"z1_{a}"], aggs[f"z2_{a}"] = f"SUM(c{i})", f"SUM(c{i} * c{i})"
+        aggs[f"zw_{a}"] = f"SUM(w * c{i})" if i != one_at else "SUM(w)"
+    if spec.se:
+        aggs["lw"], aggs["se2"] = "SUM(LN(w))", "SUM(1.0 / w)"
+    # validation, in the same pass
+    checks: list[tuple[str, str, str, str]] = []  # (alias, column, condition on the raw rows, what)
+    numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
+                                 + ([spec.se] if spec.se else [])))
+    for name in numbers:  # in the in-memory path's order: every missing value first, then infinite ones
+        checks.append((f"bad{len(checks)}", name, f"({_num(src, name)} IS NULL OR isnan({_num(src, name)}))",
+                       "missing"))
+    for name in numbers:
+        checks.append((f"bad{len(checks)}", name, f"(abs({_num(src, name)}) = {_inf()})", "infinite"))
+    for v in categorical:
+        checks.append((f"bad{len(checks)}", v, f"{src.quote(v)} IS NULL", "missing"))
+    if spec.se:
+        checks.append((f"bad{len(checks)}", spec.se, f"{_num(src, spec.se)} <= 0", "positive"))
+    for alias, _, cond, _ in checks:  # flagged on the raw columns in the inner select, counted outside
+        inner.append(f"({cond}) AS b_{alias}")
+        aggs[alias] = f"SUM(CASE WHEN b_{alias} THEN 1 ELSE 0 END)"
+    for i in range(len(base)):
+        aggs[f"nf{i}"] = f"SUM(CASE WHEN {_bad_number(f'c{i}')} THEN 1 ELSE 0 END)"
+    key_names = [f"k{i}" for i in range(len(group_cols))]
+    sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
+           f"FROM (SELECT {', '.join(keys + inner)} FROM {{rows}}) AS t "
+           f"GROUP BY {', '.join(key_names)} ORDER BY {', '.join(key_names)}")
+    got = src.query_arrays(sql)
+    J = int(got["n"].shape[0])
+    n = got["n"].astype(float)
+    N = int(n.sum())
+    if N == 0:
+        raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
+    # validation: the first failure raises, in the in-memory path's order
+    for alias, column, cond, what in checks:
+        count = int(np.nansum(got[alias].astype(float)))
+        if count:
+            rows = _bad_rows(src, cond)
+            if what == "positive":
+                raise DataError(f"Column '{column}' must be positive but has {count} value{'s' if count != 1 else ''} "
+                                f"<= 0 ({format_rows(rows)}).", hint="Drop those rows or correct the values; they must "
+                                "be greater than 0.", column=column, rows=rows)
+            hint = "Drop or impute them before fitting." if what == "missing" else "Remove or cap them before fitting."
+            raise DataError(f"Column '{column}' has {count} {what} value{'s' if count != 1 else ''} "
+                            f"({format_rows(rows)}).", hint=hint, column=column, rows=rows)
+    for i in range(len(base)):
+        count = int(np.nansum(got[f"nf{i}"].astype(float)))
+        if count:
+            name = (coef_names[i] if i < p else f"the group term column {base[i]}" if i != y_at else
+                    "the outcome less the offset")
+            raise DataError(f"The design column {name} is not finite on {count} row{'s' if count != 1 else ''}.",
+                            hint="A transform such as log(x) needs x > 0; an offset such as log(exposure) needs "
+                                 "exposure > 0.")
+    labels = _group_labels(src, group_cols, got, key_names)
+    if labels is None:
+        missing = int(n[_null_keys(got, key_names)].sum())
+        rows = _bad_rows(src, " OR ".join(f"{src.quote(c)} IS NULL" for c in group_cols))
+        name = group_cols[0] if len(group_cols) == 1 else ":".join(group_cols)
+        raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
+    blank = [i for i, lv in enumerate(labels) if not str(lv).strip()]
+    if blank:
+        rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
+                                          else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in group_cols))
+        count = int(n[blank].sum())
+        raise DataError(f"Grouping column '{group_cols[0]}' has {count} missing label{'s' if count != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=group_cols[0],
+                        rows=rows)
+    if J < 2:
+        shown = ", ".join(f"'{lv}'" for lv in labels[:5])
+        raise DataError(f"Grouping column '{term.factor}' has only {J} group{'s' if J != 1 else ''} ({shown}); "
+                        "pooling needs at least 2.", hint=f"Fit a model without the (1 | {term.factor}) term, or add "
+                        "groups.", column=term.factor, rows=[])
+
+    def col(alias: str) -> np.ndarray:
+        return np.asarray(got[alias], dtype=float)
+
+    def total(alias: str) -> float:
+        return float(col(alias).sum())
+
+    ZtWZ = np.empty((J, q, q))
+    for a in range(q):
+        for b in range(q):
+            ZtWZ[:, a, b] = col(ZZ[a][b])
+    ZtWX = np.empty((J, q, p))
+    for a in range(q):
+        for k in range(p):
+            ZtWX[:, a, k] = col(ZX[a][k])
+    ZtWy = np.column_stack([col(a) for a in Zy]) if q else np.zeros((J, 0))
+    if XX is not None:
+        XtWX = np.array([[total(XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
+    else:
+        XtWX = _totals_xx(src, base[:p], w_sql, one_at, p)
+    XtWy = np.array([total(a) for a in Xy])
+    yWy = total(yy)
+    sum_log_w = total("lw") if spec.se else 0.0
+    block = BlockStats(n=n, ZtWZ=ZtWZ, ZtWX=ZtWX, ZtWy=ZtWy, XtWX=XtWX, XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w,
+                       n_obs=N)
+    simple = None
+    if term.exprs == ("Intercept",):
+        simple = Reduced(n=n, a=col("sw"), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=col(yy), XtWX=XtWX, XtWy=XtWy, yWy=yWy,
+                         sum_log_w=sum_log_w, n_obs=N)
+    x_mean = np.array([total(f"x1_{k}") / N for k in range(p)])
+    x_var = np.array([max(total(f"x2_{k}") / N - x_mean[k] ** 2, 0.0) for k in range(p)])
+    _check_columns_from_sums(coef_names, x_mean, x_var, XtWX)
+    for a, e in enumerate(term.exprs):
+        if e == "Intercept":
+            continue
+        swz, swzz, wsum = col(f"zw_{a}"), ZtWZ[:, a, a], col("sw")
+        with np.errstate(all="ignore"):
+            within = swzz / wsum - (swz / wsum) ** 2
+        scale_z = max(float(np.nanmax(np.abs(swzz / wsum))), 1e-300)
+        if np.all(within <= 1e-12 * scale_z):
+            raise DataError(
+                f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
+                "group cannot be estimated.",
+                hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+    y_mean = total("y1") / N
+    y_var = max(total("y2") / N - y_mean**2, 0.0)
+    if spec.se:
+        scale = math.sqrt(y_var + total("se2") / N)
+    else:
+        scale = math.sqrt(y_var)
+    if not scale > 0:
+        scale = float(max(abs(y_mean), 1.0))
+    z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(f"z2_{a}") / N - (total(f"z1_{a}") / N) ** 2,
+                                                                  0.0)) for a in range(q)])
+    x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
+    x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
+    raw = RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), labels, z_sd, counts=n.astype(np.int64),
+                   ZtWZ=ZtWZ)
+    reduction = Reduction(simple=simple, block=block, n_obs=N, source=src.source, engine=src.engine,
+                          sql=sql.replace("{rows}", src.relation))
+    return bind_parts(spec, y=np.zeros(0), X=np.zeros((0, p)), coef_names=coef_names, weights=np.zeros(0),
+                      offset=np.zeros(0), trials=None, blocks=[raw], center=y_mean, scale=scale, x_means=x_means,
+                      x_sds=x_sds, design=design, reduced=reduction)
+
+
+def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
+    mask = np.zeros(got[key_names[0]].shape[0], dtype=bool)
+    for k in key_names:
+        v = got[k]
+        if np.ma.isMaskedArray(v):
+            mask |= np.ma.getmaskarray(v)
+        else:
+            mask |= pd.isna(pd.Series(v)).to_numpy()
+    return mask
+
+
+def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.ndarray],
+                  key_names: list[str]) -> list[str] | None:
+    """Group labels in the in-memory path's order (``None`` when a key is missing)."""
+    if _null_keys(got, key_names).any():
+        return None
+    parts = []
+    for k in key_names:
+        v = got[k]
+        values = np.ma.getdata(v) if np.ma.isMaskedArray(v) else v
+        parts.append([_data._label(x) for x in values.tolist()])
+    if len(parts) == 1:
+        labels = parts[0]
+        if src.kinds[group_cols[0]] not in ("number", "boolean"):  # text: ordered as the strings sort
+            order = sorted(range(len(labels)), key=lambda i: labels[i])
+            return [labels[i] for i in order] if order != list(range(len(labels))) else labels
+        return labels
+    joined = [":".join(t) for t in zip(*parts)]
+    return sorted(joined)
+
+
+def _totals_xx(src: _data.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:
+    """X'WX over every row, in its own query (used when p is large)."""
+    exprs = [f"SUM(({w_sql}) * ({x_sql[k]}) * ({x_sql[m]})) AS s{k}_{m}" for k in range(p) for m in range(k, p)]
+    got = src.query_arrays(f"SELECT {', '.join(exprs)} FROM {{rows}}")
+    out = np.empty((p, p))
+    for k in range(p):
+        for m in range(k, p):
+            out[k, m] = out[m, k] = float(np.asarray(got[f"s{k}_{m}"], dtype=float)[0])
+    del one_at
+    return out
+
+
+def _check_columns_from_sums(names: list[str], mean: np.ndarray, var: np.ndarray, XtWX: np.ndarray) -> None:
+    """Constant and collinear predictors, from the totals (as :func:`poolwise.spec._check_design`)."""
+    for i, name in enumerate(names):
+        if name != "Intercept" and var[i] <= 1e-14 * max(mean[i] ** 2, 1e-300):
+            raise DataError(
+                f"Predictor '{name}' is constant (every row is {mean[i]:.4g}), so its coefficient cannot be told "
+                "apart from the intercept.", hint="Remove it from the formula.", column=name)
+    p = len(names)
+    if p < 2:
+        return
+    d = np.sqrt(np.maximum(np.diag(XtWX), 1e-300))
+    G = XtWX / np.outer(d, d)
+    for k in range(1, p):
+        A, b = G[:k, :k], G[:k, k]
+        coef = np.linalg.lstsq(A, b, rcond=None)[0]
+        resid = G[k, k] - float(b @ coef)
+        if resid < 1e-12:
+            others = [names[j] for j in range(k) if abs(coef[j]) > 1e-8]
+            raise DataError(
+                f"Predictor '{names[k]}' is a perfect linear combination of {', '.join(repr(o) for o in others)}; "
+                "the coefficients cannot be separated.", hint=f"Drop '{names[k]}' or one of the others from the formula.",
+                column=names[k])

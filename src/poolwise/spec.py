@@ -35,14 +35,16 @@ from .families import Family, get_family
 from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
-__all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "POOLINGS", "UNPOOLED_SCALE"]
+__all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
+           "POOLINGS",
+           "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
 #: the fixed group SD of the unpooled model, in units of the data scale (identity link)
 UNPOOLED_SCALE = 10.0
 #: the fixed group SD of the unpooled model on the link scale (logit and log links)
 UNPOOLED_LINK_SD = 2.5
-_FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "log10": np.log10,
+FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "log10": np.log10,
               "log2": np.log2, "abs": np.abs}
 
 
@@ -401,12 +403,14 @@ def _labels(table: _data.Table, cols: list[str]) -> pd.Categorical:
     return pd.Categorical(joined, categories=sorted(set(joined)))
 
 
-def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
-    from formulae import design_matrices
+def check_formula_columns(spec: ModelSpec, cols: list[str]) -> None:
+    """Every column the formula names exists (else the near miss), and there is a group term.
 
+    Raises
+    ------
+    FormulaError, SpecError
+    """
     f = spec.formula
-    fam = spec.fam
-    cols = table.columns
     for v in spec.variables:
         if v not in cols:
             near = ([c for c in cols if c.lower() == v.lower()] or difflib.get_close_matches(v, cols, n=1, cutoff=0.5)
@@ -419,6 +423,14 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
             hint="Add a varying intercept such as (1 | g): poolwise compares ways of pooling groups.",
             option="formula",
         )
+
+
+def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
+    from formulae import design_matrices
+
+    f = spec.formula
+    fam = spec.fam
+    check_formula_columns(spec, table.columns)
     group_cols = sorted({c for t in spec.group_terms for c in t.factor_columns})
     skip = {spec.outcome, spec.se, spec.trials, *group_cols}
     numeric = [v for v in spec.variables if v not in skip and _is_numeric(table.frame[v])]
@@ -439,7 +451,7 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
     try:
         with np.errstate(all="ignore"):  # log(0) and the like are reported below, row by row
             design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame, na_action="error",
-                                     extra_namespace=_FUNCTIONS)
+                                     extra_namespace=FUNCTIONS)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of formula {f}: {err}.",
                            hint="Check the transformations in the formula.", option="formula") from None
@@ -475,18 +487,49 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
         levels = [str(c) for c in labels.categories]
         Z = _term_columns(term, frame, design, coef_names, X, f)
         _check_slopes(term, Z, group, len(levels))
-        blocks_raw.append((term, Z, group, levels))
+        z_sd = np.array([float(Z[:, k].std()) for k in range(term.q)])
+        blocks_raw.append(RawBlock(term, Z, group, levels, z_sd))
     x_means = {c: float(X[:, i].mean()) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(X[:, i].std()) for i, c in enumerate(coef_names) if c != "Intercept"}
+    return bind_parts(spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
+                      blocks=blocks_raw, center=center, scale=scale, x_means=x_means, x_sds=x_sds, design=design)
+
+
+@dataclass(frozen=True)
+class RawBlock:
+    """One grouping factor's data before the pooling is applied (see :func:`bind_parts`)."""
+
+    term: GroupTerm
+    Z: np.ndarray
+    group: np.ndarray
+    levels: list[str]
+    z_sd: np.ndarray  # SD of each group term's column over the rows (1 for the intercept's ones)
+    counts: np.ndarray | None = None
+    ZtWZ: np.ndarray | None = None
+
+
+def bind_parts(
+    spec: ModelSpec, *, y: np.ndarray, X: np.ndarray, coef_names: list[str], weights: np.ndarray,
+    offset: np.ndarray, trials: np.ndarray | None, blocks: list[RawBlock], center: float, scale: float,
+    x_means: dict[str, float], x_sds: dict[str, float], design: Any, reduced: Any = None,
+) -> BoundSpec:
+    """The bound spec from the data's summaries: data-scaled default priors, the user's priors
+    resolved against them, and each block's Σ setting from the pooling.
+
+    Shared by :meth:`ModelSpec.bind` (rows in memory) and :func:`poolwise.reduce.bind_source`
+    (rows reduced inside DuckDB or Spark, whose row arrays are then empty).
+    """
+    fam = spec.fam
     sd_names = [t.sd_name(e) for t in spec.group_terms for e in t.exprs]
     defaults = default_priors(
         y_mean=center, y_sd=scale, coef_names=coef_names, x_means=x_means, x_sds=x_sds,
         has_sigma=spec.has_sigma, sd_names=sd_names,
     )
-    for (term, Z, _, _) in blocks_raw:  # slope SDs scale with the slope's column
+    for raw in blocks:  # slope SDs scale with the slope's column
+        term = raw.term
         for k, e in enumerate(term.exprs):
             if e != "Intercept":
-                sd_z = float(Z[:, k].std()) or 1.0
+                sd_z = float(raw.z_sd[k]) or 1.0
                 defaults[term.sd_name(e)] = Prior("half_student_t", (3.0, _round(2.5 * scale / sd_z)))
         if term.correlated and term.q > 1:
             defaults[f"cor({term.factor})"] = Prior("lkj", (2.0,))
@@ -496,9 +539,10 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
         defaults["phi"] = Prior("exponential", (1.0,))
     priors, source = _resolve_priors(spec, defaults)
     pooling = spec.pooling
-    blocks = []
-    for (term, Z, group, levels) in blocks_raw:
-        sdz = np.array([1.0 if e == "Intercept" else (float(Z[:, k].std()) or 1.0) for k, e in enumerate(term.exprs)])
+    out = []
+    for raw in blocks:
+        term = raw.term
+        sdz = np.array([1.0 if e == "Intercept" else (float(raw.z_sd[k]) or 1.0) for k, e in enumerate(term.exprs)])
         if pooling == "pooled":
             Sigma: np.ndarray | None = np.zeros((term.q, term.q))
         elif pooling == "unpooled":
@@ -512,10 +556,10 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
             for name in [term.sd_name(e) for e in term.exprs] + [f"cor({term.factor})"]:
                 priors.pop(name, None)
                 source.pop(name, None)
-        blocks.append(GroupBlock(term, Z, group, levels, Sigma))
+        out.append(GroupBlock(term, raw.Z, raw.group, raw.levels, Sigma, counts=raw.counts, ZtWZ=raw.ZtWZ))
     return BoundSpec(
         spec=spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
-        blocks=tuple(blocks), priors=priors, prior_source=source, scale=scale, design=design,
+        blocks=tuple(out), priors=priors, prior_source=source, scale=scale, design=design, reduced=reduced,
     )
 
 
@@ -595,7 +639,7 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
             continue
         try:
             dm = design_matrices(f"{frame.columns[0]} ~ 0 + {e}", frame, na_action="error",
-                                 extra_namespace=_FUNCTIONS)
+                                 extra_namespace=FUNCTIONS)
         except Exception as err:
             raise FormulaError(f"Cannot build the group term {term} of formula {formula}: {err}.",
                                option="formula") from None

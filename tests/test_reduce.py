@@ -1,0 +1,197 @@
+"""Sufficient statistics reduced inside DuckDB (poolwise.reduce.bind_source) against the in-memory pass.
+
+The reference is independent of the SQL: formulae's design on the rows in pandas and NumPy's
+bincount reduction (:func:`poolwise.reduce.block_stats`).  The query must give the same
+statistics (to float round-off: both are sums of the same products, in another order), the same
+coefficient names, group levels and data-scaled priors, and so the same fits; bad input must fail
+with the in-memory path's error class and words, naming the rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import test_bad_input
+
+import poolwise as pw
+from poolwise import data as D
+from poolwise.errors import DataError, FormulaError, PoolwiseError, SpecError
+from poolwise.reduce import bind_source, bound_block_stats, reduce
+from poolwise.spec import ModelSpec
+
+FIELDS = ("n", "ZtWZ", "ZtWX", "ZtWy", "XtWX", "XtWy", "yWy", "sum_log_w")
+
+
+def _frame(n: int = 1500, J: int = 37, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, J, n)
+    x = rng.normal(size=n)
+    return pd.DataFrame({
+        "y": 2.0 + 0.5 * x + rng.normal(0, 0.7, J)[g] + rng.normal(size=n),
+        "x": x, "z": rng.uniform(-1, 1, n), "e": rng.uniform(0.5, 3.0, n), "se": rng.uniform(0.5, 2.0, n),
+        "a": rng.choice(["p", "q", "r"], n), "b": rng.random(n) > 0.4, "k": rng.integers(1, 4, n),
+        "g": [f"g{i:02d}" for i in g], "gn": g * 10 + 3,
+    })
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    df = _frame()
+    d = tmp_path_factory.mktemp("rows")
+    df.to_parquet(d / "all.parquet")
+    df.to_csv(d / "all.csv", index=False)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        df.iloc[part].to_parquet(d / f"part{i}.parquet")
+    return {"df": df, "parquet": str(d / "all.parquet"), "csv": str(d / "all.csv"), "glob": str(d / "part*.parquet"),
+            "dir": d}
+
+
+FORMULAS = [
+    "y ~ x + (1 | g)",
+    "y ~ x * a + log(e) + I(z**2 - 2 * x) + (1 + x | g)",
+    "y ~ a + b + C(k) + offset(log(e)) + (1 | gn)",
+    "y | se(se) ~ x + np.sqrt(e) + (1 | g)",
+    "y ~ 0 + a + a:z + (x || g)",
+    "y ~ 1 + (1 + z | g)",
+]
+
+
+def _same(b1: object, b2: object) -> None:
+    s1, s2 = bound_block_stats(b1), bound_block_stats(b2)  # type: ignore[arg-type]
+    for name in FIELDS:
+        np.testing.assert_allclose(np.asarray(getattr(s2, name)), np.asarray(getattr(s1, name)), rtol=1e-11,
+                                   atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("formula", FORMULAS)
+def test_query_statistics_equal_the_rows(files: dict[str, object], formula: str) -> None:
+    spec = ModelSpec(formula)
+    mem = spec.bind(D.read_table(files["df"]))  # type: ignore[arg-type]
+    sql = bind_source(spec, D.scan(files["parquet"]))
+    assert sql.coef_names == mem.coef_names
+    assert sql.levels == mem.levels
+    np.testing.assert_array_equal(sql.group_sizes(), mem.group_sizes())
+    assert {k: str(v) for k, v in sql.priors.items()} == {k: str(v) for k, v in mem.priors.items()}
+    assert sql.scale == pytest.approx(mem.scale, rel=1e-10)
+    _same(mem, sql)
+    if spec.simple:
+        r1, r2 = reduce(mem), reduce(sql)
+        for name in ("a", "sy", "u", "sy2"):
+            np.testing.assert_allclose(getattr(r2, name), getattr(r1, name), rtol=1e-11, atol=1e-9)
+    assert sql.y.size == 0 and sql.X.shape[0] == 0 and sql.blocks[0].group.size == 0  # no rows held
+    assert sql.n_obs == mem.n_obs
+
+
+@pytest.mark.parametrize("kind", ["csv", "glob", "relation"])
+def test_csv_globs_and_relations(files: dict[str, object], kind: str) -> None:
+    spec = ModelSpec(FORMULAS[1])
+    mem = spec.bind(D.read_table(files["df"]))  # type: ignore[arg-type]
+    if kind == "relation":
+        con = duckdb.connect()
+        data: object = con.sql(f"SELECT * FROM read_parquet('{files['parquet']}') WHERE y > -1e9")
+    else:
+        data = files[kind]
+    _same(mem, bind_source(spec, D.scan(data)))
+
+
+@pytest.mark.parametrize("method", ["exact", "empirical"])
+@pytest.mark.parametrize("formula", ["y ~ x + a + (1 | g)", "y ~ x + (1 + x | g)"])
+def test_fit_from_a_file_equals_fit_from_the_frame(files: dict[str, object], method: str, formula: str) -> None:
+    df = files["df"]
+    a = pw.fit(formula, df, method=method, seed=4, draws=250)  # type: ignore[arg-type]
+    b = pw.fit(formula, files["parquet"], method=method, seed=4, draws=250)  # type: ignore[arg-type]
+    assert not b.bound.has_rows and a.bound.has_rows
+    # the same statistics up to round-off; REML's optimizer then stops within ~1e-8 of the same optimum
+    tol = {"rtol": 1e-6, "atol": 1e-6}
+    np.testing.assert_allclose(b.draws.beta, a.draws.beta, **tol)
+    for va, vb in zip(a.draws.block_draws(), b.draws.block_draws()):
+        if va.values is not None:
+            np.testing.assert_allclose(vb.values, va.values, **tol)
+    pd.testing.assert_frame_equal(b.pooling_factors(), a.pooling_factors(), **tol)
+    pd.testing.assert_frame_equal(b.group_estimates(), a.group_estimates(), **tol)
+    new = df.head(5).assign(g=["g00", "g01", "new", "g02", "g03"])  # type: ignore[attr-defined]
+    pd.testing.assert_frame_equal(b.predict(new, seed=1), a.predict(new, seed=1), **tol)
+    assert any("never loaded" in n for n in b.notes())
+    assert "obs" not in b.idata.posterior.coords and "observed_data" not in b.idata.groups()
+    with pytest.raises(SpecError, match="never loaded them"):
+        b.log_likelihood()
+    with pytest.raises(SpecError, match="needs the rows"):
+        b.prior_predictive(draws=5)
+
+
+@pytest.mark.parametrize(("formula", "family", "method", "why"), [
+    ("y ~ x + (1 | g) + (1 | a)", "gaussian", "exact", "several grouping factors"),
+    ("k ~ x + (1 | g)", "poisson", "nuts", "the poisson family is fitted from the rows"),
+    ("y ~ x + (1 | g)", "gaussian", "nuts", "method='nuts' works on the rows"),
+])
+def test_models_the_query_cannot_reduce_load_their_columns(files: dict[str, object], formula: str, family: str,
+                                                           method: str, why: str) -> None:
+    from poolwise.fit import bind_data
+
+    spec = ModelSpec(formula, family=family)
+    bound, note = bind_data(spec, files["parquet"], method=method)
+    assert bound.has_rows and bound.n_obs == 1500
+    assert note is not None and f"Loaded 1,500 rows of {len(spec.variables)} columns" in note and why in note
+    mem = spec.bind(D.read_table(files["df"]))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(bound.X, mem.X)
+
+
+def test_transforms_outside_sql_are_named(files: dict[str, object]) -> None:
+    with pytest.raises(FormulaError, match=r"scale\(x\).*needs statistics of the whole column"):
+        pw.fit("y ~ scale(x) + (1 | g)", files["parquet"])  # type: ignore[arg-type]
+    with pytest.raises(FormulaError, match=r"np.sin\(\) .*cannot be computed inside the query"):
+        pw.fit("y ~ np.sin(x) + (1 | g)", files["parquet"])  # type: ignore[arg-type]
+
+
+GAUSSIAN_CASES = [c for c in test_bad_input.CASES
+                  if not c[3] and c[4] is DataError]  # data faults of gaussian models with default options
+
+
+@pytest.mark.parametrize("case", GAUSSIAN_CASES, ids=[c[0] for c in GAUSSIAN_CASES])
+def test_bad_input_in_the_query_fails_like_the_rows(case: tuple, tmp_path: Path) -> None:
+    """Each data fault of the shared table, read from Parquet: the same error class and words (rows too)."""
+    _, formula, df, _, cls, words = case
+    path = tmp_path / "bad.parquet"
+    df.to_parquet(path)
+    with pytest.raises(cls) as info:
+        pw.fit(formula, os.fspath(path), draws=20, chains=1)
+    err = info.value
+    assert isinstance(err, PoolwiseError)
+    text = str(err)
+    for w in words:
+        assert w in text, f"{w!r} not in {text!r}"
+    assert len(text.splitlines()) <= 2
+
+
+def test_blank_labels_and_nan_in_log(tmp_path: Path) -> None:
+    df = _frame(n=60, J=5)
+    df.loc[[4, 9], "g"] = "  "
+    df.to_parquet(tmp_path / "blank.parquet")
+    with pytest.raises(DataError, match=r"'g' has .*missing label.*rows 4, 9"):
+        pw.fit("y ~ x + (1 | g)", os.fspath(tmp_path / "blank.parquet"))
+    df = _frame(n=60, J=5)
+    df.loc[7, "e"] = -1.0
+    df.to_parquet(tmp_path / "neg.parquet")
+    with pytest.raises(DataError, match=r"log\(e\) is not finite on 1 row"):
+        pw.fit("y ~ log(e) + (1 | g)", os.fspath(tmp_path / "neg.parquet"))
+
+
+def test_cli_fits_a_parquet_glob(files: dict[str, object], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poolwise.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["fit", str(files["glob"]), "-f", "y ~ x + (1 | g)", "--draws", "100",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "reduced inside duckdb" in result.output
+    for name in ("fit.nc", "summary.csv", "pooling_factors.csv"):
+        assert (out / name).exists()
+    pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
+    assert int(pf["n"].sum()) == 1500 and len(pf) == 37
