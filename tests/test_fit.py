@@ -150,3 +150,32 @@ def test_netcdf_round_trip_and_no_overwrite(hfit: pw.Fit, tmp_path: Path) -> Non
     with pytest.raises(DataError, match="exists"):
         hfit.to_netcdf(path)
     assert path.stat().st_size == size
+
+
+def test_group_values_are_thinned_past_the_group_budget(tmp_path: Path) -> None:
+    """Past group_budget the group values keep an evenly thinned subset of draws; the rest keeps all."""
+    rng = np.random.default_rng(5)
+    n, J = 6000, 500
+    g = rng.integers(0, J, n)
+    df = pd.DataFrame({"y": rng.normal(size=n) + rng.normal(0, 0.5, J)[g], "x": rng.normal(size=n),
+                       "g": [f"g{i:03d}" for i in g]})
+    full = pw.fit("y ~ x + (1 | g)", df, seed=2, draws=400)
+    thin = pw.fit("y ~ x + (1 | g)", df, seed=2, draws=400, group_budget=4 * 60 * J * 8)
+    assert full.value_draws is None
+    vd = thin.value_draws
+    assert vd is not None and vd.size == 60 and vd[0] == 0 and vd[-1] == 399
+    assert thin.draws.b is not None and thin.draws.b.shape == (4, 60, J)
+    np.testing.assert_array_equal(thin.draws.beta, full.draws.beta)  # hyperparameters and β: every draw
+    np.testing.assert_array_equal(thin.param("sd(Intercept|g)"), full.param("sd(Intercept|g)"))
+    pd.testing.assert_frame_equal(thin.pooling_factors(), full.pooling_factors())
+    a, b = full.group_estimates(), thin.group_estimates()
+    se = a["sd"] * np.sqrt(1 / 1600 + 1 / 240)  # the two means' Monte Carlo error (near-independent draws)
+    assert float(((a["mean"] - b["mean"]).abs() / se).max()) < 5.0
+    assert float((b["sd"] / a["sd"]).sub(1).abs().max()) < 0.35
+    s = thin.summary()
+    assert "1|g[g000]" in s.index and "sigma" in s.index
+    assert any("kept for 60 of 400 draws" in note for note in thin.notes())
+    assert thin.predict(df.head(4)).shape == (4, 5)
+    thin.to_netcdf(tmp_path / "thin.nc")
+    back = az.from_netcdf(tmp_path / "thin.nc")
+    assert "group_values" in back.groups() and back["group_values"]["1|g"].shape == (4, 60, J)

@@ -27,10 +27,12 @@ from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
+#: bytes the stored group values (draws × groups) may take; past it they are kept for fewer draws
+GROUP_BUDGET = 2**30
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -50,6 +52,7 @@ def fit(
     warmup: int = 1000,
     progress: Progress | None = None,
     memory_budget: int = MEMORY_BUDGET,
+    group_budget: int = GROUP_BUDGET,
     engine: str | None = None,
     spark: Any = None,
     **options: Any,
@@ -88,6 +91,11 @@ def fit(
         Optional callback ``(stage, fraction)``.
     memory_budget
         Bytes above which draws × rows arrays are computed on demand instead of stored.
+    group_budget
+        Bytes the group values (chains × draws × groups) may take (exact and empirical paths of
+        the varying-intercept model); past it they are kept for an evenly thinned subset of the
+        draws, and every draw of the coefficients and hyperparameters is kept (see
+        :attr:`Fit.value_draws`).  For 10⁶ groups the default 1 GiB keeps 33 draws per chain.
     engine
         ``"duckdb"`` (default for paths) or ``"spark"`` (a path read by ``spark``, the
         SparkSession, or the active one).
@@ -125,7 +133,7 @@ def fit(
         progress("reduce", 0.0)
     bound, note = bind_data(spec, data, method=method, engine=engine, spark=spark)
     result = run(bound, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
-                 **options)
+                 group_budget=group_budget, **options)
     if note is not None:
         info = dict(result.info)
         info["note"] = f"{info['note']} {note}" if info.get("note") else note
@@ -219,6 +227,22 @@ class Fit:
     @property
     def n_samples(self) -> int:
         return self.draws.n_chains * self.draws.n_draws
+
+    @property
+    def value_draws(self) -> np.ndarray | None:
+        """Per-chain draw indices of the stored group values when they were thinned to fit the
+        memory budget (draws × groups past it), else ``None`` (every draw).  Group-level and
+        row-level results (group estimates, predictions, the pointwise log-likelihood) use these
+        draws of every parameter; the hyperparameters' and coefficients' summaries use all."""
+        for bd in self.block_draws:
+            if bd.value_draws is not None:
+                return bd.value_draws
+        return None
+
+    def _thin(self, a: np.ndarray) -> np.ndarray:
+        """Draws (chain, draw, …) of a parameter at the group values' draws."""
+        vd = self.value_draws
+        return a if vd is None else a[:, vd]
 
     @property
     def eager_pointwise(self) -> bool:
@@ -329,8 +353,9 @@ class Fit:
         block = self.bound.blocks[0]
         if "Intercept" in block.exprs:
             return self._group_coefficient(0, block.exprs.index("Intercept"))
-        C, D = self.draws.beta.shape[:2]
-        base = self.param("Intercept")[..., None] if "Intercept" in self.bound.coef_names else np.zeros((C, D, 1))
+        C, D = self._thin(self.draws.beta).shape[:2]
+        base = (self._thin(self.param("Intercept"))[..., None] if "Intercept" in self.bound.coef_names
+                else np.zeros((C, D, 1)))
         return np.broadcast_to(base, (C, D, block.n_groups))
 
     def _group_coefficient(self, i: int, k: int) -> np.ndarray:
@@ -342,8 +367,8 @@ class Fit:
         b = self.bound
         block, bd = b.blocks[i], self.block_draws[i]
         e = block.exprs[k]
-        C, D = self.draws.beta.shape[:2]
-        base = self.param(e)[..., None] if e in b.coef_names else np.zeros((C, D, 1))
+        C, D = self._thin(self.draws.beta).shape[:2]
+        base = self._thin(self.param(e))[..., None] if e in b.coef_names else np.zeros((C, D, 1))
         out = np.broadcast_to(base, (C, D, block.n_groups))
         if bd.values is not None:
             out = out + bd.values[..., k]
@@ -360,12 +385,17 @@ class Fit:
             out = out + ov[..., parent, outer.exprs.index(e)]
         return out
 
-    def _family_kwargs(self, rows: slice | np.ndarray | None, draws: slice | None = None) -> dict[str, Any]:
-        """Keyword arguments of the family methods: parameter draws as (…, 1), per-row columns."""
+    def _family_kwargs(self, rows: slice | np.ndarray | None, draws: slice | None = None, *,
+                       thin: bool = False) -> dict[str, Any]:
+        """Keyword arguments of the family methods: parameter draws as (…, 1), per-row columns.
+
+        With ``thin``, at the group values' draws (see :attr:`value_draws`)."""
         b, d = self.bound, self.draws
         sel: Any = slice(None) if draws is None else draws
 
         def flat(a: np.ndarray) -> np.ndarray:
+            if thin:
+                a = self._thin(a)
             return a.reshape(-1)[sel][:, None] if draws is not None else a[..., None]
 
         kw: dict[str, Any] = {"sigma": None if d.sigma is None else flat(d.sigma)}
@@ -379,7 +409,8 @@ class Fit:
     def _eta(self, rows: slice, draws: slice | None = None) -> np.ndarray:
         """Linear predictor of ``rows``: (chain, draw, rows), or (draws, rows) for a flat slice."""
         b, d = self.bound, self.draws
-        beta = d.beta if draws is None else d.beta.reshape(-1, d.beta.shape[-1])[draws]
+        beta_all = self._thin(d.beta)
+        beta = beta_all if draws is None else beta_all.reshape(-1, d.beta.shape[-1])[draws]
         eta = beta @ b.X[rows].T
         eta = eta + b.offset[rows]
         for block, bd in zip(b.blocks, self.block_draws):
@@ -404,7 +435,7 @@ class Fit:
         """Pointwise log-likelihood, (chain, draw, rows) in chunks of rows (on demand)."""
         y, fam = self.bound.y, self.spec.fam
         for sl, eta in self._mu_chunks(chunk):
-            yield sl, fam.log_likelihood(y[sl], eta, **self._family_kwargs(sl))
+            yield sl, fam.log_likelihood(y[sl], eta, **self._family_kwargs(sl, thin=True))
 
     def log_likelihood(self) -> np.ndarray:
         """The whole pointwise log-likelihood (chain, draw, n_obs); refuses past the budget."""
@@ -416,7 +447,7 @@ class Fit:
         self._check_budget("posterior_predictive")
         rng = np.random.default_rng(seed)
         fam = self.spec.fam
-        parts = [fam.sample(rng, eta, **self._family_kwargs(sl)) for sl, eta in self._mu_chunks()]
+        parts = [fam.sample(rng, eta, **self._family_kwargs(sl, thin=True)) for sl, eta in self._mu_chunks()]
         return np.concatenate(parts, axis=-1)
 
     def prior_predictive(self, draws: int = 500, seed: int = 0) -> np.ndarray:
@@ -536,7 +567,7 @@ class Fit:
         y, fam = self.bound.y, self.spec.fam
         lls, pps = [], []
         for sl, eta in self._mu_chunks():
-            kw = self._family_kwargs(sl)
+            kw = self._family_kwargs(sl, thin=True)
             lls.append(fam.log_likelihood(y[sl], eta, **kw))
             pps.append(fam.sample(rng, eta, **kw))
         return np.concatenate(lls, axis=-1), np.concatenate(pps, axis=-1)
@@ -575,6 +606,10 @@ class Fit:
         skip = set() if groups else set(self.group_vars)
         names = [n for n in self.idata.posterior.data_vars if n not in skip]
         out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
+        if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
+            gv = self.idata["group_values"]
+            gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
+            out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
@@ -603,6 +638,11 @@ class Fit:
                        "Coefficients and group values are drawn from their conditional posterior given the estimates.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
+        vd = self.value_draws
+        if vd is not None:
+            out.append(f"Group values kept for {vd.size} of {self.draws.n_draws} draws per chain (draws × groups pass "
+                       "the group_budget); coefficients and hyperparameters keep every draw, group-level results use "
+                       "the kept draws.")
         r = self.bound.reduced
         if r is not None:
             out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {self.bound.n_groups:,} rows of "
@@ -661,33 +701,44 @@ class Fit:
         i, k = self._resolve_term(term)
         block, bd = self.bound.blocks[i], self.block_draws[i]
         J = block.n_groups
+        mean, lo, hi = np.ones(J), np.ones(J), np.ones(J)
         if bd.values is None:  # pooled: every group takes the population value
-            lam = np.ones((self.n_samples, J))
             batch = 1.0
         else:
-            lam = self._lambda_draws(i, k)
             bv = bd.values[..., k].reshape(-1, J)
             within = float(bv.var(axis=1).mean())
             batch = float(1.0 - bv.mean(axis=0).var() / within) if within > 0 else 1.0
-        lo, hi = np.quantile(lam, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+            # λ per draw in chunks of groups: memory O(draws × chunk), whatever the number of groups
+            step = J if not self.spec.fam.identity else max(1, self.memory_budget // (8 * self.n_samples * 8))
+            for g0 in range(0, J, step):
+                gs = slice(g0, min(J, g0 + step))
+                lam = self._lambda_draws(i, k, gs)
+                mean[gs] = lam.mean(axis=0)
+                lo[gs], hi[gs] = np.quantile(lam, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         df = pd.DataFrame(
-            {"n": block.sizes(), "lambda": lam.mean(axis=0), "lambda_lo": lo, "lambda_hi": hi},
+            {"n": block.sizes(), "lambda": mean, "lambda_lo": lo, "lambda_hi": hi},
             index=pd.Index(block.levels, name=block.factor),
         )
         df.attrs["batch"] = batch
         df.attrs["term"] = block.term.value_name(block.exprs[k])
         return df
 
-    def _lambda_draws(self, i: int, k: int) -> np.ndarray:
-        """λ_jk per draw, (samples, J) (see :meth:`pooling_factors`)."""
+    def _lambda_draws(self, i: int, k: int, groups: slice | None = None) -> np.ndarray:
+        """λ_jk per draw, (samples, J) (see :meth:`pooling_factors`); ``groups`` a slice of them
+        (identity links)."""
         b, fam = self.bound, self.spec.fam
         block = b.blocks[i]
-        J, q, S = block.n_groups, block.q, self.n_samples
+        q, S = block.q, self.n_samples
+        gs = slice(None) if groups is None else groups
+        J = len(range(block.n_groups)[gs])
         Sigma = self._sigma_draws(i).reshape(S, q, q)
         out = np.empty((S, J))
         step = max(1, self.memory_budget // (8 * J * max(q * q, 3) * 4))
         if fam.identity:  # information does not depend on η: Z'WZ per group, once
-            ZWZ = block.ZtWZ if block.ZtWZ is not None else _group_cross(block.Z, b.weights, block.group, J)
+            if block.ZtWZ is not None:
+                ZWZ = block.ZtWZ[gs]
+            else:
+                ZWZ = _group_cross(block.Z, b.weights, block.group, block.n_groups)[gs]
         for s0 in range(0, S, step):
             ds = slice(s0, min(S, s0 + step))
             kw = self._family_kwargs(None, ds)
@@ -797,9 +848,10 @@ class Fit:
         X = b.encode_common(frame)
         offset = self._encode_offset(frame)
         rng = np.random.default_rng(seed)
-        C, D = d.beta.shape[:2]
+        beta = self._thin(d.beta)
+        C, D = beta.shape[:2]
         n = len(frame)
-        eta = np.einsum("cdp,np->cdn", d.beta, X) + offset
+        eta = np.einsum("cdp,np->cdn", beta, X) + offset
         any_new = np.zeros(n, dtype=bool)
         for i, (block, bd) in enumerate(zip(b.blocks, self.block_draws)):
             idx = b.encode_groups(frame, block)
@@ -812,7 +864,7 @@ class Fit:
             if new.any():
                 keys = self._new_keys(frame, block, new)
                 uniq, inv = np.unique(keys, return_inverse=True)
-                L = self._sigma_factor(i)
+                L = self._thin(self._sigma_factor(i))
                 z = rng.standard_normal((C, D, len(uniq), block.q))
                 drawn = np.einsum("cdkl,cdul->cduk", L, z)
                 vals = _fill_new(vals, drawn, new, inv)
@@ -832,7 +884,7 @@ class Fit:
 
     def _new_family_kwargs(self, frame: pd.DataFrame) -> dict[str, Any]:
         """Family arguments for responses of new rows (trials, known standard errors)."""
-        kw = self._family_kwargs(None)
+        kw = self._family_kwargs(None, thin=True)
         spec = self.spec
         if spec.fam.needs_trials:
             col = spec.trials
@@ -970,6 +1022,7 @@ def _to_inference_data(f: Fit) -> Any:
         posterior[name] = arr
     coords: dict[str, Any] = {"obs": np.arange(b.n_obs)}
     dims: dict[str, list[str]] = {}
+    thinned: dict[str, tuple[np.ndarray, str, np.ndarray, np.ndarray]] = {}
     for block, bd in zip(b.blocks, f.block_draws):
         term = block.term
         coords[block.factor] = np.asarray(block.levels)  # an array: ArviZ deep-copies coords
@@ -983,6 +1036,9 @@ def _to_inference_data(f: Fit) -> Any:
         if bd.values is not None:
             for k, e in enumerate(block.exprs):
                 name = term.value_name(e)
+                if bd.value_draws is not None:  # thinned: their own group, with their own draw axis
+                    thinned[name] = (bd.values[..., k], block.factor, np.asarray(block.levels), bd.value_draws)
+                    continue
                 posterior[name] = bd.values[..., k]
                 dims[name] = [block.factor]
     observed = {b.spec.outcome: b.y} if b.has_rows else None
@@ -999,6 +1055,17 @@ def _to_inference_data(f: Fit) -> Any:
         posterior=posterior, sample_stats=dict(d.sample_stats) or None, observed_data=observed,
         coords=coords, dims=dims, **kwargs,
     )
+    if thinned:
+        import warnings
+
+        import xarray as xr
+
+        ds = xr.Dataset({name: (("chain", "value_draw", factor), arr) for name, (arr, factor, _, _) in thinned.items()},
+                        coords={"chain": np.arange(d.n_chains), "value_draw": next(iter(thinned.values()))[3],
+                                **{factor: lv for _, factor, lv, _ in thinned.values()}})
+        with warnings.catch_warnings():  # a group outside ArviZ's schema, on purpose
+            warnings.simplefilter("ignore")
+            idata.add_groups({"group_values": ds})
     if b.reduced is not None:
         idata.posterior.attrs.update({"reduced_in": f"{b.reduced.engine}: {b.reduced.source}"})
     idata.posterior.attrs.update({

@@ -36,12 +36,17 @@ class BlockDraws:
         uncorrelated (``||``) or q = 1.
     values
         Group values (deviations from the common coefficients), (chain, draw, J, q); ``None``
-        when the block is pooled (Σ = 0).
+        when the block is pooled (Σ = 0).  When draws × groups would pass the memory budget, the
+        values of a thinned subset of draws, (chain, len(value_draws), J, q).
+    value_draws
+        The per-chain draw indices of ``values`` when thinned, else ``None``.
     """
 
     sd: np.ndarray | None
     corr: np.ndarray | None
     values: np.ndarray | None
+    #: per-chain draw indices the values belong to, when they were thinned (``None``: every draw)
+    value_draws: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class Draws:
     blocks
         Per grouping factor, in the order of ``BoundSpec.blocks``, for models beyond one
         varying intercept (then ``tau`` and ``b`` are ``None``).
+    value_draws
+        Per-chain draw indices of ``b`` when its draws were thinned to fit the memory budget.
     """
 
     beta: np.ndarray
@@ -82,6 +89,7 @@ class Draws:
     info: dict[str, Any] = field(default_factory=dict)
     aux: dict[str, np.ndarray] = field(default_factory=dict)
     blocks: tuple[BlockDraws, ...] = ()
+    value_draws: np.ndarray | None = None
 
     def block_draws(self) -> tuple[BlockDraws, ...]:
         """Draws per grouping factor; for the simple model built from ``tau`` and ``b``."""
@@ -89,7 +97,7 @@ class Draws:
             return self.blocks
         sd = None if self.tau is None else self.tau[..., None]
         values = None if self.b is None else self.b[..., None]
-        return (BlockDraws(sd=sd, corr=None, values=values),)
+        return (BlockDraws(sd=sd, corr=None, values=values, value_draws=self.value_draws),)
 
     @property
     def n_chains(self) -> int:
@@ -109,9 +117,13 @@ def run(
     draws: int = 1000,
     warmup: int = 1000,
     progress: Progress | None = None,
+    group_budget: int | None = None,
     **options: Any,
 ) -> Draws:
     """Dispatch to an inference method.
+
+    ``group_budget`` (bytes) caps the stored group values of the exact and empirical paths of
+    the varying-intercept model: past it they are kept for a thinned subset of the draws.
 
     Raises
     ------
@@ -128,7 +140,7 @@ def run(
 
         if bound.simple:
             return exact.sample(bound, reduce(bound), seed=seed, chains=chains, draws=draws, progress=progress,
-                                **options)
+                                group_budget=group_budget, **options)
         if len(bound.blocks) == 1:
             return exact.sample_block(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
                                       progress=progress, **options)
@@ -155,7 +167,8 @@ def run(
     if method == "empirical":
         from . import empirical
 
-        return empirical.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress, **options)
+        return empirical.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress,
+                                group_budget=group_budget, **options)
     if method == "laplace":
         from . import laplace
 

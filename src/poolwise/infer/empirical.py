@@ -294,7 +294,8 @@ def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, i
     return sigma, sigma * math.exp(0.5 * v), float(best[0]), count
 
 
-def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: bool) -> Draws:
+def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: bool,
+              group_budget: int | None = None) -> Draws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
     hyp = _Hyper(bound.has_sigma, blk.q, blk.Sigma, blk.term.correlated)
@@ -343,10 +344,12 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
                                              groups=False)[0][0]
         # the hyperparameters are fixed: the sums over groups once, shared by every draw
         one = exact.group_sums(red, np.array([tau**2 / sigma**2]), logdet=False)
+        keep = exact.thinned_draws(C, D, red.n_groups, group_budget)
         with np.errstate(all="ignore"):
             beta, b = exact.draw_conditional(red, _flat(red.p), sig_d, np.full(C * D, tau), rng,
-                                             with_groups=not pooled, sums=one.take(np.zeros(C * D, dtype=np.int64)))
-        values = None if b is None else b.reshape(C, D, -1, 1)
+                                             with_groups=not pooled, sums=one.take(np.zeros(C * D, dtype=np.int64)),
+                                             group_rows=None if keep is None else exact.flat_rows(C, D, keep))
+        values = None if b is None else b.reshape(C, -1, red.n_groups, 1)
     else:
         beta_hat = _block_gls(stats, sigma, Lam)[0]
         with np.errstate(all="ignore"):
@@ -366,7 +369,8 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
     beta = beta.reshape(C, D, -1)
     if bound.simple:
         return Draws(beta=beta, sigma=sigma_draws, tau=None if sd is None else np.full((C, D), float(sd[0])),
-                     b=None if values is None else values[..., 0], method="empirical", info=info)
+                     b=None if values is None else values[..., 0], method="empirical", info=info,
+                     value_draws=None if values is None else keep)
     sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
     corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
     return Draws(beta=beta, sigma=sigma_draws, tau=None, b=None, method="empirical", info=info,
@@ -573,6 +577,7 @@ def sample(
     draws: int = 1000,
     progress: Progress | None = None,
     reml: bool = True,
+    group_budget: int | None = None,
 ) -> Draws:
     """Empirical Bayes: hyperparameters at their (restricted) marginal maximum, then the conditional draws.
 
@@ -611,7 +616,7 @@ def sample(
     if progress:
         progress("hyperparameters", 0.0)
     if fam.exact:
-        out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml)
+        out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml, group_budget=group_budget)
     elif fam.name in _LAPLACE_FAMILIES:
         out = _laplace(bound, seed=seed, chains=chains, draws=draws)
     else:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,8 @@ from ..reduce import Reduced, bound_block_stats
 from ..spec import BoundSpec
 from . import Draws, Progress
 
-__all__ = ["HyperPrior", "group_sums", "log_marginal", "draw_conditional", "sample", "conditional_moments"]
+__all__ = ["HyperPrior", "group_sums", "log_marginal", "draw_conditional", "sample", "conditional_moments",
+           "thinned_draws", "flat_rows"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 
@@ -78,16 +80,62 @@ class GroupSums:
         return GroupSums(self.A[idx], self.b[idx], self.q[idx], self.ld[idx])
 
 
-def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool = True) -> GroupSums:
-    """Sums over groups at each ρ (vectorized; memory O(len(rho)·J) in chunks).
+@dataclass(frozen=True)
+class _BySize:
+    """The per-group pieces of the sums, added up over groups of equal weight a_j.
 
-    With ``logdet=False`` the log-determinant term is skipped (left at 0).
+    Every term of Ā, b̄, q̄ and Σ log(1 + a_jρ) depends on the group only through a_j and the
+    products u_ju_j', u_j·sy_j, sy_j², so groups of equal a_j (equal sizes, without known
+    standard errors) can be merged exactly: J terms become as many as there are distinct sizes.
     """
-    rho = np.atleast_1d(np.asarray(rho, dtype=float))
+
+    a: np.ndarray  # (K,)
+    count: np.ndarray  # (K,) groups of each size
+    uu: np.ndarray  # (K, p·p)
+    usy: np.ndarray  # (K, p)
+    sy2: np.ndarray  # (K,)
+
+
+_BY_SIZE: dict[int, tuple[weakref.ref[Reduced], _BySize]] = {}
+
+
+def _by_size(red: Reduced) -> _BySize:
+    """The merged pieces of ``red`` (computed once per statistics object)."""
+    hit = _BY_SIZE.get(id(red))
+    if hit is not None and hit[0]() is red:
+        return hit[1]
     p, J = red.p, red.n_groups
     uu = (red.u[:, :, None] * red.u[:, None, :]).reshape(J, p * p)
     usy = red.u * red.sy[:, None]
     sy2 = red.sy**2
+    a, inv, count = np.unique(red.a, return_inverse=True, return_counts=True)
+    if a.size * 2 > J:  # little to merge: keep the groups as they are
+        out = _BySize(red.a, np.ones(J), uu, usy, sy2)
+    else:
+        K = a.size
+
+        def merge(v: np.ndarray) -> np.ndarray:
+            return np.bincount(inv, weights=v, minlength=K)
+
+        out = _BySize(a, count.astype(float), np.column_stack([merge(uu[:, k]) for k in range(p * p)]).reshape(K, p * p),
+                      np.column_stack([merge(usy[:, k]) for k in range(p)]).reshape(K, p), merge(sy2))
+    for key in [k for k, (ref, _) in _BY_SIZE.items() if ref() is None]:
+        del _BY_SIZE[key]
+    _BY_SIZE[id(red)] = (weakref.ref(red), out)
+    return out
+
+
+def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool = True) -> GroupSums:
+    """Sums over groups at each ρ (vectorized; memory O(len(rho)·J) in chunks).
+
+    Groups of equal weight a_j are merged first (:class:`_BySize`), so the cost per ρ is the
+    number of distinct group sizes, not of groups.  With ``logdet=False`` the log-determinant
+    term is skipped (left at 0).
+    """
+    rho = np.atleast_1d(np.asarray(rho, dtype=float))
+    p = red.p
+    m = _by_size(red)
+    J, uu, usy, sy2, a_g, count = m.a.size, m.uu, m.usy, m.sy2, m.a, m.count
     A = np.empty((rho.size, p, p))
     b = np.empty((rho.size, p))
     q = np.empty(rho.size)
@@ -96,14 +144,14 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool
 
     def fill(s: int) -> None:
         r = rho[s : s + step, None]
-        k = r / (1.0 + red.a[None, :] * r)
+        k = r / (1.0 + a_g[None, :] * r)
         A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(r.shape[0], p, p)
         b[s : s + step] = red.XtWy[None] - k @ usy
         q[s : s + step] = red.yWy - k @ sy2
         if logdet:
-            np.multiply(red.a[None, :], r, out=k)
+            np.multiply(a_g[None, :], r, out=k)
             np.log1p(k, out=k)
-            ld[s : s + step] = k.sum(axis=1)
+            ld[s : s + step] = k @ count
         else:
             ld[s : s + step] = 0.0
 
@@ -191,15 +239,23 @@ def conditional_moments(
 def draw_conditional(
     red: Reduced, hp: HyperPrior, sigma: np.ndarray, tau: np.ndarray, rng: np.random.Generator,
     *, with_groups: bool = True, block: int = 512, sums: GroupSums | None = None,
+    group_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Draw β and b from their exact conditional Gaussians, one draw per (σ, τ) pair.
 
     The group draws are made in blocks of draws on two threads, each block with its own
     generator spawned from ``rng`` (so the result does not depend on thread timing).
 
+    Parameters
+    ----------
+    group_rows
+        Draw b only for these draws (flat indices): a fit whose draws × groups would pass the
+        memory budget keeps every draw of β and the hyperparameters, and the group values of a
+        thinned, evenly spaced subset of them.
+
     Returns
     -------
-    beta (D, p) and b (D, J) (``None`` when ``with_groups`` is false).
+    beta (D, p) and b (D, J), or (len(group_rows), J); ``None`` when ``with_groups`` is false.
     """
     mean, L, _, s2 = conditional_moments(red, hp, sigma, tau, groups=False, sums=sums)
     D = s2.size
@@ -210,8 +266,14 @@ def draw_conditional(
         beta = mean
     if not with_groups:
         return beta, None
+    full_beta = beta
+    if group_rows is not None:
+        rows = np.asarray(group_rows, dtype=np.int64)
+        beta, s2, tau = beta[rows], s2[rows], np.asarray(tau)[rows]
+        D = rows.size
     rho = tau**2 / s2
     b = np.empty((D, red.n_groups))
+    block = max(1, min(block, (1 << 25) // (8 * max(red.n_groups, 1))))  # work blocks of ≤ 32 MiB
     starts = list(range(0, D, block))
     child_seeds = [int(x) for x in rng.integers(0, 2**63 - 1, size=len(starts))]
     fixed = D > 0 and bool(np.all(rho == rho[0]) and np.all(s2 == s2[0]))
@@ -251,7 +313,24 @@ def draw_conditional(
             list(pool.map(fill, range(len(starts))))
     else:
         fill(0)
-    return beta, b
+    return full_beta, b
+
+
+def thinned_draws(chains: int, draws: int, n_values: int, budget: int | None) -> np.ndarray | None:
+    """Per-chain draw indices whose group values fit ``budget`` bytes (``None``: keep every draw).
+
+    ``n_values`` is the number of group values per draw (J·q).  The indices are evenly spaced,
+    the same in every chain, at least one.
+    """
+    if budget is None or chains * draws * n_values * 8 <= budget:
+        return None
+    keep = max(1, min(draws, budget // (8 * chains * max(n_values, 1))))
+    return np.unique(np.linspace(0, draws - 1, keep).round().astype(np.int64))
+
+
+def flat_rows(chains: int, draws: int, index: np.ndarray) -> np.ndarray:
+    """Flat (chain-major) positions of per-chain draw ``index`` in every chain."""
+    return (np.arange(chains)[:, None] * draws + np.asarray(index)[None, :]).ravel()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,6 +496,7 @@ def sample(
     draws: int = 1000,
     grid: int = 4096,
     progress: Progress | None = None,
+    group_budget: int | None = None,
 ) -> Draws:
     """Exact posterior draws of the Gaussian varying-intercept model.
 
@@ -432,6 +512,9 @@ def sample(
         Cells of the hyperparameter grid (per dimension in 1-D; in total, roughly, in 2-D).
     progress
         Optional callback ``(stage, fraction)``.
+    group_budget
+        Bytes the group values may take; past it they are kept for a thinned subset of the draws
+        (``Draws.value_draws``), every draw of β and the hyperparameters is kept.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -449,18 +532,23 @@ def sample(
     if progress:
         progress("coefficients and groups", 0.5)
     pooled = bound.tau == 0.0
-    beta, b = draw_conditional(red, hp, sigma.ravel(), tau.ravel(), rng, with_groups=not pooled, sums=sums)
+    keep = thinned_draws(chains, draws, red.n_groups, group_budget)
+    beta, b = draw_conditional(red, hp, sigma.ravel(), tau.ravel(), rng, with_groups=not pooled, sums=sums,
+                               group_rows=None if keep is None else flat_rows(chains, draws, keep))
     if progress:
         progress("done", 1.0)
     meta["seconds"] = time.perf_counter() - t0
+    if keep is not None:
+        meta["group_draws"] = int(keep.size)
     return Draws(
         beta=beta.reshape(chains, draws, -1),
         sigma=sigma if bound.has_sigma else None,
         tau=tau if bound.tau is None else None,
-        b=None if b is None else b.reshape(chains, draws, -1),
+        b=None if b is None else b.reshape(chains, -1, red.n_groups),
         sample_stats=stats,
         method="exact",
         info=meta,
+        value_draws=None if pooled else keep,
     )
 
 
