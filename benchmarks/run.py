@@ -1,29 +1,37 @@
-"""Benchmark: poolwise against plain NumPyro NUTS (and PyMC + nutpie), side by side in one run.
+"""Benchmark: poolwise against NumPyro, PyMC, nutpie, Bambi and statsmodels, side by side in one run.
 
-Data sets, in the order they run: ``radon`` and ``synthetic`` (200,000 rows; random intercept,
-poolwise exact), ``logistic`` (100,000 rows in 2,000 groups, correlated intercept and slope,
-bernoulli; poolwise nuts vs NumPyro and, when its venv exists, PyMC + nutpie) and
-``sleepstudy`` (correlated slopes, poolwise exact; last, so it measures the newest exact path).
+Tasks (``--only`` names), in the order they run:
+
+* ``radon``, ``synthetic`` (200,000 rows), ``logistic`` (100,000 rows, bernoulli, correlated
+  slopes), ``sleepstudy`` (correlated slopes): poolwise (exact; nuts on radon and logistic)
+  against plain NumPyro NUTS;
+* ``path``: radon's pooling path; ``reml``: poolwise ``method="empirical"`` (REML) against
+  statsmodels MixedLM (and mixedlm-rs); ``laplace``: poolwise laplace on the logistic set;
+* ``pymc``: the same models in PyMC, sampled by PyMC's default NUTS and by nutpie, on all four
+  data sets; ``bambi``: ``bmb.Model(formula, df).fit()`` on radon, synthetic and sleepstudy
+  (both in their own virtual environment, ``benchmarks/_data/_venv_pymc``; skipped with a note
+  when it is missing);
+* ``large``: the exact path on Parquet files generated once (10⁷ rows / 10⁵ groups and 10⁸ rows /
+  10⁶ groups, cached under ``benchmarks/_data/``), against the bare DuckDB ``GROUP BY`` of the
+  same columns (the floor).
 
 Usage::
 
     python benchmarks/run.py --out benchmarks/results.md          # the full run (make bench)
-    python benchmarks/run.py --quick --out /tmp/bench.md          # a smoke run (minutes)
-    python benchmarks/run.py --only sleepstudy                    # re-measure a subset; the other
+    python benchmarks/run.py --quick --out benchmarks/_data/smoke.md   # everything small (minutes)
+    python benchmarks/run.py --only sleepstudy,pymc               # re-measure a subset; the other
                                                                   # rows are kept from results.json
+    python benchmarks/run.py --only large --large-sets 1e7:1e5    # one large set
 
-Every measurement runs in its own fresh Python process (a "worker": this same file, called
-with ``--worker``), so that
+Every measurement runs in its own fresh Python process (a worker, ``bench_workers.py``), so that
 
 * peak memory (``ru_maxrss`` of that child, read with :func:`os.wait4`) belongs to one task;
 * the plain NumPyro baseline runs with JAX's defaults (float32), untouched by poolwise's NUTS
   path, which switches JAX to float64 when it is imported;
 * one task's JIT caches and garbage do not flatter or burden the next.
 
-Measured per row: wall time, the minimum bulk ESS over every posterior quantity (all
-coefficients, σ, τ and every group deviation b_j), ESS per second, and the peak RSS of the
-process.  The ratio is ESS/s of a row over the plain NumPyro row of the same data set, both
-measured in this run.
+Each worker has a timeout; a failed or stopped row is recorded (with the end of its log), not
+fatal.  The Markdown is written by ``bench_render.py``; the data sets by ``bench_data.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,567 +48,78 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench_data import (DATA_DIR, DATASETS, LARGE_CHUNK_ROWS, LARGE_SEED, LARGE_SETS, LARGE_SETS_QUICK, SYNTH_ROWS,
+                        cached_large, export, large_dir, large_glob, large_name, load)
+from bench_render import machine, render, versions
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "bench_workers.py"
 
-RADON_FORMULA = "log_radon ~ floor + (1 | county)"
-SYNTH_FORMULA = "y ~ x1 + x2 + (1 | g)"
-
-SLEEP_FORMULA = "Reaction ~ Days + (Days | Subject)"
-LOGISTIC_FORMULA = "y ~ x + (1 + x | g)"
-
-SYNTH_ROWS = 200_000
-LOGISTIC_ROWS = 100_000
-LOGISTIC_GROUPS = 2_000
 #: warmup+draws per chain of every sampler on the 100,000-row logistic set (NUTS over all rows
 #: per gradient; the full 1000+1000 takes far longer than the benchmark's budget on 2 cores)
 LOGISTIC_DEFAULT = "50+50"
 #: each logistic row is stopped after this many seconds
 LOGISTIC_TIMEOUT_S = 480.0
-#: the separate virtual environment with PyMC and nutpie (git-ignored; created on demand)
-PYMC_VENV = HERE / "_data" / "_venv_pymc"
-#: NumPyro's warmup+draws per chain on the 200,000-row set (the full 1000+1000 takes hours here)
+#: the separate virtual environment with PyMC, nutpie and Bambi (git-ignored; made by make bench)
+PYMC_VENV = "benchmarks/_data/_venv_pymc"
+PYMC_INSTALL = (f"python -m venv {PYMC_VENV} && {PYMC_VENV}/bin/pip install pymc nutpie bambi pyarrow "
+                "\"matplotlib<3.11\"")
+#: warmup+draws per chain of every other sampler on the 200,000-row set (the full 1000+1000 takes hours)
 NUMPYRO_SYNTH_DEFAULT = "50+50"
-#: NumPyro runs are stopped after this many seconds
+#: NumPyro / PyMC / Bambi runs are stopped after this many seconds
 NUMPYRO_TIMEOUT_S = 1800.0
+#: each large-set row (generation, the floor, the fit) is stopped after this many seconds
+LARGE_TIMEOUT_S = 3600.0
+#: rows measured elsewhere (a GPU machine), included when the file exists
+EXTERNAL_ROWS = "benchmarks/gpu_rows.json"
+
+#: tasks of ``--only`` besides the data sets
+EXTRA_TASKS = ("path", "reml", "laplace", "pymc", "bambi", "large")
+TASKS = (*DATASETS, *EXTRA_TASKS)
+#: data sets of the REML rows, in order
+REML_DATASETS = ("synthetic", "radon", "sleepstudy")
+#: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
+PYMC_DATASETS = ("radon", "synthetic", "logistic", "sleepstudy")
+BAMBI_DATASETS = ("radon", "synthetic", "sleepstudy")
+QUICK_OTHER_DATASETS = ("radon",)
+
+Log = Callable[[str], None]
+
+
+def task_of(row: dict[str, Any]) -> str:
+    """The ``--only`` task a row belongs to (rows saved before tasks existed: their data set,
+    except PyMC rows, which now belong to ``pymc``)."""
+    if "task" in row:
+        return str(row["task"])
+    if str(row.get("tool", "")).startswith("PyMC"):
+        return "pymc"
+    return str(row["dataset"])
 
 
 # ----------------------------------------------------------------------------------------------
-# data
-
-
-def synthetic(n_rows: int = SYNTH_ROWS, n_groups: int = 5_000, seed: int = 20240601) -> Any:
-    """``y = 1 + 0.5 x1 − 0.3 x2 + b_g + N(0, 1)``, ``b_g ~ N(0, 0.5²)``, very unequal group sizes.
-
-    Group sizes are lognormal (σ = 1.5), scaled to sum to ``n_rows``, each at least 1: the
-    smallest groups hold one row, the largest a few thousand.
-    """
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    raw = rng.lognormal(mean=0.0, sigma=1.5, size=n_groups)
-    sizes = np.maximum(1, np.floor(raw / raw.sum() * n_rows)).astype(np.int64)
-    # fix the total exactly: add or remove rows from the largest groups
-    diff = n_rows - int(sizes.sum())
-    order = np.argsort(-sizes)
-    i = 0
-    while diff != 0:
-        j = order[i % n_groups]
-        step = 1 if diff > 0 else -1
-        if sizes[j] + step >= 1:
-            sizes[j] += step
-            diff -= step
-        i += 1
-    g = np.repeat(np.arange(n_groups), sizes)
-    rng.shuffle(g)
-    b = rng.normal(0.0, 0.5, size=n_groups)
-    x1 = rng.normal(size=n_rows)
-    x2 = rng.normal(size=n_rows)
-    y = 1.0 + 0.5 * x1 - 0.3 * x2 + b[g] + rng.normal(size=n_rows)
-    return pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": np.char.add("g", g.astype(str))})
-
-
-def logistic(n_rows: int = LOGISTIC_ROWS, n_groups: int = LOGISTIC_GROUPS, seed: int = 20240602) -> Any:
-    """``y ~ Bernoulli(logit⁻¹(−0.5 + 0.7 x + a_g + b_g x))`` with correlated ``(a_g, b_g)``.
-
-    ``(a_g, b_g) ~ N(0, Σ)``, SDs 0.8 and 0.4, correlation 0.5; ``x ~ N(0, 1)``.  Group sizes
-    lognormal (σ = 1), scaled to sum to ``n_rows``, each at least 1 (from a handful of rows to
-    a few hundred).  Needs only NumPy and pandas (the PyMC worker runs it in another venv).
-    """
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    sizes = _group_sizes(rng, n_rows, n_groups, sigma=1.0)
-    g = np.repeat(np.arange(n_groups), sizes)
-    rng.shuffle(g)
-    sd, rho = np.array([0.8, 0.4]), 0.5
-    chol = np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]]))
-    ab = (rng.normal(size=(n_groups, 2)) @ chol.T) * sd
-    x = rng.normal(size=n_rows)
-    eta = -0.5 + 0.7 * x + ab[g, 0] + ab[g, 1] * x
-    y = (rng.random(n_rows) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
-    return pd.DataFrame({"y": y, "x": x, "g": np.char.add("g", g.astype(str))})
-
-
-def _group_sizes(rng: Any, n_rows: int, n_groups: int, sigma: float) -> Any:
-    """Lognormal group sizes scaled to sum to exactly ``n_rows``, each at least 1."""
-    import numpy as np
-
-    raw = rng.lognormal(mean=0.0, sigma=sigma, size=n_groups)
-    sizes = np.maximum(1, np.floor(raw / raw.sum() * n_rows)).astype(np.int64)
-    diff = n_rows - int(sizes.sum())
-    order = np.argsort(-sizes)
-    i = 0
-    while diff != 0:
-        j = order[i % n_groups]
-        step = 1 if diff > 0 else -1
-        if sizes[j] + step >= 1:
-            sizes[j] += step
-            diff -= step
-        i += 1
-    return sizes
-
-
-#: data set → (formula, family)
-DATASETS = {
-    "radon": (RADON_FORMULA, "gaussian"),
-    "synthetic": (SYNTH_FORMULA, "gaussian"),
-    "logistic": (LOGISTIC_FORMULA, "bernoulli"),
-    "sleepstudy": (SLEEP_FORMULA, "gaussian"),
-}
-
-
-def load(dataset: str, quick: bool) -> tuple[Any, str]:
-    """The data frame and formula of a data set (see :data:`DATASETS`)."""
-    formula = DATASETS[dataset][0]
-    if dataset == "radon":
-        import poolwise.datasets
-
-        return poolwise.datasets.radon(), formula
-    if dataset == "sleepstudy":
-        import poolwise.datasets
-
-        return poolwise.datasets.sleepstudy(), formula
-    if dataset == "logistic":
-        return (logistic(n_rows=5_000, n_groups=100) if quick else logistic()), formula
-    if quick:
-        return synthetic(n_rows=5_000, n_groups=100), formula
-    return synthetic(), formula
-
-
-# ----------------------------------------------------------------------------------------------
-# workers (each runs in a fresh process)
-
-
-def _min_bulk_ess(posterior: Any) -> tuple[float, str]:
-    """Minimum bulk ESS over every variable and every element, and where it is."""
-    import arviz as az
-    import numpy as np
-
-    ess = az.ess(posterior, method="bulk")
-    best, where = float("inf"), ""
-    for name, da in ess.data_vars.items():
-        vals = np.asarray(da.values, dtype=float).ravel()
-        if vals.size == 0:
-            continue
-        i = int(np.nanargmin(vals))
-        if vals[i] < best:
-            best = float(vals[i])
-            where = str(name) if vals.size == 1 else f"{name}[{i}]"
-    return best, where
-
-
-def worker_import() -> dict[str, Any]:
-    import poolwise  # noqa: F401
-
-    return {}
-
-
-def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: int, warmup: int,
-                    timed: bool, warm: bool = True) -> dict[str, Any]:
-    """Fit with poolwise.  ``timed``: (with ``warm``) a warm-up fit first, then the timed fit, then
-    the ESS; otherwise one fit alone (for peak memory)."""
-    import numpy as np
-
-    import poolwise as pw
-
-    if method == "nuts":  # count JAX's import outside the timing, as for the NumPyro row
-        import poolwise.infer.nuts  # noqa: F401
-
-    df, formula = load(dataset, quick)
-    out: dict[str, Any] = {"rows": len(df)}
-    kw = dict(family=DATASETS[dataset][1], method=method, seed=0, chains=chains, draws=draws, warmup=warmup)
-    if timed and warm:
-        t0 = time.perf_counter()
-        first = pw.fit(formula, df, **kw)
-        out["cold_s"] = time.perf_counter() - t0
-        del first
-    t0 = time.perf_counter()
-    f = pw.fit(formula, df, **kw)
-    out["wall_s"] = time.perf_counter() - t0
-    out["groups"] = int(np.asarray(f.bound.n_groups).ravel()[0])
-    out["sampler_s"] = float(f.draws.info.get("seconds", float("nan")))
-    if timed:
-        out["min_ess"], out["min_ess_at"] = _min_bulk_ess(f.idata.posterior)
-        out["eager_pointwise"] = bool(f.eager_pointwise)
-        if method == "exact":
-            out["acceptance_rate"] = f.draws.info.get("acceptance_rate")
-        else:
-            out["divergences"] = f.draws.info.get("divergences")
-            out["target_accept"] = f.draws.info.get("target_accept")
-    return out
-
-
-def worker_numpyro(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
-                   priors: dict[str, Any]) -> dict[str, Any]:
-    """Plain NumPyro NUTS, non-centered, JAX defaults (float32 unless the user asks otherwise)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import numpyro
-    import numpyro.distributions as dist
-    import pandas as pd
-    from numpyro.infer import MCMC, NUTS
-
-    df, formula = load(dataset, quick)
-    outcome = formula.split("~")[0].strip()
-    group = formula.split("|")[1].strip(" )")
-    preds = [t.strip() for t in formula.split("~")[1].split("+") if "|" not in t and t.strip() not in ("1", "")]
-    X_np = np.column_stack([np.ones(len(df))] + [df[c].to_numpy(dtype=float) for c in preds])
-    codes, levels = pd.factorize(df[group], sort=True)
-    J = len(levels)
-    X, y, g = jnp.asarray(X_np), jnp.asarray(df[outcome].to_numpy(dtype=float)), jnp.asarray(codes)
-    m0 = jnp.asarray(priors["m0"])
-    s0 = jnp.asarray(priors["s0"])
-
-    def model(X: jax.Array, g: jax.Array, y: jax.Array | None = None) -> None:
-        beta = numpyro.sample("beta", dist.Normal(m0, s0).to_event(1))
-        sigma = numpyro.sample("sigma", dist.Exponential(priors["sigma_rate"]))
-        tau = numpyro.sample("tau", dist.FoldedDistribution(dist.StudentT(priors["tau_df"], 0.0,
-                                                                          priors["tau_scale"])))
-        with numpyro.plate("groups", J):
-            z = numpyro.sample("z", dist.Normal(0.0, 1.0))
-        b = numpyro.deterministic("b", tau * z)
-        with numpyro.plate("obs", X.shape[0]):
-            numpyro.sample("y", dist.Normal(X @ beta + b[g], sigma), obs=y)
-
-    t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), X, g, y=y, extra_fields=("diverging", "num_steps"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(samples)
-    wall = time.perf_counter() - t0
-    import arviz as az
-
-    s = {k: np.asarray(v) for k, v in samples.items()}
-    post = {"beta": s["beta"], "sigma": s["sigma"], "tau": s["tau"], "b": s["b"]}
-    min_ess, at = _min_bulk_ess(az.from_dict(posterior=post).posterior)
-    min_ess_z, _ = _min_bulk_ess(az.from_dict(posterior={"z": s["z"]}).posterior)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    return {
-        "rows": len(df), "groups": J, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
-        "min_ess_z": min_ess_z, "dtype": str(s["beta"].dtype),
-        "divergences": int(np.asarray(extra["diverging"]).sum()),
-        "mean_steps": float(np.asarray(extra["num_steps"]).mean()),
-        "chains": chains, "draws": draws, "warmup": warmup,
-    }
-
-
-def _slopes_arrays(dataset: str, quick: bool) -> dict[str, Any]:
-    """Outcome, predictor and group codes of a ``y ~ x + (1 + x | g)`` data set (NumPy only)."""
-    import numpy as np
-    import pandas as pd
-
-    df, formula = load(dataset, quick)
-    outcome = formula.split("~")[0].strip()
-    x_name = formula.split("~")[1].split("+")[0].strip()
-    group = formula.split("|")[1].strip(" )")
-    codes, levels = pd.factorize(df[group], sort=True)
-    return {"y": df[outcome].to_numpy(dtype=float), "x": df[x_name].to_numpy(dtype=float),
-            "g": codes.astype(np.int64), "J": len(levels), "rows": len(df)}
-
-
-def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
-                          priors: dict[str, Any]) -> dict[str, Any]:
-    """Plain NumPyro NUTS for ``y ~ x + (1 + x | g)`` with correlated (intercept, slope).
-
-    Non-centered: ``s_k ~ half-t``, ``L ~ LKJCholesky(2, η)``, ``z_j ~ N(0, I)``,
-    ``u_j = diag(s) L z_j``; gaussian or bernoulli (logit) likelihood.  JAX defaults (float32).
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import numpyro
-    import numpyro.distributions as dist
-    from numpyro.infer import MCMC, NUTS
-
-    a = _slopes_arrays(dataset, quick)
-    J = a["J"]
-    y, x, g = jnp.asarray(a["y"]), jnp.asarray(a["x"]), jnp.asarray(a["g"])
-    m0, s0 = jnp.asarray(priors["m0"]), jnp.asarray(priors["s0"])
-    sd_df, sd_scale = jnp.asarray(priors["sd_df"]), jnp.asarray(priors["sd_scale"])
-    family = DATASETS[dataset][1]
-
-    def model(x: jax.Array, g: jax.Array, y: jax.Array | None = None) -> None:
-        beta = numpyro.sample("beta", dist.Normal(m0, s0).to_event(1))
-        sds = numpyro.sample("sds", dist.FoldedDistribution(dist.StudentT(sd_df, 0.0, sd_scale)).to_event(1))
-        L = numpyro.sample("L", dist.LKJCholesky(2, priors["eta"]))
-        with numpyro.plate("groups", J):
-            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        u = numpyro.deterministic("u", (z @ L.T) * sds)
-        eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x
-        if family == "gaussian":
-            sigma = numpyro.sample("sigma", dist.Exponential(priors["sigma_rate"]))
-            with numpyro.plate("obs", x.shape[0]):
-                numpyro.sample("y", dist.Normal(eta, sigma), obs=y)
-        else:
-            with numpyro.plate("obs", x.shape[0]):
-                numpyro.sample("y", dist.BernoulliLogits(eta), obs=y)
-
-    t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), x, g, y=y, extra_fields=("diverging", "num_steps"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(samples)
-    wall = time.perf_counter() - t0
-    import arviz as az
-
-    s = {k: np.asarray(v) for k, v in samples.items()}
-    post = {"beta": s["beta"], "sds": s["sds"], "cor": s["L"][..., 1, 0], "u": s["u"]}
-    if "sigma" in s:
-        post["sigma"] = s["sigma"]
-    min_ess, at = _min_bulk_ess(az.from_dict(posterior=post).posterior)
-    min_ess_z, _ = _min_bulk_ess(az.from_dict(posterior={"z": s["z"]}).posterior)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    return {
-        "rows": a["rows"], "groups": J, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
-        "min_ess_z": min_ess_z, "dtype": str(s["beta"].dtype),
-        "divergences": int(np.asarray(extra["diverging"]).sum()),
-        "mean_steps": float(np.asarray(extra["num_steps"]).mean()),
-        "chains": chains, "draws": draws, "warmup": warmup,
-    }
-
-
-def worker_pymc(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
-                priors: dict[str, Any]) -> dict[str, Any]:
-    """PyMC's model of ``y ~ x + (1 + x | g)``, sampled by nutpie (runs in the PyMC venv).
-
-    The same non-centered parametrization and priors as the NumPyro row: ``LKJCholeskyCov``
-    with ``η`` and half-t SDs, ``u = z Lᵀ`` (L the Cholesky factor of the covariance).
-    """
-    import numpy as np
-    import nutpie
-    import pymc as pm
-
-    a = _slopes_arrays(dataset, quick)
-    J = a["J"]
-    family = DATASETS[dataset][1]
-    t0 = time.perf_counter()
-    with pm.Model() as model:
-        beta = pm.Normal("beta", mu=np.asarray(priors["m0"]), sigma=np.asarray(priors["s0"]), shape=2)
-        sd_dist = pm.HalfStudentT.dist(nu=np.asarray(priors["sd_df"]), sigma=np.asarray(priors["sd_scale"]),
-                                       shape=2)
-        chol, corr, sds = pm.LKJCholeskyCov("chol", n=2, eta=priors["eta"], sd_dist=sd_dist, compute_corr=True)
-        pm.Deterministic("sds", sds)
-        pm.Deterministic("cor", corr[0, 1])
-        z = pm.Normal("z", 0.0, 1.0, shape=(J, 2))
-        u = pm.Deterministic("u", z @ chol.T)
-        g, x = a["g"], a["x"]
-        eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x
-        if family == "gaussian":
-            sigma = pm.Exponential("sigma", lam=priors["sigma_rate"])
-            pm.Normal("y", mu=eta, sigma=sigma, observed=a["y"])
-        else:
-            pm.Bernoulli("y", logit_p=eta, observed=a["y"])
-    compiled = nutpie.compile_pymc_model(model)
-    compile_s = time.perf_counter() - t0
-    idata = nutpie.sample(compiled, chains=chains, draws=draws, tune=warmup, seed=0, progress_bar=False)
-    wall = time.perf_counter() - t0
-    post = idata.posterior
-    keep = [v for v in ("beta", "sds", "cor", "u", "sigma") if v in post]
-    min_ess, at = _min_bulk_ess(post[keep])
-    min_ess_z, _ = _min_bulk_ess(post[["z"]])
-    out: dict[str, Any] = {
-        "rows": a["rows"], "groups": J, "wall_s": wall, "compile_s": compile_s, "min_ess": min_ess,
-        "min_ess_at": at, "min_ess_z": min_ess_z, "dtype": str(np.asarray(post["beta"]).dtype),
-        "chains": chains, "draws": draws, "warmup": warmup,
-    }
-    stats = getattr(idata, "sample_stats", None)
-    if stats is not None and "diverging" in stats:
-        out["divergences"] = int(np.asarray(stats["diverging"]).sum())
-    if stats is not None and "n_steps" in stats:
-        out["mean_steps"] = float(np.asarray(stats["n_steps"]).mean())
-    try:
-        from importlib.metadata import version
-
-        out["versions"] = {k: version(k) for k in ("pymc", "nutpie", "pytensor", "numba")}
-    except Exception:  # pragma: no cover - reporting only
-        pass
-    return out
-
-
-def worker_path(dataset: str, quick: bool) -> dict[str, Any]:
-    """``pw.pooling_path(formula, df)`` with its default grid: a cold call, then the timed warm call."""
-    import poolwise as pw
-
-    df, formula = load(dataset, quick)
-    t0 = time.perf_counter()
-    pw.pooling_path(formula, df)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    p = pw.pooling_path(formula, df)
-    wall = time.perf_counter() - t0
-    return {"rows": len(df), "groups": int(p.n_groups), "cold_s": cold, "wall_s": wall,
-            "grid_points": int(len(p.grid)), "route": str(p.method)}
-
-
-def _re_formula(formula: str) -> tuple[str, str, str | None]:
-    """(fixed-effects formula, group column, statsmodels ``re_formula``) of a one-block lme4 formula."""
-    lhs, rhs = (s.strip() for s in formula.split("~"))
-    terms = [t.strip() for t in rhs.split("+ (")]
-    fixed = " + ".join(t for t in terms if "|" not in t)
-    block = next(t for t in terms if "|" in t).strip("() ")
-    re_part, group = (s.strip() for s in block.split("|"))
-    re_terms = [t.strip() for t in re_part.split("+") if t.strip() not in ("1", "")]
-    return f"{lhs} ~ {fixed}", group, (f"~{' + '.join(re_terms)}" if re_terms else None)
-
-
-def worker_reml(dataset: str, tool: str, quick: bool) -> dict[str, Any]:
-    """One REML fit (Gaussian) by ``tool``: poolwise (method="empirical"), statsmodels MixedLM or mixedlm-rs.
-
-    Every tool: one warm-up fit of the same model first (imports, caches, JIT), then the timed fit, the
-    whole call (statsmodels and mixedlm-rs: model construction from the formula included).  The
-    estimates are returned on one scale: σ (residual SD), the group SDs, their correlation (slopes),
-    β, and the REML log-likelihood.
-    """
-    import numpy as np
-
-    df, formula = load(dataset, quick)
-    if tool == "poolwise":
-        import poolwise as pw
-
-        def one() -> Any:
-            return pw.fit(formula, df, method="empirical", seed=0)
-    else:
-        fixed, group, re_formula = _re_formula(formula)
-        if tool == "statsmodels":
-            import statsmodels.formula.api as smf
-
-            sm_method: dict[str, Any] = {"method": ["lbfgs"]}
-
-            def one() -> Any:
-                return smf.mixedlm(fixed, df, groups=df[group], re_formula=re_formula).fit(reml=True, **sm_method)
-        elif tool == "mixedlm-rs":
-            import mixedlm_rs as mlm
-
-            def one() -> Any:
-                return mlm.mixedlm(fixed, df, groups=df[group], re_formula=re_formula).fit(reml=True)
-        else:
-            raise ValueError(tool)
-
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        t0 = time.perf_counter()
-        one()
-        cold = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        res = one()
-        wall = time.perf_counter() - t0
-        failed = None
-        if tool == "statsmodels" and not np.isfinite(res.llf):
-            # lbfgs broke down (seen on radon: intercept 0, log-lik inf); time statsmodels' default instead
-            failed = {"wall_s": wall, "llf": float(res.llf), "beta": [float(v) for v in np.asarray(res.fe_params)]}
-            sm_method.clear()
-            one()
-            t0 = time.perf_counter()
-            res = one()
-            wall = time.perf_counter() - t0
-    out: dict[str, Any] = {"rows": len(df), "cold_s": cold, "wall_s": wall}
-    if failed is not None:
-        out["lbfgs_failed"] = failed
-        out["method"] = "statsmodels default (lbfgs failed)"
-    if tool == "poolwise":
-        info = res.draws.info
-        est = info["estimates"]
-        out.update(groups=int(np.asarray(res.bound.n_groups).ravel()[0]), loglik=float(info["loglik"]),
-                   beta=[float(v) for v in est["beta"]], sigma=float(est["sigma"]),
-                   sds=[float(v) for v in np.ravel(est["sd"])], converged=bool(info.get("converged")),
-                   optimizer_s=info.get("seconds"), evaluations=info.get("evaluations"))
-        cor = est.get("corr", est.get("cor"))
-        if cor is not None:
-            c = np.asarray(cor, dtype=float)
-            out["cor"] = float(c[0, 1]) if c.ndim == 2 else float(np.ravel(c)[0])
-    else:
-        cov = np.atleast_2d(np.asarray(res.cov_re, dtype=float))
-        sds = np.sqrt(np.diag(cov))
-        n_groups = getattr(res.model, "n_groups", None)
-        out.update(groups=None if n_groups is None else int(n_groups),
-                   loglik=float(res.llf), beta=[float(v) for v in np.asarray(res.fe_params, dtype=float)],
-                   sigma=float(np.sqrt(res.scale)), sds=[float(v) for v in sds],
-                   converged=bool(getattr(res, "converged", True)))
-        if cov.shape[0] == 2:
-            out["cor"] = float(cov[0, 1] / (sds[0] * sds[1]))
-        from importlib.metadata import version
-
-        out["version"] = version("statsmodels" if tool == "statsmodels" else "mixedlm-rs")
-    msgs = sorted({f"{w.category.__name__}: {str(w.message)[:160]}" for w in caught})
-    if msgs:
-        out["warnings"] = msgs[:5]
-    return out
-
-
-def worker_laplace(dataset: str, quick: bool, chains: int, draws: int) -> dict[str, Any]:
-    """``pw.fit(..., method="laplace", seed=0)``: one warm-up fit, the timed fit, then min bulk ESS over β,
-    the group SDs, the correlation and every group value (quantities constant across the draws, with no
-    ESS, are listed in ``constant``)."""
-    import arviz as az
-    import numpy as np
-
-    import poolwise as pw
-
-    df, formula = load(dataset, quick)
-    kw = dict(family=DATASETS[dataset][1], method="laplace", seed=0, chains=chains, draws=draws)
-    t0 = time.perf_counter()
-    pw.fit(formula, df, **kw)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    f = pw.fit(formula, df, **kw)
-    wall = time.perf_counter() - t0
-    post = f.idata.posterior
-    ess = az.ess(post, method="bulk")
-    best, where, constant = float("inf"), "", []
-    for name, da in ess.data_vars.items():
-        vals = np.asarray(da.values, dtype=float).ravel()
-        if vals.size == 0:
-            continue
-        if np.all(np.isnan(vals)):
-            constant.append(str(name))
-            continue
-        i = int(np.nanargmin(vals))
-        if vals[i] < best:
-            best, where = float(vals[i]), (str(name) if vals.size == 1 else f"{name}[{i}]")
-    out: dict[str, Any] = {"rows": len(df), "groups": int(np.asarray(f.bound.n_groups).ravel()[0]),
-                           "cold_s": cold, "wall_s": wall, "min_ess": best, "min_ess_at": where,
-                           "variables": sorted(str(v) for v in post.data_vars)}
-    if constant:
-        out["constant"] = constant
-    info = getattr(f.draws, "info", {}) or {}
-    for k in ("seconds", "converged", "method", "loglik"):
-        if k in info:
-            out[f"info_{k}"] = info[k] if not isinstance(info[k], (np.floating, np.integer)) else float(info[k])
-    return out
-
-
-WORKERS = {"import": worker_import, "poolwise": worker_poolwise, "numpyro": worker_numpyro,
-           "numpyro_slopes": worker_numpyro_slopes, "pymc": worker_pymc, "path": worker_path,
-           "reml": worker_reml, "laplace": worker_laplace}
-
-
-# ----------------------------------------------------------------------------------------------
-# the parent: spawn, measure, tabulate
+# spawning workers
 
 
 def spawn(task: str, timeout: float | None = None, python: str | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run one worker in a fresh process; its JSON result plus its own peak RSS (MiB)."""
+    """Run one worker in a fresh process (in the repository root); its JSON result plus its own
+    peak RSS (MiB, of the child and the largest of its own children) and the process's wall time."""
     with tempfile.TemporaryDirectory() as tmp:
         res_path = Path(tmp) / "result.json"
         log_path = Path(tmp) / "log.txt"
-        cmd = [python or sys.executable, str(Path(__file__).resolve()), "--worker", task, "--worker-args",
-               json.dumps(kwargs), "--worker-out", str(res_path)]
+        cmd = [python or sys.executable, str(WORKER), task, json.dumps(kwargs), str(res_path)]
+        env = {**os.environ, "PYTHONPATH": str(HERE)}
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                                    start_new_session=True)
             status, rusage = _wait(proc, timeout)
         elapsed = time.perf_counter() - t0
         if status != 0 or not res_path.exists():
-            tail = log_path.read_text()[-3000:]
+            tail = log_path.read_text(errors="replace")[-3000:]
+            timed_out = status == -9 and timeout is not None and elapsed >= timeout
             return {"error": f"worker {task} failed (status {status}) after {elapsed:.0f} s", "log": tail,
-                    "timed_out": status == -9}
+                    "timed_out": timed_out, "timeout_s": timeout, "peak_mib": rusage.ru_maxrss / 1024.0}
         out = json.loads(res_path.read_text())
         out["peak_mib"] = rusage.ru_maxrss / 1024.0  # KiB on Linux
         out["process_s"] = elapsed
@@ -609,7 +127,8 @@ def spawn(task: str, timeout: float | None = None, python: str | None = None, **
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[int, Any]:
-    """Wait for the child with os.wait4 (its own rusage); kill it past the timeout."""
+    """Wait for the child with os.wait4 (its own rusage); past the timeout, kill its process group
+    (the child and any sampler processes it started)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -617,15 +136,30 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> tuple[int, An
             proc.returncode = os.waitstatus_to_exitcode(status)
             return proc.returncode, rusage
         if deadline is not None and time.monotonic() > deadline:
-            proc.kill()
+            _kill_group(proc)
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = -9
             return -9, rusage
-        time.sleep(0.05)
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:  # the worker runs in its own session: stop it (and its children) too
+            _kill_group(proc)
+            raise
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# poolwise's default priors, for the hand-written models
 
 
 def numpyro_priors(dataset: str, quick: bool) -> dict[str, Any]:
-    """The priors poolwise uses for this data set (its defaults), for the hand-written model."""
+    """The priors poolwise uses for a random-intercept data set (its defaults)."""
     import poolwise.data
     from poolwise.spec import ModelSpec
 
@@ -644,67 +178,8 @@ def numpyro_priors(dataset: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    return {"cpus": str(os.cpu_count()), "affinity": str(len(os.sched_getaffinity(0))), "cpu": cpu, "ram": ram,
-            "python": platform.python_version(), "platform": platform.platform()}
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("poolwise", "jax", "jaxlib", "numpyro", "arviz", "numpy", "scipy", "pandas"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def _fmt(x: Any, nd: int = 1) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        if x != x:
-            return "—"
-        if abs(x) >= 1000:
-            return f"{x:,.0f}"
-        if 0 < abs(x) < 1:
-            return f"{x:.2g}"
-        return f"{x:.{nd}f}"
-    return str(x)
-
-
-def _parse_only(values: list[str] | None) -> list[str]:
-    """The tasks named by ``--only`` (all when none), in the order they run: data sets, then
-    ``path``, ``reml`` and ``laplace`` (:data:`EXTRA_TASKS`)."""
-    if not values:
-        return list(TASKS)
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
-    bad = [n for n in names if n not in TASKS]
-    if bad:
-        raise SystemExit(f"--only: unknown task(s) {bad}; choose from {list(TASKS)}")
-    return [d for d in TASKS if d in names]
-
-
 def slopes_priors(dataset: str, quick: bool) -> dict[str, Any]:
-    """poolwise's default priors for a ``y ~ x + (1 + x | g)`` model, for the hand-written models."""
+    """poolwise's default priors for a ``y ~ x + (1 + x | g)`` model."""
     import poolwise.data
     from poolwise.spec import ModelSpec
 
@@ -729,18 +204,119 @@ def slopes_priors(dataset: str, quick: bool) -> dict[str, Any]:
     return out
 
 
+def model_priors(dataset: str, quick: bool) -> dict[str, Any]:
+    """The hand-written models' priors of a data set (random intercept or correlated slopes)."""
+    return numpyro_priors(dataset, quick) if "(1 |" in DATASETS[dataset][0] else slopes_priors(dataset, quick)
+
+
+def bambi_priors(dataset: str, quick: bool) -> tuple[dict[str, Any], list[str]]:
+    """poolwise's default priors in Bambi's names and terms, and what could not be carried over.
+
+    Coefficients → ``Normal(mu, sigma)``, σ → ``Exponential(lam)``, a group SD ``sd(T|G)`` → the
+    group term ``1|G`` or ``T|G`` as ``Normal(0, HalfStudentT(nu, sigma))``.  Bambi has no
+    correlation between group terms, so an ``lkj`` prior has no counterpart.
+    """
+    import poolwise.data
+    from poolwise.spec import ModelSpec
+
+    df, formula = load(dataset, quick)
+    bound = ModelSpec(formula, family=DATASETS[dataset][1]).bind(poolwise.data.read_table(df))
+    out: dict[str, Any] = {}
+    missing: list[str] = []
+    for name, p in bound.priors.items():
+        if name in bound.coef_names and p.dist == "normal":
+            m, s = p.mean_sd()
+            out[name] = ["Normal", {"mu": m, "sigma": s}]
+        elif name == "sigma" and p.dist == "exponential":
+            out["sigma"] = ["Exponential", {"lam": p.kwargs["rate"]}]
+        elif name.startswith("sd(") and p.dist == "half_student_t":
+            term, group = name[3:-1].split("|")
+            key = f"{'1' if term == 'Intercept' else term}|{group}"
+            out[key] = ["Normal", {"mu": 0.0, "sigma": ["HalfStudentT", {"nu": p.kwargs["df"],
+                                                                         "sigma": p.kwargs["sigma"]}]}]
+        else:
+            missing.append(f"{name} ~ {p}")
+    return out, missing
+
+
+# ----------------------------------------------------------------------------------------------
+# the tasks
+
+
+def run_intercept(args: argparse.Namespace, dataset: str, quick: bool, chains: int, draws: int, warmup: int,
+                  rows: list[dict[str, Any]], notes: list[str], log: Log) -> None:
+    """radon / synthetic: poolwise exact (and nuts on radon) against plain NumPyro NUTS."""
+    pri = numpyro_priors(dataset, quick)
+    # poolwise exact: warm-up fit + timed fit (+ ESS) in one process ...
+    r = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
+              warmup=warmup, timed=True)
+    # ... and peak memory of one fit alone, in a fresh process
+    m = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
+              warmup=warmup, timed=False)
+    if "error" not in r:
+        r["peak_mib_timed_process"] = r.pop("peak_mib")
+        r["peak_mib"] = m.get("peak_mib")
+        r["one_fit_process_s"] = m.get("process_s")
+    rows.append({"dataset": dataset, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
+    log(f"{dataset}: poolwise exact {json.dumps(r)[:2000]}")
+
+    if dataset == "radon" and not quick:
+        r = spawn("poolwise", dataset=dataset, method="nuts", quick=quick, chains=chains, draws=draws,
+                  warmup=warmup, timed=True, warm=False, timeout=args.numpyro_timeout)
+        rows.append({"dataset": dataset, "tool": "poolwise nuts (float64)",
+                     "settings": f"{chains}×({warmup}+{draws})", **r})
+        log(f"{dataset}: poolwise nuts {json.dumps(r)[:2000]}")
+
+    if dataset == "synthetic" and args.skip_numpyro_synthetic:
+        notes.append("NumPyro was not run on the synthetic set (--skip-numpyro-synthetic).")
+        return
+    nw, nd = other_settings(args, dataset, quick, warmup, draws)
+    if dataset == "synthetic" and not quick and (nw, nd) != (warmup, draws):
+        notes.append(
+            f"NumPyro on the synthetic set ran at 4×({nw}+{nd}), not 4×({warmup}+{draws}): on this machine "
+            f"4×(50+50) alone takes several minutes (NUTS trajectories of hundreds of gradient "
+            f"evaluations, each over all {SYNTH_ROWS:,} rows), so the full run would take hours. Its ESS/s "
+            f"is as measured at these settings; nothing is extrapolated. Short warmup also means less "
+            f"adaptation, which lowers NumPyro's ESS; set `--numpyro-synthetic 1000+1000` for the full run.")
+    r = spawn("numpyro", dataset=dataset, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
+              timeout=args.numpyro_timeout)
+    if "error" in r and r.get("timed_out"):
+        notes.append(f"NumPyro on {dataset} did not finish within {args.numpyro_timeout:.0f} s and was stopped.")
+    rows.append({"dataset": dataset, "tool": f"NumPyro NUTS ({r.get('dtype', 'float32')})",
+                 "settings": f"{chains}×({nw}+{nd})", "baseline": True, **r})
+    log(f"{dataset}: NumPyro {json.dumps(r)[:2000]}")
+
+
+def other_settings(args: argparse.Namespace, dataset: str, quick: bool, warmup: int, draws: int) -> tuple[int, int]:
+    """(warmup, draws) per chain of the non-poolwise samplers on a data set: the full settings, except
+    on the synthetic and logistic sets (``--numpyro-synthetic``, ``--logistic``) and in ``--quick``."""
+    if quick:
+        return (50, 50) if dataset == "logistic" else (warmup, draws)
+    if dataset == "synthetic":
+        w, d = (int(v) for v in args.numpyro_synthetic.split("+"))
+        return w, d
+    if dataset == "logistic":
+        w, d = (int(v) for v in args.logistic.split("+"))
+        return w, d
+    return warmup, draws
+
+
+def other_timeout(args: argparse.Namespace, dataset: str) -> float:
+    return args.logistic_timeout if dataset == "logistic" else args.numpyro_timeout
+
+
 def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
-                 notes: list[str], log: Callable[[str], None]) -> None:
-    """poolwise nuts, plain NumPyro and PyMC + nutpie on the 100,000-row logistic set, same settings."""
+                 notes: list[str], log: Log) -> None:
+    """poolwise nuts and plain NumPyro on the 100,000-row logistic set, same settings."""
     ds = "logistic"
-    nw, nd = (50, 50) if quick else (int(v) for v in args.logistic.split("+"))
+    nw, nd = other_settings(args, ds, quick, 1000, 1000)
     settings = f"{chains}×({nw}+{nd})"
     pri = slopes_priors(ds, quick)
     timeout = args.logistic_timeout
     if not quick and (nw, nd) != (1000, 1000):
         notes.append(
             f"Every sampler on the logistic set ran at {settings}, not 4×(1000+1000): each gradient is a pass "
-            f"over all {LOGISTIC_ROWS:,} rows and NUTS takes up to hundreds per iteration, so the full run would "
+            f"over all 100,000 rows and NUTS takes up to hundreds per iteration, so the full run would "
             f"take far longer than this benchmark's budget on this machine. ESS/s is as measured at these "
             f"settings; nothing is extrapolated. Short warmup means less adaptation, for every sampler alike.")
 
@@ -757,20 +333,10 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
     r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
               timeout=timeout)
     add(f"NumPyro NUTS ({r.get('dtype', 'float32')})", r, baseline=True)
-    py = Path(args.pymc_python)
-    if not py.exists():
-        notes.append(f"PyMC + nutpie was not run: no Python at {py} (make it with `python -m venv "
-                     f"benchmarks/_data/_venv_pymc && benchmarks/_data/_venv_pymc/bin/pip install pymc nutpie`).")
-        return
-    r = spawn("pymc", python=str(py), dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
-              timeout=timeout)
-    if "error" in r and not r.get("timed_out"):
-        notes.append(f"PyMC + nutpie failed on the logistic set: {r['error']} (log in the details).")
-    add("PyMC + nutpie", r)
 
 
 def run_sleepstudy(args: argparse.Namespace, quick: bool, chains: int, draws: int, warmup: int,
-                   rows: list[dict[str, Any]], notes: list[str], log: Callable[[str], None]) -> None:
+                   rows: list[dict[str, Any]], notes: list[str], log: Log) -> None:
     """poolwise exact against plain NumPyro NUTS on sleepstudy with correlated (intercept, slope)."""
     ds = "sleepstudy"
     pri = slopes_priors(ds, quick)
@@ -783,32 +349,15 @@ def run_sleepstudy(args: argparse.Namespace, quick: bool, chains: int, draws: in
         r["peak_mib"] = m.get("peak_mib")
         r["one_fit_process_s"] = m.get("process_s")
     rows.append({"dataset": ds, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
-    log(f"{ds}: poolwise exact {json.dumps(r)}")
+    log(f"{ds}: poolwise exact {json.dumps(r)[:2000]}")
     r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=draws, warmup=warmup, priors=pri,
               timeout=args.numpyro_timeout)
     rows.append({"dataset": ds, "tool": f"NumPyro NUTS ({r.get('dtype', 'float32')})",
                  "settings": f"{chains}×({warmup}+{draws})", "baseline": True, **r})
-    log(f"{ds}: NumPyro {json.dumps(r)}")
+    log(f"{ds}: NumPyro {json.dumps(r)[:2000]}")
 
 
-#: tasks of ``--only`` besides the data sets: the pooling path, REML fits, the logistic laplace row
-EXTRA_TASKS = ("path", "reml", "laplace")
-TASKS = (*DATASETS, *EXTRA_TASKS)
-#: data sets of the REML rows, in order
-REML_DATASETS = ("synthetic", "radon", "sleepstudy")
-#: the pooling-path target (seconds, warm call)
-PATH_TARGET_S = 1.0
-#: REML: poolwise at least this many times faster than statsmodels MixedLM on the 200,000-row set
-REML_TARGET_X = 20.0
-
-
-def task_of(row: dict[str, Any]) -> str:
-    """The ``--only`` task a row belongs to (rows saved before tasks existed: their data set)."""
-    return row.get("task", row["dataset"])
-
-
-def run_path(quick: bool, rows: list[dict[str, Any]], task_notes: dict[str, list[str]],
-             log: Callable[[str], None]) -> None:
+def run_path(quick: bool, rows: list[dict[str, Any]], task_notes: dict[str, list[str]], log: Log) -> None:
     """The pooling path of radon with its default grid (no competitor: no other tool has one)."""
     r = spawn("path", dataset="radon", quick=quick)
     rows.append({"dataset": "radon", "task": "path", "tool": "poolwise pooling_path",
@@ -819,7 +368,7 @@ def run_path(quick: bool, rows: list[dict[str, Any]], task_notes: dict[str, list
         "would be one fixed-τ fit per grid point.")
 
 
-def _rs_python(args: argparse.Namespace) -> tuple[bool, str]:
+def _has_mixedlm_rs() -> tuple[bool, str]:
     """Whether mixedlm-rs imports in this Python, and why not."""
     chk = subprocess.run([sys.executable, "-c", "import mixedlm_rs; print(mixedlm_rs.__version__)"],
                          capture_output=True, text=True)
@@ -829,10 +378,10 @@ def _rs_python(args: argparse.Namespace) -> tuple[bool, str]:
 
 
 def run_reml(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
-             task_notes: dict[str, list[str]], log: Callable[[str], None]) -> None:
+             task_notes: dict[str, list[str]], log: Log) -> None:
     """REML fits of poolwise, statsmodels MixedLM and (when it imports) mixedlm-rs, same data, same run."""
     notes = task_notes.setdefault("reml", [])
-    have_rs, why = _rs_python(args)
+    have_rs, why = _has_mixedlm_rs()
     if not have_rs:
         notes.append(f"REML: mixedlm-rs was not run: it does not import in this environment ({why}); install it "
                      f"with `.venv/bin/pip install mixedlm-rs`.")
@@ -850,7 +399,7 @@ def run_reml(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
 
 
 def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
-                task_notes: dict[str, list[str]], log: Callable[[str], None]) -> None:
+                task_notes: dict[str, list[str]], log: Log) -> None:
     """poolwise ``method="laplace"`` on the logistic set, 4×1000 draws (skipped when the method is missing)."""
     ds, draws = "logistic", (100 if quick else 1000)
     notes = task_notes.setdefault("laplace", [])
@@ -870,9 +419,7 @@ def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[d
             "poolwise laplace: `pw.fit(\"y ~ x + (1 + x | g)\", df, family=\"bernoulli\", method=\"laplace\", "
             f"seed=0)`, {chains}×{draws} draws, timed warm (after one warm-up fit in the same process). Laplace is "
             "an approximation of the posterior (checked against NUTS), not an exact sampler: its draws are "
-            "(near) independent, so its ESS measures the approximation's draws, not MCMC mixing. It was "
-            "measured in a later run than the NumPyro and PyMC + nutpie rows it is compared with (each row's "
-            "`run_started` in the details).")
+            "(near) independent, so its ESS measures the approximation's draws, not MCMC mixing.")
         if r.get("constant"):
             notes.append(f"poolwise laplace: {', '.join(r['constant'])} are constant across the draws (point "
                          "estimates) and have no ESS; the min ESS is over the other quantities.")
@@ -881,49 +428,294 @@ def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[d
     log(f"{ds}: poolwise laplace {json.dumps(r)[:2000]}")
 
 
+def _pymc_python(args: argparse.Namespace, notes: list[str], need: str) -> str | None:
+    """The PyMC venv's Python when it imports ``need``, else ``None`` (with a note saying why)."""
+    py = Path(args.pymc_python)
+    py = py if py.is_absolute() else ROOT / py
+    if not py.exists():
+        notes.append(f"{need} rows were not run: no Python at `{args.pymc_python}` (made by `make bench`, or by "
+                     f"hand: `{PYMC_INSTALL}`).")
+        return None
+    chk = subprocess.run([str(py), "-c", f"import {need.lower()}"], capture_output=True, text=True, cwd=ROOT)
+    if chk.returncode != 0:
+        why = (chk.stderr.strip().splitlines() or ["import failed"])[-1]
+        notes.append(f"{need} rows were not run: `import {need.lower()}` fails in `{args.pymc_python}` ({why}); "
+                     f"install it with `{PYMC_VENV}/bin/pip install {need.lower()}`.")
+        return None
+    return str(py)
+
+
+def run_pymc(args: argparse.Namespace, quick: bool, chains: int, draws: int, warmup: int,
+             rows: list[dict[str, Any]], task_notes: dict[str, list[str]], log: Log) -> None:
+    """PyMC's default NUTS and nutpie on the four data sets, the models and priors of the NumPyro rows."""
+    notes = task_notes.setdefault("pymc", [])
+    py = _pymc_python(args, notes, "PyMC")
+    if py is None:
+        log("pymc: skipped (no PyMC environment)")
+        return
+    has_nutpie = subprocess.run([py, "-c", "import nutpie"], capture_output=True).returncode == 0
+    if not has_nutpie:
+        notes.append(f"PyMC + nutpie rows were not run: nutpie does not import in `{args.pymc_python}`.")
+    shortened = []
+    for ds in QUICK_OTHER_DATASETS if quick else PYMC_DATASETS:
+        nw, nd = other_settings(args, ds, quick, warmup, draws)
+        if not quick and (nw, nd) != (warmup, draws):
+            shortened.append(f"{ds} at {chains}×({nw}+{nd})")
+        pri = model_priors(ds, quick)
+        path = export(ds, quick)
+        for sampler in ("pymc", "nutpie") if has_nutpie else ("pymc",):
+            tool = "PyMC NUTS (default sampler)" if sampler == "pymc" else "PyMC + nutpie"
+            r = spawn("pymc", python=py, dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
+                      sampler=sampler, data_path=os.path.relpath(path, ROOT), timeout=other_timeout(args, ds))
+            if "error" in r:
+                what = "was stopped after" if r.get("timed_out") else "failed within"
+                notes.append(f"{tool} on {ds} {what} {other_timeout(args, ds):.0f} s at {chains}×({nw}+{nd}) "
+                             f"({r['error']}; log in the details); it has no ESS/s.")
+            rows.append({"dataset": ds, "task": "pymc", "tool": tool, "settings": f"{chains}×({nw}+{nd})", **r})
+            log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
+    if shortened:
+        notes.append("PyMC (both samplers) ran with the same shortened settings as NumPyro where full runs would "
+                     f"take hours on this machine: {', '.join(shortened)}. ESS/s is as measured at those settings; "
+                     "nothing is extrapolated.")
+
+
+def run_bambi(args: argparse.Namespace, quick: bool, chains: int, draws: int, warmup: int,
+              rows: list[dict[str, Any]], task_notes: dict[str, list[str]], log: Log) -> None:
+    """``bmb.Model(formula, df, priors=poolwise's defaults).fit(...)`` on radon, synthetic and sleepstudy."""
+    notes = task_notes.setdefault("bambi", [])
+    py = _pymc_python(args, notes, "Bambi")
+    if py is None:
+        log("bambi: skipped (no Bambi in the PyMC environment)")
+        return
+    shortened = []
+    for ds in QUICK_OTHER_DATASETS if quick else BAMBI_DATASETS:
+        nw, nd = other_settings(args, ds, quick, warmup, draws)
+        if not quick and (nw, nd) != (warmup, draws):
+            shortened.append(f"{ds} at {chains}×({nw}+{nd})")
+        pri, missing = bambi_priors(ds, quick)
+        if missing:
+            notes.append(f"Bambi on {ds}: no counterpart for {'; '.join(missing)} — Bambi models the group terms "
+                         "of `(Days | Subject)` as independent (no correlation parameter), so its model has one "
+                         "parameter fewer than poolwise's and the others'.")
+        path = export(ds, quick)
+        r = spawn("bambi", python=py, dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
+                  data_path=os.path.relpath(path, ROOT), timeout=other_timeout(args, ds))
+        if "error" in r:
+            what = "was stopped after" if r.get("timed_out") else "failed within"
+            notes.append(f"Bambi on {ds} {what} {other_timeout(args, ds):.0f} s at {chains}×({nw}+{nd}) "
+                         f"({r['error']}; log in the details); it has no ESS/s.")
+        rows.append({"dataset": ds, "task": "bambi", "tool": "Bambi (PyMC NUTS)", "settings": f"{chains}×({nw}+{nd})",
+                     "bambi_priors": pri, **r})
+        log(f"{ds}: Bambi {json.dumps(r)[:2000]}")
+    if shortened:
+        notes.append("Bambi ran with the same shortened settings as NumPyro where a full run would take hours on "
+                     f"this machine: {', '.join(shortened)}. ESS/s is as measured; nothing is extrapolated.")
+
+
+def parse_large_sets(text: str | None, quick: bool) -> list[tuple[int, int]]:
+    """``"1e7:1e5,1e8:1e6"`` → [(10⁷, 10⁵), (10⁸, 10⁶)]; the defaults when ``text`` is empty."""
+    if not text:
+        return list(LARGE_SETS_QUICK if quick else LARGE_SETS)
+    out = []
+    for item in text.split(","):
+        rows, groups = (int(float(v)) for v in item.split(":"))
+        if rows < groups or groups < 2:
+            raise SystemExit(f"--large-sets: {item!r} needs rows ≥ groups ≥ 2")
+        out.append((rows, groups))
+    return out
+
+
+def run_large(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
+              task_notes: dict[str, list[str]], log: Log) -> None:
+    """The exact path on large Parquet sets: generation (once, cached), the bare DuckDB aggregation
+    (the floor), then ``pw.fit(formula, "<dir>/*.parquet", method="exact", seed=0)``."""
+    notes = task_notes.setdefault("large", [])
+    warm = (10_000, 100)
+    if cached_large(*warm) is None:
+        r = spawn("gen_large", rows=warm[0], groups=warm[1], seed=LARGE_SEED, chunk_rows=LARGE_CHUNK_ROWS,
+                  timeout=600)
+        if "error" in r:
+            notes.append(f"Large sets: the warm-up set could not be made: {r['error']}.")
+            return
+    warm_glob = os.path.relpath(large_glob(*warm), ROOT)
+    for n_rows, n_groups in parse_large_sets(args.large_sets, quick):
+        ds = f"large {large_name(n_rows, n_groups)}"
+        base = {"dataset": ds, "task": "large", "large_rows": n_rows, "large_groups": n_groups}
+        glob = os.path.relpath(large_glob(n_rows, n_groups), ROOT)
+        man = cached_large(n_rows, n_groups)
+        if man is None:
+            log(f"{ds}: generating {n_rows:,} rows in {n_groups:,} groups under "
+                f"{os.path.relpath(large_dir(n_rows, n_groups), ROOT)}")
+            r = spawn("gen_large", rows=n_rows, groups=n_groups, seed=LARGE_SEED, chunk_rows=LARGE_CHUNK_ROWS,
+                      timeout=args.large_timeout)
+            rows.append({**base, "tool": "generation (NumPy + pyarrow, in chunks)",
+                         "settings": f"{LARGE_CHUNK_ROWS:,} rows a chunk", "cached": False,
+                         **({"wall_s": r.get("generate_s")} if "error" not in r else {}), **r})
+            log(f"{ds}: generation {json.dumps(r)[:2000]}")
+            if "error" in r:
+                notes.append(f"{ds}: generation failed ({r['error']}); no rows for this set.")
+                continue
+        else:
+            rows.append({**base, "tool": "generation (NumPy + pyarrow, in chunks)",
+                         "settings": f"{LARGE_CHUNK_ROWS:,} rows a chunk", "cached": True, **man,
+                         "wall_s": man.get("generate_s")})
+            log(f"{ds}: cached ({man['files']} files, {man['bytes'] / 2**20:,.0f} MiB)")
+        r = spawn("floor", glob=glob, repeats=args.floor_repeats, timeout=args.large_timeout)
+        rows.append({**base, "tool": "DuckDB GROUP BY (the floor)", "settings": "one scan", **r})
+        log(f"{ds}: floor {json.dumps({k: v for k, v in r.items() if k != 'query'})[:2000]}")
+        if args.large_floor_only:
+            notes.append(f"{ds}: only generation and the bare aggregation were run (`--large-floor-only`).")
+            continue
+        kw: dict[str, Any] = {}
+        if args.large_draws:
+            kw["draws"] = args.large_draws
+        r = spawn("poolwise_large", glob=glob, warmup_glob=warm_glob, timeout=args.large_timeout, **kw)
+        if "error" in r:
+            what = "was stopped after" if r.get("timed_out") else "failed within"
+            notes.append(f"poolwise exact on {ds} {what} {args.large_timeout:.0f} s ({r['error']}; peak "
+                         f"{r.get('peak_mib', float('nan')):,.0f} MiB; log in the details).")
+        settings = f"{r.get('chains', 4)}×{r.get('draws', args.large_draws or 1000)}"
+        rows.append({**base, "tool": "poolwise exact (Parquet glob)", "settings": settings, **r})
+        log(f"{ds}: poolwise exact {json.dumps(r)[:2000]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# rows measured elsewhere (a GPU machine)
+
+
+def load_external(path: str) -> list[dict[str, Any]]:
+    p = Path(path)
+    p = p if p.is_absolute() else ROOT / p
+    if not p.exists():
+        return []
+    return list(json.loads(p.read_text()).get("rows", []))
+
+
+def save_external(path: str, new_rows: list[dict[str, Any]], device: str, started: str, argv: list[str]) -> None:
+    """Add this run's rows to the external-rows file, marked with the device; same (data set, tool,
+    device) rows are replaced."""
+    p = Path(path)
+    p = p if p.is_absolute() else ROOT / p
+    old = load_external(path)
+    mark = [{**r, "device": device, "measured": started, "command": "python benchmarks/run.py " + " ".join(argv)}
+            for r in new_rows if r.get("run_started") == started]
+    keys = {(r["dataset"], r["tool"], r["device"]) for r in mark}
+    kept = [r for r in old if (r["dataset"], r["tool"], r.get("device")) not in keys]
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({"rows": kept + mark}, indent=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# ratios
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """ESS/s; the ratio to the NumPyro row and to the best non-poolwise sampler of the same data set;
+    REML: the others' wall time over each row's; large sets: the fit over the floor."""
+    samplers = [r for r in rows if task_of(r) not in ("path", "reml", "large")]
+    for row in rows:
+        if "min_ess" in row and "wall_s" in row and row.get("wall_s"):
+            row["ess_per_s"] = row["min_ess"] / row["wall_s"]
+    for row in samplers:
+        row.pop("ratio", None)
+        row.pop("ratio_best_other", None)
+        if "ess_per_s" not in row:
+            continue
+        base = next((b for b in samplers if b.get("baseline") and b["dataset"] == row["dataset"]
+                     and "ess_per_s" in b), None)
+        if base is not None and not row.get("baseline"):
+            row["ratio"] = row["ess_per_s"] / base["ess_per_s"]
+        others = [b for b in samplers if b["dataset"] == row["dataset"] and not b["tool"].startswith("poolwise")
+                  and "ess_per_s" in b]
+        if others:
+            best = max(others, key=lambda b: b["ess_per_s"])
+            row["ratio_best_other"] = row["ess_per_s"] / best["ess_per_s"]
+            row["best_other"] = best["tool"]
+    for row in rows:
+        if task_of(row) != "reml" or "wall_s" not in row:
+            continue
+        same = [b for b in rows if task_of(b) == "reml" and b["dataset"] == row["dataset"] and "wall_s" in b
+                and b.get("run_started") == row.get("run_started")]
+        for ref in ("statsmodels", "mixedlm-rs"):
+            b = next((b for b in same if b.get("reml_tool") == ref), None)
+            if b is not None:
+                row[f"x_vs_{ref}"] = b["wall_s"] / row["wall_s"]
+        others = [b for b in same if b.get("reml_tool") != "poolwise"]
+        if others:
+            best = min(others, key=lambda b: b["wall_s"])
+            row["x_vs_best_other"] = best["wall_s"] / row["wall_s"]
+            row["best_other"] = best["tool"]
+    for row in rows:
+        if task_of(row) != "large" or "wall_s" not in row or not row["tool"].startswith("poolwise"):
+            continue
+        floor = next((b for b in rows if task_of(b) == "large" and b["dataset"] == row["dataset"]
+                      and b["tool"].startswith("DuckDB") and "wall_s" in b
+                      and b.get("run_started") == row.get("run_started")), None)
+        if floor is not None:
+            row["x_floor"] = row["wall_s"] / floor["wall_s"]
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(HERE / "results.md"), help="Markdown file to write")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--out", default="benchmarks/results.md", help="Markdown file to write (and its .json)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 4×100 draws (+100 warmup), 5,000-row synthetic set in 100 groups, no poolwise-nuts row")
+                    help="smoke run, everything small: 4×100 draws (+100 warmup), a 5,000-row synthetic set, a "
+                         "2,000-row logistic set, PyMC and Bambi on radon only, one 10⁶-row / 10⁴-group Parquet set; "
+                         "no poolwise-nuts row on radon")
     ap.add_argument("--numpyro-synthetic", default=NUMPYRO_SYNTH_DEFAULT, metavar="WARMUP+DRAWS",
-                    help="NumPyro settings per chain on the 200,000-row set (default %(default)s; the full "
-                         "1000+1000 takes hours on 2 cores)")
+                    help="warmup+draws per chain of NumPyro, PyMC and Bambi on the 200,000-row set (default "
+                         "%(default)s; the full 1000+1000 takes hours on 2 cores)")
     ap.add_argument("--numpyro-timeout", type=float, default=NUMPYRO_TIMEOUT_S,
-                    help="stop a NumPyro run after this many seconds (default %(default)s)")
+                    help="stop a NumPyro / PyMC / Bambi / REML run after this many seconds (default %(default)s)")
     ap.add_argument("--skip-numpyro-synthetic", action="store_true", help="do not run NumPyro on the synthetic set")
     ap.add_argument("--only", action="append", metavar="NAME",
-                    help=f"run only these data sets or tasks ({', '.join(TASKS)}; repeat or comma-separate; "
-                         "path = radon's pooling path, reml = REML vs statsmodels (and mixedlm-rs), laplace = "
-                         "poolwise laplace on the logistic set); the rows of the others are kept from the saved "
-                         "results .json next to --out")
-    ap.add_argument("--no-merge", action="store_true", help="with --only: do not keep the other data sets' rows")
+                    help=f"run only these tasks ({', '.join(TASKS)}; repeat or comma-separate; path = radon's "
+                         "pooling path, reml = REML vs statsmodels (and mixedlm-rs), laplace = poolwise laplace on "
+                         "the logistic set, pymc = PyMC default sampler and nutpie, bambi = Bambi, large = the "
+                         "Parquet sets); the rows of the others are kept from the saved results .json next to --out")
+    ap.add_argument("--no-merge", action="store_true", help="with --only: do not keep the other tasks' rows")
     ap.add_argument("--logistic", default=LOGISTIC_DEFAULT, metavar="WARMUP+DRAWS",
                     help="warmup+draws per chain of every sampler on the 100,000-row logistic set "
                          "(default %(default)s)")
     ap.add_argument("--logistic-timeout", type=float, default=LOGISTIC_TIMEOUT_S,
                     help="stop each logistic row after this many seconds (default %(default)s)")
-    ap.add_argument("--pymc-python", default=str(PYMC_VENV / "bin" / "python"),
-                    help="Python with pymc and nutpie for the PyMC row (default %(default)s; made with "
-                         "`python -m venv benchmarks/_data/_venv_pymc && benchmarks/_data/_venv_pymc/bin/pip "
-                         "install pymc nutpie`); the row is skipped, with a note, when it is missing")
+    ap.add_argument("--pymc-python", default=f"{PYMC_VENV}/bin/python",
+                    help="Python with pymc, nutpie and bambi for the PyMC and Bambi rows (default %(default)s, "
+                         "relative to the repository root; made by make bench); the rows are skipped, with a "
+                         "note, when it is missing")
+    ap.add_argument("--large-sets", metavar="ROWS:GROUPS[,...]",
+                    help="the large Parquet sets (default 1e7:1e5,1e8:1e6; --quick: 1e6:1e4)")
+    ap.add_argument("--large-timeout", type=float, default=LARGE_TIMEOUT_S,
+                    help="stop each large-set row (generation, floor, fit) after this many seconds "
+                         "(default %(default)s)")
+    ap.add_argument("--large-floor-only", action="store_true",
+                    help="large sets: generate and time the bare aggregation only, no poolwise fit")
+    ap.add_argument("--large-draws", type=int, help="draws per chain of the large-set fits (default: poolwise's)")
+    ap.add_argument("--floor-repeats", type=int, default=2,
+                    help="timed runs of the bare aggregation after one untimed run; the fastest counts "
+                         "(default %(default)s)")
+    ap.add_argument("--external-rows", default=EXTERNAL_ROWS, metavar="FILE",
+                    help="rows measured in a separate run on another machine (a GPU), included in the table "
+                         "when the file exists (default %(default)s)")
+    ap.add_argument("--device-note", metavar="TEXT",
+                    help="this run is on another device (e.g. \"1× NVIDIA H200, jax[cuda12]\"): also write its "
+                         "rows to --external-rows, marked \"measured on TEXT\", for the main run's table")
     ap.add_argument("--from-json", help="re-render the Markdown from a saved results .json (no measuring)")
-    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
-    ap.add_argument("--worker-args", default="{}", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.from_json:  # re-render a finished run's table (no measuring)
         saved = json.loads(Path(args.from_json).read_text())
-        text = render(saved["rows"], saved["notes"], saved["bare"], _dt.datetime.fromisoformat(saved["started"]),
-                      saved["total_s"], saved["quick"], args, saved.get("task_notes", {}))
+        add_ratios(saved["rows"])
+        saved["external"] = load_external(args.external_rows)
+        saved["external_path"] = args.external_rows
+        text = render(saved, prior_text=_prior_text)
         Path(args.out).write_text(text)
         print(text)
-        return 0
-
-    if args.worker:
-        result = WORKERS[args.worker](**json.loads(args.worker_args))
-        Path(args.worker_out).write_text(json.dumps(result))
         return 0
 
     quick = args.quick
@@ -933,61 +725,19 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    task_notes: dict[str, list[str]] = {}  # notes of the path / reml / laplace tasks
+    task_notes: dict[str, list[str]] = {}  # notes of the tasks besides the data sets
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
 
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
     bare = spawn("import")
     log(f"bare `import poolwise`: peak RSS {bare.get('peak_mib', float('nan')):.0f} MiB")
 
     only = _parse_only(args.only)
     for dataset in ("radon", "synthetic"):
-        if dataset not in only:
-            continue
-        pri = numpyro_priors(dataset, quick)
-        # poolwise exact: warm-up fit + timed fit (+ ESS) in one process ...
-        r = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
-                  warmup=warmup, timed=True)
-        # ... and peak memory of one fit alone, in a fresh process
-        m = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
-                  warmup=warmup, timed=False)
-        if "error" not in r:
-            r["peak_mib_timed_process"] = r.pop("peak_mib")
-            r["peak_mib"] = m.get("peak_mib")
-            r["one_fit_process_s"] = m.get("process_s")
-        rows.append({"dataset": dataset, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
-        log(f"{dataset}: poolwise exact {json.dumps(r)}")
-
-        if dataset == "radon" and not quick:
-            r = spawn("poolwise", dataset=dataset, method="nuts", quick=quick, chains=chains, draws=draws,
-                      warmup=warmup, timed=True, warm=False)
-            rows.append({"dataset": dataset, "tool": "poolwise nuts (float64)",
-                         "settings": f"{chains}×({warmup}+{draws})", **r})
-            log(f"{dataset}: poolwise nuts {json.dumps(r)}")
-
-        if dataset == "synthetic" and args.skip_numpyro_synthetic:
-            notes.append("NumPyro was not run on the synthetic set (--skip-numpyro-synthetic).")
-            continue
-        nw, nd = warmup, draws
-        if dataset == "synthetic" and not quick:
-            nw, nd = (int(v) for v in args.numpyro_synthetic.split("+"))
-            if (nw, nd) != (warmup, draws):
-                notes.append(
-                    f"NumPyro on the synthetic set ran at 4×({nw}+{nd}), not 4×({warmup}+{draws}): on this machine "
-                    f"4×(50+50) alone takes several minutes (NUTS trajectories of hundreds of gradient "
-                    f"evaluations, each over all {SYNTH_ROWS:,} rows), so the full run would take hours. Its ESS/s "
-                    f"is as measured at these settings; nothing is extrapolated. Short warmup also means less "
-                    f"adaptation, which lowers NumPyro's ESS; set `--numpyro-synthetic 1000+1000` for the full run.")
-        r = spawn("numpyro", dataset=dataset, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
-                  timeout=args.numpyro_timeout)
-        if "error" in r and r.get("timed_out"):
-            notes.append(f"NumPyro on {dataset} did not finish within {args.numpyro_timeout:.0f} s and was stopped.")
-        rows.append({"dataset": dataset, "tool": f"NumPyro NUTS ({r.get('dtype', '?')})",
-                     "settings": f"{chains}×({nw}+{nd})", "baseline": True, **r})
-        log(f"{dataset}: NumPyro {json.dumps(r)}")
-
-    # the correlated-slopes data sets; sleepstudy last, so that it sees the newest exact path
+        if dataset in only:
+            run_intercept(args, dataset, quick, chains, draws, warmup, rows, notes, log)
     if "logistic" in only:
         run_logistic(args, quick, chains, rows, notes, log)
     if "sleepstudy" in only:
@@ -996,10 +746,18 @@ def main(argv: list[str] | None = None) -> int:
         run_path(quick, rows, task_notes, log)
     if "reml" in only:
         run_reml(args, quick, rows, task_notes, log)
-    if "laplace" in only:  # last: the method is newest
+    if "laplace" in only:
         run_laplace(args, quick, chains, rows, task_notes, log)
+    if "pymc" in only:
+        run_pymc(args, quick, chains, draws, warmup, rows, task_notes, log)
+    if "bambi" in only:
+        run_bambi(args, quick, chains, draws, warmup, rows, task_notes, log)
+    if "large" in only:
+        run_large(args, quick, rows, task_notes, log)
+    for row in rows:
+        row.setdefault("run_started", started.isoformat())
 
-    # rows of the data sets not run now come from the saved results (--only)
+    # rows of the tasks not run now come from the saved results (--only)
     merged_from = None
     if set(only) != set(TASKS) and not args.no_merge:
         saved_path = Path(args.out).with_suffix(".json")
@@ -1007,7 +765,16 @@ def main(argv: list[str] | None = None) -> int:
             saved = json.loads(saved_path.read_text())
             if bool(saved.get("quick")) == quick:
                 merged_from = saved.get("started")
-                kept = [r for r in saved["rows"] if task_of(r) not in only]
+                # large sets not measured now keep their rows (``--only large --large-sets 1e8:1e6``
+                # replaces that set's rows only)
+                now_large = {r["dataset"] for r in rows if task_of(r) == "large"}
+                kept = [r for r in saved["rows"] if task_of(r) not in only
+                        or (task_of(r) == "large" and r["dataset"] not in now_large)]
+                kept_large = {r["dataset"] for r in kept if task_of(r) == "large"}
+                if kept_large:
+                    old_large = [n for n in saved.get("task_notes", {}).get("large", [])
+                                 if any(ds in n for ds in kept_large)]
+                    task_notes["large"] = old_large + task_notes.get("large", [])
                 for r in kept:
                     r.setdefault("run_started", saved.get("started"))
                 ran = [ds for ds in only if ds in DATASETS]
@@ -1018,27 +785,11 @@ def main(argv: list[str] | None = None) -> int:
                         task_notes[t] = ns
                 rows[:] = kept + rows
                 notes[:] = kept_notes + notes
-    # data set order, then task order (the sort is stable: within a task, the order rows ran in)
-    rows.sort(key=lambda r: (list(DATASETS).index(r["dataset"]), list(TASKS).index(task_of(r))))
-    for row in rows:
-        row.setdefault("run_started", started.isoformat())
+    order = {ds: i for i, ds in enumerate(DATASETS)}
+    rows.sort(key=lambda r: (order.get(r["dataset"], len(order)), TASKS.index(task_of(r))
+                             if task_of(r) in TASKS else len(TASKS)))
 
-    # ratios against the NumPyro row of the same data set
-    for row in rows:
-        if "min_ess" in row and "wall_s" in row:
-            row["ess_per_s"] = row["min_ess"] / row["wall_s"]
-    for row in rows:
-        base = next((b for b in rows if b.get("baseline") and b["dataset"] == row["dataset"]
-                     and "ess_per_s" in b), None)
-        if base is not None and "ess_per_s" in row and not row.get("baseline"):
-            row["ratio"] = row["ess_per_s"] / base["ess_per_s"]
-        # logistic: poolwise against the best of the others (NumPyro, PyMC + nutpie)
-        if row["dataset"] == "logistic" and row["tool"].startswith("poolwise") and "ess_per_s" in row:
-            others = [b["ess_per_s"] for b in rows if b["dataset"] == "logistic"
-                      and not b["tool"].startswith("poolwise") and "ess_per_s" in b]
-            if others:
-                row["ratio_best_other"] = row["ess_per_s"] / max(others)
-
+    add_ratios(rows)
     for row in rows:
         if row["run_started"] == started.isoformat() and row.get("baseline") and row.get("divergences"):
             notes.append(f"NumPyro on {row['dataset']} had {row['divergences']} divergent transitions at "
@@ -1048,245 +799,41 @@ def main(argv: list[str] | None = None) -> int:
         runs = sorted({r["run_started"] for r in rows})
         notes.append(f"This run measured only {', '.join(only)} (`--only`); the other rows are kept from earlier "
                      f"runs ({len(runs)} runs in all, started {', '.join(r[:16] for r in runs)}; each row's "
-                     f"`run_started` in the details). The NumPyro ratios and the REML comparisons use rows of one "
-                     f"data set measured in the same run; the poolwise laplace row is compared with NumPyro and "
-                     f"PyMC + nutpie rows from an earlier run.")
-    # REML: statsmodels' (and mixedlm-rs') wall time over each row's, on the same data set in the same run
-    for row in rows:
-        if task_of(row) != "reml" or "wall_s" not in row:
-            continue
-        same = [b for b in rows if task_of(b) == "reml" and b["dataset"] == row["dataset"] and "wall_s" in b
-                and b.get("run_started") == row.get("run_started")]
-        for ref in ("statsmodels", "mixedlm-rs"):
-            b = next((b for b in same if b.get("reml_tool") == ref), None)
-            if b is not None:
-                row[f"x_vs_{ref}"] = b["wall_s"] / row["wall_s"]
-    Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"rows": rows, "notes": notes, "task_notes": task_notes, "bare": bare, "started": started.isoformat(),
-         "total_s": time.perf_counter() - t_start, "quick": quick, "only": only}, indent=1))
-    text = render(rows, notes, bare, started, time.perf_counter() - t_start, quick, args, task_notes)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+                     f"`run_started` in the details). Ratios compare rows of one data set as they stand in the "
+                     f"table, which may come from different runs (each row's `run_started`); the REML and "
+                     f"large-set ratios use rows of the same run only.")
+    if args.device_note:
+        save_external(args.external_rows, rows, args.device_note, started.isoformat(), argv)
+        log(f"rows of this run written to {args.external_rows} (measured on {args.device_note})")
+    results = {"rows": rows, "notes": notes, "task_notes": task_notes, "bare": bare, "started": started.isoformat(),
+               "total_s": time.perf_counter() - t_start, "quick": quick, "only": only,
+               "command": "python benchmarks/run.py " + " ".join(argv), "device_note": args.device_note,
+               "machine": machine(), "versions": versions()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    results["external"] = [] if args.device_note else load_external(args.external_rows)
+    results["external_path"] = args.external_rows
+    text = render(results, prior_text=_prior_text)
+    out.write_text(text)
     print(text)
     return 0
 
 
-def _vec(v: Any) -> str:
-    return "—" if v is None else ", ".join(f"{x:.4g}" for x in v)
+def _prior_text(dataset: str, quick: bool) -> str:
+    """poolwise's default priors of a data set, as text (for the report)."""
+    return str(model_priors(dataset, quick)["text"])
 
 
-def render(rows: list[dict[str, Any]], notes: list[str], bare: dict[str, Any], started: _dt.datetime,
-           total_s: float, quick: bool, args: argparse.Namespace,
-           task_notes: dict[str, list[str]] | None = None) -> str:
-    task_notes = task_notes or {}
-    all_rows = rows
-    rows = [r for r in all_rows if task_of(r) not in ("path", "reml")]
-    fits = [r for r in all_rows if task_of(r) == "reml"]
-    paths = [r for r in all_rows if task_of(r) == "path"]
-    mach, ver = machine(), versions()
-    L: list[str] = []
-    L.append("# poolwise benchmark: poolwise vs plain NumPyro NUTS (and PyMC + nutpie)")
-    L.append("")
-    if quick:
-        L.append("**QUICK SMOKE RUN (`--quick`): 4×100 draws, 5,000-row synthetic set. Not the benchmark.**")
-        L.append("")
-    L.append(f"- Date: {started:%Y-%m-%d %H:%M %Z}; whole benchmark took {total_s:.0f} s")
-    L.append(f"- Machine: {mach['cpus']} CPUs ({mach['affinity']} usable), {mach['cpu']}, {mach['ram']} RAM; "
-             f"{mach['platform']}, Python {mach['python']}")
-    L.append("- Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()))
-    L.append(f"- Command: `python benchmarks/run.py{' --quick' if quick else ''} --out {args.out}`")
-    L.append("")
-    L.append("| data set | tool | settings | rows | groups | wall s | min bulk ESS | ESS/s | peak MiB | "
-             "ratio ESS/s vs NumPyro |")
-    L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        if "error" in r:
-            what = "stopped (timeout)" if r.get("timed_out") else "failed"
-            L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | | | {what} | | | | |")
-            continue
-        ratio = "1 (baseline)" if r.get("baseline") else (
-            (f"{r['ratio']:,.0f}×" if r["ratio"] >= 10 else f"{r['ratio']:.2f}×") if "ratio" in r else "—")
-        L.append(f"| {r['dataset']} | {r['tool']} | {r['settings']} | {r['rows']:,} | {r['groups']:,} | "
-                 f"{_fmt(r['wall_s'], 2)} | {_fmt(r.get('min_ess'), 0)} | {_fmt(r.get('ess_per_s'), 1)} | "
-                 f"{_fmt(r.get('peak_mib'), 0)} | {ratio} |")
-    L.append("")
-    if fits or paths:
-        L.append("### Point estimates: REML, and the pooling path")
-        L.append("")
-        L.append("Wall time of one warm call (after a warm-up call in the same fresh process). The estimates "
-                 "are the REML fit's: σ the residual SD, τ the group SD(s), cor their correlation (slopes).")
-        L.append("")
-        L.append("| data set | tool | rows | groups | wall s | × faster than statsmodels | × faster than "
-                 "mixedlm-rs | REML log-lik | σ | τ | cor | β |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        for r in fits:
-            if "error" in r:
-                what = "stopped (timeout)" if r.get("timed_out") else "failed"
-                L.append(f"| {r['dataset']} | {r['tool']} | | | {what} | | | | | | | |")
-                continue
-
-            def x(k: str) -> str:
-                v = r.get(k)
-                return "—" if v is None else (f"{v:,.0f}×" if v >= 10 else f"{v:.2f}×")
-            groups = "—" if r.get("groups") is None else f"{r['groups']:,}"
-            tool = r["tool"] + (" → default method (lbfgs broke down)" if r.get("lbfgs_failed") else "")
-            L.append(f"| {r['dataset']} | {tool} | {r['rows']:,} | {groups} | {_fmt(r['wall_s'], 3)} | "
-                     f"{x('x_vs_statsmodels')} | {x('x_vs_mixedlm-rs')} | {r['loglik']:,.3f} | {r['sigma']:.5g} | "
-                     f"{_vec(r.get('sds'))} | {_fmt(r.get('cor'), 4)} | {_vec(r.get('beta'))} |")
-        for r in paths:
-            if "error" in r:
-                L.append(f"| {r['dataset']} | {r['tool']} | | | failed | | | | | | | |")
-                continue
-            L.append(f"| {r['dataset']} | {r['tool']} ({r['grid_points']} τ values, {r['route']}) | {r['rows']:,} | "
-                     f"{r['groups']:,} | {_fmt(r['wall_s'], 3)} | — | — | | | | | |")
-        L.append("")
-    L.append("## Targets")
-    L.append("")
-    checks = []
-    for ds in ("radon", "synthetic", "sleepstudy"):
-        ex = next((r for r in rows if r["dataset"] == ds and r["tool"] == "poolwise exact"), None)
-        ratio = None if ex is None else ex.get("ratio")
-        what = "sleepstudy (correlated slopes)" if ds == "sleepstudy" else ds
-        checks.append((f"{what}: poolwise exact ≥ 100× NumPyro's ESS/s",
-                       None if ratio is None else ratio >= 100, "—" if ratio is None else f"{ratio:,.0f}×"))
-    lg = next((r for r in rows if r["dataset"] == "logistic" and r["tool"] == "poolwise laplace"
-               and "ess_per_s" in r), None)
-    if lg is not None:
-        rb = lg.get("ratio_best_other")
-        others = [r for r in rows if r["dataset"] == "logistic" and not r["tool"].startswith("poolwise")
-                  and "ess_per_s" in r]
-        best = max(others, key=lambda r: r["ess_per_s"])["tool"] if others else "—"
-        checks.append(("logistic (100,000 rows, correlated slopes): poolwise ≥ 1× the best other's ESS/s — "
-                       "measured with `method=\"laplace\"`, an approximation of the posterior checked against "
-                       "NUTS (not an exact sampler)", None if rb is None else rb >= 1.0,
-                       "—" if rb is None else f"{rb:,.0f}× of {best} ({lg['ess_per_s']:,.1f} vs "
-                       f"{max(r['ess_per_s'] for r in others):.3g} ESS/s), poolwise laplace at {lg['settings']}, "
-                       f"the others at {others[0]['settings'] if others else '—'}"))
-        lg = None  # the nuts row is not the one tested when the laplace row is there
-    else:
-        lg = next((r for r in rows if r["dataset"] == "logistic" and r["tool"].startswith("poolwise nuts")), None)
-    if lg is not None:
-        rb = lg.get("ratio_best_other")
-        others = [r for r in rows if r["dataset"] == "logistic" and not r["tool"].startswith("poolwise")
-                  and "ess_per_s" in r]
-        best = max(others, key=lambda r: r["ess_per_s"])["tool"] if others else "—"
-        val = "—" if rb is None else f"{rb:.2f}× of {best}, at {lg.get('settings')}"
-        ok = None if rb is None else rb >= 1.0
-        if "error" in lg:
-            ok = False if (lg.get("timed_out") and others) else None
-            val = (f"poolwise nuts did not finish {lg.get('settings')} within the timeout; "
-                   + ", ".join(f"{r['tool']} finished in {r['wall_s']:.0f} s" for r in others))
-        checks.append(("logistic (100,000 rows, correlated slopes): poolwise nuts ≥ 1× the best other's ESS/s",
-                       ok, val))
-    ex = next((r for r in rows if r["dataset"] == "synthetic" and r["tool"] == "poolwise exact"), None)
-    if ex and "wall_s" in ex:
-        checks.append((f"{ex['rows']:,}-row fit under 3 s wall time", ex["wall_s"] < 3.0, f"{ex['wall_s']:.2f} s"))
-        pk = ex.get("peak_mib")
-        checks.append((f"{ex['rows']:,}-row fit under 2 GiB peak memory", None if pk is None else pk < 2048,
-                       "—" if pk is None else f"{pk:,.0f} MiB"))
-    pth = next((r for r in paths if "wall_s" in r), None)
-    checks.append((f"radon pooling path ({pth['grid_points'] if pth else 101} τ values, default grid) under "
-                   f"{PATH_TARGET_S:.0f} s wall time", None if pth is None else pth["wall_s"] < PATH_TARGET_S,
-                   "—" if pth is None else f"{pth['wall_s']:.3f} s warm, {pth['cold_s']:.2f} s first call"))
-    pr = next((r for r in fits if r["dataset"] == "synthetic" and r.get("reml_tool") == "poolwise"
-               and "wall_s" in r), None)
-    xs = None if pr is None else pr.get("x_vs_statsmodels")
-    n_reml = f"{pr['rows']:,}" if pr else f"{SYNTH_ROWS:,}"
-    checks.append((f"REML on the {n_reml}-row set: poolwise ≥ {REML_TARGET_X:.0f}× faster than statsmodels MixedLM",
-                   None if xs is None else xs >= REML_TARGET_X,
-                   "—" if xs is None else f"{xs:,.1f}×: {pr['wall_s']:.3f} s vs "
-                   f"{pr['wall_s'] * xs:.2f} s"))
-    xr = None if pr is None else pr.get("x_vs_mixedlm-rs")
-    rs_why = next((n for n in task_notes.get("reml", []) if "mixedlm-rs was not run" in n), None)
-    checks.append((f"REML on the {n_reml}-row set: poolwise at least as fast as mixedlm-rs",
-                   None if xr is None else xr >= 1.0,
-                   (f"{xr:.2f}×: {pr['wall_s']:.3f} s vs {pr['wall_s'] * xr:.3f} s" if xr is not None
-                    else ("mixedlm-rs not run" if rs_why else "—"))))
-    for what, ok, val in checks:
-        mark = "n/a" if ok is None else ("**holds**" if ok else "**MISSED**")
-        L.append(f"- {what}: {mark} ({val})")
-    if quick:
-        L.append("- (quick run: the 200,000-row targets are not tested by it)")
-    L.append("")
-    L.append("## How it was measured")
-    L.append("")
-    L.append("- Every row ran in a fresh Python process. *poolwise exact*: one warm-up `pw.fit(...)` (imports, "
-             "caches), then the timed `pw.fit(formula, df, method=\"exact\", seed=0)` — the whole call: "
-             "validation, design matrix, reduction, sampling and the conversion to ArviZ InferenceData "
-             "(including the pointwise log-likelihood and predictive when they fit the memory budget). "
-             "*NumPyro* and *poolwise nuts*: wall time of one run in the process, JIT compilation included.")
-    L.append("- Min bulk ESS: `arviz.ess(posterior, method=\"bulk\")`, minimum over every variable and every "
-             "element: all coefficients, σ, every group SD, the correlation (slopes models) and every group "
-             "value (NumPyro and PyMC: the group values as deterministic sites, u = diag(s)·L·z, or b = τ·z; "
-             "the min over the raw z is given in the details as `min_ess_z`).")
-    L.append("- Peak MiB: `ru_maxrss` of a fresh process (via `os.wait4`) that loads the data and runs "
-             "the fit; for poolwise exact a process that runs one fit only, for the other rows the "
-             f"timing process. A bare `import poolwise` process peaks at {_fmt(bare.get('peak_mib'), 0)} MiB.")
-    L.append("- Plain NumPyro: a hand-written non-centered model, `MCMC(NUTS(model), num_warmup, num_samples, "
-             "num_chains=4, chain_method=\"vectorized\")`, default `target_accept_prob` 0.8 and tree depth 10, "
-             "JAX defaults (float32), the same priors as poolwise's defaults:")
-    for ds in DATASETS:
-        if not any(r["dataset"] == ds for r in rows):
-            continue
-        try:
-            fn = numpyro_priors if ds in ("radon", "synthetic") else slopes_priors
-            L.append(f"  - {ds}: {fn(ds, quick)['text']}")
-        except Exception as err:  # pragma: no cover - reporting only
-            L.append(f"  - {ds}: ({err})")
-    L.append("- Correlated slopes (sleepstudy, logistic), NumPyro: s_k ~ half-t (as poolwise's "
-             "`sd(...)`), L ~ `LKJCholesky(2, η)` (poolwise's `lkj(η)`), z_j ~ N(0, I₂), u_j = diag(s)·L·z_j, "
-             "η_i = β₀ + β₁x_i + u_{g,0} + u_{g,1}x_i; gaussian (σ ~ exponential) or `BernoulliLogits`.")
-    L.append("- PyMC + nutpie (logistic): the same model and priors in PyMC (`pm.LKJCholeskyCov(n=2, eta, "
-             "sd_dist=HalfStudentT)`, u = z·chol', `pm.Bernoulli(logit_p=η)`), compiled with "
-             "`nutpie.compile_pymc_model` (numba backend, the default) and sampled with "
-             "`nutpie.sample(chains=4, tune, draws, seed=0)`; wall time includes compilation (`compile_s` in "
-             "the details). It runs in its own virtual environment, `benchmarks/_data/_venv_pymc` "
-             "(git-ignored), made with `python -m venv benchmarks/_data/_venv_pymc && "
-             "benchmarks/_data/_venv_pymc/bin/pip install pymc nutpie`; float64.")
-    L.append("- Logistic set: y ~ Bernoulli(logit⁻¹(−0.5 + 0.7·x + a_g + b_g·x)), (a_g, b_g) ~ N(0, Σ) with SDs "
-             "0.8 and 0.4 and correlation 0.5, x ~ N(0, 1); 100,000 rows in 2,000 groups, sizes lognormal(0, 1) "
-             "scaled to the row count (min 1), fixed seed; `pw.fit(\"y ~ x + (1 + x | g)\", df, "
-             "family=\"bernoulli\", method=\"nuts\", seed=0)`. Ratio column: against NumPyro; the target "
-             "compares poolwise with the best of NumPyro and PyMC + nutpie.")
-    L.append("- sleepstudy: lme4's data (180 rows, 18 subjects), `pw.fit(\"Reaction ~ Days + (Days | Subject)\", "
-             "df, method=\"exact\", seed=0)`, 4×1000; NumPyro 4×(1000+1000).")
-    L.append("- Synthetic set: y = 1 + 0.5·x1 − 0.3·x2 + b_g + N(0, 1), b_g ~ N(0, 0.5²); group sizes "
-             "lognormal(0, 1.5) scaled to the row count (min 1), fixed seed; formula `y ~ x1 + x2 + (1 | g)`.")
-    if fits:
-        L.append("- REML: `pw.fit(formula, df, method=\"empirical\")` (REML is its default for the gaussian "
-                 "family) against `statsmodels.formula.api.mixedlm(fixed, df, groups=df[g], re_formula=...)"
-                 ".fit(reml=True, method=[\"lbfgs\"])` and, where it installs, `mixedlm_rs.mixedlm(...)"
-                 ".fit(reml=True)` (the same statsmodels-style call; a Rust REML from PyPI); each in its own "
-                 "fresh process, one warm-up fit, then the timed fit. statsmodels' and mixedlm-rs' times include "
-                 "building the model from the formula; poolwise's is the whole `pw.fit` call, including its "
-                 "draws of β and the group values at the estimates. σ = √scale, τ = √diag(cov_re). "
-                 "\"× faster\" = the other's wall time / the row's, both measured in the same run. Where "
-                 "statsmodels' lbfgs broke down (a non-finite log-likelihood), the row times statsmodels' default "
-                 "method instead (the failed attempt is `lbfgs_failed` in the details). poolwise's optimizer "
-                 "alone is `optimizer_s` in the details; the rest of its wall time is the 4×1000 draws and the "
-                 "InferenceData.")
-    if paths:
-        L.append("- Pooling path: `pw.pooling_path(\"log_radon ~ floor + (1 | county)\", pw.datasets.radon())`, "
-                 "default grid (τ = 0 and 100 log-spaced values), the second call in a fresh process (the first, "
-                 "with imports and caches, is `cold_s` in the details).")
-    for n in notes:
-        L.append(f"- {n}")
-    for t in EXTRA_TASKS:
-        for n in task_notes.get(t, []):
-            L.append(f"- {n}")
-    L.append("")
-    L.append("## Details")
-    L.append("")
-    for r in all_rows:
-        keep = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                if k not in ("dataset", "tool", "settings", "log")}
-        L.append(f"- {r['dataset']} / {r['tool']}: `{json.dumps(keep)}`")
-        if "log" in r:
-            L.append("```")
-            L.append(r["log"])
-            L.append("```")
-    L.append("")
-    return "\n".join(L)
+def _parse_only(values: list[str] | None) -> list[str]:
+    """The tasks named by ``--only`` (all when none), in the order they run."""
+    if not values:
+        return list(TASKS)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    bad = [n for n in names if n not in TASKS]
+    if bad:
+        raise SystemExit(f"--only: unknown task(s) {bad}; choose from {list(TASKS)}")
+    return [d for d in TASKS if d in names]
 
 
 if __name__ == "__main__":
