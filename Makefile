@@ -42,10 +42,13 @@ validate: $(STAMP_TEST)
 PYMC_VENV := benchmarks/_data/_venv_pymc
 
 bench: $(STAMP_BENCH)
-	@# PyMC + nutpie rows run in their own environment, when it installs (rows skipped otherwise)
-	-test -x $(PYMC_VENV)/bin/python || ($(PYTHON) -m venv $(PYMC_VENV) && \
-	    $(PYMC_VENV)/bin/pip install --quiet pymc nutpie)
+	@# PyMC (default sampler, nutpie) and Bambi rows run in their own environment, when it installs (rows
+	@# skipped otherwise); matplotlib<3.11: arviz-plots, which Bambi needs, does not import with 3.11
+	-$(PYMC_VENV)/bin/python -c "import pymc, nutpie, bambi, pyarrow" 2>/dev/null || \
+	    ( (test -x $(PYMC_VENV)/bin/python || $(PYTHON) -m venv $(PYMC_VENV)) && \
+	    $(PYMC_VENV)/bin/pip install --quiet pymc nutpie bambi pyarrow "matplotlib<3.11")
 	-$(PIP) install --quiet mixedlm-rs
+	@# the large Parquet sets are generated once, under benchmarks/_data/ (git-ignored)
 	$(PY) benchmarks/run.py --out benchmarks/results.md
 
 lint: $(STAMP_TEST)
