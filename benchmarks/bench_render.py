@@ -139,6 +139,10 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
         merged = {**(other_ver or {}), **(bambi_ver or {})}
         L.append("- PyMC environment: " + ", ".join(f"{k} {v}" for k, v in merged.items()))
     L.append(f"- Command: `{results.get('command', 'python benchmarks/run.py')}`")
+    missing = results.get("not_measured") or []
+    if missing:
+        L.append(f"- Tasks with no rows in these results: {', '.join(missing)} (`python benchmarks/run.py --only "
+                 f"{','.join(missing)}` measures them and keeps the other rows)")
     L.append("")
     L.append(f"Tables: [samplers side by side](#samplers-side-by-side) · [point estimates: REML (statsmodels "
              f"MixedLM, poolwise empirical) and the pooling path]({ANCHOR_POINT}) · [large Parquet sets]"
@@ -401,7 +405,6 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
                  prior_text: Callable[[str, bool], str] | None) -> list[str]:
     """What each row measures."""
     L = ["## How it was measured", ""]
-    tools = {r["tool"] for r in rows}
     L.append("- Every row ran in a fresh Python process (a worker, `benchmarks/bench_workers.py`), with a timeout; "
              "a failed or stopped row is recorded with the end of its log (in the details), not fatal.")
     L.append("- *poolwise exact*: one warm-up `pw.fit(...)` (imports, caches), then the timed `pw.fit(formula, df, "
@@ -439,32 +442,31 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
              "Correlated slopes (sleepstudy, logistic): s_k ~ half-t (as poolwise's `sd(...)`), L ~ "
              "`LKJCholesky(2, η)` (poolwise's `lkj(η)`), z_j ~ N(0, I₂), u_j = diag(s)·L·z_j, "
              "η_i = β₀ + β₁x_i + u_{g,0} + u_{g,1}x_i; gaussian (σ ~ exponential) or `BernoulliLogits`.")
-    if any(t.startswith("PyMC") for t in tools):
-        L.append("- PyMC rows: the same models and priors in PyMC (`pm.HalfStudentT` τ and b = τ·z; slopes: "
-                 "`pm.LKJCholeskyCov(n=2, eta, sd_dist=HalfStudentT)`, u = z·chol'; `pm.Normal` or "
-                 "`pm.Bernoulli(logit_p=η)`), float64, in their own virtual environment "
-                 "`benchmarks/_data/_venv_pymc` (git-ignored; `make bench` makes it with `pip install pymc nutpie "
-                 "bambi pyarrow \"matplotlib<3.11\"`: arviz-plots, which Bambi needs, does not import with "
-                 "matplotlib 3.11). The data sets are handed over as Parquet files (`benchmarks/_data/sets/`), "
-                 "read outside the timing. Wall time: building the model, compiling it and sampling.")
-        L.append("  - *PyMC NUTS (default sampler)*: `pm.sample(draws, tune, chains=4, random_seed=0, "
-                 "progressbar=False, compute_convergence_checks=False)`, every other option PyMC's default: "
-                 "NUTS with `target_accept` 0.8, `jitter+adapt_diag` init, pytensor's C backend, "
-                 "`cores = min(4, CPUs)` (2 here: two chains at a time in child processes). pytensor caches the "
-                 "compiled C code on disk between runs, so a first run on a fresh machine takes longer.")
-        L.append("  - *PyMC + nutpie*: the model compiled with `nutpie.compile_pymc_model` (numba backend, the "
-                 "default) and sampled with `nutpie.sample(chains=4, tune, draws, seed=0)`; `compile_s` in the "
-                 "details.")
-    if any(t.startswith("Bambi") for t in tools):
-        L.append("- *Bambi*: `bmb.Model(formula, df, family, priors=..., center_predictors=False).fit(draws, tune, "
-                 "chains=4, random_seed=0, progressbar=False, compute_convergence_checks=False)` — the lme4 formula "
-                 "of the row as is, Bambi's default inference (PyMC's NUTS, as the default-sampler row) and its "
-                 "default non-centered group terms. Priors: poolwise's defaults in Bambi's terms — each coefficient "
-                 "`Normal(mu, sigma)`, `sigma` `Exponential(lam)`, each group term `Normal(0, HalfStudentT(nu, "
-                 "sigma))`; `center_predictors=False` so that the intercept's prior is on the same intercept as "
-                 "poolwise's (Bambi's default centers the predictors). On sleepstudy Bambi's `(Days | Subject)` "
-                 "has independent intercept and slope terms (Bambi has no correlation parameter), so its model is "
-                 "not quite the others'. Wall time: `bmb.Model(...)` and `.fit(...)`.")
+    # every kind of row is described, measured in these results or not
+    L.append("- PyMC rows: the same models and priors in PyMC (`pm.HalfStudentT` τ and b = τ·z; slopes: "
+             "`pm.LKJCholeskyCov(n=2, eta, sd_dist=HalfStudentT)`, u = z·chol'; `pm.Normal` or "
+             "`pm.Bernoulli(logit_p=η)`), float64, in their own virtual environment "
+             "`benchmarks/_data/_venv_pymc` (git-ignored; `make bench` makes it with `pip install pymc nutpie "
+             "bambi pyarrow \"matplotlib<3.11\"`: arviz-plots, which Bambi needs, does not import with "
+             "matplotlib 3.11). The data sets are handed over as Parquet files (`benchmarks/_data/sets/`), "
+             "read outside the timing. Wall time: building the model, compiling it and sampling.")
+    L.append("  - *PyMC NUTS (default sampler)*: `pm.sample(draws, tune, chains=4, random_seed=0, "
+             "progressbar=False, compute_convergence_checks=False)`, every other option PyMC's default: "
+             "NUTS with `target_accept` 0.8, `jitter+adapt_diag` init, pytensor's C backend, "
+             "`cores = min(4, CPUs)` (2 here: two chains at a time in child processes). pytensor caches the "
+             "compiled C code on disk between runs, so a first run on a fresh machine takes longer.")
+    L.append("  - *PyMC + nutpie*: the model compiled with `nutpie.compile_pymc_model` (numba backend, the "
+             "default) and sampled with `nutpie.sample(chains=4, tune, draws, seed=0)`; `compile_s` in the "
+             "details.")
+    L.append("- *Bambi*: `bmb.Model(formula, df, family, priors=..., center_predictors=False).fit(draws, tune, "
+             "chains=4, random_seed=0, progressbar=False, compute_convergence_checks=False)` — the lme4 formula "
+             "of the row as is, Bambi's default inference (PyMC's NUTS, as the default-sampler row) and its "
+             "default non-centered group terms. Priors: poolwise's defaults in Bambi's terms — each coefficient "
+             "`Normal(mu, sigma)`, `sigma` `Exponential(lam)`, each group term `Normal(0, HalfStudentT(nu, "
+             "sigma))`; `center_predictors=False` so that the intercept's prior is on the same intercept as "
+             "poolwise's (Bambi's default centers the predictors). On sleepstudy Bambi's `(Days | Subject)` "
+             "has independent intercept and slope terms (Bambi has no correlation parameter), so its model is "
+             "not quite the others'. Wall time: `bmb.Model(...)` and `.fit(...)`.")
     L.append("- Logistic set: y ~ Bernoulli(logit⁻¹(−0.5 + 0.7·x + a_g + b_g·x)), (a_g, b_g) ~ N(0, Σ) with SDs "
              f"0.8 and 0.4 and correlation 0.5, x ~ N(0, 1); {LOGISTIC_ROWS:,} rows in 2,000 groups, sizes "
              "lognormal(0, 1) scaled to the row count (min 1), fixed seed; `pw.fit(\"y ~ x + (1 + x | g)\", df, "
@@ -474,47 +476,43 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
              "df, method=\"exact\", seed=0)`, 4×1000; the others 4×(1000+1000).")
     L.append("- Synthetic set: y = 1 + 0.5·x1 − 0.3·x2 + b_g + N(0, 1), b_g ~ N(0, 0.5²); group sizes "
              "lognormal(0, 1.5) scaled to the row count (min 1), fixed seed; formula `y ~ x1 + x2 + (1 | g)`.")
-    if fits:
-        L.append("- REML (the statsmodels MixedLM rows): `pw.fit(formula, df, method=\"empirical\")` (REML is its "
-                 "default for the gaussian family) against `statsmodels.formula.api.mixedlm(fixed, df, "
-                 "groups=df[g], re_formula=...).fit(reml=True, method=[\"lbfgs\"])` and, where it installs, "
-                 "`mixedlm_rs.mixedlm(...).fit(reml=True)` (the same statsmodels-style call; a Rust REML from PyPI); "
-                 "each in its own fresh process, one warm-up fit, then the timed fit. statsmodels' and mixedlm-rs' "
-                 "times include building the model from the formula; poolwise's is the whole `pw.fit` call, "
-                 "including its draws of β and the group values at the estimates. σ = √scale, τ = √diag(cov_re). "
-                 "\"× faster\" = the other's wall time / the row's, both measured in the same run. Where "
-                 "statsmodels' lbfgs broke down (a non-finite log-likelihood), the row times statsmodels' default "
-                 "method instead (the failed attempt is `lbfgs_failed` in the details). poolwise's optimizer "
-                 "alone is `optimizer_s` in the details; the rest of its wall time is the 4×1000 draws and the "
-                 "InferenceData. Point estimates have no ESS, so these rows are not in the samplers' table.")
-    if paths:
-        L.append("- Pooling path: `pw.pooling_path(\"log_radon ~ floor + (1 | county)\", pw.datasets.radon())`, "
-                 "default grid (τ = 0 and 100 log-spaced values), the second call in a fresh process (the first, "
-                 "with imports and caches, is `cold_s` in the details).")
-    if large:
-        aggs = ", ".join(f"`{a}`" for a in FLOOR_AGGREGATES)
-        L.append("- Large sets, *generation*: the synthetic set's model with integer group ids `g`, written with "
-                 f"NumPy and pyarrow in chunks of {LARGE_CHUNK_ROWS:,} rows, one snappy Parquet file per chunk "
-                 "(each chunk takes a multivariate-hypergeometric share of every group's remaining rows and is "
-                 "shuffled: rows in random order, memory O(groups + chunk)); made once and cached under "
-                 "`benchmarks/_data/large_<rows>_<groups>/` with a manifest (made again when the generator's "
-                 "settings change). Its wall time and peak are those of the run that made it (or \"cached\").")
-        L.append(f"- Large sets, *DuckDB GROUP BY (the floor)*: `SELECT g, {aggs} FROM read_parquet('<dir>/*.parquet') "
-                 "GROUP BY g`, fetched into NumPy arrays (`fetchnumpy`), DuckDB's defaults (threads = CPUs), in a "
-                 "fresh process: one untimed run (the files into the OS cache), then timed runs; the fastest "
-                 "counts (all in `times_s`).")
-        L.append("- Large sets, *poolwise exact (Parquet glob)*: `pw.fit(\"y ~ x1 + x2 + (1 | g)\", "
-                 "\"<dir>/*.parquet\", method=\"exact\", seed=0)` — poolwise's defaults (4×1000 draws) — in a fresh "
-                 "process after one warm-up fit on a 10,000-row Parquet set (imports, caches); wall time of the "
-                 "whole call, from the path to the finished Fit (reading, reduction, sampling, InferenceData). Peak "
-                 "MiB: the process's `ru_maxrss` right after that call (`peak_mib_fit`; the process's final peak, "
-                 "after the ESS, is `peak_mib`). Min bulk ESS over β, σ, τ and 1,000 group values drawn at random "
-                 "(where poolwise keeps fewer draws of the group values than of the rest, to bound memory, the "
-                 "settings column says so and their ESS is over those draws). "
-                 "*× the floor* = its wall time / the floor's, same set, same run.")
-    if external:
-        L.append("- Rows marked † come from `benchmarks/gpu_rows.json`: measured in a separate run on another "
-                 "machine (`python benchmarks/run.py --only logistic --device-note \"<device>\" --out <file>` "
-                 "there, which adds the run's rows to that file), the same workers and settings; their "
-                 "ratios are against the rows of that run.")
+    L.append("- REML (the statsmodels MixedLM rows): `pw.fit(formula, df, method=\"empirical\")` (REML is its "
+             "default for the gaussian family) against `statsmodels.formula.api.mixedlm(fixed, df, "
+             "groups=df[g], re_formula=...).fit(reml=True, method=[\"lbfgs\"])` and, where it installs, "
+             "`mixedlm_rs.mixedlm(...).fit(reml=True)` (the same statsmodels-style call; a Rust REML from PyPI); "
+             "each in its own fresh process, one warm-up fit, then the timed fit. statsmodels' and mixedlm-rs' "
+             "times include building the model from the formula; poolwise's is the whole `pw.fit` call, "
+             "including its draws of β and the group values at the estimates. σ = √scale, τ = √diag(cov_re). "
+             "\"× faster\" = the other's wall time / the row's, both measured in the same run. Where "
+             "statsmodels' lbfgs broke down (a non-finite log-likelihood), the row times statsmodels' default "
+             "method instead (the failed attempt is `lbfgs_failed` in the details). poolwise's optimizer "
+             "alone is `optimizer_s` in the details; the rest of its wall time is the 4×1000 draws and the "
+             "InferenceData. Point estimates have no ESS, so these rows are not in the samplers' table.")
+    L.append("- Pooling path: `pw.pooling_path(\"log_radon ~ floor + (1 | county)\", pw.datasets.radon())`, "
+             "default grid (τ = 0 and 100 log-spaced values), the second call in a fresh process (the first, "
+             "with imports and caches, is `cold_s` in the details).")
+    aggs = ", ".join(f"`{a}`" for a in FLOOR_AGGREGATES)
+    L.append("- Large sets, *generation*: the synthetic set's model with integer group ids `g`, written with "
+             f"NumPy and pyarrow in chunks of {LARGE_CHUNK_ROWS:,} rows, one snappy Parquet file per chunk "
+             "(each chunk takes a multivariate-hypergeometric share of every group's remaining rows and is "
+             "shuffled: rows in random order, memory O(groups + chunk)); made once and cached under "
+             "`benchmarks/_data/large_<rows>_<groups>/` with a manifest (made again when the generator's "
+             "settings change). Its wall time and peak are those of the run that made it (or \"cached\").")
+    L.append(f"- Large sets, *DuckDB GROUP BY (the floor)*: `SELECT g, {aggs} FROM read_parquet('<dir>/*.parquet') "
+             "GROUP BY g`, fetched into NumPy arrays (`fetchnumpy`), DuckDB's defaults (threads = CPUs), in a "
+             "fresh process: one untimed run (the files into the OS cache), then timed runs; the fastest "
+             "counts (all in `times_s`).")
+    L.append("- Large sets, *poolwise exact (Parquet glob)*: `pw.fit(\"y ~ x1 + x2 + (1 | g)\", "
+             "\"<dir>/*.parquet\", method=\"exact\", seed=0)` — poolwise's defaults (4×1000 draws) — in a fresh "
+             "process after one warm-up fit on a 10,000-row Parquet set (imports, caches); wall time of the "
+             "whole call, from the path to the finished Fit (reading, reduction, sampling, InferenceData). Peak "
+             "MiB: the process's `ru_maxrss` right after that call (`peak_mib_fit`; the process's final peak, "
+             "after the ESS, is `peak_mib`). Min bulk ESS over β, σ, τ and 1,000 group values drawn at random "
+             "(where poolwise keeps fewer draws of the group values than of the rest, to bound memory, the "
+             "settings column says so and their ESS is over those draws). "
+             "*× the floor* = its wall time / the floor's, same set, same run.")
+    L.append("- Rows marked † come from `benchmarks/gpu_rows.json`: measured in a separate run on another "
+             "machine (`python benchmarks/run.py --only logistic --device-note \"<device>\" --out <file>` "
+             "there, which adds the run's rows to that file), the same workers and settings; their "
+             "ratios are against the rows of that run.")
     return L

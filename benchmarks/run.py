@@ -711,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:  # re-render a finished run's table (no measuring)
         saved = json.loads(Path(args.from_json).read_text())
         add_ratios(saved["rows"])
+        saved["not_measured"] = [t for t in TASKS if not any(task_of(r) == t for r in saved["rows"])]
         saved["external"] = load_external(args.external_rows)
         saved["external_path"] = args.external_rows
         text = render(saved, prior_text=_prior_text)
@@ -812,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    results["not_measured"] = [t for t in TASKS if not any(task_of(r) == t for r in rows)]
     results["external"] = [] if args.device_note else load_external(args.external_rows)
     results["external_path"] = args.external_rows
     text = render(results, prior_text=_prior_text)
