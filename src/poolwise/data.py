@@ -115,6 +115,7 @@ class Source:
     kinds: dict[str, str]
     source: str
     _handle: Any = field(repr=False, default=None)  # a DuckDB connection, or a SparkSession
+    _frame: Any = field(repr=False, default=None)  # the Spark DataFrame behind the view (Spark only)
 
     @property
     def columns(self) -> list[str]:
@@ -143,7 +144,7 @@ class Source:
         text = sql.replace("{rows}", self.relation)
         try:
             if self.engine == "spark":
-                out: pd.DataFrame = self._handle.sql(text).toPandas()
+                out: pd.DataFrame = _decimals_as_floats(_spark_collect(self._handle.sql(text))).to_pandas()
                 return out
             frame: pd.DataFrame = self._run(text).df()
             return frame
@@ -153,11 +154,21 @@ class Source:
                             hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
 
     def query_arrays(self, sql: str) -> dict[str, np.ndarray]:
-        """Like :meth:`query`, as NumPy arrays by column (DuckDB: without going through pandas)."""
-        if self.engine == "spark":
-            frame = self.query(sql)
-            return {str(c): frame[c].to_numpy() for c in frame.columns}
+        """Like :meth:`query`, as NumPy arrays by column, without going through pandas.
+
+        Both engines give the same arrays: a column with missing values is a masked array
+        (floating-point columns hold NaN instead), decimals are floats.
+        """
         text = sql.replace("{rows}", self.relation)
+        if self.engine == "spark":
+            try:
+                table = _spark_collect(self._handle.sql(text))
+            except Exception as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+                raise DataError(f"Could not read {self.source}: {first}",
+                                hint="Check that the files are well-formed and the columns hold what the formula "
+                                     "needs.") from None
+            return {str(name): _arrow_to_numpy(table.column(i)) for i, name in enumerate(table.column_names)}
         try:
             got = self._run(text).fetchnumpy()
         except Exception as err:
@@ -166,6 +177,71 @@ class Source:
                             hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
         return {str(k): np.asarray(v.filled(np.nan) if np.ma.isMaskedArray(v) and v.dtype.kind == "f" else v)
                 for k, v in got.items()}
+
+    def spark_positions(self, condition: str, limit: int = 6) -> list[int]:
+        """0-based positions of the first ``limit`` rows where ``condition`` holds (Spark only).
+
+        Spark has no row numbers: a window over the whole table needs an order, and
+        ``monotonically_increasing_id()`` is not consecutive.  The positions are counted from
+        the scan instead: each row's read split (for files, ``_metadata.file_path`` and
+        ``file_block_start``; otherwise its partition) and its place in the split, from
+        ``monotonically_increasing_id()`` less the split's first value; one small query counts
+        the rows of every split, a second finds the first rows at fault.  For files that is their
+        position in file order (files sorted by path, as DuckDB reads a glob); for other
+        DataFrames it is their position in partition order, the order ``collect()`` returns
+        (for ``createDataFrame(pandas_df)``: the pandas row).
+
+        Parameters
+        ----------
+        condition
+            A Spark SQL condition on this source's columns (quoted with :meth:`quote`).
+        limit
+            How many positions to return at most.
+
+        Returns
+        -------
+        list of int
+            Ascending positions (empty when no row matches).
+
+        Raises
+        ------
+        DataError
+            When Spark refuses the query or cannot read the rows.
+        """
+        if self.engine != "spark":
+            raise ValueError("spark_positions() is for Spark sources; DuckDB numbers its rows in SQL.")
+        from pyspark.sql import functions as F
+
+        frame = self._frame if self._frame is not None else self._handle.table(self.relation)
+        split = [F.col("_metadata.file_path").alias("f"), F.col("_metadata.file_block_start").alias("s")]
+        try:  # only a DataFrame read from files has the hidden _metadata column
+            frame.select(*split).schema
+        except Exception:
+            split = [F.lit(None).cast("string").alias("f"), F.lit(None).cast("long").alias("s")]
+        try:
+            rows = frame.select(*split, F.spark_partition_id().alias("p"), F.monotonically_increasing_id().alias("m"),
+                                F.expr(condition).alias("bad"))
+            keys = ["f", "s", "p"]
+            counts = _spark_collect(rows.groupBy(*keys).agg(F.count(F.lit(1)).alias("n"), F.min("m").alias("m0")))
+            bad = _spark_collect(rows.where(F.col("bad")).select(*keys, "m").orderBy(*keys, "m").limit(limit))
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+            raise DataError(f"Could not read {self.source}: {first}",
+                            hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
+
+        def key(row: dict[str, Any]) -> tuple[str, int, int]:
+            return (row["f"] or "", row["s"] or 0, row["p"])
+
+        start: dict[tuple[str, int, int], tuple[int, int]] = {}  # split → (rows before it, its first id)
+        before = 0
+        for row in sorted(counts.to_pylist(), key=key):
+            start[key(row)] = (before, int(row["m0"]))
+            before += int(row["n"])
+        out = []
+        for row in bad.to_pylist():
+            offset, first_id = start[key(row)]
+            out.append(offset + int(row["m"]) - first_id)
+        return sorted(out)
 
     def _run(self, text: str) -> Any:
         """A DuckDB result: the connection's, or the user's relation's (lazy: it is not loaded)."""
@@ -278,6 +354,8 @@ def _kind_of(type_name: str) -> str:
     t = type_name.upper()
     if t == "BOOLEAN":
         return "boolean"
+    if t.startswith("INTERVAL"):  # (not an integer type: INT is a prefix of it)
+        return "other"
     if any(t.startswith(k) for k in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
                                       "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "REAL", "DECIMAL",
                                       "INT", "LONG", "SHORT", "BYTE")):
@@ -310,10 +388,60 @@ def _unique_kinds(schema: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def _spark_source(session: Any, frame: Any, where: str) -> Source:
+    """A Spark DataFrame as a :class:`Source`: registered as a temporary view the queries name.
+
+    Spark's type names (``frame.schema``'s ``simpleString()``: ``int``, ``bigint``, ``double``,
+    ``decimal(10,2)``, ``string``, ``boolean``, …) map to the kinds as DuckDB's do.
+    """
     view = f"poolwise_rows_{id(frame):x}"
-    frame.createOrReplaceTempView(view)
-    kinds = {str(f.name): _kind_of(str(f.dataType.simpleString())) for f in frame.schema.fields}
-    return Source("spark", view, kinds, where, session)
+    try:
+        frame.createOrReplaceTempView(view)
+        schema = [(str(f.name), str(f.dataType.simpleString())) for f in frame.schema.fields]
+    except Exception as err:  # Spark's own error types
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+        raise DataError(f"Could not read {where}: {first}", hint="Check the DataFrame and the files behind it.") from None
+    return Source("spark", view, _unique_kinds(schema), where, session, frame)
+
+
+def _spark_collect(frame: Any) -> pyarrow.Table:
+    """The (small) result of a Spark query as an Arrow table (pyspark >= 4: ``toArrow``)."""
+    import pyarrow as pa
+
+    to_arrow = getattr(frame, "toArrow", None)
+    if to_arrow is not None:
+        table: pa.Table = to_arrow()
+        return table
+    return pa.Table.from_pandas(frame.toPandas(), preserve_index=False)  # pragma: no cover - pyspark 3.5
+
+
+def _decimals_as_floats(table: pyarrow.Table) -> pyarrow.Table:
+    """Decimal columns (``SUM(1.0)``, ``decimal(10,2)``) as float64, as DuckDB's ``.df()`` gives them."""
+    import pyarrow as pa
+
+    for i, f in enumerate(table.schema):
+        if pa.types.is_decimal(f.type):
+            table = table.set_column(i, f.name, table.column(i).cast(pa.float64()))
+    return table
+
+
+def _arrow_to_numpy(column: Any) -> np.ndarray:
+    """One Arrow column as DuckDB's ``fetchnumpy`` gives it (after :meth:`Source.query_arrays`' fill)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_decimal(column.type):
+        column = pc.cast(column, pa.float64())
+    if pa.types.is_floating(column.type):
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=float)  # missing → NaN
+    values = np.asarray(column.to_numpy(zero_copy_only=False))
+    if column.null_count == 0:
+        return values
+    mask = np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+        filled = np.asarray(pc.fill_null(column, pa.scalar(0, column.type) if pa.types.is_integer(column.type)
+                                         else False).to_numpy(zero_copy_only=False))
+        return np.ma.masked_array(filled, mask=mask)
+    return np.ma.masked_array(values.astype(object), mask=mask)
 
 
 # --------------------------------------------------------------------------------------------

@@ -272,6 +272,8 @@ def _sql_expr(node: object, formula: str, dialect: str) -> str:
             return f"({symbol}{args[0]})"
         if len(args) == 2 and symbol == "**":
             return f"POWER({args[0]}, {args[1]})"
+        if len(args) == 2 and symbol == "/" and dialect == "spark":  # (ANSI mode raises on x / 0)
+            return f"try_divide({args[0]}, {args[1]})"
         if len(args) == 2 and symbol in _SQL_OPERATORS:
             return f"({args[0]} {_SQL_OPERATORS[symbol]} {args[1]})"
     if kind == "LazyCall":
