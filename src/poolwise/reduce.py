@@ -290,6 +290,11 @@ def _inf() -> str:
     return "CAST('Infinity' AS DOUBLE)"
 
 
+def _div(src: _data.Source, a: str, b: str) -> str:
+    """``a / b`` in SQL; Spark's ANSI mode raises on a zero divisor, ``try_divide`` gives NULL (not finite)."""
+    return f"try_divide({a}, {b})" if src.dialect == "spark" else f"{a} / {b}"
+
+
 def _bad_number(expr: str) -> str:
     """SQL that is true where ``expr`` (a DOUBLE) is missing, NaN or infinite (DuckDB and Spark)."""
     return f"({expr} IS NULL OR isnan({expr}) OR abs({expr}) = {_inf()})"
@@ -311,6 +316,8 @@ def _levels(src: _data.Source, column: str) -> list[Any]:
 
 def _bad_rows(src: _data.Source, condition: str, limit: int = 6) -> list[int]:
     """0-based positions (in scan order) of rows where ``condition`` holds, for messages."""
+    if src.dialect == "spark":  # Spark has no row_number() without an order: counted from the scan
+        return src.spark_positions(condition, limit)
     frame = src.query(f"SELECT r FROM (SELECT row_number() OVER () - 1 AS r, ({condition}) AS bad FROM {{rows}}) "
                       f"AS t WHERE bad LIMIT {limit}")
     return [int(v) for v in frame["r"].tolist()]
@@ -425,7 +432,7 @@ def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
             z_sql.append(one[0][1])
     y_raw = _num(src, spec.outcome)
     y_sql = y_raw if not offsets else f"({y_raw} - " + " - ".join(f"({o})" for o in offsets) + ")"
-    w_sql = "1.0" if not spec.se else f"(1.0 / ({_num(src, spec.se)} * {_num(src, spec.se)}))"
+    w_sql = "1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})"
     return _run_reduction(spec, src, design, coef_names, [s for _, s in xs], z_sql, y_raw, y_sql, w_sql,
                           group_cols, predictors, categorical)
 
@@ -487,7 +494,7 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
         aggs[f"z1_{a}"], aggs[f"z2_{a}"] = f"SUM(c{i})", f"SUM(c{i} * c{i})"
         aggs[f"zw_{a}"] = f"SUM(w * c{i})" if i != one_at else "SUM(w)"
     if spec.se:
-        aggs["lw"], aggs["se2"] = "SUM(LN(w))", "SUM(1.0 / w)"
+        aggs["lw"], aggs["se2"] = "SUM(LN(w))", f"SUM({_div(src, '1.0', 'w')})"
     # validation, in the same pass
     checks: list[tuple[str, str, str, str]] = []  # (alias, column, condition on the raw rows, what)
     numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
@@ -536,13 +543,15 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
             raise DataError(f"The design column {name} is not finite on {count} row{'s' if count != 1 else ''}.",
                             hint="A transform such as log(x) needs x > 0; an offset such as log(exposure) needs "
                                  "exposure > 0.")
-    labels = _group_labels(src, group_cols, got, key_names)
-    if labels is None:
+    grouped = _group_labels(src, group_cols, got, key_names)
+    if grouped is None:
         missing = int(n[_null_keys(got, key_names)].sum())
         rows = _bad_rows(src, " OR ".join(f"{src.quote(c)} IS NULL" for c in group_cols))
         name = group_cols[0] if len(group_cols) == 1 else ":".join(group_cols)
         raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
                         f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
+    labels, order = grouped
+    got, n = {k: v[order] for k, v in got.items()}, n[order]  # the query's rows in the labels' order
     blank = [i for i, lv in enumerate(labels) if not str(lv).strip()]
     if blank:
         rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
@@ -633,8 +642,10 @@ def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
 
 
 def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.ndarray],
-                  key_names: list[str]) -> list[str] | None:
-    """Group labels in the in-memory path's order (``None`` when a key is missing)."""
+                  key_names: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """Group labels in the in-memory path's order, and the order of the query's rows that gives it
+    (the engine's ``ORDER BY`` of several key columns, or of text, may differ); ``None`` when a key
+    is missing."""
     if _null_keys(got, key_names).any():
         return None
     parts = []
@@ -642,14 +653,11 @@ def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.nd
         v = got[k]
         values = np.ma.getdata(v) if np.ma.isMaskedArray(v) else v
         parts.append([_data._label(x) for x in values.tolist()])
-    if len(parts) == 1:
-        labels = parts[0]
-        if src.kinds[group_cols[0]] not in ("number", "boolean"):  # text: ordered as the strings sort
-            order = sorted(range(len(labels)), key=lambda i: labels[i])
-            return [labels[i] for i in order] if order != list(range(len(labels))) else labels
-        return labels
-    joined = [":".join(t) for t in zip(*parts)]
-    return sorted(joined)
+    if len(parts) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):
+        return parts[0], np.arange(len(parts[0]))
+    labels = parts[0] if len(parts) == 1 else [":".join(t) for t in zip(*parts)]  # ordered as the strings sort
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    return [labels[i] for i in order], np.asarray(order, dtype=np.int64)
 
 
 def _totals_xx(src: _data.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:
