@@ -240,12 +240,28 @@ def _check_report(path: Path | None, force: bool) -> str | None:
 
 
 def _spark_session() -> Any:
-    """The active SparkSession, or a new one (local unless spark-submit or SPARK_REMOTE says otherwise)."""
+    """The active SparkSession, or a new one.
+
+    A new session runs Spark locally (on every core) unless ``spark-submit`` set the master, or
+    ``SPARK_REMOTE`` names a Spark Connect server (``sc://host:15002``); a local one draws no
+    console progress bars.  Fails (exit 2) without pyspark, or when Spark does not start.
+    """
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        _fail("--engine spark needs pyspark (pip install pyspark) and Java 17.")
-    return SparkSession.getActiveSession() or SparkSession.builder.appName("poolwise").getOrCreate()
+        _fail("--engine spark needs pyspark (pip install 'poolwise[spark]') and Java 17.")
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = SparkSession.builder.appName("poolwise")
+    if not os.environ.get("SPARK_REMOTE"):
+        builder = builder.config("spark.ui.showConsoleProgress", "false")
+    try:
+        return builder.getOrCreate()
+    except Exception as err:  # Spark's own error types (no Java, no server, ...)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+        _fail(f"Could not start Spark: {first} (--engine spark needs Java 17 for a local session, or "
+              "SPARK_REMOTE=sc://host:15002 for a Spark Connect server).")
 
 
 def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
