@@ -371,6 +371,8 @@ class _NpPieces(NamedTuple):
     r: np.ndarray  # (B, p)
     C: _NpChol  # Cholesky factors of M_j, (B, J, q, q)
     s2: np.ndarray  # (B,)
+    quad: np.ndarray | None = None  # (y − Xm0)'V⁻¹(y − Xm0) − z'z: the GLS residual form when s0 = ∞, (B,)
+    logdetV: np.ndarray | None = None  # log|V|, (B,)
 
 
 def _lam_t_blocks(Lam: np.ndarray, V: np.ndarray) -> np.ndarray:
@@ -408,7 +410,7 @@ def _np_pieces(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndar
         logdetV = stats.n_obs * np.log(s2) - stats.sum_log_w + 2.0 * C.sum_log_diag().sum(axis=-1)
     if p == 0:
         ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + qq)
-        return _NpPieces(ll, None, np.zeros((B, 0)), C, s2)
+        return _NpPieces(ll, None, np.zeros((B, 0)), C, s2, qq, logdetV)
     G = (C.solve(_lam_t_blocks(Lam, stats.ZtWX)) / s2[:, None, None, None]).reshape(B, J * q, p)
     A = stats.XtWX[None] / s2[:, None, None] - np.swapaxes(G, 1, 2) @ G
     A = 0.5 * (A + np.swapaxes(A, 1, 2))
@@ -420,7 +422,7 @@ def _np_pieces(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndar
     z = LP.solve(r[..., None])[..., 0]
     quad = quad - (z * z).sum(axis=1)
     ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + 2.0 * np.sum(np.log(s0)) + 2.0 * LP.sum_log_diag() + quad)
-    return _NpPieces(ll, LP, r, C, s2)
+    return _NpPieces(ll, LP, r, C, s2, quad, logdetV)
 
 
 def _chunk(stats: BlockStats) -> int:
@@ -618,8 +620,8 @@ def _fd_derivs(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: np.ndarr
     return f0, g, 0.5 * (H + H.T)
 
 
-def _newton_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, max_iter: int = 100
-                 ) -> tuple[np.ndarray, float, np.ndarray | None, int]:
+def _newton_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, max_iter: int = 100,
+                 h_max: float = 0.1) -> tuple[np.ndarray, float, np.ndarray | None, int]:
     """Minimize f (batched: rows in, values out) by damped Newton steps with finite differences.
 
     Each iteration evaluates the gradient and Hessian in one batch, takes the Newton direction
@@ -648,7 +650,7 @@ def _newton_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, max_iter
             vals = np.maximum(np.abs(vals), 1e-8 * big)
             step = -vecs @ ((vecs.T @ g) / vals)
             if pd:
-                h = np.clip(0.5 * np.sqrt(np.diag((vecs / vals) @ vecs.T)), 1e-6, 0.1)
+                h = np.clip(0.5 * np.sqrt(np.diag((vecs / vals) @ vecs.T)), 1e-6, h_max)
         else:
             step = -g / max(float(np.linalg.norm(g)), 1e-300)
         norm = float(np.linalg.norm(step))

@@ -238,6 +238,67 @@ def _maximize(f: Callable[[np.ndarray], float], starts: list[np.ndarray], steps:
     return best_x, -best_f, converged, n_eval
 
 
+def _profiled_block(stats: collapsed.BlockStats, hyp: _Hyper, thetas: np.ndarray, *, reml: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """REML (or ML) of the q-term model with σ² profiled out, batched over θ = (log s/σ, corr coords).
+
+    With Λ = σΛ_r, V = σ²V_r, and the pieces of the collapsed marginal at σ = 1 and Λ_r (flat prior
+    on β: A_r = X'V_r⁻¹X, Q_r the GLS residual form), the criterion is maximized over σ at
+    σ̂² = Q_r/(N − p) (REML) or Q_r/N (ML):
+
+        ℓ_REML = −½[(N − p)(log 2π + log σ̂² + 1) + log|V_r| + log|A_r|],
+        ℓ_ML   = −½[N(log 2π + log σ̂² + 1) + log|V_r|].
+
+    Returns ℓ (−inf where not finite) and σ̂², each (B,).
+    """
+    thetas = np.atleast_2d(thetas)
+    B, q, p, N = thetas.shape[0], hyp.q, stats.p, stats.n_obs
+    sd = np.exp(thetas[:, :q])
+    if hyp.n_corr:
+        Lam = sd[:, :, None] * collapsed._corr_cholesky(thetas[:, q:q + hyp.n_corr], q)[0]
+    else:
+        Lam = sd[:, :, None] * np.eye(q)[None]
+    with np.errstate(all="ignore"):
+        pc = collapsed._np_pieces(stats, np.zeros(p), np.full(p, np.inf), np.ones(B), Lam)
+        assert pc.quad is not None and pc.logdetV is not None
+        dof = N - p if reml else N
+        s2 = pc.quad / dof
+        ll = -0.5 * (dof * (_LOG2PI + np.log(s2) + 1.0) + pc.logdetV)
+        if reml and p:
+            assert pc.LP is not None
+            ll = ll - pc.LP.sum_log_diag()  # −½ log|A_r|
+    return np.where(np.isfinite(ll) & (s2 > 0), ll, -np.inf), s2
+
+
+def _maximize_profiled(stats: collapsed.BlockStats, hyp: _Hyper, starts: list[np.ndarray], *, reml: bool
+                       ) -> tuple[np.ndarray, bool, int] | None:
+    """Damped Newton on the σ-profiled criterion from several starts (batched finite differences).
+
+    Returns θ = (log σ, log s, corr coords) at the best optimum, whether the Hessian there is
+    positive definite (an interior maximum), and the evaluations; ``None`` when no start gives a
+    finite criterion (the caller then searches the full criterion).
+    """
+    def neg(th: np.ndarray) -> np.ndarray:
+        return -_profiled_block(stats, hyp, th, reml=reml)[0]
+
+    best: tuple[np.ndarray, float, bool] | None = None
+    n_eval = 0
+    for x0 in starts:
+        if not np.isfinite(neg(x0[None])[0]):
+            continue
+        x, fx, H, ne = collapsed._newton_mode(neg, x0, max_iter=60, h_max=1e-3)  # (small steps: an optimum)
+        n_eval += ne
+        if best is None or fx < best[1]:
+            best = (x, fx, H is not None)
+    if best is None:
+        return None
+    x, _, interior = best
+    s2 = float(_profiled_block(stats, hyp, x[None], reml=reml)[1][0])
+    sig = 0.5 * math.log(s2)
+    theta = np.concatenate([[sig], x[:hyp.n_sd] + sig, x[hyp.n_sd:]])
+    return theta, interior, n_eval
+
+
 def _scale_guess(XtWX: np.ndarray, XtWy: np.ndarray, yWy: float, n: int) -> float:
     """Root mean weighted squared residual of least squares."""
     p = XtWX.shape[0]
@@ -328,11 +389,20 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
             parts.append(np.log(sd_f * scale / zz))
         parts.append(np.zeros(hyp.n_corr))
         starts.append(np.concatenate(parts))
+    profiled = None
     if bound.simple and bound.has_sigma and blk.Sigma is None:  # σ profiled: a 1-D search
         sig_hat, tau_hat, ll, n_eval = _profile_simple(red, reml=reml)
         theta = np.log(np.array([sig_hat, tau_hat]))
         converged = bool(np.isfinite(ll))
-    else:
+    elif not bound.simple and bound.has_sigma and blk.Sigma is None:  # σ profiled: Newton on q + q(q−1)/2
+        rel = [st[1:] - st[0] if hyp.n_sd else st[1:] for st in starts]
+        rel = [np.concatenate([r[:hyp.n_sd], st[1 + hyp.n_sd:]]) for r, st in zip(rel, starts)]
+        profiled = _maximize_profiled(stats, hyp, rel, reml=reml)
+    if profiled is not None and profiled[1]:  # an interior maximum: done
+        theta, _, n_eval = profiled
+        ll = f(theta)
+        converged = bool(np.isfinite(ll))
+    elif not (bound.simple and bound.has_sigma and blk.Sigma is None):
         theta, ll, converged, n_eval = _maximize(f, starts, np.full(hyp.dim, 0.5))
     sigma, sd, L, Lam = hyp.unpack(theta)
     corr = None if L is None else L @ L.T
