@@ -195,3 +195,86 @@ def test_cli_fits_a_parquet_glob(files: dict[str, object], tmp_path: Path) -> No
         assert (out / name).exists()
     pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
     assert int(pf["n"].sum()) == 1500 and len(pf) == 37
+
+
+# ----------------------------------------------------------------------------------------------
+# bernoulli, binomial and poisson rows merged into counts per (group, covariate pattern)
+
+
+def _counts_frame(n: int = 4000, J: int = 12, seed: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, J, n)
+    a = rng.choice(["u", "v", "w"], n)
+    x = rng.integers(0, 3, n)
+    e = rng.choice([1.0, 2.0, 4.0], n)
+    eta = -0.3 + 0.4 * x + 0.5 * (a == "v") + rng.normal(0, 0.5, J)[g]
+    t = rng.integers(1, 6, n)
+    return pd.DataFrame({"y": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int), "c": rng.poisson(e * np.exp(eta)),
+                         "s": rng.binomial(t, 1 / (1 + np.exp(-eta))), "t": t, "x": x, "a": a, "e": e,
+                         "g": [f"g{i:02d}" for i in g]})
+
+
+def _loglik(bound: object, beta: np.ndarray, b: np.ndarray) -> float:
+    eta = bound.X @ beta + bound.offset + b[bound.blocks[0].group]  # type: ignore[attr-defined]
+    return float(bound.spec.fam.log_likelihood(bound.y, eta, trials=bound.trials,  # type: ignore[attr-defined]
+                                               weights=bound.weights).sum())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("formula", "family"), [
+    ("y ~ x + a + (1 | g)", "bernoulli"),
+    ("s | trials(t) ~ x + a + (1 | g)", "binomial"),
+    ("c ~ x + a + offset(log(e)) + (1 | g)", "poisson"),
+    ("c ~ C(x) + (1 | g)", "poisson"),
+])
+def test_merged_counts_have_the_rows_likelihood(tmp_path: Path, formula: str, family: str) -> None:
+    """The merged rows' log-likelihood minus the rows' is the same constant at any parameter value."""
+    from poolwise.fit import bind_data
+
+    df = _counts_frame()
+    df.to_parquet(tmp_path / "c.parquet")
+    spec = ModelSpec(formula, family=family)
+    rows = spec.bind(D.read_table(df))
+    merged, note = bind_data(spec, os.fspath(tmp_path / "c.parquet"), method="nuts")
+    assert merged.n_obs < len(df) / 10 and f"{len(df):,} rows merged inside duckdb" in note
+    assert merged.coef_names == rows.coef_names and merged.levels == rows.levels
+    np.testing.assert_array_equal(merged.group_sizes(), rows.group_sizes())
+    assert {k: str(v) for k, v in merged.priors.items()} == {k: str(v) for k, v in rows.priors.items()}
+    rng = np.random.default_rng(0)
+    gaps = []
+    for _ in range(4):
+        beta = rng.normal(0, 0.5, len(rows.coef_names))
+        b = rng.normal(0, 0.7, rows.n_groups)
+        gaps.append(_loglik(merged, beta, b) - _loglik(rows, beta, b))
+    np.testing.assert_allclose(gaps, gaps[0], rtol=0, atol=1e-8 * len(df))
+
+
+def test_merged_counts_fit_like_the_rows(tmp_path: Path) -> None:
+    df = _counts_frame(n=3000, J=10)
+    df.to_parquet(tmp_path / "c.parquet")
+    f = "y ~ x + a + (1 | g)"
+    a = pw.fit(f, df, family="bernoulli", method="empirical", seed=1, draws=200)
+    b = pw.fit(f, os.fspath(tmp_path / "c.parquet"), family="bernoulli", method="empirical", seed=1, draws=200)
+    # Laplace's approximation is per group, and a group's merged rows give the same h_j: same optimum
+    np.testing.assert_allclose(b.draws.info["estimates"]["beta"], a.draws.info["estimates"]["beta"], atol=2e-4)
+    np.testing.assert_allclose(b.draws.info["estimates"]["sd"], a.draws.info["estimates"]["sd"], atol=2e-4)
+    assert any("merged inside duckdb" in n for n in b.notes())
+
+
+@pytest.mark.parametrize(("formula", "family", "value", "words"), [
+    ("y ~ x + (1 | g)", "bernoulli", ("y", [5, 9], 2), ["'y'", "0 or 1", "rows 5, 9"]),
+    ("c ~ x + (1 | g)", "poisson", ("c", [3], -1), ["'c'", "non-negative", "row 3"]),
+    ("s | trials(t) ~ x + (1 | g)", "binomial", ("s", [7], 99), ["'s'", "must not exceed trials", "row 7"]),
+    ("y ~ x + (1 | g)", "bernoulli", ("x", [2, 4], np.nan), ["'x'", "2 missing", "rows 2, 4"]),
+    ("c ~ x + offset(log(e)) + (1 | g)", "poisson", ("e", [6], 0.0), ["offset", "row 6"]),
+])
+def test_bad_counts_name_the_rows(tmp_path: Path, formula: str, family: str, value: tuple, words: list[str]) -> None:
+    df = _counts_frame(n=200, J=5)
+    col, rows, v = value
+    if isinstance(v, float) and np.isnan(v):
+        df[col] = df[col].astype(float)
+    df.loc[rows, col] = v
+    df.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError) as info:
+        pw.fit(formula, os.fspath(tmp_path / "bad.parquet"), family=family, draws=20, chains=1)
+    for w in words:
+        assert w in str(info.value), str(info.value)

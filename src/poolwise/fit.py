@@ -147,7 +147,9 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
 
     Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
     factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
-    (:func:`poolwise.reduce.bind_source`); for other models only the needed columns are loaded.
+    (:func:`poolwise.reduce.bind_source`); bernoulli, binomial and poisson rows are merged into
+    counts per (group, covariate pattern) by one query (:func:`poolwise.reduce.bind_counts`);
+    for other models only the needed columns are loaded.
 
     Returns
     -------
@@ -162,6 +164,8 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
                                          f"method={method!r} works on the rows")
     if why is None:
         return _reduce.bind_source(spec, src), None
+    if _reduce.count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
+        return _reduce.bind_counts(spec, src)
     bound = spec.bind(src.load(spec.variables))
     note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
             f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")
@@ -620,7 +624,7 @@ class Fit:
         info = self.draws.info
         out: list[str] = []
         if "divergences" in info:
-            divs = [int(v) for v in info["divergences"]]
+            divs = [int(v) for v in np.atleast_1d(info["divergences"])]
             targets = _attempt_targets(info, len(divs))
             if divs:
                 first = f"{divs[0]} divergent transitions"

@@ -31,7 +31,7 @@ from .formula import sql_columns, sql_literal
 from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
 __all__ = ["Reduced", "BlockStats", "Reduction", "reduce", "reduce_arrays", "block_stats", "bound_block_stats",
-           "bind_source", "query_reason"]
+           "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
 
 @dataclass(frozen=True)
@@ -694,3 +694,166 @@ def _check_columns_from_sums(names: list[str], mean: np.ndarray, var: np.ndarray
                 f"Predictor '{names[k]}' is a perfect linear combination of {', '.join(repr(o) for o in others)}; "
                 "the coefficients cannot be separated.", hint=f"Drop '{names[k]}' or one of the others from the formula.",
                 column=names[k])
+
+
+# ----------------------------------------------------------------------------------------------
+# binomial and poisson rows: counts per (group, covariate pattern), inside the engine
+
+#: families whose likelihood is unchanged (up to a constant) when rows of one pattern are merged
+COUNT_FAMILIES = ("bernoulli", "binomial", "poisson")
+
+
+def count_reason(spec: ModelSpec) -> str | None:
+    """``None`` when the rows can be merged into counts per (group, covariate pattern), else why not."""
+    if spec.fam.name not in COUNT_FAMILIES:
+        return f"the {spec.fam.name} family is fitted from the rows"
+    return None
+
+
+def _strip_offsets(text: str) -> tuple[str, list[str]]:
+    """``text`` without its ``offset(…)`` terms, and those terms."""
+    out, found, i = "", [], 0
+    for m in re.finditer(r"offset\(", text):
+        if m.start() < i:
+            continue
+        depth, j = 0, m.end() - 1
+        while j < len(text):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        found.append(text[m.start():j + 1])
+        out += text[i:m.start()]
+        i = j + 1
+    out += text[i:]
+    cleaned = re.sub(r"\+\s*(?=\+|$)", "", out).strip()
+    cleaned = re.sub(r"^\s*\+", "", cleaned).strip()
+    cleaned = re.sub(r"\+\s*\+", "+", cleaned).strip()
+    return (cleaned or "1"), found
+
+
+def bind_counts(spec: ModelSpec, src: _data.Source) -> tuple[BoundSpec, str]:
+    """Merge the rows of a bernoulli, binomial or poisson model into counts per (group, pattern).
+
+    Rows with equal grouping labels and equal predictor values carry the same linear predictor,
+    so one ``GROUP BY`` over those columns sums them exactly: binomial successes and trials
+    (bernoulli rows become binomial rows with their number as the trials), poisson counts and
+    exposures (Σ exp(offset): the offset becomes ``offset(log(pw_exposure))``).  The likelihood
+    of the merged rows equals the rows' likelihood up to a constant, so the posterior is the
+    same; the default priors and group sizes are computed as for the rows they stand for.  With
+    discrete predictors the merged table is small whatever the number of rows.  The checks of
+    the outcome's support and of missing values run in the same query, naming the rows.
+
+    Returns
+    -------
+    The bound spec of the merged rows (its formula names the columns ``pw_y`` and
+    ``pw_trials``/``pw_exposure``) and a note saying how many rows became how many patterns.
+
+    Raises
+    ------
+    DataError, FormulaError
+        As :meth:`poolwise.spec.ModelSpec.bind` for the rows.
+    SpecError
+        For another family (:func:`count_reason`).
+    """
+    why = count_reason(spec)
+    if why is not None:
+        raise SpecError(f"The rows of this model cannot be merged into counts: {why}.", option="family")
+    check_formula_columns(spec, src.columns)
+    fam, q_ = spec.fam, src.quote
+    group_cols = sorted({c for t in spec.group_terms for c in t.factor_columns})
+    common_wo, offset_terms = _strip_offsets(spec.common)
+    used = " ".join([common_wo] + [e for t in spec.group_terms for e in t.exprs])
+    offset_only = [v for v in spec.variables if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])",
+                                                        " ".join(offset_terms))
+                   and not re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", used)]
+    merge_exposure = fam.name == "poisson"
+    skip = {spec.outcome, spec.trials, *group_cols}
+    pattern = [v for v in spec.variables if v not in skip and not (merge_exposure and v in offset_only)]
+    for v in [spec.outcome] + ([spec.trials] if spec.trials else []):
+        if src.kinds[v] not in ("number", "boolean"):
+            raise DataError(f"Column '{v}' must be numeric but has {src.kinds[v]} values.",
+                            hint="Convert it to numbers or pick another column.", column=v)
+    y, n_ = _num(src, spec.outcome), (_num(src, spec.trials) if spec.trials else None)
+    conds: list[tuple[str, str, str]] = []  # (column, condition, message tail)
+    for v in [spec.outcome] + ([spec.trials] if spec.trials else []) + [c for c in pattern if src.kinds[c] != "text"]:
+        conds.append((v, f"({_num(src, v)} IS NULL OR isnan({_num(src, v)}))", "missing value"))
+    for v in [spec.outcome] + [c for c in pattern if src.kinds[c] != "text"]:
+        conds.append((v, f"(abs({_num(src, v)}) = {_inf()})", "infinite value"))
+    for v in [c for c in pattern if src.kinds[c] == "text"]:
+        conds.append((v, f"{q_(v)} IS NULL", "missing value"))
+    for c in group_cols:
+        blank = f" OR trim(CAST({q_(c)} AS {'STRING' if src.dialect == 'spark' else 'VARCHAR'})) = ''"
+        conds.append((c, f"({q_(c)} IS NULL{blank if src.kinds[c] == 'text' else ''})", "missing label"))
+    whole = f"{y} <> FLOOR({y})"
+    if fam.name == "bernoulli":
+        conds.append((spec.outcome, f"({y} <> 0 AND {y} <> 1)", "must be 0 or 1"))
+    elif fam.name == "poisson":
+        conds.append((spec.outcome, f"({y} < 0)", "must be non-negative"))
+        conds.append((spec.outcome, f"({whole})", "must hold whole numbers"))
+    else:
+        assert n_ is not None
+        conds.append((str(spec.trials), f"({n_} < 1 OR {n_} <> FLOOR({n_}))", "must be whole numbers >= 1"))
+        conds.append((spec.outcome, f"({y} < 0 OR {whole})", "must be whole numbers >= 0"))
+        conds.append((spec.outcome, f"({y} > {n_})", f"must not exceed trials ({spec.trials})"))
+    exposure = None
+    if merge_exposure:
+        if offset_terms:
+            predictors = [v for v in spec.variables if v not in skip]
+            levels = {v: _levels(src, v) for v in predictors if src.kinds[v] == "text"}
+            frame = _skeleton(spec, src, levels, predictors)
+            frame[spec.outcome] = np.arange(len(frame), dtype=float)
+            design = _design(f"{spec.outcome} ~ {' + '.join(offset_terms)}", frame, f"formula {spec.formula}")
+            offs = [s_ for name, s_ in sql_columns(design.common.terms, spec.formula, src.dialect)
+                    if name.startswith("offset(")]
+            total = f"({' + '.join(f'({o})' for o in offs)})"
+            exposure = f"EXP({total})"
+            conds.append(("offset", _bad_number(total), "non-finite offset"))
+        else:
+            exposure = "1.0"
+    keys = [q_(c) for c in group_cols + pattern]
+    aggs = [f"SUM({y}) AS pw_y", "COUNT(*) AS pw_rows"]
+    if fam.name != "poisson":
+        aggs.append(f"SUM({n_}) AS pw_trials" if n_ is not None else "COUNT(*) AS pw_trials")
+    if exposure is not None:
+        aggs.append(f"SUM({exposure}) AS pw_exposure")
+    aggs += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS pw_bad{i}" for i, (_, c, _) in enumerate(conds)]
+    sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)}"
+    frame = src.query(sql)
+    n_rows = int(frame["pw_rows"].sum()) if len(frame) else 0
+    if n_rows == 0:
+        raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
+    for i, (column, cond, what) in enumerate(conds):
+        count = int(pd.to_numeric(frame[f"pw_bad{i}"]).fillna(0).sum())
+        if count:
+            rows = _bad_rows(src, cond)
+            plural = "s" if count != 1 else ""
+            if what.endswith(("value", "label")):
+                hint = ("Remove or cap them before fitting." if what.startswith("infinite") else
+                        "Drop those rows or give them a label." if what.endswith("label") else
+                        "Drop or impute them before fitting.")
+                where = f"Grouping column '{column}'" if what.endswith("label") else f"Column '{column}'"
+                raise DataError(f"{where} has {count} {what}{plural} ({format_rows(rows)}).", hint=hint,
+                                column=column, rows=rows)
+            if column == "offset":
+                raise DataError(f"The offset is not finite on {count} row{plural} ({format_rows(rows)}).",
+                                hint="An offset such as log(exposure) needs exposure > 0.", rows=rows)
+            raise DataError(f"Column '{column}' {what} for the {fam.name} family on {count} row{plural} "
+                            f"({format_rows(rows)}).", hint="Check the outcome (and trials) columns.", column=column,
+                            rows=rows)
+    frame = frame.drop(columns=[f"pw_bad{i}" for i in range(len(conds))])
+    rhs_terms = spec.rhs
+    if merge_exposure:
+        rhs_wo, _ = _strip_offsets(spec.rhs)
+        rhs_terms = f"{rhs_wo} + offset(log(pw_exposure))"
+        lhs = "pw_y"
+        family = "poisson"
+    else:
+        lhs = "pw_y | trials(pw_trials)"
+        family = "binomial"
+    merged = spec.replace(formula=f"{lhs} ~ {rhs_terms}", family=family)
+    bound = merged.bind(_data.read_table(frame), frequency="pw_rows")
+    note = (f"{n_rows:,} rows merged inside {src.engine} ({src.source}) into {len(frame):,} rows of counts per group "
+            f"and covariate pattern ({spec.formula} fitted as {merged.formula}, family {family}: the same "
+            "posterior); PSIS-LOO and predictions of responses are per merged row.")
+    return bound, note

@@ -142,15 +142,19 @@ class ModelSpec:
         return len(self.group_terms) == 1 and self.group_terms[0].exprs == ("Intercept",)
 
     # -- data -------------------------------------------------------------------------------
-    def bind(self, table: _data.Table) -> BoundSpec:
+    def bind(self, table: _data.Table, *, frequency: str | None = None) -> BoundSpec:
         """Validate ``table`` for this model and derive the data-dependent state.
+
+        ``frequency`` names a column of row counts when each row stands for several (a table of
+        counts per group and covariate pattern, :func:`poolwise.reduce.bind_counts`): the
+        data-scaled default priors and the group sizes are then those of the original rows.
 
         Raises
         ------
         DataError, FormulaError, PriorError
             For bad data, a formula naming unknown columns, or priors for unknown parameters.
         """
-        return _bind(self, table)
+        return _bind(self, table, frequency)
 
 
 @dataclass(frozen=True)
@@ -425,7 +429,7 @@ def check_formula_columns(spec: ModelSpec, cols: list[str]) -> None:
         )
 
 
-def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
+def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> BoundSpec:
     from formulae import design_matrices
 
     f = spec.formula
@@ -478,7 +482,19 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
         scale = float(np.std(y)) if fam.identity else 1.0
     if not scale > 0:
         scale = float(max(abs(np.mean(y)), 1.0))
-    center = float(np.mean(y)) if fam.identity else _link_center(fam, y, trials)
+    # rows of a table of counts per (group, covariate pattern) stand for `freq` rows each: the
+    # data-scaled defaults and the group sizes are those of the rows they stand for
+    freq = None if frequency is None else np.asarray(frame[frequency], dtype=float)
+    if freq is not None and not fam.identity:
+        center = (_link_center(fam, y, trials) if fam.link == "logit"
+                  else float(math.log(max(float(y.sum() / freq.sum()), 0.01))))
+    else:
+        center = float(np.mean(y)) if fam.identity else _link_center(fam, y, trials)
+
+    def mean_sd(v: np.ndarray) -> tuple[float, float]:
+        m = float(np.average(v, weights=freq))
+        return m, float(math.sqrt(max(float(np.average((v - m) ** 2, weights=freq)), 0.0)))
+
     # group blocks
     blocks_raw = []
     for term in spec.group_terms:
@@ -487,10 +503,11 @@ def _bind(spec: ModelSpec, table: _data.Table) -> BoundSpec:
         levels = [str(c) for c in labels.categories]
         Z = _term_columns(term, frame, design, coef_names, X, f)
         _check_slopes(term, Z, group, len(levels))
-        z_sd = np.array([float(Z[:, k].std()) for k in range(term.q)])
-        blocks_raw.append(RawBlock(term, Z, group, levels, z_sd))
-    x_means = {c: float(X[:, i].mean()) for i, c in enumerate(coef_names) if c != "Intercept"}
-    x_sds = {c: float(X[:, i].std()) for i, c in enumerate(coef_names) if c != "Intercept"}
+        z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
+        counts = None if freq is None else np.bincount(group, weights=freq, minlength=len(levels)).astype(np.int64)
+        blocks_raw.append(RawBlock(term, Z, group, levels, z_sd, counts=counts))
+    x_means = {c: mean_sd(X[:, i])[0] for i, c in enumerate(coef_names) if c != "Intercept"}
+    x_sds = {c: mean_sd(X[:, i])[1] for i, c in enumerate(coef_names) if c != "Intercept"}
     return bind_parts(spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
                       blocks=blocks_raw, center=center, scale=scale, x_means=x_means, x_sds=x_sds, design=design)
 
