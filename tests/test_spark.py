@@ -28,7 +28,8 @@ from poolwise.errors import DataError, PoolwiseError
 from poolwise.reduce import bind_source, bound_block_stats, reduce
 from poolwise.spec import ModelSpec
 
-pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+              pytest.mark.xdist_group("spark")]  # one session, on one worker, under --dist loadgroup
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[test]')")
 if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
