@@ -33,7 +33,7 @@ demo: $(STAMP_BASE)
 
 test: $(STAMP_TEST)
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium could not be installed: the browser test will be skipped"
-	$(PY) -m pytest -n $(JOBS) -q -m "not validate" tests
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q -m "not validate" tests
 
 validate: $(STAMP_TEST)
 	$(PY) -m pytest -n $(JOBS) -q -m validate tests

@@ -32,7 +32,7 @@ __all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
 #: bytes the stored group values (draws × groups) may take; past it they are kept for fewer draws
-GROUP_BUDGET = 2**30
+GROUP_BUDGET = 256 * 2**20
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -95,7 +95,7 @@ def fit(
         Bytes the group values (chains × draws × groups) may take (exact and empirical paths of
         the varying-intercept model); past it they are kept for an evenly thinned subset of the
         draws, and every draw of the coefficients and hyperparameters is kept (see
-        :attr:`Fit.value_draws`).  For 10⁶ groups the default 1 GiB keeps 33 draws per chain.
+        :attr:`Fit.value_draws`).  For 10⁶ groups the default 256 MiB keeps 8 draws per chain.
     engine
         ``"duckdb"`` (default for paths) or ``"spark"`` (a path read by ``spark``, the
         SparkSession, or the active one).

@@ -454,68 +454,67 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     y_at = len(base)
     base.append(y_sql)
     one_at = base.index("1.0") if "1.0" in base else None
-    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base)]
-    inner += [f"{w_sql} AS w", f"{y_raw} AS yraw"]
+    weighted = w_sql != "1.0"
+    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base) if i != one_at]
+    if weighted:
+        inner.append(f"{w_sql} AS w")
+    inner.append(f"{y_raw} AS yraw" if y_raw != y_sql else f"c{y_at} AS yraw")
     keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
-    aggs: dict[str, str] = {"n": "COUNT(*)"}
+    aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
+    by_expr: dict[str, str] = {}  # aggregate → alias: every distinct aggregate is computed once
 
-    def prod(i: int, j: int) -> str:
-        parts = [f"c{k}" for k in (i, j) if k != one_at]
-        return "w" + "".join(f" * {t}" for t in parts)
+    def agg(expr: str) -> str:
+        if expr not in by_expr:
+            alias = f"s{len(by_expr)}"
+            by_expr[expr] = alias
+            aggs[alias] = expr
+        return by_expr[expr]
 
-    pairs: dict[tuple[int, int], str] = {}
-
-    def need(i: int, j: int) -> str:
-        i, j = min(i, j), max(i, j)
-        key = (i, j) if one_at is None else tuple(sorted((i if i != one_at else -1, j if j != one_at else -1)))
-        if key not in pairs:
-            alias = f"s{len(pairs)}"
-            pairs[key] = alias  # type: ignore[index]
-            aggs[alias] = f"SUM({prod(i, j)})"
-        return pairs[key]  # type: ignore[index]
+    def wsum(*cols: int, w: bool = True) -> str:
+        """SUM of w (when weighted) times the given base columns (the intercept's ones dropped)."""
+        parts = sorted(f"c{k}" for k in cols if k != one_at)
+        if w and weighted:
+            parts = ["w"] + parts
+        return agg(f"SUM({' * '.join(parts) if parts else '1.0'})") if parts else agg("COUNT(*)")
 
     per_x_pairs = p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS
-    ZZ = [[need(z_idx[a], z_idx[b]) for b in range(q)] for a in range(q)]
-    ZX = [[need(z_idx[a], k) for k in range(p)] for a in range(q)]
-    Zy = [need(z_idx[a], y_at) for a in range(q)]
-    yy = need(y_at, y_at)
-    aggs["sw"] = "SUM(w)"
-    XX = [[need(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
-    Xy = [need(k, y_at) for k in range(p)]
-    Xw = [f"SUM(w * c{k})" if k != one_at else "SUM(w)" for k in range(p)]
-    for k, e in enumerate(Xw):
-        aggs[f"xw{k}"] = e
-    # unweighted moments for the data-scaled priors (and the slopes' within-group check)
-    aggs["y1"], aggs["y2"] = "SUM(yraw)", "SUM(yraw * yraw)"
-    for k in range(p):
-        aggs[f"x1_{k}"], aggs[f"x2_{k}"] = f"SUM(c{k})", f"SUM(c{k} * c{k})"
-    for a in range(q):
-        i = z_idx[a]
-        aggs[f"z1_{a}"], aggs[f"z2_{a}"] = f"SUM(c{i})", f"SUM(c{i} * c{i})"
-        aggs[f"zw_{a}"] = f"SUM(w * c{i})" if i != one_at else "SUM(w)"
+    ZZ = [[wsum(z_idx[a], z_idx[b]) for b in range(q)] for a in range(q)]
+    ZX = [[wsum(z_idx[a], k) for k in range(p)] for a in range(q)]
+    Zy = [wsum(z_idx[a], y_at) for a in range(q)]
+    yy = wsum(y_at, y_at)
+    sw = wsum()
+    XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
+    Xy = [wsum(k, y_at) for k in range(p)]
+    # unweighted moments for the data-scaled priors (the same sums when there are no weights)
+    y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
+    x1 = [wsum(k, w=False) for k in range(p)]
+    x2 = [wsum(k, k, w=False) for k in range(p)]
+    z1 = [wsum(z_idx[a], w=False) for a in range(q)]
+    z2 = [wsum(z_idx[a], z_idx[a], w=False) for a in range(q)]
+    zw = [wsum(z_idx[a]) for a in range(q)]
+    lw = se2 = None
     if spec.se:
-        aggs["lw"], aggs["se2"] = "SUM(LN(w))", f"SUM({_div(src, '1.0', 'w')})"
-    # validation, in the same pass
-    checks: list[tuple[str, str, str, str]] = []  # (alias, column, condition on the raw rows, what)
+        lw, se2 = agg("SUM(LN(w))"), agg(f"SUM({_div(src, '1.0', 'w')})")
+    # cheap signs of bad input in the same pass: non-missing counts, the sums' finiteness, MIN(se);
+    # only when one shows does a second query find the column, the rows and the kind of fault
     numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
                                  + ([spec.se] if spec.se else [])))
-    for name in numbers:  # in the in-memory path's order: every missing value first, then infinite ones
-        checks.append((f"bad{len(checks)}", name, f"({_num(src, name)} IS NULL OR isnan({_num(src, name)}))",
-                       "missing"))
-    for name in numbers:
-        checks.append((f"bad{len(checks)}", name, f"(abs({_num(src, name)}) = {_inf()})", "infinite"))
-    for v in categorical:
-        checks.append((f"bad{len(checks)}", v, f"{src.quote(v)} IS NULL", "missing"))
-    if spec.se:
-        checks.append((f"bad{len(checks)}", spec.se, f"{_num(src, spec.se)} <= 0", "positive"))
-    for alias, _, cond, _ in checks:  # flagged on the raw columns in the inner select, counted outside
-        inner.append(f"({cond}) AS b_{alias}")
-        aggs[alias] = f"SUM(CASE WHEN b_{alias} THEN 1 ELSE 0 END)"
-    for i in range(len(base)):
-        aggs[f"nf{i}"] = f"SUM(CASE WHEN {_bad_number(f'c{i}')} THEN 1 ELSE 0 END)"
+    present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical}
+    raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in base}
+    design_counts = [agg(f"COUNT(c{i})") for i in range(len(base)) if i != one_at]
+    se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
     key_names = [f"k{i}" for i in range(len(group_cols))]
+    raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
+    for i, v in enumerate(raw_sums):
+        aggs[raw_sums[v]] = f"SUM(r_{i})"
+    if spec.se:
+        aggs[se_min] = "MIN(r_se)"  # type: ignore[index]
+        raw_cols.append(f"{_num(src, spec.se)} AS r_se")
+    for v in numbers + categorical:
+        raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
+        aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
     sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
-           f"FROM (SELECT {', '.join(keys + inner)} FROM {{rows}}) AS t "
+           f"FROM (SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t "
            f"GROUP BY {', '.join(key_names)} ORDER BY {', '.join(key_names)}")
     got = src.query_arrays(sql)
     J = int(got["n"].shape[0])
@@ -523,26 +522,12 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     N = int(n.sum())
     if N == 0:
         raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
-    # validation: the first failure raises, in the in-memory path's order
-    for alias, column, cond, what in checks:
-        count = int(np.nansum(got[alias].astype(float)))
-        if count:
-            rows = _bad_rows(src, cond)
-            if what == "positive":
-                raise DataError(f"Column '{column}' must be positive but has {count} value{'s' if count != 1 else ''} "
-                                f"<= 0 ({format_rows(rows)}).", hint="Drop those rows or correct the values; they must "
-                                "be greater than 0.", column=column, rows=rows)
-            hint = "Drop or impute them before fitting." if what == "missing" else "Remove or cap them before fitting."
-            raise DataError(f"Column '{column}' has {count} {what} value{'s' if count != 1 else ''} "
-                            f"({format_rows(rows)}).", hint=hint, column=column, rows=rows)
-    for i in range(len(base)):
-        count = int(np.nansum(got[f"nf{i}"].astype(float)))
-        if count:
-            name = (coef_names[i] if i < p else f"the group term column {base[i]}" if i != y_at else
-                    "the outcome less the offset")
-            raise DataError(f"The design column {name} is not finite on {count} row{'s' if count != 1 else ''}.",
-                            hint="A transform such as log(x) needs x > 0; an offset such as log(exposure) needs "
-                                 "exposure > 0.")
+    suspect = any(float(np.asarray(got[a], dtype=float).sum()) < N for a in list(present.values()) + design_counts)
+    suspect = suspect or any(not np.all(np.isfinite(np.asarray(got[a], dtype=float))) for a in aggs if a != "n")
+    if se_min is not None:
+        suspect = suspect or not float(np.nanmin(np.asarray(got[se_min], dtype=float))) > 0
+    if suspect:
+        _diagnose(spec, src, base, coef_names, p, y_at, one_at, numbers, categorical)
     grouped = _group_labels(src, group_cols, got, key_names)
     if grouped is None:
         missing = int(n[_null_keys(got, key_names)].sum())
@@ -587,37 +572,37 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
         XtWX = _totals_xx(src, base[:p], w_sql, one_at, p)
     XtWy = np.array([total(a) for a in Xy])
     yWy = total(yy)
-    sum_log_w = total("lw") if spec.se else 0.0
+    sum_log_w = total(lw) if lw is not None else 0.0
     block = BlockStats(n=n, ZtWZ=ZtWZ, ZtWX=ZtWX, ZtWy=ZtWy, XtWX=XtWX, XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w,
                        n_obs=N)
     simple = None
     if term.exprs == ("Intercept",):
-        simple = Reduced(n=n, a=col("sw"), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=col(yy), XtWX=XtWX, XtWy=XtWy, yWy=yWy,
+        simple = Reduced(n=n, a=col(sw), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=col(yy), XtWX=XtWX, XtWy=XtWy, yWy=yWy,
                          sum_log_w=sum_log_w, n_obs=N)
-    x_mean = np.array([total(f"x1_{k}") / N for k in range(p)])
-    x_var = np.array([max(total(f"x2_{k}") / N - x_mean[k] ** 2, 0.0) for k in range(p)])
+    x_mean = np.array([total(x1[k]) / N for k in range(p)])
+    x_var = np.array([max(total(x2[k]) / N - x_mean[k] ** 2, 0.0) for k in range(p)])
     _check_columns_from_sums(coef_names, x_mean, x_var, XtWX)
     for a, e in enumerate(term.exprs):
         if e == "Intercept":
             continue
-        swz, swzz, wsum = col(f"zw_{a}"), ZtWZ[:, a, a], col("sw")
+        swz, swzz, wtot = col(zw[a]), ZtWZ[:, a, a], col(sw)
         with np.errstate(all="ignore"):
-            within = swzz / wsum - (swz / wsum) ** 2
-        scale_z = max(float(np.nanmax(np.abs(swzz / wsum))), 1e-300)
+            within = swzz / wtot - (swz / wtot) ** 2
+        scale_z = max(float(np.nanmax(np.abs(swzz / wtot))), 1e-300)
         if np.all(within <= 1e-12 * scale_z):
             raise DataError(
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
-    y_mean = total("y1") / N
-    y_var = max(total("y2") / N - y_mean**2, 0.0)
+    y_mean = total(y1) / N
+    y_var = max(total(y2) / N - y_mean**2, 0.0)
     if spec.se:
-        scale = math.sqrt(y_var + total("se2") / N)
+        scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
     else:
         scale = math.sqrt(y_var)
     if not scale > 0:
         scale = float(max(abs(y_mean), 1.0))
-    z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(f"z2_{a}") / N - (total(f"z1_{a}") / N) ** 2,
+    z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(z2[a]) / N - (total(z1[a]) / N) ** 2,
                                                                   0.0)) for a in range(q)])
     x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
@@ -628,6 +613,52 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     return bind_parts(spec, y=np.zeros(0), X=np.zeros((0, p)), coef_names=coef_names, weights=np.zeros(0),
                       offset=np.zeros(0), trials=None, blocks=[raw], center=y_mean, scale=scale, x_means=x_means,
                       x_sds=x_sds, design=design, reduced=reduction)
+
+
+def _diagnose(spec: ModelSpec, src: _data.Source, base: list[str], coef_names: list[str], p: int, y_at: int,
+              one_at: int | None, numbers: list[str], categorical: list[str]) -> None:
+    """Find what made the main query's sums or counts wrong, and raise its error (a second scan).
+
+    The checks run in the in-memory path's order: missing values of each column, then infinite
+    ones, missing categorical values, non-positive standard errors, then non-finite design
+    columns (a transform outside its domain); the first that fails raises, naming the rows.
+    """
+    checks: list[tuple[str, str, str]] = []  # (column, condition on the raw rows, what)
+    for name in numbers:
+        checks.append((name, f"({_num(src, name)} IS NULL OR isnan({_num(src, name)}))", "missing"))
+    for name in numbers:
+        checks.append((name, f"(abs({_num(src, name)}) = {_inf()})", "infinite"))
+    for v in categorical:
+        checks.append((v, f"{src.quote(v)} IS NULL", "missing"))
+    if spec.se:
+        checks.append((spec.se, f"{_num(src, spec.se)} <= 0", "positive"))
+    for i, expr in enumerate(base):
+        if i != one_at:
+            checks.append((str(i), _bad_number(f"({expr})"), "design"))
+    sums = ", ".join(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END) AS b{i}" for i, (_, cond, _) in enumerate(checks))
+    got = src.query_arrays(f"SELECT {sums} FROM {{rows}}")
+    for i, (column, cond, what) in enumerate(checks):
+        count = int(np.nansum(np.asarray(got[f"b{i}"], dtype=float)))
+        if not count:
+            continue
+        rows = _bad_rows(src, cond)
+        plural = "s" if count != 1 else ""
+        if what == "positive":
+            raise DataError(f"Column '{column}' must be positive but has {count} value{plural} <= 0 "
+                            f"({format_rows(rows)}).", hint="Drop those rows or correct the values; they must be "
+                            "greater than 0.", column=column, rows=rows)
+        if what == "design":
+            k = int(column)
+            name = coef_names[k] if k < p else ("the outcome less the offset" if k == y_at else
+                                                f"the group term column {base[k]}")
+            raise DataError(f"The design column {name} is not finite on {count} row{plural} ({format_rows(rows)}).",
+                            hint="A transform such as log(x) needs x > 0; an offset such as log(exposure) needs "
+                                 "exposure > 0.", rows=rows)
+        hint = "Drop or impute them before fitting." if what == "missing" else "Remove or cap them before fitting."
+        raise DataError(f"Column '{column}' has {count} {what} value{plural} ({format_rows(rows)}).", hint=hint,
+                        column=column, rows=rows)
+    raise DataError("The sums over the rows are not finite, though every value is.",
+                    hint="Rescale columns of very large magnitude before fitting.")
 
 
 def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
@@ -818,7 +849,7 @@ def bind_counts(spec: ModelSpec, src: _data.Source) -> tuple[BoundSpec, str]:
     if exposure is not None:
         aggs.append(f"SUM({exposure}) AS pw_exposure")
     aggs += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS pw_bad{i}" for i, (_, c, _) in enumerate(conds)]
-    sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)}"
+    sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     frame = src.query(sql)
     n_rows = int(frame["pw_rows"].sum()) if len(frame) else 0
     if n_rows == 0:
