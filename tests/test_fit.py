@@ -168,10 +168,11 @@ def test_group_values_are_thinned_past_the_group_budget(tmp_path: Path) -> None:
     np.testing.assert_array_equal(thin.draws.beta, full.draws.beta)  # hyperparameters and β: every draw
     np.testing.assert_array_equal(thin.param("sd(Intercept|g)"), full.param("sd(Intercept|g)"))
     pd.testing.assert_frame_equal(thin.pooling_factors(), full.pooling_factors())
-    a, b = full.group_estimates(), thin.group_estimates()
-    se = a["sd"] * np.sqrt(1 / 1600 + 1 / 240)  # the two means' Monte Carlo error (near-independent draws)
+    a, b = full.group_estimates(), thin.group_estimates()  # draws; Rao-Blackwellized moments
+    se = a["sd"] / np.sqrt(1600)  # the Monte Carlo error of the draws' means (near-independent draws)
     assert float(((a["mean"] - b["mean"]).abs() / se).max()) < 5.0
-    assert float((b["sd"] / a["sd"]).sub(1).abs().max()) < 0.35
+    assert float((b["sd"] / a["sd"]).sub(1).abs().max()) < 5 * np.sqrt(1 / (2 * 1600)) * 1.5  # SD's MC error
+    np.testing.assert_allclose(b["hi"] - b["mean"], 1.959964 * b["sd"], rtol=1e-6)
     s = thin.summary()
     assert "1|g[g000]" in s.index and "sigma" in s.index
     assert any("kept for 60 of 400 draws" in note for note in thin.notes())
@@ -179,3 +180,25 @@ def test_group_values_are_thinned_past_the_group_budget(tmp_path: Path) -> None:
     thin.to_netcdf(tmp_path / "thin.nc")
     back = az.from_netcdf(tmp_path / "thin.nc")
     assert "group_values" in back.groups() and back["group_values"]["1|g"].shape == (4, 60, J)
+
+
+def test_group_moments_equal_the_per_draw_average() -> None:
+    """Rao-Blackwellized moments by size classes equal the direct average over draws and groups."""
+    from poolwise.infer.exact import group_moments
+    from poolwise.reduce import reduce_arrays
+
+    rng = np.random.default_rng(9)
+    n, J, D = 400, 30, 50
+    g = rng.integers(0, J, n)
+    X = np.c_[np.ones(n), rng.normal(size=n)]
+    y = X @ np.array([1.0, 0.3]) + rng.normal(0, 0.5, J)[g] + rng.normal(size=n)
+    red = reduce_arrays(y, X, np.ones(n), g, J)
+    sigma, tau = rng.uniform(0.8, 1.2, D), rng.uniform(0.3, 0.7, D)
+    beta = rng.normal([1.0, 0.3], 0.1, size=(D, 2))
+    mean, sd = group_moments(red, sigma, tau, beta, 0)
+    rho = tau**2 / sigma**2
+    k = rho[:, None] / (1 + red.a[None, :] * rho[:, None])  # (D, J)
+    m = beta[:, :1] + k * (red.sy[None, :] - beta @ red.u.T)
+    v = sigma[:, None] ** 2 * k
+    np.testing.assert_allclose(mean, m.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(sd, np.sqrt(v.mean(0) + m.var(0)), rtol=1e-10)

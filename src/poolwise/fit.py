@@ -645,8 +645,9 @@ class Fit:
         vd = self.value_draws
         if vd is not None:
             out.append(f"Group values kept for {vd.size} of {self.draws.n_draws} draws per chain (draws × groups pass "
-                       "the group_budget); coefficients and hyperparameters keep every draw, group-level results use "
-                       "the kept draws.")
+                       "the group_budget); coefficients and hyperparameters keep every draw; group_estimates() gives "
+                       "each group's mean and SD from every draw (Rao-Blackwellized) with a normal interval, other "
+                       "group-level results use the kept draws.")
         r = self.bound.reduced
         if r is not None:
             out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {self.bound.n_groups:,} rows of "
@@ -798,6 +799,17 @@ class Fit:
         Intercept + b_j): n, mean, sd and central interval."""
         i, k = self._resolve_term(term)
         block = self.bound.blocks[i]
+        gm = self.draws.group_moments
+        if gm is not None and i == 0 and k == 0:
+            # few group draws kept (see value_draws): the exact mean and SD from every draw, and the
+            # normal interval they give (the conditional posteriors are normal; with enough groups
+            # to need thinning, the hyperparameters hardly vary between draws)
+            from scipy.stats import norm
+
+            z = float(norm.ppf((1 + prob) / 2))
+            mean, sd = gm
+            return pd.DataFrame({"n": block.sizes(), "mean": mean, "sd": sd, "lo": mean - z * sd, "hi": mean + z * sd},
+                                index=pd.Index(block.levels, name=block.factor))
         gi = self._group_coefficient(i, k).reshape(-1, block.n_groups)
         lo, hi = np.quantile(gi, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         return pd.DataFrame({"n": block.sizes(), "mean": gi.mean(axis=0), "sd": gi.std(axis=0), "lo": lo,
