@@ -250,6 +250,7 @@ def _full_model(X: jax.Array, g: jax.Array, J: int, pr: dict[str, Any], y: jax.A
     numpyro.sample("y", dist.Normal(mu, sigma), obs=y)
 
 
+@pytest.mark.validate  # full-model NUTS, 85 s; make test keeps poolwise's exact-vs-nuts on sleepstudy
 def test_sleepstudy_matches_full_nuts() -> None:
     s = _sleep()
     kernel = NUTS(_full_model, target_accept_prob=0.95, init_strategy=init_to_median)
