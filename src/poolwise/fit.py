@@ -201,6 +201,7 @@ class Fit:
         if len(self.block_draws) != len(bound.blocks):
             raise SpecError(f"The draws hold {len(self.block_draws)} group blocks but the model has "
                             f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
+        self._moments: tuple[np.ndarray, np.ndarray] | None = None
         self.idata = _to_inference_data(self)
 
     # -- basic facts -------------------------------------------------------------------------
@@ -799,8 +800,8 @@ class Fit:
         Intercept + b_j): n, mean, sd and central interval."""
         i, k = self._resolve_term(term)
         block = self.bound.blocks[i]
-        gm = self.draws.group_moments
-        if gm is not None and i == 0 and k == 0:
+        gm = self._group_moments() if i == 0 and k == 0 else None
+        if gm is not None:
             # few group draws kept (see value_draws): the exact mean and SD from every draw, and the
             # normal interval they give (the conditional posteriors are normal; with enough groups
             # to need thinning, the hyperparameters hardly vary between draws)
@@ -814,6 +815,24 @@ class Fit:
         lo, hi = np.quantile(gi, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         return pd.DataFrame({"n": block.sizes(), "mean": gi.mean(axis=0), "sd": gi.std(axis=0), "lo": lo,
                              "hi": hi}, index=pd.Index(block.levels, name=block.factor))
+
+    def _group_moments(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """With thinned group values of the gaussian varying-intercept model (exact or empirical):
+        each group's intercept's posterior mean and SD, Rao–Blackwellized over every draw
+        (:func:`poolwise.infer.exact.group_moments`), computed once on demand; else ``None``."""
+        b, d = self.bound, self.draws
+        if (self.value_draws is None or not b.simple or not self.spec.fam.exact
+                or self.method not in ("exact", "empirical")):
+            return None
+        if self._moments is None:
+            from .infer.exact import group_moments
+
+            S = self.n_samples
+            sigma = d.sigma.reshape(S) if d.sigma is not None else np.ones(S)
+            tau = d.tau.reshape(S) if d.tau is not None else np.full(S, float(b.tau or 0.0))
+            icpt = b.coef_names.index("Intercept") if "Intercept" in b.coef_names else None
+            self._moments = group_moments(_reduce.reduce(b), sigma, tau, d.beta.reshape(S, -1), icpt)
+        return self._moments
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(
@@ -1036,7 +1055,7 @@ def _to_inference_data(f: Fit) -> Any:
         posterior["sigma"] = d.sigma
     for name, arr in d.aux.items():
         posterior[name] = arr
-    coords: dict[str, Any] = {"obs": np.arange(b.n_obs)}
+    coords: dict[str, Any] = {"obs": np.arange(b.n_obs)} if b.has_rows else {}
     dims: dict[str, list[str]] = {}
     thinned: dict[str, tuple[np.ndarray, str, np.ndarray, np.ndarray]] = {}
     for block, bd in zip(b.blocks, f.block_draws):
@@ -1058,10 +1077,8 @@ def _to_inference_data(f: Fit) -> Any:
                 posterior[name] = bd.values[..., k]
                 dims[name] = [block.factor]
     observed = {b.spec.outcome: b.y} if b.has_rows else None
-    if b.has_rows:
+    if b.has_rows:  # (reduced in the query: no row arrays, so no observed data nor an 'obs' coordinate)
         dims[b.spec.outcome] = ["obs"]
-    else:  # reduced in the query: no row arrays, so no observed data nor an 'obs' coordinate
-        del coords["obs"]
     kwargs: dict[str, Any] = {}
     if f.eager_pointwise:
         ll, pp = f._pointwise(seed=0)

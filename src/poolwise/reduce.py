@@ -458,7 +458,8 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base) if i != one_at]
     if weighted:
         inner.append(f"{w_sql} AS w")
-    inner.append(f"{y_raw} AS yraw" if y_raw != y_sql else f"c{y_at} AS yraw")
+    if y_raw != y_sql:
+        inner.append(f"{y_raw} AS yraw")
     keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
     aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
     by_expr: dict[str, str] = {}  # aggregate → alias: every distinct aggregate is computed once
@@ -486,7 +487,10 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
     Xy = [wsum(k, y_at) for k in range(p)]
     # unweighted moments for the data-scaled priors (the same sums when there are no weights)
-    y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
+    if y_raw == y_sql:  # no offset: the outcome is the design's last column
+        y1, y2 = wsum(y_at, w=False), wsum(y_at, y_at, w=False)
+    else:
+        y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
     x1 = [wsum(k, w=False) for k in range(p)]
     x2 = [wsum(k, k, w=False) for k in range(p)]
     z1 = [wsum(z_idx[a], w=False) for a in range(q)]
@@ -499,7 +503,9 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     # only when one shows does a second query find the column, the rows and the kind of fault
     numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
                                  + ([spec.se] if spec.se else [])))
-    present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical}
+    plain = {_num(src, v): v for v in numbers}  # columns that are design columns as they are
+    covered = {plain[b] for b in base if b in plain}
+    present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical if v not in covered}
     raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in base}
     design_counts = [agg(f"COUNT(c{i})") for i in range(len(base)) if i != one_at]
     se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
@@ -510,7 +516,7 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
     if spec.se:
         aggs[se_min] = "MIN(r_se)"  # type: ignore[index]
         raw_cols.append(f"{_num(src, spec.se)} AS r_se")
-    for v in numbers + categorical:
+    for v in present:
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
         aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
     sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
@@ -536,8 +542,9 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
         raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
                         f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
     labels, order = grouped
-    got, n = {k: v[order] for k, v in got.items()}, n[order]  # the query's rows in the labels' order
-    blank = [i for i, lv in enumerate(labels) if not str(lv).strip()]
+    if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
+        got, n = {k: v[order] for k, v in got.items()}, n[order]
+    blank = [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
     if blank:
         rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
                                           else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in group_cols))
@@ -683,12 +690,26 @@ def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.nd
     for k in key_names:
         v = got[k]
         values = np.ma.getdata(v) if np.ma.isMaskedArray(v) else v
-        parts.append([_data._label(x) for x in values.tolist()])
+        parts.append(_labels_of(values))
     if len(parts) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):
         return parts[0], np.arange(len(parts[0]))
     labels = parts[0] if len(parts) == 1 else [":".join(t) for t in zip(*parts)]  # ordered as the strings sort
+    if all(a <= b for a, b in zip(labels, labels[1:])):  # the engine's order already (text keys, one column)
+        return labels, np.arange(len(labels))
     order = sorted(range(len(labels)), key=lambda i: labels[i])
     return [labels[i] for i in order], np.asarray(order, dtype=np.int64)
+
+
+def _labels_of(values: np.ndarray) -> list[str]:
+    """:func:`poolwise.data._label` of each key, vectorized where the kind allows."""
+    if values.dtype.kind in "iu":
+        return values.astype(str).tolist()  # integers: their decimal digits
+    if values.dtype.kind == "O":
+        out = values.tolist()
+        if all(type(x) is str for x in out):
+            return out
+        return [_data._label(x) for x in out]
+    return [_data._label(x) for x in values.tolist()]
 
 
 def _totals_xx(src: _data.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:

@@ -78,10 +78,6 @@ class Draws:
         varying intercept (then ``tau`` and ``b`` are ``None``).
     value_draws
         Per-chain draw indices of ``b`` when its draws were thinned to fit the memory budget.
-    group_moments
-        With thinned draws of the varying-intercept model: each group's intercept's posterior
-        mean and SD, (J,) each, Rao–Blackwellized over every draw
-        (:func:`poolwise.infer.exact.group_moments`).
     """
 
     beta: np.ndarray
@@ -94,7 +90,6 @@ class Draws:
     aux: dict[str, np.ndarray] = field(default_factory=dict)
     blocks: tuple[BlockDraws, ...] = ()
     value_draws: np.ndarray | None = None
-    group_moments: tuple[np.ndarray, np.ndarray] | None = None
 
     def block_draws(self) -> tuple[BlockDraws, ...]:
         """Draws per grouping factor; for the simple model built from ``tau`` and ``b``."""

@@ -420,10 +420,6 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
                                              with_groups=not pooled, sums=one.take(np.zeros(C * D, dtype=np.int64)),
                                              group_rows=None if keep is None else exact.flat_rows(C, D, keep))
         values = None if b is None else b.reshape(C, -1, red.n_groups, 1)
-        moments = None
-        if keep is not None and values is not None:
-            icpt = bound.coef_names.index("Intercept") if "Intercept" in bound.coef_names else None
-            moments = exact.group_moments(red, sig_d, np.full(C * D, tau), beta, icpt)
     else:
         beta_hat = _block_gls(stats, sigma, Lam)[0]
         with np.errstate(all="ignore"):
@@ -444,7 +440,7 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
     if bound.simple:
         return Draws(beta=beta, sigma=sigma_draws, tau=None if sd is None else np.full((C, D), float(sd[0])),
                      b=None if values is None else values[..., 0], method="empirical", info=info,
-                     value_draws=None if values is None else keep, group_moments=moments)
+                     value_draws=None if values is None else keep)
     sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
     corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
     return Draws(beta=beta, sigma=sigma_draws, tau=None, b=None, method="empirical", info=info,

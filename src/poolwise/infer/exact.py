@@ -585,10 +585,7 @@ def sample(
     if progress:
         progress("done", 1.0)
     meta["seconds"] = time.perf_counter() - t0
-    moments = None
-    if keep is not None and not pooled:  # few group draws kept: exact moments from every draw
-        icpt = bound.coef_names.index("Intercept") if "Intercept" in bound.coef_names else None
-        moments = group_moments(red, sigma.ravel(), tau.ravel(), beta, icpt)
+    if keep is not None and not pooled:
         meta["group_draws"] = int(keep.size)
     return Draws(
         beta=beta.reshape(chains, draws, -1),
@@ -599,7 +596,6 @@ def sample(
         method="exact",
         info=meta,
         value_draws=None if pooled else keep,
-        group_moments=moments,
     )
 
 
