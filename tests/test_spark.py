@@ -1,7 +1,7 @@
 """Sufficient statistics reduced inside Spark (local mode) against the same reduction in DuckDB.
 
 The reference is the DuckDB query over the same rows in Parquet (itself checked against the
-in-memory pass in test_reduce.py): Spark must give the same statistics to float round-off (sums
+in-memory pass in test_query.py): Spark must give the same statistics to float round-off (sums
 of the same products in another order), the same coefficient names, group levels, group sizes
 and data-scaled priors, so the same fits; bad input must fail with the same error class, column
 and rows.  One local SparkSession serves the whole module (it takes most of the module's time to
@@ -20,12 +20,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import test_bad_input
-from test_reduce import FIELDS, FORMULAS, _frame
+from test_query import FIELDS, FORMULAS, _frame
 
 import poolwise as pw
 from poolwise import data as D
 from poolwise.errors import DataError, PoolwiseError
-from poolwise.reduce import bind_source, bound_block_stats, reduce
+from poolwise.query import bind_source
+from poolwise.reduce import bound_block_stats, reduce
 from poolwise.spec import ModelSpec
 
 pytestmark = [pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),

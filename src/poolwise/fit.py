@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
+from . import query as _query
 from . import reduce as _reduce
 from .errors import DataError, SpecError, format_rows
 from .infer import BlockDraws, Draws, Progress, run
@@ -147,8 +148,8 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
 
     Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
     factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
-    (:func:`poolwise.reduce.bind_source`); bernoulli, binomial and poisson rows are merged into
-    counts per (group, covariate pattern) by one query (:func:`poolwise.reduce.bind_counts`);
+    (:func:`poolwise.query.bind_source`); bernoulli, binomial and poisson rows are merged into
+    counts per (group, covariate pattern) by one query (:func:`poolwise.query.bind_counts`);
     for other models only the needed columns are loaded.
 
     Returns
@@ -160,12 +161,12 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
     if engine is None and spark is None and not _data.is_scannable(data):
         return spec.bind(_data.read_table(data)), None
     src = _data.scan(data, engine=engine, spark=spark)
-    why = _reduce.query_reason(spec) or (None if method in ("exact", "empirical") else
+    why = _query.query_reason(spec) or (None if method in ("exact", "empirical") else
                                          f"method={method!r} works on the rows")
     if why is None:
-        return _reduce.bind_source(spec, src), None
-    if _reduce.count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
-        return _reduce.bind_counts(spec, src)
+        return _query.bind_source(spec, src), None
+    if _query.count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
+        return _query.bind_counts(spec, src)
     bound = spec.bind(src.load(spec.variables))
     note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
             f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")

@@ -146,7 +146,7 @@ class ModelSpec:
         """Validate ``table`` for this model and derive the data-dependent state.
 
         ``frequency`` names a column of row counts when each row stands for several (a table of
-        counts per group and covariate pattern, :func:`poolwise.reduce.bind_counts`): the
+        counts per group and covariate pattern, :func:`poolwise.query.bind_counts`): the
         data-scaled default priors and the group sizes are then those of the original rows.
 
         Raises
@@ -270,7 +270,7 @@ class BoundSpec:
     prior_source: dict[str, str]
     scale: float
     design: Any = field(repr=False, default=None)
-    #: for rows reduced inside their engine (:func:`poolwise.reduce.bind_source`): the statistics
+    #: for rows reduced inside their engine (:func:`poolwise.query.bind_source`): the statistics
     #: (``.simple``, ``.block``), the number of rows and where they are; the row arrays are then empty
     reduced: Any = field(repr=False, default=None)
 
@@ -533,7 +533,7 @@ def bind_parts(
     """The bound spec from the data's summaries: data-scaled default priors, the user's priors
     resolved against them, and each block's Σ setting from the pooling.
 
-    Shared by :meth:`ModelSpec.bind` (rows in memory) and :func:`poolwise.reduce.bind_source`
+    Shared by :meth:`ModelSpec.bind` (rows in memory) and :func:`poolwise.query.bind_source`
     (rows reduced inside DuckDB or Spark, whose row arrays are then empty).
     """
     fam = spec.fam

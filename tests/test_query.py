@@ -1,4 +1,4 @@
-"""Sufficient statistics reduced inside DuckDB (poolwise.reduce.bind_source) against the in-memory pass.
+"""Sufficient statistics reduced inside DuckDB (poolwise.query.bind_source) against the in-memory pass.
 
 The reference is independent of the SQL: formulae's design on the rows in pandas and NumPy's
 bincount reduction (:func:`poolwise.reduce.block_stats`).  The query must give the same
@@ -21,7 +21,8 @@ import test_bad_input
 import poolwise as pw
 from poolwise import data as D
 from poolwise.errors import DataError, FormulaError, PoolwiseError, SpecError
-from poolwise.reduce import bind_source, bound_block_stats, reduce
+from poolwise.query import bind_source
+from poolwise.reduce import bound_block_stats, reduce
 from poolwise.spec import ModelSpec
 
 FIELDS = ("n", "ZtWZ", "ZtWX", "ZtWy", "XtWX", "XtWy", "yWy", "sum_log_w")

@@ -1,0 +1,705 @@
+"""Rows reduced inside their engine (DuckDB or Spark): one aggregation query per fit.
+
+For a gaussian model with one grouping factor (:func:`bind_source`) the query returns, per
+group, the row count and the sums of products of the design columns, the group-term columns
+and the outcome (less the offset) — the sufficient statistics of both exact paths
+(:class:`poolwise.reduce.Reduced`, :class:`poolwise.reduce.BlockStats`); for bernoulli, binomial
+and poisson models (:func:`bind_counts`) it merges the rows into counts per (group, covariate
+pattern).  The formula's encoding is formulae's own, translated column by column into SQL
+(:func:`poolwise.formula.sql_columns`); the rows never leave the engine, so memory is
+O(groups), whatever the number of rows.  Validation happens in the same pass; a second query
+names the rows at fault only when something is off.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import data as _data
+from .errors import DataError, FormulaError, SpecError, format_rows
+from .formula import sql_columns
+from .reduce import BlockStats, Reduced
+from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
+
+__all__ = ["Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
+
+
+# ----------------------------------------------------------------------------------------------
+# rows reduced inside their engine (DuckDB or Spark): one aggregation query
+
+#: more common coefficients than this and X'WX is summed in a second query (not per group)
+_MAX_PER_GROUP_PAIRS = 120
+#: categorical predictors with more levels than this are refused (one column per level)
+_MAX_LEVELS = 5000
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """What the aggregation query gave: the statistics of both exact paths and where they came from.
+
+    Attributes
+    ----------
+    simple
+        :class:`Reduced` (the varying-intercept path; q = 1 with an intercept term).
+    block
+        :class:`BlockStats` (the q-term path).
+    n_obs
+        Rows reduced.
+    source
+        Where the rows are (a path, "the DuckDB relation", "spark").
+    engine
+        ``"duckdb"`` or ``"spark"``.
+    sql
+        The aggregation query, as run.
+    """
+
+    simple: Reduced | None
+    block: BlockStats
+    n_obs: int
+    source: str
+    engine: str
+    sql: str = field(repr=False, default="")
+
+
+def query_reason(spec: ModelSpec) -> str | None:
+    """``None`` when the model's statistics can be computed inside the engine, else why not."""
+    if not spec.fam.exact:
+        return f"the {spec.fam.name} family is fitted from the rows"
+    if len(spec.group_terms) != 1:
+        return "the model has several grouping factors"
+    return None
+
+
+def _num(src: _data.Source, column: str) -> str:
+    return f"CAST({src.quote(column)} AS DOUBLE)"
+
+
+def _inf() -> str:
+    return "CAST('Infinity' AS DOUBLE)"
+
+
+def _div(src: _data.Source, a: str, b: str) -> str:
+    """``a / b`` in SQL; Spark's ANSI mode raises on a zero divisor, ``try_divide`` gives NULL (not finite)."""
+    return f"try_divide({a}, {b})" if src.dialect == "spark" else f"{a} / {b}"
+
+
+def _bad_number(expr: str) -> str:
+    """SQL that is true where ``expr`` (a DOUBLE) is missing, NaN or infinite (DuckDB and Spark)."""
+    return f"({expr} IS NULL OR isnan({expr}) OR abs({expr}) = {_inf()})"
+
+
+def _levels(src: _data.Source, column: str) -> list[Any]:
+    """The distinct non-missing values of a column, in their natural order."""
+    frame = src.query(f"SELECT DISTINCT {src.quote(column)} AS v FROM {{rows}}")
+    values = [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(values) > _MAX_LEVELS:
+        raise DataError(f"Column '{column}' has {len(values)} distinct values: as a categorical predictor that is "
+                        f"{len(values) - 1} columns.", hint="Use it as a grouping factor, or as a number.",
+                        column=column)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=str)
+
+
+def _bad_rows(src: _data.Source, condition: str, limit: int = 6) -> list[int]:
+    """0-based positions (in scan order) of rows where ``condition`` holds, for messages."""
+    if src.dialect == "spark":  # Spark has no row_number() without an order: counted from the scan
+        return src.spark_positions(condition, limit)
+    frame = src.query(f"SELECT r FROM (SELECT row_number() OVER () - 1 AS r, ({condition}) AS bad FROM {{rows}}) "
+                      f"AS t WHERE bad LIMIT {limit}")
+    return [int(v) for v in frame["r"].tolist()]
+
+
+def _skeleton(spec: ModelSpec, src: _data.Source, levels: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
+    """A few rows holding every level of the categorical columns: formulae builds its encoding on them."""
+    k = max([2] + [len(v) for v in levels.values()])
+    out: dict[str, Any] = {}
+    for c in columns:
+        if c in levels:
+            vals = levels[c] or [0.0]
+            out[c] = [vals[i % len(vals)] for i in range(k)]
+        elif src.kinds[c] == "boolean":
+            out[c] = [bool(i % 2) for i in range(k)]
+        else:
+            out[c] = [1.0 + (i % 2) for i in range(k)]
+    frame = pd.DataFrame(out, index=pd.RangeIndex(k))
+    for c in levels:
+        if src.kinds[c] == "text":
+            frame[c] = frame[c].astype(object)
+    return frame
+
+
+def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
+    from formulae import design_matrices
+
+    try:
+        with np.errstate(all="ignore"):
+            return design_matrices(formula, frame, na_action="error", extra_namespace=FUNCTIONS)
+    except Exception as err:  # formulae's own errors for transforms it cannot apply
+        raise FormulaError(f"Cannot build the design of {what}: {err}.", hint="Check the transformations in the formula.",
+                           option="formula") from None
+
+
+def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
+    """Bind a gaussian model with one grouping factor to rows that stay in their engine.
+
+    One aggregation query (``GROUP BY`` the grouping factor) computes, per group, the row count
+    and the weighted sums of products of the design columns, the group-term columns and the
+    outcome (less any offset), together with counts of the values that would fail validation;
+    a second, small query reads the categorical predictors' levels first.  The formula's
+    encoding is formulae's own (built on a few rows holding every level), translated column by
+    column into SQL, so names, reference levels and interactions equal those of the in-memory
+    path.  The bound spec holds no rows: its :attr:`~poolwise.spec.BoundSpec.reduced` carries the
+    statistics of both exact paths.
+
+    Parameters
+    ----------
+    spec
+        A gaussian model with one grouping factor (:func:`query_reason` is ``None``).
+    src
+        The rows (:func:`poolwise.data.scan`).
+
+    Returns
+    -------
+    BoundSpec
+
+    Raises
+    ------
+    DataError
+        For missing or non-finite values, non-numeric columns, non-positive standard errors, a
+        single group, constant or collinear predictors, slopes constant within every group —
+        naming the column and the first rows at fault (counted from 0 in scan order).
+    FormulaError
+        For unknown columns, or transforms the query cannot compute (``scale()``, functions
+        other than log, exp, sqrt, log10, log2, log1p, abs and arithmetic in ``I()``).
+    SpecError
+        For a model the query cannot reduce (:func:`query_reason`).
+    """
+    why = query_reason(spec)
+    if why is not None:
+        raise SpecError(f"The rows of this model cannot be reduced inside the query: {why}.",
+                        hint="Load the columns it needs (poolwise.data.read_table).", option="formula")
+    check_formula_columns(spec, src.columns)
+    f, q_ = spec.formula, src.quote
+    term = spec.group_terms[0]
+    group_cols = list(term.factor_columns)
+    skip = {spec.outcome, spec.se, *group_cols}
+    for name in [spec.outcome] + ([spec.se] if spec.se else []):
+        if src.kinds[name] not in ("number", "boolean"):
+            raise DataError(f"Column '{name}' must be numeric but has {src.kinds[name]} values.",
+                            hint="Convert it to numbers or pick another column.", column=name)
+    predictors = [v for v in spec.variables if v not in skip]
+    for v in predictors + group_cols:
+        if src.kinds[v] == "other":
+            raise DataError(f"Column '{v}' holds values that are neither numbers nor text.",
+                            hint="Convert it to numbers or text in the file.", column=v)
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
+    categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
+    levels = {v: _levels(src, v) for v in categorical}
+    frame = _skeleton(spec, src, levels, predictors)
+    frame[spec.outcome] = np.arange(len(frame), dtype=float)
+    design = _design(f"{spec.outcome} ~ {spec.common}", frame, f"formula {f}")
+    cols = sql_columns(design.common.terms, f, src.dialect) if design.common is not None else []
+    offsets = [sql for name, sql in cols if name.startswith("offset(")]
+    xs = [(name, sql) for name, sql in cols if not name.startswith("offset(")]
+    coef_names = [name for name, _ in xs]
+    z_sql: list[str] = []
+    for e in term.exprs:
+        if e == "Intercept":
+            z_sql.append("1.0")
+        elif e in coef_names:
+            z_sql.append(xs[coef_names.index(e)][1])
+        else:
+            dz = _design(f"{spec.outcome} ~ 0 + {e}", frame, f"the group term {term} of formula {f}")
+            one = sql_columns(dz.common.terms, f, src.dialect)
+            if len(one) != 1:
+                raise SpecError(f"The group term {term} varies '{e}', which expands to {len(one)} columns.",
+                                hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
+                                option="formula")
+            z_sql.append(one[0][1])
+    y_raw = _num(src, spec.outcome)
+    y_sql = y_raw if not offsets else f"({y_raw} - " + " - ".join(f"({o})" for o in offsets) + ")"
+    w_sql = "1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})"
+    return _run_reduction(spec, src, design, coef_names, [s for _, s in xs], z_sql, y_raw, y_sql, w_sql,
+                          group_cols, predictors, categorical)
+
+
+def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: list[str], x_sql: list[str],
+                   z_sql: list[str], y_raw: str, y_sql: str, w_sql: str, group_cols: list[str],
+                   predictors: list[str], categorical: list[str]) -> BoundSpec:
+    term = spec.group_terms[0]
+    p, q = len(x_sql), len(z_sql)
+    # the columns whose weighted cross products are summed: X, the group terms not in X, y
+    base: list[str] = list(x_sql)
+    z_idx = []
+    for s_ in z_sql:
+        if s_ == "1.0" and "1.0" not in base:
+            base.append("1.0")
+        elif s_ not in base:
+            base.append(s_)
+        z_idx.append(base.index(s_))
+    y_at = len(base)
+    base.append(y_sql)
+    one_at = base.index("1.0") if "1.0" in base else None
+    weighted = w_sql != "1.0"
+    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base) if i != one_at]
+    if weighted:
+        inner.append(f"{w_sql} AS w")
+    if y_raw != y_sql:
+        inner.append(f"{y_raw} AS yraw")
+    keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
+    aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
+    by_expr: dict[str, str] = {}  # aggregate → alias: every distinct aggregate is computed once
+
+    def agg(expr: str) -> str:
+        if expr not in by_expr:
+            alias = f"s{len(by_expr)}"
+            by_expr[expr] = alias
+            aggs[alias] = expr
+        return by_expr[expr]
+
+    def wsum(*cols: int, w: bool = True) -> str:
+        """SUM of w (when weighted) times the given base columns (the intercept's ones dropped)."""
+        parts = sorted(f"c{k}" for k in cols if k != one_at)
+        if w and weighted:
+            parts = ["w"] + parts
+        return agg(f"SUM({' * '.join(parts) if parts else '1.0'})") if parts else agg("COUNT(*)")
+
+    per_x_pairs = p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS
+    ZZ = [[wsum(z_idx[a], z_idx[b]) for b in range(q)] for a in range(q)]
+    ZX = [[wsum(z_idx[a], k) for k in range(p)] for a in range(q)]
+    Zy = [wsum(z_idx[a], y_at) for a in range(q)]
+    yy = wsum(y_at, y_at)
+    sw = wsum()
+    XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
+    Xy = [wsum(k, y_at) for k in range(p)]
+    # unweighted moments for the data-scaled priors (the same sums when there are no weights)
+    if y_raw == y_sql:  # no offset: the outcome is the design's last column
+        y1, y2 = wsum(y_at, w=False), wsum(y_at, y_at, w=False)
+    else:
+        y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
+    x1 = [wsum(k, w=False) for k in range(p)]
+    x2 = [wsum(k, k, w=False) for k in range(p)]
+    z1 = [wsum(z_idx[a], w=False) for a in range(q)]
+    z2 = [wsum(z_idx[a], z_idx[a], w=False) for a in range(q)]
+    zw = [wsum(z_idx[a]) for a in range(q)]
+    lw = se2 = None
+    if spec.se:
+        lw, se2 = agg("SUM(LN(w))"), agg(f"SUM({_div(src, '1.0', 'w')})")
+    # cheap signs of bad input in the same pass: non-missing counts, the sums' finiteness, MIN(se);
+    # only when one shows does a second query find the column, the rows and the kind of fault
+    numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
+                                 + ([spec.se] if spec.se else [])))
+    plain = {_num(src, v): v for v in numbers}  # columns that are design columns as they are
+    covered = {plain[b] for b in base if b in plain}
+    present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical if v not in covered}
+    raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in base}
+    design_counts = [agg(f"COUNT(c{i})") for i in range(len(base)) if i != one_at]
+    se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
+    key_names = [f"k{i}" for i in range(len(group_cols))]
+    raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
+    for i, v in enumerate(raw_sums):
+        aggs[raw_sums[v]] = f"SUM(r_{i})"
+    if spec.se:
+        aggs[se_min] = "MIN(r_se)"  # type: ignore[index]
+        raw_cols.append(f"{_num(src, spec.se)} AS r_se")
+    for v in present:
+        raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
+        aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
+    sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
+           f"FROM (SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t "
+           f"GROUP BY {', '.join(key_names)} ORDER BY {', '.join(key_names)}")
+    got = src.query_arrays(sql)
+    J = int(got["n"].shape[0])
+    n = got["n"].astype(float)
+    N = int(n.sum())
+    if N == 0:
+        raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
+    suspect = any(float(np.asarray(got[a], dtype=float).sum()) < N for a in list(present.values()) + design_counts)
+    suspect = suspect or any(not np.all(np.isfinite(np.asarray(got[a], dtype=float))) for a in aggs if a != "n")
+    if se_min is not None:
+        suspect = suspect or not float(np.nanmin(np.asarray(got[se_min], dtype=float))) > 0
+    if suspect:
+        _diagnose(spec, src, base, coef_names, p, y_at, one_at, numbers, categorical)
+    grouped = _group_labels(src, group_cols, got, key_names)
+    if grouped is None:
+        missing = int(n[_null_keys(got, key_names)].sum())
+        rows = _bad_rows(src, " OR ".join(f"{src.quote(c)} IS NULL" for c in group_cols))
+        name = group_cols[0] if len(group_cols) == 1 else ":".join(group_cols)
+        raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
+    labels, order = grouped
+    if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
+        got, n = {k: v[order] for k, v in got.items()}, n[order]
+    blank = [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
+    if blank:
+        rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
+                                          else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in group_cols))
+        count = int(n[blank].sum())
+        raise DataError(f"Grouping column '{group_cols[0]}' has {count} missing label{'s' if count != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=group_cols[0],
+                        rows=rows)
+    if J < 2:
+        shown = ", ".join(f"'{lv}'" for lv in labels[:5])
+        raise DataError(f"Grouping column '{term.factor}' has only {J} group{'s' if J != 1 else ''} ({shown}); "
+                        "pooling needs at least 2.", hint=f"Fit a model without the (1 | {term.factor}) term, or add "
+                        "groups.", column=term.factor, rows=[])
+
+    def col(alias: str) -> np.ndarray:
+        return np.asarray(got[alias], dtype=float)
+
+    def total(alias: str) -> float:
+        return float(col(alias).sum())
+
+    ZtWZ = np.empty((J, q, q))
+    for a in range(q):
+        for b in range(q):
+            ZtWZ[:, a, b] = col(ZZ[a][b])
+    ZtWX = np.empty((J, q, p))
+    for a in range(q):
+        for k in range(p):
+            ZtWX[:, a, k] = col(ZX[a][k])
+    ZtWy = np.column_stack([col(a) for a in Zy]) if q else np.zeros((J, 0))
+    if XX is not None:
+        XtWX = np.array([[total(XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
+    else:
+        XtWX = _totals_xx(src, base[:p], w_sql, one_at, p)
+    XtWy = np.array([total(a) for a in Xy])
+    yWy = total(yy)
+    sum_log_w = total(lw) if lw is not None else 0.0
+    block = BlockStats(n=n, ZtWZ=ZtWZ, ZtWX=ZtWX, ZtWy=ZtWy, XtWX=XtWX, XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w,
+                       n_obs=N)
+    simple = None
+    if term.exprs == ("Intercept",):
+        simple = Reduced(n=n, a=col(sw), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=col(yy), XtWX=XtWX, XtWy=XtWy, yWy=yWy,
+                         sum_log_w=sum_log_w, n_obs=N)
+    x_mean = np.array([total(x1[k]) / N for k in range(p)])
+    x_var = np.array([max(total(x2[k]) / N - x_mean[k] ** 2, 0.0) for k in range(p)])
+    _check_columns_from_sums(coef_names, x_mean, x_var, XtWX)
+    for a, e in enumerate(term.exprs):
+        if e == "Intercept":
+            continue
+        swz, swzz, wtot = col(zw[a]), ZtWZ[:, a, a], col(sw)
+        with np.errstate(all="ignore"):
+            within = swzz / wtot - (swz / wtot) ** 2
+        scale_z = max(float(np.nanmax(np.abs(swzz / wtot))), 1e-300)
+        if np.all(within <= 1e-12 * scale_z):
+            raise DataError(
+                f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
+                "group cannot be estimated.",
+                hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+    y_mean = total(y1) / N
+    y_var = max(total(y2) / N - y_mean**2, 0.0)
+    if spec.se:
+        scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
+    else:
+        scale = math.sqrt(y_var)
+    if not scale > 0:
+        scale = float(max(abs(y_mean), 1.0))
+    z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(z2[a]) / N - (total(z1[a]) / N) ** 2,
+                                                                  0.0)) for a in range(q)])
+    x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
+    x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
+    raw = RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), labels, z_sd, counts=n.astype(np.int64),
+                   ZtWZ=ZtWZ)
+    reduction = Reduction(simple=simple, block=block, n_obs=N, source=src.source, engine=src.engine,
+                          sql=sql.replace("{rows}", src.relation))
+    return bind_parts(spec, y=np.zeros(0), X=np.zeros((0, p)), coef_names=coef_names, weights=np.zeros(0),
+                      offset=np.zeros(0), trials=None, blocks=[raw], center=y_mean, scale=scale, x_means=x_means,
+                      x_sds=x_sds, design=design, reduced=reduction)
+
+
+def _diagnose(spec: ModelSpec, src: _data.Source, base: list[str], coef_names: list[str], p: int, y_at: int,
+              one_at: int | None, numbers: list[str], categorical: list[str]) -> None:
+    """Find what made the main query's sums or counts wrong, and raise its error (a second scan).
+
+    The checks run in the in-memory path's order: missing values of each column, then infinite
+    ones, missing categorical values, non-positive standard errors, then non-finite design
+    columns (a transform outside its domain); the first that fails raises, naming the rows.
+    """
+    checks: list[tuple[str, str, str]] = []  # (column, condition on the raw rows, what)
+    for name in numbers:
+        checks.append((name, f"({_num(src, name)} IS NULL OR isnan({_num(src, name)}))", "missing"))
+    for name in numbers:
+        checks.append((name, f"(abs({_num(src, name)}) = {_inf()})", "infinite"))
+    for v in categorical:
+        checks.append((v, f"{src.quote(v)} IS NULL", "missing"))
+    if spec.se:
+        checks.append((spec.se, f"{_num(src, spec.se)} <= 0", "positive"))
+    for i, expr in enumerate(base):
+        if i != one_at:
+            checks.append((str(i), _bad_number(f"({expr})"), "design"))
+    sums = ", ".join(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END) AS b{i}" for i, (_, cond, _) in enumerate(checks))
+    got = src.query_arrays(f"SELECT {sums} FROM {{rows}}")
+    for i, (column, cond, what) in enumerate(checks):
+        count = int(np.nansum(np.asarray(got[f"b{i}"], dtype=float)))
+        if not count:
+            continue
+        rows = _bad_rows(src, cond)
+        plural = "s" if count != 1 else ""
+        if what == "positive":
+            raise DataError(f"Column '{column}' must be positive but has {count} value{plural} <= 0 "
+                            f"({format_rows(rows)}).", hint="Drop those rows or correct the values; they must be "
+                            "greater than 0.", column=column, rows=rows)
+        if what == "design":
+            k = int(column)
+            name = coef_names[k] if k < p else ("the outcome less the offset" if k == y_at else
+                                                f"the group term column {base[k]}")
+            raise DataError(f"The design column {name} is not finite on {count} row{plural} ({format_rows(rows)}).",
+                            hint="A transform such as log(x) needs x > 0; an offset such as log(exposure) needs "
+                                 "exposure > 0.", rows=rows)
+        hint = "Drop or impute them before fitting." if what == "missing" else "Remove or cap them before fitting."
+        raise DataError(f"Column '{column}' has {count} {what} value{plural} ({format_rows(rows)}).", hint=hint,
+                        column=column, rows=rows)
+    raise DataError("The sums over the rows are not finite, though every value is.",
+                    hint="Rescale columns of very large magnitude before fitting.")
+
+
+def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
+    mask = np.zeros(got[key_names[0]].shape[0], dtype=bool)
+    for k in key_names:
+        v = got[k]
+        if np.ma.isMaskedArray(v):
+            mask |= np.ma.getmaskarray(v)
+        else:
+            mask |= pd.isna(pd.Series(v)).to_numpy()
+    return mask
+
+
+def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.ndarray],
+                  key_names: list[str]) -> tuple[list[str], np.ndarray] | None:
+    """Group labels in the in-memory path's order, and the order of the query's rows that gives it
+    (the engine's ``ORDER BY`` of several key columns, or of text, may differ); ``None`` when a key
+    is missing."""
+    if _null_keys(got, key_names).any():
+        return None
+    parts = []
+    for k in key_names:
+        v = got[k]
+        values = np.ma.getdata(v) if np.ma.isMaskedArray(v) else v
+        parts.append(_labels_of(values))
+    if len(parts) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):
+        return parts[0], np.arange(len(parts[0]))
+    labels = parts[0] if len(parts) == 1 else [":".join(t) for t in zip(*parts)]  # ordered as the strings sort
+    if all(a <= b for a, b in zip(labels, labels[1:])):  # the engine's order already (text keys, one column)
+        return labels, np.arange(len(labels))
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    return [labels[i] for i in order], np.asarray(order, dtype=np.int64)
+
+
+def _labels_of(values: np.ndarray) -> list[str]:
+    """:func:`poolwise.data._label` of each key, vectorized where the kind allows."""
+    if values.dtype.kind in "iu":
+        return values.astype(str).tolist()  # integers: their decimal digits
+    if values.dtype.kind == "O":
+        out = values.tolist()
+        if all(type(x) is str for x in out):
+            return out
+        return [_data._label(x) for x in out]
+    return [_data._label(x) for x in values.tolist()]
+
+
+def _totals_xx(src: _data.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:
+    """X'WX over every row, in its own query (used when p is large)."""
+    exprs = [f"SUM(({w_sql}) * ({x_sql[k]}) * ({x_sql[m]})) AS s{k}_{m}" for k in range(p) for m in range(k, p)]
+    got = src.query_arrays(f"SELECT {', '.join(exprs)} FROM {{rows}}")
+    out = np.empty((p, p))
+    for k in range(p):
+        for m in range(k, p):
+            out[k, m] = out[m, k] = float(np.asarray(got[f"s{k}_{m}"], dtype=float)[0])
+    del one_at
+    return out
+
+
+def _check_columns_from_sums(names: list[str], mean: np.ndarray, var: np.ndarray, XtWX: np.ndarray) -> None:
+    """Constant and collinear predictors, from the totals (as :func:`poolwise.spec._check_design`)."""
+    for i, name in enumerate(names):
+        if name != "Intercept" and var[i] <= 1e-14 * max(mean[i] ** 2, 1e-300):
+            raise DataError(
+                f"Predictor '{name}' is constant (every row is {mean[i]:.4g}), so its coefficient cannot be told "
+                "apart from the intercept.", hint="Remove it from the formula.", column=name)
+    p = len(names)
+    if p < 2:
+        return
+    d = np.sqrt(np.maximum(np.diag(XtWX), 1e-300))
+    G = XtWX / np.outer(d, d)
+    for k in range(1, p):
+        A, b = G[:k, :k], G[:k, k]
+        coef = np.linalg.lstsq(A, b, rcond=None)[0]
+        resid = G[k, k] - float(b @ coef)
+        if resid < 1e-12:
+            others = [names[j] for j in range(k) if abs(coef[j]) > 1e-8]
+            raise DataError(
+                f"Predictor '{names[k]}' is a perfect linear combination of {', '.join(repr(o) for o in others)}; "
+                "the coefficients cannot be separated.", hint=f"Drop '{names[k]}' or one of the others from the formula.",
+                column=names[k])
+
+
+# ----------------------------------------------------------------------------------------------
+# binomial and poisson rows: counts per (group, covariate pattern), inside the engine
+
+#: families whose likelihood is unchanged (up to a constant) when rows of one pattern are merged
+COUNT_FAMILIES = ("bernoulli", "binomial", "poisson")
+
+
+def count_reason(spec: ModelSpec) -> str | None:
+    """``None`` when the rows can be merged into counts per (group, covariate pattern), else why not."""
+    if spec.fam.name not in COUNT_FAMILIES:
+        return f"the {spec.fam.name} family is fitted from the rows"
+    return None
+
+
+def _strip_offsets(text: str) -> tuple[str, list[str]]:
+    """``text`` without its ``offset(…)`` terms, and those terms."""
+    out, found, i = "", [], 0
+    for m in re.finditer(r"offset\(", text):
+        if m.start() < i:
+            continue
+        depth, j = 0, m.end() - 1
+        while j < len(text):
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        found.append(text[m.start():j + 1])
+        out += text[i:m.start()]
+        i = j + 1
+    out += text[i:]
+    cleaned = re.sub(r"\+\s*(?=\+|$)", "", out).strip()
+    cleaned = re.sub(r"^\s*\+", "", cleaned).strip()
+    cleaned = re.sub(r"\+\s*\+", "+", cleaned).strip()
+    return (cleaned or "1"), found
+
+
+def bind_counts(spec: ModelSpec, src: _data.Source) -> tuple[BoundSpec, str]:
+    """Merge the rows of a bernoulli, binomial or poisson model into counts per (group, pattern).
+
+    Rows with equal grouping labels and equal predictor values carry the same linear predictor,
+    so one ``GROUP BY`` over those columns sums them exactly: binomial successes and trials
+    (bernoulli rows become binomial rows with their number as the trials), poisson counts and
+    exposures (Σ exp(offset): the offset becomes ``offset(log(pw_exposure))``).  The likelihood
+    of the merged rows equals the rows' likelihood up to a constant, so the posterior is the
+    same; the default priors and group sizes are computed as for the rows they stand for.  With
+    discrete predictors the merged table is small whatever the number of rows.  The checks of
+    the outcome's support and of missing values run in the same query, naming the rows.
+
+    Returns
+    -------
+    The bound spec of the merged rows (its formula names the columns ``pw_y`` and
+    ``pw_trials``/``pw_exposure``) and a note saying how many rows became how many patterns.
+
+    Raises
+    ------
+    DataError, FormulaError
+        As :meth:`poolwise.spec.ModelSpec.bind` for the rows.
+    SpecError
+        For another family (:func:`count_reason`).
+    """
+    why = count_reason(spec)
+    if why is not None:
+        raise SpecError(f"The rows of this model cannot be merged into counts: {why}.", option="family")
+    check_formula_columns(spec, src.columns)
+    fam, q_ = spec.fam, src.quote
+    group_cols = sorted({c for t in spec.group_terms for c in t.factor_columns})
+    common_wo, offset_terms = _strip_offsets(spec.common)
+    used = " ".join([common_wo] + [e for t in spec.group_terms for e in t.exprs])
+    offset_only = [v for v in spec.variables if re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])",
+                                                        " ".join(offset_terms))
+                   and not re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", used)]
+    merge_exposure = fam.name == "poisson"
+    skip = {spec.outcome, spec.trials, *group_cols}
+    pattern = [v for v in spec.variables if v not in skip and not (merge_exposure and v in offset_only)]
+    for v in [spec.outcome] + ([spec.trials] if spec.trials else []):
+        if src.kinds[v] not in ("number", "boolean"):
+            raise DataError(f"Column '{v}' must be numeric but has {src.kinds[v]} values.",
+                            hint="Convert it to numbers or pick another column.", column=v)
+    y, n_ = _num(src, spec.outcome), (_num(src, spec.trials) if spec.trials else None)
+    conds: list[tuple[str, str, str]] = []  # (column, condition, message tail)
+    for v in [spec.outcome] + ([spec.trials] if spec.trials else []) + [c for c in pattern if src.kinds[c] != "text"]:
+        conds.append((v, f"({_num(src, v)} IS NULL OR isnan({_num(src, v)}))", "missing value"))
+    for v in [spec.outcome] + [c for c in pattern if src.kinds[c] != "text"]:
+        conds.append((v, f"(abs({_num(src, v)}) = {_inf()})", "infinite value"))
+    for v in [c for c in pattern if src.kinds[c] == "text"]:
+        conds.append((v, f"{q_(v)} IS NULL", "missing value"))
+    for c in group_cols:
+        blank = f" OR trim(CAST({q_(c)} AS {'STRING' if src.dialect == 'spark' else 'VARCHAR'})) = ''"
+        conds.append((c, f"({q_(c)} IS NULL{blank if src.kinds[c] == 'text' else ''})", "missing label"))
+    whole = f"{y} <> FLOOR({y})"
+    if fam.name == "bernoulli":
+        conds.append((spec.outcome, f"({y} <> 0 AND {y} <> 1)", "must be 0 or 1"))
+    elif fam.name == "poisson":
+        conds.append((spec.outcome, f"({y} < 0)", "must be non-negative"))
+        conds.append((spec.outcome, f"({whole})", "must hold whole numbers"))
+    else:
+        assert n_ is not None
+        conds.append((str(spec.trials), f"({n_} < 1 OR {n_} <> FLOOR({n_}))", "must be whole numbers >= 1"))
+        conds.append((spec.outcome, f"({y} < 0 OR {whole})", "must be whole numbers >= 0"))
+        conds.append((spec.outcome, f"({y} > {n_})", f"must not exceed trials ({spec.trials})"))
+    exposure = None
+    if merge_exposure:
+        if offset_terms:
+            predictors = [v for v in spec.variables if v not in skip]
+            levels = {v: _levels(src, v) for v in predictors if src.kinds[v] == "text"}
+            frame = _skeleton(spec, src, levels, predictors)
+            frame[spec.outcome] = np.arange(len(frame), dtype=float)
+            design = _design(f"{spec.outcome} ~ {' + '.join(offset_terms)}", frame, f"formula {spec.formula}")
+            offs = [s_ for name, s_ in sql_columns(design.common.terms, spec.formula, src.dialect)
+                    if name.startswith("offset(")]
+            total = f"({' + '.join(f'({o})' for o in offs)})"
+            exposure = f"EXP({total})"
+            conds.append(("offset", _bad_number(total), "non-finite offset"))
+        else:
+            exposure = "1.0"
+    keys = [q_(c) for c in group_cols + pattern]
+    aggs = [f"SUM({y}) AS pw_y", "COUNT(*) AS pw_rows"]
+    if fam.name != "poisson":
+        aggs.append(f"SUM({n_}) AS pw_trials" if n_ is not None else "COUNT(*) AS pw_trials")
+    if exposure is not None:
+        aggs.append(f"SUM({exposure}) AS pw_exposure")
+    aggs += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS pw_bad{i}" for i, (_, c, _) in enumerate(conds)]
+    sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
+    frame = src.query(sql)
+    n_rows = int(frame["pw_rows"].sum()) if len(frame) else 0
+    if n_rows == 0:
+        raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
+    for i, (column, cond, what) in enumerate(conds):
+        count = int(pd.to_numeric(frame[f"pw_bad{i}"]).fillna(0).sum())
+        if count:
+            rows = _bad_rows(src, cond)
+            plural = "s" if count != 1 else ""
+            if what.endswith(("value", "label")):
+                hint = ("Remove or cap them before fitting." if what.startswith("infinite") else
+                        "Drop those rows or give them a label." if what.endswith("label") else
+                        "Drop or impute them before fitting.")
+                where = f"Grouping column '{column}'" if what.endswith("label") else f"Column '{column}'"
+                raise DataError(f"{where} has {count} {what}{plural} ({format_rows(rows)}).", hint=hint,
+                                column=column, rows=rows)
+            if column == "offset":
+                raise DataError(f"The offset is not finite on {count} row{plural} ({format_rows(rows)}).",
+                                hint="An offset such as log(exposure) needs exposure > 0.", rows=rows)
+            raise DataError(f"Column '{column}' {what} for the {fam.name} family on {count} row{plural} "
+                            f"({format_rows(rows)}).", hint="Check the outcome (and trials) columns.", column=column,
+                            rows=rows)
+    frame = frame.drop(columns=[f"pw_bad{i}" for i in range(len(conds))])
+    rhs_terms = spec.rhs
+    if merge_exposure:
+        rhs_wo, _ = _strip_offsets(spec.rhs)
+        rhs_terms = f"{rhs_wo} + offset(log(pw_exposure))"
+        lhs = "pw_y"
+        family = "poisson"
+    else:
+        lhs = "pw_y | trials(pw_trials)"
+        family = "binomial"
+    merged = spec.replace(formula=f"{lhs} ~ {rhs_terms}", family=family)
+    bound = merged.bind(_data.read_table(frame), frequency="pw_rows")
+    note = (f"{n_rows:,} rows merged inside {src.engine} ({src.source}) into {len(frame):,} rows of counts per group "
+            f"and covariate pattern ({spec.formula} fitted as {merged.formula}, family {family}: the same "
+            "posterior); PSIS-LOO and predictions of responses are per merged row.")
+    return bound, note
