@@ -1,7 +1,7 @@
 """One self-contained HTML report of a :class:`~poolwise.compare.Comparison`.
 
 :func:`write_report` lays out what the comparison already holds: the recommendation with its
-reasons and numbers at the top, the figures of ``plots.py`` inline as SVG, the per-group, LOO
+reasons and numbers at the top, the figures of :mod:`poolwise.plots` inline as SVG, the per-group, LOO
 and leave-one-group-out tables, the population estimates, the model, the priors of each fit, a
 summary of the data and the sampling diagnostics.  It computes nothing the Comparison lacks.
 The file loads nothing: no scripts, no remote fonts, style sheets or images; all text is
