@@ -3,7 +3,7 @@
 :func:`compare` fits the three settings of the population SD (0, fixed and wide, learned) from
 one :class:`~poolwise.spec.ModelSpec` (``spec.replace(pooling=…)``) and returns a
 :class:`Comparison`: a per-group table (size, estimate and interval under each pooling, pooling
-factor, observed shrinkage) and PSIS-LOO of each fit.  Figures are drawn by ``plots.py`` from
+factor, observed shrinkage) and PSIS-LOO of each fit.  Figures are drawn by :mod:`poolwise.plots` from
 what this module returns.
 """
 
