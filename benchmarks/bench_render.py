@@ -408,10 +408,14 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
     L.append("- Every row ran in a fresh Python process (a worker, `benchmarks/bench_workers.py`), with a timeout; "
              "a failed or stopped row is recorded with the end of its log (in the details), not fatal.")
     L.append("- *poolwise exact*: one warm-up `pw.fit(...)` (imports, caches), then the timed `pw.fit(formula, df, "
-             "method=\"exact\", seed=0)` — the whole call: validation, design matrix, reduction, sampling and the "
+             "method=\"exact\", seed=0)` five times in the process, the median counting (all five in `times_s`: "
+             "one sub-second timing swings by up to 2× with the garbage collector) — the whole call: validation, "
+             "design matrix, reduction, sampling and the "
              "conversion to ArviZ InferenceData (including the pointwise log-likelihood and predictive when they "
              "fit the memory budget); 4×1000 draws. *poolwise nuts*: one `pw.fit(..., method=\"nuts\")` in the "
-             "process, JIT compilation included. *NumPyro*: wall time of one `MCMC.run` in the process, JIT "
+             "process, JIT compilation included, at the settings of the other samplers on the data set, with "
+             "poolwise's default retry at a higher target acceptance when transitions diverge (every attempt "
+             "counts in its wall time). *NumPyro*: wall time of one `MCMC.run` in the process, JIT "
              "compilation included.")
     L.append("- Min bulk ESS: `arviz.ess(posterior, method=\"bulk\")`, minimum over every variable and every "
              "element: all coefficients, σ, every group SD, the correlation (slopes models) and every group "

@@ -3,7 +3,7 @@
 Tasks (``--only`` names), in the order they run:
 
 * ``radon``, ``synthetic`` (200,000 rows), ``logistic`` (100,000 rows, bernoulli, correlated
-  slopes), ``sleepstudy`` (correlated slopes): poolwise (exact; nuts on radon and logistic)
+  slopes), ``sleepstudy`` (correlated slopes): poolwise (exact and nuts)
   against plain NumPyro NUTS;
 * ``path``: radon's pooling path; ``reml``: poolwise ``method="empirical"`` (REML) against
   statsmodels MixedLM (and mixedlm-rs); ``laplace``: poolwise laplace on the logistic set;
@@ -59,16 +59,18 @@ WORKER = HERE / "bench_workers.py"
 #: warmup+draws per chain of every sampler on the 100,000-row logistic set (NUTS over all rows
 #: per gradient; the full 1000+1000 takes far longer than the benchmark's budget on 2 cores)
 LOGISTIC_DEFAULT = "50+50"
+#: the timed exact fits (sub-second) run this many times in their process; the median counts
+EXACT_REPEATS = 5
 #: each logistic row is stopped after this many seconds
 LOGISTIC_TIMEOUT_S = 480.0
 #: the separate virtual environment with PyMC, nutpie and Bambi (git-ignored; made by make bench)
 PYMC_VENV = "benchmarks/_data/_venv_pymc"
 PYMC_INSTALL = (f"python -m venv {PYMC_VENV} && {PYMC_VENV}/bin/pip install pymc nutpie bambi pyarrow "
                 "\"matplotlib<3.11\"")
-#: warmup+draws per chain of every other sampler on the 200,000-row set (the full 1000+1000 takes hours)
+#: warmup+draws per chain of every other sampler (and poolwise nuts) on the 200,000-row set (the full 1000+1000 takes hours)
 NUMPYRO_SYNTH_DEFAULT = "50+50"
 #: NumPyro / PyMC / Bambi runs are stopped after this many seconds
-NUMPYRO_TIMEOUT_S = 1800.0
+NUMPYRO_TIMEOUT_S = 1200.0
 #: each large-set row (generation, the floor, the fit) is stopped after this many seconds
 LARGE_TIMEOUT_S = 3600.0
 #: rows measured elsewhere (a GPU machine), included when the file exists
@@ -245,11 +247,11 @@ def bambi_priors(dataset: str, quick: bool) -> tuple[dict[str, Any], list[str]]:
 
 def run_intercept(args: argparse.Namespace, dataset: str, quick: bool, chains: int, draws: int, warmup: int,
                   rows: list[dict[str, Any]], notes: list[str], log: Log) -> None:
-    """radon / synthetic: poolwise exact (and nuts on radon) against plain NumPyro NUTS."""
+    """radon / synthetic: poolwise exact and nuts against plain NumPyro NUTS."""
     pri = numpyro_priors(dataset, quick)
     # poolwise exact: warm-up fit + timed fit (+ ESS) in one process ...
     r = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
-              warmup=warmup, timed=True)
+              warmup=warmup, timed=True, repeats=EXACT_REPEATS)
     # ... and peak memory of one fit alone, in a fresh process
     m = spawn("poolwise", dataset=dataset, method="exact", quick=quick, chains=chains, draws=draws,
               warmup=warmup, timed=False)
@@ -260,17 +262,13 @@ def run_intercept(args: argparse.Namespace, dataset: str, quick: bool, chains: i
     rows.append({"dataset": dataset, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
     log(f"{dataset}: poolwise exact {json.dumps(r)[:2000]}")
 
-    if dataset == "radon" and not quick:
-        r = spawn("poolwise", dataset=dataset, method="nuts", quick=quick, chains=chains, draws=draws,
-                  warmup=warmup, timed=True, warm=False, timeout=args.numpyro_timeout)
-        rows.append({"dataset": dataset, "tool": "poolwise nuts (float64)",
-                     "settings": f"{chains}×({warmup}+{draws})", **r})
-        log(f"{dataset}: poolwise nuts {json.dumps(r)[:2000]}")
+    nw, nd = other_settings(args, dataset, quick, warmup, draws)
+    if not quick:  # full NUTS of poolwise at the same settings as the other samplers
+        run_poolwise_nuts(args, dataset, chains, nw, nd, rows, notes, log)
 
     if dataset == "synthetic" and args.skip_numpyro_synthetic:
         notes.append("NumPyro was not run on the synthetic set (--skip-numpyro-synthetic).")
         return
-    nw, nd = other_settings(args, dataset, quick, warmup, draws)
     if dataset == "synthetic" and not quick and (nw, nd) != (warmup, draws):
         notes.append(
             f"NumPyro on the synthetic set ran at 4×({nw}+{nd}), not 4×({warmup}+{draws}): on this machine "
@@ -285,6 +283,25 @@ def run_intercept(args: argparse.Namespace, dataset: str, quick: bool, chains: i
     rows.append({"dataset": dataset, "tool": f"NumPyro NUTS ({r.get('dtype', 'float32')})",
                  "settings": f"{chains}×({nw}+{nd})", "baseline": True, **r})
     log(f"{dataset}: NumPyro {json.dumps(r)[:2000]}")
+
+
+def run_poolwise_nuts(args: argparse.Namespace, dataset: str, chains: int, warmup: int, draws: int,
+                      rows: list[dict[str, Any]], notes: list[str], log: Log) -> None:
+    """poolwise ``method="nuts"`` (full NUTS, float64, its default retries at a higher target
+    acceptance when transitions diverge) at the settings of the other samplers on the data set."""
+    timeout = other_timeout(args, dataset)
+    r = spawn("poolwise", dataset=dataset, method="nuts", quick=False, chains=chains, draws=draws,
+              warmup=warmup, timed=True, warm=False, timeout=timeout)
+    tool = "poolwise nuts (float64)"
+    if "error" in r and r.get("timed_out"):
+        notes.append(f"{tool} on {dataset} did not finish {chains}×({warmup}+{draws}) within {timeout:.0f} s "
+                     f"and was stopped; it has no ESS/s.")
+    elif r.get("divergences") and len(r["divergences"]) > 1:
+        notes.append(f"{tool} on {dataset}: transitions diverged at target_accept 0.8, so poolwise ran again at "
+                     f"a higher target (divergences per attempt {r['divergences']}, final target "
+                     f"{r.get('target_accept')}); its wall time includes every attempt.")
+    rows.append({"dataset": dataset, "tool": tool, "settings": f"{chains}×({warmup}+{draws})", **r})
+    log(f"{dataset}: poolwise nuts {json.dumps(r)[:2000]}")
 
 
 def other_settings(args: argparse.Namespace, dataset: str, quick: bool, warmup: int, draws: int) -> tuple[int, int]:
@@ -327,9 +344,11 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
         rows.append({"dataset": ds, "tool": tool, "settings": settings, "baseline": baseline, **r})
         log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
 
-    r = spawn("poolwise", dataset=ds, method="nuts", quick=quick, chains=chains, draws=nd, warmup=nw,
-              timed=True, warm=False, timeout=timeout)
-    add("poolwise nuts (float64)", r)
+    if quick:
+        add("poolwise nuts (float64)", spawn("poolwise", dataset=ds, method="nuts", quick=quick, chains=chains,
+                                             draws=nd, warmup=nw, timed=True, warm=False, timeout=timeout))
+    else:
+        run_poolwise_nuts(args, ds, chains, nw, nd, rows, notes, log)
     r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=nd, warmup=nw, priors=pri,
               timeout=timeout)
     add(f"NumPyro NUTS ({r.get('dtype', 'float32')})", r, baseline=True)
@@ -337,11 +356,11 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
 
 def run_sleepstudy(args: argparse.Namespace, quick: bool, chains: int, draws: int, warmup: int,
                    rows: list[dict[str, Any]], notes: list[str], log: Log) -> None:
-    """poolwise exact against plain NumPyro NUTS on sleepstudy with correlated (intercept, slope)."""
+    """poolwise exact and nuts against plain NumPyro NUTS on sleepstudy with correlated (intercept, slope)."""
     ds = "sleepstudy"
     pri = slopes_priors(ds, quick)
     r = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=draws, warmup=warmup,
-              timed=True)
+              timed=True, repeats=EXACT_REPEATS)
     m = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=draws, warmup=warmup,
               timed=False)
     if "error" not in r:
@@ -350,6 +369,8 @@ def run_sleepstudy(args: argparse.Namespace, quick: bool, chains: int, draws: in
         r["one_fit_process_s"] = m.get("process_s")
     rows.append({"dataset": ds, "tool": "poolwise exact", "settings": f"{chains}×{draws}", **r})
     log(f"{ds}: poolwise exact {json.dumps(r)[:2000]}")
+    if not quick:
+        run_poolwise_nuts(args, ds, chains, warmup, draws, rows, notes, log)
     r = spawn("numpyro_slopes", dataset=ds, quick=quick, chains=chains, draws=draws, warmup=warmup, priors=pri,
               timeout=args.numpyro_timeout)
     rows.append({"dataset": ds, "tool": f"NumPyro NUTS ({r.get('dtype', 'float32')})",
