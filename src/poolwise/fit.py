@@ -6,7 +6,10 @@ pointwise log-likelihood and predictions go through the family's NumPy methods
 an xarray DataTree) rather than being one, so a move to ArviZ 1.x stays inside this module and
 ``compare.py``.  Arrays of draws × rows
 (pointwise log-likelihood, posterior predictive) are put into the results only when they fit a
-memory budget; otherwise they are computed on demand, in chunks of rows.
+memory budget; otherwise they are computed on demand, in chunks of rows.  The arithmetic of
+pooling factors is in :mod:`poolwise.pooling`, that of prior predictive draws and of new rows in
+:mod:`poolwise.predictive`; how the data are bound (in memory or inside DuckDB/Spark) in
+:func:`poolwise.query.bind_data`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
-from . import query as _query
+from . import pooling as _pooling
+from . import predictive as _predictive
 from . import reduce as _reduce
-from .errors import DataError, SpecError, format_rows
+from .errors import DataError, SpecError
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
+from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
 __all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
@@ -140,37 +145,6 @@ def fit(
         info["note"] = f"{info['note']} {note}" if info.get("note") else note
         result = dataclasses.replace(result, info=info)
     return Fit(bound, result, memory_budget=memory_budget)
-
-
-def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = None, spark: Any = None
-              ) -> tuple[BoundSpec, str | None]:
-    """Bind ``spec`` to ``data``: in memory, or reduced inside DuckDB/Spark when the model allows.
-
-    Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
-    factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
-    (:func:`poolwise.query.bind_source`); bernoulli, binomial and poisson rows are merged into
-    counts per (group, covariate pattern) by one query (:func:`poolwise.query.bind_counts`);
-    for other models only the needed columns are loaded.
-
-    Returns
-    -------
-    The bound spec, and a note for the fit when the columns were loaded (``None`` otherwise).
-    """
-    if isinstance(data, _data.Table):
-        return spec.bind(data), None
-    if engine is None and spark is None and not _data.is_scannable(data):
-        return spec.bind(_data.read_table(data)), None
-    src = _data.scan(data, engine=engine, spark=spark)
-    why = _query.query_reason(spec) or (None if method in ("exact", "empirical") else
-                                         f"method={method!r} works on the rows")
-    if why is None:
-        return _query.bind_source(spec, src), None
-    if _query.count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
-        return _query.bind_counts(spec, src)
-    bound = spec.bind(src.load(spec.variables))
-    note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
-            f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")
-    return bound, note
 
 
 class Fit:
@@ -500,71 +474,7 @@ class Fit:
         if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
             raise SpecError(f"The 'draws' option must be a positive integer. Got {draws!r}.", option="draws")
         self._require_rows("prior predictive of the observed rows")
-        b, fam = self.bound, self.spec.fam
-        need = draws * b.n_obs * 8
-        if need > self.memory_budget:
-            raise SpecError(
-                f"The prior predictive array would take {need / 2**30:.1f} GiB (draws × rows), over the memory "
-                f"budget of {self.memory_budget / 2**30:.2f} GiB.", hint="Ask for fewer draws.", option="draws")
-        rng = np.random.default_rng(seed)
-
-        def draw(prior: Prior) -> np.ndarray:
-            k = prior.kwargs
-            d = prior.dist
-            if d == "normal":
-                return k["mu"] + k["sigma"] * rng.standard_normal(draws)
-            if d == "student_t":
-                return k["mu"] + k["sigma"] * rng.standard_t(k["df"], draws)
-            if d == "half_normal":
-                return np.abs(k["sigma"] * rng.standard_normal(draws))
-            if d == "half_student_t":
-                return np.abs(k["sigma"] * rng.standard_t(k["df"], draws))
-            if d == "half_cauchy":
-                return np.abs(k["sigma"] * rng.standard_cauchy(draws))
-            if d == "exponential":
-                return rng.exponential(1.0 / k["rate"], draws)
-            if d == "gamma":
-                return rng.gamma(k["alpha"], 1.0 / k["beta"], draws)
-            raise SpecError(f"Cannot draw from the prior {prior} here.")
-
-        def lkj_cholesky(eta: float, q: int) -> np.ndarray:
-            L = np.zeros((draws, q, q))
-            L[:, 0, 0] = 1.0
-            for i in range(1, q):
-                y = rng.beta(i / 2.0, eta + (q - 2) / 2.0 - (i - 1) / 2.0, draws)
-                u = rng.standard_normal((draws, i))
-                u /= np.linalg.norm(u, axis=1, keepdims=True)
-                L[:, i, :i] = np.sqrt(y)[:, None] * u
-                L[:, i, i] = np.sqrt(1.0 - y)
-            return L
-
-        beta = np.column_stack([draw(b.priors[c]) for c in b.coef_names]) if b.coef_names else np.zeros((draws, 0))
-        eta = beta @ b.X.T + b.offset
-        for block in b.blocks:
-            q, J = block.q, block.n_groups
-            if block.Sigma is not None:
-                if block.pooled:
-                    continue
-                vals, vecs = np.linalg.eigh(np.asarray(block.Sigma, dtype=float))
-                factor = np.broadcast_to(vecs * np.sqrt(np.clip(vals, 0.0, None)), (draws, q, q))
-            else:
-                sd = np.column_stack([draw(b.priors[n]) for n in block.sd_names])
-                cor = b.priors.get(f"cor({block.factor})")
-                if block.term.correlated and q > 1:
-                    Lr = lkj_cholesky(float(cor.args[0]) if cor is not None else 1.0, q)
-                else:
-                    Lr = np.broadcast_to(np.eye(q), (draws, q, q))
-                factor = sd[:, :, None] * Lr
-            values = np.einsum("dkl,djl->djk", factor, rng.standard_normal((draws, J, q)))  # (draws, J, q)
-            for k in range(q):
-                eta = eta + block.Z[:, k] * values[:, block.group, k]
-        kw: dict[str, Any] = {"weights": b.weights, "trials": b.trials}
-        if b.has_sigma:
-            kw["sigma"] = draw(b.priors["sigma"])[:, None]
-        for name in ("nu", "phi"):
-            if name in fam.params:
-                kw[name] = draw(b.priors[name])[:, None]
-        return np.asarray(fam.sample(rng, eta, **kw))
+        return _predictive.prior_predictive(self.bound, draws, seed, self.memory_budget)
 
     def _pointwise(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Log-likelihood and posterior predictive together, from one pass over η."""
@@ -712,9 +622,7 @@ class Fit:
         if bd.values is None:  # pooled: every group takes the population value
             batch = 1.0
         else:
-            bv = bd.values[..., k].reshape(-1, J)
-            within = float(bv.var(axis=1).mean())
-            batch = float(1.0 - bv.mean(axis=0).var() / within) if within > 0 else 1.0
+            batch = _pooling.batch_pooling(bd.values[..., k].reshape(-1, J))
             # λ per draw in chunks of groups: memory O(draws × chunk), whatever the number of groups
             step = J if not self.spec.fam.identity else max(1, self.memory_budget // (8 * self.n_samples * 8))
             for g0 in range(0, J, step):
@@ -731,48 +639,11 @@ class Fit:
         return df
 
     def _lambda_draws(self, i: int, k: int, groups: slice | None = None) -> np.ndarray:
-        """λ_jk per draw, (samples, J) (see :meth:`pooling_factors`); ``groups`` a slice of them
-        (identity links)."""
-        b, fam = self.bound, self.spec.fam
-        block = b.blocks[i]
-        q, S = block.q, self.n_samples
-        gs = slice(None) if groups is None else groups
-        J = len(range(block.n_groups)[gs])
-        Sigma = self._sigma_draws(i).reshape(S, q, q)
-        out = np.empty((S, J))
-        step = max(1, self.memory_budget // (8 * J * max(q * q, 3) * 4))
-        if fam.identity:  # information does not depend on η: Z'WZ per group, once
-            if block.ZtWZ is not None:
-                ZWZ = block.ZtWZ[gs]
-            else:
-                ZWZ = _group_cross(block.Z, b.weights, block.group, block.n_groups)[gs]
-        for s0 in range(0, S, step):
-            ds = slice(s0, min(S, s0 + step))
-            kw = self._family_kwargs(None, ds)
-            if fam.identity:
-                c = fam.information(np.zeros((1, 1)), **kw)  # (draws, 1): 1/σ² (× (ν+1)/(ν+3))
-                info = c[:, :, None, None] * ZWZ[None]
-            else:
-                info = np.zeros((ds.stop - ds.start, J, q, q))
-                n = b.n_obs
-                chunk = max(1, self.memory_budget // (8 * (ds.stop - ds.start) * 4))
-                for r0 in range(0, n, chunk):
-                    sl = slice(r0, min(n, r0 + chunk))
-                    w = fam.information(self._eta(sl, ds), **{**kw, "weights": b.weights[sl],
-                                        "trials": None if b.trials is None else b.trials[sl]})
-                    info += _group_cross(block.Z[sl], w, block.group[sl], J)
-            Sg = Sigma[ds]
-            t2 = Sg[:, k, k][:, None]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                if q == 1:
-                    noise = 1.0 / info[..., 0, 0]
-                    lam = np.where(t2 > 0, noise / (noise + t2), 1.0)
-                else:
-                    A = np.eye(q) + Sg[:, None] @ info  # (draws, J, q, q)
-                    post = np.linalg.solve(A, np.broadcast_to(Sg[:, None], A.shape))
-                    lam = np.where(t2 > 0, post[..., k, k] / t2, 1.0)
-            out[ds] = np.where(np.isfinite(lam), np.clip(lam, 0.0, 1.0), 1.0)
-        return out
+        """λ_jk per draw, (samples, J) (see :meth:`pooling_factors`); ``groups`` a slice of them."""
+        q, S = self.bound.blocks[i].q, self.n_samples
+        return _pooling.lambda_draws(self.bound, i, k, self._sigma_draws(i).reshape(S, q, q),
+                                     family_kwargs=lambda ds: self._family_kwargs(None, ds), eta=self._eta,
+                                     memory_budget=self.memory_budget, groups=groups)
 
     def _sigma_draws(self, i: int) -> np.ndarray:
         """The population covariance of block i per draw, (chain, draw, q, q)."""
@@ -781,20 +652,8 @@ class Fit:
 
     def _sigma_factor(self, i: int) -> np.ndarray:
         """A factor L of block i's covariance per draw, Σ = L L', (chain, draw, q, q)."""
-        block, bd = self.bound.blocks[i], self.block_draws[i]
         C, D = self.draws.beta.shape[:2]
-        q = block.q
-        if bd.sd is not None:
-            if bd.corr is not None:
-                R = bd.corr + 1e-12 * np.eye(q)
-                Lr = np.linalg.cholesky(R)
-            else:
-                Lr = np.broadcast_to(np.eye(q), (C, D, q, q))
-            return np.asarray(bd.sd[..., :, None] * Lr)
-        S = np.zeros((q, q)) if block.Sigma is None else np.asarray(block.Sigma, dtype=float)
-        vals, vecs = np.linalg.eigh(S)
-        L = vecs * np.sqrt(np.clip(vals, 0.0, None))
-        return np.broadcast_to(L, (C, D, q, q))
+        return _pooling.sigma_factor(self.bound.blocks[i], self.block_draws[i], C, D)
 
     def group_estimates(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
         """Each group's coefficient for one term (default the first block's intercept,
@@ -881,115 +740,24 @@ class Fit:
         if len(frame) == 0:
             raise DataError("The new data have no rows.", hint="Pass at least one row to predict.")
         b, d, fam = self.bound, self.draws, self.spec.fam
-        X = b.encode_common(frame)
-        offset = self._encode_offset(frame)
         rng = np.random.default_rng(seed)
-        beta = self._thin(d.beta)
-        C, D = beta.shape[:2]
-        n = len(frame)
-        eta = np.einsum("cdp,np->cdn", beta, X) + offset
-        any_new = np.zeros(n, dtype=bool)
-        for i, (block, bd) in enumerate(zip(b.blocks, self.block_draws)):
-            idx = b.encode_groups(frame, block)
-            new = idx < 0
-            any_new |= new
-            if bd.values is None:
-                continue
-            Z = self._encode_Z(frame, block, X)
-            vals = bd.values[..., np.maximum(idx, 0), :]  # (C, D, n, q)
-            if new.any():
-                keys = self._new_keys(frame, block, new)
-                uniq, inv = np.unique(keys, return_inverse=True)
-                L = self._thin(self._sigma_factor(i))
-                z = rng.standard_normal((C, D, len(uniq), block.q))
-                drawn = np.einsum("cdkl,cdul->cduk", L, z)
-                vals = _fill_new(vals, drawn, new, inv)
-            eta = eta + np.einsum("cdnk,nk->cdn", vals, Z)
+        eta, any_new = _predictive.linear_predictor(
+            b, frame, self._thin(d.beta), [bd.values for bd in self.block_draws],
+            lambda i: self._thin(self._sigma_factor(i)), rng)
+        C, D = eta.shape[:2]
         if kind == "link":
             out = eta
         elif kind == "mean":
             out = fam.inverse_link(eta)
         else:
-            out = fam.sample(rng, eta, **self._new_family_kwargs(frame))
+            out = fam.sample(rng, eta, **_predictive.new_family_kwargs(
+                self.spec, frame, self._family_kwargs(None, thin=True), sigma_drawn=d.sigma is not None))
         if return_draws:
             return out
         flat = out.reshape(C * D, -1)
         lo, hi = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         return pd.DataFrame({"mean": flat.mean(axis=0), "sd": flat.std(axis=0), "lo": lo, "hi": hi,
                              "new_group": any_new}, index=frame.index)
-
-    def _new_family_kwargs(self, frame: pd.DataFrame) -> dict[str, Any]:
-        """Family arguments for responses of new rows (trials, known standard errors)."""
-        kw = self._family_kwargs(None, thin=True)
-        spec = self.spec
-        if spec.fam.needs_trials:
-            col = spec.trials
-            if col is None or col not in frame.columns:
-                raise DataError(f"Predicting binomial responses needs the trials column '{col}' in the new data.",
-                                hint="Add it to the new data or use kind='mean' (the success probability).",
-                                column=col)
-            trials = np.asarray(frame[col], dtype=float)
-            bad = np.flatnonzero(~np.isfinite(trials) | (trials < 0) | (np.floor(trials) != trials))
-            if bad.size:
-                raise DataError(f"Column '{col}' must hold whole numbers >= 0 in the new data "
-                                f"({format_rows(bad.tolist())}).", hint="The number of trials is a count.",
-                                column=col, rows=bad.tolist())
-            kw["trials"] = trials
-        if "sigma" in spec.fam.params and self.draws.sigma is None:
-            if spec.se is None or spec.se not in frame.columns:
-                raise DataError(f"Predicting responses needs the standard-error column '{spec.se}'.",
-                                hint="Add it to the new data or use kind='mean'.", column=spec.se)
-            kw["weights"] = 1.0 / np.asarray(frame[spec.se], dtype=float) ** 2
-        return kw
-
-    def _encode_offset(self, frame: pd.DataFrame) -> np.ndarray:
-        """The offset of new rows (zeros without ``offset()`` in the formula)."""
-        b = self.bound
-        enc = getattr(b, "encode_offset", None)
-        if callable(enc):
-            return np.asarray(enc(frame), dtype=float)
-        if "offset(" not in self.spec.common or b.design is None or b.design.common is None:
-            return np.zeros(len(frame))
-        full = b.design.common.evaluate_new_data(frame).as_dataframe()
-        cols = [c for c in full.columns if str(c).startswith("offset(")]
-        off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
-        bad = np.flatnonzero(~np.isfinite(off))
-        if bad.size:
-            raise DataError(f"The offset is not finite on {bad.size} new rows ({format_rows(bad.tolist())}).",
-                            hint="An offset such as log(exposure) needs exposure > 0.", rows=bad.tolist())
-        return off
-
-    def _encode_Z(self, frame: pd.DataFrame, block: GroupBlock, X: np.ndarray) -> np.ndarray:
-        """Values of the block's varying terms on new rows, (rows, q)."""
-        cols = []
-        for e in block.exprs:
-            if e == "Intercept":
-                cols.append(np.ones(len(frame)))
-            elif e in self.bound.coef_names:
-                cols.append(X[:, self.bound.coef_names.index(e)])
-            elif e in frame.columns:
-                cols.append(np.asarray(frame[e], dtype=float))
-            else:
-                from formulae import design_matrices
-
-                from .spec import FUNCTIONS
-
-                dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0),
-                                     na_action="error", extra_namespace=FUNCTIONS)
-                cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
-        return np.column_stack(cols)
-
-    def _new_keys(self, frame: pd.DataFrame, block: GroupBlock, new: np.ndarray) -> np.ndarray:
-        """A key per new row: its label when the factor columns are there, else one per row."""
-        cols = list(block.term.factor_columns)
-        rows = np.flatnonzero(new)
-        if all(c in frame.columns for c in cols):
-            parts = [np.asarray(_data.group_labels(_data.read_table(frame[[c]]), c)).astype(str) for c in cols]
-            labels = parts[0]
-            for p in parts[1:]:
-                labels = np.char.add(np.char.add(labels, ":"), p)
-            return np.asarray(labels[rows]).astype(str)
-        return np.array([f"\x00row{r}" for r in rows])
 
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
@@ -999,31 +767,6 @@ class Fit:
             raise DataError(f"The file '{path}' exists already.", hint="Pass overwrite=True (CLI: --force).")
         self.idata.to_netcdf(path)
         return path
-
-
-def _fill_new(vals: np.ndarray, drawn: np.ndarray, new: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """``vals`` (C, D, n, q) with the new rows replaced by their new group's draws (C, D, U, q)."""
-    out = np.array(vals, copy=True)
-    out[:, :, new, :] = drawn[:, :, np.asarray(inv).reshape(-1), :]
-    return out
-
-
-def _group_cross(Z: np.ndarray, w: np.ndarray, group: np.ndarray, J: int) -> np.ndarray:
-    """Σ_{i in j} w_i z_i z_i' per group: (J, q, q) for w of shape (rows,), (…, J, q, q) for (…, rows)."""
-    from scipy import sparse
-
-    n, q = Z.shape
-    G = sparse.csr_matrix((np.ones(n), (np.arange(n), group)), shape=(n, J))
-    w = np.asarray(w, dtype=float)
-    lead = w.shape[:-1]
-    w2 = np.broadcast_to(w, lead + (n,)).reshape(-1, n)
-    out = np.empty((w2.shape[0], J, q, q))
-    for k in range(q):
-        for m in range(k, q):
-            s = np.asarray(G.T @ (w2 * (Z[:, k] * Z[:, m])).T).T  # (lead, J)
-            out[:, :, k, m] = s
-            out[:, :, m, k] = s
-    return out.reshape(lead + (J, q, q))
 
 
 def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:

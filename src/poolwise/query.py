@@ -8,7 +8,9 @@ and poisson models (:func:`bind_counts`) it merges the rows into counts per (gro
 pattern).  The formula's encoding is formulae's own, translated column by column into SQL
 (:func:`poolwise.formula.sql_columns`); the rows never leave the engine, so memory is
 O(groups), whatever the number of rows.  Validation happens in the same pass; a second query
-names the rows at fault only when something is off.
+names the rows at fault only when something is off.  :func:`bind_data` routes a fit's data: a
+table in memory to :meth:`ModelSpec.bind`, a file, relation or Spark DataFrame to one of the
+queries, or to loading the columns the model needs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .formula import sql_columns
 from .reduce import BlockStats, Reduced
 from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
-__all__ = ["Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
+__all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
         raise SpecError(f"The rows of this model cannot be reduced inside the query: {why}.",
                         hint="Load the columns it needs (poolwise.data.read_table).", option="formula")
     check_formula_columns(spec, src.columns)
-    f, q_ = spec.formula, src.quote
+    f = spec.formula
     term = spec.group_terms[0]
     group_cols = list(term.factor_columns)
     skip = {spec.outcome, spec.se, *group_cols}
@@ -702,4 +704,35 @@ def bind_counts(spec: ModelSpec, src: _data.Source) -> tuple[BoundSpec, str]:
     note = (f"{n_rows:,} rows merged inside {src.engine} ({src.source}) into {len(frame):,} rows of counts per group "
             f"and covariate pattern ({spec.formula} fitted as {merged.formula}, family {family}: the same "
             "posterior); PSIS-LOO and predictions of responses are per merged row.")
+    return bound, note
+
+
+def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = None, spark: Any = None
+              ) -> tuple[BoundSpec, str | None]:
+    """Bind ``spec`` to ``data``: in memory, or reduced inside DuckDB/Spark when the model allows.
+
+    Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
+    factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
+    (:func:`poolwise.query.bind_source`); bernoulli, binomial and poisson rows are merged into
+    counts per (group, covariate pattern) by one query (:func:`poolwise.query.bind_counts`);
+    for other models only the needed columns are loaded.
+
+    Returns
+    -------
+    The bound spec, and a note for the fit when the columns were loaded (``None`` otherwise).
+    """
+    if isinstance(data, _data.Table):
+        return spec.bind(data), None
+    if engine is None and spark is None and not _data.is_scannable(data):
+        return spec.bind(_data.read_table(data)), None
+    src = _data.scan(data, engine=engine, spark=spark)
+    why = query_reason(spec) or (None if method in ("exact", "empirical") else
+                                 f"method={method!r} works on the rows")
+    if why is None:
+        return bind_source(spec, src), None
+    if count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
+        return bind_counts(spec, src)
+    bound = spec.bind(src.load(spec.variables))
+    note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
+            f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")
     return bound, note
