@@ -26,7 +26,7 @@ def test_heavy_dependencies_have_one_home() -> None:
     homes = {
         "jax": ("infer/",), "numpyro": ("infer/",), "arviz": ("fit.py", "compare.py", "sensitivity.py"),
         "matplotlib": ("plots/", "report.py"), "typer": ("cli.py",), "rich": ("cli.py",),
-        "duckdb": ("data.py", "reduce.py", "query.py"),
+        "duckdb": ("data.py", "source.py", "reduce.py", "query.py"),
     }
     src = ROOT / "src" / "poolwise"
     for path in src.rglob("*.py"):

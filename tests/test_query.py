@@ -20,6 +20,7 @@ import test_bad_input
 
 import poolwise as pw
 from poolwise import data as D
+from poolwise import source as S
 from poolwise.errors import DataError, FormulaError, PoolwiseError, SpecError
 from poolwise.query import bind_source
 from poolwise.reduce import bound_block_stats, reduce
@@ -73,7 +74,7 @@ def _same(b1: object, b2: object) -> None:
 def test_query_statistics_equal_the_rows(files: dict[str, object], formula: str) -> None:
     spec = ModelSpec(formula)
     mem = spec.bind(D.read_table(files["df"]))  # type: ignore[arg-type]
-    sql = bind_source(spec, D.scan(files["parquet"]))
+    sql = bind_source(spec, S.scan(files["parquet"]))
     assert sql.coef_names == mem.coef_names
     assert sql.levels == mem.levels
     np.testing.assert_array_equal(sql.group_sizes(), mem.group_sizes())
@@ -97,7 +98,7 @@ def test_csv_globs_and_relations(files: dict[str, object], kind: str) -> None:
         data: object = con.sql(f"SELECT * FROM read_parquet('{files['parquet']}') WHERE y > -1e9")
     else:
         data = files[kind]
-    _same(mem, bind_source(spec, D.scan(data)))
+    _same(mem, bind_source(spec, S.scan(data)))
 
 
 @pytest.mark.parametrize("method", ["exact", "empirical"])

@@ -24,6 +24,7 @@ from test_query import FIELDS, FORMULAS, _frame
 
 import poolwise as pw
 from poolwise import data as D
+from poolwise import source as S
 from poolwise.errors import DataError, PoolwiseError
 from poolwise.query import bind_source
 from poolwise.reduce import bound_block_stats, reduce
@@ -89,9 +90,9 @@ def _same(duck: Any, other: Any) -> None:
 @pytest.mark.parametrize("formula", FORMULAS)
 def test_spark_statistics_equal_duckdb(rows: dict[str, Any], formula: str) -> None:
     spec = ModelSpec(formula)
-    duck = bind_source(spec, D.scan(rows["parquet"]))
+    duck = bind_source(spec, S.scan(rows["parquet"]))
     for what in ("frame", "read"):  # createDataFrame(pandas) and read.parquet
-        src = D.scan(rows[what])
+        src = S.scan(rows[what])
         assert src.engine == "spark"
         got = bind_source(spec, src)
         assert got.reduced.engine == "spark" and "GROUP BY" in got.reduced.sql
@@ -101,7 +102,7 @@ def test_spark_statistics_equal_duckdb(rows: dict[str, Any], formula: str) -> No
 @pytest.mark.parametrize(("kind", "formula"), [("glob", FORMULAS[2]), ("csv", FORMULAS[1])])
 def test_paths_read_by_spark(rows: dict[str, Any], spark: Any, kind: str, formula: str) -> None:
     spec = ModelSpec(formula)
-    _same(bind_source(spec, D.scan(rows[kind])), bind_source(spec, D.scan(rows[kind], engine="spark", spark=spark)))
+    _same(bind_source(spec, S.scan(rows[kind])), bind_source(spec, S.scan(rows[kind], engine="spark", spark=spark)))
 
 
 def test_two_column_factor_and_text_keys_in_the_rows_order(rows: dict[str, Any], spark: Any) -> None:
@@ -109,7 +110,7 @@ def test_two_column_factor_and_text_keys_in_the_rows_order(rows: dict[str, Any],
     df = rows["df"].assign(h=np.where(rows["df"]["x"] > 0, "a1", "a"), m=np.where(rows["df"]["z"] > 0, "x", "y"))
     spec = ModelSpec("y ~ x + (1 | h:m)")
     mem = spec.bind(D.read_table(df))
-    got = bind_source(spec, D.scan(spark.createDataFrame(df)))
+    got = bind_source(spec, S.scan(spark.createDataFrame(df)))
     assert got.levels == mem.levels == ["a1:x", "a1:y", "a:x", "a:y"]
     np.testing.assert_array_equal(got.group_sizes(), mem.group_sizes())
     for name in FIELDS:
@@ -120,7 +121,7 @@ def test_two_column_factor_and_text_keys_in_the_rows_order(rows: dict[str, Any],
 def test_kinds_from_spark_types(spark: Any) -> None:
     frame = spark.createDataFrame([], "i int, l bigint, s smallint, d double, f float, m decimal(10,2), t string, "
                                       "b boolean, day date, ts timestamp, v array<int>")
-    assert D.scan(frame).kinds == {"i": "number", "l": "number", "s": "number", "d": "number", "f": "number",
+    assert S.scan(frame).kinds == {"i": "number", "l": "number", "s": "number", "d": "number", "f": "number",
                                    "m": "number", "t": "text", "b": "boolean", "day": "other", "ts": "other",
                                    "v": "other"}
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
+from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import sql_columns
 from .reduce import BlockStats, Reduced
@@ -78,7 +79,7 @@ def query_reason(spec: ModelSpec) -> str | None:
     return None
 
 
-def _num(src: _data.Source, column: str) -> str:
+def _num(src: _source.Source, column: str) -> str:
     return f"CAST({src.quote(column)} AS DOUBLE)"
 
 
@@ -86,7 +87,7 @@ def _inf() -> str:
     return "CAST('Infinity' AS DOUBLE)"
 
 
-def _div(src: _data.Source, a: str, b: str) -> str:
+def _div(src: _source.Source, a: str, b: str) -> str:
     """``a / b`` in SQL; Spark's ANSI mode raises on a zero divisor, ``try_divide`` gives NULL (not finite)."""
     return f"try_divide({a}, {b})" if src.dialect == "spark" else f"{a} / {b}"
 
@@ -96,7 +97,7 @@ def _bad_number(expr: str) -> str:
     return f"({expr} IS NULL OR isnan({expr}) OR abs({expr}) = {_inf()})"
 
 
-def _levels(src: _data.Source, column: str) -> list[Any]:
+def _levels(src: _source.Source, column: str) -> list[Any]:
     """The distinct non-missing values of a column, in their natural order."""
     frame = src.query(f"SELECT DISTINCT {src.quote(column)} AS v FROM {{rows}}")
     values = [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -110,7 +111,7 @@ def _levels(src: _data.Source, column: str) -> list[Any]:
         return sorted(values, key=str)
 
 
-def _bad_rows(src: _data.Source, condition: str, limit: int = 6) -> list[int]:
+def _bad_rows(src: _source.Source, condition: str, limit: int = 6) -> list[int]:
     """0-based positions (in scan order) of rows where ``condition`` holds, for messages."""
     if src.dialect == "spark":  # Spark has no row_number() without an order: counted from the scan
         return src.spark_positions(condition, limit)
@@ -119,7 +120,7 @@ def _bad_rows(src: _data.Source, condition: str, limit: int = 6) -> list[int]:
     return [int(v) for v in frame["r"].tolist()]
 
 
-def _skeleton(spec: ModelSpec, src: _data.Source, levels: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
+def _skeleton(spec: ModelSpec, src: _source.Source, levels: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
     """A few rows holding every level of the categorical columns: formulae builds its encoding on them."""
     k = max([2] + [len(v) for v in levels.values()])
     out: dict[str, Any] = {}
@@ -149,7 +150,7 @@ def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
                            option="formula") from None
 
 
-def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
+def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     """Bind a gaussian model with one grouping factor to rows that stay in their engine.
 
     One aggregation query (``GROUP BY`` the grouping factor) computes, per group, the row count
@@ -166,7 +167,7 @@ def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
     spec
         A gaussian model with one grouping factor (:func:`query_reason` is ``None``).
     src
-        The rows (:func:`poolwise.data.scan`).
+        The rows (:func:`poolwise.source.scan`).
 
     Returns
     -------
@@ -233,7 +234,7 @@ def bind_source(spec: ModelSpec, src: _data.Source) -> BoundSpec:
                           group_cols, predictors, categorical)
 
 
-def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: list[str], x_sql: list[str],
+def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names: list[str], x_sql: list[str],
                    z_sql: list[str], y_raw: str, y_sql: str, w_sql: str, group_cols: list[str],
                    predictors: list[str], categorical: list[str]) -> BoundSpec:
     term = spec.group_terms[0]
@@ -418,7 +419,7 @@ def _run_reduction(spec: ModelSpec, src: _data.Source, design: Any, coef_names: 
                       x_sds=x_sds, design=design, reduced=reduction)
 
 
-def _diagnose(spec: ModelSpec, src: _data.Source, base: list[str], coef_names: list[str], p: int, y_at: int,
+def _diagnose(spec: ModelSpec, src: _source.Source, base: list[str], coef_names: list[str], p: int, y_at: int,
               one_at: int | None, numbers: list[str], categorical: list[str]) -> None:
     """Find what made the main query's sums or counts wrong, and raise its error (a second scan).
 
@@ -475,7 +476,7 @@ def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
     return mask
 
 
-def _group_labels(src: _data.Source, group_cols: list[str], got: dict[str, np.ndarray],
+def _group_labels(src: _source.Source, group_cols: list[str], got: dict[str, np.ndarray],
                   key_names: list[str]) -> tuple[list[str], np.ndarray] | None:
     """Group labels in the in-memory path's order, and the order of the query's rows that gives it
     (the engine's ``ORDER BY`` of several key columns, or of text, may differ); ``None`` when a key
@@ -508,7 +509,7 @@ def _labels_of(values: np.ndarray) -> list[str]:
     return [_data._label(x) for x in values.tolist()]
 
 
-def _totals_xx(src: _data.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:
+def _totals_xx(src: _source.Source, x_sql: list[str], w_sql: str, one_at: int | None, p: int) -> np.ndarray:
     """X'WX over every row, in its own query (used when p is large)."""
     exprs = [f"SUM(({w_sql}) * ({x_sql[k]}) * ({x_sql[m]})) AS s{k}_{m}" for k in range(p) for m in range(k, p)]
     got = src.query_arrays(f"SELECT {', '.join(exprs)} FROM {{rows}}")
@@ -580,7 +581,7 @@ def _strip_offsets(text: str) -> tuple[str, list[str]]:
     return (cleaned or "1"), found
 
 
-def bind_counts(spec: ModelSpec, src: _data.Source) -> tuple[BoundSpec, str]:
+def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
     """Merge the rows of a bernoulli, binomial or poisson model into counts per (group, pattern).
 
     Rows with equal grouping labels and equal predictor values carry the same linear predictor,
@@ -723,9 +724,9 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
     """
     if isinstance(data, _data.Table):
         return spec.bind(data), None
-    if engine is None and spark is None and not _data.is_scannable(data):
+    if engine is None and spark is None and not _source.is_scannable(data):
         return spec.bind(_data.read_table(data)), None
-    src = _data.scan(data, engine=engine, spark=spark)
+    src = _source.scan(data, engine=engine, spark=spark)
     why = query_reason(spec) or (None if method in ("exact", "empirical") else
                                  f"method={method!r} works on the rows")
     if why is None:
