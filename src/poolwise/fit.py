@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -521,11 +522,13 @@ class Fit:
 
         skip = set() if groups else set(self.group_vars)
         names = [n for n in self.idata.posterior.data_vars if n not in skip]
-        out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
-        if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
-            gv = self.idata["group_values"]
-            gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
-            out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
+        with warnings.catch_warnings():  # a constant (REML estimates, a fixed setting) has no R-hat: NaN in the table
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
+            if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
+                gv = self.idata["group_values"]
+                gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
+                out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
@@ -833,8 +836,6 @@ def _to_inference_data(f: Fit) -> Any:
         coords=coords, dims=dims, **kwargs,
     )
     if thinned:
-        import warnings
-
         import xarray as xr
 
         ds = xr.Dataset({name: (("chain", "value_draw", factor), arr) for name, (arr, factor, _, _) in thinned.items()},

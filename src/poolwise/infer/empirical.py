@@ -13,11 +13,11 @@ factor: the per-group Cholesky factors of M_j) already compute, taken with a *fl
 
 which are lme4's and statsmodels' log-likelihoods (lme4 prints −2ℓ_REML as the "REML criterion at
 convergence").  θ is maximized in the unconstrained coordinates (log σ, log s_k, and the
-CorrCholesky coordinates of the correlation matrix, :func:`poolwise.infer.collapsed._corr_cholesky`)
+CorrCholesky coordinates of the correlation matrix, :func:`poolwise.infer.blockmath._corr_cholesky`)
 by Nelder–Mead from several starts, then polished by damped Newton steps with finite-difference
 derivatives.  Given θ̂ the draws are exact: β ~ N(β̂, A⁻¹) (its conditional under the flat prior),
 then every b_j | β from its conditional Gaussian (:func:`poolwise.infer.exact.draw_conditional`,
-:func:`poolwise.infer.collapsed._np_draw`), so the mean of the b_j draws is the BLUP.
+:func:`poolwise.infer.blockmath._np_draw`), so the mean of the b_j draws is the BLUP.
 
 Other families (Laplace)
 ------------------------
@@ -60,10 +60,10 @@ import numpy as np
 from scipy import optimize
 
 from ..errors import SpecError
-from ..reduce import Reduced, bound_block_stats, reduce
+from ..reduce import BlockStats, Reduced, bound_block_stats, reduce
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
-from . import collapsed, exact
+from . import blockmath, exact, imh
 
 __all__ = ["gaussian_loglik", "block_loglik", "laplace_loglik", "sample"]
 
@@ -120,20 +120,20 @@ def gaussian_loglik(red: Reduced, sigma: np.ndarray, tau: np.ndarray, *, reml: b
     return np.asarray(ll.reshape(sigma.shape))
 
 
-def _block_gls(stats: collapsed.BlockStats, sigma: float, Lam: np.ndarray) -> tuple[np.ndarray, float]:
+def _block_gls(stats: BlockStats, sigma: float, Lam: np.ndarray) -> tuple[np.ndarray, float]:
     """β̂ (GLS) and log|X'V⁻¹X| from collapsed's pieces with a flat prior on β."""
     p = stats.p
     if not p:
         return np.zeros(0), 0.0
     with np.errstate(all="ignore"):
-        pc = collapsed._np_pieces(stats, np.zeros(p), np.full(p, np.inf), np.array([sigma]), Lam[None])
+        pc = blockmath._np_pieces(stats, np.zeros(p), np.full(p, np.inf), np.array([sigma]), Lam[None])
     assert pc.LP is not None  # P = X'V⁻¹X exactly (zero prior precision), r = X'V⁻¹y
     z = pc.LP.solve(pc.r[..., None])
     beta = pc.LP.solve(z, transpose=True)[0, :, 0]
     return np.asarray(beta), float(2.0 * pc.LP.sum_log_diag()[0])
 
 
-def block_loglik(stats: collapsed.BlockStats, sigma: float, Lam: np.ndarray, *, reml: bool = True) -> float:
+def block_loglik(stats: BlockStats, sigma: float, Lam: np.ndarray, *, reml: bool = True) -> float:
     """REML (or ML) log-likelihood of the model with q group terms of one factor at (σ, Σ = ΛΛ').
 
     ℓ_ML is collapsed's marginal of the GLS residuals y − Xβ̂ (their statistics need no pass over
@@ -158,7 +158,7 @@ def block_loglik(stats: collapsed.BlockStats, sigma: float, Lam: np.ndarray, *, 
         yWy=float(stats.yWy - 2.0 * beta @ stats.XtWy + beta @ stats.XtWX @ beta),
     )
     with np.errstate(all="ignore"):
-        ll = float(collapsed._np_pieces(res, np.zeros(0), np.zeros(0), np.array([sigma]), Lam[None]).ll[0])
+        ll = float(blockmath._np_pieces(res, np.zeros(0), np.zeros(0), np.array([sigma]), Lam[None]).ll[0])
     if reml:
         ll += 0.5 * stats.p * _LOG2PI - 0.5 * logdetA
     return ll if math.isfinite(ll) else -math.inf
@@ -172,7 +172,7 @@ class _Hyper:
         self.n_sigma = int(has_sigma)
         self.n_sd = q if Sigma is None else 0
         self.n_corr = q * (q - 1) // 2 if (Sigma is None and correlated and q > 1) else 0
-        self.Lam_fixed = None if Sigma is None else collapsed._psd_sqrt(np.asarray(Sigma, dtype=float))
+        self.Lam_fixed = None if Sigma is None else blockmath._psd_sqrt(np.asarray(Sigma, dtype=float))
         self.dim = self.n_sigma + self.n_sd + self.n_corr
 
     def unpack(self, theta: np.ndarray) -> tuple[float, np.ndarray | None, np.ndarray | None, np.ndarray]:
@@ -188,7 +188,7 @@ class _Hyper:
         i += q
         L: np.ndarray | None = None
         if self.n_corr:
-            L = collapsed._corr_cholesky(theta[None, i:i + self.n_corr], q)[0][0]
+            L = blockmath._corr_cholesky(theta[None, i:i + self.n_corr], q)[0][0]
             Lam = sd[:, None] * L
         else:
             Lam = np.diag(sd)
@@ -221,13 +221,13 @@ def _maximize(f: Callable[[np.ndarray], float], starts: list[np.ndarray], steps:
                                 options={"initial_simplex": simplex, "xatol": 1e-7, "fatol": 1e-10,
                                          "maxiter": 5000 * d, "maxfev": 5000 * d, "adaptive": d > 2})
         n_eval += int(res.nfev)
-        x, fx, _, ne = collapsed._newton_mode(neg_batch, np.asarray(res.x, dtype=float), max_iter=50)
+        x, fx, _, ne = imh._newton_mode(neg_batch, np.asarray(res.x, dtype=float), max_iter=50)
         n_eval += ne
         if fx < best_f:
             best_x, best_f = x, fx
     # convergence: the Newton decrement (or, at a boundary where the Hessian is singular, the gradient)
     h = np.full(d, 1e-4)
-    _, g, H = collapsed._fd_derivs(neg_batch, best_x, h)
+    _, g, H = imh._fd_derivs(neg_batch, best_x, h)
     n_eval += 1 + 4 * d * d
     converged = False
     if np.all(np.isfinite(g)):
@@ -238,7 +238,7 @@ def _maximize(f: Callable[[np.ndarray], float], starts: list[np.ndarray], steps:
     return best_x, -best_f, converged, n_eval
 
 
-def _profiled_block(stats: collapsed.BlockStats, hyp: _Hyper, thetas: np.ndarray, *, reml: bool
+def _profiled_block(stats: BlockStats, hyp: _Hyper, thetas: np.ndarray, *, reml: bool
                     ) -> tuple[np.ndarray, np.ndarray]:
     """REML (or ML) of the q-term model with σ² profiled out, batched over θ = (log s/σ, corr coords).
 
@@ -255,11 +255,11 @@ def _profiled_block(stats: collapsed.BlockStats, hyp: _Hyper, thetas: np.ndarray
     B, q, p, N = thetas.shape[0], hyp.q, stats.p, stats.n_obs
     sd = np.exp(thetas[:, :q])
     if hyp.n_corr:
-        Lam = sd[:, :, None] * collapsed._corr_cholesky(thetas[:, q:q + hyp.n_corr], q)[0]
+        Lam = sd[:, :, None] * blockmath._corr_cholesky(thetas[:, q:q + hyp.n_corr], q)[0]
     else:
         Lam = sd[:, :, None] * np.eye(q)[None]
     with np.errstate(all="ignore"):
-        pc = collapsed._np_pieces(stats, np.zeros(p), np.full(p, np.inf), np.ones(B), Lam)
+        pc = blockmath._np_pieces(stats, np.zeros(p), np.full(p, np.inf), np.ones(B), Lam)
         assert pc.quad is not None and pc.logdetV is not None
         dof = N - p if reml else N
         s2 = pc.quad / dof
@@ -270,7 +270,7 @@ def _profiled_block(stats: collapsed.BlockStats, hyp: _Hyper, thetas: np.ndarray
     return np.where(np.isfinite(ll) & (s2 > 0), ll, -np.inf), s2
 
 
-def _maximize_profiled(stats: collapsed.BlockStats, hyp: _Hyper, starts: list[np.ndarray], *, reml: bool
+def _maximize_profiled(stats: BlockStats, hyp: _Hyper, starts: list[np.ndarray], *, reml: bool
                        ) -> tuple[np.ndarray, bool, int] | None:
     """Damped Newton on the σ-profiled criterion from several starts (batched finite differences).
 
@@ -286,7 +286,7 @@ def _maximize_profiled(stats: collapsed.BlockStats, hyp: _Hyper, starts: list[np
     for x0 in starts:
         if not np.isfinite(neg(x0[None])[0]):
             continue
-        x, fx, H, ne = collapsed._newton_mode(neg, x0, max_iter=60, h_max=1e-3)  # (small steps: an optimum)
+        x, fx, H, ne = imh._newton_mode(neg, x0, max_iter=60, h_max=1e-3)  # (small steps: an optimum)
         n_eval += ne
         if best is None or fx < best[1]:
             best = (x, fx, H is not None)
@@ -423,7 +423,7 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
     else:
         beta_hat = _block_gls(stats, sigma, Lam)[0]
         with np.errstate(all="ignore"):
-            beta, bq = collapsed._np_draw(stats, np.zeros(stats.p), np.full(stats.p, np.inf), sig_d,
+            beta, bq = blockmath._np_draw(stats, np.zeros(stats.p), np.full(stats.p, np.inf), sig_d,
                                           np.ascontiguousarray(np.broadcast_to(Lam, (C * D,) + Lam.shape)), rng)
         values = None if pooled else bq.reshape(C, D, blk.n_groups, blk.q)
     estimates: dict[str, Any] = {"beta": beta_hat.tolist()}

@@ -9,14 +9,14 @@ coordinates of R) the group effects are integrated out by Laplace's approximatio
 
 the criterion of :mod:`poolwise.infer.empirical` (lme4's ``glmer`` with ``nAGQ = 1``), here
 *integrated* over θ rather than maximized: the log posterior of θ adds the priors of β, the
-SDs and the LKJ prior of R (:func:`poolwise.infer.collapsed._lkj_cholesky_logpdf`) and the
-log-Jacobians of the unconstrained coordinates (:func:`poolwise.infer.collapsed._corr_cholesky`),
+SDs and the LKJ prior of R (:func:`poolwise.infer.blockmath._lkj_cholesky_logpdf`) and the
+log-Jacobians of the unconstrained coordinates (:func:`poolwise.infer.blockmath._corr_cholesky`),
 the density NumPyro's full model has in the same coordinates once b is integrated out.  This is
 the embedded Laplace approximation of Stan (Margossian et al., 2020) and of INLA's inner step
 (Rue, Martino & Chopin, 2009).
 
 θ is sampled by independence Metropolis–Hastings with an adapted multivariate t proposal
-(:func:`poolwise.infer.collapsed._imh`): exact for the Laplace-approximated posterior.  Every
+(:func:`poolwise.infer.imh._imh`): exact for the Laplace-approximated posterior.  Every
 evaluation of the target runs the per-group Newton iterations vectorized over a batch of θ and
 over the groups at once (rows sorted by group, per-group sums by :func:`numpy.add.reduceat`),
 in chunks of θ that bound the memory to about :data:`_CHUNK_ELEMENTS` numbers per work array,
@@ -55,7 +55,7 @@ import numpy as np
 from ..errors import ConvergenceWarning, SpecError
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
-from . import collapsed
+from . import blockmath, imh
 from .empirical import _LAPLACE_FAMILIES, _Laplace  # private helpers of the sibling module, reused
 
 __all__ = ["LaplaceTarget", "sample", "MIN_ACCEPT"]
@@ -72,7 +72,7 @@ class LaplaceTarget:
     """Log posterior of θ = (β, log s, CorrCholesky x) with the group effects integrated out by Laplace.
 
     Callable on a batch of θ (B, dim) → (B,) log densities (−inf where not finite), with ``dim``
-    and ``center()`` as :func:`poolwise.infer.collapsed._imh` needs.
+    and ``center()`` as :func:`poolwise.infer.imh._imh` needs.
     """
 
     def __init__(self, bound: BoundSpec, rng: np.random.Generator | None = None) -> None:
@@ -103,7 +103,7 @@ class LaplaceTarget:
         self.beta_priors = [bound.priors[c] for c in bound.coef_names]
         self.Lam_fixed: np.ndarray | None = None
         if blk.Sigma is not None:
-            self.Lam_fixed = collapsed._psd_sqrt(np.asarray(blk.Sigma, dtype=float))
+            self.Lam_fixed = blockmath._psd_sqrt(np.asarray(blk.Sigma, dtype=float))
             self.sd_priors = []
         else:
             self.sd_priors = [bound.priors[n] for n in blk.sd_names]
@@ -188,8 +188,8 @@ class LaplaceTarget:
                 for k, pr in enumerate(self.sd_priors):
                     lp = lp + pr.logpdf(sd[:, k]) + theta[:, p + k]
                 if self.n_corr:
-                    L, logjac = collapsed._corr_cholesky(theta[:, p + q:], q)
-                    lp = lp + collapsed._lkj_cholesky_logpdf(L, self.lkj_eta) + logjac
+                    L, logjac = blockmath._corr_cholesky(theta[:, p + q:], q)
+                    lp = lp + blockmath._lkj_cholesky_logpdf(L, self.lkj_eta) + logjac
                     Lam = sd[:, :, None] * L
                 else:
                     Lam = sd[:, :, None] * np.eye(q)
@@ -206,7 +206,7 @@ class LaplaceTarget:
         return np.concatenate(parts)
 
     def modes(self, beta: np.ndarray, Lam: np.ndarray, u0: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, collapsed._NpChol, np.ndarray, int]:
+              ) -> tuple[np.ndarray, np.ndarray, blockmath._NpChol, np.ndarray, int]:
         """Per-group Newton for a chunk: û (B, Jp, q), Laplace log-lik (B,), C (chol of H), converged, iterations."""
         B, q = beta.shape[0], self.q
         eta_fix = beta @ self.X.T + self.offset
@@ -225,7 +225,7 @@ class LaplaceTarget:
         conv = np.zeros(B, dtype=bool)
         it = 0
         for it in range(1, _MAX_NEWTON + 1):
-            C = collapsed._NpChol(H)
+            C = blockmath._NpChol(H)
             delta = C.solve(C.solve(g[..., None]), transpose=True)[..., 0]
             dec = (g * delta).sum(axis=-1)
             dec = np.where(np.isfinite(dec), dec, np.inf)
@@ -252,7 +252,7 @@ class LaplaceTarget:
             h = np.where(keep, h_new, h)
             g = np.where(keep[..., None], g_new, g)
             H = np.where(keep[..., None, None], H_new, H)
-        C = collapsed._NpChol(H)
+        C = blockmath._NpChol(H)
         val = h.sum(axis=1) - C.sum_log_diag().sum(axis=1) + self.ll_const
         return u, np.where(np.isfinite(val), val, -np.inf), C, conv, it
 
@@ -370,7 +370,7 @@ def sample(
     target = LaplaceTarget(bound, np.random.default_rng(ss_values))
     C, D = chains, draws
     blk = bound.blocks[0]
-    res = collapsed._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
+    res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
     if isinstance(res, str):
         warnings.warn(f"method='laplace' could not build its proposal ({res}); fitted with NUTS instead.",
                       ConvergenceWarning, stacklevel=3)

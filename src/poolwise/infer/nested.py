@@ -160,7 +160,7 @@ class _Target:
 def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
            progress: Progress | None = None) -> Draws | str:
     """Exact draws of the nested model, or a string saying why the sampler could not run."""
-    from .collapsed import _imh
+    from .imh import _imh
 
     t0 = time.perf_counter()
     nest = nesting(bound)
