@@ -12,7 +12,8 @@ and Laplace paths share these; nothing here imports JAX.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import special
@@ -39,6 +40,25 @@ def _psd_sqrt(S: np.ndarray) -> np.ndarray:
 # the collapsed marginal and the conditional draws in NumPy, batched over hyperparameter values
 
 
+def _unrolled_cholesky(M: Any, sqrt: Callable[[Any], Any], zeros: Callable[[Any], Any]) -> list[list[Any]]:
+    """The lower Cholesky factor of a batch of q × q matrices (…, q, q), written out entry by entry
+    (L[i][j] an array over the batch; zeros above the diagonal), with the array module's ``sqrt``
+    and ``zeros``: NumPy here, JAX for :class:`poolwise.infer.collapsed._BatchChol`."""
+    q = int(M.shape[-1])
+    L: list[list[Any]] = [[zeros(M.shape[:-2])] * q for _ in range(q)]
+    for j in range(q):
+        s = M[..., j, j]
+        for k in range(j):
+            s = s - L[j][k] ** 2
+        L[j][j] = sqrt(s)
+        for i in range(j + 1, q):
+            t = M[..., i, j]
+            for k in range(j):
+                t = t - L[i][k] * L[j][k]
+            L[i][j] = t / L[j][j]
+    return L
+
+
 class _NpChol:
     """Cholesky factors of a batch of small SPD matrices M (..., q, q), with triangular solves (NumPy).
 
@@ -54,18 +74,7 @@ class _NpChol:
         q = self.q
         with np.errstate(invalid="ignore", divide="ignore"):
             if self.unrolled:
-                L: list[list[np.ndarray]] = [[np.zeros(M.shape[:-2])] * q for _ in range(q)]
-                for j in range(q):
-                    s = M[..., j, j]
-                    for k in range(j):
-                        s = s - L[j][k] ** 2
-                    L[j][j] = np.sqrt(s)
-                    for i in range(j + 1, q):
-                        t = M[..., i, j]
-                        for k in range(j):
-                            t = t - L[i][k] * L[j][k]
-                        L[i][j] = t / L[j][j]
-                self.entries = L
+                self.entries = _unrolled_cholesky(M, np.sqrt, np.zeros)
             else:
                 try:
                     self.full = np.linalg.cholesky(M)

@@ -100,7 +100,7 @@ from ..priors import Prior
 from ..reduce import BlockStats, block_stats
 from .nuts import _to_numpyro  # also switches JAX to float64
 from .blockmath import (_LOG2PI, _UNROLL_MAX_Q, _corr_cholesky, _lkj_cholesky_logpdf, _np_draw, _np_log_marginal,
-                        _np_pieces, _psd_sqrt)
+                        _np_pieces, _psd_sqrt, _unrolled_cholesky)
 from .imh import IMH_MIN_ACCEPT, _imh
 
 __all__ = ["BlockStats", "block_stats", "log_marginal", "conditional_moments", "sample"]
@@ -146,19 +146,7 @@ class _BatchChol:
         self.q = int(M.shape[-1])
         self.unrolled = self.q <= _UNROLL_MAX_Q
         if self.unrolled:
-            q = self.q
-            L: list[list[jax.Array]] = [[jnp.zeros(M.shape[:-2])] * q for _ in range(q)]
-            for j in range(q):
-                s = M[..., j, j]
-                for k in range(j):
-                    s = s - L[j][k] ** 2
-                L[j][j] = jnp.sqrt(s)
-                for i in range(j + 1, q):
-                    t = M[..., i, j]
-                    for k in range(j):
-                        t = t - L[i][k] * L[j][k]
-                    L[i][j] = t / L[j][j]
-            self.entries = L
+            self.entries = _unrolled_cholesky(M, jnp.sqrt, jnp.zeros)
         else:
             self.full = jnp.linalg.cholesky(M)
 
