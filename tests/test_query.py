@@ -89,6 +89,29 @@ def test_query_statistics_equal_the_rows(files: dict[str, object], formula: str)
     assert sql.n_obs == mem.n_obs
 
 
+@pytest.mark.parametrize("key", ["int", "float"])
+def test_numeric_keys_in_any_engine_order(tmp_path: Path, key: str) -> None:
+    """A single numeric key is grouped without ORDER BY and put in order in NumPy: with 20,000
+    groups DuckDB's parallel hash aggregation returns them unsorted, yet the levels, their order
+    and every group's statistics must be the in-memory pass's."""
+    rng = np.random.default_rng(3)
+    n, J = 60_000, 20_000
+    ids = rng.permutation(np.arange(-J // 2, J // 2) * 7)[rng.integers(0, J, n)]
+    df = pd.DataFrame({"y": rng.normal(size=n), "x": rng.normal(size=n),
+                       "g": ids if key == "int" else ids / 4.0})
+    path = tmp_path / "rows.parquet"
+    df.to_parquet(path)
+    spec = ModelSpec("y ~ x + (1 | g)")
+    mem = spec.bind(D.read_table(df))
+    sql = bind_source(spec, S.scan(str(path)))
+    assert sql.levels == mem.levels
+    np.testing.assert_array_equal(sql.group_sizes(), mem.group_sizes())
+    _same(mem, sql)
+    r1, r2 = reduce(mem), reduce(sql)
+    for name in ("a", "sy", "u", "sy2"):
+        np.testing.assert_allclose(getattr(r2, name), getattr(r1, name), rtol=1e-11, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["csv", "glob", "relation"])
 def test_csv_globs_and_relations(files: dict[str, object], kind: str) -> None:
     spec = ModelSpec(FORMULAS[1])

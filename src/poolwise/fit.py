@@ -807,7 +807,8 @@ def _to_inference_data(f: Fit) -> Any:
     thinned: dict[str, tuple[np.ndarray, str, np.ndarray, np.ndarray]] = {}
     for block, bd in zip(b.blocks, f.block_draws):
         term = block.term
-        coords[block.factor] = np.asarray(block.levels)  # an array: ArviZ deep-copies coords
+        if bd.values is not None and bd.value_draws is None:  # the posterior's own group axis
+            coords[block.factor] = np.asarray(block.levels)  # an array: ArviZ deep-copies coords
         if bd.sd is not None:
             for k, e in enumerate(block.exprs):
                 posterior[term.sd_name(e)] = bd.sd[..., k]
@@ -819,7 +820,7 @@ def _to_inference_data(f: Fit) -> Any:
             for k, e in enumerate(block.exprs):
                 name = term.value_name(e)
                 if bd.value_draws is not None:  # thinned: their own group, with their own draw axis
-                    thinned[name] = (bd.values[..., k], block.factor, np.asarray(block.levels), bd.value_draws)
+                    thinned[name] = (bd.values[..., k], block.factor, block.levels, bd.value_draws)
                     continue
                 posterior[name] = bd.values[..., k]
                 dims[name] = [block.factor]
@@ -838,9 +839,10 @@ def _to_inference_data(f: Fit) -> Any:
     if thinned:
         import xarray as xr
 
+        levels = {factor: lv for _, factor, lv, _ in thinned.values()}  # one index per factor, built once
         ds = xr.Dataset({name: (("chain", "value_draw", factor), arr) for name, (arr, factor, _, _) in thinned.items()},
                         coords={"chain": np.arange(d.n_chains), "value_draw": next(iter(thinned.values()))[3],
-                                **{factor: lv for _, factor, lv, _ in thinned.values()}})
+                                **{factor: pd.Index(lv, name=factor) for factor, lv in levels.items()}})
         with warnings.catch_warnings():  # a group outside ArviZ's schema, on purpose
             warnings.simplefilter("ignore")
             idata.add_groups({"group_values": ds})

@@ -259,7 +259,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         inner.append(f"{y_raw} AS yraw")
     keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
     aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
-    by_expr: dict[str, str] = {}  # aggregate → alias: every distinct aggregate is computed once
+    by_expr: dict[str, str] = {"COUNT(*)": "n"}  # aggregate → alias: every distinct aggregate is computed once
 
     def agg(expr: str) -> str:
         if expr not in by_expr:
@@ -304,7 +304,9 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     covered = {plain[b] for b in base if b in plain}
     present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical if v not in covered}
     raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in base}
-    design_counts = [agg(f"COUNT(c{i})") for i in range(len(base)) if i != one_at]
+    # one count for every design column: a sum is NULL when any of its terms is (NaN and ±inf are not)
+    design_cols = [f"c{i}" for i in range(len(base)) if i != one_at]
+    design_counts = [agg(f"COUNT({' + '.join(design_cols)})")] if design_cols else []
     se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
     key_names = [f"k{i}" for i in range(len(group_cols))]
     raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
@@ -316,9 +318,12 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     for v in present:
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
         aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
+    # one numeric key is put in order here (an argsort of the groups is cheaper than the engine's sort)
+    numeric_key = len(group_cols) == 1 and src.kinds[group_cols[0]] in ("number", "boolean")
+    order_by = "" if numeric_key else f" ORDER BY {', '.join(key_names)}"
     sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
            f"FROM (SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t "
-           f"GROUP BY {', '.join(key_names)} ORDER BY {', '.join(key_names)}")
+           f"GROUP BY {', '.join(key_names)}{order_by}")
     got = src.query_arrays(sql)
     J = int(got["n"].shape[0])
     n = got["n"].astype(float)
@@ -340,8 +345,8 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
                         f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
     labels, order = grouped
     if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
-        got, n = {k: v[order] for k, v in got.items()}, n[order]
-    blank = [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
+        got, n = _permuted(got, order), n[order]
+    blank = [] if numeric_key else [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
     if blank:
         rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
                                           else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in group_cols))
@@ -476,6 +481,24 @@ def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
     return mask
 
 
+def _permuted(got: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Every column of the query's result in ``order``: in place through one scratch buffer per
+    dtype where the arrays allow it (a copy of 10⁶ groups × many columns costs fresh memory)."""
+    out: dict[str, np.ndarray] = {}
+    scratch: dict[np.dtype, np.ndarray] = {}
+    for k, v in got.items():
+        if type(v) is np.ndarray and v.flags.writeable and v.flags.c_contiguous and v.ndim == 1:
+            buf = scratch.get(v.dtype)
+            if buf is None:
+                buf = scratch[v.dtype] = np.empty_like(v)
+            np.take(v, order, out=buf)
+            v[...] = buf
+            out[k] = v
+        else:
+            out[k] = v[order]
+    return out
+
+
 def _group_labels(src: _source.Source, group_cols: list[str], got: dict[str, np.ndarray],
                   key_names: list[str]) -> tuple[list[str], np.ndarray] | None:
     """Group labels in the in-memory path's order, and the order of the query's rows that gives it
@@ -483,13 +506,11 @@ def _group_labels(src: _source.Source, group_cols: list[str], got: dict[str, np.
     is missing."""
     if _null_keys(got, key_names).any():
         return None
-    parts = []
-    for k in key_names:
-        v = got[k]
-        values = np.ma.getdata(v) if np.ma.isMaskedArray(v) else v
-        parts.append(_labels_of(values))
-    if len(parts) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):
-        return parts[0], np.arange(len(parts[0]))
+    keys = [np.ma.getdata(got[k]) if np.ma.isMaskedArray(got[k]) else got[k] for k in key_names]
+    if len(keys) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):  # the query has no ORDER BY
+        order = np.argsort(keys[0], kind="stable").astype(np.int64)
+        return _labels_of(keys[0][order]), order
+    parts = [_labels_of(values) for values in keys]
     labels = parts[0] if len(parts) == 1 else [":".join(t) for t in zip(*parts)]  # ordered as the strings sort
     if all(a <= b for a, b in zip(labels, labels[1:])):  # the engine's order already (text keys, one column)
         return labels, np.arange(len(labels))
@@ -500,7 +521,7 @@ def _group_labels(src: _source.Source, group_cols: list[str], got: dict[str, np.
 def _labels_of(values: np.ndarray) -> list[str]:
     """:func:`poolwise.data._label` of each key, vectorized where the kind allows."""
     if values.dtype.kind in "iu":
-        return values.astype(str).tolist()  # integers: their decimal digits
+        return list(map(str, values.tolist()))  # integers: their decimal digits (faster than astype(str))
     if values.dtype.kind == "O":
         out = values.tolist()
         if all(type(x) is str for x in out):

@@ -99,26 +99,43 @@ class _BySize:
 _BY_SIZE: dict[int, tuple[weakref.ref[Reduced], _BySize]] = {}
 
 
+def unique_sizes(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(a, return_inverse=True, return_counts=True)``, without a sort when the weights
+    are whole numbers of moderate size (row counts, the unweighted case): one ``bincount``."""
+    a = np.asarray(a, dtype=float)
+    if a.size and a.min() >= 0 and a.max() <= max(4 * a.size, 1 << 16):
+        whole = a.astype(np.int64)
+        if np.array_equal(whole, a):
+            tally = np.bincount(whole)
+            values = np.flatnonzero(tally)
+            lookup = np.zeros(tally.size, dtype=np.int64)
+            lookup[values] = np.arange(values.size)
+            return values.astype(float), lookup[whole], tally[values]
+    return np.unique(a, return_inverse=True, return_counts=True)
+
+
 def _by_size(red: Reduced) -> _BySize:
     """The merged pieces of ``red`` (computed once per statistics object)."""
     hit = _BY_SIZE.get(id(red))
     if hit is not None and hit[0]() is red:
         return hit[1]
     p, J = red.p, red.n_groups
-    uu = (red.u[:, :, None] * red.u[:, None, :]).reshape(J, p * p)
-    usy = red.u * red.sy[:, None]
-    sy2 = red.sy**2
-    a, inv, count = np.unique(red.a, return_inverse=True, return_counts=True)
+    a, inv, count = unique_sizes(red.a)
     if a.size * 2 > J:  # little to merge: keep the groups as they are
-        out = _BySize(red.a, np.ones(J), uu, usy, sy2)
-    else:
+        uu = (red.u[:, :, None] * red.u[:, None, :]).reshape(J, p * p)
+        out = _BySize(red.a, np.ones(J), uu, red.u * red.sy[:, None], red.sy**2)
+    else:  # sums by size, one column at a time (no (groups, p, p) temporaries: fresh memory is slow)
         K = a.size
 
         def merge(v: np.ndarray) -> np.ndarray:
             return np.bincount(inv, weights=v, minlength=K)
 
-        out = _BySize(a, count.astype(float), np.column_stack([merge(uu[:, k]) for k in range(p * p)]).reshape(K, p * p),
-                      np.column_stack([merge(usy[:, k]) for k in range(p)]).reshape(K, p), merge(sy2))
+        uu = np.empty((K, p, p))
+        for k in range(p):
+            for m in range(k, p):
+                uu[:, k, m] = uu[:, m, k] = merge(red.u[:, k] * red.u[:, m])
+        usy = np.column_stack([merge(red.u[:, k] * red.sy) for k in range(p)]).reshape(K, p)
+        out = _BySize(a, count.astype(float), uu.reshape(K, p * p), usy, merge(red.sy * red.sy))
     for key in [k for k, (ref, _) in _BY_SIZE.items() if ref() is None]:
         del _BY_SIZE[key]
     _BY_SIZE[id(red)] = (weakref.ref(red), out)
@@ -273,7 +290,7 @@ def draw_conditional(
         D = rows.size
     rho = tau**2 / s2
     b = np.empty((D, red.n_groups))
-    block = max(1, min(block, (1 << 25) // (8 * max(red.n_groups, 1))))  # work blocks of ≤ 32 MiB
+    block = max(1, min(block, (1 << 23) // (8 * max(red.n_groups, 1))))  # work blocks of ≤ 8 MiB
     starts = list(range(0, D, block))
     child_seeds = [int(x) for x in rng.integers(0, 2**63 - 1, size=len(starts))]
     fixed = D > 0 and bool(np.all(rho == rho[0]) and np.all(s2 == s2[0]))
@@ -283,28 +300,43 @@ def draw_conditional(
         # the conditional means of a block of draws in one product: [β, 1] @ [−k·u; k·sy]
         coef = np.vstack([-(k1[:, None] * red.u).T, k1 * red.sy])  # (p + 1, J)
         beta1 = np.column_stack([beta, np.ones(D)])
-        local = threading.local()
+    uT = np.ascontiguousarray(red.u.T)
+    local = threading.local()  # work buffers, one set per thread: fresh pages are slow to fault in
+
+    def buffers(rows: int) -> tuple[np.ndarray, np.ndarray]:
+        bufs = getattr(local, "bufs", None)
+        if bufs is None:
+            bufs = local.bufs = (np.empty((block, red.n_groups)), np.empty((block, red.n_groups)))
+        return bufs[0][:rows], bufs[1][:rows]
 
     def fill(i: int) -> None:
         s = starts[i]
         sl = slice(s, min(D, s + block))
         g = np.random.Generator(np.random.SFC64(child_seeds[i]))
         out = b[sl]
-        if fixed:  # no temporaries past one buffer per thread (fresh pages are slow to fault in)
-            buf = getattr(local, "buf", None)
-            if buf is None or buf.shape[0] < out.shape[0]:
-                buf = local.buf = np.empty((block, red.n_groups))
-            z = buf[: out.shape[0]]
+        z, m = buffers(out.shape[0])
+        if fixed:
             np.matmul(beta1[sl], coef, out=out)
             g.standard_normal(out=z)
             z *= sd1
             out += z
             return
+        # b_dj = k_dj (sy_j − u_j'β_d) + sqrt(σ_d² k_dj) ε_dj with k_dj = ρ_d / (1 + a_j ρ_d), in place
         g.standard_normal(out=out)
         r = rho[sl, None]
-        k = r / (1.0 + red.a[None, :] * r)
-        out *= np.sqrt(k * s2[sl, None])
-        out += k * (red.sy[None, :] - beta[sl] @ red.u.T)
+        np.multiply(red.a[None, :], r, out=z)
+        z += 1.0
+        np.divide(r, z, out=z)  # k
+        if red.p:
+            np.matmul(beta[sl], uT, out=m)
+            np.subtract(red.sy[None, :], m, out=m)
+        else:
+            m[...] = red.sy[None, :]
+        m *= z  # the conditional means
+        z *= s2[sl, None]
+        np.sqrt(z, out=z)
+        out *= z
+        out += m
 
     if len(starts) > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -343,7 +375,7 @@ def group_moments(red: Reduced, sigma: np.ndarray, tau: np.ndarray, beta: np.nda
     s2 = np.asarray(sigma, dtype=float) ** 2
     rho = np.asarray(tau, dtype=float) ** 2 / s2
     D = s2.size
-    a, inv, _ = np.unique(red.a, return_inverse=True, return_counts=True)
+    a, inv, _ = unique_sizes(red.a)
     K = rho[:, None] / (1.0 + rho[:, None] * a[None, :])  # (D, sizes)
     K2 = K * K
     c = beta[:, intercept] if intercept is not None else np.zeros(D)
