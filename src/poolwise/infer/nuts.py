@@ -70,7 +70,8 @@ from ..priors import DISTRIBUTIONS, Prior  # noqa: E402
 from ..spec import BoundSpec, GroupBlock  # noqa: E402
 from . import BlockDraws, Draws, Progress  # noqa: E402
 
-__all__ = ["sample", "build_model", "site_names", "fixed_sites", "clear_cache", "CACHE_SIZE", "RETRY_TARGET_ACCEPT"]
+__all__ = ["sample", "build_model", "site_names", "fixed_sites", "clear_cache", "uses_statistics", "CACHE_SIZE",
+           "RETRY_TARGET_ACCEPT"]
 
 #: target acceptance probabilities tried, in turn, while transitions diverge
 RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -174,13 +175,21 @@ class _Structure:
     n_coef: int
     blocks: tuple[_BlockStructure, ...]
     aux_priors: tuple[tuple[str, str], ...]  # (name, prior family) of sigma / nu / phi as the family has them
+    suff: bool = False  # gaussian likelihood from sufficient statistics (see _suff_data), not from the rows
 
 
 def _present(bound: BoundSpec, with_groups: bool | None) -> list[GroupBlock]:
     return [b for b in bound.blocks if not b.pooled] if with_groups is not False else []
 
 
-def _structure(bound: BoundSpec, with_groups: bool | None = None) -> _Structure:
+def uses_statistics(bound: BoundSpec) -> bool:
+    """Whether NUTS evaluates this model's likelihood from sufficient statistics (:func:`_suff_data`):
+    gaussian, with rows, at most one grouping factor that is not pooled (the statistics of one
+    factor do not hold the cross products of two)."""
+    return bound.spec.fam.name == "gaussian" and bound.has_rows and len(_present(bound, None)) <= 1
+
+
+def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool = False) -> _Structure:
     blocks = []
     for block in _present(bound, with_groups):
         learn_cor = _learns_cor(block)
@@ -193,7 +202,7 @@ def _structure(bound: BoundSpec, with_groups: bool | None = None) -> _Structure:
         ))
     aux = tuple((n, bound.priors[n].dist) for n in ("sigma", *_AUX) if n in bound.priors)
     return _Structure(family=bound.spec.fam.name, has_sigma=bound.has_sigma, n_coef=len(bound.coef_names),
-                      blocks=tuple(blocks), aux_priors=aux)
+                      blocks=tuple(blocks), aux_priors=aux, suff=suff)
 
 
 def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False) -> dict[str, Any]:
@@ -239,8 +248,56 @@ def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: 
     return jax.tree.map(jnp.asarray, data)
 
 
-def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
-    """The contribution of one non-pooled grouping factor to the linear predictor, non-centered.
+def _suff_data(bound: BoundSpec) -> dict[str, Any]:
+    """Sufficient statistics of the gaussian likelihood, about a least-squares fit.
+
+    With r = y − offset − Xβ − Zu and weights w, Σ w r² needs only per-group sums.  They are taken
+    of r₀ = y − offset − Xβ₀ (β₀ the weighted least-squares fit of the common terms), with the
+    model's β entering as δ = β − β₀:
+
+        Σ w r² = r₀'Wr₀ − 2δ'X'Wr₀ + δ'X'WXδ + Σ_j [u_j'Z_j'W_jZ_j u_j − 2u_j'(Z_j'W_jr₀ − Z_j'W_jX_j δ)],
+
+    so that the sum of squares about β₀ is small beside the terms it is computed from (no
+    cancellation of ȳ² against y'y when the outcome is far from 0).  A gradient then costs
+    O(J q (p + q)) instead of O(n (p + q)).
+    """
+    from ..reduce import block_stats
+
+    y0 = np.asarray(bound.y, dtype=float) - np.asarray(bound.offset, dtype=float)
+    X, w = np.asarray(bound.X, dtype=float), np.asarray(bound.weights, dtype=float)
+    p = X.shape[1]
+    sw = np.sqrt(w)
+    beta0 = np.linalg.lstsq(X * sw[:, None], y0 * sw, rcond=None)[0] if p else np.zeros(0)
+    r0 = y0 - X @ beta0
+    present = _present(bound, None)
+    out: dict[str, Any] = {"beta0": beta0, "n": float(r0.size), "sum_log_w": float(np.log(w).sum())}
+    if present:
+        blk = present[0]
+        st = block_stats(r0, X, blk.Z, w, blk.group, blk.n_groups)
+        out.update(XtWX=st.XtWX, XtWr=st.XtWy, rWr=float(st.yWy), ZtWZ=st.ZtWZ, ZtWX=st.ZtWX, ZtWr=st.ZtWy)
+    else:
+        Xw = X * w[:, None]
+        out.update(XtWX=X.T @ Xw, XtWr=Xw.T @ r0, rWr=float(r0 @ (w * r0)))
+    return out
+
+
+def _suff_loglik(st: _Structure, data: dict[str, Any], beta: jax.Array, values: list[jax.Array]) -> jax.Array:
+    """Σ log N(y_i | η_i, σ²/w_i) from :func:`_suff_data` (sampling σ on the way, as the rows' model)."""
+    s = data["suff"]
+    d = beta - s["beta0"]
+    Q = s["rWr"] - 2.0 * d @ s["XtWr"] + d @ (s["XtWX"] @ d)
+    for u in values:  # (J, q); at most one grouping factor
+        h = s["ZtWr"] - jnp.einsum("jqp,p->jq", s["ZtWX"], d)
+        Q = Q + jnp.sum(u * jnp.einsum("jab,jb->ja", s["ZtWZ"], u)) - 2.0 * jnp.sum(u * h)
+    n = s["n"]
+    if st.has_sigma:
+        sigma = numpyro.sample("sigma", _prior_dist(dict(st.aux_priors)["sigma"], data["aux_prior"]["sigma"]))
+        return -0.5 * n * jnp.log(2.0 * jnp.pi) + 0.5 * s["sum_log_w"] - n * jnp.log(sigma) - 0.5 * Q / sigma**2
+    return -0.5 * n * jnp.log(2.0 * jnp.pi) + 0.5 * s["sum_log_w"] - 0.5 * Q  # known standard errors
+
+
+def _group_values(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
+    """The group values u (J, q) of one non-pooled grouping factor, non-centered: u_j = diag(s) L z_j.
 
     The SD sites have the term's prior when Σ is learned and a flat density when Σ is fixed
     (then observed at √diag Σ when ``data`` holds it, so that the log density has no prior
@@ -260,6 +317,12 @@ def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
     with numpyro.plate(f"groups({bs.factor})", bs.n_groups):
         z = numpyro.sample(f"z({bs.factor})", dist.Normal(0.0, 1.0).expand([q]).to_event(1))
     u: jax.Array = numpyro.deterministic(f"u({bs.factor})", z @ (sd[:, None] * chol).T)
+    return u
+
+
+def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
+    """The contribution of one non-pooled grouping factor to the linear predictor (:func:`_group_values`)."""
+    u = _group_values(bs, data)
     return jnp.sum(data["Z"] * u[data["g"]], axis=1)
 
 
@@ -305,6 +368,10 @@ def _structural_model(st: _Structure) -> Model:
             beta = numpyro.deterministic("beta", data["A_inv"] @ beta_c)
         else:  # y ~ 0 + …: no common coefficients
             beta = numpyro.deterministic("beta", jnp.zeros(0))
+        if st.suff:  # the likelihood from sufficient statistics: no row arrays in the program
+            values = [_group_values(bs, block_data) for bs, block_data in zip(st.blocks, data["blocks"])]
+            numpyro.factor("loglik", _suff_loglik(st, data, beta, values))
+            return
         eta = data["X"] @ beta + data["offset"]
         for bs, block_data in zip(st.blocks, data["blocks"]):
             eta = eta + _group_term(bs, block_data)
@@ -387,6 +454,38 @@ def _shapes(tree: Any) -> Hashable:
     return treedef, tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
 
 
+def init_to_jittered_median(site: dict[str, Any] | None = None, radius: float = 1.0, num_samples: int = 15) -> Any:
+    """NUTS's starting point: each site at the median of ``num_samples`` prior draws, moved by
+    U(−radius, radius) in the unconstrained space (PyMC's ``jitter+adapt_diag`` start, about the
+    prior median rather than NumPyro's default U(−2, 2) about 0).
+
+    A start about 0 leaves an intercept of a data-scaled prior (the outcome's mean, here perhaps
+    1000) hundreds of prior SDs from where it belongs; non-centered group values then take up the
+    difference, and a short warmup can stop with chains stuck apart (R-hat 2 and more).  Chains
+    get different draws, so their starts differ.  Sites without a sampler (a flat prior) start as
+    :func:`numpyro.infer.init_to_uniform` would.
+    """
+    if site is None:
+        return functools.partial(init_to_jittered_median, radius=radius, num_samples=num_samples)
+    if site["type"] != "sample" or site["is_observed"] or site["fn"].support.is_discrete:
+        return None
+    if site["value"] is not None:
+        return site["value"]
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer import init_to_uniform
+
+    key = site["kwargs"].get("rng_key")
+    shape = site["kwargs"].get("sample_shape") or ()
+    k_draw, k_jitter = jax.random.split(key)
+    try:
+        draws = site["fn"](sample_shape=(num_samples, *shape), rng_key=k_draw)
+    except NotImplementedError:
+        return init_to_uniform(site, radius=radius)
+    transform = biject_to(site["fn"].support)
+    middle = jnp.median(transform.inv(draws), axis=0)
+    return transform(middle + jax.random.uniform(k_jitter, middle.shape, minval=-radius, maxval=radius))
+
+
 def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
                   target_accept: float, max_tree_depth: int) -> Callable[..., Any]:
     """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings."""
@@ -397,7 +496,8 @@ def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, wa
         return run
 
     def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
-        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                      init_strategy=init_to_jittered_median)
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
                     chain_method="vectorized", progress_bar=False)
         mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
@@ -441,6 +541,7 @@ def sample(
     progress: Progress | None = None,
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
+    statistics: bool | None = None,
 ) -> Draws:
     """Posterior draws of the full model with NUTS, chains vectorized on one device.
 
@@ -459,6 +560,11 @@ def sample(
         run is repeated at each higher value of :data:`RETRY_TARGET_ACCEPT`.
     max_tree_depth
         Maximum depth of a NUTS trajectory (at most 2^depth − 1 leapfrog steps).
+    statistics
+        Evaluate a gaussian likelihood from per-group sufficient statistics (:func:`_suff_data`)
+        rather than the rows: the same log density, at a cost per gradient set by the number
+        of groups, not of rows.  Default: whenever :func:`uses_statistics` allows (gaussian,
+        at most one grouping factor that is not pooled).
 
     Returns
     -------
@@ -505,9 +611,11 @@ def sample(
     t0 = time.perf_counter()
     if progress:
         progress("warmup+sampling", 0.0)
-    model = _structural_model(_structure(bound))
-    data = _model_data(bound, fixed_sd=True)
-    data["y"] = jnp.asarray(bound.y, dtype=jnp.float64)
+    suff = uses_statistics(bound) if statistics is None else bool(statistics)
+    if suff and not uses_statistics(bound):
+        raise ValueError("The likelihood of this model cannot be computed from sufficient statistics.")
+    model = _structural_model(_structure(bound, suff=suff))
+    data = _sample_data(bound, suff)
     key = jax.random.PRNGKey(seed)
     schedule = [target_accept] + [t for t in RETRY_TARGET_ACCEPT if t > target_accept]
     divergences: list[int] = []
@@ -553,10 +661,26 @@ def sample(
             "retries": len(divergences) - 1,
             "max_tree_depth": max_tree_depth,
             "warmup": warmup,
+            "likelihood": "sufficient statistics" if suff else "rows",
         },
         aux={k: samples[k].astype(float) for k in _AUX if k in samples},
         blocks=blocks,
     )
+
+
+def _sample_data(bound: BoundSpec, suff: bool) -> dict[str, Any]:
+    """The structural model's data for :func:`sample`, with ``"y"``; with ``suff`` the row arrays are
+    left out (the program then has the same shapes for any number of rows)."""
+    data = _model_data(bound, fixed_sd=True)
+    if not suff:
+        data["y"] = jnp.asarray(bound.y, dtype=jnp.float64)
+        return data
+    for key in ("X", "offset", "w_sqrt", "trials"):
+        data.pop(key, None)
+    data["blocks"] = tuple({k: v for k, v in b.items() if k not in ("Z", "g")} for b in data["blocks"])
+    data["suff"] = jax.tree.map(lambda v: jnp.asarray(v, dtype=jnp.float64), _suff_data(bound))
+    data["y"] = jnp.zeros(0)
+    return data
 
 
 def _block_draws(block: GroupBlock, samples: dict[str, np.ndarray]) -> BlockDraws:
