@@ -105,3 +105,39 @@ def test_statistics_and_rows_sample_the_same_posterior() -> None:
         tol = 4.0 * np.hypot(mx, my)
         assert tol < float(np.std(y)), name  # the check has power: the tolerance is inside the posterior SD
         assert abs(float(np.mean(x)) - float(np.mean(y))) < tol, name
+
+
+@pytest.mark.parametrize("formula", ["y ~ x + (1 | g)", "y ~ x + z + (1 + x | g)", "y ~ x + (x || g)"])
+def test_centered_is_the_non_centered_density_moved_by_its_jacobian(formula: str) -> None:
+    """u_j = diag(s) L z_j: log p_centered(u) = log p_noncentered(z) − J Σ_k log(s_k L_kk)."""
+    bound = ModelSpec(formula).bind(poolwise.data.read_table(_frame()))
+    nc = nuts._structural_model(nuts._structure(bound, suff=True))
+    c = nuts._structural_model(nuts._structure(bound, suff=True, centered=True))
+    assert nuts._structure(bound, suff=True, centered=True).centered
+    data = nuts._sample_data(bound, True)
+    data.pop("y")
+    factor = bound.blocks[0].factor
+    for k in range(3):
+        tr = handlers.trace(handlers.seed(nc, jax.random.PRNGKey(k))).get_trace(data)
+        params = {n: s["value"] for n, s in tr.items() if s["type"] == "sample" and not s["is_observed"]}
+        params["sigma"] = np.asarray(0.7)
+        lp_nc, tr_nc = log_density(nc, (data,), {}, params)
+        u = tr_nc[f"u({factor})"]["value"]
+        sd = np.array([float(params[n]) for n in nuts.site_names(bound.blocks[0]).sd])
+        chol = np.asarray(params.get(f"L({factor})", np.eye(sd.size)))
+        c_params = {n: v for n, v in params.items() if n != f"z({factor})"} | {f"u({factor})": u}
+        lp_c, _ = log_density(c, (data,), {}, c_params)
+        log_jac = bound.blocks[0].n_groups * float(np.sum(np.log(sd * np.diag(chol))))
+        assert float(lp_c) == pytest.approx(float(lp_nc) - log_jac, rel=1e-10, abs=1e-8)
+
+
+def test_centered_when_groups_hold_much_data() -> None:
+    """Many rows per group and τ ≫ σ/√n: centered; one or two rows per group and τ ≪ σ: not."""
+    rng = np.random.default_rng(1)
+    g = np.repeat(np.arange(30), 50)
+    rich = pd.DataFrame({"y": rng.normal(0, 1.0, 30)[g] + rng.normal(size=g.size), "g": g})
+    g2 = np.repeat(np.arange(300), 2)
+    poor = pd.DataFrame({"y": rng.normal(0, 0.1, 300)[g2] + rng.normal(size=g2.size), "g": g2})
+    assert nuts.prefers_centered(ModelSpec("y ~ 1 + (1 | g)").bind(poolwise.data.read_table(rich)))
+    assert not nuts.prefers_centered(ModelSpec("y ~ 1 + (1 | g)").bind(poolwise.data.read_table(poor)))
+    assert not nuts.prefers_centered(ModelSpec("y ~ 1 + (1 | g)", pooling="pooled").bind(poolwise.data.read_table(rich)))

@@ -9,7 +9,9 @@ This module owns the NumPyro model of a bound spec, written once from a
 
 so that u_j ~ N(0, Σ) with Σ = diag(s) R diag(s), R = L L'.  The group effects are
 non-centered (u = diag(s) L z), which removes the funnel between the SDs and the group values
-when groups hold little data (Betancourt & Girolami, 2015).  Uncorrelated terms (``||``) and
+when groups hold little data (Betancourt & Girolami, 2015); a gaussian model of one grouping
+factor whose groups hold much data samples them centered instead, u_j ~ N(0, Σ)
+(:func:`prefers_centered`), its likelihood from sufficient statistics (:func:`uses_statistics`).  Uncorrelated terms (``||``) and
 single terms have L = I.  Pooling is a setting of Σ and never a branch in the model body: a
 learned Σ has sample sites for its SDs (named as the priors, ``sd(x|g)``) and its Cholesky
 factor; a fixed Σ conditions the SD sites with :func:`numpyro.handlers.condition` and enters
@@ -176,6 +178,7 @@ class _Structure:
     blocks: tuple[_BlockStructure, ...]
     aux_priors: tuple[tuple[str, str], ...]  # (name, prior family) of sigma / nu / phi as the family has them
     suff: bool = False  # gaussian likelihood from sufficient statistics (see _suff_data), not from the rows
+    centered: bool = False  # group values sampled as they are, u_j ~ N(0, Σ) (see prefers_centered)
 
 
 def _present(bound: BoundSpec, with_groups: bool | None) -> list[GroupBlock]:
@@ -189,7 +192,35 @@ def uses_statistics(bound: BoundSpec) -> bool:
     return bound.spec.fam.name == "gaussian" and bound.has_rows and len(_present(bound, None)) <= 1
 
 
-def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool = False) -> _Structure:
+def prefers_centered(bound: BoundSpec) -> bool:
+    """Whether the group values of a gaussian model sample better centered, u_j ~ N(0, Σ), than
+    non-centered, u_j = diag(s) L z_j: when the data say more about a typical group than the
+    population does (Papaspiliopoulos, Roberts & Sköld, 2007).
+
+    Judged on the varying intercept by the method of moments about the pooled least-squares fit:
+    σ̂² from the within-group sum of squares, τ̂² from the spread of the groups' mean residuals
+    less their sampling variance; centered when the median pooling factor τ̂²/(τ̂² + σ̂²/n_j) is at
+    least ½.  Only for the sufficient-statistics model of one grouping factor whose first term is
+    the intercept; otherwise non-centered.
+    """
+    present = _present(bound, None)
+    if not uses_statistics(bound) or len(present) != 1 or present[0].exprs[0] != "Intercept":
+        return False
+    s = _suff_data(bound)
+    a = s["ZtWZ"][:, 0, 0]
+    ok = a > 0
+    if ok.sum() < 2:
+        return False
+    m = s["ZtWr"][ok, 0] / a[ok]
+    between_ss = float(np.sum(s["ZtWr"][ok, 0] ** 2 / a[ok]))
+    dof = s["n"] - ok.sum() - max(bound.X.shape[1] - 1, 0)
+    sigma2 = max(s["rWr"] - between_ss, 0.0) / dof if bound.has_sigma and dof > 0 else 1.0
+    tau2 = max(float(np.mean(m**2) - np.mean(sigma2 / a[ok])), 1e-12 * sigma2)
+    return bool(np.median(tau2 / (tau2 + sigma2 / a[ok])) >= 0.5)
+
+
+def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool = False,
+               centered: bool = False) -> _Structure:
     blocks = []
     for block in _present(bound, with_groups):
         learn_cor = _learns_cor(block)
@@ -202,7 +233,7 @@ def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool 
         ))
     aux = tuple((n, bound.priors[n].dist) for n in ("sigma", *_AUX) if n in bound.priors)
     return _Structure(family=bound.spec.fam.name, has_sigma=bound.has_sigma, n_coef=len(bound.coef_names),
-                      blocks=tuple(blocks), aux_priors=aux, suff=suff)
+                      blocks=tuple(blocks), aux_priors=aux, suff=suff, centered=centered and len(blocks) == 1)
 
 
 def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False) -> dict[str, Any]:
@@ -296,7 +327,7 @@ def _suff_loglik(st: _Structure, data: dict[str, Any], beta: jax.Array, values: 
     return -0.5 * n * jnp.log(2.0 * jnp.pi) + 0.5 * s["sum_log_w"] - 0.5 * Q  # known standard errors
 
 
-def _group_values(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
+def _group_values(bs: _BlockStructure, data: dict[str, Any], centered: bool = False) -> jax.Array:
     """The group values u (J, q) of one non-pooled grouping factor, non-centered: u_j = diag(s) L z_j.
 
     The SD sites have the term's prior when Σ is learned and a flat density when Σ is fixed
@@ -314,9 +345,14 @@ def _group_values(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
         chol = numpyro.sample(f"L({bs.factor})", dist.LKJCholesky(q, data["eta"]))
     else:
         chol = data["chol"] if "chol" in data else jnp.eye(q)
+    scale_tril = sd[:, None] * chol
     with numpyro.plate(f"groups({bs.factor})", bs.n_groups):
+        if centered and not bs.learn_cor and "chol" not in data:  # independent terms: no triangular solves
+            return numpyro.sample(f"u({bs.factor})", dist.Normal(jnp.zeros(q), sd).to_event(1))
+        if centered:
+            return numpyro.sample(f"u({bs.factor})", dist.MultivariateNormal(jnp.zeros(q), scale_tril=scale_tril))
         z = numpyro.sample(f"z({bs.factor})", dist.Normal(0.0, 1.0).expand([q]).to_event(1))
-    u: jax.Array = numpyro.deterministic(f"u({bs.factor})", z @ (sd[:, None] * chol).T)
+    u: jax.Array = numpyro.deterministic(f"u({bs.factor})", z @ scale_tril.T)
     return u
 
 
@@ -369,7 +405,7 @@ def _structural_model(st: _Structure) -> Model:
         else:  # y ~ 0 + …: no common coefficients
             beta = numpyro.deterministic("beta", jnp.zeros(0))
         if st.suff:  # the likelihood from sufficient statistics: no row arrays in the program
-            values = [_group_values(bs, block_data) for bs, block_data in zip(st.blocks, data["blocks"])]
+            values = [_group_values(bs, block_data, st.centered) for bs, block_data in zip(st.blocks, data["blocks"])]
             numpyro.factor("loglik", _suff_loglik(st, data, beta, values))
             return
         eta = data["X"] @ beta + data["offset"]
@@ -614,7 +650,8 @@ def sample(
     suff = uses_statistics(bound) if statistics is None else bool(statistics)
     if suff and not uses_statistics(bound):
         raise ValueError("The likelihood of this model cannot be computed from sufficient statistics.")
-    model = _structural_model(_structure(bound, suff=suff))
+    centered = suff and prefers_centered(bound)
+    model = _structural_model(_structure(bound, suff=suff, centered=centered))
     data = _sample_data(bound, suff)
     key = jax.random.PRNGKey(seed)
     schedule = [target_accept] + [t for t in RETRY_TARGET_ACCEPT if t > target_accept]
@@ -662,6 +699,7 @@ def sample(
             "max_tree_depth": max_tree_depth,
             "warmup": warmup,
             "likelihood": "sufficient statistics" if suff else "rows",
+            "parameterization": "centered" if centered else "non-centered",
         },
         aux={k: samples[k].astype(float) for k in _AUX if k in samples},
         blocks=blocks,
