@@ -319,7 +319,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
         aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
     # one numeric key is put in order here (an argsort of the groups is cheaper than the engine's sort)
-    numeric_key = len(group_cols) == 1 and src.kinds[group_cols[0]] in ("number", "boolean")
+    numeric_key = _single_numeric_key(src, group_cols)
     order_by = "" if numeric_key else f" ORDER BY {', '.join(key_names)}"
     sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
            f"FROM (SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t "
@@ -481,6 +481,11 @@ def _null_keys(got: dict[str, np.ndarray], key_names: list[str]) -> np.ndarray:
     return mask
 
 
+def _single_numeric_key(src: _source.Source, group_cols: list[str]) -> bool:
+    """One grouping column of numbers or booleans: the reduction query leaves its order to NumPy."""
+    return len(group_cols) == 1 and src.kinds[group_cols[0]] in ("number", "boolean")
+
+
 def _permuted(got: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
     """Every column of the query's result in ``order``: in place through one scratch buffer per
     dtype where the arrays allow it (a copy of 10⁶ groups × many columns costs fresh memory)."""
@@ -507,7 +512,7 @@ def _group_labels(src: _source.Source, group_cols: list[str], got: dict[str, np.
     if _null_keys(got, key_names).any():
         return None
     keys = [np.ma.getdata(got[k]) if np.ma.isMaskedArray(got[k]) else got[k] for k in key_names]
-    if len(keys) == 1 and src.kinds[group_cols[0]] in ("number", "boolean"):  # the query has no ORDER BY
+    if _single_numeric_key(src, group_cols):  # the query has no ORDER BY
         order = np.argsort(keys[0], kind="stable").astype(np.int64)
         return _labels_of(keys[0][order]), order
     parts = [_labels_of(values) for values in keys]

@@ -192,7 +192,7 @@ def uses_statistics(bound: BoundSpec) -> bool:
     return bound.spec.fam.name == "gaussian" and bound.has_rows and len(_present(bound, None)) <= 1
 
 
-def prefers_centered(bound: BoundSpec) -> bool:
+def prefers_centered(bound: BoundSpec, stats: dict[str, Any] | None = None) -> bool:
     """Whether the group values of a gaussian model sample better centered, u_j ~ N(0, Σ), than
     non-centered, u_j = diag(s) L z_j: when the data say more about a typical group than the
     population does (Papaspiliopoulos, Roberts & Sköld, 2007).
@@ -201,12 +201,12 @@ def prefers_centered(bound: BoundSpec) -> bool:
     σ̂² from the within-group sum of squares, τ̂² from the spread of the groups' mean residuals
     less their sampling variance; centered when the median pooling factor τ̂²/(τ̂² + σ̂²/n_j) is at
     least ½.  Only for the sufficient-statistics model of one grouping factor whose first term is
-    the intercept; otherwise non-centered.
+    the intercept; otherwise non-centered.  ``stats``: :func:`_suff_data` of ``bound``, when at hand.
     """
     present = _present(bound, None)
     if not uses_statistics(bound) or len(present) != 1 or present[0].exprs[0] != "Intercept":
         return False
-    s = _suff_data(bound)
+    s = _suff_data(bound) if stats is None else stats
     a = s["ZtWZ"][:, 0, 0]
     ok = a > 0
     if ok.sum() < 2:
@@ -236,11 +236,14 @@ def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool 
                       blocks=tuple(blocks), aux_priors=aux, suff=suff, centered=centered and len(blocks) == 1)
 
 
-def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False) -> dict[str, Any]:
+def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False,
+                rows: bool = True) -> dict[str, Any]:
     """The data arguments of the structural model: a pytree of float64 / int32 arrays.
 
     ``fixed_sd`` adds √diag Σ of fixed blocks, which the model then observes on its SD sites
-    (what :func:`numpyro.handlers.condition` with :func:`fixed_sites` does).
+    (what :func:`numpyro.handlers.condition` with :func:`fixed_sites` does).  ``rows=False``
+    leaves out the row arrays (X, offset, weights, trials, Z and g), for the model whose
+    likelihood comes from sufficient statistics.
     """
     f64 = np.float64
     m0 = np.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names], dtype=f64)
@@ -253,7 +256,7 @@ def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: 
         A[0, 1:] = bound.X[:, 1:].mean(axis=0)
     blocks = []
     for block in _present(bound, with_groups):
-        b: dict[str, Any] = {"Z": np.asarray(block.Z, dtype=f64), "g": np.asarray(block.group, dtype=np.int32)}
+        b: dict[str, Any] = {"Z": np.asarray(block.Z, dtype=f64), "g": np.asarray(block.group, dtype=np.int32)} if rows else {}
         if block.Sigma is None:
             b["sd_prior"] = tuple(np.asarray(bound.priors[n].args, dtype=f64) for n in block.sd_names)
             if _learns_cor(block):
@@ -265,17 +268,17 @@ def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: 
                 b["sd"] = s.astype(f64)
         blocks.append(b)
     data: dict[str, Any] = {
-        "X": np.asarray(bound.X, dtype=f64),
-        "offset": np.asarray(bound.offset, dtype=f64),
-        "w_sqrt": np.sqrt(np.asarray(bound.weights, dtype=f64)),
         "mc": A @ m0,
         "chol_c": np.linalg.cholesky(A @ np.diag(s0**2) @ A.T) if m0.size else np.zeros((0, 0)),
         "A_inv": np.linalg.inv(A) if m0.size else np.zeros((0, 0)),
         "blocks": tuple(blocks),
         "aux_prior": {n: np.asarray(bound.priors[n].args, dtype=f64) for n in ("sigma", *_AUX) if n in bound.priors},
     }
-    if bound.trials is not None:
-        data["trials"] = np.asarray(bound.trials, dtype=f64)
+    if rows:
+        data.update(X=np.asarray(bound.X, dtype=f64), offset=np.asarray(bound.offset, dtype=f64),
+                    w_sqrt=np.sqrt(np.asarray(bound.weights, dtype=f64)))
+        if bound.trials is not None:
+            data["trials"] = np.asarray(bound.trials, dtype=f64)
     return jax.tree.map(jnp.asarray, data)
 
 
@@ -647,12 +650,14 @@ def sample(
     t0 = time.perf_counter()
     if progress:
         progress("warmup+sampling", 0.0)
-    suff = uses_statistics(bound) if statistics is None else bool(statistics)
-    if suff and not uses_statistics(bound):
+    allowed = uses_statistics(bound)
+    suff = allowed if statistics is None else bool(statistics)
+    if suff and not allowed:
         raise ValueError("The likelihood of this model cannot be computed from sufficient statistics.")
-    centered = suff and prefers_centered(bound)
+    stats = _suff_data(bound) if suff else None
+    centered = suff and prefers_centered(bound, stats)
     model = _structural_model(_structure(bound, suff=suff, centered=centered))
-    data = _sample_data(bound, suff)
+    data = _sample_data(bound, suff, stats)
     key = jax.random.PRNGKey(seed)
     schedule = [target_accept] + [t for t in RETRY_TARGET_ACCEPT if t > target_accept]
     divergences: list[int] = []
@@ -706,17 +711,15 @@ def sample(
     )
 
 
-def _sample_data(bound: BoundSpec, suff: bool) -> dict[str, Any]:
+def _sample_data(bound: BoundSpec, suff: bool, stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """The structural model's data for :func:`sample`, with ``"y"``; with ``suff`` the row arrays are
-    left out (the program then has the same shapes for any number of rows)."""
-    data = _model_data(bound, fixed_sd=True)
+    left out (the program then has the same shapes for any number of rows) and the statistics
+    (``stats``, else :func:`_suff_data`) put in."""
+    data = _model_data(bound, fixed_sd=True, rows=not suff)
     if not suff:
         data["y"] = jnp.asarray(bound.y, dtype=jnp.float64)
         return data
-    for key in ("X", "offset", "w_sqrt", "trials"):
-        data.pop(key, None)
-    data["blocks"] = tuple({k: v for k, v in b.items() if k not in ("Z", "g")} for b in data["blocks"])
-    data["suff"] = jax.tree.map(lambda v: jnp.asarray(v, dtype=jnp.float64), _suff_data(bound))
+    data["suff"] = jax.tree.map(lambda v: jnp.asarray(v, dtype=jnp.float64), _suff_data(bound) if stats is None else stats)
     data["y"] = jnp.zeros(0)
     return data
 
