@@ -118,7 +118,9 @@ def spawn(task: str, timeout: float | None = None, python: str | None = None, **
             status, rusage = _wait(proc, timeout)
         elapsed = time.perf_counter() - t0
         if status != 0 or not res_path.exists():
-            tail = log_path.read_text(errors="replace")[-3000:]
+            # the log names files under the repository: shown relative to it, so that no path
+            # of the machine that ran the benchmark ends up in the results
+            tail = log_path.read_text(errors="replace").replace(f"{ROOT}/", "")[-3000:]
             timed_out = status == -9 and timeout is not None and elapsed >= timeout
             return {"error": f"worker {task} failed (status {status}) after {elapsed:.0f} s", "log": tail,
                     "timed_out": timed_out, "timeout_s": timeout, "peak_mib": rusage.ru_maxrss / 1024.0}
