@@ -362,7 +362,14 @@ def _group_values(bs: _BlockStructure, data: dict[str, Any], centered: bool = Fa
 def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
     """The contribution of one non-pooled grouping factor to the linear predictor (:func:`_group_values`)."""
     u = _group_values(bs, data)
-    return jnp.sum(data["Z"] * u[data["g"]], axis=1)
+    Z, g = data["Z"], data["g"]
+    # one column of u gathered at a time: on XLA's CPU backend the gradient is 1.3-1.5x faster
+    # in float64 (4x in float32) than that of sum(Z * u[g], axis=1), whose (n, q) gather and
+    # scatter-add dominate a logistic model's gradient
+    term = Z[:, 0] * u[:, 0][g]
+    for k in range(1, bs.q):
+        term = term + Z[:, k] * u[:, k][g]
+    return term
 
 
 def _likelihood(st: _Structure, data: dict[str, Any], eta: jax.Array) -> dist.Distribution:
