@@ -296,7 +296,7 @@ def test_loo_plot_draws_the_loo_table(cmp: pw.Comparison) -> None:
     assert d["poolings"] == list(t.index) and d["best"] == t.index[0]
     for key, col in (("elpd", "elpd_loo"), ("se", "se"), ("elpd_diff", "elpd_diff"), ("dse", "dse")):
         np.testing.assert_array_equal(d[key], t[col].to_numpy())
-    np.testing.assert_allclose(d["diff_at"], t["elpd_loo"].iloc[0] - t["elpd_diff"].to_numpy())
+    np.testing.assert_allclose(d["diff_at"], t["elpd_loo"].iloc[0] + t["elpd_diff"].to_numpy())
     (ax,) = plots.plot_loo(cmp).get_axes()
     circles, triangles = ax.containers
     x, ypos = circles.lines[0].get_data()

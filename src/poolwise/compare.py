@@ -97,8 +97,8 @@ class Comparison:
 
     def __init__(self, fits: dict[str, Fit]) -> None:
         self.fits = fits
-        self._loo: pd.DataFrame | None = None
-        self._logo: pd.DataFrame | None = None
+        self._loo: dict[tuple[Any, ...], pd.DataFrame] = {}
+        self._logo: dict[tuple[Any, ...], pd.DataFrame] = {}
         self._diagnostics: pd.DataFrame | None = None
 
     @property
@@ -212,72 +212,96 @@ class Comparison:
             out[f"{key}_lo"], out[f"{key}_hi"] = (float(v) for v in np.quantile(d, [0.025, 0.975]))
         return out
 
-    def loo(self) -> pd.DataFrame:
-        """PSIS-LOO of each pooling (ArviZ's PSIS), ranked best first.
+    def loo(self, *, max_refits: int | None = None, max_seconds: float | None = None) -> pd.DataFrame:
+        """PSIS-LOO of each pooling (ArviZ's PSIS), the unreliable observations refitted (:func:`loo`),
+        ranked best first.
 
-        Columns follow ``arviz.compare``: ``elpd_loo``, ``se``, ``p_loo``, ``elpd_diff``,
-        ``dse`` (SE of the difference to the best), ``pareto_k_max``, ``n_bad_k`` (k > 0.7).
+        Columns: ``elpd_loo``, ``se``, ``p_loo``, ``elpd_diff`` (this pooling's ELPD minus the
+        best's: 0 for the best, negative for the others), ``dse`` (SE of that difference, over
+        observations), ``pareto_k_max`` (over the values left from PSIS), ``n_bad_k`` (k > 0.7
+        left after the refits), ``n_refits``.  ``.attrs["bad"]`` holds, per pooling, the row
+        numbers (0-based) still unreliable, ``.attrs["pointwise"]`` the per-row ELPDs (refitted
+        where k was high) and ``.attrs["pareto_k"]`` PSIS's k (the refitted rows included).
+        Differences and SEs use the refitted pointwise values.  Computed once per budget and cached.
+
+        Parameters
+        ----------
+        max_refits, max_seconds
+            Budget of exact refits per fit (default :data:`MAX_REFITS`, :data:`MAX_SECONDS`).
         """
-        if self._loo is None:
-            res = {name: loo(f) for name, f in self.fits.items()}
+        key = (MAX_REFITS if max_refits is None else int(max_refits),
+               MAX_SECONDS if max_seconds is None else float(max_seconds))
+        if key not in self._loo:
+            res = {name: loo(f, max_refits=key[0], max_seconds=key[1]) for name, f in self.fits.items()}
             rows = []
             best = max(res, key=lambda k: res[k]["elpd_loo"])
             for name, r in res.items():
                 diff = r["pointwise"] - res[best]["pointwise"]
                 rows.append({
                     "pooling": name, "elpd_loo": r["elpd_loo"], "se": r["se"], "p_loo": r["p_loo"],
-                    "elpd_diff": float(-diff.sum()), "dse": float(math.sqrt(diff.size * diff.var())),
-                    "pareto_k_max": r["pareto_k_max"], "n_bad_k": r["n_bad_k"],
+                    "elpd_diff": float(diff.sum()), "dse": float(math.sqrt(diff.size * diff.var())),
+                    "pareto_k_max": r["pareto_k_max"], "n_bad_k": r["n_bad_k"], "n_refits": r["n_refits"],
                 })
-            self._loo = pd.DataFrame(rows).set_index("pooling").sort_values("elpd_loo", ascending=False)
-        return self._loo
+            out = pd.DataFrame(rows).set_index("pooling").sort_values("elpd_loo", ascending=False)
+            out.attrs["bad"] = {k: [int(i) for i in r["bad"]] for k, r in res.items()}
+            out.attrs["pointwise"] = {k: r["pointwise"] for k, r in res.items()}
+            out.attrs["pareto_k"] = {k: r["pareto_k"] for k, r in res.items()}
+            self._loo[key] = out
+        return self._loo[key]
 
-    def logo(self, *, max_refits: int = 10, draws: int = 250, chains: int = 4, folds: int = 10,
-             max_groups: int = 200) -> pd.DataFrame:
+    def logo(self, *, max_refits: int | None = None, draws: int = 250, chains: int = 4, folds: int = 10,
+             max_groups: int = 200, max_seconds: float | None = None) -> pd.DataFrame:
         """Leave-one-group-out cross-validation of each pooling, ranked best first.
 
         elpd_j is the log predictive density of group j's rows, jointly, under the model
         fitted without group j, where group j is a *new* group (its value drawn from the
-        population: N(0, τ²) hierarchical, the fixed wide SD unpooled, none pooled).  See
+        population: N(0, Σ) hierarchical, the fixed wide SD unpooled, none pooled).  See
         :func:`logo` for how each method computes it.
 
         Returns
         -------
-        DataFrame indexed by pooling with ``elpd_logo``, ``se``, ``elpd_diff`` and ``dse``
-        (SE of the difference to the best, over groups), ``pareto_k_max``, ``n_bad_k`` and
-        ``n_refits``.  ``.attrs["pointwise"]`` holds {pooling: per-group elpd (Series)},
-        ``.attrs["pareto_k"]`` the per-group k (PSIS paths), ``.attrs["how"]`` the scheme used.
-        Computed with the default options once and cached.
+        DataFrame indexed by pooling with ``elpd_logo``, ``se``, ``elpd_diff`` (this pooling's
+        ELPD minus the best's, ≤ 0) and ``dse`` (SE of that difference, over groups),
+        ``pareto_k_max``, ``n_bad_k`` (k > 0.7 left after the refits) and ``n_refits``.
+        ``.attrs["pointwise"]`` holds {pooling: per-group elpd (Series)}, ``.attrs["pareto_k"]``
+        the per-group k (PSIS paths), ``.attrs["bad"]`` the labels of the groups still
+        unreliable, ``.attrs["how"]`` the scheme used.  Computed once per set of options and cached.
         """
-        default = (max_refits, draws, chains, folds, max_groups) == (10, 250, 4, 10, 200)
-        if default and self._logo is not None:
-            return self._logo
-        res = {name: logo(f, max_refits=max_refits, draws=draws, chains=chains, folds=folds, max_groups=max_groups)
-               for name, f in self.fits.items()}
+        key = (MAX_REFITS if max_refits is None else int(max_refits), draws, chains, folds, max_groups,
+               MAX_SECONDS if max_seconds is None else float(max_seconds))
+        if key in self._logo:
+            return self._logo[key]
+        res = {name: logo(f, max_refits=key[0], draws=draws, chains=chains, folds=folds, max_groups=max_groups,
+                          max_seconds=key[5]) for name, f in self.fits.items()}
         best = max(res, key=lambda k: res[k]["elpd_logo"])
         rows = []
         for name, r in res.items():
             diff = r["pointwise"].to_numpy() - res[best]["pointwise"].to_numpy()
             rows.append({"pooling": name, "elpd_logo": r["elpd_logo"], "se": r["se"],
-                         "elpd_diff": float(-diff.sum()), "dse": float(math.sqrt(diff.size * diff.var())),
+                         "elpd_diff": float(diff.sum()), "dse": float(math.sqrt(diff.size * diff.var())),
                          "pareto_k_max": r["pareto_k_max"], "n_bad_k": r["n_bad_k"], "n_refits": r["n_refits"]})
         out = pd.DataFrame(rows).set_index("pooling").sort_values("elpd_logo", ascending=False)
         out.attrs["pointwise"] = {k: r["pointwise"] for k, r in res.items()}
         out.attrs["pareto_k"] = {k: r["pareto_k"] for k, r in res.items()}
+        out.attrs["bad"] = {k: list(r["bad"]) for k, r in res.items()}
         out.attrs["how"] = {k: r["how"] for k, r in res.items()}
-        if default:
-            self._logo = out
+        out.attrs["exact"] = {k: r["exact"] for k, r in res.items()}
+        self._logo[key] = out
         return out
 
-    def recommend(self, *, small: int = 5) -> Recommendation:
+    def recommend(self, *, small: int = 5, max_refits: int | None = None,
+                  max_seconds: float | None = None) -> Recommendation:
         """Which pooling, and why, in plain words with the numbers behind them.
 
         The rule
         --------
-        1. Evidence: ΔELPD ± SE of each pooling against the best, over observations (PSIS-LOO,
-           :meth:`loo`) and over groups (leave-one-group-out, :meth:`logo`).  A pooling is
-           *ruled out* when it is worse than the best on either by more than 2 SE and more
-           than 4 nats (smaller differences are negligible).
+        1. Evidence: ΔELPD ± SE of each pooling against the best (its ELPD minus the best's, ≤ 0),
+           over observations (PSIS-LOO, :meth:`loo`) and over groups (leave-one-group-out,
+           :meth:`logo`), the observations and groups whose PSIS estimate is unreliable
+           (Pareto k > 0.7) refitted exactly up to a budget (``max_refits`` refits and
+           ``max_seconds`` per fit and criterion).  A pooling is *ruled out* when it is worse
+           than the best on either by more than 2 SE and more than 4 nats (smaller differences
+           are negligible).  What stays unreliable after the refits is named in the reasons.
         2. If one pooling remains, it is the choice.
         3. Otherwise the predictive evidence does not separate the remaining ones (the reasons say
            so), and the posterior of the population SD τ, relative to the within-group SD σ, and
@@ -290,8 +314,8 @@ class Comparison:
            names the pooling the guidance leans to.
         4. Never unpooled when the hierarchical posterior of τ is concentrated near 0.
         """
-        loo_t = self.loo()
-        logo_t = self.logo()
+        loo_t = self.loo(max_refits=max_refits, max_seconds=max_seconds)
+        logo_t = self.logo(max_refits=max_refits, max_seconds=max_seconds)
         pop = self.population()
         hier = self.hierarchical
         pf = hier.pooling_factors()
@@ -310,8 +334,8 @@ class Comparison:
             "elpd_loo": loo_t["elpd_loo"], "d_loo": loo_t["elpd_diff"], "dse_loo": loo_t["dse"],
             "elpd_logo": logo_t["elpd_logo"], "d_logo": logo_t["elpd_diff"], "dse_logo": logo_t["dse"],
         }).loc[list(POOLINGS)]
-        ruled_out = {m: bool(table.loc[m, "d_loo"] > max(2 * table.loc[m, "dse_loo"], 4.0)
-                             or table.loc[m, "d_logo"] > max(2 * table.loc[m, "dse_logo"], 4.0)) for m in POOLINGS}
+        ruled_out = {m: bool(-table.loc[m, "d_loo"] > max(2 * table.loc[m, "dse_loo"], 4.0)
+                             or -table.loc[m, "d_logo"] > max(2 * table.loc[m, "dse_logo"], 4.0)) for m in POOLINGS}
         table["ruled_out"] = pd.Series(ruled_out)
         remain = [m for m in POOLINGS if not ruled_out[m]]
         if not remain:  # the two criteria disagree: keep the best of each
@@ -320,23 +344,26 @@ class Comparison:
             remain.remove("unpooled")
 
         reasons: list[str] = []
-        for label, t, col in (("observation (PSIS-LOO)", loo_t, "elpd_loo"), ("group (leave-one-group-out)", logo_t,
-                                                                             "elpd_logo")):
+        for label, t in (("observation (PSIS-LOO)", loo_t), ("group (leave-one-group-out)", logo_t)):
             best = str(t.index[0])
-            parts = [f"{m} {-t.loc[m, 'elpd_diff']:.1f} ± {t.loc[m, 'dse']:.1f}" for m in t.index[1:]]
-            reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it: " + ", ".join(parts) + ".")
-        how = logo_t.attrs.get("how", {})
-        if how:
-            reasons.append("Leave-one-group-out: " + "; ".join(f"{k}: {v}" for k, v in how.items()) + ".")
+            parts = [f"{m} {t.loc[m, 'elpd_diff']:.1f} ± {t.loc[m, 'dse']:.1f}" for m in t.index[1:]]
+            reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it (negative: worse): "
+                           + ", ".join(parts) + ".")
+        reasons.extend(_reliability(loo_t, logo_t))
         if unit is not None:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
                            f"{tau / unit:.2f} × the within-group SD σ = {unit:.3g}.")
         else:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
         if lam.size:
-            reasons.append(f"Pooling factors λ_j range from {lam_min:.2f} to {lam_max:.2f} "
-                           f"(0 = the group's own estimate, 1 = the population value).")
-        reasons.append(f"{n_small} of {n.size} groups have {small} or fewer rows.")
+            if f"{lam_min:.2f}" == f"{lam_max:.2f}":
+                reasons.append(f"Pooling factor λ_j = {lam_min:.2f} for every group "
+                               f"(0 = the group's own estimate, 1 = the population value).")
+            else:
+                reasons.append(f"Pooling factors λ_j range from {lam_min:.2f} to {lam_max:.2f} "
+                               f"(0 = the group's own estimate, 1 = the population value).")
+        if n_small:
+            reasons.append(f"{n_small} of {n.size} groups have {small} or fewer rows.")
 
         preferred: str
         if len(remain) == 1:
@@ -432,6 +459,48 @@ class Comparison:
                 f"method={f.method}>")
 
 
+def _named(items: list[Any], most: int = 5) -> str:
+    shown = ", ".join(str(x) for x in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def _reliability(loo_t: pd.DataFrame, logo_t: pd.DataFrame) -> list[str]:
+    """Sentences on how reliable the ELPDs are: what was refitted, and what is left with
+    Pareto k > 0.7 after the refits (named), per pooling; nothing when PSIS was reliable
+    throughout and nothing was refitted."""
+    out = []
+    for what, t, unit in (("PSIS-LOO", loo_t, "observation"), ("leave-one-group-out", logo_t, "group")):
+        bad = t.attrs.get("bad", {})
+        how = t.attrs.get("how", {})
+        exact_all = bool(how) and all(t.attrs.get("exact", {}).get(m, False) for m in how)
+        left = [m for m in POOLINGS if m in t.index and int(t.loc[m, "n_bad_k"]) > 0]
+        if exact_all:
+            texts = set(how.values())
+            out.append(f"Leave-one-group-out by exact refits: {next(iter(texts))}."
+                       if len(texts) == 1 else "Leave-one-group-out by exact refits: "
+                       + "; ".join(f"{m}: {h}" for m, h in how.items()) + ".")
+            continue
+        refits = {m: int(t.loc[m, "n_refits"]) for m in POOLINGS if m in t.index and "n_refits" in t.columns}
+        if not left:
+            done = [f"{m} {r}" for m, r in refits.items() if r]
+            if done:
+                out.append(f"{what}: every {unit} with Pareto k > 0.7 was refitted exactly "
+                           f"({', '.join(done)} refits); the ELPDs are reliable.")
+            continue
+        parts = []
+        for m in left:
+            items = bad.get(m, [])
+            if unit == "observation":
+                items = [f"row {int(i) + 1}" for i in items]
+            k = int(t.loc[m, "n_bad_k"])
+            parts.append(f"ELPD of {m} is unreliable for {k} {unit}{'s' if k != 1 else ''} "
+                         f"({_named(items)}; Pareto k > 0.7) after {refits.get(m, 0)} refit"
+                         f"{'s' if refits.get(m, 0) != 1 else ''}")
+        out.append(f"{what}: " + "; ".join(parts) + ": the ΔELPD involving "
+                   f"{'it' if len(left) == 1 else 'them'} is approximate (raise the refit budget).")
+    return out
+
+
 def _term_name(f: Fit, term: str | None) -> str:
     """The variable name (``"x|g"``) of ``term`` as :meth:`Fit.pooling_factors` reads it: ``None``
     for the first block's first term, ``"x|g"``, ``"1|g"``, ``"sd(x|g)"`` or an unambiguous ``"x"``."""
@@ -503,39 +572,6 @@ def _estimates_with(f: Fit, name: str, u: Mapping[str, np.ndarray], prob: float)
     lo, hi = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
     return pd.DataFrame({"n": block.sizes(), "mean": flat.mean(axis=0), "sd": flat.std(axis=0), "lo": lo,
                          "hi": hi}, index=pd.Index(block.levels, name=block.factor))
-
-
-def loo(f: Fit) -> dict[str, Any]:
-    """PSIS-LOO of one fit over observations, in chunks of rows (memory O(draws × chunk)).
-
-    References
-    ----------
-    Vehtari, A., Gelman, A. & Gabry, J. (2017). Practical Bayesian model evaluation using
-    leave-one-out cross-validation and WAIC. Statistics and Computing 27, 1413–1432.
-    """
-    import arviz as az
-    from scipy.special import logsumexp
-
-    S = f.n_samples
-    ess = az.ess(f.idata.posterior, method="mean")
-    # relative efficiency exactly as arviz.loo computes it
-    reff = float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean()) / S
-    reff = reff if math.isfinite(reff) and reff > 0 else 1.0
-    elpd = np.empty(f.bound.n_obs)
-    lppd = np.empty(f.bound.n_obs)
-    ks = np.empty(f.bound.n_obs)
-    chunk = max(1, (64 * 2**20) // (8 * S))
-    for sl, ll in f.log_likelihood_chunks(chunk):
-        ll2 = ll.reshape(S, -1).T  # (rows, samples)
-        lw, k = az.psislw(-ll2, reff=reff)
-        elpd[sl] = logsumexp(lw + ll2, axis=1)
-        lppd[sl] = logsumexp(ll2, axis=1) - math.log(S)
-        ks[sl] = k
-    n = elpd.size
-    return {
-        "elpd_loo": float(elpd.sum()), "se": float(math.sqrt(n * elpd.var())), "p_loo": float((lppd - elpd).sum()),
-        "pointwise": elpd, "pareto_k": ks, "pareto_k_max": float(ks.max()), "n_bad_k": int((ks > 0.7).sum()),
-    }
 
 
 def predictive_sample(f: Fit, *, n_draws: int = 50, max_rows: int = 10_000,
@@ -680,11 +716,9 @@ class Recommendation:
         return "\n".join([head] + [f"  - {r}" for r in self.reasons])
 
 
-def _drop_groups(bound: Any, drop: np.ndarray) -> tuple[Any, np.ndarray]:
-    """``bound`` without the rows of the first block's groups in ``drop`` (bool, per group):
-    the other groups re-indexed, priors, scale and pooling settings unchanged.  Returns the new
-    bound spec and the kept-row mask."""
-    keep = ~drop[bound.blocks[0].group]
+def _subset(bound: Any, keep: np.ndarray) -> Any:
+    """``bound`` with only the rows in ``keep`` (bool, per row): every block's groups that keep
+    rows re-indexed in order, priors, scale and pooling settings unchanged."""
     blocks = []
     for block in bound.blocks:
         g = block.group[keep]
@@ -693,39 +727,118 @@ def _drop_groups(bound: Any, drop: np.ndarray) -> tuple[Any, np.ndarray]:
         new_index = np.cumsum(present) - 1
         blocks.append(dataclasses.replace(block, Z=block.Z[keep], group=new_index[g].astype(block.group.dtype),
                                           levels=[lv for lv, p in zip(block.levels, present) if p]))
-    new = dataclasses.replace(
+    return dataclasses.replace(
         bound, y=bound.y[keep], X=bound.X[keep], weights=bound.weights[keep], offset=bound.offset[keep],
         trials=None if bound.trials is None else bound.trials[keep], blocks=tuple(blocks))
-    return new, keep
 
 
-def _analytic(f: Fit) -> bool:
-    """Whether a new group's predictive density is Gaussian in closed form: gaussian identity
-    family, one grouping factor with a varying intercept only."""
-    b = f.bound
-    return f.spec.fam.name == "gaussian" and len(b.blocks) == 1 and b.blocks[0].q == 1 and bool(
-        np.all(np.asarray(b.blocks[0].Z) == 1.0))
+def _drop_groups(bound: Any, drop: np.ndarray) -> tuple[Any, np.ndarray]:
+    """``bound`` without the rows of the first block's groups in ``drop`` (bool, per group).
+    Returns the new bound spec and the kept-row mask."""
+    keep = ~drop[bound.blocks[0].group]
+    return _subset(bound, keep), keep
 
 
-def _new_group_logpdf(f: Fit, bound: Any, rows: np.ndarray) -> np.ndarray:
-    """log p(y_rows | θ_s) per posterior draw s of ``f`` for rows of one *new* group of the
-    first block: y ~ N(Xβ + offset, D + τ² 11'), D = diag(σ²/w) (1/w with known SEs), by the
-    matrix determinant lemma and Sherman–Morrison (no n_j × n_j matrix).  Shape (S,)."""
-    d = f.draws
-    beta = d.beta.reshape(-1, d.beta.shape[-1])
-    r = bound.y[rows][None, :] - beta @ bound.X[rows].T - bound.offset[rows][None, :]
-    w = bound.weights[rows]
-    s2 = (d.sigma.reshape(-1) ** 2) if d.sigma is not None else np.ones(beta.shape[0])
-    block = f.bound.blocks[0]
-    tau2 = f.param(block.term.sd_name(block.exprs[0])).reshape(-1) ** 2
-    dinv = w[None, :] / s2[:, None]  # (S, n_j)
-    a = dinv.sum(axis=1)
-    t = (r * dinv).sum(axis=1)
-    q = (r * r * dinv).sum(axis=1)
-    c = 1.0 + tau2 * a
-    logdet = -np.log(dinv).sum(axis=1) + np.log(c)
-    quad = q - tau2 * t * t / c
-    return -0.5 * (rows.size * math.log(2 * math.pi) + logdet + quad)
+def _refit(f: Fit, keep: np.ndarray, *, seed: int, chains: int, draws: int) -> Fit:
+    """``f``'s model fitted again to the rows in ``keep`` only (the same priors and pooling
+    settings): by the exact path for a Gaussian model (the same model, its exact posterior),
+    else by the fit's own method."""
+    nb = _subset(f.bound, keep)
+    method = "exact" if f.spec.fam.exact else f.method
+    return Fit(nb, run(nb, method=method, seed=seed, chains=chains, draws=draws, warmup=draws),
+               memory_budget=f.memory_budget)
+
+
+def _sigma_matrices(f: Fit, i: int) -> np.ndarray:
+    """Σ of block i per draw, (S, q, q): learned (SDs and correlations) or the pooling's fixed
+    one (zeros for a pooled block)."""
+    block, bd = f.bound.blocks[i], f.block_draws[i]
+    S, q = f.n_samples, block.q
+    if bd.sd is None:
+        fixed = np.zeros((q, q)) if block.Sigma is None else np.asarray(block.Sigma, dtype=float)
+        return np.broadcast_to(fixed, (S, q, q))
+    sd = f._thin(bd.sd).reshape(S, q)
+    corr = np.broadcast_to(np.eye(q), (S, q, q)) if bd.corr is None else f._thin(bd.corr).reshape(S, q, q)
+    return sd[:, :, None] * corr * sd[:, None, :]
+
+
+def _heldout_logpdf(rf: Fit, b: Any, rows: np.ndarray, *, seed: int = 0, n_mc: int = 256) -> np.ndarray:
+    """log p(y_rows | θ_s) per posterior draw s of the refit ``rf``, jointly over ``rows`` (row
+    numbers of the full bound spec ``b``), shape (S,).
+
+    A row's group that ``rf`` saw keeps its drawn value; a group it did not see is a *new*
+    group, its value b ~ N(0, Σ_s) integrated out: exactly for a Gaussian family
+    (y ~ N(Xβ + Zb_known, D + U Σ U'), D = diag(σ²/w), by the determinant lemma and Woodbury
+    with Q × Q systems only, Q the new groups' terms), by ``n_mc`` Monte Carlo draws of b per
+    posterior draw otherwise."""
+    from scipy.special import logsumexp
+
+    rows = np.asarray(rows)
+    S, n = rf.n_samples, rows.size
+    d = rf.draws
+    beta = rf._thin(d.beta).reshape(S, -1)
+    eta = beta @ b.X[rows].T + b.offset[rows][None, :]
+    cols: list[np.ndarray] = []   # columns of U (n,) for the new groups' terms
+    sigmas: list[np.ndarray] = []  # their Σ per draw (S, q, q), one per new group
+    for i, (block, rblock, bd) in enumerate(zip(b.blocks, rf.bound.blocks, rf.block_draws)):
+        labels = [block.levels[j] for j in block.group[rows]]
+        index = {lv: k for k, lv in enumerate(rblock.levels)}
+        Z = np.asarray(block.Z[rows], dtype=float)
+        known = np.array([lv in index for lv in labels], dtype=bool)
+        if bd.values is not None and known.any():
+            vals = rf._thin(bd.values)
+            vals = vals.reshape((S,) + vals.shape[2:])  # (S, J, q)
+            kr = np.flatnonzero(known)
+            idx = np.array([index[labels[r]] for r in kr])
+            eta[:, kr] += np.einsum("snk,nk->sn", vals[:, idx, :], Z[kr])
+        if not known.all():
+            Sig = _sigma_matrices(rf, i)
+            for lv in dict.fromkeys(lv for lv, k in zip(labels, known) if not k):
+                m = np.array([x == lv for x in labels])
+                for k in range(block.q):
+                    cols.append(np.where(m, Z[:, k], 0.0))
+                sigmas.append(Sig)
+    y = np.asarray(b.y[rows], dtype=float)
+    fam = rf.spec.fam
+    kw = rf._family_kwargs(None, slice(None), thin=True)
+    kw["weights"] = b.weights[rows]
+    kw["trials"] = None if b.trials is None else b.trials[rows]
+    if not cols:
+        return np.asarray(fam.log_likelihood(y, eta, **kw), dtype=float).reshape(S, n).sum(axis=1)
+    U = np.stack(cols, axis=1)  # (n, Q)
+    Q = U.shape[1]
+    big = np.zeros((S, Q, Q))
+    at = 0
+    for Sig in sigmas:
+        q = Sig.shape[-1]
+        big[:, at:at + q, at:at + q] = Sig
+        at += q
+    if fam.name == "gaussian" and fam.link == "identity":
+        s2 = (kw["sigma"].reshape(S) ** 2) if kw["sigma"] is not None else np.ones(S)
+        dinv = np.asarray(b.weights[rows], dtype=float)[None, :] / s2[:, None]  # (S, n)
+        r = y[None, :] - eta
+        A = np.einsum("nq,sn,nr->sqr", U, dinv, U)
+        t = np.einsum("nq,sn->sq", U, dinv * r)
+        M = np.eye(Q)[None] + big @ A
+        x = np.linalg.solve(M, (big @ t[:, :, None]))[..., 0]
+        quad = (r * r * dinv).sum(axis=1) - (t * x).sum(axis=1)
+        logdet = -np.log(dinv).sum(axis=1) + np.linalg.slogdet(M)[1]
+        return -0.5 * (n * math.log(2 * math.pi) + logdet + quad)
+    # any other family: the new groups' values by Monte Carlo, n_mc per posterior draw
+    w, V = np.linalg.eigh(big)
+    root = V * np.sqrt(np.clip(w, 0.0, None))[:, None, :]  # (S, Q, Q): root @ root' = Σ
+    rng = np.random.default_rng(seed)
+    kw_s = {k: (v[:, :, None] if isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == S else v)
+            for k, v in kw.items()}
+    out = np.empty((n_mc, S))
+    for m0 in range(0, n_mc, 32):
+        m1 = min(n_mc, m0 + 32)
+        z = rng.standard_normal((S, m1 - m0, Q))
+        bvals = np.einsum("sqr,smr->smq", root, z)
+        eta_m = eta[:, None, :] + bvals @ U.T  # (S, m, n)
+        ll = np.asarray(fam.log_likelihood(y, eta_m, **kw_s), dtype=float).sum(axis=-1)
+        out[m0:m1] = ll.T
+    return logsumexp(out, axis=0) - math.log(n_mc)
 
 
 def _lme(x: np.ndarray) -> float:
@@ -734,48 +847,133 @@ def _lme(x: np.ndarray) -> float:
     return float(logsumexp(x) - math.log(x.size))
 
 
-def logo(f: Fit, *, max_refits: int = 10, draws: int = 250, chains: int = 4, folds: int = 10,
-         max_groups: int = 200) -> dict[str, Any]:
+#: Pareto k above which a PSIS estimate is unreliable (Vehtari, Simpson, Gelman, Yao & Gabry 2024)
+K_BAD = 0.7
+#: default budget of exact refits per fit for the high-k observations / groups, and its time limit
+MAX_REFITS = 20
+MAX_SECONDS = 60.0
+
+
+def loo(f: Fit, *, max_refits: int = MAX_REFITS, max_seconds: float = MAX_SECONDS, draws: int = 250,
+        chains: int = 4) -> dict[str, Any]:
+    """PSIS-LOO of one fit over observations, in chunks of rows (memory O(draws × chunk)), with
+    the unreliable observations (Pareto k > 0.7) refitted.
+
+    elpd_i = log p(y_i | y_{-i}).  PSIS estimates it from the fit's own draws; where its Pareto
+    k exceeds 0.7, the estimate is unreliable and the model is fitted again without row i
+    (largest k first; at most ``max_refits`` refits and, once ``max_seconds`` have passed,
+    no new one; ``chains × draws`` draws, by the exact path for a Gaussian model), and
+    elpd_i = log mean_s p(y_i | θ_s) over the refit's draws, exactly (the group value drawn
+    when the group keeps other rows, else integrated out as a new group's).
+
+    Returns a dict: ``elpd_loo``, ``se``, ``p_loo``, ``pointwise``, ``pareto_k`` (PSIS's),
+    ``refitted`` (bool per row), ``pareto_k_max`` (over the values kept from PSIS), ``n_bad_k``
+    (k > 0.7 left unrefitted), ``bad`` (their row numbers), ``n_refits``.
+
+    References
+    ----------
+    Vehtari, A., Gelman, A. & Gabry, J. (2017). Practical Bayesian model evaluation using
+    leave-one-out cross-validation and WAIC. Statistics and Computing 27, 1413–1432.
+    """
+    import time
+
+    import arviz as az
+    from scipy.special import logsumexp
+
+    S = f.n_samples
+    ess = az.ess(f.idata.posterior, method="mean")
+    # relative efficiency exactly as arviz.loo computes it
+    reff = float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean()) / S
+    reff = reff if math.isfinite(reff) and reff > 0 else 1.0
+    elpd = np.empty(f.bound.n_obs)
+    lppd = np.empty(f.bound.n_obs)
+    ks = np.empty(f.bound.n_obs)
+    chunk = max(1, (64 * 2**20) // (8 * S))
+    for sl, ll in f.log_likelihood_chunks(chunk):
+        ll2 = ll.reshape(S, -1).T  # (rows, samples)
+        lw, k = az.psislw(-ll2, reff=reff)
+        elpd[sl] = logsumexp(lw + ll2, axis=1)
+        lppd[sl] = logsumexp(ll2, axis=1) - math.log(S)
+        ks[sl] = k
+    bad = np.flatnonzero(ks > K_BAD)
+    bad = bad[np.argsort(-ks[bad], kind="stable")]
+    seed = _seed(f)
+    t0 = time.perf_counter()
+    n_refits = 0
+    refitted = np.zeros(ks.size, dtype=bool)
+    for i in bad[:max(0, int(max_refits))]:
+        if time.perf_counter() - t0 > max_seconds:
+            break
+        keep = np.ones(f.bound.n_obs, dtype=bool)
+        keep[i] = False
+        rf = _refit(f, keep, seed=seed + 100_000 + int(i), chains=chains, draws=draws)
+        elpd[i] = _lme(_heldout_logpdf(rf, f.bound, np.array([i]), seed=int(i)))
+        refitted[i] = True
+        n_refits += 1
+    psis = ks[~refitted]
+    left = np.flatnonzero((ks > K_BAD) & ~refitted)
+    n = elpd.size
+    return {
+        "elpd_loo": float(elpd.sum()), "se": float(math.sqrt(n * elpd.var())), "p_loo": float((lppd - elpd).sum()),
+        "pointwise": elpd, "pareto_k": ks, "refitted": refitted,
+        "pareto_k_max": float(psis.max()) if psis.size else math.nan,
+        "n_bad_k": int(left.size), "bad": left, "n_refits": n_refits,
+    }
+
+
+def _seed(f: Fit) -> int:
+    return int(f.draws.info.get("seed", 0)) if isinstance(getattr(f.draws, "info", None), dict) else 0
+
+
+def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int = 4, folds: int = 10,
+         max_groups: int = 200, max_seconds: float = MAX_SECONDS) -> dict[str, Any]:
     """Leave-one-group-out cross-validation of one fit over the groups of its first grouping factor.
 
-    elpd_j = log p(y_j | y_{-j}), the joint predictive density of group j's rows as a new group.
+    elpd_j = log p(y_j | y_{-j}), the joint predictive density of group j's rows as a new group:
+    its value b ~ N(0, Σ) integrated out (Σ learned hierarchical, fixed and wide unpooled,
+    0 pooled).
 
-    * Exact path with a Gaussian varying intercept: an explicit refit without group j
-      (``chains × draws`` draws, seed of the fit + j; the same priors and pooling settings),
-      then elpd_j = log mean_s N(y_j | X_j β_s, σ_s² W_j⁻¹ + τ_s² 11') exactly per draw.  With
-      more than ``max_groups`` groups: K-fold over groups (``folds`` refits, each predicting
-      the groups it left out, each as a new group).
+    * Gaussian model on the exact path: an explicit refit without group j (``chains × draws``
+      draws, seed of the fit + 1000 + j; the same priors and pooling settings), then
+      elpd_j = log mean_s N(y_j | X_j β_s (+ the other factors' values), σ_s² W_j⁻¹ + Z_j Σ_s Z_j')
+      exactly per draw.  With more than ``max_groups`` groups: K-fold over groups (``folds``
+      refits, each predicting the groups it left out, each as a new group).
     * Other paths: PSIS over groups with log ratio −Σ_{i∈j} log p(y_i | θ_s) (Pareto k per
-      group); for the groups with k > 0.7, up to ``max_refits`` of them (largest k first) are
-      refitted explicitly (by the exact path: the same Gaussian model) and predicted as above when the model is a Gaussian varying
-      intercept; the others keep their PSIS value (counted in ``n_bad_k``).
+      group); the groups with k > 0.7 are refitted explicitly, largest k first, up to
+      ``max_refits`` of them and no new one once ``max_seconds`` have passed (by the exact
+      path for a Gaussian model, else by the fit's method, the new group's value then
+      integrated by Monte Carlo); the others keep their PSIS value (counted in ``n_bad_k``,
+      listed in ``bad``).
 
     Returns a dict: ``elpd_logo``, ``se``, ``pointwise`` (Series by group label),
-    ``pareto_k`` (Series, NaN where exact), ``pareto_k_max``, ``n_bad_k``, ``n_refits``, ``how``.
+    ``pareto_k`` (Series: PSIS's k, NaN on the exact path), ``refitted`` (bool per group),
+    ``pareto_k_max`` (over the values kept from PSIS), ``n_bad_k``, ``bad`` (labels),
+    ``n_refits``, ``how``, ``exact`` (every group by an exact refit, no PSIS value left).
     """
+    import time
+
     b = f.bound
     block = b.blocks[0]
     J = block.n_groups
     g = block.group
     elpd = np.full(J, np.nan)
     ks = np.full(J, np.nan)
+    refitted = np.zeros(J, dtype=bool)
     n_refits = 0
-    analytic = _analytic(f)
-    seed = int(f.draws.info.get("seed", 0)) if isinstance(getattr(f.draws, "info", None), dict) else 0
+    seed = _seed(f)
 
-    def refit(drop: np.ndarray, s: int) -> Fit:
-        nb, _ = _drop_groups(b, drop)
-        method = "exact" if analytic and f.spec.fam.exact else f.method  # same model, exact posterior
-        return Fit(nb, run(nb, method=method, seed=s, chains=chains, draws=draws, warmup=draws),
-                   memory_budget=f.memory_budget)
+    def predict(drop: np.ndarray, s: int, which: np.ndarray) -> None:
+        rf = _refit(f, ~drop[g], seed=s, chains=chains, draws=draws)
+        for j in which:
+            elpd[j] = _lme(_heldout_logpdf(rf, b, np.flatnonzero(g == j), seed=s + int(j)))
+            refitted[j] = True
 
-    if f.method == "exact" and analytic:
+    if f.method == "exact" and f.spec.fam.exact:
         if J <= max_groups:
             for j in range(J):
                 drop = np.zeros(J, dtype=bool)
                 drop[j] = True
-                rf = refit(drop, seed + 1000 + j)
-                elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
+                predict(drop, seed + 1000 + j, np.array([j]))
                 n_refits += 1
             how = f"exact refit without each group ({J} refits of {chains}×{draws} draws)"
         else:
@@ -783,9 +981,7 @@ def logo(f: Fit, *, max_refits: int = 10, draws: int = 250, chains: int = 4, fol
             for k, part in enumerate(np.array_split(perm, folds)):
                 drop = np.zeros(J, dtype=bool)
                 drop[part] = True
-                rf = refit(drop, seed + 1000 + k)
-                for j in part:
-                    elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
+                predict(drop, seed + 1000 + k, part)
                 n_refits += 1
             how = f"{folds}-fold over groups ({J} groups > {max_groups}; {folds} exact refits)"
     else:
@@ -800,22 +996,26 @@ def logo(f: Fit, *, max_refits: int = 10, draws: int = 250, chains: int = 4, fol
         lw, kk = az.psislw(-llg.T)
         elpd[:] = logsumexp(lw + llg.T, axis=1)
         ks[:] = kk
-        bad = np.flatnonzero(ks > 0.7)
-        bad = bad[np.argsort(-ks[bad])]
-        if analytic:
-            for j in bad[:max_refits]:
-                drop = np.zeros(J, dtype=bool)
-                drop[j] = True
-                rf = refit(drop, seed + 1000 + int(j))
-                elpd[j] = _lme(_new_group_logpdf(rf, b, np.flatnonzero(g == j)))
-                n_refits += 1
-        how = (f"PSIS over groups, {int((ks > 0.7).sum())} with k > 0.7, {n_refits} refitted exactly"
-               + ("" if analytic or not bad.size else " (refits need a Gaussian varying intercept; none done)"))
-    n_bad = int((ks > 0.7).sum()) - n_refits if np.isfinite(ks).any() else 0
+        n_high = int((ks > K_BAD).sum())
+        bad = np.flatnonzero(ks > K_BAD)
+        bad = bad[np.argsort(-ks[bad], kind="stable")]
+        t0 = time.perf_counter()
+        for j in bad[:max(0, int(max_refits))]:
+            if time.perf_counter() - t0 > max_seconds:
+                break
+            drop = np.zeros(J, dtype=bool)
+            drop[j] = True
+            predict(drop, seed + 1000 + int(j), np.array([j]))
+            n_refits += 1
+        how = f"PSIS over groups, {n_high} with k > 0.7, {n_refits} of them refitted"
+    left = np.flatnonzero((ks > K_BAD) & ~refitted)
+    psis = ks[~refitted]
     return {
         "elpd_logo": float(elpd.sum()), "se": float(math.sqrt(J * elpd.var())),
         "pointwise": pd.Series(elpd, index=pd.Index(block.levels, name=block.factor)),
         "pareto_k": pd.Series(ks, index=pd.Index(block.levels, name=block.factor)),
-        "pareto_k_max": float(np.nanmax(ks)) if np.isfinite(ks).any() else float("nan"),
-        "n_bad_k": max(n_bad, 0), "n_refits": n_refits, "how": how,
+        "refitted": refitted,
+        "pareto_k_max": float(psis.max()) if psis.size else float("nan"),
+        "n_bad_k": int(left.size), "bad": [block.levels[j] for j in left], "n_refits": n_refits, "how": how,
+        "exact": bool(refitted.all()),
     }

@@ -541,7 +541,7 @@ class Fit:
         if "divergences" in info:
             divs = [int(v) for v in np.atleast_1d(info["divergences"])]
             targets = _attempt_targets(info, len(divs))
-            if divs:
+            if any(divs):  # nothing to say when no attempt diverged
                 first = f"{divs[0]} divergent transitions"
                 if targets[0] is not None:
                     first += f" at target_accept={targets[0]:g}"

@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import plots
 from .compare import POOLINGS, Comparison
+from .plots.checks import divergence_lines
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
@@ -189,8 +190,8 @@ def _section_recommendation(rec: Any) -> str:
     t["ruled_out"] = t["ruled_out"].map({True: "yes", False: "no"})
     t = t.rename(columns={"d_loo": "ΔELPD loo", "dse_loo": "SE Δ loo", "d_logo": "ΔELPD logo",
                           "dse_logo": "SE Δ logo", "ruled_out": "ruled out"})
-    table = _frame_html(t, index_name="pooling", caption="The evidence: ELPD and the difference to the best "
-                        "(higher ELPD is better; Δ is how much worse than the best, with its SE)")
+    table = _frame_html(t, index_name="pooling", caption="The evidence: ELPD and ΔELPD, each pooling's ELPD minus "
+                        "the best's with its SE (higher ELPD is better; Δ is 0 for the best, negative for the others)")
     return (f'<section id="recommendation" class="keep">\n<p class="choice">{_e(head)}</p>\n<ul>{reasons}</ul>\n'
             f'<div class="scroll">{table}</div>\n</section>')
 
@@ -326,8 +327,8 @@ def _section_data(cmp: Comparison) -> str:
 def _section_diagnostics(cmp: Comparison) -> str:
     t = cmp.diagnostics()
     fits = t.attrs["fits"]
-    lines = "".join(f"<li><b>{_e(name)}</b> ({_e(info['method'])}, {info['chains']} × {info['draws']} draws): "
-                    f"divergences: {_e(info['divergences_text'])}.</li>" for name, info in fits.items())
+    # divergent transitions only where there are some; why none can occur, once
+    lines = "".join(f"<li>{_e(line)}.</li>" for line in divergence_lines(fits))
     notes = "".join(f"<li><b>{_e(name)}</b>: {_e(n)}</li>" for name, f in cmp.fits.items() for n in f.notes())
     frame = t.copy()
     frame["sampled"] = frame["sampled"].map({True: "yes", False: "no (point estimate)"})
@@ -337,7 +338,7 @@ def _section_diagnostics(cmp: Comparison) -> str:
                         digits={"n": 0, "ess_bulk": 0, "ess_tail": 0, "r_hat": 3})
     return (_figure(plots.plot_diagnostics(cmp), "R-hat (should be below 1.01) and bulk/tail ESS of each "
                     "parameter of each fit.")
-            + f"\n<ul>{lines}</ul>\n" + (f"<h3>Notes of the fits</h3><ul>{notes}</ul>\n" if notes else "")
+            + (f"\n<ul>{lines}</ul>\n" if lines else "\n") + (f"<h3>Notes of the fits</h3><ul>{notes}</ul>\n" if notes else "")
             + f'<div class="scroll">{table}</div>')
 
 

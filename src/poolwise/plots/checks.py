@@ -174,8 +174,9 @@ def loo_data(cmp: Comparison, *, criterion: str = "loo") -> dict[str, Any]:
     -------
     dict
         ``poolings`` (best first), ``elpd``, ``se``, ``elpd_diff``, ``dse`` (NumPy arrays in that
-        order, the table's numbers), ``diff_at`` (where each difference is drawn: the best ELPD
-        minus the difference, as ``arviz.plot_compare`` does), ``best``, ``best_elpd``,
+        order, the table's numbers; ``elpd_diff`` is each pooling's ELPD minus the best's, ≤ 0),
+        ``diff_at`` (where each difference is drawn: the best ELPD plus the difference, as
+        ``arviz.plot_compare`` places it), ``best``, ``best_elpd``,
         ``criterion``, ``column``, ``title``.
 
     Raises
@@ -193,7 +194,7 @@ def loo_data(cmp: Comparison, *, criterion: str = "loo") -> dict[str, Any]:
     best = str(t.index[0])
     return {
         "poolings": [str(i) for i in t.index], "elpd": elpd, "se": t["se"].to_numpy(dtype=float),
-        "elpd_diff": diff, "dse": t["dse"].to_numpy(dtype=float), "diff_at": float(elpd[0]) - diff,
+        "elpd_diff": diff, "dse": t["dse"].to_numpy(dtype=float), "diff_at": float(elpd[0]) + diff,
         "best": best, "best_elpd": float(elpd[0]), "criterion": criterion, "column": column, "title": title,
     }
 
@@ -204,7 +205,7 @@ def plot_loo(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None,
 
     One panel per criterion, one row per pooling (best on top): the ELPD with ± 1 SE (open
     circle, black bar) and, for the others, the difference to the best with ± 1 SE of the
-    difference (grey triangle and bar, drawn at best ELPD − ΔELPD); the dashed line marks the
+    difference (grey triangle and bar, drawn at best ELPD + ΔELPD, ΔELPD ≤ 0); the dashed line marks the
     best ELPD.  Higher is better.
 
     Parameters
@@ -303,6 +304,19 @@ def diagnostics_data(cmp: Comparison) -> dict[str, Any]:
     }
 
 
+def divergence_lines(fits: dict[str, dict[str, Any]]) -> list[str]:
+    """What to say about divergent transitions, from :func:`diagnostics_data`'s ``fits``: each
+    fit with divergences, by name; the reason none can occur (or none apply), once for the
+    fits it is true of; nothing for a count of 0."""
+    out = [f"{name}: {info['divergences_text']}" for name, info in fits.items() if info.get("divergences")]
+    why: dict[str, list[str]] = {}
+    for name, info in fits.items():
+        if info.get("divergences") is None:
+            why.setdefault(str(info["divergences_text"]), []).append(name)
+    out += [f"divergences ({', '.join(names)}): {text}" for text, names in why.items()]
+    return out
+
+
 def plot_diagnostics(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None) -> Figure:
     """R-hat and bulk/tail ESS of each fit's parameters, and its divergences.
 
@@ -375,8 +389,8 @@ def plot_diagnostics(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = Non
         ax.legend(fontsize=7.5, loc="lower right")
         if k:
             ax.set_ylim(y[-1] - 0.6, 0.6)
-    lines = [f"{name}: {info['method']}, {info['chains']}×{info['draws']} draws; divergences: "
-             f"{info['divergences_text']}" for name, info in d["fits"].items()]
+    lines = [f"{name}: {info['method']}, {info['chains']}×{info['draws']} draws" for name, info in d["fits"].items()]
+    lines += divergence_lines(d["fits"])
     if d["not_sampled"]:
         lines.append("not sampled (point estimates): " + ", ".join(d["not_sampled"]))
     fig.suptitle("Sampling diagnostics\n" + "\n".join(lines), fontsize=8.5)

@@ -421,9 +421,7 @@ def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None
     if d["batch"] is not None and math.isfinite(d["batch"]):
         ax.axhline(d["batch"], color="black", ls="--", lw=1.0, label=f"batch pooling factor {d['batch']:.2f}")
     ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    readable_log_axis(ax.xaxis)
     ax.set_ylim(-0.03, 1.03)
     ax.axhline(0, color=_POP_COLOR, lw=0.5)
     ax.axhline(1, color=_POP_COLOR, lw=0.5)
@@ -461,7 +459,9 @@ def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int 
         ``groups`` (labels, ordered by size), ``n``; ``start`` (each group's unpooled estimate,
         the table's ``unpooled_mean``) and ``end`` (its hierarchical estimate,
         ``hierarchical_mean``): the arrows; ``x``: where each arrow is drawn, the group size
-        spread a little within ties so that groups of equal size do not hide each other;
+        spread a little within ties so that groups of equal size do not hide each other, or,
+        when every group has the same size (``categorical``), 0, 1, … one per group (the axis
+        then names the groups and says their common size);
         ``log_x`` (whether the x axis is logarithmic: sizes spanning a factor of 10 or more);
         ``regression`` (the population value of each group, the table's ``regression``
         column), ``by_group`` (whether it varies: group-level predictors, listed in
@@ -495,8 +495,10 @@ def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int 
             table = table.iloc[np.unique(np.round(np.linspace(0, n_groups - 1, int(max_groups))).astype(int))]
     n = table["n"].to_numpy()
     nf = n.astype(float)
-    log_x = bool(nf.size and nf.min() > 0 and nf.max() / nf.min() >= 10)
-    x = _spread_ties(nf, log_x)
+    # every group the same size: the size says nothing, so one position per group (labelled)
+    categorical = bool(nf.size > 1 and np.all(nf == nf[0]))
+    log_x = bool(not categorical and nf.size and nf.min() > 0 and nf.max() / nf.min() >= 10)
+    x = np.arange(nf.size, dtype=float) if categorical else _spread_ties(nf, log_x)
     reg = table["regression"].to_numpy(dtype=float)
     pop = cmp.population(name)
     return {
@@ -504,6 +506,7 @@ def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int 
         "n": n,
         "x": x,
         "log_x": log_x,
+        "categorical": categorical,
         "start": table["unpooled_mean"].to_numpy(dtype=float),
         "end": table["hierarchical_mean"].to_numpy(dtype=float),
         "pooled": table["pooled_mean"].to_numpy(dtype=float),
@@ -587,14 +590,21 @@ def plot_shrinkage(cmp: Comparison, *, ax: Axes | None = None, term: str | None 
                label="unpooled estimate (start)")
     ax.scatter(x, end, s=14, color=_COLORS["hierarchical"], zorder=5, label="hierarchical estimate (end)")
     if d["log_x"]:
-        from matplotlib.ticker import ScalarFormatter
-
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        readable_log_axis(ax.xaxis)
     what = "group intercept" if d["expr"] == "Intercept" else f"group slope of {d['expr']}"
     scale = _SCALES.get(d["link"], f" ({d['link']} scale)")
     ax.set_ylabel(f"{d['outcome']}: {what}{scale}", fontsize=9)
-    ax.set_xlabel(f"{d['group_column']} size (rows{', log scale' if d['log_x'] else ''})", fontsize=9)
+    if d["categorical"]:
+        ax.set_xticks(x)
+        if len(x) <= 60:
+            ax.set_xticklabels(d["groups"], rotation=90 if len(x) > 12 else 0, fontsize=7 if len(x) > 12 else 8)
+        else:
+            ax.set_xticklabels([])
+        ax.set_xlim(-0.7, len(x) - 0.3)
+        ax.set_xlabel(f"{d['group_column']} (every group has {int(d['n'][0])} rows)", fontsize=9)
+    else:
+        ax.set_xlabel(f"{d['group_column']} size (rows{', log scale' if d['log_x'] else ''})", fontsize=9)
     subset = f"; {d['n_shown']} of {d['n_groups']} groups shown" if d["n_shown"] < d["n_groups"] else ""
     target = "their regression values" if d["by_group"] else "the population mean"
     ax.set_title(f"Shrinkage of {d['term']}: unpooled → hierarchical estimate per {d['group_column']}{subset}\n"
@@ -602,6 +612,45 @@ def plot_shrinkage(cmp: Comparison, *, ax: Axes | None = None, term: str | None 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
+
+
+def _log_ticks(vmin: float, vmax: float) -> list[float]:
+    """Tick values for a log axis from ``vmin`` to ``vmax`` that read as plain numbers: powers of
+    10 when they give 3 or more, else 1-3, 1-2-5 or every integer multiple per decade, else
+    (a span within one decade) a few evenly spaced round numbers."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = (min(vmin, vmax), max(vmin, vmax))
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= 0:
+        return []
+    lo = max(lo, hi * 1e-12)
+    decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+    eps = 1e-9 * hi
+    for subs in ((1,), (1, 3), (1, 2, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [float(f"{s * 10.0 ** k:.12g}") for k in decades for s in subs if lo - eps <= s * 10.0 ** k <= hi + eps]
+        if len(ticks) >= 3:
+            return ticks
+    lin = [float(f"{v:.12g}") for v in MaxNLocator(4).tick_values(lo, hi) if lo - eps <= v <= hi + eps and v > 0]
+    return lin if len(lin) >= 2 else ticks
+
+
+def readable_log_axis(axis: Any) -> None:
+    """Major ticks of a log axis at :func:`_log_ticks` values, labelled as plain numbers
+    ("0.3", "1", "3", "10"), no minor labels; recomputed whenever the limits change."""
+    from matplotlib.ticker import FuncFormatter, Locator, NullFormatter, NullLocator
+
+    class _Readable(Locator):
+        def __call__(self) -> list[float]:
+            vmin, vmax = self.axis.get_view_interval()  # type: ignore[union-attr]
+            return self.tick_values(vmin, vmax)
+
+        def tick_values(self, vmin: float, vmax: float) -> list[float]:
+            return _log_ticks(vmin, vmax)
+
+    axis.set_major_locator(_Readable())
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _figure_and_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:

@@ -15,7 +15,7 @@ from ..path import PoolingPath
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-from .estimates import _COLORS, _POP_COLOR
+from .estimates import _COLORS, _POP_COLOR, readable_log_axis
 
 __all__ = ["pooling_path_data", "plot_pooling_path", "prior_predictive_data", "plot_prior_predictive"]
 
@@ -156,6 +156,7 @@ def plot_pooling_path(path: PoolingPath, *, ax: Sequence[Axes] | Any | None = No
     top.scatter(np.full(len(d["groups"]), tau[-1]), d["unpooled"], s=10, color="black", zorder=4,
                 label=f"unpooled (τ = {d['unpooled_tau']:.3g})")
     top.set_xscale("log")
+    readable_log_axis(top.xaxis)
     what = "group intercept" if d["term"].startswith("1|") else f"group coefficient {d['term']}"
     top.set_ylabel(f"{d['outcome']}: {what}")
     top.set_title(f"Pooling path of {d['formula']}\nposterior mean of each {d['group_column']} given τ; shaded: "
@@ -171,6 +172,7 @@ def plot_pooling_path(path: PoolingPath, *, ax: Sequence[Axes] | Any | None = No
                            label=f"posterior mean τ = {d['tau_mean']:.3g}")
             bottom.legend(fontsize=7.5, loc="upper right")
     bottom.set_xscale("log")
+    readable_log_axis(bottom.xaxis)
     bottom.set_ylim(bottom=0)
     bottom.set_ylabel("p(log τ | y)")
     bottom.set_xlabel(f"τ: population SD of the {d['group_column']} effects (log scale)")
