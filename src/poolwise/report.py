@@ -338,7 +338,8 @@ def _section_diagnostics(cmp: Comparison) -> str:
                         digits={"n": 0, "ess_bulk": 0, "ess_tail": 0, "r_hat": 3})
     return (_figure(plots.plot_diagnostics(cmp), "R-hat (should be below 1.01) and bulk/tail ESS of each "
                     "parameter of each fit.")
-            + (f"\n<ul>{lines}</ul>\n" if lines else "\n") + (f"<h3>Notes of the fits</h3><ul>{notes}</ul>\n" if notes else "")
+            + (f"\n<ul>{lines}</ul>\n" if lines else "\n")
+            + (f"<h3>Notes of the fits</h3><ul>{notes}</ul>\n" if notes else "")
             + f'<div class="scroll">{table}</div>')
 
 
