@@ -122,6 +122,10 @@ def test_monte_carlo_new_group_agrees_with_the_exact_density(cmp: pw.Comparison)
     est = logsumexp(runs, axis=1) - np.log(exact.size)
     # the spread of 4 independent MC runs gives the MC SE of one
     assert abs(est.mean() - target) < 4 * est.std(ddof=1) / 2 + 1e-3, (est, target)
+    # taken a few rows at a time (memory O(draws × chunk)): the same numbers
+    np.testing.assert_allclose(_heldout_logpdf(rf, f.bound, rows, chunk=3), exact, rtol=1e-10)
+    np.testing.assert_allclose(_heldout_logpdf(rf, f.bound, rows, seed=0, n_mc=64, monte_carlo=True, chunk=3),
+                               _heldout_logpdf(rf, f.bound, rows, seed=0, n_mc=64, monte_carlo=True), rtol=1e-10)
 
 
 def _delta_pairs(text: str, label: str) -> dict[str, float]:

@@ -361,7 +361,7 @@ def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
 
 
 def _loo_table(loo: pd.DataFrame) -> Table:
-    return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "pareto_k_max": 2})
+    return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2})
 
 
 def _population_line(pop: dict[str, float]) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
+from .errors import PoolwiseError
 from .fit import MEMORY_BUDGET, Fit, fit
 from .infer import Progress, run
 from .priors import Prior
@@ -764,7 +765,7 @@ def _sigma_matrices(f: Fit, i: int) -> np.ndarray:
 
 
 def _heldout_logpdf(rf: Fit, b: Any, rows: np.ndarray, *, seed: int = 0, n_mc: int = 256,
-                    monte_carlo: bool = False) -> np.ndarray:
+                    monte_carlo: bool = False, chunk: int | None = None) -> np.ndarray:
     """log p(y_rows | θ_s) per posterior draw s of the refit ``rf``, jointly over ``rows`` (row
     numbers of the full bound spec ``b``), shape (S,).
 
@@ -773,75 +774,98 @@ def _heldout_logpdf(rf: Fit, b: Any, rows: np.ndarray, *, seed: int = 0, n_mc: i
     (y ~ N(Xβ + Zb_known, D + U Σ U'), D = diag(σ²/w), by the determinant lemma and Woodbury
     with Q × Q systems only, Q the new groups' terms), by ``n_mc`` Monte Carlo draws of b per
     posterior draw otherwise (or when ``monte_carlo`` is set: a check of the one against the
-    other)."""
+    other).  Rows are taken ``chunk`` at a time: memory O(S × chunk), not O(S × rows)."""
     from scipy.special import logsumexp
 
     rows = np.asarray(rows)
     S, n = rf.n_samples, rows.size
+    chunk = int(chunk or max(1, (32 * 2**20) // (8 * S * (1 if not monte_carlo and rf.spec.fam.exact else 32))))
     d = rf.draws
     beta = rf._thin(d.beta).reshape(S, -1)
-    eta = beta @ b.X[rows].T + b.offset[rows][None, :]
-    cols: list[np.ndarray] = []   # columns of U (n,) for the new groups' terms
-    sigmas: list[np.ndarray] = []  # their Σ per draw (S, q, q), one per new group
-    for i, (block, rblock, bd) in enumerate(zip(b.blocks, rf.bound.blocks, rf.block_draws)):
-        labels = [block.levels[j] for j in block.group[rows]]
-        index = {lv: k for k, lv in enumerate(rblock.levels)}
-        Z = np.asarray(block.Z[rows], dtype=float)
-        known = np.array([lv in index for lv in labels], dtype=bool)
-        if bd.values is not None and known.any():
-            vals = rf._thin(bd.values)
-            vals = vals.reshape((S,) + vals.shape[2:])  # (S, J, q)
-            kr = np.flatnonzero(known)
-            idx = np.array([index[labels[r]] for r in kr])
-            eta[:, kr] += np.einsum("snk,nk->sn", vals[:, idx, :], Z[kr])
-        if not known.all():
-            Sig = _sigma_matrices(rf, i)
-            for lv in dict.fromkeys(lv for lv, k in zip(labels, known) if not k):
-                m = np.array([x == lv for x in labels])
-                for k in range(block.q):
-                    cols.append(np.where(m, Z[:, k], 0.0))
-                sigmas.append(Sig)
-    y = np.asarray(b.y[rows], dtype=float)
     fam = rf.spec.fam
     kw = rf._family_kwargs(None, slice(None), thin=True)
-    kw["weights"] = b.weights[rows]
-    kw["trials"] = None if b.trials is None else b.trials[rows]
-    if not cols:
-        return np.asarray(fam.log_likelihood(y, eta, **kw), dtype=float).reshape(S, n).sum(axis=1)
-    U = np.stack(cols, axis=1)  # (n, Q)
-    Q = U.shape[1]
+    # each block: (labels of the rows, {label: index in the refit}, its values (S, J, q) or None)
+    blocks = []
+    new_labels: list[tuple[int, str]] = []  # (block, label) of each new group
+    for i, (block, rblock, bd) in enumerate(zip(b.blocks, rf.bound.blocks, rf.block_draws)):
+        index = {lv: k for k, lv in enumerate(rblock.levels)}
+        vals = None
+        if bd.values is not None:
+            vals = rf._thin(bd.values)
+            vals = vals.reshape((S,) + vals.shape[2:])
+        blocks.append((index, vals))
+        for j in dict.fromkeys(block.group[rows].tolist()):
+            lv = block.levels[j]
+            if lv not in index:
+                new_labels.append((i, lv))
+    sig = [_sigma_matrices(rf, i) for i in range(len(b.blocks))] if new_labels else []
+    offsets = np.cumsum([0] + [b.blocks[i].q for i, _ in new_labels])
+    Q = int(offsets[-1])
     big = np.zeros((S, Q, Q))
-    at = 0
-    for Sig in sigmas:
-        q = Sig.shape[-1]
-        big[:, at:at + q, at:at + q] = Sig
-        at += q
+    for (i, _), o in zip(new_labels, offsets[:-1]):
+        q = b.blocks[i].q
+        big[:, o:o + q, o:o + q] = sig[i]
+
+    def pieces(sl: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """η of rows ``sl`` with the known groups' values (S, m), their U (m, Q), y and kwargs."""
+        eta = beta @ b.X[sl].T + b.offset[sl][None, :]
+        U = np.zeros((sl.size, Q))
+        for i, (block, (index, vals)) in enumerate(zip(b.blocks, blocks)):
+            labels = [block.levels[j] for j in block.group[sl]]
+            Z = np.asarray(block.Z[sl], dtype=float)
+            known = np.array([lv in index for lv in labels], dtype=bool)
+            if vals is not None and known.any():
+                kr = np.flatnonzero(known)
+                idx = np.array([index[labels[r]] for r in kr])
+                eta[:, kr] += np.einsum("snk,nk->sn", vals[:, idx, :], Z[kr])
+            for (bi, lv), o in zip(new_labels, offsets[:-1]):
+                if bi == i:
+                    m = np.array([x == lv for x in labels], dtype=bool)
+                    U[m, o:o + block.q] = Z[m]
+        kws = dict(kw)
+        kws["weights"] = b.weights[sl]
+        kws["trials"] = None if b.trials is None else b.trials[sl]
+        return eta, U, np.asarray(b.y[sl], dtype=float), kws
+
+    parts = [rows[k:k + chunk] for k in range(0, n, chunk)]
+    if not new_labels:
+        total = np.zeros(S)
+        for sl in parts:
+            eta, _, y, kws = pieces(sl)
+            total += np.asarray(fam.log_likelihood(y, eta, **kws), dtype=float).reshape(S, sl.size).sum(axis=1)
+        return total
     if fam.name == "gaussian" and fam.link == "identity" and not monte_carlo:
         s2 = (kw["sigma"].reshape(S) ** 2) if kw["sigma"] is not None else np.ones(S)
-        dinv = np.asarray(b.weights[rows], dtype=float)[None, :] / s2[:, None]  # (S, n)
-        r = y[None, :] - eta
-        A = np.einsum("nq,sn,nr->sqr", U, dinv, U)
-        t = np.einsum("nq,sn->sq", U, dinv * r)
+        A = np.zeros((S, Q, Q))
+        t = np.zeros((S, Q))
+        rr = np.zeros(S)
+        logd = np.zeros(S)
+        for sl in parts:
+            eta, U, y, _ = pieces(sl)
+            dinv = np.asarray(b.weights[sl], dtype=float)[None, :] / s2[:, None]  # (S, m)
+            r = y[None, :] - eta
+            A += np.einsum("nq,sn,nr->sqr", U, dinv, U)
+            t += (dinv * r) @ U
+            rr += (r * r * dinv).sum(axis=1)
+            logd += np.log(dinv).sum(axis=1)
         M = np.eye(Q)[None] + big @ A
         x = np.linalg.solve(M, (big @ t[:, :, None]))[..., 0]
-        quad = (r * r * dinv).sum(axis=1) - (t * x).sum(axis=1)
-        logdet = -np.log(dinv).sum(axis=1) + np.linalg.slogdet(M)[1]
+        quad = rr - (t * x).sum(axis=1)
+        logdet = -logd + np.linalg.slogdet(M)[1]
         return -0.5 * (n * math.log(2 * math.pi) + logdet + quad)
     # any other family: the new groups' values by Monte Carlo, n_mc per posterior draw
     w, V = np.linalg.eigh(big)
     root = V * np.sqrt(np.clip(w, 0.0, None))[:, None, :]  # (S, Q, Q): root @ root' = Σ
-    rng = np.random.default_rng(seed)
-    kw_s = {k: (v[:, :, None] if isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == S else v)
-            for k, v in kw.items()}
-    out = np.empty((n_mc, S))
-    for m0 in range(0, n_mc, 32):
-        m1 = min(n_mc, m0 + 32)
-        z = rng.standard_normal((S, m1 - m0, Q))
-        bvals = np.einsum("sqr,smr->smq", root, z)
-        eta_m = eta[:, None, :] + bvals @ U.T  # (S, m, n)
-        ll = np.asarray(fam.log_likelihood(y, eta_m, **kw_s), dtype=float).sum(axis=-1)
-        out[m0:m1] = ll.T
-    return logsumexp(out, axis=0) - math.log(n_mc)
+    bvals = np.einsum("sqr,smr->smq", root, np.random.default_rng(seed).standard_normal((S, n_mc, Q)))
+    out = np.zeros((S, n_mc))
+    for sl in parts:
+        eta, U, y, kws = pieces(sl)
+        kws = {k: (v[:, :, None] if isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == S else v)
+               for k, v in kws.items()}
+        for m0 in range(0, n_mc, 32):
+            eta_m = eta[:, None, :] + bvals[:, m0:m0 + 32] @ U.T  # (S, m, rows)
+            out[:, m0:m0 + 32] += np.asarray(fam.log_likelihood(y, eta_m, **kws), dtype=float).sum(axis=-1)
+    return logsumexp(out, axis=1) - math.log(n_mc)
 
 
 def _lme(x: np.ndarray) -> float:
@@ -850,6 +874,8 @@ def _lme(x: np.ndarray) -> float:
     return float(logsumexp(x) - math.log(x.size))
 
 
+#: what a refit without some rows may raise when the model cannot be fitted to the rest
+_REFIT_ERRORS = (PoolwiseError, np.linalg.LinAlgError)
 #: Pareto k above which a PSIS estimate is unreliable (Vehtari, Simpson, Gelman, Yao & Gabry 2024)
 K_BAD = 0.7
 #: default budget of exact refits per fit for the high-k observations / groups, and its time limit
@@ -907,8 +933,12 @@ def loo(f: Fit, *, max_refits: int = MAX_REFITS, max_seconds: float = MAX_SECOND
             break
         keep = np.ones(f.bound.n_obs, dtype=bool)
         keep[i] = False
-        rf = _refit(f, keep, seed=seed + 100_000 + int(i), chains=chains, draws=draws)
-        elpd[i] = _lme(_heldout_logpdf(rf, f.bound, np.array([i]), seed=int(i)))
+        try:
+            rf = _refit(f, keep, seed=seed + 100_000 + int(i), chains=chains, draws=draws)
+            value = _lme(_heldout_logpdf(rf, f.bound, np.array([i]), seed=int(i)))
+        except _REFIT_ERRORS:  # the model cannot be fitted without this row: it stays unreliable
+            continue
+        elpd[i] = value
         refitted[i] = True
         n_refits += 1
     psis = ks[~refitted]
@@ -963,11 +993,17 @@ def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int 
     n_refits = 0
     seed = _seed(f)
 
-    def predict(drop: np.ndarray, s: int, which: np.ndarray) -> None:
-        rf = _refit(f, ~drop[g], seed=s, chains=chains, draws=draws)
-        for j in which:
-            elpd[j] = _lme(_heldout_logpdf(rf, b, np.flatnonzero(g == j), seed=s + int(j)))
-            refitted[j] = True
+    def predict(drop: np.ndarray, s: int, which: np.ndarray) -> bool:
+        """Refit without the groups in ``drop`` and predict those in ``which``; False when the
+        model cannot be fitted without them (their values then stay PSIS's, unreliable)."""
+        try:
+            rf = _refit(f, ~drop[g], seed=s, chains=chains, draws=draws)
+            values = [_lme(_heldout_logpdf(rf, b, np.flatnonzero(g == j), seed=s + int(j))) for j in which]
+        except _REFIT_ERRORS:
+            return False
+        elpd[which] = values
+        refitted[which] = True
+        return True
 
     def psis(which: np.ndarray) -> None:
         import arviz as az
@@ -988,8 +1024,7 @@ def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int 
         for k, part in enumerate(np.array_split(perm, folds)):
             drop = np.zeros(J, dtype=bool)
             drop[part] = True
-            predict(drop, seed + 1000 + k, part)
-            n_refits += 1
+            n_refits += predict(drop, seed + 1000 + k, part)
         how = f"{folds}-fold over groups ({J} groups > {max_groups}; {folds} exact refits)"
     elif f.method == "exact" and f.spec.fam.exact:
         for j in range(J):
@@ -997,14 +1032,15 @@ def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int 
                 break
             drop = np.zeros(J, dtype=bool)
             drop[j] = True
-            predict(drop, seed + 1000 + j, np.array([j]))
-            n_refits += 1
+            n_refits += predict(drop, seed + 1000 + j, np.array([j]))
         how = f"exact refit without each group ({J} refits of {chains}×{draws} draws)"
-        if not refitted.all():  # out of time: PSIS for the rest
-            psis(np.flatnonzero(~refitted))
-            how = (f"exact refits of {n_refits} of {J} groups within {max_seconds:g} s, PSIS for the other "
-                   f"{J - n_refits} ({int((ks > K_BAD).sum())} with k > 0.7)")
-    else:
+    if f.method == "exact" and f.spec.fam.exact and not refitted.all():
+        # out of time, or a refit that failed: PSIS for the groups not refitted
+        left_out = np.flatnonzero(~refitted)
+        psis(left_out)
+        how = (f"exact refits for {J - left_out.size} of {J} groups (within {max_seconds:g} s), PSIS for the other "
+               f"{left_out.size} ({int((ks > K_BAD).sum())} with k > 0.7)")
+    elif not (f.method == "exact" and f.spec.fam.exact):
         psis(np.arange(J))
         n_high = int((ks > K_BAD).sum())
         bad = np.flatnonzero(ks > K_BAD)
@@ -1014,8 +1050,7 @@ def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int 
                 break
             drop = np.zeros(J, dtype=bool)
             drop[j] = True
-            predict(drop, seed + 1000 + int(j), np.array([j]))
-            n_refits += 1
+            n_refits += predict(drop, seed + 1000 + int(j), np.array([j]))
         how = f"PSIS over groups, {n_high} with k > 0.7, {n_refits} of them refitted"
     left = np.flatnonzero((ks > K_BAD) & ~refitted)
     left = left[np.argsort(-ks[left], kind="stable")]  # the worst first

@@ -249,7 +249,7 @@ def _section_prediction(cmp: Comparison) -> str:
                 "is better."),
         '<div class="scroll">' + _frame_html(loo, index_name="pooling", caption="PSIS-LOO over observations "
                                              "(best first): predicting a new observation of a known group",
-                                             digits={"n_bad_k": 0, "pareto_k_max": 2}) + "</div>",
+                                             digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2}) + "</div>",
         '<div class="scroll">' + _frame_html(logo_shown, index_name="pooling", caption="Leave-one-group-out "
                                              "(best first): predicting a group the model has not seen",
                                              digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2}) + "</div>",
