@@ -144,7 +144,7 @@ def test_unreliable_values_are_named_when_the_budget_runs_out(cmp: pw.Comparison
     n_obs = int(loo.loc["hierarchical", "n_bad_k"])
     n_groups = int(logo.loc["hierarchical", "n_bad_k"])
     assert n_obs >= 1 and n_groups >= 1 and (loo["n_refits"] == 0).all()
-    assert re.search(rf"PSIS-LOO: .*ELPD of hierarchical is unreliable for {n_obs} observations? \(row \d+", text)
+    assert re.search(rf"PSIS-LOO: .*ELPD of hierarchical is unreliable for {n_obs} observations? \(rows? \d+", text)
     assert re.search(rf"Leave-one-group-out: .*ELPD of hierarchical is unreliable for {n_groups} groups? ", text)
     worst = logo.attrs["bad"]["hierarchical"][0]
     assert f"({worst}," in text or f"({worst};" in text  # the worst group named

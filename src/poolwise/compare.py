@@ -478,8 +478,8 @@ def _reliability(loo_t: pd.DataFrame, logo_t: pd.DataFrame) -> list[str]:
         left = [m for m in POOLINGS if m in t.index and int(t.loc[m, "n_bad_k"]) > 0]
         if exact_all:
             texts = set(how.values())
-            out.append(f"Leave-one-group-out by exact refits: {next(iter(texts))}."
-                       if len(texts) == 1 else "Leave-one-group-out by exact refits: "
+            out.append(f"Leave-one-group-out: {next(iter(texts))} for each pooling."
+                       if len(texts) == 1 else "Leave-one-group-out: "
                        + "; ".join(f"{m}: {h}" for m, h in how.items()) + ".")
             continue
         refits = {m: int(t.loc[m, "n_refits"]) for m in POOLINGS if m in t.index and "n_refits" in t.columns}
@@ -492,14 +492,15 @@ def _reliability(loo_t: pd.DataFrame, logo_t: pd.DataFrame) -> list[str]:
         parts = []
         for m in left:
             items = bad.get(m, [])
-            if unit == "observation":
-                items = [f"row {int(i) + 1}" for i in items]
             k = int(t.loc[m, "n_bad_k"])
+            named = (f"row{'s' if k != 1 else ''} {_named([int(i) + 1 for i in items])} of the data"
+                     if unit == "observation" else _named(items))
             parts.append(f"ELPD of {m} is unreliable for {k} {unit}{'s' if k != 1 else ''} "
-                         f"({_named(items)}; Pareto k > 0.7) after {refits.get(m, 0)} refit"
+                         f"({named}; Pareto k > 0.7) after {refits.get(m, 0)} refit"
                          f"{'s' if refits.get(m, 0) != 1 else ''}")
         out.append(f"{what}: " + "; ".join(parts) + ": the ΔELPD involving "
-                   f"{'it' if len(left) == 1 else 'them'} is approximate (raise the refit budget).")
+                   f"{'it' if len(left) == 1 else 'them'} is approximate (more refits: "
+                   "recommend(max_refits=..., max_seconds=...)).")
     return out
 
 

@@ -202,7 +202,7 @@ def _section_comparison(cmp: Comparison) -> str:
     for term in cmp.terms:
         parts.append(_figure(plots.plot_shrinkage(cmp, term=term),
                              f"Shrinkage of {term}: each arrow goes from a group's unpooled estimate to its "
-                             "hierarchical one, at the group's size."))
+                             "hierarchical one, placed by the group's size (by group when all sizes are equal)."))
     parts.append(_figure(plots.plot_pooling_factors(cmp),
                          "Pooling factor λ of each group against its size: 0 keeps the group's own estimate, "
                          "1 takes the population value."))
@@ -255,8 +255,9 @@ def _section_prediction(cmp: Comparison) -> str:
                                              digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2}) + "</div>",
     ]
     if how:
-        parts.append("<p class=\"muted\">How leave-one-group-out was computed: "
-                     + "; ".join(f"{_e(k)}: {_e(v)}" for k, v in how.items()) + ".</p>")
+        said = (_e(next(iter(how.values()))) + " (each pooling)" if len(set(how.values())) == 1
+                else "; ".join(f"{_e(k)}: {_e(v)}" for k, v in how.items()))
+        parts.append(f"<p class=\"muted\">How leave-one-group-out was computed: {said}.</p>")
     return "\n".join(parts)
 
 
