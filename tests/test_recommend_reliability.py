@@ -238,3 +238,47 @@ def test_equal_group_sizes_get_one_position_per_group(cmp: pw.Comparison) -> Non
     assert ax.get_xscale() == "linear"
     assert _labels(fig) == d["groups"]  # the subjects, not sizes 9.85 … 10.15
     assert "every group has 10 rows" in ax.get_xlabel()
+
+
+def test_non_gaussian_groups_are_refitted_up_to_the_budget() -> None:
+    """A binomial model by the Laplace path: PSIS over groups, the worst groups refitted (budget
+    2), a new group's value integrated by Monte Carlo.  Reference: the public fit without the
+    group and Gauss-Hermite quadrature over the new group's value, per draw."""
+    from numpy.polynomial.hermite_e import hermegauss
+    from scipy.stats import binom
+
+    from poolwise.compare import logo
+
+    rng = np.random.default_rng(3)
+    J = 8
+    n = rng.integers(3, 7, size=J)
+    g = np.repeat(np.arange(J), n)
+    trials = rng.integers(5, 15, size=g.size)
+    y = rng.binomial(trials, 1 / (1 + np.exp(-(-0.5 + rng.normal(0, 0.8, size=J)[g]))))
+    df = pd.DataFrame({"y": y, "n": trials, "g": [f"g{k}" for k in g]})
+    f = pw.fit("y | trials(n) ~ 1 + (1 | g)", df, family="binomial", method="laplace", draws=250, seed=0)
+    res = logo(f, max_refits=2)
+    k = res["pareto_k"]
+    high = k[k > 0.7].sort_values(ascending=False)
+    assert len(high) >= 3  # this data set has several
+    assert res["n_refits"] == 2 and list(k.index[res["refitted"]]) == sorted(high.index[:2])
+    assert res["n_bad_k"] == len(high) - 2 and res["bad"] == list(high.index[2:])
+    label = high.index[0]
+    keep = (df["g"] != label).to_numpy()
+    spec = f.spec.replace(priors=dict(f.bound.priors))
+    rf = pw.fit(spec, df[keep].reset_index(drop=True), method="laplace", seed=11, draws=250)
+    held = df[~keep]
+    x, w = hermegauss(60)
+    w = w / w.sum()
+    beta, tau = rf.param("Intercept")[..., None], rf.param("sd(Intercept|g)")[..., None]
+    logl = np.zeros(beta.shape[:2] + (x.size,))  # log p(y_j | β, b = τ x_k) per draw and node
+    for yi, ni in zip(held["y"], held["n"]):
+        logl += binom.logpmf(yi, ni, 1 / (1 + np.exp(-(beta + tau * x))))
+    lp = logsumexp(logl, b=w, axis=-1)  # log E_b[L] per draw
+    ref, se = _lme_and_mcse(lp)
+    # the inner Monte Carlo (256 values of b per draw): its variance, from the quadrature
+    L = np.exp(logl - lp.max())
+    inner = (L**2 @ w - (L @ w) ** 2).ravel()
+    se_inner = float(np.sqrt(inner.sum() / (inner.size**2 * 256)) / (L @ w).mean())
+    assert res["pointwise"][label] == pytest.approx(ref, abs=4 * np.sqrt(2 * se**2 + se_inner**2)), (
+        res["pointwise"][label], ref, se, se_inner)
