@@ -700,10 +700,12 @@ class Recommendation:
     choice
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or ``"indistinguishable"``.
     reasons
-        Plain sentences with the numbers behind the choice.
+        Plain sentences with the numbers behind the choice, and what of the evidence is
+        unreliable (Pareto k > 0.7 left after the refits), named.
     table
-        The evidence: per pooling, ELPD, ΔELPD vs the best and its SE by observation (``*_loo``)
-        and by group (``*_logo``), and whether it is ruled out.
+        The evidence: per pooling, ELPD, ΔELPD (its ELPD minus the best's: 0 for the best,
+        negative for the others) and its SE by observation (``*_loo``) and by group
+        (``*_logo``), and whether it is ruled out.
     preferred
         The pooling the guidance leans to (equals ``choice`` unless it is ``"indistinguishable"``).
     """
