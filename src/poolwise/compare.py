@@ -758,7 +758,8 @@ def _sigma_matrices(f: Fit, i: int) -> np.ndarray:
     """Σ of block i per draw, (S, q, q): learned (SDs and correlations) or the pooling's fixed
     one (zeros for a pooled block)."""
     block, bd = f.bound.blocks[i], f.block_draws[i]
-    S, q = f.n_samples, block.q
+    C, D = f._thin(f.draws.beta).shape[:2]  # the draws the group values were kept for
+    S, q = C * D, block.q
     if bd.sd is None:
         fixed = np.zeros((q, q)) if block.Sigma is None else np.asarray(block.Sigma, dtype=float)
         return np.broadcast_to(fixed, (S, q, q))
@@ -781,7 +782,8 @@ def _heldout_logpdf(rf: Fit, b: Any, rows: np.ndarray, *, seed: int = 0, n_mc: i
     from scipy.special import logsumexp
 
     rows = np.asarray(rows)
-    S, n = rf.n_samples, rows.size
+    C, D = rf._thin(rf.draws.beta).shape[:2]  # the draws the group values were kept for
+    S, n = C * D, rows.size
     chunk = int(chunk or max(1, (32 * 2**20) // (8 * S * (1 if not monte_carlo and rf.spec.fam.exact else 32))))
     d = rf.draws
     beta = rf._thin(d.beta).reshape(S, -1)
