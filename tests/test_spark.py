@@ -201,3 +201,30 @@ def test_cli_fits_with_the_spark_engine(rows: dict[str, Any], spark: Any, tmp_pa
     assert "reduced inside spark" in result.output
     pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
     assert int(pf["n"].sum()) == 1500 and len(pf) == 37
+
+
+def test_hostile_text_levels_give_the_in_memory_fit(spark: Any, tmp_path: Path) -> None:
+    """Levels with backslashes, quotes, newlines, '{rows}', SQL: the estimates of the rows in pandas.
+
+    (Spark SQL reads '\\A' as 'A' and 'C:\\temp' as 'C:<tab>emp': spliced as quoted literals, the
+    level '\\A' matched the rows of 'A' and its coefficient flipped sign.)"""
+    from test_engine_literals import FIELDS as LIT_FIELDS
+    from test_engine_literals import HOSTILE, _rows
+
+    df = _rows(HOSTILE[:8], HOSTILE[8:])
+    df.to_parquet(tmp_path / "hostile.parquet")
+    f = "y ~ x + c + (1 | g)"
+    mem = pw.fit(f, df, method="empirical", draws=50)
+    ref = mem.draws.info["estimates"]
+    for data in (spark.createDataFrame(df), spark.read.parquet(os.fspath(tmp_path / "hostile.parquet"))):
+        got = pw.fit(f, data, method="empirical", draws=50)
+        assert got.bound.reduced is not None and got.bound.reduced.engine == "spark"
+        assert got.bound.coef_names == mem.bound.coef_names and got.bound.levels == mem.bound.levels
+        s1, s2 = bound_block_stats(mem.bound), bound_block_stats(got.bound)
+        for name in LIT_FIELDS:
+            np.testing.assert_allclose(np.asarray(getattr(s2, name)), np.asarray(getattr(s1, name)), rtol=1e-10,
+                                       atol=1e-9, err_msg=name)
+        est = got.draws.info["estimates"]
+        for key in ("beta", "sd", "sigma"):
+            np.testing.assert_allclose(np.asarray(est[key], dtype=float), np.asarray(ref[key], dtype=float),
+                                       rtol=1e-7, atol=1e-9, err_msg=key)
