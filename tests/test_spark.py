@@ -228,3 +228,24 @@ def test_hostile_text_levels_give_the_in_memory_fit(spark: Any, tmp_path: Path) 
         for key in ("beta", "sd", "sigma"):
             np.testing.assert_allclose(np.asarray(est[key], dtype=float), np.asarray(ref[key], dtype=float),
                                        rtol=1e-7, atol=1e-9, err_msg=key)
+
+
+def test_spark_reads_paths_as_the_existence_check_sees_them(spark: Any, tmp_path: Path) -> None:
+    """'d[1].csv' is that file (Hadoop would glob it to 'd1.csv'); '**' as in DuckDB; bad files named."""
+    for name, rows in {"d[1].csv": [(1.0, "a"), (2.0, "b")], "d1.csv": [(5.0, "a")], "sub/top.csv": [(10.0, "a")],
+                       "sub/deep/low.csv": [(20.0, "b")]}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=["y", "g"]).to_csv(tmp_path / name, index=False)
+    for pattern, ys in {"d[1].csv": [1.0, 2.0], "sub/**/*.csv": [20.0, 10.0]}.items():
+        src = S.scan(os.fspath(tmp_path / pattern), engine="spark", spark=spark)
+        assert sorted(src.query("SELECT y FROM {rows}")["y"].tolist()) == sorted(ys), pattern
+    (tmp_path / "header.csv").write_text("y,x,g\n")
+    (tmp_path / "dup.csv").write_text("y,x,x,g\n1,2,3,a\n")
+    for name, words in {"header.csv": "header (y, x, g) but no rows", "dup.csv": "'x' appears more than once"}.items():
+        with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            S.scan(os.fspath(tmp_path / name), engine="spark", spark=spark)
+    df = _frame().assign(x=lambda d: d["x"].round(3).astype(object))
+    df.loc[37, "x"] = "1,5"
+    df.to_csv(tmp_path / "cell.csv", index=False)
+    with pytest.raises(DataError, match=r"'x' holds numbers but also text \('1,5' in row 37\)"):
+        pw.fit("y ~ x + (1 | g)", os.fspath(tmp_path / "cell.csv"), engine="spark", spark=spark)
