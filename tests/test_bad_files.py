@@ -156,3 +156,21 @@ def test_resolve_files_is_what_the_engines_read(tmp_path: Path) -> None:
     assert D.resolve_files(str(tmp_path / "d[0-9].csv")) == [str(tmp_path / "d1.csv")]
     with pytest.raises(PoolwiseError, match="directory"):
         D.resolve_files(str(tmp_path))
+
+
+def latin1_deep(d: Path) -> str:
+    """A CSV of 30,000 rows whose one Latin-1 byte (a group label 'café') is on line 25,002."""
+    n = 30_000
+    g = np.array(["a", "b", "c"], dtype=object)[np.arange(n) % 3]
+    g[25_000] = "café"
+    df = pd.DataFrame({"y": (np.arange(n) % 2).astype(float), "x": np.round(np.sin(np.arange(n)), 3), "g": g})
+    path = d / "deep.csv"
+    path.write_bytes(df.to_csv(index=False).encode("latin-1"))
+    return str(path)
+
+
+def test_bytes_that_are_not_utf8_past_the_sniffing_sample(tmp_path: Path) -> None:
+    path = latin1_deep(tmp_path)
+    for read in (D.read_table, lambda p: pw.fit("y ~ x + (1 | g)", p, draws=20, chains=1)):
+        with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xE9 on line 25002"):
+            read(path)

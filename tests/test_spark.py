@@ -228,6 +228,9 @@ def test_hostile_text_levels_give_the_in_memory_fit(spark: Any, tmp_path: Path) 
         for key in ("beta", "sd", "sigma"):
             np.testing.assert_allclose(np.asarray(est[key], dtype=float), np.asarray(ref[key], dtype=float),
                                        rtol=1e-7, atol=1e-9, err_msg=key)
+    name = "a `b` \"c\"; d"  # a column name with backticks, quotes, spaces: quoted, never spliced
+    loaded = S.scan(spark.createDataFrame(df.rename(columns={"c": name}))).load([name, "g"]).frame
+    assert loaded[name].tolist() == df["c"].tolist() and loaded["g"].tolist() == df["g"].tolist()
 
 
 def test_spark_reads_paths_as_the_existence_check_sees_them(spark: Any, tmp_path: Path) -> None:
@@ -249,3 +252,14 @@ def test_spark_reads_paths_as_the_existence_check_sees_them(spark: Any, tmp_path
     df.to_csv(tmp_path / "cell.csv", index=False)
     with pytest.raises(DataError, match=r"'x' holds numbers but also text \('1,5' in row 37\)"):
         pw.fit("y ~ x + (1 | g)", os.fspath(tmp_path / "cell.csv"), engine="spark", spark=spark)
+
+
+def test_spark_names_bytes_that_are_not_utf8(spark: Any, tmp_path: Path) -> None:
+    """Past DuckDB's sniffing sample Spark decodes a Latin-1 'é' as U+FFFD without a word: named instead."""
+    from test_bad_files import latin1_deep
+
+    path = latin1_deep(tmp_path)
+    for options in ({"engine": "spark", "spark": spark}, {}):
+        for family in ("gaussian", "bernoulli"):
+            with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xE9 on line 25002"):
+                pw.fit("y ~ x + (1 | g)", path, family=family, draws=20, chains=1, **options)

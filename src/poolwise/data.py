@@ -309,7 +309,7 @@ def read_error(err: BaseException, where: str, files: Sequence[str] = ()) -> Dat
     """
     text = str(err).strip()
     if "not utf-8 encoded" in text.lower() or "invalid unicode" in text.lower():
-        for f in files or [where]:
+        for f in [f for f in files or [where] if _reader_for(f) == "read_csv_auto"]:
             fault = _utf8_fault(f)
             if fault is not None:
                 line, byte, value = fault
@@ -324,6 +324,14 @@ def read_error(err: BaseException, where: str, files: Sequence[str] = ()) -> Dat
         first_line += "."
     return DataError(f"Could not read '{where}': {first_line}",
                      hint="Check that the file is well-formed CSV or Parquet.")
+
+
+def not_utf8(files: Sequence[str], where: str) -> DataError | None:
+    """The error for the first of these CSV files that is not UTF-8 (:func:`read_error`), or ``None``."""
+    for f in files:
+        if _reader_for(f) == "read_csv_auto" and _utf8_fault(f) is not None:
+            return read_error(UnicodeError("not utf-8 encoded"), where, [f])
+    return None
 
 
 def _utf8_fault(path: str) -> tuple[int, int, int] | None:

@@ -99,7 +99,9 @@ def _bad_number(expr: str) -> str:
 
 def _distinct(src: _source.Source, column: str) -> list[Any]:
     frame = src.query(f"SELECT DISTINCT {src.quote(column)} AS v FROM {{rows}}")
-    return [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    src.check_text(values)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
+    return values
 
 
 def _check_text_numbers(src: _source.Source, column: str, values: list[Any]) -> None:
@@ -379,6 +381,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
                         f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
     labels, order = grouped
+    src.check_text(labels)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
     if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
         got, n = _permuted(got, order), n[order]
     blank = [] if numeric_key else [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
@@ -733,6 +736,9 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
     aggs += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS pw_bad{i}" for i, (_, c, _) in enumerate(conds)]
     sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     frame = src.query(sql)
+    for c in group_cols + pattern:
+        if src.kinds[c] == "text":
+            src.check_text(frame[c].tolist())  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
     n_rows = int(frame["pw_rows"].sum()) if len(frame) else 0
     if n_rows == 0:
         raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")

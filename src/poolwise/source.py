@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .data import (Table, _check_names, _finish, _quote_identifier, _reader_for, _unique, check_files, duckdb_relation,
-                   no_rows, read_error, resolve_files)
+                   no_rows, not_utf8, read_error, resolve_files)
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
@@ -175,6 +175,25 @@ class Source:
             out.append(offset + int(row["m"]) - first_id)
         return sorted(out)
 
+    def check_text(self, values: Any) -> None:
+        """Refuse text that Spark decoded from bytes that are not UTF-8.
+
+        Spark reads such bytes of a CSV file as U+FFFD, without a word (DuckDB refuses the file
+        itself): when text read from files (levels, group labels, loaded columns) holds U+FFFD,
+        the files are decoded here and the first bad byte is named.
+
+        Raises
+        ------
+        DataError
+            Naming the file, the line and the byte.
+        """
+        if self.engine != "spark" or not self._files:
+            return
+        if any(isinstance(v, str) and "\ufffd" in v for v in values):
+            err = not_utf8(self._files, self.source)
+            if err is not None:
+                raise err
+
     def _error(self, err: BaseException) -> DataError:
         """The engine's error as one or two lines (a file that is not UTF-8 says so, with the byte)."""
         text = str(err).lower()
@@ -194,7 +213,11 @@ class Source:
         """The given columns of every row, as a :class:`Table` (for models the query cannot reduce)."""
         _check_names(self.columns, columns)
         select = ", ".join(self.quote(c) for c in _unique(list(columns)))
-        return _finish(self.query(f"SELECT {select} FROM {{rows}}"), self.source)
+        frame = self.query(f"SELECT {select} FROM {{rows}}")
+        for c in frame.columns:
+            if self.kinds.get(str(c)) == "text":
+                self.check_text(frame[c].tolist())
+        return _finish(frame, self.source)
 
 
 def is_scannable(data: object) -> bool:
@@ -284,7 +307,7 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise DataError(f"Could not read '{path}': {first}", hint="Check the path and the file type.") from None
-        src = _spark_source(session, frame, path)
+        src = _spark_source(session, frame, path, tuple(files) if reader == "read_csv_auto" else ())
         if empty:
             raise no_rows(path, src.columns, reader)
         return src
@@ -354,7 +377,7 @@ def _unique_kinds(schema: list[tuple[str, str]]) -> dict[str, str]:
     return kinds
 
 
-def _spark_source(session: Any, frame: Any, where: str) -> Source:
+def _spark_source(session: Any, frame: Any, where: str, files: tuple[str, ...] = ()) -> Source:
     """A Spark DataFrame as a :class:`Source`: registered as a temporary view the queries name.
 
     Spark's type names (``frame.schema``'s ``simpleString()``: ``int``, ``bigint``, ``double``,
@@ -367,7 +390,7 @@ def _spark_source(session: Any, frame: Any, where: str) -> Source:
     except Exception as err:  # Spark's own error types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
         raise DataError(f"Could not read {where}: {first}", hint="Check the DataFrame and the files behind it.") from None
-    return Source("spark", view, _unique_kinds(schema), where, session, frame)
+    return Source("spark", view, _unique_kinds(schema), where, session, frame, files)
 
 
 def _spark_collect(frame: Any) -> pyarrow.Table:
