@@ -244,10 +244,6 @@ def resolve_files(path: str) -> list[str]:
     raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
 
 
-def _check_path(path: str) -> None:
-    resolve_files(path)
-
-
 def sql_string(text: str) -> str:
     """``text`` as a DuckDB string literal (DuckDB reads ``'...'`` literally; a quote is doubled)."""
     return "'" + text.replace("'", "''") + "'"
@@ -339,6 +335,8 @@ def _utf8_fault(path: str) -> tuple[int, int, int] | None:
     import codecs
     import gzip
 
+    if path.lower().endswith(".zst"):  # (no decoder in the standard library: DuckDB's own words are kept)
+        return None
     opener: Any = gzip.open if path.lower().endswith(".gz") else open
     try:
         handle = opener(path, "rb")
@@ -631,10 +629,14 @@ def text_among_numbers(values: Iterable[Any]) -> list[Any]:
     []
     """
     distinct = [_plain(v) for v in values if not _is_missing(v)]
-    bad = sorted((v for v in distinct if not _reads_as_number(v)), key=str)
-    if bad and len(distinct) - len(bad) >= NUMBERS_SHARE * len(distinct):
-        return bad
-    return []
+    most = (1.0 - NUMBERS_SHARE) * len(distinct)  # more text values than this: a categorical
+    bad: list[Any] = []
+    for v in distinct:
+        if not _reads_as_number(v):
+            bad.append(v)
+            if len(bad) > most:
+                return []
+    return sorted(bad, key=str)
 
 
 def text_among_numbers_error(column: str, bad: Sequence[Any], rows: Sequence[int], n_levels: int) -> DataError:
