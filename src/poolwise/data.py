@@ -96,7 +96,9 @@ def read_table(data: DataLike, columns: Sequence[str] | None = None) -> Table:
         The rows. A pandas frame is copied; polars and pyarrow tables are converted with
         ``.to_pandas()``. A path is read with DuckDB (in memory): ``.csv``, ``.tsv``, ``.txt``
         (optionally ``.gz``/``.zst`` compressed) through ``read_csv_auto``, ``.parquet`` and
-        ``.pq`` through ``read_parquet``. Globs such as ``"data/*.parquet"`` are allowed.
+        ``.pq`` through ``read_parquet``. Globs such as ``"data/*.parquet"`` or
+        ``"data/**/*.csv"`` (any depth) are allowed; a path that names an existing file is read
+        as that file, whatever its name holds (:func:`resolve_files`).
     columns : sequence of str, optional
         Keep only these columns (in this order). For files only these are read.
 
@@ -109,7 +111,9 @@ def read_table(data: DataLike, columns: Sequence[str] | None = None) -> Table:
     ------
     DataError
         If the type is not accepted, the file does not exist or has an unsupported extension,
-        DuckDB cannot read it, a column name appears twice, or one of ``columns`` is missing.
+        DuckDB cannot read it, a column name appears twice (in a CSV header too), one of
+        ``columns`` is missing; for a file that is empty, holds no rows (a header alone) or is not
+        UTF-8 (naming the line and byte).
 
     See Also
     --------

@@ -249,7 +249,9 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
     Raises
     ------
     DataError
-        For a missing file, an unsupported type or extension, or rows the engine cannot read.
+        For a missing file, an unsupported type or extension, or rows the engine cannot read; an
+        empty file, a file without rows (a CSV header alone), a CSV header that names a column
+        twice, a CSV file that is not UTF-8 (naming the line and byte).
     SpecError
         For an unknown engine, or ``engine="spark"`` without pyspark.
 
