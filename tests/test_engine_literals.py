@@ -38,7 +38,7 @@ HOSTILE = ["A", "\\A", "C:\\temp", "it's", 'say "hi"', "50%", "a_b {rows}", "lin
 _PIECES = ["\\", "'", '"', "%", "_", "\n", "\t", "é", "ü", "漢", "😀", " ", "--", ";", "/*", "*/", "SELECT", "NULL",
            "OR", "''", "\\'", "`", "$1", "?", ":p", "{rows}", "X'41'"]
 _level = st.lists(st.one_of(st.sampled_from(_PIECES), st.text(alphabet="abcXYZ\\'\" %_\n\t;-é", max_size=4)),
-                  min_size=1, max_size=5).map(lambda parts: "L" + "".join(parts))  # "L": never read as a number
+                  min_size=1, max_size=5).map(lambda parts: parts[0] + "L" + "".join(parts[1:]))  # "L": never a number
 
 
 def _rows(c_levels: list[str], g_levels: list[str], seed: int = 0) -> pd.DataFrame:
