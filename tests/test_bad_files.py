@@ -174,3 +174,10 @@ def test_bytes_that_are_not_utf8_past_the_sniffing_sample(tmp_path: Path) -> Non
     for read in (D.read_table, lambda p: pw.fit("y ~ x + (1 | g)", p, draws=20, chains=1)):
         with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xE9 on line 25002"):
             read(path)
+
+
+def test_a_csv_without_header_is_not_a_duplicated_header(tmp_path: Path) -> None:
+    """'1,1,2' on the first line is data (DuckDB finds no header): columns column0, column1, column2."""
+    (tmp_path / "nohead.csv").write_text("1,1,2\n3,4,5\n6,7,8\n")
+    frame = D.read_table(str(tmp_path / "nohead.csv")).frame
+    assert list(frame.columns) == ["column0", "column1", "column2"] and frame["column1"].tolist() == [1, 4, 7]
