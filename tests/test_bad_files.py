@@ -55,6 +55,8 @@ FILE_CASES = [
     ("duplicate column", _raw("dup.csv", b"y,x,x,g\n1,2,3,a\n2,3,4,b\n"),
      ["'x' appears more than once", "columns 2 and 3"]),
     ("duplicate up to case", _raw("case.csv", b"y,X,x,g\n1,2,3,a\n2,3,4,b\n"), ["'x' appears more than once", "'X'"]),
+    ("duplicate after a preamble", _raw("pre.csv", b"a title line\n\ny;x;x;g\n1;2;3;a\n4;5;6;b\n"),
+     ["'x' appears more than once", "columns 2 and 3"]),
     ("empty file", _raw("empty.csv", b""), ["empty.csv", "is empty"]),
     ("header only", _raw("header.csv", b"y,x,g\n"), ["header.csv", "header (y, x, g) but no rows"]),
     ("not UTF-8", _raw("latin.csv", b"y,x,g\n1,2,a\n2,3,caf\xe9\n3,4,b\n"),

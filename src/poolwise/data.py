@@ -273,11 +273,11 @@ def check_files(con: Any, reader: str, files: Sequence[str], where: str) -> None
             raise DataError(f"File {where_} is empty (0 bytes).",
                             hint="Remove the file, or give it a header line and rows.")
     first_file = sql_string(glob.escape(files[0]))
-    header = con.execute(f"SELECT HasHeader FROM sniff_csv({first_file})").fetchone()
-    if not header or not header[0]:  # no header: DuckDB names the columns column0, column1, …
+    sniffed = con.execute(f"SELECT HasHeader, SkipRows, Delimiter FROM sniff_csv({first_file})").fetchone()
+    if not sniffed or not sniffed[0]:  # no header: DuckDB names the columns column0, column1, …
         return
-    first = con.execute(f"SELECT * FROM read_csv_auto({first_file}, header = false, all_varchar = true) "
-                        "LIMIT 1").fetchall()
+    first = con.execute(f"SELECT * FROM read_csv_auto({first_file}, header = false, all_varchar = true, "
+                        f"skip = {int(sniffed[1])}, delim = {sql_string(str(sniffed[2]))}) LIMIT 1").fetchall()
     if not first:
         return
     raw = [c for c in first[0]]
