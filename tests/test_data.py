@@ -311,8 +311,9 @@ def test_validate_text_outcome() -> None:
     with _raises() as info:
         validate(read_table(df), outcome="y")
     err = info.value
-    _check_error(err, "Column 'y' must be numeric", "text", "'1'", "row 0", column="y")
-    assert err.rows == [0]
+    # the cell to mend: the first that does not read as a number, not the first text ('1')
+    _check_error(err, "Column 'y' must be numeric", "text", "'abc'", "row 3", column="y")
+    assert err.rows == [3]
     assert err.hint == "Convert it to numbers or pick another column."
 
 

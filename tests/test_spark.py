@@ -201,3 +201,65 @@ def test_cli_fits_with_the_spark_engine(rows: dict[str, Any], spark: Any, tmp_pa
     assert "reduced inside spark" in result.output
     pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
     assert int(pf["n"].sum()) == 1500 and len(pf) == 37
+
+
+def test_hostile_text_levels_give_the_in_memory_fit(spark: Any, tmp_path: Path) -> None:
+    """Levels with backslashes, quotes, newlines, '{rows}', SQL: the estimates of the rows in pandas.
+
+    (Spark SQL reads '\\A' as 'A' and 'C:\\temp' as 'C:<tab>emp': spliced as quoted literals, the
+    level '\\A' matched the rows of 'A' and its coefficient flipped sign.)"""
+    from test_engine_literals import FIELDS as LIT_FIELDS
+    from test_engine_literals import HOSTILE, _rows
+
+    df = _rows(HOSTILE[:8], HOSTILE[8:])
+    df.to_parquet(tmp_path / "hostile.parquet")
+    f = "y ~ x + c + (1 | g)"
+    mem = pw.fit(f, df, method="empirical", draws=50)
+    ref = mem.draws.info["estimates"]
+    for data in (spark.createDataFrame(df), spark.read.parquet(os.fspath(tmp_path / "hostile.parquet"))):
+        got = pw.fit(f, data, method="empirical", draws=50)
+        assert got.bound.reduced is not None and got.bound.reduced.engine == "spark"
+        assert got.bound.coef_names == mem.bound.coef_names and got.bound.levels == mem.bound.levels
+        s1, s2 = bound_block_stats(mem.bound), bound_block_stats(got.bound)
+        for name in LIT_FIELDS:
+            np.testing.assert_allclose(np.asarray(getattr(s2, name)), np.asarray(getattr(s1, name)), rtol=1e-10,
+                                       atol=1e-9, err_msg=name)
+        est = got.draws.info["estimates"]
+        for key in ("beta", "sd", "sigma"):
+            np.testing.assert_allclose(np.asarray(est[key], dtype=float), np.asarray(ref[key], dtype=float),
+                                       rtol=1e-7, atol=1e-9, err_msg=key)
+    name = "a `b` \"c\"; d"  # a column name with backticks, quotes, spaces: quoted, never spliced
+    loaded = S.scan(spark.createDataFrame(df.rename(columns={"c": name}))).load([name, "g"]).frame
+    assert loaded[name].tolist() == df["c"].tolist() and loaded["g"].tolist() == df["g"].tolist()
+
+
+def test_spark_reads_paths_as_the_existence_check_sees_them(spark: Any, tmp_path: Path) -> None:
+    """'d[1].csv' is that file (Hadoop would glob it to 'd1.csv'); '**' as in DuckDB; bad files named."""
+    for name, rows in {"d[1].csv": [(1.0, "a"), (2.0, "b")], "d1.csv": [(5.0, "a")], "sub/top.csv": [(10.0, "a")],
+                       "sub/deep/low.csv": [(20.0, "b")]}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=["y", "g"]).to_csv(tmp_path / name, index=False)
+    for pattern, ys in {"d[1].csv": [1.0, 2.0], "sub/**/*.csv": [20.0, 10.0]}.items():
+        src = S.scan(os.fspath(tmp_path / pattern), engine="spark", spark=spark)
+        assert sorted(src.query("SELECT y FROM {rows}")["y"].tolist()) == sorted(ys), pattern
+    (tmp_path / "header.csv").write_text("y,x,g\n")
+    (tmp_path / "dup.csv").write_text("y,x,x,g\n1,2,3,a\n")
+    for name, words in {"header.csv": "header (y, x, g) but no rows", "dup.csv": "'x' appears more than once"}.items():
+        with pytest.raises(DataError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            S.scan(os.fspath(tmp_path / name), engine="spark", spark=spark)
+    df = _frame().assign(x=lambda d: d["x"].round(3).astype(object))
+    df.loc[37, "x"] = "1,5"
+    df.to_csv(tmp_path / "cell.csv", index=False)
+    with pytest.raises(DataError, match=r"'x' holds numbers but also text \('1,5' in row 37\)"):
+        pw.fit("y ~ x + (1 | g)", os.fspath(tmp_path / "cell.csv"), engine="spark", spark=spark)
+
+
+def test_spark_names_bytes_that_are_not_utf8(spark: Any, tmp_path: Path) -> None:
+    """Past DuckDB's sniffing sample Spark decodes a Latin-1 'é' as U+FFFD without a word: named instead."""
+    from test_bad_files import latin1_deep
+
+    path = latin1_deep(tmp_path)
+    for options in ({"engine": "spark", "spark": spark}, {}):
+        for family in ("gaussian", "bernoulli"):
+            with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xE9 on line 25002"):
+                pw.fit("y ~ x + (1 | g)", path, family=family, draws=20, chains=1, **options)

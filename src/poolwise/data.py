@@ -96,7 +96,9 @@ def read_table(data: DataLike, columns: Sequence[str] | None = None) -> Table:
         The rows. A pandas frame is copied; polars and pyarrow tables are converted with
         ``.to_pandas()``. A path is read with DuckDB (in memory): ``.csv``, ``.tsv``, ``.txt``
         (optionally ``.gz``/``.zst`` compressed) through ``read_csv_auto``, ``.parquet`` and
-        ``.pq`` through ``read_parquet``. Globs such as ``"data/*.parquet"`` are allowed.
+        ``.pq`` through ``read_parquet``. Globs such as ``"data/*.parquet"`` or
+        ``"data/**/*.csv"`` (any depth) are allowed; a path that names an existing file is read
+        as that file, whatever its name holds (:func:`resolve_files`).
     columns : sequence of str, optional
         Keep only these columns (in this order). For files only these are read.
 
@@ -109,7 +111,9 @@ def read_table(data: DataLike, columns: Sequence[str] | None = None) -> Table:
     ------
     DataError
         If the type is not accepted, the file does not exist or has an unsupported extension,
-        DuckDB cannot read it, a column name appears twice, or one of ``columns`` is missing.
+        DuckDB cannot read it, a column name appears twice (in a CSV header too), one of
+        ``columns`` is missing; for a file that is empty, holds no rows (a header alone) or is not
+        UTF-8 (naming the line and byte).
 
     See Also
     --------
@@ -196,12 +200,11 @@ def _read_path(path: str, columns: list[str] | None) -> Table:
     import duckdb
 
     reader = _reader_for(path)
-    _check_path(path)
-
-    literal = "'" + path.replace("'", "''") + "'"
-    relation = f"{reader}({literal})"
+    files = resolve_files(path)
+    relation = duckdb_relation(reader, files)
     try:
         with duckdb.connect() as con:
+            check_files(con, reader, files, path)
             if columns is not None:
                 schema = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
                 _check_names([str(row[0]) for row in schema], columns)
@@ -210,27 +213,158 @@ def _read_path(path: str, columns: list[str] | None) -> Table:
                 select = "*"
             frame = con.execute(f"SELECT {select} FROM {relation}").df()
     except duckdb.Error as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
-        if not first_line.endswith((".", "!", "?")):
-            first_line += "."
-        raise DataError(
-            f"Could not read '{path}': {first_line}",
-            hint="Check that the file is well-formed CSV or Parquet.",
-        ) from err
+        raise read_error(err, path, files) from err
+    if len(frame) == 0:
+        raise no_rows(path, [str(c) for c in frame.columns], reader)
     return _finish(frame, path)
 
 
-def _check_path(path: str) -> None:
-    if _GLOB_CHARS & set(path):
-        if not glob.glob(path):
-            raise DataError(f"No files match '{path}'.", hint="Check the path.")
-    elif os.path.isdir(path):
+def resolve_files(path: str) -> list[str]:
+    """The files ``path`` names, as every engine will read them.
+
+    A path that names an existing file is that file, whatever characters its name holds
+    (``data[1].csv`` is not a pattern then); otherwise a path with ``*``, ``?`` or ``[`` is a
+    glob, ``**`` matching any number of directories, and its matches (files only, sorted) are
+    the files.  The engines are then given these files, escaped, never the pattern, so what is
+    read is what was checked here.
+
+    Raises
+    ------
+    DataError
+        For a directory, a missing file, or a glob that matches no file.
+    """
+    if os.path.isfile(path):
+        return [path]
+    if os.path.isdir(path):
         raise DataError(
             f"'{path}' is a directory, not a file.",
             hint="Pass a file, or a glob such as 'data/*.parquet'.",
         )
-    elif not os.path.exists(path):
-        raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
+    if _GLOB_CHARS & set(path):
+        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise DataError(f"No files match '{path}'.", hint="Check the path.")
+        return files
+    raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a DuckDB string literal (DuckDB reads ``'...'`` literally; a quote is doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def duckdb_relation(reader: str, files: Sequence[str]) -> str:
+    """``read_csv_auto([...])`` of exactly these files (escaped: DuckDB does not glob them again)."""
+    return f"{reader}([{', '.join(sql_string(glob.escape(f)) for f in files)}])"
+
+
+def check_files(con: Any, reader: str, files: Sequence[str], where: str) -> None:
+    """What DuckDB would read wrongly or silently from CSV files, refused before it reads them.
+
+    An empty CSV file (0 bytes: DuckDB makes it one text column ``column0``), and a header that
+    names a column twice (DuckDB renames the second ``y_1``), or twice up to case (DuckDB's
+    names are not case-sensitive).  Only the first file's header is read: it names the columns.
+    """
+    if reader != "read_csv_auto":
+        return
+    for f in files:
+        if os.path.getsize(f) == 0:
+            where_ = f"'{f}'" if f == where else f"'{f}' (matched by '{where}')"
+            raise DataError(f"File {where_} is empty (0 bytes).",
+                            hint="Remove the file, or give it a header line and rows.")
+    first_file = sql_string(glob.escape(files[0]))
+    sniffed = con.execute(f"SELECT HasHeader, SkipRows, Delimiter FROM sniff_csv({first_file})").fetchone()
+    if not sniffed or not sniffed[0]:  # no header: DuckDB names the columns column0, column1, …
+        return
+    first = con.execute(f"SELECT * FROM read_csv_auto({first_file}, header = false, all_varchar = true, "
+                        f"skip = {int(sniffed[1])}, delim = {sql_string(str(sniffed[2]))}) LIMIT 1").fetchall()
+    if not first:
+        return
+    raw = [c for c in first[0]]
+    seen: dict[str, int] = {}
+    for position, name in enumerate(raw):
+        if name is None:
+            continue
+        key = name.casefold()
+        if key in seen:
+            other = raw[seen[key]]
+            same = "" if other == name else f" (as '{other}': column names are not case-sensitive)"
+            raise DataError(
+                f"Column '{name}' appears more than once in the header of '{files[0]}'{same}: columns "
+                f"{seen[key] + 1} and {position + 1}.",
+                hint="Rename or drop the duplicates so that every column has its own name.", column=name)
+        seen[key] = position
+
+
+def no_rows(where: str, columns: Sequence[str], reader: str) -> DataError:
+    """The error for a file (or glob) that holds no rows: a CSV header alone, an empty Parquet file."""
+    if reader == "read_csv_auto":
+        shown = ", ".join(list(columns)[:_MAX_LISTED_COLUMNS]) + (", …" if len(columns) > _MAX_LISTED_COLUMNS else "")
+        return DataError(f"'{where}' has a header ({shown}) but no rows.",
+                         hint="Pass a file with at least two groups of observations.")
+    return DataError(f"'{where}' has no rows.", hint="Pass a file with at least two groups of observations.")
+
+
+def read_error(err: BaseException, where: str, files: Sequence[str] = ()) -> DataError:
+    """An engine's error while reading ``where``, as one or two lines.
+
+    A file that is not UTF-8 says so, with the first byte that is not and its line (found by
+    decoding the file; DuckDB's own line number counts its buffers, not the file's lines).
+    """
+    text = str(err).strip()
+    if "not utf-8 encoded" in text.lower() or "invalid unicode" in text.lower():
+        for f in [f for f in files or [where] if _reader_for(f) == "read_csv_auto"]:
+            fault = _utf8_fault(f)
+            if fault is not None:
+                line, byte, value = fault
+                return DataError(
+                    f"File '{f}' is not UTF-8 text: byte 0x{value:02X} on line {line} (at byte {byte}) is not "
+                    "valid UTF-8.",
+                    hint="Save the file as UTF-8 (for example: iconv -f latin1 -t utf-8 in.csv > out.csv).")
+        return DataError(f"'{where}' is not UTF-8 text.",
+                         hint="Save the file as UTF-8 (for example: iconv -f latin1 -t utf-8 in.csv > out.csv).")
+    first_line = (text.splitlines() or [type(err).__name__])[0].rstrip()
+    if not first_line.endswith((".", "!", "?")):
+        first_line += "."
+    return DataError(f"Could not read '{where}': {first_line}",
+                     hint="Check that the file is well-formed CSV or Parquet.")
+
+
+def not_utf8(files: Sequence[str], where: str) -> DataError | None:
+    """The error for the first of these CSV files that is not UTF-8 (:func:`read_error`), or ``None``."""
+    for f in files:
+        if _reader_for(f) == "read_csv_auto" and _utf8_fault(f) is not None:
+            return read_error(UnicodeError("not utf-8 encoded"), where, [f])
+    return None
+
+
+def _utf8_fault(path: str) -> tuple[int, int, int] | None:
+    """(line, byte offset, byte value) of the first byte of ``path`` that is not UTF-8, or ``None``."""
+    import codecs
+    import gzip
+
+    if path.lower().endswith(".zst"):  # (no decoder in the standard library: DuckDB's own words are kept)
+        return None
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        handle = opener(path, "rb")
+    except OSError:
+        return None
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0  # offset: bytes read before this chunk
+    with handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            if not chunk:
+                return None
+            held = len(decoder.getstate()[0])  # an unfinished sequence from the last chunk (no newline in it)
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as bad:
+                data = bytes(bad.object)  # the held bytes, then this chunk
+                return line + data[:bad.start].count(b"\n"), offset - held + bad.start, data[bad.start]
+            line += chunk.count(b"\n")
+            offset += len(chunk)
 
 
 def _reader_for(path: str) -> str:
@@ -450,7 +584,12 @@ def _check_numeric_dtype(series: pd.Series, name: str) -> None:
 
 
 def _first_non_number(series: pd.Series) -> tuple[int | None, Any]:
-    """Position and value of the first non-missing entry that is not a real number."""
+    """Position and value of the first non-missing entry that is not a real number.
+
+    Text that reads as a number ("2.5") is passed over while some other entry does not (the
+    cell to mend in a column of numbers read as text is "n/a", not the first "0.12").
+    """
+    first: tuple[int | None, Any] = (None, None)
     for position, value in enumerate(series.array):
         if _is_missing(value):
             continue
@@ -458,8 +597,84 @@ def _first_non_number(series: pd.Series) -> tuple[int | None, Any]:
             isinstance(value, Number) and not isinstance(value, complex)
         ):
             continue
-        return position, _plain(value)
-    return None, None
+        if not (isinstance(value, str) and _reads_as_number(value)):
+            return position, _plain(value)
+        if first[0] is None:
+            first = (position, _plain(value))
+    return first
+
+
+#: a text column whose distinct values read as numbers at least this often is taken for a column
+#: of numbers with a few bad cells (not for a categorical predictor)
+NUMBERS_SHARE = 0.9
+
+
+def _reads_as_number(value: Any) -> bool:
+    """Whether ``value`` is a real number, or text that reads as one (``" 2.5"``, ``"1e3"``, ``"-inf"``)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Number) and not isinstance(value, complex)):
+        return True
+    if not isinstance(value, str) or "_" in value:  # (Python's float() reads "1_000"; SQL does not)
+        return False
+    try:
+        float(value.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def text_among_numbers(values: Iterable[Any]) -> list[Any]:
+    """The distinct values of a text column that are not numbers, when the others are.
+
+    Empty unless at least :data:`NUMBERS_SHARE` of the distinct non-missing values read as
+    numbers and at least one does not: then the column is a column of numbers with a few bad
+    cells (read as text because of them), not a categorical predictor.
+
+    Examples
+    --------
+    >>> text_among_numbers(["0.5", "1.5", "2", "3", "4", "5", "6", "7", "8", "9", "n/a"])
+    ['n/a']
+    >>> text_among_numbers(["1", "2", "3", "other"])
+    []
+    """
+    distinct = [_plain(v) for v in values if not _is_missing(v)]
+    most = (1.0 - NUMBERS_SHARE) * len(distinct)  # more text values than this: a categorical
+    bad: list[Any] = []
+    for v in distinct:
+        if not _reads_as_number(v):
+            bad.append(v)
+            if len(bad) > most:
+                return []
+    return sorted(bad, key=str)
+
+
+def text_among_numbers_error(column: str, bad: Sequence[Any], rows: Sequence[int], n_levels: int) -> DataError:
+    """The error for :func:`text_among_numbers`: the column, the cells at fault, and what they would do."""
+    shown = ", ".join(repr(v) for v in list(bad)[:3]) + (", …" if len(bad) > 3 else "")
+    return DataError(
+        f"Column '{column}' holds numbers but also text ({shown} in {format_rows(rows)}), so it would enter the "
+        f"model as a categorical predictor with {n_levels} levels.",
+        hint=f"Correct or remove {'that cell' if len(rows) == 1 else 'those cells'}, or write C({column}) to use "
+             "the column as a categorical.",
+        column=column, rows=list(rows))
+
+
+def check_text_predictor(table: Table, name: str) -> None:
+    """Raise when a text predictor is a column of numbers with a few text cells (:func:`text_among_numbers`).
+
+    A pandas categorical is a categorical on purpose and is left alone.
+    """
+    series = table.frame[name]
+    dtype = series.dtype
+    if (isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_numeric_dtype(dtype)
+            or pd.api.types.is_bool_dtype(dtype)):
+        return
+    if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
+        return
+    distinct = pd.unique(series.dropna())
+    bad = text_among_numbers(distinct)
+    if bad:
+        rows = np.flatnonzero(series.isin(bad).to_numpy(dtype=bool)).tolist()
+        raise text_among_numbers_error(name, bad, rows, len(distinct))
 
 
 def _plain(value: Any) -> Any:

@@ -243,17 +243,45 @@ def quote_sql(name: str, dialect: str = "duckdb") -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def sql_literal(value: object) -> str:
-    """A Python value (a level of a categorical column) as an SQL literal."""
+def sql_literal(value: object, dialect: str = "duckdb") -> str:
+    """A Python value (a level of a categorical column) as an SQL literal of ``dialect``.
+
+    The value is data and never changes the query.  A text value is written as the hexadecimal
+    of its UTF-8 bytes, decoded by the engine (``decode(from_hex('6974277320'))`` in DuckDB,
+    ``CAST(X'6974277320' AS STRING)`` in Spark SQL), so the query holds no character of the
+    value: neither a quote, nor a backslash (an escape in Spark SQL's quoted literals unless
+    ``spark.sql.parser.escapedStringLiterals``, an ordinary character in DuckDB's), nor the
+    ``{rows}`` placeholder the queries name their rows by.  Both engines fold the decoding into a
+    constant before the scan.  Numbers that are not finite are casts of ``'Infinity'``/``'NaN'``.
+
+    Examples
+    --------
+    >>> sql_literal("it's"), sql_literal("it's", "spark")
+    ("decode(from_hex('69742773'))", "CAST(X'69742773' AS STRING)")
+    >>> sql_literal(2.5), sql_literal(float("-inf"), "spark")
+    ('2.5', "CAST('-Infinity' AS DOUBLE)")
+    """
+    import decimal
+    import math
+
     import numpy as np
 
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return str(value)
+    if isinstance(value, (int, float, decimal.Decimal)):
+        number = float(value)
+        if math.isfinite(number):
+            return repr(int(value)) if isinstance(value, int) else repr(number)
+        word = "NaN" if math.isnan(number) else ("Infinity" if number > 0 else "-Infinity")
+        return f"CAST('{word}' AS DOUBLE)"
+    hexadecimal = str(value).encode("utf-8").hex().upper()
+    if dialect == "spark":
+        return f"CAST(X'{hexadecimal}' AS STRING)"
+    return f"decode(from_hex('{hexadecimal}'))"
 
 
 def _sql_expr(node: object, formula: str, dialect: str) -> str:
@@ -313,7 +341,7 @@ def _component_sql(comp: object, formula: str, dialect: str) -> list[tuple[str, 
             column = quote_sql(name, dialect)
         out = []
         for c, label in enumerate(cm.labels):
-            parts = [f"WHEN {column} = {sql_literal(level)} THEN {float(cm.matrix[i, c])!r}"
+            parts = [f"WHEN {column} = {sql_literal(level, dialect)} THEN {float(cm.matrix[i, c])!r}"
                      for i, level in enumerate(levels) if cm.matrix[i, c] != 0]
             sql = f"(CASE {' '.join(parts)} ELSE 0.0 END)" if parts else "0.0"
             out.append((f"{name}[{label}]", sql))

@@ -26,7 +26,7 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import sql_columns
+from .formula import sql_columns, sql_literal
 from .reduce import BlockStats, Reduced
 from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
@@ -97,10 +97,48 @@ def _bad_number(expr: str) -> str:
     return f"({expr} IS NULL OR isnan({expr}) OR abs({expr}) = {_inf()})"
 
 
-def _levels(src: _source.Source, column: str) -> list[Any]:
-    """The distinct non-missing values of a column, in their natural order."""
+def _distinct(src: _source.Source, column: str) -> list[Any]:
     frame = src.query(f"SELECT DISTINCT {src.quote(column)} AS v FROM {{rows}}")
     values = [v for v in frame["v"].tolist() if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    src.check_text(values)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
+    return values
+
+
+def _check_text_numbers(src: _source.Source, column: str, values: list[Any]) -> None:
+    """Raise when a text column is numbers with a few text cells (:func:`poolwise.data.text_among_numbers`)."""
+    bad = _data.text_among_numbers(values)
+    if bad:
+        listed = ", ".join(sql_literal(v, src.dialect) for v in bad[:50])
+        rows = _bad_rows(src, f"{src.quote(column)} IN ({listed})")
+        raise _data.text_among_numbers_error(column, bad, rows, len(values))
+
+
+def _not_numeric(src: _source.Source, name: str) -> DataError:
+    """The error for an outcome (or se, trials) column that is not numeric: text names its first bad cell."""
+    plain = DataError(f"Column '{name}' must be numeric but has {src.kinds[name]} values.",
+                      hint="Convert it to numbers or pick another column.", column=name)
+    if src.kinds[name] != "text":
+        return plain
+    q = src.quote(name)
+    cond = f"({q} IS NOT NULL AND TRY_CAST({q} AS DOUBLE) IS NULL)"
+    values = src.query(f"SELECT DISTINCT {q} AS v FROM {{rows}} WHERE {cond} LIMIT 3")["v"].tolist()
+    found = [(rows[0], v) for v in values if (rows := _bad_rows(src, f"{q} = {sql_literal(v, src.dialect)}", 1))]
+    if not found:
+        return plain
+    row, value = min(found, key=lambda t: t[0])
+    return DataError(f"Column '{name}' must be numeric but holds text (e.g. {value!r} in row {row}).",
+                     hint="Convert it to numbers or pick another column.", column=name, rows=[row])
+
+
+def _levels(src: _source.Source, column: str, *, numbers: bool = False) -> list[Any]:
+    """The distinct non-missing values of a column, in their natural order.
+
+    With ``numbers``, a text column that holds numbers but for a few cells is refused first
+    (:func:`_check_text_numbers`).
+    """
+    values = _distinct(src, column)
+    if numbers and src.kinds[column] == "text":
+        _check_text_numbers(src, column, values)
     if len(values) > _MAX_LEVELS:
         raise DataError(f"Column '{column}' has {len(values)} distinct values: as a categorical predictor that is "
                         f"{len(values) - 1} columns.", hint="Use it as a grouping factor, or as a number.",
@@ -196,8 +234,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     skip = {spec.outcome, spec.se, *group_cols}
     for name in [spec.outcome] + ([spec.se] if spec.se else []):
         if src.kinds[name] not in ("number", "boolean"):
-            raise DataError(f"Column '{name}' must be numeric but has {src.kinds[name]} values.",
-                            hint="Convert it to numbers or pick another column.", column=name)
+            raise _not_numeric(src, name)
     predictors = [v for v in spec.variables if v not in skip]
     for v in predictors + group_cols:
         if src.kinds[v] == "other":
@@ -205,7 +242,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
                             hint="Convert it to numbers or text in the file.", column=v)
     wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
-    levels = {v: _levels(src, v) for v in categorical}
+    levels = {v: _levels(src, v, numbers=v not in wrapped) for v in categorical}
     frame = _skeleton(spec, src, levels, predictors)
     frame[spec.outcome] = np.arange(len(frame), dtype=float)
     design = _design(f"{spec.outcome} ~ {spec.common}", frame, f"formula {f}")
@@ -344,6 +381,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
                         f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
     labels, order = grouped
+    src.check_text(labels)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
     if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
         got, n = _permuted(got, order), n[order]
     blank = [] if numeric_key else [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
@@ -647,8 +685,11 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
     pattern = [v for v in spec.variables if v not in skip and not (merge_exposure and v in offset_only)]
     for v in [spec.outcome] + ([spec.trials] if spec.trials else []):
         if src.kinds[v] not in ("number", "boolean"):
-            raise DataError(f"Column '{v}' must be numeric but has {src.kinds[v]} values.",
-                            hint="Convert it to numbers or pick another column.", column=v)
+            raise _not_numeric(src, v)
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", spec.rhs))  # categorical by the user's C()
+    for v in pattern:
+        if src.kinds[v] == "text" and v not in wrapped:
+            _check_text_numbers(src, v, _distinct(src, v))
     y, n_ = _num(src, spec.outcome), (_num(src, spec.trials) if spec.trials else None)
     conds: list[tuple[str, str, str]] = []  # (column, condition, message tail)
     for v in [spec.outcome] + ([spec.trials] if spec.trials else []) + [c for c in pattern if src.kinds[c] != "text"]:
@@ -695,6 +736,9 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
     aggs += [f"SUM(CASE WHEN {c} THEN 1 ELSE 0 END) AS pw_bad{i}" for i, (_, c, _) in enumerate(conds)]
     sql = f"SELECT {', '.join(keys + aggs)} FROM {{rows}} GROUP BY {', '.join(keys)} ORDER BY {', '.join(keys)}"
     frame = src.query(sql)
+    for c in group_cols + pattern:
+        if src.kinds[c] == "text":
+            src.check_text(frame[c].tolist())  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
     n_rows = int(frame["pw_rows"].sum()) if len(frame) else 0
     if n_rows == 0:
         raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")

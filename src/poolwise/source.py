@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .data import Table, _check_names, _check_path, _finish, _quote_identifier, _reader_for, _unique
+from .data import (Table, _check_names, _finish, _quote_identifier, _reader_for, _unique, check_files, duckdb_relation,
+                   no_rows, not_utf8, read_error, resolve_files)
 from .errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
@@ -53,6 +54,7 @@ class Source:
     source: str
     _handle: Any = field(repr=False, default=None)  # a DuckDB connection, or a SparkSession
     _frame: Any = field(repr=False, default=None)  # the Spark DataFrame behind the view (Spark only)
+    _files: tuple[str, ...] = field(repr=False, default=())  # the files a path named (for messages)
 
     @property
     def columns(self) -> list[str]:
@@ -86,9 +88,7 @@ class Source:
             frame: pd.DataFrame = self._run(text).df()
             return frame
         except Exception as err:  # the engine's own error types
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
-            raise DataError(f"Could not read {self.source}: {first}",
-                            hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
+            raise self._error(err) from None
 
     def query_arrays(self, sql: str) -> dict[str, np.ndarray]:
         """Like :meth:`query`, as NumPy arrays by column, without going through pandas.
@@ -101,17 +101,12 @@ class Source:
             try:
                 table = _spark_collect(self._handle.sql(text))
             except Exception as err:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
-                raise DataError(f"Could not read {self.source}: {first}",
-                                hint="Check that the files are well-formed and the columns hold what the formula "
-                                     "needs.") from None
+                raise self._error(err) from None
             return {str(name): _arrow_to_numpy(table.column(i)) for i, name in enumerate(table.column_names)}
         try:
             got = self._run(text).fetchnumpy()
         except Exception as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
-            raise DataError(f"Could not read {self.source}: {first}",
-                            hint="Check that the files are well-formed and the columns hold what the formula needs.") from None
+            raise self._error(err) from None
         return {str(k): np.asarray(v.filled(np.nan) if np.ma.isMaskedArray(v) and v.dtype.kind == "f" else v)
                 for k, v in got.items()}
 
@@ -180,6 +175,34 @@ class Source:
             out.append(offset + int(row["m"]) - first_id)
         return sorted(out)
 
+    def check_text(self, values: Any) -> None:
+        """Refuse text that Spark decoded from bytes that are not UTF-8.
+
+        Spark reads such bytes of a CSV file as U+FFFD, without a word (DuckDB refuses the file
+        itself): when text read from files (levels, group labels, loaded columns) holds U+FFFD,
+        the files are decoded here and the first bad byte is named.
+
+        Raises
+        ------
+        DataError
+            Naming the file, the line and the byte.
+        """
+        if self.engine != "spark" or not self._files:
+            return
+        if any(isinstance(v, str) and "\ufffd" in v for v in values):
+            err = not_utf8(self._files, self.source)
+            if err is not None:
+                raise err
+
+    def _error(self, err: BaseException) -> DataError:
+        """The engine's error as one or two lines (a file that is not UTF-8 says so, with the byte)."""
+        text = str(err).lower()
+        if self._files and ("not utf-8 encoded" in text or "invalid unicode" in text):
+            return read_error(err, self.source, self._files)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
+        return DataError(f"Could not read {self.source}: {first}",
+                         hint="Check that the files are well-formed and the columns hold what the formula needs.")
+
     def _run(self, text: str) -> Any:
         """A DuckDB result: the connection's, or the user's relation's (lazy: it is not loaded)."""
         if isinstance(self._handle, tuple):  # ("relation", rel): the query sees it under its view name
@@ -190,7 +213,11 @@ class Source:
         """The given columns of every row, as a :class:`Table` (for models the query cannot reduce)."""
         _check_names(self.columns, columns)
         select = ", ".join(self.quote(c) for c in _unique(list(columns)))
-        return _finish(self.query(f"SELECT {select} FROM {{rows}}"), self.source)
+        frame = self.query(f"SELECT {select} FROM {{rows}}")
+        for c in frame.columns:
+            if self.kinds.get(str(c)) == "text":
+                self.check_text(frame[c].tolist())
+        return _finish(frame, self.source)
 
 
 def is_scannable(data: object) -> bool:
@@ -222,7 +249,9 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
     Raises
     ------
     DataError
-        For a missing file, an unsupported type or extension, or rows the engine cannot read.
+        For a missing file, an unsupported type or extension, or rows the engine cannot read; an
+        empty file, a file without rows (a CSV header alone), a CSV header that names a column
+        twice, a CSV file that is not UTF-8 (naming the line and byte).
     SpecError
         For an unknown engine, or ``engine="spark"`` without pyspark.
 
@@ -257,7 +286,9 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
                         hint="Pass a CSV or Parquet path (or glob), a DuckDB relation or a Spark DataFrame.")
     path = os.fspath(data)
     reader = _reader_for(path)
-    _check_path(path)
+    files = resolve_files(path)  # the engines read exactly these files, escaped, never the pattern
+    con = _duckdb_connection()
+    _check_files(con, reader, files, path)
     if engine == "spark":
         try:
             from pyspark.sql import SparkSession
@@ -268,17 +299,42 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
         if session is None:
             raise SpecError("engine='spark' needs a SparkSession.", hint="Pass spark=SparkSession.builder.getOrCreate().",
                             option="engine")
+        paths = [_hadoop_escape(os.path.abspath(f)) for f in files]
         try:
             if reader == "read_parquet":
-                frame = session.read.parquet(path)
+                frame = session.read.parquet(*paths)
             else:
-                frame = session.read.csv(path, header=True, inferSchema=True)
+                frame = session.read.csv(paths, header=True, inferSchema=True)
+            empty = not frame.limit(1).collect()
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise DataError(f"Could not read '{path}': {first}", hint="Check the path and the file type.") from None
-        return _spark_source(session, frame, path)
-    literal = "'" + path.replace("'", "''") + "'"
-    return _duckdb_source(_duckdb_connection(), f"{reader}({literal})", path)
+        src = _spark_source(session, frame, path, tuple(files) if reader == "read_csv_auto" else ())
+        if empty:
+            raise no_rows(path, src.columns, reader)
+        return src
+    src = _duckdb_source(con, duckdb_relation(reader, files), path, tuple(files))
+    try:
+        empty = con.execute(f"SELECT 1 FROM {src.relation} LIMIT 1").fetchone() is None
+    except Exception as err:  # DuckDB's own error types
+        raise src._error(err) from None
+    if empty:
+        raise no_rows(path, src.columns, reader)
+    return src
+
+
+def _check_files(con: Any, reader: str, files: list[str], path: str) -> None:
+    import duckdb
+
+    try:
+        check_files(con, reader, files, path)
+    except duckdb.Error as err:
+        raise read_error(err, path, files) from None
+
+
+def _hadoop_escape(path: str) -> str:
+    """A file's path with the characters of Hadoop's globs escaped (Spark globs every path it reads)."""
+    return "".join("\\" + ch if ch in "\\*?[]{}" else ch for ch in path)
 
 
 def _duckdb_connection() -> Any:
@@ -302,16 +358,15 @@ def _kind_of(type_name: str) -> str:
     return "other"
 
 
-def _duckdb_source(con: Any, relation: str, where: str) -> Source:
+def _duckdb_source(con: Any, relation: str, where: str, files: tuple[str, ...] = ()) -> Source:
     import duckdb
 
     try:
         schema = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     except duckdb.Error as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
-        raise DataError(f"Could not read '{where}': {first}",
-                        hint="Check that the file is well-formed CSV or Parquet.") from None
-    return Source("duckdb", relation, _unique_kinds([(str(r[0]), str(r[1])) for r in schema]), where, con)
+        raise read_error(err, where, files) from None
+    return Source("duckdb", relation, _unique_kinds([(str(r[0]), str(r[1])) for r in schema]), where, con,
+                  _files=files)
 
 
 def _unique_kinds(schema: list[tuple[str, str]]) -> dict[str, str]:
@@ -324,7 +379,7 @@ def _unique_kinds(schema: list[tuple[str, str]]) -> dict[str, str]:
     return kinds
 
 
-def _spark_source(session: Any, frame: Any, where: str) -> Source:
+def _spark_source(session: Any, frame: Any, where: str, files: tuple[str, ...] = ()) -> Source:
     """A Spark DataFrame as a :class:`Source`: registered as a temporary view the queries name.
 
     Spark's type names (``frame.schema``'s ``simpleString()``: ``int``, ``bigint``, ``double``,
@@ -337,7 +392,7 @@ def _spark_source(session: Any, frame: Any, where: str) -> Source:
     except Exception as err:  # Spark's own error types
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
         raise DataError(f"Could not read {where}: {first}", hint="Check the DataFrame and the files behind it.") from None
-    return Source("spark", view, _unique_kinds(schema), where, session, frame)
+    return Source("spark", view, _unique_kinds(schema), where, session, frame, files)
 
 
 def _spark_collect(frame: Any) -> pyarrow.Table:

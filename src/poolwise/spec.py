@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -441,12 +442,15 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     positive = [spec.se] if spec.se else []
     _data.validate(table, outcome=spec.outcome, numeric=numeric + ([spec.trials] if spec.trials else []),
                    groups=group_cols, positive=positive)
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", spec.rhs))  # categorical by the user's C()
     for v in spec.variables:  # text/categorical predictors must at least have no missing values
         if v not in skip and v not in numeric:
             bad = np.flatnonzero(table.frame[v].isna().to_numpy())
             if bad.size:
                 raise DataError(f"Column '{v}' has {bad.size} missing values ({format_rows(bad.tolist())}).",
                                 hint="Drop or impute them before fitting.", column=v, rows=bad.tolist())
+            if v not in wrapped:  # numbers with a few text cells are not a categorical
+                _data.check_text_predictor(table, v)
     frame = table.frame
     y = np.asarray(frame[spec.outcome], dtype=float)
     trials = np.asarray(frame[spec.trials], dtype=float) if spec.trials else None
