@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import data as _data
 from .errors import DataError, SpecError, format_rows
+from .formula import design_matrices
 from .priors import Prior
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
@@ -197,12 +198,7 @@ def encode_Z(bound: BoundSpec, frame: pd.DataFrame, block: GroupBlock, X: np.nda
         elif e in frame.columns:
             cols.append(np.asarray(frame[e], dtype=float))
         else:
-            from formulae import design_matrices
-
-            from .spec import FUNCTIONS
-
-            dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0),
-                                 na_action="error", extra_namespace=FUNCTIONS)
+            dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0))
             cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
     return np.column_stack(cols)
 

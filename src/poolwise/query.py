@@ -26,9 +26,9 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import sql_columns
+from .formula import design_matrices, sql_columns
 from .reduce import BlockStats, Reduced
-from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
+from .spec import BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -140,11 +140,9 @@ def _skeleton(spec: ModelSpec, src: _source.Source, levels: dict[str, list[Any]]
 
 
 def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
-    from formulae import design_matrices
-
     try:
         with np.errstate(all="ignore"):
-            return design_matrices(formula, frame, na_action="error", extra_namespace=FUNCTIONS)
+            return design_matrices(formula, frame)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of {what}: {err}.", hint="Check the transformations in the formula.",
                            option="formula") from None
