@@ -25,7 +25,7 @@ from test_query import FIELDS, FORMULAS, _frame
 import poolwise as pw
 from poolwise import data as D
 from poolwise import source as S
-from poolwise.errors import DataError, PoolwiseError
+from poolwise.errors import DataError, FormulaError, PoolwiseError
 from poolwise.query import bind_source
 from poolwise.reduce import bound_block_stats, reduce
 from poolwise.spec import ModelSpec
@@ -201,3 +201,16 @@ def test_cli_fits_with_the_spark_engine(rows: dict[str, Any], spark: Any, tmp_pa
     assert "reduced inside spark" in result.output
     pf = pd.read_csv(out / "pooling_factors.csv", index_col=0)
     assert int(pf["n"].sum()) == 1500 and len(pf) == 37
+
+
+def test_hostile_formula_never_reaches_spark(rows: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: a formula is data. The check runs before any Spark query or SQL translation."""
+    import poolwise.query as Q
+
+    calls: list[object] = []
+    monkeypatch.setattr(Q, "sql_columns", lambda *a, **k: calls.append(a))
+    monkeypatch.chdir(tmp_path)
+    for formula in ("y ~ x + pd.io.common.os.system('id > f') + (1|g)", "y ~ x + np.savetxt('f', x) + (1 | g)"):
+        with pytest.raises(FormulaError, match="attribute access"):
+            pw.fit(formula, rows["frame"])
+    assert calls == [] and list(tmp_path.iterdir()) == []

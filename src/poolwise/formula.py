@@ -9,7 +9,7 @@ here; ``||`` (uncorrelated group terms) is rewritten to ``|`` with the factor ma
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import FormulaError
 
@@ -36,6 +36,13 @@ class GroupTerm:
     exprs: tuple[str, ...]
     factor: str
     correlated: bool = True
+    #: the varying terms as the formula writes them (names quoted), for building their columns
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def design_formula(self, response: str = "pw_response_") -> str:
+        """A formula whose design holds every varying term as a column named as in :attr:`exprs`."""
+        parts = self.sources or tuple(e for e in self.exprs if e != "Intercept")
+        return f"{response} ~ 0 + {' + '.join(parts) or '1'}"
 
     def sd_name(self, expr: str = "Intercept") -> str:
         """The population SD's name, ``sd(Intercept|county)``."""
@@ -86,6 +93,8 @@ class ParsedFormula:
         One :class:`GroupTerm` per grouping factor.
     variables
         Every data column the formula names.
+    categorical
+        The columns written ``C(column)``.
     """
 
     outcome: str
@@ -95,6 +104,8 @@ class ParsedFormula:
     common: str
     group_terms: tuple[GroupTerm, ...]
     variables: tuple[str, ...]
+    #: the columns the formula wraps in ``C()`` (categorical whatever their values)
+    categorical: tuple[str, ...] = ()
 
 
 def mark(formula: str, word: str) -> str:
@@ -175,7 +186,8 @@ def parse_formula(f: str) -> ParsedFormula:
             f"Cannot parse the formula: {f} ({str(err).strip() or type(err).__name__}).",
             hint="Check the brackets and operators; lme4 syntax is y ~ x + (1 | g).", option="formula",
         ) from None
-    columns = _Checker(f).formula(tree)  # the closed set, before formulae resolves anything
+    checker = _Checker(f)
+    columns = checker.formula(tree)  # the closed set, before formulae resolves anything
     try:
         desc = model_description(f"{outcome} ~ {rhs_clean}")  # (reads the text; evaluates nothing)
     except Exception as err:
@@ -190,16 +202,22 @@ def parse_formula(f: str) -> ParsedFormula:
         exprs = by_factor.setdefault(factor, [])
         if expr not in exprs:
             exprs.append(expr)
+    try:
+        sources = _group_sources(checker.groups)
+    except Exception as err:
+        raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
+                           hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
     terms = []
     for factor, exprs in by_factor.items():
         exprs.sort(key=lambda e: e != "Intercept")
         first = factor.split(":")[0]
         terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
-                               and first not in uncorrelated))
+                               and first not in uncorrelated, sources=tuple(sources.get(factor, ()))))
     variables = columns | set(extras.values())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
         common=_restore(_strip_group_terms(rhs_protected), quoted), group_terms=tuple(terms), variables=tuple(sorted(variables)),
+        categorical=tuple(sorted(checker.categorical)),
     )
 
 
@@ -280,6 +298,8 @@ class _Checker:
     def __init__(self, formula: str) -> None:
         self.f = formula
         self.columns: set[str] = set()
+        self.groups: list[object] = []  # the group terms' nodes, (terms | factor)
+        self.categorical: set[str] = set()  # columns written C(column)
 
     def fail(self, what: str, term: object, hint: str) -> None:
         text = _unparse(term)
@@ -349,6 +369,7 @@ class _Checker:
                     self.fail("has more than one '|'", term, "Write one bar per group term: (1 + x | g).")
                 self.term(inner.left, term)
                 self.factor(inner.right, term)
+                self.groups.append(node)
             else:
                 self.term(inner, term)
         elif kind == "Unary":
@@ -408,6 +429,7 @@ class _Checker:
             if type(arg).__name__ not in ("Variable", "QuotedName"):
                 self.fail("applies C() to something other than a column", term, "Write C(column).")
             self.column(arg, term)
+            self.categorical.add(_unparse(arg)[1:-1] if type(arg).__name__ == "QuotedName" else _unparse(arg))
         else:
             self.value(args[0], term)
 
@@ -436,6 +458,28 @@ class _Checker:
 
 
 _VALUE_FUNCTIONS = ("I",) + NUMERIC_FUNCTIONS
+
+
+def _group_sources(groups: list[object]) -> dict[str, list[str]]:
+    """Per grouping factor, the text of each varying term (a checked node of the syntax tree)."""
+    from formulae import model_description
+
+    out: dict[str, list[str]] = {}
+    for node in groups:
+        summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
+        while stack:
+            n = stack.pop()
+            if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
+                stack += [n.right, n.left]  # type: ignore[attr-defined]
+            elif type(n).__name__ == "Grouping":
+                stack.append(n.expression)  # type: ignore[attr-defined]
+            elif type(n).__name__ != "Literal":
+                summands.append(_unparse(n))
+        for t in model_description(f"pw_response_ ~ {_unparse(node)}").group_terms:
+            factor = ":".join(v.name for v in t.factor.components)
+            have = out.setdefault(factor, [])
+            have.extend(x for x in summands if x not in have)
+    return out
 
 
 def _protect(text: str) -> tuple[str, list[str]]:

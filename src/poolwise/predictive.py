@@ -189,7 +189,7 @@ def encode_offset(bound: BoundSpec, frame: pd.DataFrame) -> np.ndarray:
 
 def encode_Z(bound: BoundSpec, frame: pd.DataFrame, block: GroupBlock, X: np.ndarray) -> np.ndarray:
     """Values of the block's varying terms on new rows, (rows, q); ``X`` their common design."""
-    cols = []
+    cols, dm = [], None
     for e in block.exprs:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
@@ -198,8 +198,8 @@ def encode_Z(bound: BoundSpec, frame: pd.DataFrame, block: GroupBlock, X: np.nda
         elif e in frame.columns:
             cols.append(np.asarray(frame[e], dtype=float))
         else:
-            dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0))
-            cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
+            dm = design_matrices(block.term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
+            cols.append(np.asarray(dm.common[e], dtype=float).reshape(len(frame), -1)[:, 0])
     return np.column_stack(cols)
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import design_matrices, sql_columns
+from .formula import design_matrices, parse_formula, sql_columns
 from .reduce import BlockStats, Reduced
 from .spec import BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
@@ -201,7 +201,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
         if src.kinds[v] == "other":
             raise DataError(f"Column '{v}' holds values that are neither numbers nor text.",
                             hint="Convert it to numbers or text in the file.", column=v)
-    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
+    wrapped = set(parse_formula(f).categorical)  # C(column), quoted names too
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
     levels = {v: _levels(src, v) for v in categorical}
     frame = _skeleton(spec, src, levels, predictors)
@@ -218,8 +218,8 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
         elif e in coef_names:
             z_sql.append(xs[coef_names.index(e)][1])
         else:
-            dz = _design(f"{spec.outcome} ~ 0 + {e}", frame, f"the group term {term} of formula {f}")
-            one = sql_columns(dz.common.terms, f, src.dialect)
+            dz = _design(term.design_formula(spec.outcome), frame, f"the group term {term} of formula {f}")
+            one = sql_columns({e: dz.common.terms[e]}, f, src.dialect) if e in dz.common.terms else []
             if len(one) != 1:
                 raise SpecError(f"The group term {term} varies '{e}', which expands to {len(one)} columns.",
                                 hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",

@@ -641,7 +641,7 @@ def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | N
 
 def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,
                   formula: str) -> np.ndarray:
-    cols = []
+    cols, dm = [], None
     for e in term.exprs:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
@@ -650,11 +650,12 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
             cols.append(X[:, coef_names.index(e)])
             continue
         try:
-            dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0))
+            with np.errstate(all="ignore"):
+                dm = design_matrices(term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
+            m = np.asarray(dm.common[e], dtype=float).reshape(len(frame), -1)
         except Exception as err:
             raise FormulaError(f"Cannot build the group term {term} of formula {formula}: {err}.",
                                option="formula") from None
-        m = np.asarray(dm.common.design_matrix, dtype=float)
         if m.shape[1] != 1:
             raise SpecError(f"The group term {term} varies '{e}', which expands to {m.shape[1]} columns.",
                             hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
