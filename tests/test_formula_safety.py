@@ -96,7 +96,8 @@ def sentinel() -> Iterator[Sentinel]:
 def _data(n: int = 40, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame({"y": rng.normal(size=n), "x": rng.uniform(1, 2, n), "z": rng.normal(size=n),
-                         "a": np.tile(["p", "q", "r", "s"], n // 4), "g": np.repeat([f"g{j}" for j in range(4)], n // 4)})
+                         "a": np.tile(["p", "q", "r", "s"], n // 4),
+                         "g": np.repeat([f"g{j}" for j in range(4)], n // 4)})
 
 
 def _assert_untouched(s: Sentinel, work: str) -> None:
@@ -212,7 +213,8 @@ def test_closed_set_is_what_the_docs_say() -> None:
     for name in F.NUMERIC_FUNCTIONS + F.TERM_FUNCTIONS:
         assert f"{name}" in doc, name
         assert re.search(rf"Formulas may call only.*`{name}\(", readme, re.S), name
-    ok = "y ~ " + " + ".join(f"{n}(x)" for n in F.NUMERIC_FUNCTIONS) + " + I(x**2) + C(a) + offset(x) + scale(z) + (1 | g)"
+    ok = ("y ~ " + " + ".join(f"{n}(x)" for n in F.NUMERIC_FUNCTIONS)
+          + " + I(x**2) + C(a) + offset(x) + scale(z) + (1 | g)")
     assert F.parse_formula(ok).variables == ("a", "g", "x", "y", "z")
 
 
@@ -259,7 +261,8 @@ def hostile(draw: st.DrawFn) -> tuple[str, str]:
         s = draw(st.sampled_from(["'rm -rf /'", '"x"', "'written.txt'", "'__import__(\"os\")'"]))
         piece, key = draw(st.sampled_from([s, f"I({s})", f"log({s})"])), s
     elif kind == "subscript":
-        piece, key = f"{draw(st.sampled_from(['x', 'pw_sentinel', 'a']))}[{draw(st.sampled_from(['0', 'b', 'x']))}]", "["
+        name, index = draw(st.sampled_from(["x", "pw_sentinel", "a"])), draw(st.sampled_from(["0", "b", "x"]))
+        piece, key = f"{name}[{index}]", "["
     elif kind == "keyword":
         fn = draw(st.sampled_from(["log", "C", "I", "offset", "scale", "exp"]))
         piece, key = f"{fn}(x, {draw(st.sampled_from(['out', 'levels', 'contrast', 'where']))}=x)", "="

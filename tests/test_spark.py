@@ -203,7 +203,8 @@ def test_cli_fits_with_the_spark_engine(rows: dict[str, Any], spark: Any, tmp_pa
     assert int(pf["n"].sum()) == 1500 and len(pf) == 37
 
 
-def test_hostile_formula_never_reaches_spark(rows: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_formula_never_reaches_spark(rows: dict[str, Any], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13: a formula is data. The check runs before any Spark query or SQL translation."""
     import poolwise.query as Q
 

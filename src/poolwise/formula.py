@@ -216,7 +216,8 @@ def parse_formula(f: str) -> ParsedFormula:
     variables = columns | set(extras.values())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
-        common=_restore(_strip_group_terms(rhs_protected), quoted), group_terms=tuple(terms), variables=tuple(sorted(variables)),
+        common=_restore(_strip_group_terms(rhs_protected), quoted), group_terms=tuple(terms),
+        variables=tuple(sorted(variables)),
         categorical=tuple(sorted(checker.categorical)),
     )
 
@@ -307,8 +308,8 @@ class _Checker:
 
     def formula(self, tree: object) -> set[str]:
         if type(tree).__name__ != "Binary" or tree.operator.kind != "TILDE":  # type: ignore[attr-defined]
-            raise FormulaError(f"Cannot parse the formula: {self.f}.", hint="Write it as outcome ~ predictors + (1 | group).",
-                               option="formula")
+            raise FormulaError(f"Cannot parse the formula: {self.f}.",
+                               hint="Write it as outcome ~ predictors + (1 | group).", option="formula")
         self.column(tree.left, tree.left)  # type: ignore[attr-defined]
         self.term(tree.right, None)  # type: ignore[attr-defined]
         return self.columns
@@ -334,7 +335,8 @@ class _Checker:
             self.fail(f"holds the string {_unparse(node)}{where}", term,
                       "A formula holds no strings: name columns (in backticks if needed) and numbers only.")
         if value is None or isinstance(value, bool):
-            self.fail(f"holds the literal {_unparse(node)}{where}", term, "A formula holds column names and numbers only.")
+            self.fail(f"holds the literal {_unparse(node)}{where}", term,
+                      "A formula holds column names and numbers only.")
 
     def term(self, node: object, term: object) -> None:
         kind = type(node).__name__
@@ -357,7 +359,8 @@ class _Checker:
             elif op == "PIPE":
                 self.fail("has a group term outside brackets", term, "Write group terms in brackets: (1 + x | g).")
             else:
-                self.fail(f"uses the operator '{node.operator.lexeme}', which a formula does not have", term,  # type: ignore[attr-defined]
+                symbol = node.operator.lexeme  # type: ignore[attr-defined]
+                self.fail(f"uses the operator '{symbol}', which a formula does not have", term,
                           "Terms combine with + - : * / **; for arithmetic on columns use I(...).")
         elif kind == "Grouping":
             inner = node.expression  # type: ignore[attr-defined]
