@@ -117,8 +117,8 @@ def parse_formula(f: str) -> ParsedFormula:
     """Read an lme4/brms-style formula.
 
     A formula is data, never code: it may name the data's columns (backtick-quoted when the name
-    is not a plain identifier: ```my column```) and call only these functions, each on one
-    argument:
+    is not a plain identifier: ```my column```; a name holding ``:``, which joins interactions and
+    grouping factors, must be renamed) and call only these functions, each on one argument:
 
     - ``log exp sqrt log10 log2 log1p abs`` (elementwise, also nested and inside ``I()``);
     - ``I(...)``: arithmetic on columns and numbers with ``+ - * / **``;
@@ -195,6 +195,7 @@ def parse_formula(f: str) -> ParsedFormula:
             f"Cannot parse the formula: {f} ({str(err).strip() or type(err).__name__}).",
             hint="Check the brackets and operators; lme4 syntax is y ~ x + (1 | g).", option="formula",
         ) from None
+    _check_names(desc, f)
     by_factor: dict[str, list[str]] = {}
     for t in desc.group_terms:
         factor = ":".join(v.name for v in t.factor.components)
@@ -317,13 +318,18 @@ class _Checker:
     def column(self, node: object, term: object) -> None:
         kind = type(node).__name__
         if kind == "QuotedName":
-            self.columns.add(str(node.expression.lexeme)[1:-1])  # type: ignore[attr-defined]
+            name = str(node.expression.lexeme)[1:-1]  # type: ignore[attr-defined]
+            if ":" in name:  # (the interaction a:b of columns a and b has that name too)
+                self.fail(f"names the column {_unparse(node)}, whose name holds ':'", term,
+                          "':' joins columns into interactions (a:b) and grouping factors; rename the column.")
+            self.columns.add(name)
         elif kind == "Variable" and node.level is None:  # type: ignore[attr-defined]
             name = str(node.name.lexeme)  # type: ignore[attr-defined]
             if any(part.startswith("__") for part in name.split(".")):
                 self.fail(f"names the dunder attribute '{name}'", term,
                           "A formula names columns; quote a column so named in backticks.")
             self.columns.add(name)
+            return
         elif kind == "Variable":
             self.fail("picks a level with [...]", term, "Name the column alone; recode it beforehand if needed.")
         else:
@@ -397,9 +403,6 @@ class _Checker:
         elif kind == "Grouping":
             self.factor(node.expression, term)  # type: ignore[attr-defined]
         elif kind in ("Variable", "QuotedName"):
-            if ":" in _unparse(node):
-                self.fail(f"groups by the column {_unparse(node)}, whose name holds ':'", term,
-                          "':' joins grouping columns (a:b); rename the column.")
             self.column(node, term)
         else:
             self.fail(f"groups by '{_unparse(node)}', which is not a column", term,
@@ -461,6 +464,21 @@ class _Checker:
 
 
 _VALUE_FUNCTIONS = ("I",) + NUMERIC_FUNCTIONS
+
+
+def _check_names(desc: object, f: str) -> None:
+    """No two different terms share a name (a column named ``log(x)`` and the call ``log(x)``)."""
+    seen: dict[str, object] = {}
+    terms = list(desc.common_terms) + [t.expr for t in desc.group_terms]  # type: ignore[attr-defined]
+    for t in terms:
+        if type(t).__name__ != "Term":
+            continue
+        name = str(t.name)  # type: ignore[attr-defined]
+        if name in seen and seen[name] != t:
+            raise FormulaError(f"Two different terms of formula {f} are both named '{name}'.",
+                               hint="Rename the column whose name reads like a transform or an interaction.",
+                               option="formula")
+        seen[name] = t
 
 
 def _group_sources(groups: list[object]) -> dict[str, list[str]]:

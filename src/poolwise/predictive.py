@@ -193,10 +193,8 @@ def encode_Z(bound: BoundSpec, frame: pd.DataFrame, block: GroupBlock, X: np.nda
     for e in block.exprs:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
-        elif e in bound.coef_names:
-            cols.append(X[:, bound.coef_names.index(e)])
-        elif e in frame.columns:
-            cols.append(np.asarray(frame[e], dtype=float))
+        elif e in bound.coef_names and getattr(getattr(bound.design, "common", None), "terms", {}).get(e) is not None:
+            cols.append(X[:, bound.coef_names.index(e)])  # the same term, in the common design
         else:
             dm = design_matrices(block.term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
             cols.append(np.asarray(dm.common[e], dtype=float).reshape(len(frame), -1)[:, 0])

@@ -215,7 +215,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     for e in term.exprs:
         if e == "Intercept":
             z_sql.append("1.0")
-        elif e in coef_names:
+        elif e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             z_sql.append(xs[coef_names.index(e)][1])
         else:
             dz = _design(term.design_formula(spec.outcome), frame, f"the group term {term} of formula {f}")

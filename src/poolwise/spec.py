@@ -646,7 +646,7 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
             continue
-        if e in coef_names:
+        if e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             cols.append(X[:, coef_names.index(e)])
             continue
         try:
