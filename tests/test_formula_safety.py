@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -286,21 +287,34 @@ def hostile(draw: st.DrawFn) -> tuple[str, str]:
 @settings(max_examples=150, deadline=None)
 @given(piece=hostile(), before=st.lists(st.sampled_from(SAFE_TERMS), max_size=3),
        after=st.lists(st.sampled_from(SAFE_TERMS), max_size=2), bars=st.sampled_from(["|", "||"]))
-def test_fuzz_hostile_formulas_never_run(piece: tuple[str, str], before: list[str], after: list[str],
-                                         bars: str) -> None:
+def test_fuzz_hostile_formulas_never_run(fuzz_file: str, piece: tuple[str, str], before: list[str],
+                                         after: list[str], bars: str) -> None:
     text, key = piece
     formula = "y ~ " + " + ".join([*before, text, *after]) + f" + (1 {bars} g)"
-    with planted():
+    import poolwise.query as Q
+
+    calls: list[object] = []
+    with planted(), mock.patch.object(Q, "sql_columns", lambda *a, **k: calls.append(a)):
         with pytest.raises(FormulaError) as err:
             F.parse_formula(formula)
         message = str(err.value)
         assert key in message, (formula, message)
         assert message.count("\n") <= 1
-        with pytest.raises(FormulaError):  # and on the fit path, before the data are looked at
+        with pytest.raises(FormulaError):  # and on the fit paths, before the data are looked at
             pw.fit(formula, _FUZZ_DATA)
+        with pytest.raises(FormulaError):
+            pw.fit(formula, fuzz_file)
+    assert calls == []  # the SQL translation is fed checked formulas only
 
 
 _FUZZ_DATA = _data()
+
+
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("fuzz") / "d.parquet"
+    _FUZZ_DATA.to_parquet(path)
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------------
