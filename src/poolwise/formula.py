@@ -118,7 +118,8 @@ def parse_formula(f: str) -> ParsedFormula:
 
     A formula is data, never code: it may name the data's columns (backtick-quoted when the name
     is not a plain identifier: ```my column```; a name holding ``:``, which joins interactions and
-    grouping factors, must be renamed) and call only these functions, each on one argument:
+    grouping factors, or starting ``offset(`` must be renamed) and call only these functions, each
+    on one argument:
 
     - ``log exp sqrt log10 log2 log1p abs`` (elementwise, also nested and inside ``I()``);
     - ``I(...)``: arithmetic on columns and numbers with ``+ - * / **``;
@@ -321,7 +322,10 @@ class _Checker:
             name = str(node.expression.lexeme)[1:-1]  # type: ignore[attr-defined]
             if ":" in name:  # (the interaction a:b of columns a and b has that name too)
                 self.fail(f"names the column {_unparse(node)}, whose name holds ':'", term,
-                          "':' joins columns into interactions (a:b) and grouping factors; rename the column.")
+                          "Rename the column: ':' joins columns into interactions (a:b) and grouping factors.")
+            if name.startswith("offset("):  # (design columns so named are offsets)
+                self.fail(f"names the column {_unparse(node)}, whose name reads as an offset", term,
+                          "Rename the column.")
             self.columns.add(name)
         elif kind == "Variable" and node.level is None:  # type: ignore[attr-defined]
             name = str(node.name.lexeme)  # type: ignore[attr-defined]
