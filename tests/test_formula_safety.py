@@ -195,9 +195,8 @@ def test_the_design_environment_resolves_nothing_else(sentinel: Sentinel) -> Non
         assert name not in ns, name
     assert sorted(n for d in ns.keys() for n in d) == sorted(F.NUMERIC_FUNCTIONS)
     df = _data()
-    np_ = np  # a name in this frame, which formulae would have looked in by default  # noqa: F841
-    for formula in ("y ~ pw_sentinel(x)", "y ~ np.savetxt('written.txt', x)", "y ~ np_.savetxt('written.txt', x)",
-                    "y ~ os.system('touch written')", "y ~ pw_sentinel.run(x)"):
+    for formula in ("y ~ pw_sentinel(x)", "y ~ np.savetxt('written.txt', x)", "y ~ os.system('touch written')",
+                    "y ~ pw_sentinel.run(x)", "y ~ log(pw_sentinel(x))"):
         with pytest.raises(Exception):  # noqa: B017 - formulae's own KeyError; parse_formula is bypassed here
             F.design_matrices(formula, df)
     # the closed set itself works there, and is numpy's
@@ -223,11 +222,15 @@ def test_legitimate_transforms_still_fit_and_predict() -> None:
     """The closed set works on every path that builds a design, new data included (encode_Z)."""
     df = _data()
     fit = pw.fit("y ~ 1 + C(a) + (1 + log(x) | g)", df, method="empirical")
-    assert "sd(log(x)|g)" in fit.summary(groups=False).index
-    p1 = fit.predict(df.head(8), kind="mean")
-    p2 = fit.predict(df.head(8).assign(y=0.0), kind="mean")
-    pd.testing.assert_frame_equal(p1, p2)
-    assert np.all(np.isfinite(np.asarray(p1.select_dtypes("number"))))
+    new = df.sample(12, random_state=1)
+    got = fit.predict(new, kind="mean")["mean"].to_numpy()
+    # the mean of the linear predictor is linear in the draws: means of β and b, by hand
+    post = fit.idata.posterior
+    level = {"p": 0.0, **{v: float(fit.param(f"C(a)[{v}]").mean()) for v in "qrs"}}
+    b = {name: post[name].mean(("chain", "draw")).sel(g=new["g"].to_numpy()).to_numpy() for name in ("1|g", "log(x)|g")}
+    want = (float(fit.param("Intercept").mean()) + new["a"].map(level).to_numpy() + b["1|g"]
+            + np.log(new["x"].to_numpy()) * b["log(x)|g"])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------------
