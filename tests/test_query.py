@@ -57,7 +57,7 @@ FORMULAS = [
     "y ~ x + (1 | g)",
     "y ~ x * a + log(e) + I(z**2 - 2 * x) + (1 + x | g)",
     "y ~ a + b + C(k) + offset(log(e)) + (1 | gn)",
-    "y | se(se) ~ x + np.sqrt(e) + (1 | g)",
+    "y | se(se) ~ x + sqrt(e) + (1 | g)",
     "y ~ 0 + a + a:z + (x || g)",
     "y ~ 1 + (1 + z | g)",
 ]
@@ -169,8 +169,8 @@ def test_models_the_query_cannot_reduce_load_their_columns(files: dict[str, obje
 def test_transforms_outside_sql_are_named(files: dict[str, object]) -> None:
     with pytest.raises(FormulaError, match=r"scale\(x\).*needs statistics of the whole column"):
         pw.fit("y ~ scale(x) + (1 | g)", files["parquet"])  # type: ignore[arg-type]
-    with pytest.raises(FormulaError, match=r"np.sin\(\) .*cannot be computed inside the query"):
-        pw.fit("y ~ np.sin(x) + (1 | g)", files["parquet"])  # type: ignore[arg-type]
+    with pytest.raises(FormulaError, match=r"'sin\(\)'.* not one of the functions"):
+        pw.fit("y ~ sin(x) + (1 | g)", files["parquet"])  # type: ignore[arg-type]
 
 
 GAUSSIAN_CASES = [c for c in test_bad_input.CASES

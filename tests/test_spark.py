@@ -25,7 +25,7 @@ from test_query import FIELDS, FORMULAS, _frame
 import poolwise as pw
 from poolwise import data as D
 from poolwise import source as S
-from poolwise.errors import DataError, PoolwiseError
+from poolwise.errors import DataError, FormulaError, PoolwiseError
 from poolwise.query import bind_source
 from poolwise.reduce import bound_block_stats, reduce
 from poolwise.spec import ModelSpec
@@ -263,3 +263,17 @@ def test_spark_names_bytes_that_are_not_utf8(spark: Any, tmp_path: Path) -> None
         for family in ("gaussian", "bernoulli"):
             with pytest.raises(DataError, match=r"not UTF-8 text: byte 0xE9 on line 25002"):
                 pw.fit("y ~ x + (1 | g)", path, family=family, draws=20, chains=1, **options)
+
+
+def test_hostile_formula_never_reaches_spark(rows: dict[str, Any], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: a formula is data. The check runs before any Spark query or SQL translation."""
+    import poolwise.query as Q
+
+    calls: list[object] = []
+    monkeypatch.setattr(Q, "sql_columns", lambda *a, **k: calls.append(a))
+    monkeypatch.chdir(tmp_path)
+    for formula in ("y ~ x + pd.io.common.os.system('id > f') + (1|g)", "y ~ x + np.savetxt('f', x) + (1 | g)"):
+        with pytest.raises(FormulaError, match="attribute access"):
+            pw.fit(formula, rows["frame"])
+    assert calls == [] and list(tmp_path.iterdir()) == []

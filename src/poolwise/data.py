@@ -248,14 +248,25 @@ def resolve_files(path: str) -> list[str]:
     raise DataError(f"File '{path}' does not exist.", hint="Check the path.")
 
 
+#: RFC 4180 quoting for every CSV read (DuckDB's sniffer may otherwise pick ' as the quote)
+CSV_QUOTING = "quote = '\"', escape = '\"'"
+
+
 def sql_string(text: str) -> str:
     """``text`` as a DuckDB string literal (DuckDB reads ``'...'`` literally; a quote is doubled)."""
     return "'" + text.replace("'", "''") + "'"
 
 
 def duckdb_relation(reader: str, files: Sequence[str]) -> str:
-    """``read_csv_auto([...])`` of exactly these files (escaped: DuckDB does not glob them again)."""
-    return f"{reader}([{', '.join(sql_string(glob.escape(f)) for f in files)}])"
+    """``read_csv_auto([...])`` of exactly these files (escaped: DuckDB does not glob them again).
+
+    CSV is read with RFC 4180 quoting (``"`` quotes, ``""`` inside): DuckDB's sniffer would
+    otherwise take ``'`` as the quote when a text value starts and ends with one, and strip it.
+    """
+    listed = f"[{', '.join(sql_string(glob.escape(f)) for f in files)}]"
+    if reader == "read_csv_auto":  # RFC 4180 quoting, never sniffed: a level 'L' in single quotes stays 'L'
+        return f"{reader}({listed}, {CSV_QUOTING})"
+    return f"{reader}({listed})"
 
 
 def check_files(con: Any, reader: str, files: Sequence[str], where: str) -> None:
@@ -273,10 +284,10 @@ def check_files(con: Any, reader: str, files: Sequence[str], where: str) -> None
             raise DataError(f"File {where_} is empty (0 bytes).",
                             hint="Remove the file, or give it a header line and rows.")
     first_file = sql_string(glob.escape(files[0]))
-    sniffed = con.execute(f"SELECT HasHeader, SkipRows, Delimiter FROM sniff_csv({first_file})").fetchone()
+    sniffed = con.execute(f"SELECT HasHeader, SkipRows, Delimiter FROM sniff_csv({first_file}, {CSV_QUOTING})").fetchone()
     if not sniffed or not sniffed[0]:  # no header: DuckDB names the columns column0, column1, …
         return
-    first = con.execute(f"SELECT * FROM read_csv_auto({first_file}, header = false, all_varchar = true, "
+    first = con.execute(f"SELECT * FROM read_csv_auto({first_file}, header = false, all_varchar = true, {CSV_QUOTING}, "
                         f"skip = {int(sniffed[1])}, delim = {sql_string(str(sniffed[2]))}) LIMIT 1").fetchall()
     if not first:
         return

@@ -9,11 +9,12 @@ here; ``||`` (uncorrelated group terms) is rewritten to ``|`` with the factor ma
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import FormulaError
 
-__all__ = ["GroupTerm", "ParsedFormula", "parse_formula", "mark", "sql_columns", "quote_sql", "sql_literal"]
+__all__ = ["GroupTerm", "ParsedFormula", "parse_formula", "mark", "sql_columns", "quote_sql", "sql_literal",
+           "NUMERIC_FUNCTIONS", "TERM_FUNCTIONS", "functions", "formula_env", "design_matrices"]
 
 _NAME = r"[A-Za-z_.][\w.]*"
 
@@ -35,6 +36,13 @@ class GroupTerm:
     exprs: tuple[str, ...]
     factor: str
     correlated: bool = True
+    #: the varying terms as the formula writes them (names quoted), for building their columns
+    sources: tuple[str, ...] = field(default=(), compare=False)
+
+    def design_formula(self, response: str = "pw_response_") -> str:
+        """A formula whose design holds every varying term as a column named as in :attr:`exprs`."""
+        parts = self.sources or tuple(e for e in self.exprs if e != "Intercept")
+        return f"{response} ~ 0 + {' + '.join(parts) or '1'}"
 
     def sd_name(self, expr: str = "Intercept") -> str:
         """The population SD's name, ``sd(Intercept|county)``."""
@@ -85,6 +93,8 @@ class ParsedFormula:
         One :class:`GroupTerm` per grouping factor.
     variables
         Every data column the formula names.
+    categorical
+        The columns written ``C(column)``.
     """
 
     outcome: str
@@ -94,6 +104,8 @@ class ParsedFormula:
     common: str
     group_terms: tuple[GroupTerm, ...]
     variables: tuple[str, ...]
+    #: the columns the formula wraps in ``C()`` (categorical whatever their values)
+    categorical: tuple[str, ...] = ()
 
 
 def mark(formula: str, word: str) -> str:
@@ -104,10 +116,29 @@ def mark(formula: str, word: str) -> str:
 def parse_formula(f: str) -> ParsedFormula:
     """Read an lme4/brms-style formula.
 
+    A formula is data, never code: it may name the data's columns (backtick-quoted when the name
+    is not a plain identifier: ```my column```; a name holding ``:``, which joins interactions and
+    grouping factors, or starting ``offset(`` must be renamed) and call only these functions, each
+    on one argument:
+
+    - ``log exp sqrt log10 log2 log1p abs`` (elementwise, also nested and inside ``I()``);
+    - ``I(...)``: arithmetic on columns and numbers with ``+ - * / **``;
+    - ``C(column)``: a column as categorical (treatment coding);
+    - ``offset(...)``: a term with coefficient 1 (e.g. ``offset(log(exposure))``);
+    - ``scale(...)``: centred and scaled (tables in memory only: a file's query cannot compute it);
+    - on the left-hand side, ``se(column)`` and ``trials(column)``.
+
+    Terms combine with ``+ - : * / **`` and ``0``/``1`` (no intercept / intercept); group terms
+    are ``(terms | factor)``, ``||`` for uncorrelated, ``a:b`` and ``a/b`` factors.  Anything
+    else — attribute access (``np.log``, ``os.system``), other functions, keyword arguments,
+    strings and other literals, comparisons, subscripts — is refused before anything is
+    evaluated, and the design is built in an environment that holds nothing but these functions.
+
     Raises
     ------
     FormulaError
-        For text that is not a formula, unknown response additions, or bad syntax.
+        For text that is not a formula, unknown response additions, bad syntax, or anything
+        outside the closed set above (the message names the term at fault).
 
     Examples
     --------
@@ -116,6 +147,8 @@ def parse_formula(f: str) -> ParsedFormula:
     ('y', 'n', '(1 + x || g)')
     """
     from formulae import model_description
+    from formulae.parser import Parser
+    from formulae.scanner import Scanner
 
     if not isinstance(f, str) or "~" not in f:
         raise FormulaError(f"The formula {f!r} has no '~'.", hint="Write it as outcome ~ predictors + (1 | group).",
@@ -139,14 +172,31 @@ def parse_formula(f: str) -> ParsedFormula:
     if not re.fullmatch(_NAME, outcome):
         raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
                            hint="Transform the column before fitting.", option="formula")
-    uncorrelated, rhs_clean = _rewrite_double_bars(rhs)
+    protected, quoted = _protect(rhs)  # (brackets and bars inside `quoted names` are the names')
+    uncorrelated, rhs_protected = _rewrite_double_bars(protected)
+    uncorrelated = {_restore(u, quoted).replace("`", "") for u in uncorrelated}
+    rhs_clean = _restore(rhs_protected, quoted)
     try:
-        desc = model_description(f"{outcome} ~ {rhs_clean}")
+        parser = Parser(Scanner(f"{outcome} ~ {rhs_clean}").scan())
+        tree = parser.parse()
+        rest = " ".join(str(t.lexeme) for t in parser.tokens[parser.current:] if t.kind != "EOF")
+        if rest:  # formulae's parser stops at the first token it cannot join, and drops the rest
+            raise ValueError(f"unexpected '{rest}' after the last term")
     except Exception as err:  # formulae raises several kinds for bad syntax
         raise FormulaError(
             f"Cannot parse the formula: {f} ({str(err).strip() or type(err).__name__}).",
             hint="Check the brackets and operators; lme4 syntax is y ~ x + (1 | g).", option="formula",
         ) from None
+    checker = _Checker(f)
+    columns = checker.formula(tree)  # the closed set, before formulae resolves anything
+    try:
+        desc = model_description(f"{outcome} ~ {rhs_clean}")  # (reads the text; evaluates nothing)
+    except Exception as err:
+        raise FormulaError(
+            f"Cannot parse the formula: {f} ({str(err).strip() or type(err).__name__}).",
+            hint="Check the brackets and operators; lme4 syntax is y ~ x + (1 | g).", option="formula",
+        ) from None
+    _check_names(desc, f)
     by_factor: dict[str, list[str]] = {}
     for t in desc.group_terms:
         factor = ":".join(v.name for v in t.factor.components)
@@ -154,17 +204,323 @@ def parse_formula(f: str) -> ParsedFormula:
         exprs = by_factor.setdefault(factor, [])
         if expr not in exprs:
             exprs.append(expr)
+    try:
+        sources = _group_sources(checker.groups)
+    except Exception as err:
+        raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
+                           hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
     terms = []
     for factor, exprs in by_factor.items():
         exprs.sort(key=lambda e: e != "Intercept")
         first = factor.split(":")[0]
         terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
-                               and first not in uncorrelated))
-    variables = {v for v in desc.var_names if v} | set(extras.values())  # (formulae lists literals as "")
+                               and first not in uncorrelated, sources=tuple(sources.get(factor, ()))))
+    variables = columns | set(extras.values())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
-        common=_strip_group_terms(rhs_clean), group_terms=tuple(terms), variables=tuple(sorted(variables)),
+        common=_restore(_strip_group_terms(rhs_protected), quoted), group_terms=tuple(terms),
+        variables=tuple(sorted(variables)),
+        categorical=tuple(sorted(checker.categorical)),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the closed set: what a formula may name and call
+
+#: elementwise functions a formula may call (numpy's), also inside I() and one another
+NUMERIC_FUNCTIONS = ("log", "exp", "sqrt", "log1p", "log10", "log2", "abs")
+#: formulae's own transforms a formula may call (as terms, not inside other calls but I())
+TERM_FUNCTIONS = ("I", "C", "offset", "scale")
+_ARITHMETIC = {"PLUS", "MINUS", "STAR", "SLASH", "STAR_STAR"}
+_TERM_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "COLON"}
+_ALLOWED = ", ".join(f"{n}()" for n in NUMERIC_FUNCTIONS + TERM_FUNCTIONS)
+
+
+def functions() -> dict[str, object]:
+    """The elementwise functions by name: the only names a formula's design can resolve."""
+    import numpy as np
+
+    return {name: getattr(np, name) for name in NUMERIC_FUNCTIONS}
+
+
+def formula_env() -> object:
+    """A formulae evaluation environment that holds :data:`NUMERIC_FUNCTIONS` and nothing else.
+
+    formulae resolves names through the namespaces it is given (by default the caller's frame:
+    its module's ``np``, ``pd``, builtins); this one gives it none, so even a formula that
+    escaped :func:`parse_formula` could reach no module.  (formulae's own transforms — ``C``,
+    ``I``, ``offset``, ``scale`` … — are always looked up first, from formulae itself.)
+    """
+    from formulae.environment import Environment
+
+    return Environment([functions()])
+
+
+def design_matrices(formula: str, frame: object) -> object:
+    """``formulae.design_matrices`` on ``frame`` in :func:`formula_env` (missing values are errors).
+
+    Raises whatever formulae raises; callers turn it into a :class:`~poolwise.errors.FormulaError`.
+    """
+    from formulae import design_matrices as _design_matrices
+
+    return _design_matrices(formula, frame, na_action="error", env=formula_env())
+
+
+def _unparse(node: object) -> str:
+    """The text of one node of formulae's syntax tree (for messages)."""
+    kind = type(node).__name__
+    if kind == "Binary":
+        op = node.operator.lexeme  # type: ignore[attr-defined]
+        sep = op if op in (":", "**") else f" {op} "
+        return f"{_unparse(node.left)}{sep}{_unparse(node.right)}"  # type: ignore[attr-defined]
+    if kind == "Unary":
+        return f"{node.operator.lexeme}{_unparse(node.right)}"  # type: ignore[attr-defined]
+    if kind == "Grouping":
+        return f"({_unparse(node.expression)})"  # type: ignore[attr-defined]
+    if kind == "Call":
+        return f"{_unparse(node.callee)}({', '.join(_unparse(a) for a in node.args)})"  # type: ignore[attr-defined]
+    if kind == "Assign":
+        return f"{_unparse(node.name)}={_unparse(node.value)}"  # type: ignore[attr-defined]
+    if kind == "Variable":
+        level = node.level  # type: ignore[attr-defined]
+        return str(node.name.lexeme) + (f"[{level.value}]" if level is not None else "")  # type: ignore[attr-defined]
+    if kind == "QuotedName":
+        return str(node.expression.lexeme)  # type: ignore[attr-defined]
+    if kind == "Literal":
+        return str(node.lexeme) if node.lexeme is not None else repr(node.value)  # type: ignore[attr-defined]
+    return kind
+
+
+class _Checker:
+    """Walks formulae's syntax tree of a formula and refuses anything outside the closed set.
+
+    Nothing is resolved or evaluated: the tree is plain data (tokens), read before formulae
+    turns it into terms.  ``formula(tree)`` returns the data columns the formula names.
+    """
+
+    def __init__(self, formula: str) -> None:
+        self.f = formula
+        self.columns: set[str] = set()
+        self.groups: list[object] = []  # the group terms' nodes, (terms | factor)
+        self.categorical: set[str] = set()  # columns written C(column)
+
+    def fail(self, what: str, term: object, hint: str) -> None:
+        text = _unparse(term)
+        raise FormulaError(f"The term '{text}' in formula {self.f} {what}.", hint=hint, option="formula")
+
+    def formula(self, tree: object) -> set[str]:
+        if type(tree).__name__ != "Binary" or tree.operator.kind != "TILDE":  # type: ignore[attr-defined]
+            raise FormulaError(f"Cannot parse the formula: {self.f}.",
+                               hint="Write it as outcome ~ predictors + (1 | group).", option="formula")
+        self.column(tree.left, tree.left)  # type: ignore[attr-defined]
+        self.term(tree.right, None)  # type: ignore[attr-defined]
+        return self.columns
+
+    def column(self, node: object, term: object) -> None:
+        kind = type(node).__name__
+        if kind == "QuotedName":
+            name = str(node.expression.lexeme)[1:-1]  # type: ignore[attr-defined]
+            if ":" in name:  # (the interaction a:b of columns a and b has that name too)
+                self.fail(f"names the column {_unparse(node)}, whose name holds ':'", term,
+                          "Rename the column: ':' joins columns into interactions (a:b) and grouping factors.")
+            if name.startswith("offset("):  # (design columns so named are offsets)
+                self.fail(f"names the column {_unparse(node)}, whose name reads as an offset", term,
+                          "Rename the column.")
+            self.columns.add(name)
+        elif kind == "Variable" and node.level is None:  # type: ignore[attr-defined]
+            name = str(node.name.lexeme)  # type: ignore[attr-defined]
+            if any(part.startswith("__") for part in name.split(".")):
+                self.fail(f"names the dunder attribute '{name}'", term,
+                          "A formula names columns; quote a column so named in backticks.")
+            self.columns.add(name)
+            return
+        elif kind == "Variable":
+            self.fail("picks a level with [...]", term, "Name the column alone; recode it beforehand if needed.")
+        else:
+            self.fail("is not a column", term, "Name a column (in backticks if the name has spaces or symbols).")
+
+    def literal(self, node: object, term: object, where: str) -> None:
+        value = node.value  # type: ignore[attr-defined]
+        if isinstance(value, str):
+            self.fail(f"holds the string {_unparse(node)}{where}", term,
+                      "A formula holds no strings: name columns (in backticks if needed) and numbers only.")
+        if value is None or isinstance(value, bool):
+            self.fail(f"holds the literal {_unparse(node)}{where}", term,
+                      "A formula holds column names and numbers only.")
+
+    def term(self, node: object, term: object) -> None:
+        kind = type(node).__name__
+        if kind == "Binary" and node.operator.kind in ("PLUS", "MINUS") and term is None:  # type: ignore[attr-defined]
+            self.term(node.left, None)  # type: ignore[attr-defined]
+            self.term(node.right, None)  # type: ignore[attr-defined]
+            return
+        top, term = term is None, term if term is not None else node
+        if kind == "Binary":
+            op = node.operator.kind  # type: ignore[attr-defined]
+            if op in _TERM_OPERATORS:
+                self.term(node.left, term)  # type: ignore[attr-defined]
+                self.term(node.right, term)  # type: ignore[attr-defined]
+            elif op == "STAR_STAR":
+                self.term(node.left, term)  # type: ignore[attr-defined]
+                right = node.right  # type: ignore[attr-defined]
+                if not (type(right).__name__ == "Literal" and type(right.value) is int and right.value >= 1):
+                    self.fail("raises terms to a power that is not a whole number", term,
+                              "Write (a + b)**2 for all interactions up to order 2; use I(x**2) for a square.")
+            elif op == "PIPE":
+                self.fail("has a group term outside brackets", term, "Write group terms in brackets: (1 + x | g).")
+            else:
+                symbol = node.operator.lexeme  # type: ignore[attr-defined]
+                self.fail(f"uses the operator '{symbol}', which a formula does not have", term,
+                          "Terms combine with + - : * / **; for arithmetic on columns use I(...).")
+        elif kind == "Grouping":
+            inner = node.expression  # type: ignore[attr-defined]
+            if type(inner).__name__ == "Binary" and inner.operator.kind == "PIPE":
+                if not top:
+                    self.fail("combines a group term with other terms", term,
+                              "Add group terms to the others: y ~ x + (1 + x | g).")
+                if type(inner.left).__name__ == "Binary" and inner.left.operator.kind == "PIPE":
+                    self.fail("has more than one '|'", term, "Write one bar per group term: (1 + x | g).")
+                self.term(inner.left, term)
+                self.factor(inner.right, term)
+                self.groups.append(node)
+            else:
+                self.term(inner, term)
+        elif kind == "Unary":
+            self.term(node.right, term)  # type: ignore[attr-defined]
+        elif kind == "Literal":
+            self.literal(node, term, "")
+            if type(node.value) is not int or node.value not in (0, 1):  # type: ignore[attr-defined]
+                self.fail(f"is the number {_unparse(node)}", term,
+                          "A number alone is 0 (no intercept) or 1 (intercept); use I(...) for arithmetic.")
+        elif kind == "Call":
+            self.call(node, term, TERM_FUNCTIONS + NUMERIC_FUNCTIONS)
+        elif kind == "Assign":
+            self.fail("assigns a value", term, "A formula holds no '='.")
+        else:
+            self.column(node, term)
+
+    def factor(self, node: object, term: object) -> None:
+        kind = type(node).__name__
+        if kind == "Binary" and node.operator.kind in ("COLON", "SLASH"):  # type: ignore[attr-defined]
+            self.factor(node.left, term)  # type: ignore[attr-defined]
+            self.factor(node.right, term)  # type: ignore[attr-defined]
+        elif kind == "Grouping":
+            self.factor(node.expression, term)  # type: ignore[attr-defined]
+        elif kind in ("Variable", "QuotedName"):
+            self.column(node, term)
+        else:
+            self.fail(f"groups by '{_unparse(node)}', which is not a column", term,
+                      "Group by columns: (1 | g), nested (1 | a/b) or their combination (1 | a:b).")
+
+    def call(self, node: object, term: object, allowed: tuple[str, ...]) -> None:
+        callee = node.callee  # type: ignore[attr-defined]
+        if type(callee).__name__ != "Variable" or callee.level is not None:
+            self.fail(f"calls '{_unparse(callee)}', which is not a function name", term,
+                      f"A formula may call only {_ALLOWED}.")
+        name = str(callee.name.lexeme)
+        if "." in name:
+            self.fail(f"reaches into '{name}' (attribute access)", term,
+                      f"A formula names columns and may call only {_ALLOWED}; write e.g. log(x), not np.log(x).")
+        if name not in allowed:
+            where = "" if allowed != _VALUE_FUNCTIONS else " inside another call"
+            self.fail(f"calls '{name}()'{where}, which is not one of the functions a formula may use", term,
+                      f"A formula may call only {_ALLOWED} (see parse_formula); compute other columns beforehand.")
+        args = list(node.args)  # type: ignore[attr-defined]
+        for a in args:
+            if type(a).__name__ == "Assign":
+                self.fail(f"passes the keyword argument '{_unparse(a)}' to {name}()", term,
+                          f"{name}() takes one argument and no keywords.")
+        if len(args) != 1:
+            self.fail(f"passes {len(args)} arguments to {name}()", term, f"{name}() takes exactly one argument.")
+        if name == "C":
+            arg = args[0]
+            while type(arg).__name__ == "Grouping":
+                arg = arg.expression
+            if type(arg).__name__ not in ("Variable", "QuotedName"):
+                self.fail("applies C() to something other than a column", term, "Write C(column).")
+            self.column(arg, term)
+            self.categorical.add(_unparse(arg)[1:-1] if type(arg).__name__ == "QuotedName" else _unparse(arg))
+        else:
+            self.value(args[0], term)
+
+    def value(self, node: object, term: object) -> None:
+        kind = type(node).__name__
+        if kind == "Binary":
+            if node.operator.kind not in _ARITHMETIC:  # type: ignore[attr-defined]
+                self.fail(f"uses '{node.operator.lexeme}' inside a call", term,  # type: ignore[attr-defined]
+                          "Inside a call a formula computes with + - * / ** only.")
+            self.value(node.left, term)  # type: ignore[attr-defined]
+            self.value(node.right, term)  # type: ignore[attr-defined]
+        elif kind == "Unary":
+            self.value(node.right, term)  # type: ignore[attr-defined]
+        elif kind == "Grouping":
+            self.value(node.expression, term)  # type: ignore[attr-defined]
+        elif kind == "Literal":
+            self.literal(node, term, " inside a call")
+            if not isinstance(node.value, (int, float)):  # type: ignore[attr-defined]
+                self.fail(f"holds the literal {_unparse(node)}", term, "A formula holds column names and numbers only.")
+        elif kind == "Call":
+            self.call(node, term, _VALUE_FUNCTIONS)
+        elif kind == "Assign":
+            self.fail("assigns a value", term, "A formula holds no '='.")
+        else:
+            self.column(node, term)
+
+
+_VALUE_FUNCTIONS = ("I",) + NUMERIC_FUNCTIONS
+
+
+def _check_names(desc: object, f: str) -> None:
+    """No two different terms share a name (a column named ``log(x)`` and the call ``log(x)``)."""
+    seen: dict[str, object] = {}
+    terms = list(desc.common_terms) + [t.expr for t in desc.group_terms]  # type: ignore[attr-defined]
+    for t in terms:
+        if type(t).__name__ != "Term":
+            continue
+        name = str(t.name)  # type: ignore[attr-defined]
+        if name in seen and seen[name] != t:
+            raise FormulaError(f"Two different terms of formula {f} are both named '{name}'.",
+                               hint="Rename the column whose name reads like a transform or an interaction.",
+                               option="formula")
+        seen[name] = t
+
+
+def _group_sources(groups: list[object]) -> dict[str, list[str]]:
+    """Per grouping factor, the text of each varying term (a checked node of the syntax tree)."""
+    from formulae import model_description
+
+    out: dict[str, list[str]] = {}
+    for node in groups:
+        summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
+        while stack:
+            n = stack.pop()
+            if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
+                stack += [n.right, n.left]  # type: ignore[attr-defined]
+            elif type(n).__name__ == "Grouping":
+                stack.append(n.expression)  # type: ignore[attr-defined]
+            elif type(n).__name__ != "Literal":
+                summands.append(_unparse(n))
+        for t in model_description(f"pw_response_ ~ {_unparse(node)}").group_terms:
+            factor = ":".join(v.name for v in t.factor.components)
+            have = out.setdefault(factor, [])
+            have.extend(x for x in summands if x not in have)
+    return out
+
+
+def _protect(text: str) -> tuple[str, list[str]]:
+    """``text`` with each backtick-quoted name replaced by a placeholder, and the names."""
+    quoted: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        quoted.append(m.group(0))
+        return f"`\ue000{len(quoted) - 1}\ue001`"
+
+    return re.sub(r"`[^`]*`", hide, text), quoted
+
+
+def _restore(text: str, quoted: list[str]) -> str:
+    """Undo :func:`_protect`."""
+    return re.sub("`\ue000(\\d+)\ue001`", lambda m: quoted[int(m.group(1))], text)
 
 
 def _brackets(rhs: str) -> list[tuple[int, int]]:
@@ -224,14 +580,8 @@ def _strip_group_terms(rhs: str) -> str:
 
 #: functions a formula may apply that the query can compute (formulae name → SQL template)
 _SQL_FUNCTIONS = {
-    "log": "LN({})", "np.log": "LN({})", "numpy.log": "LN({})",
-    "exp": "EXP({})", "np.exp": "EXP({})", "numpy.exp": "EXP({})",
-    "sqrt": "SQRT({})", "np.sqrt": "SQRT({})", "numpy.sqrt": "SQRT({})",
-    "log10": "LOG10({})", "np.log10": "LOG10({})", "numpy.log10": "LOG10({})",
-    "log2": "(LN({}) / LN(2.0))", "np.log2": "(LN({}) / LN(2.0))", "numpy.log2": "(LN({}) / LN(2.0))",
-    "log1p": "LN(1.0 + {})", "np.log1p": "LN(1.0 + {})", "numpy.log1p": "LN(1.0 + {})",
-    "abs": "ABS({})", "np.abs": "ABS({})", "numpy.abs": "ABS({})",
-    "I": "({})",
+    "log": "LN({})", "exp": "EXP({})", "sqrt": "SQRT({})", "log10": "LOG10({})", "log2": "(LN({}) / LN(2.0))",
+    "log1p": "LN(1.0 + {})", "abs": "ABS({})", "I": "({})",
 }
 _SQL_OPERATORS = {"+": "+", "-": "-", "*": "*", "/": "/"}
 
@@ -312,7 +662,7 @@ def _sql_expr(node: object, formula: str, dialect: str) -> str:
         raise FormulaError(
             f"The function {callee}() in formula {formula} cannot be computed inside the query that reduces "
             "the file.",
-            hint=f"Use one of {', '.join(sorted({k for k in _SQL_FUNCTIONS if '.' not in k}))}, compute the "
+            hint=f"Use one of {', '.join(sorted(_SQL_FUNCTIONS))}, compute the "
                  "column beforehand, or pass a pandas table.", option="formula")
     raise FormulaError(f"Part of formula {formula} cannot be computed inside the query that reduces the file.",
                        hint="Compute the column beforehand, or pass a pandas table.", option="formula")

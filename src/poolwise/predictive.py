@@ -16,6 +16,7 @@ import pandas as pd
 
 from . import data as _data
 from .errors import DataError, SpecError, format_rows
+from .formula import design_matrices
 from .priors import Prior
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
@@ -188,22 +189,15 @@ def encode_offset(bound: BoundSpec, frame: pd.DataFrame) -> np.ndarray:
 
 def encode_Z(bound: BoundSpec, frame: pd.DataFrame, block: GroupBlock, X: np.ndarray) -> np.ndarray:
     """Values of the block's varying terms on new rows, (rows, q); ``X`` their common design."""
-    cols = []
+    cols, dm = [], None
     for e in block.exprs:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
-        elif e in bound.coef_names:
-            cols.append(X[:, bound.coef_names.index(e)])
-        elif e in frame.columns:
-            cols.append(np.asarray(frame[e], dtype=float))
+        elif e in bound.coef_names and getattr(getattr(bound.design, "common", None), "terms", {}).get(e) is not None:
+            cols.append(X[:, bound.coef_names.index(e)])  # the same term, in the common design
         else:
-            from formulae import design_matrices
-
-            from .spec import FUNCTIONS
-
-            dm = design_matrices(f"pw_response_ ~ 0 + {e}", frame.assign(pw_response_=0.0),
-                                 na_action="error", extra_namespace=FUNCTIONS)
-            cols.append(np.asarray(dm.common.design_matrix, dtype=float)[:, 0])
+            dm = design_matrices(block.term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
+            cols.append(np.asarray(dm.common[e], dtype=float).reshape(len(frame), -1)[:, 0])
     return np.column_stack(cols)
 
 

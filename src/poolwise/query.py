@@ -26,9 +26,9 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import sql_columns, sql_literal
+from .formula import design_matrices, parse_formula, sql_columns, sql_literal
 from .reduce import BlockStats, Reduced
-from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
+from .spec import BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -178,11 +178,9 @@ def _skeleton(spec: ModelSpec, src: _source.Source, levels: dict[str, list[Any]]
 
 
 def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
-    from formulae import design_matrices
-
     try:
         with np.errstate(all="ignore"):
-            return design_matrices(formula, frame, na_action="error", extra_namespace=FUNCTIONS)
+            return design_matrices(formula, frame)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of {what}: {err}.", hint="Check the transformations in the formula.",
                            option="formula") from None
@@ -240,7 +238,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
         if src.kinds[v] == "other":
             raise DataError(f"Column '{v}' holds values that are neither numbers nor text.",
                             hint="Convert it to numbers or text in the file.", column=v)
-    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
+    wrapped = set(parse_formula(f).categorical)  # C(column), quoted names too
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
     levels = {v: _levels(src, v, numbers=v not in wrapped) for v in categorical}
     frame = _skeleton(spec, src, levels, predictors)
@@ -254,11 +252,11 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     for e in term.exprs:
         if e == "Intercept":
             z_sql.append("1.0")
-        elif e in coef_names:
+        elif e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             z_sql.append(xs[coef_names.index(e)][1])
         else:
-            dz = _design(f"{spec.outcome} ~ 0 + {e}", frame, f"the group term {term} of formula {f}")
-            one = sql_columns(dz.common.terms, f, src.dialect)
+            dz = _design(term.design_formula(spec.outcome), frame, f"the group term {term} of formula {f}")
+            one = sql_columns({e: dz.common.terms[e]}, f, src.dialect) if e in dz.common.terms else []
             if len(one) != 1:
                 raise SpecError(f"The group term {term} varies '{e}', which expands to {len(one)} columns.",
                                 hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",

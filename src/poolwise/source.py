@@ -304,7 +304,7 @@ def scan(data: Any, *, engine: str | None = None, spark: Any = None) -> Source:
             if reader == "read_parquet":
                 frame = session.read.parquet(*paths)
             else:
-                frame = session.read.csv(paths, header=True, inferSchema=True)
+                frame = session.read.csv(paths, header=True, inferSchema=True, quote='"', escape='"')
             empty = not frame.limit(1).collect()
         except Exception as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -33,7 +33,7 @@ import pandas as pd
 from . import data as _data
 from .errors import DataError, FormulaError, PriorError, SpecError, format_rows
 from .families import Family, get_family
-from .formula import GroupTerm, mark, parse_formula
+from .formula import GroupTerm, design_matrices, functions, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
@@ -45,8 +45,8 @@ POOLINGS = ("pooled", "unpooled", "hierarchical")
 UNPOOLED_SCALE = 10.0
 #: the fixed group SD of the unpooled model on the link scale (logit and log links)
 UNPOOLED_LINK_SD = 2.5
-FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "log10": np.log10,
-              "log2": np.log2, "abs": np.abs}
+#: the elementwise functions a formula may call (the closed set: :func:`poolwise.formula.parse_formula`)
+FUNCTIONS = functions()
 
 
 @dataclass(frozen=True)
@@ -431,8 +431,6 @@ def check_formula_columns(spec: ModelSpec, cols: list[str]) -> None:
 
 
 def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> BoundSpec:
-    from formulae import design_matrices
-
     f = spec.formula
     fam = spec.fam
     check_formula_columns(spec, table.columns)
@@ -458,8 +456,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     # common design through formulae (the encoding state is kept for predict)
     try:
         with np.errstate(all="ignore"):  # log(0) and the like are reported below, row by row
-            design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame, na_action="error",
-                                     extra_namespace=FUNCTIONS)
+            design = design_matrices(f"{spec.outcome} ~ {spec.common}", frame)
     except Exception as err:  # formulae's own errors for transforms it cannot apply
         raise FormulaError(f"Cannot build the design of formula {f}: {err}.",
                            hint="Check the transformations in the formula.", option="formula") from None
@@ -648,23 +645,21 @@ def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | N
 
 def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,
                   formula: str) -> np.ndarray:
-    from formulae import design_matrices
-
-    cols = []
+    cols, dm = [], None
     for e in term.exprs:
         if e == "Intercept":
             cols.append(np.ones(len(frame)))
             continue
-        if e in coef_names:
+        if e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             cols.append(X[:, coef_names.index(e)])
             continue
         try:
-            dm = design_matrices(f"{frame.columns[0]} ~ 0 + {e}", frame, na_action="error",
-                                 extra_namespace=FUNCTIONS)
+            with np.errstate(all="ignore"):
+                dm = design_matrices(term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
+            m = np.asarray(dm.common[e], dtype=float).reshape(len(frame), -1)
         except Exception as err:
             raise FormulaError(f"Cannot build the group term {term} of formula {formula}: {err}.",
                                option="formula") from None
-        m = np.asarray(dm.common.design_matrix, dtype=float)
         if m.shape[1] != 1:
             raise SpecError(f"The group term {term} varies '{e}', which expands to {m.shape[1]} columns.",
                             hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",

@@ -41,7 +41,7 @@ CASES = [
     ("y ~ x + z + (1 + x | g)", "hierarchical"),
     ("y ~ x + (x || g)", "hierarchical"),
     ("y | se(s) ~ x + (1 | g)", "hierarchical"),
-    ("y ~ x + offset(np.log(e)) + (1 | g)", "hierarchical"),
+    ("y ~ x + offset(log(e)) + (1 | g)", "hierarchical"),
     ("y ~ x + (1 | g)", "pooled"),
     ("y ~ x + (1 | g)", 0.4),
     ("y ~ 0 + x + (1 | g)", "hierarchical"),
