@@ -36,7 +36,7 @@ from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
-           "POOLINGS",
+           "check_scale", "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
@@ -471,6 +471,11 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         bad = np.flatnonzero(~np.isfinite(offset))
         raise DataError(f"The offset is not finite on {bad.size} rows ({format_rows(bad.tolist())}).",
                         hint="An offset such as log(exposure) needs exposure > 0.", rows=bad.tolist())
+    for i, name in enumerate(coef_names):  # sums of squares must fit in float64 (the data's units are free)
+        if name != "Intercept":
+            check_scale(name, float(np.max(np.abs(X[:, i]), initial=0.0)))
+    if fam.identity:
+        check_scale(spec.outcome, float(np.max(np.abs(y - offset), initial=0.0)))
     _check_design(X, coef_names)
     # scale of the outcome on the link scale
     if spec.se:
@@ -683,6 +688,26 @@ def _check_slopes(term: GroupTerm, Z: np.ndarray, group: np.ndarray, J: int) -> 
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+
+
+#: magnitudes whose squares, summed over many rows, stay within float64 (about 1e±308)
+_BIG, _SMALL = 1e150, 1e-150
+
+
+def check_scale(name: str, largest: float) -> None:
+    """Raise :class:`~poolwise.errors.DataError` when a column's values are too large or too small
+    for sums of their squares in float64 (``largest``: the largest |value|, or a sample's).
+
+    Between the limits nothing depends on the units: the statistics are taken about a shift and
+    the results map back exactly (:class:`poolwise.reduce.Shift`).
+    """
+    if largest > _BIG or 0 < largest < _SMALL:
+        big = largest > _BIG
+        raise DataError(
+            f"'{name}' holds values too {'large' if big else 'small'} for float64 arithmetic (largest |value| "
+            f"{largest:.3g}): their squares would {'overflow' if big else 'underflow to 0'}.",
+            hint=f"Rescale '{name}' (other units: divide or multiply by a power of 10) so that its values lie "
+                 "within about 1e-150 to 1e150; the estimates scale with it.", column=name)
 
 
 def _check_design(X: np.ndarray, names: list[str]) -> None:
