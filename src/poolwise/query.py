@@ -7,7 +7,10 @@ and the outcome (less the offset) — the sufficient statistics of both exact pa
 and poisson models (:func:`bind_counts`) it merges the rows into counts per (group, covariate
 pattern).  The formula's encoding is formulae's own, translated column by column into SQL
 (:func:`poolwise.formula.sql_columns`); the rows never leave the engine, so memory is
-O(groups), whatever the number of rows.  Validation happens in the same pass; a second query
+O(groups), whatever the number of rows.  The sums are taken about a pilot shift per column (the
+mean of the first rows, one cheap query) and moved to the weighted means afterwards, so that
+they do not lose the data's spread to its offset (:class:`poolwise.reduce.Shift`).  Validation
+happens in the same pass; a second query
 names the rows at fault only when something is off.  :func:`bind_data` routes a fit's data: a
 table in memory to :meth:`ModelSpec.bind`, a file, relation or Spark DataFrame to one of the
 queries, or to loading the columns the model needs.

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .spec import BoundSpec
-
 from .errors import DataError
+from .spec import BoundSpec
 
 __all__ = ["Reduced", "BlockStats", "Shift", "reduce", "reduce_arrays", "block_stats", "bound_block_stats"]
 
