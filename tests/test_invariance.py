@@ -18,6 +18,7 @@ cannot hold the data's variation at all).  Data beyond float64's range for sums 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import warnings
@@ -230,3 +231,21 @@ def test_spark_is_invariant(spark: Any, reml_ref: dict[str, float], exact_ref: d
     _assert_reml(got, reml_ref, a, b, c, d)
     _transformed(a, b, c).to_parquet(tmp_path / "exact.parquet")  # the exact path (its default priors: d = 0)
     _assert_exact(_exact_back(spark.read.parquet(str(tmp_path / "exact.parquet")), a, b, c), exact_ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# NUTS (its compile takes ~30 s: with the long reference checks of make validate)
+
+
+@pytest.mark.validate
+def test_nuts_is_invariant_to_units(exact_ref: dict[str, tuple[float, float]]) -> None:
+    """y in units of 1e-6 and x in units of 1e6: NUTS's start and mass-matrix regularization are
+    absolute, so before the model was sampled in units of a power of 10 this gave R-hat 3.4 and σ
+    10× too large."""
+    a, b, c = 1e-6, 3.0, 1e6
+    f = pw.fit(FORMULA, _transformed(a, b, c), method="nuts", chains=4, draws=300, warmup=300, seed=2)
+    got = _back(f.draws.beta, f.draws.sigma, f.draws.tau, a, b, c, 0.0)
+    for k, (mean, mcse) in exact_ref.items():
+        own = float(az.mcse(az.convert_to_dataset(got[k]))["x"])
+        assert abs(float(got[k].mean()) - mean) <= 4.0 * math.hypot(mcse, own), (k, float(got[k].mean()), mean)
+        assert float(az.rhat(az.convert_to_dataset(got[k]))["x"]) < 1.05, k
