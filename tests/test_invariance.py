@@ -249,3 +249,36 @@ def test_nuts_is_invariant_to_units(exact_ref: dict[str, tuple[float, float]]) -
         own = float(az.mcse(az.convert_to_dataset(got[k]))["x"])
         assert abs(float(got[k].mean()) - mean) <= 4.0 * math.hypot(mcse, own), (k, float(got[k].mean()), mean)
         assert float(az.rhat(az.convert_to_dataset(got[k]))["x"]) < 1.05, k
+
+
+# ----------------------------------------------------------------------------------------------
+# varying slopes: the outcome's units and offset are free; the slope column's origin is the user's
+
+
+def _slopes(data: Any) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        f = pw.fit("y ~ x + (1 + x | g)", data, method="empirical", chains=1, draws=10)
+    e = f.draws.info["estimates"]
+    return {"x": e["beta"][1], "sigma": e["sigma"], "sd0": e["sd"][0], "sd1": e["sd"][1]}
+
+
+@pytest.mark.parametrize("a,b", [(1.0, 1e8), (1e-6, 2e6), (1e7, -3e18)])
+def test_reml_slopes_invariant_to_the_outcomes_units(a: float, b: float) -> None:
+    ref = _slopes(BASE)
+    got = _slopes(_transformed(a, b, 1.0))
+    lost = EPS * float(np.max(np.abs(a * BASE["y"] + b))) / (a * ref["sigma"])
+    for k in ref:
+        assert got[k] / a == pytest.approx(ref[k], rel=1e-6 + 4.0 * lost), k
+
+
+@pytest.mark.parametrize("where", ["memory", "duckdb"])
+def test_slope_far_from_zero_warns(tmp_path: Path, where: str) -> None:
+    """x + 10⁶ as a varying slope: Σ's meaning moves with the origin, so only a warning can help
+    (the REML slope SD collapsed to 0 without one)."""
+    data: Any = _transformed(1.0, 0.0, 1.0, 1e6)
+    if where == "duckdb":
+        data.to_parquet(tmp_path / "rows.parquet")
+        data = str(tmp_path / "rows.parquet")
+    with pytest.warns(pw.errors.PoolwiseWarning, match="Centre 'x'"):
+        pw.fit("y ~ x + (1 + x | g)", data, method="empirical", chains=1, draws=10)

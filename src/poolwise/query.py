@@ -31,7 +31,8 @@ from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import sql_columns
 from .reduce import BlockStats, Reduced, Shift
-from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns, check_scale
+from .spec import (FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns, check_scale,
+                   warn_far_slopes)
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -412,7 +413,12 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     x_off = np.array([total(x1[k]) / N for k in range(p)])  # means about the pilot
     x_mean = np.array([pilot.get(k, 0.0) for k in range(p)]) + x_off
     x_var = np.array([max(total(x2[k]) / N - x_off[k] ** 2, 0.0) for k in range(p)])
-    _check_columns_from_sums(coef_names, x_mean, x_var, XtWX)
+    gram = XtWX
+    if x_icpt is not None and XtWX[x_icpt, x_icpt] > 0:  # collinearity judged on centred columns (a column
+        S = XtWX[:, x_icpt]                               # kept as it is, a varying slope, may lie far from 0)
+        gram = XtWX - np.outer(S, S) / S[x_icpt]
+        gram[x_icpt, x_icpt] = S[x_icpt]
+    _check_columns_from_sums(coef_names, x_mean, x_var, gram)
     for a, e in enumerate(term.exprs):
         if e == "Intercept":
             continue
@@ -436,6 +442,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         scale = float(max(abs(y_mean), 1.0))
     z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(z2[a]) / N - (total(z1[a]) / N) ** 2,
                                                                   0.0)) for a in range(q)])
+    warn_far_slopes(term, [1.0 if z_sql[a] == "1.0" else total(z1[a]) / N for a in range(q)], z_sd.tolist())
     x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
     raw = RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), labels, z_sd, counts=n.astype(np.int64),
