@@ -5,8 +5,8 @@ Under y → a·y + b and x → c·x + d the model y = β₀ + β₁x + b_g + e m
 (for d = 0).  So a fit of the transformed data, mapped back, must equal the fit of the data:
 
 - REML (deterministic): to 1e-6 relative, plus what float64 itself loses in storing the
-  transformed values (one rounding of a·y + b is eps·|a·y + b|, which is a·σ·eps·|b|/(a·σ) of
-  the data's spread: 2e-4 of it for an offset of 10¹² SDs).
+  transformed values (one rounding of a·y + b is eps·|a·y + b|: relative to the data's spread
+  a·σ that is 2e-4 for an offset of 10¹² SDs).
 - the exact Bayesian path (fixed seed): posterior means within 4 Monte Carlo standard errors of
   the reference fit's (the draws of the two fits are not independent, so this is generous).
 
@@ -14,6 +14,7 @@ Before the sums were taken about a shift, y + 10⁸ gave τ = 0.025 for 1.46 and
 a file.  Offsets b are drawn in units of a (|b| up to 10¹² of the data's SDs: beyond ~10¹⁵ float64
 cannot hold the data's variation at all).  Data beyond float64's range for sums of squares
 (y·1e-300, y·1e200) must be refused with a DataError that says to rescale, and no NumPy warning.
+NUTS (marked validate: its compile is slow) and varying slopes are checked at the end.
 """
 
 from __future__ import annotations
