@@ -143,19 +143,23 @@ def test_fixed_hyper_setup_is_what_the_reference_assumes(fixed_problem):
 
 def test_conditional_moments_equal_dense_posterior(fixed_problem):
     f = _fit_fixed(fixed_problem["df"], draws=10)
-    red = reduce(f.bound)
-    hp = HyperPrior.from_bound(f.bound)
-    mean_b, L, k, s2 = conditional_moments(red, hp, np.array([1.0]), np.array([_TAU_FIXED]))
+    red = reduce(f.bound)  # taken about the data's means: β* = Mβ − c_y e₀ (poolwise.reduce.Shift)
+    hp = HyperPrior.from_bound(f.bound, red.shift)
+    mean_s, L, k, s2 = conditional_moments(red, hp, np.array([1.0]), np.array([_TAU_FIXED]))
     p = 2
-    # E[b | y] = k (sy − u'E[β | y]) because b | β is linear in β
-    bmean = k[0] * (red.sy - red.u @ mean_b[0])
+    # E[b | y] = k (sy − u'E[β* | y]) because b | β* is linear in β*
+    bmean = k[0] * (red.sy - red.u @ mean_s[0])
+    mean_b = red.shift.unshift(mean_s)
     got_mean = np.concatenate([mean_b[0], bmean])
     np.testing.assert_allclose(got_mean, fixed_problem["mean"], rtol=1e-10, atol=1e-12)
-    # Cov(β | y) = (L L')⁻¹; Cov(b | y) = diag(σ² k) + K U Cov(β) U' K; Cov(b, β) = −K U Cov(β)
-    cov_beta = np.linalg.inv(L[0] @ L[0].T)
+    # Cov(β* | y) = (L L')⁻¹, Cov(β) = M⁻¹Cov(β*)M⁻ᵀ; Cov(b | y) = diag(σ² k) + K U Cov(β*) U' K;
+    # Cov(b, β) = −K U Cov(β*) M⁻ᵀ
+    Minv = red.shift.back_matrix(p)
+    cov_s = np.linalg.inv(L[0] @ L[0].T)
+    cov_beta = Minv @ cov_s @ Minv.T
     KU = k[0][:, None] * red.u
-    cov_b = np.diag(s2[0] * k[0]) + KU @ cov_beta @ KU.T
-    cov_bbeta = -KU @ cov_beta
+    cov_b = np.diag(s2[0] * k[0]) + KU @ cov_s @ KU.T
+    cov_bbeta = -KU @ cov_s @ Minv.T
     ref = fixed_problem["cov"]
     np.testing.assert_allclose(cov_beta, ref[:p, :p], rtol=1e-10, atol=1e-13)
     np.testing.assert_allclose(cov_b, ref[p:, p:], rtol=1e-10, atol=1e-13)

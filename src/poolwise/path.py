@@ -280,7 +280,7 @@ def _check_grid(grid: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def _closed_form(bound: BoundSpec, tau: np.ndarray, prob: float, progress: Progress | None) -> PoolingPath:
     red = reduce(bound)
-    hp = _exact.HyperPrior.from_bound(bound)
+    hp = _exact.HyperPrior.from_bound(bound, red.shift)
     G, J = tau.size, red.n_groups
     if progress:
         progress("sigma quadrature", 0.0)
@@ -388,7 +388,9 @@ def _theta_moments(bound: BoundSpec, red: Reduced, hp: _exact.HyperPrior, sigma:
     """Mean and variance of θ_j = Intercept + b_j given (σ, τ), each (D, J).
 
     With b_j | β ~ N(k_j (sy_j − u_j'β), σ² k_j) and β ~ N(m, P⁻¹): θ_j = k_j sy_j + c_j'β + e
-    with c_j = e₀ − k_j u_j, so E = k_j sy_j + c_j'm and Var = σ² k_j + c_j' P⁻¹ c_j.
+    with c_j = e₀ − k_j u_j, so E = k_j sy_j + c_j'm and Var = σ² k_j + c_j' P⁻¹ c_j.  With the
+    statistics taken about a shift, β is β* and the intercept β₀ = β₀* + c_y − c_x'β*: then
+    c_j = e₀ − c_x − k_j u_j and E gains c_y.
     """
     beta_mean, L, k, s2 = _exact.conditional_moments(red, hp, sigma, tau)
     assert k is not None
@@ -402,8 +404,13 @@ def _theta_moments(bound: BoundSpec, red: Reduced, hp: _exact.HyperPrior, sigma:
         uPu = np.einsum("jp,dpq,jq->dj", red.u, Pinv, red.u)
         var = var + k**2 * uPu
         if i0 is not None:
-            mean = mean + beta_mean[:, i0, None]
-            var = var + Pinv[:, i0, i0, None] - 2.0 * k * (Pinv[:, :, i0] @ red.u.T)
+            d = -(red.shift.x if red.shift.active and red.shift.x is not None else np.zeros(red.p))
+            d = np.array(d, dtype=float)
+            d[i0] = 1.0
+            y0 = red.shift.y if red.shift.active else 0.0
+            Pd = Pinv @ d  # (D, p)
+            mean = mean + (beta_mean @ d + y0)[:, None]
+            var = var + (Pd @ d)[:, None] - 2.0 * k * (Pd @ red.u.T)
     return mean, np.maximum(var, 0.0)
 
 

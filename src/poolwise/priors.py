@@ -132,7 +132,10 @@ def _t_logpdf(z: np.ndarray, df: float) -> np.ndarray:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+    """Four significant digits, or every digit needed when four would change the value (a
+    location such as 100000001.4 is printed as used)."""
+    short = f"{v:.4g}"
+    return short if float(short) == v else repr(float(v))
 
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\((.*)\)\s*$")
@@ -222,7 +225,8 @@ def default_priors(
     for name in coef_names:
         if name == "Intercept":
             shift = sum((x_means[c] / x_sds[c]) ** 2 for c in coef_names if c != "Intercept")
-            out[name] = Prior("normal", (_round(y_mean), _round(s * math.sqrt(1.0 + shift))))
+            width = _round(s * math.sqrt(1.0 + shift))
+            out[name] = Prior("normal", (_round_at(y_mean, width), width))
         else:
             out[name] = Prior("normal", (0.0, _round(s / x_sds[name])))
     if has_sigma:
@@ -230,6 +234,15 @@ def default_priors(
     for name in sd_names:
         out[name] = Prior("half_student_t", (3.0, _round(s)))
     return out
+
+
+def _round_at(v: float, width: float) -> float:
+    """Round a location to 4 significant digits of its prior's ``width``, not of itself: the mean
+    of y + 10⁸ keeps its digits down to the data's spread (so the prior maps with the data)."""
+    if v == 0 or not math.isfinite(v) or not (math.isfinite(width) and width > 0):
+        return _round(v)
+    digits = 3 - math.floor(math.log10(width))
+    return float(round(v, digits)) if digits >= -300 else _round(v)
 
 
 def _round(v: float) -> float:

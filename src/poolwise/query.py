@@ -7,7 +7,10 @@ and the outcome (less the offset) — the sufficient statistics of both exact pa
 and poisson models (:func:`bind_counts`) it merges the rows into counts per (group, covariate
 pattern).  The formula's encoding is formulae's own, translated column by column into SQL
 (:func:`poolwise.formula.sql_columns`); the rows never leave the engine, so memory is
-O(groups), whatever the number of rows.  Validation happens in the same pass; a second query
+O(groups), whatever the number of rows.  The sums are taken about a pilot shift per column (the
+mean of the first rows, one cheap query) and moved to the weighted means afterwards, so that
+they do not lose the data's spread to its offset (:class:`poolwise.reduce.Shift`).  Validation
+happens in the same pass; a second query
 names the rows at fault only when something is off.  :func:`bind_data` routes a fit's data: a
 table in memory to :meth:`ModelSpec.bind`, a file, relation or Spark DataFrame to one of the
 queries, or to loading the columns the model needs.
@@ -27,8 +30,9 @@ from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import design_matrices, parse_formula, sql_columns, sql_literal
-from .reduce import BlockStats, Reduced
-from .spec import BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
+from .reduce import BlockStats, Reduced, Shift
+from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns, check_scale,
+                   warn_far_slopes)
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -287,11 +291,21 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     base.append(y_sql)
     one_at = base.index("1.0") if "1.0" in base else None
     weighted = w_sql != "1.0"
-    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(base) if i != one_at]
+    # sums about a pilot shift per column (the outcome and the common predictors that are not also
+    # varying slopes), when the model's intercept absorbs it: see poolwise.reduce.Shift
+    x_icpt = coef_names.index("Intercept") if "Intercept" in coef_names and x_sql[coef_names.index("Intercept")] \
+        == "1.0" else None
+    movable = [] if x_icpt is None else [i for i in range(len(base)) if i != one_at and (
+        i == y_at or (i < p and i not in z_idx))]
+    pilot, largest = _pilot(src, {i: base[i] for i in movable} | ({-1: y_raw} if y_raw != y_sql else {}))
+    _check_pilot_scale(largest, coef_names, p, y_at, spec.outcome)
+    cols_sql = [f"({s_} - {_lit(pilot[i])})" if pilot.get(i, 0.0) != 0.0 else s_ for i, s_ in enumerate(base)]
+    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(cols_sql) if i != one_at]
     if weighted:
         inner.append(f"{w_sql} AS w")
     if y_raw != y_sql:
-        inner.append(f"{y_raw} AS yraw")
+        raw_shift = pilot.get(-1, 0.0)
+        inner.append(f"({y_raw} - {_lit(raw_shift)}) AS yraw" if raw_shift != 0.0 else f"{y_raw} AS yraw")
     keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
     aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
     by_expr: dict[str, str] = {"COUNT(*)": "n"}  # aggregate → alias: every distinct aggregate is computed once
@@ -414,19 +428,33 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     if XX is not None:
         XtWX = np.array([[total(XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
     else:
-        XtWX = _totals_xx(src, base[:p], w_sql, one_at, p)
+        XtWX = _totals_xx(src, cols_sql[:p], w_sql, one_at, p)
     XtWy = np.array([total(a) for a in Xy])
     yWy = total(yy)
     sum_log_w = total(lw) if lw is not None else 0.0
+    sy2 = col(yy)
+    shift = Shift()
+    if x_icpt is not None:  # from the pilot to the weighted means: the same shift as the in-memory pass
+        cx = np.array([pilot.get(k, 0.0) for k in range(p)])
+        ZtWX, ZtWy, XtWX, XtWy, yWy, sy2, shift = _recentre(
+            cx, pilot.get(y_at, 0.0), [k for k in range(p) if k in movable], x_icpt, ZtWX, ZtWy, XtWX, XtWy, yWy,
+            sy2, col(sw), np.column_stack([col(a) for a in zw]) if q else np.zeros((J, 0)),
+            bool(q) and term.exprs[0] == "Intercept")
     block = BlockStats(n=n, ZtWZ=ZtWZ, ZtWX=ZtWX, ZtWy=ZtWy, XtWX=XtWX, XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w,
-                       n_obs=N)
+                       n_obs=N, shift=shift)
     simple = None
     if term.exprs == ("Intercept",):
-        simple = Reduced(n=n, a=col(sw), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=col(yy), XtWX=XtWX, XtWy=XtWy, yWy=yWy,
-                         sum_log_w=sum_log_w, n_obs=N)
-    x_mean = np.array([total(x1[k]) / N for k in range(p)])
-    x_var = np.array([max(total(x2[k]) / N - x_mean[k] ** 2, 0.0) for k in range(p)])
-    _check_columns_from_sums(coef_names, x_mean, x_var, XtWX)
+        simple = Reduced(n=n, a=col(sw), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=sy2, XtWX=XtWX, XtWy=XtWy, yWy=yWy,
+                         sum_log_w=sum_log_w, n_obs=N, shift=shift)
+    x_off = np.array([total(x1[k]) / N for k in range(p)])  # means about the pilot
+    x_mean = np.array([pilot.get(k, 0.0) for k in range(p)]) + x_off
+    x_var = np.array([max(total(x2[k]) / N - x_off[k] ** 2, 0.0) for k in range(p)])
+    gram = XtWX
+    if x_icpt is not None and XtWX[x_icpt, x_icpt] > 0:  # collinearity judged on centred columns (a column
+        S = XtWX[:, x_icpt]                               # kept as it is, a varying slope, may lie far from 0)
+        gram = XtWX - np.outer(S, S) / S[x_icpt]
+        gram[x_icpt, x_icpt] = S[x_icpt]
+    _check_columns_from_sums(coef_names, x_mean, x_var, gram)
     for a, e in enumerate(term.exprs):
         if e == "Intercept":
             continue
@@ -439,8 +467,9 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
-    y_mean = total(y1) / N
-    y_var = max(total(y2) / N - y_mean**2, 0.0)
+    y_off = total(y1) / N  # about the pilot
+    y_mean = pilot.get(-1 if y_raw != y_sql else y_at, 0.0) + y_off
+    y_var = max(total(y2) / N - y_off**2, 0.0)
     if spec.se:
         scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
     else:
@@ -449,6 +478,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         scale = float(max(abs(y_mean), 1.0))
     z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(z2[a]) / N - (total(z1[a]) / N) ** 2,
                                                                   0.0)) for a in range(q)])
+    warn_far_slopes(term, [1.0 if z_sql[a] == "1.0" else total(z1[a]) / N for a in range(q)], z_sd.tolist())
     x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
     raw = RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), labels, z_sd, counts=n.astype(np.int64),
@@ -583,10 +613,78 @@ def _totals_xx(src: _source.Source, x_sql: list[str], w_sql: str, one_at: int | 
     return out
 
 
+def _lit(v: float) -> str:
+    """A float as a DOUBLE literal both DuckDB and Spark read exactly (exponent form)."""
+    return f"({float(v):.17e})"
+
+
+def _pilot(src: _source.Source, exprs: dict[int, str], rows: int = 1000) -> tuple[dict[int, float], dict[int, float]]:
+    """A shift per column from a cheap first pass: the mean of the first ``rows`` rows' finite values
+    (0 where there are none), and their largest magnitude (for :func:`poolwise.spec.check_scale`)."""
+    if not exprs:
+        return {}, {}
+    keys = list(exprs)
+    cells = ", ".join(f"{exprs[k]} AS v{i}" for i, k in enumerate(keys))
+    aggs = []
+    for i in range(len(keys)):
+        ok = f"CASE WHEN NOT {_bad_number(f'v{i}')} THEN v{i} END"
+        aggs.append(f"AVG({ok}) AS m{i}, MAX(abs({ok})) AS a{i}")
+    got = src.query_arrays(f"SELECT {', '.join(aggs)} FROM (SELECT {cells} FROM {{rows}} LIMIT {rows}) AS t")
+
+    def value(name: str) -> float:
+        v = got[name]
+        if np.ma.isMaskedArray(v) and np.ma.getmaskarray(v).all():
+            return 0.0
+        x = float(np.asarray(np.ma.getdata(v), dtype=float)[0])
+        return x if math.isfinite(x) else 0.0
+
+    return ({k: value(f"m{i}") for i, k in enumerate(keys)}, {k: value(f"a{i}") for i, k in enumerate(keys)})
+
+
+def _check_pilot_scale(largest: dict[int, float], coef_names: list[str], p: int, y_at: int, outcome: str) -> None:
+    """Columns too large or small for float64 sums of squares (judged on the pilot's rows)."""
+    for k, v in largest.items():
+        if k < p:
+            check_scale(coef_names[k], v)
+        elif k in (y_at, -1):
+            check_scale(outcome, v)
+
+
+def _recentre(cx: np.ndarray, cy: float, moved: list[int], i0: int, ZtWX: np.ndarray, ZtWy: np.ndarray,
+              XtWX: np.ndarray, XtWy: np.ndarray, yWy: float, sy2: np.ndarray, sw: np.ndarray, zw: np.ndarray,
+              z_icpt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, Shift]:
+    """Sums about the pilot (c_x, c_y) → sums about the weighted means c + δ, δ = Σw(v − c)/Σw.
+
+
+    With S = Σw(x − c) (column i0 of X'WX) and δ small beside the spread, Σw(x−c−δ)(x'−c'−δ') =
+    X'WX − Sδ' − δS' + Wδδ' and so on for the other sums; per group Σw z(x − c − δ) = Z'WX − δ·Σwz.
+    """
+    W = float(XtWX[i0, i0])
+    if not W > 0:
+        return ZtWX, ZtWy, XtWX, XtWy, yWy, sy2, Shift(y=cy, x=cx, intercept=i0)
+    S = XtWX[:, i0].copy()
+    d = np.zeros(cx.size)
+    d[moved] = S[moved] / W
+    Sy = float(XtWy[i0])
+    dy = Sy / W
+    XtWX = XtWX - np.outer(S, d) - np.outer(d, S) + W * np.outer(d, d)
+    XtWX = 0.5 * (XtWX + XtWX.T)
+    XtWy = XtWy - dy * S - d * Sy + W * d * dy
+    yWy = yWy - 2.0 * dy * Sy + W * dy * dy
+    if z_icpt:  # Σw(y − c − δ)² per group, from Σw(y − c) = Z'Wy of the intercept term
+        sy2 = sy2 - 2.0 * dy * ZtWy[:, 0] + dy * dy * sw
+    ZtWX = ZtWX - zw[:, :, None] * d[None, None, :]
+    ZtWy = ZtWy - dy * zw
+    return ZtWX, ZtWy, XtWX, XtWy, float(yWy), sy2, Shift(y=cy + dy, x=cx + d, intercept=i0)
+
+
 def _check_columns_from_sums(names: list[str], mean: np.ndarray, var: np.ndarray, XtWX: np.ndarray) -> None:
-    """Constant and collinear predictors, from the totals (as :func:`poolwise.spec._check_design`)."""
+    """Constant and collinear predictors, from the totals (as :func:`poolwise.spec._check_design`).
+
+    The variances come from sums about a pilot shift, so they are accurate to the data's spread,
+    not to its offset: a column is constant only when its spread is below float64's resolution."""
     for i, name in enumerate(names):
-        if name != "Intercept" and var[i] <= 1e-14 * max(mean[i] ** 2, 1e-300):
+        if name != "Intercept" and var[i] <= 1e-28 * max(mean[i] ** 2, 1e-300):
             raise DataError(
                 f"Predictor '{name}' is constant (every row is {mean[i]:.4g}), so its coefficient cannot be told "
                 "apart from the intercept.", hint="Remove it from the formula.", column=name)

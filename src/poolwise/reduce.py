@@ -8,6 +8,15 @@ marginal likelihood of ``y ~ X β + b_g + e`` needs only, per group j,
 and, over all rows, X'WX, X'Wy, y'Wy and Σ log w.  After this one pass over the rows the cost
 of every likelihood evaluation depends on the number of groups only.
 
+The sums are taken about a shift (:class:`Shift`): the outcome less c_y and each common
+predictor less c_k (values near the data: their means in memory, a pilot from the first rows in
+the engines), when the model has an intercept that absorbs them.  Then y'Wy − Σ k_j sy_j² and the
+like are differences of numbers of the data's spread, not of its offset, so the results do not
+depend on the units or the offset of the data (y + 10⁸ is fitted as well as y).  The statistics
+are those of the model in the shifted coordinates β* = Mβ − c_y e₀ (M = I + e₀c_x'): only the
+intercept changes, β₀* = β₀ + c_x'β − c_y; :meth:`Shift.prior` maps β's prior there and
+:meth:`Shift.unshift` maps draws back.
+
 The pass is NumPy's for rows in memory (:func:`reduce_arrays`, :func:`block_stats`); for rows
 that stay in DuckDB or Spark it is one aggregation query (:mod:`poolwise.query`), whose result a
 bound spec carries (:attr:`~poolwise.spec.BoundSpec.reduced`, taken by :func:`reduce` and
@@ -20,9 +29,106 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DataError
 from .spec import BoundSpec
 
-__all__ = ["Reduced", "BlockStats", "reduce", "reduce_arrays", "block_stats", "bound_block_stats"]
+__all__ = ["Reduced", "BlockStats", "Shift", "reduce", "reduce_arrays", "block_stats", "bound_block_stats"]
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The offsets the statistics were taken about: y − c_y and x_k − c_k (c = 0 at the intercept).
+
+    With an intercept at index i0, the model y = Xβ + Zb + e reads y − c_y = (X − 1c_x')β* + Zb + e
+    with β* = β except β*₀ = β₀ + c_x'β − c_y; without an intercept nothing is shifted.
+    """
+
+    y: float = 0.0
+    x: np.ndarray | None = None
+    intercept: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.intercept is not None and (self.y != 0.0 or (self.x is not None and bool(np.any(self.x != 0))))
+
+    def _cx(self, p: int) -> np.ndarray:
+        return np.zeros(p) if self.x is None else np.asarray(self.x, dtype=float)
+
+    def unshift(self, beta: np.ndarray) -> np.ndarray:
+        """β from β* (draws on the last axis): β₀ = β₀* + c_y − c_x'β*."""
+        if not self.active:
+            return beta
+        beta = np.array(beta, dtype=float, copy=True)
+        i0 = int(self.intercept)  # type: ignore[arg-type]
+        beta[..., i0] += self.y - beta @ self._cx(beta.shape[-1])
+        return beta
+
+    def back_matrix(self, p: int) -> np.ndarray:
+        """M⁻¹ = I − e₀c_x', the linear part of :meth:`unshift` (for covariances)."""
+        out = np.eye(p)
+        if self.active:
+            out[int(self.intercept), :] -= self._cx(p)  # type: ignore[arg-type]
+        return out
+
+    def shift(self, beta: np.ndarray) -> np.ndarray:
+        """β* from β: β*₀ = β₀ + c_x'β − c_y."""
+        if not self.active:
+            return beta
+        beta = np.array(beta, dtype=float, copy=True)
+        i0 = int(self.intercept)  # type: ignore[arg-type]
+        beta[..., i0] += beta @ self._cx(beta.shape[-1]) - self.y
+        return beta
+
+    def prior(self, m0: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """β ~ N(m0, diag(s0²)) in the shifted coordinates: (m0*, s0*).
+
+        s0* is ``s0`` itself (the SDs) when the shifted prior is diagonal — no shift of x, or a
+        flat prior on the intercept — else the (p, p) covariance M diag(s0²) M'.
+        """
+        m0, s0 = np.asarray(m0, dtype=float), np.asarray(s0, dtype=float)
+        if not self.active:
+            return m0, s0
+        p, i0 = m0.size, int(self.intercept)  # type: ignore[arg-type]
+        cx = self._cx(p)
+        m = m0.copy()
+        if not np.isfinite(s0[i0]):  # a flat prior on the intercept: flat on β*₀, its centre unused
+            m[i0] = 0.0
+            return m, s0
+        m[i0] = (m0[i0] - self.y) + float(cx @ m0)
+        if not np.any(cx != 0):
+            return m, s0
+        S = np.diag(s0**2)
+        Scx = s0**2 * cx
+        S[i0, :] += Scx
+        S[:, i0] += Scx
+        S[i0, i0] += float(cx @ Scx)
+        return m, S
+
+
+def _mean(v: np.ndarray, w: np.ndarray | None = None) -> float:
+    """A mean accurate to the spread of ``v`` (a second pass about the first)."""
+    if v.size == 0:
+        return 0.0
+    with np.errstate(all="ignore"):
+        m = float(np.average(v, weights=w))
+        if not np.isfinite(m):
+            return 0.0
+        m += float(np.average(v - m, weights=w))
+    return m if np.isfinite(m) else 0.0
+
+
+def _shift_of(y: np.ndarray, X: np.ndarray, w: np.ndarray | None, intercept: int | None) -> Shift:
+    """The shift about the data's means (none without an intercept)."""
+    if intercept is None:
+        return Shift()
+    cx = np.array([0.0 if k == intercept else _mean(X[:, k], w) for k in range(X.shape[1])])
+    return Shift(y=_mean(y, w), x=cx, intercept=intercept)
+
+
+def _check_finite_stats(values: list[np.ndarray | float]) -> None:
+    if not all(np.all(np.isfinite(np.asarray(v))) for v in values):
+        raise DataError("The sums of squares of the data are not finite: some columns are too large for float64.",
+                        hint="Rescale the outcome and predictors (other units) before fitting.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +153,8 @@ class Reduced:
         Σ log w over all rows.
     n_obs
         Number of rows.
+    shift
+        What y and x were taken about (:class:`Shift`); the sums are those of the shifted values.
     """
 
     n: np.ndarray
@@ -59,6 +167,7 @@ class Reduced:
     yWy: float
     sum_log_w: float
     n_obs: int
+    shift: Shift = Shift()
 
     @property
     def n_groups(self) -> int:
@@ -70,26 +179,42 @@ class Reduced:
 
 
 def reduce_arrays(
-    y: np.ndarray, X: np.ndarray, w: np.ndarray, group: np.ndarray, n_groups: int
+    y: np.ndarray, X: np.ndarray, w: np.ndarray, group: np.ndarray, n_groups: int, *, intercept: int | None = None
 ) -> Reduced:
-    """Sufficient statistics from row arrays (``group`` holds 0-based group indices)."""
+    """Sufficient statistics from row arrays (``group`` holds 0-based group indices).
+
+    With ``intercept`` (the index of X's column of ones) the sums are taken about the data's
+    means (:class:`Shift`).
+    """
+    shift = _shift_of(y, X, w, intercept)
+    if shift.active:
+        y = y - shift.y
+        X = X - shift._cx(X.shape[1])[None, :]
     wy = w * y
     wX = X * w[:, None]
     u = np.zeros((n_groups, X.shape[1]))
     for k in range(X.shape[1]):
         u[:, k] = np.bincount(group, weights=wX[:, k], minlength=n_groups)
-    return Reduced(
-        n=np.bincount(group, minlength=n_groups).astype(float),
-        a=np.bincount(group, weights=w, minlength=n_groups),
-        sy=np.bincount(group, weights=wy, minlength=n_groups),
-        u=u,
-        sy2=np.bincount(group, weights=wy * y, minlength=n_groups),
-        XtWX=X.T @ wX,
-        XtWy=X.T @ wy,
-        yWy=float(wy @ y),
-        sum_log_w=float(np.log(w).sum()),
-        n_obs=int(y.shape[0]),
-    )
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = Reduced(
+            n=np.bincount(group, minlength=n_groups).astype(float),
+            a=np.bincount(group, weights=w, minlength=n_groups),
+            sy=np.bincount(group, weights=wy, minlength=n_groups),
+            u=u,
+            sy2=np.bincount(group, weights=wy * y, minlength=n_groups),
+            XtWX=X.T @ wX,
+            XtWy=X.T @ wy,
+            yWy=float(wy @ y),
+            sum_log_w=float(np.log(w).sum()),
+            n_obs=int(y.shape[0]),
+            shift=shift,
+        )
+    _check_finite_stats([out.sy2, out.XtWX, out.XtWy, out.yWy])
+    return out
+
+
+def _intercept(bound: BoundSpec) -> int | None:
+    return bound.coef_names.index("Intercept") if "Intercept" in bound.coef_names else None
 
 
 def reduce(bound: BoundSpec) -> Reduced:
@@ -97,7 +222,8 @@ def reduce(bound: BoundSpec) -> Reduced:
     if bound.reduced is not None:
         out: Reduced = bound.reduced.simple
         return out
-    return reduce_arrays(bound.y - bound.offset, bound.X, bound.weights, bound.group, bound.n_groups)
+    return reduce_arrays(bound.y - bound.offset, bound.X, bound.weights, bound.group, bound.n_groups,
+                         intercept=_intercept(bound))
 
 
 def bound_block_stats(bound: BoundSpec, index: int = 0) -> BlockStats:
@@ -108,7 +234,8 @@ def bound_block_stats(bound: BoundSpec, index: int = 0) -> BlockStats:
         out: BlockStats = bound.reduced.block
         return out
     blk = bound.blocks[index]
-    return block_stats(bound.y - bound.offset, bound.X, blk.Z, bound.weights, blk.group, blk.n_groups)
+    return block_stats(bound.y - bound.offset, bound.X, blk.Z, bound.weights, blk.group, blk.n_groups,
+                       intercept=_intercept(bound))
 
 
 @dataclass(frozen=True)
@@ -127,6 +254,8 @@ class BlockStats:
         Σ log w over all rows.
     n_obs
         Number of rows.
+    shift
+        What y and the columns of X were taken about (:class:`Shift`; Z is never shifted).
     """
 
     n: np.ndarray
@@ -138,6 +267,7 @@ class BlockStats:
     yWy: float
     sum_log_w: float
     n_obs: int
+    shift: Shift = Shift()
 
     @property
     def n_groups(self) -> int:
@@ -156,7 +286,8 @@ class BlockStats:
 
 
 def block_stats(
-    y: np.ndarray, X: np.ndarray, Z: np.ndarray, w: np.ndarray | None, group: np.ndarray, n_groups: int
+    y: np.ndarray, X: np.ndarray, Z: np.ndarray, w: np.ndarray | None, group: np.ndarray, n_groups: int, *,
+    intercept: int | None = None,
 ) -> BlockStats:
     """Sufficient statistics in one pass over the rows (O(n q (p + q)) time, O(n) extra memory).
 
@@ -174,6 +305,8 @@ def block_stats(
         0-based group index of each row, (n,).
     n_groups
         J; groups without rows get zero blocks.
+    intercept
+        Index of X's column of ones: then y and X are taken about their means (:class:`Shift`).
 
     Returns
     -------
@@ -197,6 +330,16 @@ def block_stats(
     if n and (group.min() < 0 or group.max() >= n_groups):
         raise ValueError("Group indices must lie in [0, n_groups).")
     p, q = X.shape[1], Z.shape[1]
+    shift = _shift_of(y, X, w, intercept)
+    if shift.active and shift.x is not None and q > 1:  # a column that is also a varying slope stays put
+        cx = shift.x.copy()  # (as in the engines' query, where the two are one column)
+        for k in range(p):
+            if cx[k] != 0 and any(np.array_equal(X[:, k], Z[:, a]) for a in range(q)):
+                cx[k] = 0.0
+        shift = Shift(y=shift.y, x=cx, intercept=shift.intercept)
+    if shift.active:
+        y = y - shift.y
+        X = X - shift._cx(p)[None, :]
     wZ = Z * w[:, None]
 
     def per_group(v: np.ndarray) -> np.ndarray:
@@ -214,7 +357,7 @@ def block_stats(
     for a in range(q):
         ZtWy[:, a] = per_group(wZ[:, a] * y)
     wX = X * w[:, None]
-    return BlockStats(
+    out = BlockStats(
         n=np.bincount(group, minlength=n_groups).astype(float),
         ZtWZ=ZtWZ,
         ZtWX=ZtWX,
@@ -224,4 +367,7 @@ def block_stats(
         yWy=float(np.dot(w * y, y)),
         sum_log_w=float(np.log(w).sum()),
         n_obs=n,
+        shift=shift,
     )
+    _check_finite_stats([out.ZtWZ, out.ZtWy, out.XtWX, out.XtWy, out.yWy])
+    return out

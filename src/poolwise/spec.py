@@ -23,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,13 +32,13 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
-from .errors import DataError, FormulaError, PriorError, SpecError, format_rows
+from .errors import DataError, FormulaError, PoolwiseWarning, PriorError, SpecError, format_rows
 from .families import Family, get_family
 from .formula import GroupTerm, design_matrices, functions, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
-           "POOLINGS",
+           "check_scale", "warn_far_slopes", "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
@@ -472,6 +473,11 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         bad = np.flatnonzero(~np.isfinite(offset))
         raise DataError(f"The offset is not finite on {bad.size} rows ({format_rows(bad.tolist())}).",
                         hint="An offset such as log(exposure) needs exposure > 0.", rows=bad.tolist())
+    for i, name in enumerate(coef_names):  # sums of squares must fit in float64 (the data's units are free)
+        if name != "Intercept":
+            check_scale(name, float(np.max(np.abs(X[:, i]), initial=0.0)))
+    if fam.identity:
+        check_scale(spec.outcome, float(np.max(np.abs(y - offset), initial=0.0)))
     _check_design(X, coef_names)
     # scale of the outcome on the link scale
     if spec.se:
@@ -505,6 +511,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         Z = _term_columns(term, frame, design, coef_names, X, f)
         _check_slopes(term, Z, group, len(levels))
         z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
+        warn_far_slopes(term, [mean_sd(Z[:, k])[0] for k in range(term.q)], z_sd.tolist())
         counts = None if freq is None else np.bincount(group, weights=freq, minlength=len(levels)).astype(np.int64)
         blocks_raw.append(RawBlock(term, Z, group, levels, z_sd, counts=counts))
     x_means = {c: mean_sd(X[:, i])[0] for i, c in enumerate(coef_names) if c != "Intercept"}
@@ -682,6 +689,49 @@ def _check_slopes(term: GroupTerm, Z: np.ndarray, group: np.ndarray, J: int) -> 
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+
+
+#: magnitudes whose squares, summed over many rows, stay within float64 (about 1e±308)
+_BIG, _SMALL = 1e150, 1e-150
+
+
+def check_scale(name: str, largest: float) -> None:
+    """Raise :class:`~poolwise.errors.DataError` when a column's values are too large or too small
+    for sums of their squares in float64 (``largest``: the largest |value|, or a sample's).
+
+    Between the limits nothing depends on the units: the statistics are taken about a shift and
+    the results map back exactly (:class:`poolwise.reduce.Shift`).
+    """
+    if largest > _BIG or 0 < largest < _SMALL:
+        big = largest > _BIG
+        raise DataError(
+            f"'{name}' holds values too {'large' if big else 'small'} for float64 arithmetic (largest |value| "
+            f"{largest:.3g}): their squares would {'overflow' if big else 'underflow to 0'}.",
+            hint=f"Rescale '{name}' (other units: divide or multiply by a power of 10) so that its values lie "
+                 "within about 1e-150 to 1e150; the estimates scale with it.", column=name)
+
+
+#: a varying slope whose values lie further than this many SDs from 0 is ill-conditioned
+_FAR_SLOPE = 1e3
+
+
+def warn_far_slopes(term: GroupTerm, means: list[float], sds: list[float]) -> None:
+    """Warn when a varying slope's column lies far from 0 beside its spread (|mean| > 1000 SD).
+
+    The group intercepts of ``(1 + x | g)`` are the groups' values at x = 0; far from the data
+    their SD and correlation with the slope are extrapolated, and the statistics (which keep the
+    slope column as it is: its units define Σ) lose digits: with x + 10⁶ the REML slope SD
+    collapses to 0.  Only the user can move the origin, since that changes what Σ means.
+    """
+    if term.exprs[:1] != ("Intercept",):
+        return
+    for e, m, sd in zip(term.exprs, means, sds):
+        if e != "Intercept" and sd > 0 and abs(m) > _FAR_SLOPE * sd:
+            warnings.warn(PoolwiseWarning(
+                f"The varying slope '{e}' in {term} lies {abs(m) / sd:.3g} SDs from 0 (mean {m:.6g}, SD {sd:.3g}): "
+                f"the group intercepts are extrapolated to {e} = 0 and their SD and correlation are poorly "
+                f"determined (and lose digits). Centre '{e}' near its mean (e.g. I({e} - {m:.4g})) before "
+                "fitting."), stacklevel=3)
 
 
 def _check_design(X: np.ndarray, names: list[str]) -> None:

@@ -145,6 +145,21 @@ def _lam_t_vec(Lam: np.ndarray, X: np.ndarray, *, transpose: bool = True) -> np.
     return out
 
 
+def prior_precision(s0: np.ndarray) -> tuple[np.ndarray, float]:
+    """The precision matrix of β's prior and log|S0|, from its SDs (p,) or its covariance (p, p).
+
+    A covariance comes from a prior mapped to shifted coordinates
+    (:meth:`poolwise.reduce.Shift.prior`); infinite SDs (a flat prior) give zero precision.
+    """
+    s0 = np.asarray(s0, dtype=float)
+    if s0.ndim == 1:
+        with np.errstate(divide="ignore"):
+            return np.diag(1.0 / s0**2), float(2.0 * np.sum(np.log(s0)))
+    L = np.linalg.cholesky(s0)
+    Linv = np.linalg.solve(L, np.eye(s0.shape[0]))
+    return Linv.T @ Linv, float(2.0 * np.log(np.diagonal(L)).sum())
+
+
 def _np_pieces(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndarray, Lam: np.ndarray
                ) -> _NpPieces:
     """:func:`_pieces` in NumPy, batched over (σ, Λ): sigma (B,), Lam (B, q, q)."""
@@ -169,10 +184,11 @@ def _np_pieces(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, sigma: np.ndar
     Am0 = A @ m0
     r = bb - Am0
     quad = qq - 2.0 * bb @ m0 + Am0 @ m0
-    LP = _NpChol(A + np.diag(1.0 / s0**2))
+    Q0, logdet_prior = prior_precision(s0)
+    LP = _NpChol(A + Q0)
     z = LP.solve(r[..., None])[..., 0]
     quad = quad - (z * z).sum(axis=1)
-    ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + 2.0 * np.sum(np.log(s0)) + 2.0 * LP.sum_log_diag() + quad)
+    ll = -0.5 * (stats.n_obs * _LOG2PI + logdetV + logdet_prior + 2.0 * LP.sum_log_diag() + quad)
     return _NpPieces(ll, LP, r, C, s2, quad, logdetV)
 
 

@@ -84,6 +84,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
@@ -97,7 +98,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro.infer.util import constrain_fn, potential_energy
 
 from ..priors import Prior
-from ..reduce import BlockStats, block_stats
+from ..reduce import BlockStats, Shift, block_stats
 from .nuts import _to_numpyro  # also switches JAX to float64
 from .blockmath import (_LOG2PI, _UNROLL_MAX_Q, _corr_cholesky, _lkj_cholesky_logpdf, _np_draw, _np_log_marginal,
                         _np_pieces, _psd_sqrt, _unrolled_cholesky)
@@ -203,12 +204,18 @@ def _pieces(js: _JStats, m0: jax.Array, s0: jax.Array, sigma: jax.Array, Lam: ja
     Am0 = A @ m0
     r = bb - Am0
     quad = qq - 2.0 * bb @ m0 + m0 @ Am0
-    P = A + jnp.diag(1.0 / s0**2)
+    if s0.ndim == 2:  # a covariance (β's prior in shifted coordinates, :meth:`poolwise.reduce.Shift.prior`)
+        L0 = jnp.linalg.cholesky(s0)
+        L0inv = jsl.solve_triangular(L0, jnp.eye(s0.shape[0]), lower=True)
+        P = A + L0inv.T @ L0inv
+        logdet_prior = 2.0 * jnp.sum(jnp.log(jnp.diagonal(L0)))
+    else:
+        P = A + jnp.diag(1.0 / s0**2)
+        logdet_prior = 2.0 * jnp.sum(jnp.log(s0))
     LP = jnp.linalg.cholesky(P)
     z = jsl.solve_triangular(LP, r, lower=True)
     quad = quad - z @ z
     logdetP = 2.0 * jnp.sum(jnp.log(jnp.diagonal(LP)))
-    logdet_prior = 2.0 * jnp.sum(jnp.log(s0))
     ll = -0.5 * (js.n_obs * _LOG2PI + logdetV + logdet_prior + logdetP + quad)
     return _Pieces(ll, LP, r, C, s2)
 
@@ -241,6 +248,8 @@ def log_marginal(
     jax.Array
         A scalar.
     """
+    if stats.shift.active:  # β's prior in the statistics' coordinates (the marginal is the same)
+        m0, s0 = stats.shift.prior(np.asarray(m0, dtype=float), np.asarray(s0, dtype=float))
     pc = _pieces(_to_jax(stats), jnp.asarray(m0, jnp.float64), jnp.asarray(s0, jnp.float64), _as_scalar(sigma),
                  jnp.asarray(Lambda, jnp.float64))
     return pc.ll
@@ -255,8 +264,15 @@ def conditional_moments(
     -------
     beta_mean (p,), beta_cov (p, p) and K (J, q, q) with K_j = ΛM_j⁻¹Λ', such that
     β | σ, Σ, y ~ N(beta_mean, beta_cov) and
-    b_j | β, σ, Σ, y ~ N(K_j[(Z'Wy)_j − (Z'WX)_jβ]/σ², K_j).
+    b_j | β, σ, Σ, y ~ N(K_j[(Z'Wy)_j − (Z'WX)_jβ]/σ², K_j).  For statistics taken about a shift
+    (:class:`poolwise.reduce.Shift`) β's moments are those of the model's own β and the group
+    formula takes β* = ``stats.shift.shift(β)``.
     """
+    if stats.shift.active:
+        mean, cov, K = conditional_moments(replace(stats, shift=Shift()), *stats.shift.prior(
+            np.asarray(m0, dtype=float), np.asarray(s0, dtype=float)), sigma, Lambda)
+        Minv = stats.shift.back_matrix(stats.p)  # β = M⁻¹β* + c_y e₀
+        return stats.shift.unshift(mean), Minv @ cov @ Minv.T, K
     Lam = jnp.asarray(Lambda, jnp.float64)
     pc = _pieces(_to_jax(stats), jnp.asarray(m0, jnp.float64), jnp.asarray(s0, jnp.float64), _as_scalar(sigma), Lam)
     p = stats.p
@@ -536,8 +552,8 @@ def sample(
     """
     t0 = time.perf_counter()
     q, p, J = stats.q, stats.p, stats.n_groups
-    m0 = np.asarray(m0, dtype=float).reshape(p)
-    s0 = np.asarray(s0, dtype=float).reshape(p)
+    # β's prior in the coordinates the statistics were taken in (:class:`poolwise.reduce.Shift`)
+    m0, s0 = stats.shift.prior(np.asarray(m0, dtype=float).reshape(p), np.asarray(s0, dtype=float).reshape(p))
     Lam_fixed: np.ndarray | None = None
     if hyper not in ("imh", "nuts"):
         raise ValueError(f"hyper must be 'imh' or 'nuts', got {hyper!r}.")
@@ -623,6 +639,7 @@ def sample(
     t1 = time.perf_counter()
     beta, b = _np_draw(stats, m0, s0, sigma.reshape(-1), np.ascontiguousarray(Lam.reshape(-1, q, q)),
                        np.random.default_rng(ss_cond))
+    beta = stats.shift.unshift(beta)
     t2 = time.perf_counter()
     info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
     return {

@@ -426,6 +426,8 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
             beta, bq = blockmath._np_draw(stats, np.zeros(stats.p), np.full(stats.p, np.inf), sig_d,
                                           np.ascontiguousarray(np.broadcast_to(Lam, (C * D,) + Lam.shape)), rng)
         values = None if pooled else bq.reshape(C, D, blk.n_groups, blk.q)
+    shift = red.shift if bound.simple else stats.shift  # β back from the statistics' shifted coordinates
+    beta_hat, beta = shift.unshift(beta_hat), shift.unshift(beta)
     estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
     if bound.has_sigma:
         estimates["sigma"] = sigma

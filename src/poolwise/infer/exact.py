@@ -38,9 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..priors import Prior
-from ..reduce import Reduced, bound_block_stats
+from ..reduce import Reduced, Shift, bound_block_stats
 from ..spec import BoundSpec
 from . import Draws, Progress
+from .blockmath import prior_precision
 
 __all__ = ["HyperPrior", "group_sums", "log_marginal", "draw_conditional", "sample", "conditional_moments",
            "thinned_draws", "flat_rows", "group_moments"]
@@ -50,7 +51,11 @@ _LOG2PI = math.log(2.0 * math.pi)
 
 @dataclass(frozen=True)
 class HyperPrior:
-    """What the collapsed path needs of the priors: β ~ N(m0, diag(s0²)), σ and τ priors."""
+    """What the collapsed path needs of the priors: β ~ N(m0, diag(s0²)), σ and τ priors.
+
+    ``s0`` holds the SDs (p,), or a covariance (p, p) once the prior is mapped to the
+    coordinates of statistics taken about a shift (:meth:`poolwise.reduce.Shift.prior`).
+    """
 
     m0: np.ndarray
     s0: np.ndarray
@@ -58,9 +63,13 @@ class HyperPrior:
     tau: Prior | None
 
     @classmethod
-    def from_bound(cls, bound: BoundSpec) -> HyperPrior:
+    def from_bound(cls, bound: BoundSpec, shift: Shift | None = None) -> HyperPrior:
+        """The priors of ``bound``; with ``shift``, β's prior in the coordinates of statistics
+        taken about it (pass ``red.shift``)."""
         m0 = np.array([bound.priors[c].mean_sd()[0] for c in bound.coef_names], dtype=float)
         s0 = np.array([bound.priors[c].mean_sd()[1] for c in bound.coef_names], dtype=float)
+        if shift is not None:
+            m0, s0 = shift.prior(m0, s0)
         sigma = bound.priors.get("sigma") if bound.has_sigma else None
         tau = bound.priors.get(bound.sd_name) if bound.tau is None else None
         return cls(m0, s0, sigma, tau)
@@ -194,12 +203,12 @@ def _combine(red: Reduced, hp: HyperPrior, s2: np.ndarray, gs: GroupSums) -> tup
     r = bb - Am0
     quad = qq - 2.0 * bb @ m0 + Am0 @ m0
     if p:
-        P = A + np.diag(1.0 / hp.s0**2)[None]
+        Q0, logdet_prior = prior_precision(hp.s0)
+        P = A + Q0[None]
         L = np.linalg.cholesky(P)
         z = np.linalg.solve(L, r[..., None])[..., 0]
         logdetP = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
         quad = quad - (z * z).sum(axis=1)
-        logdet_prior = 2.0 * np.log(hp.s0).sum()
     else:
         L = np.zeros((s2.size, 0, 0))
         logdetP = np.zeros(s2.size)
@@ -379,6 +388,7 @@ def group_moments(red: Reduced, sigma: np.ndarray, tau: np.ndarray, beta: np.nda
     K = rho[:, None] / (1.0 + rho[:, None] * a[None, :])  # (D, sizes)
     K2 = K * K
     c = beta[:, intercept] if intercept is not None else np.zeros(D)
+    beta = red.shift.shift(beta)  # the group sums are about the shift: they pair with β*
     p = beta.shape[1]
     Ek, Ek2, Eck, Evs = K.mean(0), K2.mean(0), (c[:, None] * K).mean(0), (s2[:, None] * K).mean(0)
     Ekb = K.T @ beta / D  # (sizes, p)
@@ -597,7 +607,7 @@ def sample(
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    hp = HyperPrior.from_bound(bound)
+    hp = HyperPrior.from_bound(bound, red.shift)
     target = _Target(red, hp, bound.has_sigma, bound.tau)
     if progress:
         progress("hyperparameters", 0.0)
@@ -614,6 +624,7 @@ def sample(
     keep = thinned_draws(chains, draws, red.n_groups, group_budget)
     beta, b = draw_conditional(red, hp, sigma.ravel(), tau.ravel(), rng, with_groups=not pooled, sums=sums,
                                group_rows=None if keep is None else flat_rows(chains, draws, keep))
+    beta = red.shift.unshift(beta)
     if progress:
         progress("done", 1.0)
     meta["seconds"] = time.perf_counter() - t0

@@ -62,10 +62,12 @@ class _Nested:
     """Sufficient statistics of the nested model and its log marginal, batched over (σ, τ_a, τ_c)."""
 
     def __init__(self, bound: BoundSpec, outer: GroupBlock, inner: GroupBlock, parent: np.ndarray) -> None:
-        self.red: Reduced = reduce_arrays(bound.y - bound.offset, bound.X, bound.weights, inner.group, inner.n_groups)
+        icpt = bound.coef_names.index("Intercept") if "Intercept" in bound.coef_names else None
+        self.red: Reduced = reduce_arrays(bound.y - bound.offset, bound.X, bound.weights, inner.group, inner.n_groups,
+                                          intercept=icpt)
         self.parent = parent
         self.J_outer = outer.n_groups
-        self.hp = HyperPrior.from_bound(bound)
+        self.hp = HyperPrior.from_bound(bound, self.red.shift)
 
     def _outer_sums(self, rho_c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         red = self.red
@@ -202,6 +204,7 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     k = rho_c / (1.0 + red.a[None, :] * rho_c)
     resid = red.sy[None, :] - beta @ red.u.T - red.a[None, :] * a[:, parent]
     c = k * resid + np.sqrt(s2[:, None] * k) * rng.standard_normal(k.shape)
+    beta = red.shift.unshift(beta)
     if progress:
         progress("done", 1.0)
 

@@ -47,6 +47,7 @@ probabilistic programming in NumPyro. arXiv:1912.11554.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
@@ -654,6 +655,12 @@ def sample(
     >>> d.beta.shape, d.b.shape, d.blocks[0].values.shape, d.method
     ((2, 50, 1), (2, 50, 3), (2, 50, 3, 1), 'nuts')
     """
+    uy, ux = _units_of(bound)
+    if uy != 1.0 or np.any(ux != 1.0):  # data in very small or large units: sampled in units of 10^k, mapped back
+        out = sample(_in_units(bound, uy, ux), seed=seed, chains=chains, draws=draws, warmup=warmup,
+                     progress=progress, target_accept=target_accept, max_tree_depth=max_tree_depth,
+                     statistics=statistics)
+        return _draws_times(out, uy, ux)
     t0 = time.perf_counter()
     if progress:
         progress("warmup+sampling", 0.0)
@@ -716,6 +723,82 @@ def sample(
         aux={k: samples[k].astype(float) for k in _AUX if k in samples},
         blocks=blocks,
     )
+
+
+def _power_of_ten(v: float) -> float:
+    """The power of 10 nearest ``v`` when ``v`` is outside [0.01, 100], else 1."""
+    if not (v > 0 and math.isfinite(v)) or 1e-2 <= v <= 1e2:
+        return 1.0
+    return float(10.0 ** round(math.log10(v)))
+
+
+def _units_of(bound: BoundSpec) -> tuple[float, np.ndarray]:
+    """Units (powers of 10) for the outcome and each common coefficient's column, 1 where the
+    scale is within [0.01, 100] or the link is not the identity.
+
+    NUTS's start (±1 about the prior's median) and its mass matrix's regularization (10⁻³) are
+    in absolute units, so an outcome or a predictor in units of 10⁻⁶ or 10⁶ mixes badly (R-hat
+    3) where the same data in other units do not.  Columns that are also varying slopes keep
+    their units (their group SDs would change units with them).
+    """
+    p = len(bound.coef_names)
+    ux = np.ones(p)
+    if not bound.spec.fam.identity or not bound.has_rows:
+        return 1.0, ux
+    uy = _power_of_ten(bound.scale)
+    Z = [blk.Z for blk in bound.blocks]
+    for k, name in enumerate(bound.coef_names):
+        if name == "Intercept" or any(np.array_equal(bound.X[:, k], z[:, a]) for z in Z for a in range(z.shape[1])):
+            continue
+        ux[k] = _power_of_ten(float(np.std(bound.X[:, k])))
+    return uy, ux
+
+
+def _scaled_prior(prior: Prior, unit: float) -> Prior:
+    """The prior of x / unit, for x with ``prior`` (coefficients and the SDs of the outcome's scale)."""
+    d, a = prior.dist, prior.args
+    if d == "normal":
+        return Prior(d, (a[0] / unit, a[1] / unit))
+    if d == "student_t":
+        return Prior(d, (a[0], a[1] / unit, a[2] / unit))
+    if d in ("half_normal", "half_cauchy"):
+        return Prior(d, (a[0] / unit,))
+    if d == "half_student_t":
+        return Prior(d, (a[0], a[1] / unit))
+    if d == "exponential":
+        return Prior(d, (a[0] * unit,))
+    if d == "gamma":
+        return Prior(d, (a[0], a[1] * unit))
+    return prior
+
+
+def _in_units(bound: BoundSpec, uy: float, ux: np.ndarray) -> BoundSpec:
+    """``bound`` with the outcome (its offset, standard errors, σ, group SDs, fixed Σ) in units of
+    ``uy`` and common column k in units of ``ux[k]`` (its coefficient then in units of uy/ux[k])."""
+    from dataclasses import replace
+
+    coef = {name: uy / ux[k] for k, name in enumerate(bound.coef_names)}
+    sds = {"sigma"} | {n for blk in bound.blocks for n in blk.sd_names}
+    priors = {k: (_scaled_prior(p, coef[k]) if k in coef else _scaled_prior(p, uy) if k in sds else p)
+              for k, p in bound.priors.items()}
+    blocks = tuple(blk if blk.Sigma is None else replace(blk, Sigma=np.asarray(blk.Sigma) / uy**2)
+                   for blk in bound.blocks)
+    weights = bound.weights if bound.has_sigma else bound.weights * uy**2  # se → se / uy
+    return replace(bound, y=bound.y / uy, offset=bound.offset / uy, X=bound.X / ux[None, :], weights=weights,
+                   priors=priors, blocks=blocks, scale=bound.scale / uy)
+
+
+def _draws_times(d: Draws, uy: float, ux: np.ndarray) -> Draws:
+    """Draws of the model in units (:func:`_in_units`) back in the data's units."""
+    from dataclasses import replace
+
+    def times(v: np.ndarray | None) -> np.ndarray | None:
+        return None if v is None else v * uy
+
+    blocks = tuple(replace(b, sd=times(b.sd), values=times(b.values)) for b in d.blocks)
+    info = dict(d.info, units={"outcome": uy, "columns": ux.tolist()})
+    return replace(d, beta=d.beta * (uy / ux), sigma=times(d.sigma), tau=times(d.tau), b=times(d.b), blocks=blocks,
+                   info=info)
 
 
 def _sample_data(bound: BoundSpec, suff: bool, stats: dict[str, Any] | None = None) -> dict[str, Any]:
