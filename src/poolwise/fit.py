@@ -34,7 +34,7 @@ from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN", "convergence_flags"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
@@ -43,6 +43,31 @@ GROUP_BUDGET = 256 * 2**20
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
+#: a parameter whose rank-normalized split R-hat exceeds this has not converged (Vehtari et al. 2021)
+RHAT_MAX = 1.01
+#: ... nor one whose bulk or tail ESS is below this many effective draws per chain (100 per chain:
+#: 400 for the default 4 chains, as Vehtari et al. 2021 recommend before trusting R-hat and MCSE)
+ESS_PER_CHAIN = 100
+
+
+def convergence_flags(table: pd.DataFrame, chains: int) -> pd.Series:
+    """The convergence rule of every fit, one flag per row of a table with ``r_hat``, ``ess_bulk``
+    and ``ess_tail`` columns (ArviZ's summary): ``"R-hat"`` when R-hat > :data:`RHAT_MAX`,
+    ``"ESS"`` when the bulk or tail ESS is below :data:`ESS_PER_CHAIN` × ``chains``, both
+    joined by ``", "``, ``""`` otherwise.  A constant (R-hat NaN: a fixed setting, a point
+    estimate) is never flagged.
+
+    Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. & Bürkner, P.-C. (2021). Rank-normalization,
+    folding, and localization: an improved R-hat for assessing convergence of MCMC. Bayesian
+    Analysis 16, 667–718.
+    """
+    rhat = pd.to_numeric(table["r_hat"], errors="coerce")
+    ess = np.fmin(pd.to_numeric(table["ess_bulk"], errors="coerce"), pd.to_numeric(table["ess_tail"], errors="coerce"))
+    live = rhat.notna()
+    bad_r = live & (rhat > RHAT_MAX)
+    bad_e = live & (ess < ESS_PER_CHAIN * chains)
+    flags = np.where(bad_r & bad_e, "R-hat, ESS", np.where(bad_r, "R-hat", np.where(bad_e, "ESS", "")))
+    return pd.Series(flags, index=table.index, name="flag", dtype=object)
 
 
 def fit(
@@ -178,6 +203,7 @@ class Fit:
             raise SpecError(f"The draws hold {len(self.block_draws)} group blocks but the model has "
                             f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
         self._moments: tuple[np.ndarray, np.ndarray] | None = None
+        self._diagnostics: pd.DataFrame | None = None
         self.idata = _to_inference_data(self)
 
     # -- basic facts -------------------------------------------------------------------------
@@ -516,7 +542,9 @@ class Fit:
         Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
         group values ``1|g[label]``, ``x|g[label]``.  ``.attrs["priors"]`` holds the priors,
-        ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS).
+        ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS,
+        parameters that have not converged).  The last column, ``flag``, names the convergence
+        check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
         """
         import arviz as az
 
@@ -529,15 +557,55 @@ class Fit:
                 gv = self.idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
                 out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
+        out["flag"] = self.diagnostics()["flag"].reindex(out.index).fillna("")  # from unrounded R-hat and ESS
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
         return out
 
+    def diagnostics(self) -> pd.DataFrame:
+        """R-hat, bulk and tail ESS of every parameter and group value, with the convergence
+        flag of :func:`convergence_flags` (computed once per fit)."""
+        if self._diagnostics is None:
+            import arviz as az
+
+            with warnings.catch_warnings():  # constants have no R-hat: NaN
+                warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                parts = [az.summary(self.idata, kind="diagnostics", round_to="none")]
+                if "group_values" in self.idata.groups():
+                    gv = self.idata["group_values"]
+                    gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
+                    parts.append(az.summary(gv, kind="diagnostics", round_to="none"))
+            table = pd.concat(parts)[["r_hat", "ess_bulk", "ess_tail"]]
+            table["flag"] = convergence_flags(table, self.draws.n_chains)
+            self._diagnostics = table
+        return self._diagnostics
+
+    def _convergence_note(self) -> str | None:
+        """One note naming the parameters that fail the convergence rule (the worst first)."""
+        table = self.diagnostics()
+        bad = table[table["flag"] != ""]
+        if bad.empty:
+            return None
+        chains = self.draws.n_chains
+        order = (bad["r_hat"] - 1.0).rank(ascending=False) + bad[["ess_bulk", "ess_tail"]].min(axis=1).rank()
+        shown = bad.loc[order.sort_values(kind="stable").index[:5]]
+        items = [f"{name} (R-hat {row.r_hat:.3f}, bulk ESS {row.ess_bulk:.0f}, tail ESS {row.ess_tail:.0f})"
+                 for name, row in shown.iterrows()]
+        more = f" and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+        return (f"Not converged: {len(bad)} of {len(table)} parameters have R-hat > {RHAT_MAX:g} or a bulk or tail "
+                f"ESS < {ESS_PER_CHAIN * chains} ({ESS_PER_CHAIN} per chain × {chains} chains): {'; '.join(items)}"
+                f"{more}. Their means and intervals are not reliable: run more draws, or see the summary's "
+                "flag column.")
+
     def notes(self) -> list[str]:
-        """Plain-language notes on the run: divergent transitions at each NUTS attempt."""
+        """Plain-language notes on the run: parameters that have not converged (R-hat, ESS),
+        divergent transitions at each NUTS attempt, sampler fallbacks."""
         info = self.draws.info
         out: list[str] = []
+        conv = self._convergence_note()
+        if conv:
+            out.append(conv)
         if "divergences" in info:
             divs = [int(v) for v in np.atleast_1d(info["divergences"])]
             targets = _attempt_targets(info, len(divs))
@@ -551,6 +619,9 @@ class Fit:
                 out.append("; ".join(parts))
         if info.get("note"):
             out.append(str(info["note"]))
+        for key in ("imh_retry", "hyper_fallback"):
+            if info.get(key):
+                out.append(str(info[key]))
         if self.method == "empirical":
             out.append(f"{info.get('method', 'REML')} point estimates of the hyperparameters (criterion "
                        f"{float(info.get('criterion', float('nan'))):.6g}); the priors listed are not used for them. "

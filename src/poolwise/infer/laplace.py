@@ -403,6 +403,8 @@ def sample(
         "divergences": 0,
         "warmup": 0,
     }
+    if res.info.get("imh_retry"):
+        info["imh_retry"] = res.info["imh_retry"]
     return Draws(
         beta=beta.reshape(C, D, target.p).copy(),
         sigma=None, tau=None, b=None,
