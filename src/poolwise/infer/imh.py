@@ -299,8 +299,8 @@ _IS_ROUNDS = 2
 _INFLATE = 1.2  # the importance-sampling rounds use t₅(mean, 1.2 × covariance)
 _FINAL_INFLATE = 1.0  # the MH proposal: t₅(mean, refitted covariance) (its covariance is 5/3 of that)
 #: the proposals tried in turn: (weight of a wide t₃ component with 4× the covariance, thinning);
-#: the later ones are the fallbacks when the chains before fail the convergence rule
-_ATTEMPTS = ((0.0, 1), (0.3, 4), (0.3, 16))
+#: the second is the fallback when the first one's chains fail the convergence rule
+_ATTEMPTS = ((0.0, 1), (0.3, 4))
 _WIDE_DF, _WIDE_SCALE = 3.0, 2.0
 
 
@@ -376,7 +376,7 @@ def _imh(target: _Target, chains: int, draws: int, rng: np.random.Generator) -> 
        proposal misses — and stays there for many draws (a long run of one repeated point, a low
        acceptance in that chain).  When the chains fail, they are drawn again with a better
        proposal (a defensive mixture with a wide t₃ component) and 4× as long, keeping every 4th
-       draw, and if need be 16× as long.  ``draws`` evenly spaced draws of each chain of the accepted attempt are returned.
+       draw.  ``draws`` evenly spaced draws of each chain of the accepted attempt are returned.
 
     Returns the draws, with ``info["imh_retry"]`` saying why the first attempt was rejected, or a
     string saying why the proposal could not be built or why the chains still did not mix (the
