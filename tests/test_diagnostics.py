@@ -8,6 +8,9 @@
    with an importance-sampling reference within Monte Carlo error.
 3. A fit that fails the rule (R-hat > 1.01 or bulk / tail ESS < 100 per chain) says so in
    notes(), in the summary's flag column and in the CLI; one that passes does not.
+4. Separation of a bernoulli outcome is found from the data and noted whatever the method;
+   method='empirical' (no prior on the coefficients) refuses it; under unpooled, groups whose
+   outcomes are all 0 are named.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import special
 from typer.testing import CliRunner
 
 import poolwise as pw
 from poolwise.cli import app
-from poolwise.fit import ESS_PER_CHAIN, RHAT_MAX
-from poolwise.infer import collapsed, imh
+from poolwise.errors import SpecError
+from poolwise.families import separation
+from poolwise.fit import ESS_PER_CHAIN, RHAT_MAX, Fit
+from poolwise.infer import BlockDraws, Draws, collapsed, imh
 from poolwise.reduce import bound_block_stats
+from poolwise.spec import ModelSpec
 
 HYPER = ["sigma", "sd(Intercept|g)", "sd(x|g)", "cor(Intercept,x|g)"]
 
@@ -165,3 +172,57 @@ def test_long_enough_run_has_no_convergence_note() -> None:
     f = pw.fit(FORMULA, pw.datasets.eight_schools(), seed=1)
     assert not any(n.startswith("Not converged") for n in f.notes())
     assert (f.summary()["flag"] == "").all()
+
+
+# -- 4. separation of a binary outcome --------------------------------------------------------------
+
+def _binary(separated: bool) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(6), 10)
+    x = rng.normal(size=g.size)
+    y = (x > 0.2) if separated else (rng.random(g.size) < special.expit(0.5 * x))
+    return pd.DataFrame({"y": y.astype(int), "x": x, "g": [f"g{j}" for j in g]})
+
+
+def _fit_with_draws(df: pd.DataFrame, method: str, pooling: str = "hierarchical") -> Fit:
+    """A Fit of the bound data with well-mixed draws of the right shapes for ``method``: the
+    separation note depends on the data alone, whatever produced the draws."""
+    bound = ModelSpec("y ~ x + (1 | g)", family="bernoulli", pooling=pooling).bind(pw.data.read_table(df))
+    rng = np.random.default_rng(0)
+    C, D, J = 4, 200, bound.n_groups
+    block = BlockDraws(sd=np.abs(rng.normal(1.0, 0.1, (C, D, 1))) if pooling == "hierarchical" else None, corr=None,
+                       values=rng.normal(0.0, 1.0, (C, D, J, 1)))
+    draws = Draws(beta=rng.normal(0.0, 1.0, (C, D, 2)), sigma=None, tau=None, b=None, blocks=(block,),
+                  method=method, info={})
+    return Fit(bound, draws)
+
+
+def test_separation_is_found_from_the_data_for_every_method() -> None:
+    sep, mixed = _binary(True), _binary(False)
+    for method in ("nuts", "laplace", "empirical"):
+        notes = _fit_with_draws(sep, method).notes()
+        assert any(n.startswith("Complete separation on x:") and "determined by the prior" in n for n in notes), notes
+        assert not any("separation" in n for n in _fit_with_draws(mixed, method).notes())
+    # the direction: x (with the intercept) — the boundary 0.2 lies between the classes
+    direction, complete = separation(np.c_[np.ones(len(sep)), sep["x"]], sep["y"].to_numpy())
+    assert complete and direction[1] == 1.0
+    xs = np.sort(sep["x"].to_numpy())
+    assert xs[xs <= 0.2].max() <= -direction[0] <= xs[xs > 0.2].min()
+    # quasi-complete: both outcomes at one x value on the boundary
+    quasi = separation(np.c_[np.ones(4), [-1.0, 0.0, 0.0, 1.0]], np.array([0.0, 0.0, 1.0, 1.0]))
+    assert quasi is not None and not quasi[1]
+    # binomial: a row with both successes and failures away from the boundary breaks it
+    assert separation(np.c_[np.ones(4), [-1.0, 0.0, 1.0, 2.0]], np.array([0.0, 3.0, 5.0, 4.0]), np.full(4, 5.0)) is None
+
+
+def test_empirical_refuses_a_separated_outcome_and_notes_all_zero_groups() -> None:
+    with pytest.raises(SpecError, match="Complete separation on x") as err:
+        pw.fit("y ~ x + (1 | g)", _binary(True), family="bernoulli", method="empirical", draws=50)
+    assert err.value.hint and "nuts" in err.value.hint
+    df = _binary(False)
+    df.loc[df["g"] == "g2", "y"] = 0  # one group all zeros: separated by its own value when unpooled
+    f = pw.fit("y ~ x + (1 | g)", df, family="bernoulli", pooling="unpooled", method="empirical", draws=50)
+    notes = [n for n in f.notes() if "eparation" in n]
+    assert len(notes) == 1 and "Separation by g: 1 of 6 groups (g2)" in notes[0]
+    f = pw.fit("y ~ x + (1 | g)", df, family="bernoulli", pooling="hierarchical", method="empirical", draws=50)
+    assert not any("eparation" in n for n in f.notes())

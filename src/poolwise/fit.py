@@ -29,6 +29,7 @@ from . import pooling as _pooling
 from . import predictive as _predictive
 from . import reduce as _reduce
 from .errors import DataError, SpecError
+from .families import separation, separation_text
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .query import bind_data
@@ -48,6 +49,8 @@ RHAT_MAX = 1.01
 #: ... nor one whose bulk or tail ESS is below this many effective draws per chain (100 per chain:
 #: 400 for the default 4 chains, as Vehtari et al. 2021 recommend before trusting R-hat and MCSE)
 ESS_PER_CHAIN = 100
+#: the separation check (a linear program over the rows) runs on fits of up to this many rows
+_SEPARATION_MAX_ROWS = 2_000_000
 
 
 def convergence_flags(table: pd.DataFrame, chains: int) -> pd.Series:
@@ -204,6 +207,7 @@ class Fit:
                             f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
         self._moments: tuple[np.ndarray, np.ndarray] | None = None
         self._diagnostics: pd.DataFrame | None = None
+        self._separation: list[str] | None = None
         self.idata = _to_inference_data(self)
 
     # -- basic facts -------------------------------------------------------------------------
@@ -598,14 +602,43 @@ class Fit:
                 f"{more}. Their means and intervals are not reliable: run more draws, or see the summary's "
                 "flag column.")
 
+    def _separation_notes(self) -> list[str]:
+        """Separation of a bernoulli / binomial outcome, found from the data (whatever the method):
+        by the common terms (:func:`poolwise.families.separation`), and, when unpooled, by groups
+        whose outcomes are all 0 or all 1 (computed once per fit)."""
+        if self._separation is not None:
+            return self._separation
+        b = self.bound
+        out: list[str] = []
+        if b.spec.fam.name in ("bernoulli", "binomial") and b.has_rows and b.n_obs <= _SEPARATION_MAX_ROWS:
+            n = np.ones_like(b.y, dtype=float) if b.trials is None else np.asarray(b.trials, dtype=float)
+            found = separation(b.X, b.y, n)
+            if found is not None:
+                out.append(separation_text(b.coef_names, found))
+            if b.spec.pooling == "unpooled":
+                for blk in b.blocks:
+                    J = len(blk.levels)
+                    succ = np.bincount(blk.group, weights=np.asarray(b.y, dtype=float), minlength=J)
+                    tot = np.bincount(blk.group, weights=n, minlength=J)
+                    extreme = [str(blk.levels[j]) for j in range(J) if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
+                    if extreme:
+                        shown = ", ".join(extreme[:10]) + (f" and {len(extreme) - 10} more" if len(extreme) > 10 else "")
+                        out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes all 0 "
+                                   "or all 1, so under unpooled their own values are determined by the prior; the "
+                                   "hierarchical model lets the other groups inform them.")
+        self._separation = out
+        return out
+
     def notes(self) -> list[str]:
         """Plain-language notes on the run: parameters that have not converged (R-hat, ESS),
-        divergent transitions at each NUTS attempt, sampler fallbacks."""
+        separation of a binary outcome, divergent transitions at each NUTS attempt, sampler
+        fallbacks."""
         info = self.draws.info
         out: list[str] = []
         conv = self._convergence_note()
         if conv:
             out.append(conv)
+        out.extend(self._separation_notes())
         if "divergences" in info:
             divs = [int(v) for v in np.atleast_1d(info["divergences"])]
             targets = _attempt_targets(info, len(divs))
