@@ -142,7 +142,8 @@ def test_slopes_names_dims_coords(slopes: Fit) -> None:
     assert {"sd(x|g)", "cor(Intercept,x|g)", "x|g[g3]", "1|g[g0]"} <= set(s.index)
     assert not any("|g[" in str(i) for i in slopes.summary(groups=False).index)
     # (2 chains × 50 draws also fail the ESS rule: a note of its own)
-    assert [n for n in s.attrs["notes"] if not n.startswith("Not converged")] == ["0 divergent transitions at target_accept=0.8"]
+    notes = [n for n in s.attrs["notes"] if not n.startswith("Not converged")]
+    assert notes == ["0 divergent transitions at target_accept=0.8"]
     assert s.attrs["priors"].loc["cor(g)", "prior"] == "lkj(2)"
 
 

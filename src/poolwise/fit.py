@@ -35,7 +35,8 @@ from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN", "convergence_flags"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN",
+           "DIAGNOSTIC_GROUP_VALUES", "convergence_flags"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
@@ -49,6 +50,8 @@ RHAT_MAX = 1.01
 #: ... nor one whose bulk or tail ESS is below this many effective draws per chain (100 per chain:
 #: 400 for the default 4 chains, as Vehtari et al. 2021 recommend before trusting R-hat and MCSE)
 ESS_PER_CHAIN = 100
+#: group values whose convergence is checked, at most (evenly spaced over the groups)
+DIAGNOSTIC_GROUP_VALUES = 100
 #: the separation check (a linear program over the rows) runs on fits of up to this many rows
 _SEPARATION_MAX_ROWS = 2_000_000
 
@@ -561,27 +564,46 @@ class Fit:
                 gv = self.idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
                 out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
-        out["flag"] = self.diagnostics()["flag"].reindex(out.index).fillna("")  # from unrounded R-hat and ESS
+        # from the unrounded R-hat and ESS where diagnostics() checked the row, else from this table's own
+        flags = self.diagnostics()["flag"].reindex(out.index)
+        out["flag"] = flags.fillna(convergence_flags(out, self.draws.n_chains))
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
         return out
 
     def diagnostics(self) -> pd.DataFrame:
-        """R-hat, bulk and tail ESS of every parameter and group value, with the convergence
-        flag of :func:`convergence_flags` (computed once per fit)."""
+        """R-hat, bulk and tail ESS of every parameter, with the convergence flag of
+        :func:`convergence_flags` (computed once per fit).
+
+        Every coefficient, σ, auxiliary parameter, SD and correlation is checked; of the group
+        values, at most :data:`DIAGNOSTIC_GROUP_VALUES` in all (groups evenly spaced over the
+        levels, each group variable alike), which bounds the cost for many groups.  Group values
+        thinned to fit the group budget (their own ``group_values`` group) are not checked: their
+        summaries are Rao-Blackwellized over every draw.  ``.attrs["groups_checked"]`` and
+        ``.attrs["groups_total"]`` say how many group values were checked of how many.
+        """
         if self._diagnostics is None:
             import arviz as az
 
+            post = self.idata.posterior
+            gvars = [n for n in self.group_vars if n in post.data_vars]
+            total = sum(int(np.prod([post[n].sizes[d] for d in post[n].dims[2:]])) for n in gvars)
+            ds = post[[n for n in post.data_vars if n not in gvars]]
+            checked = 0
+            if gvars:
+                per = max(1, DIAGNOSTIC_GROUP_VALUES // len(gvars))
+                for n in gvars:
+                    dim = post[n].dims[2]
+                    size = post[n].sizes[dim]
+                    idx = np.unique(np.linspace(0, size - 1, min(per, size)).round().astype(int))
+                    ds = ds.assign({n: post[n].isel({dim: idx})})
+                    checked += idx.size
             with warnings.catch_warnings():  # constants have no R-hat: NaN
                 warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-                parts = [az.summary(self.idata, kind="diagnostics", round_to="none")]
-                if "group_values" in self.idata.groups():
-                    gv = self.idata["group_values"]
-                    gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
-                    parts.append(az.summary(gv, kind="diagnostics", round_to="none"))
-            table = pd.concat(parts)[["r_hat", "ess_bulk", "ess_tail"]]
+                table = az.summary(ds, kind="diagnostics", round_to="none")[["r_hat", "ess_bulk", "ess_tail"]]
             table["flag"] = convergence_flags(table, self.draws.n_chains)
+            table.attrs.update(groups_checked=checked, groups_total=total)
             self._diagnostics = table
         return self._diagnostics
 
@@ -597,10 +619,12 @@ class Fit:
         items = [f"{name} (R-hat {row.r_hat:.3f}, bulk ESS {row.ess_bulk:.0f}, tail ESS {row.ess_tail:.0f})"
                  for name, row in shown.iterrows()]
         more = f" and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
-        return (f"Not converged: {len(bad)} of {len(table)} parameters have R-hat > {RHAT_MAX:g} or a bulk or tail "
-                f"ESS < {ESS_PER_CHAIN * chains} ({ESS_PER_CHAIN} per chain × {chains} chains): {'; '.join(items)}"
-                f"{more}. Their means and intervals are not reliable: run more draws, or see the summary's "
-                "flag column.")
+        checked, total = table.attrs.get("groups_checked", 0), table.attrs.get("groups_total", 0)
+        of = f" (of them {checked} of the {total} group values, evenly spaced)" if checked < total else ""
+        return (f"Not converged: {len(bad)} of {len(table)} parameters checked{of} have R-hat > {RHAT_MAX:g} or a "
+                f"bulk or tail ESS < {ESS_PER_CHAIN * chains} ({ESS_PER_CHAIN} per chain × {chains} chains): "
+                f"{'; '.join(items)}{more}. Their means and intervals are not reliable: run more draws, or see the "
+                "summary's flag column.")
 
     def _separation_notes(self) -> list[str]:
         """Separation of a bernoulli / binomial outcome, found from the data (whatever the method):
@@ -620,12 +644,14 @@ class Fit:
                     J = len(blk.levels)
                     succ = np.bincount(blk.group, weights=np.asarray(b.y, dtype=float), minlength=J)
                     tot = np.bincount(blk.group, weights=n, minlength=J)
-                    extreme = [str(blk.levels[j]) for j in range(J) if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
+                    extreme = [str(blk.levels[j]) for j in range(J)
+                               if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
                     if extreme:
-                        shown = ", ".join(extreme[:10]) + (f" and {len(extreme) - 10} more" if len(extreme) > 10 else "")
-                        out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes all 0 "
-                                   "or all 1, so under unpooled their own values are determined by the prior; the "
-                                   "hierarchical model lets the other groups inform them.")
+                        rest = f" and {len(extreme) - 10} more" if len(extreme) > 10 else ""
+                        shown = ", ".join(extreme[:10]) + rest
+                        out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes "
+                                   "all 0 or all 1, so under unpooled their own values are determined by the prior; "
+                                   "the hierarchical model lets the other groups inform them.")
         self._separation = out
         return out
 
