@@ -194,10 +194,15 @@ def _split(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Rank-normalized draws: normal quantiles of the fractional ranks (ties averaged)."""
-    from scipy import stats
-
-    r = stats.rankdata(x, axis=None).reshape(x.shape)
-    return np.asarray(special.ndtri((r - 0.375) / (x.size + 0.25)))
+    flat = x.ravel()
+    order = np.argsort(flat, kind="stable")
+    srt = flat[order]
+    new = np.r_[True, srt[1:] != srt[:-1]]  # the first of each run of ties
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], srt.size]
+    r = np.empty(srt.size)
+    r[order] = (0.5 * (starts + 1 + ends))[np.cumsum(new) - 1]  # the average of ranks start+1..end
+    return np.asarray(special.ndtri((r.reshape(x.shape) - 0.375) / (x.size + 0.25)))
 
 
 def _rhat_basic(x: np.ndarray) -> float:
