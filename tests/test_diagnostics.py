@@ -28,7 +28,7 @@ import poolwise as pw
 from poolwise.cli import app
 from poolwise.errors import SpecError
 from poolwise.families import separation
-from poolwise.fit import ESS_PER_CHAIN, RHAT_MAX, Fit
+from poolwise.fit import DIAGNOSTIC_GROUP_VALUES, ESS_PER_CHAIN, RHAT_MAX, Fit
 from poolwise.infer import BlockDraws, Draws, collapsed, imh
 from poolwise.reduce import bound_block_stats
 from poolwise.spec import ModelSpec
@@ -226,3 +226,18 @@ def test_empirical_refuses_a_separated_outcome_and_notes_all_zero_groups() -> No
     assert len(notes) == 1 and "Separation by g: 1 of 6 groups (g2)" in notes[0]
     f = pw.fit("y ~ x + (1 | g)", df, family="bernoulli", pooling="hierarchical", method="empirical", draws=50)
     assert not any("eparation" in n for n in f.notes())
+
+
+def test_many_groups_check_a_bounded_spread_of_group_values() -> None:
+    rng = np.random.default_rng(5)
+    g = np.repeat(np.arange(150), 2)
+    df = pd.DataFrame({"y": rng.normal(size=g.size) + rng.normal(size=150)[g], "g": [f"s{j:03d}" for j in g]})
+    f = pw.fit("y ~ 1 + (1 | g)", df, draws=20, seed=0)
+    d = f.diagnostics()
+    assert {"Intercept", "sigma", "sd(Intercept|g)"} <= set(d.index)
+    groups = [i for i in d.index if str(i).startswith("1|g[")]
+    assert len(groups) == DIAGNOSTIC_GROUP_VALUES and {"1|g[s000]", "1|g[s149]"} <= set(groups)
+    assert d.attrs["groups_total"] == 150
+    note = next(n for n in f.notes() if n.startswith("Not converged"))
+    assert f"{DIAGNOSTIC_GROUP_VALUES} of the 150 group values" in note
+    assert (f.summary()["flag"] != "").sum() >= (d["flag"] != "").sum()  # every row of the summary is flagged too
