@@ -208,6 +208,10 @@ def test_separation_is_found_from_the_data_for_every_method() -> None:
     assert complete and direction[1] == 1.0
     xs = np.sort(sep["x"].to_numpy())
     assert xs[xs <= 0.2].max() <= -direction[0] <= xs[xs > 0.2].min()
+    # a column that does not separate is not named, however the linear program weighs it
+    z = np.random.default_rng(9).normal(size=(len(sep), 3))
+    wide = separation(np.c_[np.ones(len(sep)), sep["x"], z], sep["y"].to_numpy())
+    assert wide is not None and wide[1] and np.all(wide[0][2:] == 0.0)
     # quasi-complete: both outcomes at one x value on the boundary
     quasi = separation(np.c_[np.ones(4), [-1.0, 0.0, 0.0, 1.0]], np.array([0.0, 0.0, 1.0, 1.0]))
     assert quasi is not None and not quasi[1]

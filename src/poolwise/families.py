@@ -252,6 +252,10 @@ def get_family(family: str | Family) -> Family:
     return FAMILIES[key]
 
 
+#: up to this many columns, the separation check looks for one column that separates on its own
+_SEPARATION_SINGLES = 20
+
+
 def separation(X: np.ndarray, y: np.ndarray, trials: np.ndarray | None = None) -> tuple[np.ndarray, bool] | None:
     """A direction along which a binary or binomial likelihood has no maximum, or ``None``.
 
@@ -301,6 +305,26 @@ def separation(X: np.ndarray, y: np.ndarray, trials: np.ndarray | None = None) -
         if res2.status == 0 and -res2.fun > 1e-7:
             complete = True
             beta = np.where(np.abs(res2.x[:p]) > 1e-7, res2.x[:p], 0.0)
+    # name the columns that matter: any separating direction will do for the linear programs, which
+    # may weigh columns that are not needed; a single column that separates (with the constant
+    # columns, the intercept) is the plainest answer, else the columns over 10⁻³ of the largest
+    beta = beta / np.abs(beta).max()
+    const = np.ptp(X, axis=0) == 0
+    if X.shape[1] <= _SEPARATION_SINGLES and (~const).sum() > 1:
+        for k in np.flatnonzero(~const):
+            cols = const.copy()
+            cols[k] = True
+            alone = separation(X[:, cols], y, trials)
+            if alone is not None and alone[1] == complete:
+                beta = np.zeros(X.shape[1])
+                beta[cols] = alone[0] * scale[cols]
+                break
+    keep = np.abs(beta) >= 1e-3
+    if not keep.all():
+        again = separation(X[:, keep], y, trials)
+        if again is not None and again[1] == complete:
+            beta = np.zeros(X.shape[1])
+            beta[keep] = again[0] * scale[keep]
     direction = beta / scale
     return direction / np.abs(direction).max(), complete
 

@@ -53,7 +53,7 @@ ESS_PER_CHAIN = 100
 #: group values whose convergence is checked, at most (evenly spaced over the groups)
 DIAGNOSTIC_GROUP_VALUES = 100
 #: the separation check (a linear program over the rows) runs on fits of up to this many rows
-_SEPARATION_MAX_ROWS = 2_000_000
+_SEPARATION_MAX_ROWS = 200_000
 
 
 def convergence_flags(table: pd.DataFrame, chains: int) -> pd.Series:
