@@ -141,7 +141,8 @@ def test_slopes_names_dims_coords(slopes: Fit) -> None:
     s = slopes.summary()
     assert {"sd(x|g)", "cor(Intercept,x|g)", "x|g[g3]", "1|g[g0]"} <= set(s.index)
     assert not any("|g[" in str(i) for i in slopes.summary(groups=False).index)
-    assert s.attrs["notes"] == []  # no divergence to report: nothing said
+    # (2 chains × 50 draws also fail the ESS rule: a note of its own; no divergence: nothing said of it)
+    assert [n for n in s.attrs["notes"] if not n.startswith("Not converged")] == []
     assert s.attrs["priors"].loc["cor(g)", "prior"] == "lkj(2)"
 
 
@@ -239,11 +240,13 @@ def test_crossed_names_and_log_likelihood(crossed: Fit) -> None:
     for i in (0, 5, 11):
         eta = d.beta[..., 0] + va[..., b.blocks[0].group[i], 0] + vb[..., b.blocks[1].group[i], 0]
         np.testing.assert_allclose(ll[..., i], stats.norm.logpdf(b.y[i], eta, d.sigma), rtol=1e-10)
-    notes = crossed.summary(groups=False).attrs["notes"]
+    # (2 chains × 50 synthetic draws: every parameter also fails the ESS rule, a note of its own)
+    notes = [n for n in crossed.summary(groups=False).attrs["notes"] if not n.startswith("Not converged")]
     assert notes == ["12 divergent transitions; refit at 0.95: 0"]
     d2 = Draws(beta=d.beta, sigma=d.sigma, tau=None, b=None, blocks=d.blocks, method="nuts",
                info={"divergences": [12, 0], "target_accept": 0.95, "target_accepts": [0.8, 0.95]})
-    assert Fit(b, d2, memory_budget=0).notes() == ["12 divergent transitions at target_accept=0.8; refit at 0.95: 0"]
+    notes = [n for n in Fit(b, d2, memory_budget=0).notes() if not n.startswith("Not converged")]
+    assert notes == ["12 divergent transitions at target_accept=0.8; refit at 0.95: 0"]
 
 
 def test_crossed_predict_new_level_of_one_factor(crossed: Fit) -> None:

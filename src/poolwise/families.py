@@ -16,7 +16,7 @@ from scipy import special
 
 from .errors import SpecError
 
-__all__ = ["Family", "FAMILIES", "get_family"]
+__all__ = ["Family", "FAMILIES", "get_family", "separation", "separation_text"]
 
 
 @dataclass(frozen=True)
@@ -250,3 +250,96 @@ def get_family(family: str | Family) -> Family:
         names = ", ".join(f"'{n}'" for n in FAMILIES)
         raise SpecError(f"Unknown family {family!r}.", hint=f"Supported families: {names}.", option="family")
     return FAMILIES[key]
+
+
+#: up to this many columns, the separation check looks for one column that separates on its own
+_SEPARATION_SINGLES = 20
+
+
+def separation(X: np.ndarray, y: np.ndarray, trials: np.ndarray | None = None) -> tuple[np.ndarray, bool] | None:
+    """A direction along which a binary or binomial likelihood has no maximum, or ``None``.
+
+    Rows whose outcome is all successes (y = n) or all failures (y = 0) are separated by a
+    direction β ≠ 0 when s_i x_i'β ≥ 0 for each of them (s = +1 for successes, −1 for failures)
+    and x_i'β = 0 for every row with both: the log-likelihood then only grows along β and the
+    maximum-likelihood estimate diverges, so what the posterior says about those coefficients
+    comes from their prior.  Found by the linear program of Konis (2007): maximize Σ s_i x_i'β
+    under those constraints and |β_k| ≤ 1 (columns scaled to a maximum of 1).
+
+    Returns the direction (on the scale of X's columns, its largest entry ±1) and whether the
+    separation is complete (s_i x_i'β > 0 for every row), or ``None`` when there is none.
+
+    Konis, K. (2007). Linear programming algorithms for detecting separated data in binary
+    logistic regression models. DPhil thesis, University of Oxford.
+    """
+    from scipy.optimize import linprog
+
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    n = np.ones_like(y) if trials is None else np.asarray(trials, dtype=float)
+    if X.ndim != 2 or X.shape[1] == 0 or X.shape[0] == 0:
+        return None
+    scale = np.abs(X).max(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    Xs = X / scale
+    ones, zeros = y >= n, y <= 0
+    s = np.where(ones, 1.0, -1.0)
+    extreme = ones | zeros
+    A_ub = -(s[extreme, None] * Xs[extreme])  # s_i x_i'β ≥ 0
+    mixed = Xs[~extreme]
+    if not extreme.any():
+        return None
+    res = linprog(A_ub.sum(axis=0), A_ub=A_ub, b_ub=np.zeros(A_ub.shape[0]),
+                  A_eq=mixed if mixed.size else None, b_eq=np.zeros(mixed.shape[0]) if mixed.size else None,
+                  bounds=[(-1.0, 1.0)] * X.shape[1], method="highs")
+    if res.status != 0 or -res.fun <= 1e-7 * max(1, int(extreme.sum())):
+        return None
+    beta = np.asarray(res.x, dtype=float)
+    beta = np.where(np.abs(beta) > 1e-7, beta, 0.0)
+    complete = False
+    if extreme.all():  # complete when some β has every margin s_i x_i'β ≥ t > 0: maximize t
+        p = X.shape[1]
+        A2 = np.c_[A_ub, np.ones(A_ub.shape[0])]  # −s_i x_i'β + t ≤ 0
+        res2 = linprog(np.r_[np.zeros(p), -1.0], A_ub=A2, b_ub=np.zeros(A2.shape[0]),
+                       bounds=[(-1.0, 1.0)] * p + [(None, 1.0)], method="highs")
+        if res2.status == 0 and -res2.fun > 1e-7:
+            complete = True
+            beta = np.where(np.abs(res2.x[:p]) > 1e-7, res2.x[:p], 0.0)
+    # name the columns that matter: any separating direction will do for the linear programs, which
+    # may weigh columns that are not needed; a single column that separates (with the constant
+    # columns, the intercept) is the plainest answer, else the columns over 10⁻³ of the largest
+    beta = beta / np.abs(beta).max()
+    const = np.ptp(X, axis=0) == 0
+    if X.shape[1] <= _SEPARATION_SINGLES and (~const).sum() > 1:
+        for k in np.flatnonzero(~const):
+            cols = const.copy()
+            cols[k] = True
+            alone = separation(X[:, cols], y, trials)
+            if alone is not None and alone[1] == complete:
+                beta = np.zeros(X.shape[1])
+                beta[cols] = alone[0] * scale[cols]
+                break
+    keep = np.abs(beta) >= 1e-3
+    if not keep.all():
+        again = separation(X[:, keep], y, trials)
+        if again is not None and again[1] == complete:
+            beta = np.zeros(X.shape[1])
+            beta[keep] = again[0] * scale[keep]
+    direction = beta / scale
+    return direction / np.abs(direction).max(), complete
+
+
+def separation_text(coef_names: list[str], found: tuple[np.ndarray, bool]) -> str:
+    """One sentence on a separation found by :func:`separation`, naming its columns."""
+    direction, complete = found
+    named = [c for c, v in zip(coef_names, direction) if v != 0]
+    names = [c for c in named if c != "Intercept"] or named
+    cols = ", ".join(names)
+    also = " (with the intercept)" if "Intercept" in named and names != named else ""
+    whose = "its coefficient is" if len(names) == 1 else "their coefficients are"
+    if complete:
+        how = f"{cols}{also} predicts the outcome perfectly"
+    else:
+        how = f"{cols}{also} predicts the outcome perfectly except on a boundary where both outcomes occur"
+    return (f"{'Complete' if complete else 'Quasi-complete'} separation on {cols}: {how}, so the likelihood has no "
+            f"maximum and {whose} determined by the prior.")

@@ -29,12 +29,14 @@ from . import pooling as _pooling
 from . import predictive as _predictive
 from . import reduce as _reduce
 from .errors import DataError, SpecError
+from .families import separation, separation_text
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN",
+           "DIAGNOSTIC_GROUP_VALUES", "convergence_flags"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
@@ -43,6 +45,35 @@ GROUP_BUDGET = 256 * 2**20
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
+#: a parameter whose rank-normalized split R-hat exceeds this has not converged (Vehtari et al. 2021)
+RHAT_MAX = 1.01
+#: ... nor one whose bulk or tail ESS is below this many effective draws per chain (100 per chain:
+#: 400 for the default 4 chains, as Vehtari et al. 2021 recommend before trusting R-hat and MCSE)
+ESS_PER_CHAIN = 100
+#: group values whose convergence is checked, at most (evenly spaced over the groups)
+DIAGNOSTIC_GROUP_VALUES = 100
+#: the separation check (a linear program over the rows) runs on fits of up to this many rows
+_SEPARATION_MAX_ROWS = 200_000
+
+
+def convergence_flags(table: pd.DataFrame, chains: int) -> pd.Series:
+    """The convergence rule of every fit, one flag per row of a table with ``r_hat``, ``ess_bulk``
+    and ``ess_tail`` columns (ArviZ's summary): ``"R-hat"`` when R-hat > :data:`RHAT_MAX`,
+    ``"ESS"`` when the bulk or tail ESS is below :data:`ESS_PER_CHAIN` × ``chains``, both
+    joined by ``", "``, ``""`` otherwise.  A constant (R-hat NaN: a fixed setting, a point
+    estimate) is never flagged.
+
+    Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. & Bürkner, P.-C. (2021). Rank-normalization,
+    folding, and localization: an improved R-hat for assessing convergence of MCMC. Bayesian
+    Analysis 16, 667–718.
+    """
+    rhat = pd.to_numeric(table["r_hat"], errors="coerce")
+    ess = np.fmin(pd.to_numeric(table["ess_bulk"], errors="coerce"), pd.to_numeric(table["ess_tail"], errors="coerce"))
+    live = rhat.notna()
+    bad_r = live & (rhat > RHAT_MAX)
+    bad_e = live & (ess < ESS_PER_CHAIN * chains)
+    flags = np.where(bad_r & bad_e, "R-hat, ESS", np.where(bad_r, "R-hat", np.where(bad_e, "ESS", "")))
+    return pd.Series(flags, index=table.index, name="flag", dtype=object)
 
 
 def fit(
@@ -178,6 +209,8 @@ class Fit:
             raise SpecError(f"The draws hold {len(self.block_draws)} group blocks but the model has "
                             f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
         self._moments: tuple[np.ndarray, np.ndarray] | None = None
+        self._diagnostics: pd.DataFrame | None = None
+        self._separation: list[str] | None = None
         self.idata = _to_inference_data(self)
 
     # -- basic facts -------------------------------------------------------------------------
@@ -516,7 +549,9 @@ class Fit:
         Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
         group values ``1|g[label]``, ``x|g[label]``.  ``.attrs["priors"]`` holds the priors,
-        ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS).
+        ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS,
+        parameters that have not converged).  The last column, ``flag``, names the convergence
+        check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
         """
         import arviz as az
 
@@ -529,15 +564,107 @@ class Fit:
                 gv = self.idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
                 out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
+        # from the unrounded R-hat and ESS where diagnostics() checked the row, else from this table's own
+        flags = self.diagnostics()["flag"].reindex(out.index)
+        out["flag"] = flags.fillna(convergence_flags(out, self.draws.n_chains))
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
         return out
 
+    def diagnostics(self) -> pd.DataFrame:
+        """R-hat, bulk and tail ESS of every parameter, with the convergence flag of
+        :func:`convergence_flags` (computed once per fit).
+
+        Every coefficient, σ, auxiliary parameter, SD and correlation is checked; of the group
+        values, at most :data:`DIAGNOSTIC_GROUP_VALUES` in all (groups evenly spaced over the
+        levels, each group variable alike), which bounds the cost for many groups.  Group values
+        thinned to fit the group budget (their own ``group_values`` group) are not checked: their
+        summaries are Rao-Blackwellized over every draw.  ``.attrs["groups_checked"]`` and
+        ``.attrs["groups_total"]`` say how many group values were checked of how many.
+        """
+        if self._diagnostics is None:
+            import arviz as az
+
+            post = self.idata.posterior
+            gvars = [n for n in self.group_vars if n in post.data_vars]
+            total = sum(int(np.prod([post[n].sizes[d] for d in post[n].dims[2:]])) for n in gvars)
+            ds = post[[n for n in post.data_vars if n not in gvars]]
+            checked = 0
+            if gvars:
+                per = max(1, DIAGNOSTIC_GROUP_VALUES // len(gvars))
+                for n in gvars:
+                    dim = post[n].dims[2]
+                    size = post[n].sizes[dim]
+                    idx = np.unique(np.linspace(0, size - 1, min(per, size)).round().astype(int))
+                    ds = ds.assign({n: post[n].isel({dim: idx})})
+                    checked += idx.size
+            with warnings.catch_warnings():  # constants have no R-hat: NaN
+                warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+                table = az.summary(ds, kind="diagnostics", round_to="none")[["r_hat", "ess_bulk", "ess_tail"]]
+            table["flag"] = convergence_flags(table, self.draws.n_chains)
+            table.attrs.update(groups_checked=checked, groups_total=total)
+            self._diagnostics = table
+        return self._diagnostics
+
+    def _convergence_note(self) -> str | None:
+        """One note naming the parameters that fail the convergence rule (the worst first)."""
+        table = self.diagnostics()
+        bad = table[table["flag"] != ""]
+        if bad.empty:
+            return None
+        chains = self.draws.n_chains
+        order = (bad["r_hat"] - 1.0).rank(ascending=False) + bad[["ess_bulk", "ess_tail"]].min(axis=1).rank()
+        shown = bad.loc[order.sort_values(kind="stable").index[:5]]
+        items = [f"{name} (R-hat {row.r_hat:.3f}, bulk ESS {row.ess_bulk:.0f}, tail ESS {row.ess_tail:.0f})"
+                 for name, row in shown.iterrows()]
+        more = f" and {len(bad) - len(shown)} more" if len(bad) > len(shown) else ""
+        checked, total = table.attrs.get("groups_checked", 0), table.attrs.get("groups_total", 0)
+        of = f" (of them {checked} of the {total} group values, evenly spaced)" if checked < total else ""
+        return (f"Not converged: {len(bad)} of {len(table)} parameters checked{of} have R-hat > {RHAT_MAX:g} or a "
+                f"bulk or tail ESS < {ESS_PER_CHAIN * chains} ({ESS_PER_CHAIN} per chain × {chains} chains): "
+                f"{'; '.join(items)}{more}. Their means and intervals are not reliable: run more draws, or see the "
+                "summary's flag column.")
+
+    def _separation_notes(self) -> list[str]:
+        """Separation of a bernoulli / binomial outcome, found from the data (whatever the method):
+        by the common terms (:func:`poolwise.families.separation`), and, when unpooled, by groups
+        whose outcomes are all 0 or all 1 (computed once per fit)."""
+        if self._separation is not None:
+            return self._separation
+        b = self.bound
+        out: list[str] = []
+        if b.spec.fam.name in ("bernoulli", "binomial") and b.has_rows and b.n_obs <= _SEPARATION_MAX_ROWS:
+            n = np.ones_like(b.y, dtype=float) if b.trials is None else np.asarray(b.trials, dtype=float)
+            found = separation(b.X, b.y, n)
+            if found is not None:
+                out.append(separation_text(b.coef_names, found))
+            if b.spec.pooling == "unpooled":
+                for blk in b.blocks:
+                    J = len(blk.levels)
+                    succ = np.bincount(blk.group, weights=np.asarray(b.y, dtype=float), minlength=J)
+                    tot = np.bincount(blk.group, weights=n, minlength=J)
+                    extreme = [str(blk.levels[j]) for j in range(J)
+                               if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
+                    if extreme:
+                        rest = f" and {len(extreme) - 10} more" if len(extreme) > 10 else ""
+                        shown = ", ".join(extreme[:10]) + rest
+                        out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes "
+                                   "all 0 or all 1, so under unpooled their own values are determined by the prior; "
+                                   "the hierarchical model lets the other groups inform them.")
+        self._separation = out
+        return out
+
     def notes(self) -> list[str]:
-        """Plain-language notes on the run: divergent transitions at each NUTS attempt."""
+        """Plain-language notes on the run: parameters that have not converged (R-hat, ESS),
+        separation of a binary outcome, divergent transitions at each NUTS attempt, sampler
+        fallbacks."""
         info = self.draws.info
         out: list[str] = []
+        conv = self._convergence_note()
+        if conv:
+            out.append(conv)
+        out.extend(self._separation_notes())
         if "divergences" in info:
             divs = [int(v) for v in np.atleast_1d(info["divergences"])]
             targets = _attempt_targets(info, len(divs))
@@ -551,6 +678,9 @@ class Fit:
                 out.append("; ".join(parts))
         if info.get("note"):
             out.append(str(info["note"]))
+        for key in ("imh_retry", "hyper_fallback"):
+            if info.get(key):
+                out.append(str(info[key]))
         if self.method == "empirical":
             out.append(f"{info.get('method', 'REML')} point estimates of the hyperparameters (criterion "
                        f"{float(info.get('criterion', float('nan'))):.6g}); the priors listed are not used for them. "

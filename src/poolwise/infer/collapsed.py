@@ -54,8 +54,10 @@ By default (σ, s, L_R) are drawn without any compilation, in NumPy: the log pos
 Cholesky over the groups, :func:`_np_pieces`), is maximized by damped Newton steps with
 finite-difference derivatives; a multivariate t₅ proposal centred at the mode with the inverse
 Hessian as scale is refitted by two rounds of importance sampling, and independence
-Metropolis–Hastings against the exact density corrects its draws (:func:`_imh`).  When the
-acceptance rate falls below :data:`IMH_MIN_ACCEPT`, or no proposal can be built, NUTS takes over.
+Metropolis–Hastings against the exact density corrects its draws (:func:`_imh`, which judges its
+own chains by R-hat and ESS and retries a stuck run with a wider proposal, longer and thinned).
+When the acceptance rate falls below :data:`IMH_MIN_ACCEPT`, the chains still do not mix, or no
+proposal can be built, NUTS takes over.
 
 With NUTS (``hyper="nuts"``, or the fallback) they are sampled on the same low-dimensional
 collapsed posterior: σ and the SDs on the log scale, L_R with the LKJ prior on correlation matrices (Lewandowski, Kurowicka &
@@ -100,7 +102,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 from ..priors import Prior
 from ..reduce import BlockStats, Shift, block_stats
 from .nuts import _to_numpyro  # also switches JAX to float64
-from .blockmath import (_LOG2PI, _UNROLL_MAX_Q, _corr_cholesky, _lkj_cholesky_logpdf, _np_draw, _np_log_marginal,
+from .blockmath import (_LOG2PI, _UNROLL_MAX_Q, _chunk, _corr_cholesky, _lkj_cholesky_logpdf, _np_draw,
                         _np_pieces, _psd_sqrt, _unrolled_cholesky)
 from .imh import IMH_MIN_ACCEPT, _imh
 
@@ -345,8 +347,24 @@ class _HyperTarget:
         out = np.full(theta.shape[0], -np.inf)
         if ok.any():
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                ll = _np_log_marginal(self.stats, self.m0, self.s0, sigma[ok], np.ascontiguousarray(Lam[ok]))
+                ll = self._log_marginal(sigma[ok], np.ascontiguousarray(Lam[ok]))
             out[ok] = ll + lp[ok]
+        return np.where(np.isnan(out), -np.inf, out)
+
+    def _log_marginal(self, sigma: np.ndarray, Lam: np.ndarray) -> np.ndarray:
+        """log p(y | σ, Λ) in chunks, −∞ where the evaluation lost its precision: far in the tails
+        (σ → 0 with a huge group SD) the quadratic form (y − Xm0)'(V + XS0X')⁻¹(y − Xm0), a
+        difference of terms of order y'Wy/σ², can come out negative — impossible for a positive
+        definite form — and the log density then reads as a spurious, enormous maximum that an
+        independence sampler would never leave."""
+        out = np.empty(sigma.shape[0])
+        step = _chunk(self.stats)
+        for s in range(0, sigma.shape[0], step):
+            pc = _np_pieces(self.stats, self.m0, self.s0, sigma[s:s + step], Lam[s:s + step])
+            ll = pc.ll
+            if pc.quad is not None:
+                ll = np.where(pc.quad < 0, -np.inf, ll)
+            out[s:s + step] = ll
         return np.where(np.isnan(out), -np.inf, out)
 
     def center(self) -> np.ndarray:
@@ -462,6 +480,8 @@ def _nuts_hyper(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, *, sigma_prio
     key_init, key_run = jax.random.split(jax.random.PRNGKey(seed))
     init = _init_params(stats, key_init, chains, has_sigma=sigma_prior is not None, with_sd=Lam_fixed is None,
                         correlated=correlated)
+    if chains == 1:  # NumPyro takes one chain's starting point without a chain axis
+        init = {k: v[0] for k, v in init.items()}
     mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS)
     unconstrained = mcmc.get_samples(group_by_chain=False)
     constrain = jax.jit(jax.vmap(lambda u: constrain_fn(model, (), {}, u)))
@@ -593,7 +613,8 @@ def sample(
                 reason = ""
             if reason:
                 use_nuts = True
-                info["hyper_fallback"] = f"NUTS: {reason}"
+                info["hyper_fallback"] = (f"The hyperparameters were sampled by NUTS on the collapsed marginal: the "
+                                          f"independence MH sampler failed ({reason}).")
                 if not isinstance(res, str):
                     info["imh_acceptance_rate"] = res.info["acceptance_rate"]
             else:

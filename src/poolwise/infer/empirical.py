@@ -60,6 +60,7 @@ import numpy as np
 from scipy import optimize
 
 from ..errors import SpecError
+from ..families import separation, separation_text
 from ..reduce import BlockStats, Reduced, bound_block_stats, reduce
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
@@ -641,6 +642,19 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_separation(bound: BoundSpec) -> None:
+    """The Laplace fit maximizes the likelihood of β with no prior: under separation of a binary
+    or binomial outcome that maximum does not exist (the estimate runs off to infinity)."""
+    if bound.spec.fam.name not in ("bernoulli", "binomial") or not bound.has_rows:
+        return
+    found = separation(bound.X, bound.y, bound.trials)
+    if found is not None:
+        raise SpecError(f"{separation_text(bound.coef_names, found)} method='empirical' uses no prior for the "
+                        "coefficients, so their estimate does not exist.",
+                        hint="Use method='nuts' or 'laplace' (the coefficients' priors keep them finite), or drop "
+                             "the separating column.", option="method")
+
+
 def sample(
     bound: BoundSpec,
     *,
@@ -676,8 +690,8 @@ def sample(
     Raises
     ------
     SpecError
-        For several grouping factors, or a family other than gaussian, bernoulli, binomial and
-        poisson.
+        For several grouping factors, a family other than gaussian, bernoulli, binomial and
+        poisson, or a separated bernoulli / binomial outcome (no maximum-likelihood estimate).
     """
     fam = bound.spec.fam
     if len(bound.blocks) != 1:
@@ -690,6 +704,7 @@ def sample(
     if fam.exact:
         out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml, group_budget=group_budget)
     elif fam.name in _LAPLACE_FAMILIES:
+        _check_separation(bound)
         out = _laplace(bound, seed=seed, chains=chains, draws=draws)
     else:
         raise SpecError(f"method='empirical' fits the gaussian, bernoulli, binomial and poisson families, not "

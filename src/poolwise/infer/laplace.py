@@ -372,7 +372,7 @@ def sample(
     blk = bound.blocks[0]
     res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
     if isinstance(res, str):
-        warnings.warn(f"method='laplace' could not build its proposal ({res}); fitted with NUTS instead.",
+        warnings.warn(f"method='laplace': its independence MH sampler failed ({res}); fitted with NUTS instead.",
                       ConvergenceWarning, stacklevel=3)
         from . import nuts
 
@@ -403,6 +403,8 @@ def sample(
         "divergences": 0,
         "warmup": 0,
     }
+    if res.info.get("imh_retry"):
+        info["imh_retry"] = res.info["imh_retry"]
     return Draws(
         beta=beta.reshape(C, D, target.p).copy(),
         sigma=None, tau=None, b=None,
