@@ -29,6 +29,7 @@ JASA 72, 320–338.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -94,6 +95,44 @@ class _BySize:
     uu: np.ndarray  # (K, p·p)
     usy: np.ndarray  # (K, p)
     sy2: np.ndarray  # (K,)
+    #: the within-group parts X'WX − Σ u_ju_j'/a_j, X'Wy − Σ u_j sy_j/a_j, y'Wy − Σ sy_j²/a_j
+    #: (their limits as ρ → ∞), positive semi-definite up to round-off (see :func:`_within`)
+    A_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    b_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    q_in: float = 0.0
+
+
+#: within-group variation below this fraction of the total (in correlation units) is round-off:
+#: the differences of sums lose about this much to cancellation
+_WITHIN_RTOL = 1e-11
+
+
+def _within(red: Reduced, m: _BySize) -> _BySize:
+    """``m`` with the within-group parts, computed once and cleaned of cancellation error.
+
+    Written as within + between/(1 + a_jρ), the sums of :func:`group_sums` stay accurate as ρ =
+    τ²/σ² → ∞ (σ → 0).  The within part is a difference of large sums; where it is zero in exact
+    arithmetic (every group of one row, or the intercept, constant within each group) round-off
+    leaves ±ε, which divided by σ² → 0 would make the density grow without bound.  The joint
+    matrix [[A, b], [b', q]] is positive semi-definite: its eigenvalues below ``_WITHIN_RTOL`` (in
+    units of the totals' diagonal) are set to zero.
+    """
+    p = red.p
+    inv_a = 1.0 / m.a
+    A = red.XtWX - (inv_a @ m.uu).reshape(p, p)
+    b = red.XtWy - inv_a @ m.usy
+    q = float(red.yWy - inv_a @ m.sy2)
+    M = np.zeros((p + 1, p + 1))
+    M[:p, :p], M[:p, p], M[p, :p], M[p, p] = A, b, b, q
+    T = np.zeros((p + 1, p + 1))
+    T[:p, :p], T[:p, p], T[p, :p], T[p, p] = red.XtWX, red.XtWy, red.XtWy, red.yWy
+    d = np.sqrt(np.maximum(np.diag(T), 0.0))
+    d[d == 0] = 1.0
+    Ms = M / np.outer(d, d)
+    lam, V = np.linalg.eigh(0.5 * (Ms + Ms.T))
+    lam = np.where(lam > _WITHIN_RTOL * max(1.0, float(np.max(np.abs(lam), initial=0.0))), lam, 0.0)
+    M = (V * lam) @ V.T * np.outer(d, d)
+    return dataclasses.replace(m, A_in=M[:p, :p], b_in=M[:p, p], q_in=float(M[p, p]))
 
 
 _BY_SIZE: dict[int, tuple[weakref.ref[Reduced], _BySize]] = {}
@@ -136,6 +175,7 @@ def _by_size(red: Reduced) -> _BySize:
                 uu[:, k, m] = uu[:, m, k] = merge(red.u[:, k] * red.u[:, m])
         usy = np.column_stack([merge(red.u[:, k] * red.sy) for k in range(p)]).reshape(K, p)
         out = _BySize(a, count.astype(float), uu.reshape(K, p * p), usy, merge(red.sy * red.sy))
+    out = _within(red, out)
     for key in [k for k, (ref, _) in _BY_SIZE.items() if ref() is None]:
         del _BY_SIZE[key]
     _BY_SIZE[id(red)] = (weakref.ref(red), out)
@@ -161,10 +201,12 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool
 
     def fill(s: int) -> None:
         r = rho[s : s + step, None]
-        k = r / (1.0 + a_g[None, :] * r)
-        A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(r.shape[0], p, p)
-        b[s : s + step] = red.XtWy[None] - k @ usy
-        q[s : s + step] = red.yWy - k @ sy2
+        # X'WX − Σ ρ/(1 + a_jρ) u_ju_j' written as within + Σ between_j/(1 + a_jρ): no cancellation
+        # as ρ → ∞ (see _within)
+        k = 1.0 / (a_g[None, :] * (1.0 + a_g[None, :] * r))
+        A[s : s + step] = m.A_in[None] + (k @ uu).reshape(r.shape[0], p, p)
+        b[s : s + step] = m.b_in[None] + k @ usy
+        q[s : s + step] = m.q_in + k @ sy2
         if logdet:
             np.multiply(a_g[None, :], r, out=k)
             np.log1p(k, out=k)

@@ -1,0 +1,70 @@
+"""Issue 13, item 7: inputs at the limits give a fit or a PoolwiseError, never a traceback or an
+unbounded allocation.
+
+* Every group of one row is valid input (README): the exact path must give the posterior of
+  the full model, checked against brute-force quadrature of p(σ, τ | y) over a grid with β and
+  every b_j integrated out by the multivariate normal density of y (scipy, none of poolwise's
+  algebra); REML and marginal maximum likelihood cannot separate σ from τ there and refuse with
+  lme4's rule (more groups than rows needs a prior: use the exact path or NUTS).
+* A constant outcome, the memory the stored draws would take and designs too wide to build are
+  refused up front with the option, column or term at fault.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import poolwise as pw
+from poolwise.errors import DataError, PoolwiseError
+
+
+def _one_row_frame(J: int = 12, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"g": [f"g{j:02d}" for j in range(J)], "y": rng.normal(0, 1, J) + rng.normal(0, 1, J)})
+
+
+def _quadrature(y: np.ndarray, priors: dict, tau_fixed: float | None) -> dict[str, float]:
+    """Posterior means of σ, τ and the intercept of y_j ~ N(β + b_j, σ²), b_j ~ N(0, τ²), one row
+    per group, on a fine (σ, τ) grid: y ~ N(m0·1, (σ² + τ²) I + s0² 11') with β ~ N(m0, s0²)."""
+    m0, s0 = priors["Intercept"].args
+    rate = priors["sigma"].args[0]
+    n = y.size
+    sig = np.linspace(1e-4, 8.0, 801)
+    taus = np.linspace(1e-4, 10.0, 801) if tau_fixed is None else np.array([tau_fixed])
+    S, T = np.meshgrid(sig, taus, indexing="ij")
+    v = S**2 + T**2  # (σ² + τ²): y − m0 has covariance v I + s0² 11'
+    r = y - m0
+    rr, sr = float(r @ r), float(r.sum())
+    # Sherman–Morrison: (vI + s0²11')⁻¹ = I/v − s0²11'/(v(v + n s0²)); det = v^(n−1)(v + n s0²)
+    quad = rr / v - s0**2 * sr**2 / (v * (v + n * s0**2))
+    loglik = -0.5 * (quad + (n - 1) * np.log(v) + np.log(v + n * s0**2))
+    logp = loglik + stats.expon(scale=1 / rate).logpdf(S)
+    if tau_fixed is None:
+        df, sc = priors["sd(Intercept|g)"].args
+        logp = logp + stats.t(df, scale=sc).logpdf(T)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    # E[β | σ, τ, y]: the Gaussian conjugate update with n observations of variance v
+    post_prec = 1 / s0**2 + n / v
+    beta_mean = (m0 / s0**2 + y.sum() / v) / post_prec
+    return {"sigma": float((w * S).sum()), "tau": float((w * T).sum()), "Intercept": float((w * beta_mean).sum())}
+
+
+@pytest.mark.parametrize("pooling", ["hierarchical", "unpooled"])
+def test_every_group_of_one_row_exact_matches_quadrature(pooling: str) -> None:
+    df = _one_row_frame()
+    f = pw.fit("y ~ 1 + (1 | g)", df, pooling=pooling, draws=2000, chains=4, seed=3)
+    tau_fixed = None if pooling == "hierarchical" else f.bound.tau
+    ref = _quadrature(df["y"].to_numpy(), f.bound.priors, tau_fixed)
+    s = f.summary()
+    names = ["Intercept", "sigma"] + (["sd(Intercept|g)"] if pooling == "hierarchical" else [])
+    for name in names:
+        key = "tau" if name.startswith("sd(") else name
+        got, mcse = float(f.param(name).mean()), float(s.loc[name, "mcse_mean"])
+        # 4 Monte Carlo standard errors, plus the grid's own error (≈1e-3 on a 0.01 step)
+        assert abs(got - ref[key]) < 4 * mcse + 2e-3, (name, got, ref[key], mcse)
