@@ -68,3 +68,49 @@ def test_every_group_of_one_row_exact_matches_quadrature(pooling: str) -> None:
         got, mcse = float(f.param(name).mean()), float(s.loc[name, "mcse_mean"])
         # 4 Monte Carlo standard errors, plus the grid's own error (≈1e-3 on a 0.01 step)
         assert abs(got - ref[key]) < 4 * mcse + 2e-3, (name, got, ref[key], mcse)
+
+
+@pytest.mark.parametrize("pooling", ["hierarchical", "unpooled"])
+def test_every_group_of_one_row_empirical_refuses_like_lme4(pooling: str, tmp_path) -> None:
+    df = _one_row_frame()
+    path = tmp_path / "one.csv"
+    df.to_csv(path, index=False)
+    for data in (df, str(path)):
+        with pytest.raises(DataError, match="one row") as err:
+            pw.fit("y ~ 1 + (1 | g)", data, pooling=pooling, method="empirical")
+        assert err.value.column == "g" and err.value.option == "method" and "method='exact'" in str(err.value)
+    # pooled: no group values to confuse with sigma, the REML estimate is the sample SD
+    f = pw.fit("y ~ 1 + (1 | g)", df, pooling="pooled", method="empirical")
+    assert f.param("sigma").mean() == pytest.approx(df["y"].std(ddof=1), rel=1e-6)
+
+
+def test_every_group_of_one_row_compare_and_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from poolwise.cli import app
+
+    df = _one_row_frame()
+    c = pw.compare("y ~ 1 + (1 | g)", df, draws=300, chains=2)
+    assert len(c.table()) == len(df)
+    path = tmp_path / "one.csv"
+    df.to_csv(path, index=False)
+    res = CliRunner().invoke(app, ["fit", str(path), "-f", "y ~ 1 + (1 | g)", "--draws", "200", "--chains", "2"])
+    assert res.exit_code == 0, res.output
+    assert "sigma" in res.output
+
+
+def test_pooled_laplace_matches_quadrature() -> None:
+    """Pooled (Λ = 0) under method='laplace' raised a singular-matrix error; without group terms
+    the Laplace posterior is the exact posterior of the intercept: check it by 1-D quadrature."""
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"g": [f"g{j % 12}" for j in range(12)], "y": rng.integers(0, 2, 12)})
+    f = pw.fit("y ~ 1 + (1 | g)", df, family="bernoulli", pooling="pooled", method="laplace", draws=2000,
+               chains=4, seed=1)
+    m0, s0 = f.bound.priors["Intercept"].args
+    b = np.linspace(m0 - 10 * s0, m0 + 10 * s0, 20001)
+    k, n = int(df["y"].sum()), len(df)
+    logp = k * b - n * np.logaddexp(0, b) + stats.norm(m0, s0).logpdf(b)
+    w = np.exp(logp - logp.max())
+    ref = float((w * b).sum() / w.sum())
+    got, mcse = float(f.param("Intercept").mean()), float(f.summary().loc["Intercept", "mcse_mean"])
+    assert abs(got - ref) < 4 * mcse + 1e-3, (got, ref, mcse)

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from ..reduce import BlockStats, Reduced, bound_block_stats, reduce
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
@@ -639,6 +639,27 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_replicated(bound: BoundSpec) -> None:
+    """Refuse a residual SD that the (restricted) likelihood cannot separate from the groups'.
+
+    With no more rows than groups (every group of one row) y_j ~ N(x_j'β, σ² + τ²) depends on σ
+    and τ only through σ² + τ², and with Σ fixed (unpooled) no residual degree of freedom is
+    left: the maximum is a ridge or a boundary (σ̂ = 0), an answer silently wrong.  lme4 refuses
+    the same models ("number of levels of each grouping factor must be < number of
+    observations", ``check.nobs.vs.nlev``); the exact and NUTS paths fit them, the priors
+    making the posterior proper.
+    """
+    block = bound.blocks[0]
+    if not bound.has_sigma or block.pooled or bound.n_obs > block.n_groups:
+        return
+    raise DataError(
+        f"Every group of '{block.factor}' has one row ({bound.n_obs} rows, {block.n_groups} groups), so the "
+        f"residual SD sigma cannot be told apart from the group values by maximum likelihood "
+        f"(method='empirical'; lme4 refuses it too).",
+        hint="Use method='exact' or method='nuts' (the priors identify sigma), or pooling='pooled'.",
+        column=block.factor, option="method")
+
+
 def sample(
     bound: BoundSpec,
     *,
@@ -686,6 +707,7 @@ def sample(
     if progress:
         progress("hyperparameters", 0.0)
     if fam.exact:
+        _check_replicated(bound)
         out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml, group_budget=group_budget)
     elif fam.name in _LAPLACE_FAMILIES:
         out = _laplace(bound, seed=seed, chains=chains, draws=draws)
