@@ -99,11 +99,14 @@ def test_every_group_of_one_row_compare_and_cli(tmp_path) -> None:
     assert "sigma" in res.output
 
 
-def test_pooled_laplace_matches_quadrature() -> None:
+@pytest.mark.parametrize("outcome", ["mixed", "all zero"])
+def test_pooled_laplace_matches_quadrature(outcome: str) -> None:
     """Pooled (Λ = 0) under method='laplace' raised a singular-matrix error; without group terms
-    the Laplace posterior is the exact posterior of the intercept: check it by 1-D quadrature."""
+    the Laplace posterior is the exact posterior of the intercept: check it by 1-D quadrature.
+    An outcome 0 on every row is valid input there (a proper posterior under the prior)."""
     rng = np.random.default_rng(4)
-    df = pd.DataFrame({"g": [f"g{j % 12}" for j in range(12)], "y": rng.integers(0, 2, 12)})
+    y = rng.integers(0, 2, 12) if outcome == "mixed" else np.zeros(12, dtype=int)
+    df = pd.DataFrame({"g": [f"g{j % 12}" for j in range(12)], "y": y})
     f = pw.fit("y ~ 1 + (1 | g)", df, family="bernoulli", pooling="pooled", method="laplace", draws=2000,
                chains=4, seed=1)
     m0, s0 = f.bound.priors["Intercept"].args
@@ -114,3 +117,61 @@ def test_pooled_laplace_matches_quadrature() -> None:
     ref = float((w * b).sum() / w.sum())
     got, mcse = float(f.param("Intercept").mean()), float(f.summary().loc["Intercept", "mcse_mean"])
     assert abs(got - ref) < 4 * mcse + 1e-3, (got, ref, mcse)
+
+
+def _const_frame() -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"g": [f"g{j % 6}" for j in range(36)], "x": rng.normal(size=36)})
+    return df.assign(yc=3.0, y0=0, y1=1, n=3, s=0.5)
+
+
+@pytest.mark.parametrize("method", ["exact", "empirical", "nuts"])
+@pytest.mark.parametrize("pooling", ["hierarchical", "pooled", "unpooled"])
+def test_constant_gaussian_outcome_is_a_data_error(method: str, pooling: str, tmp_path) -> None:
+    df = _const_frame()
+    path = tmp_path / "const.csv"
+    df.to_csv(path, index=False)
+    for data in (df, str(path)):
+        for family in ("gaussian", "student_t"):
+            if family == "student_t" and method != "nuts":
+                continue
+            with pytest.raises(DataError, match="constant") as err:
+                pw.fit("yc ~ x + (1 | g)", data, family=family, pooling=pooling, method=method, draws=50, warmup=50,
+                       chains=1)
+            assert err.value.column == "yc" and err.value.hint
+
+
+def test_constant_outcome_with_known_se_fits() -> None:
+    """With known standard errors there is no sigma: a constant outcome is data (all estimates 3)."""
+    f = pw.fit("yc | se(s) ~ 1 + (1 | g)", _const_frame(), draws=500, chains=2)
+    assert abs(float(f.param("Intercept").mean()) - 3.0) < 0.2
+
+
+@pytest.mark.parametrize("family, formula", [("poisson", "y0 ~ 1 + (1 | g)"), ("bernoulli", "y0 ~ 1 + (1 | g)"),
+                                             ("bernoulli", "y1 ~ 1 + (1 | g)"),
+                                             ("binomial", "n | trials(n) ~ 1 + (1 | g)")])
+def test_outcome_at_the_edge_of_its_support(family: str, formula: str) -> None:
+    """Counts all 0 or every trial a success: no maximum likelihood (empirical refuses, naming
+    the column); the Laplace posterior is proper and fits, its intercept far out on the side of
+    the data."""
+    df = _const_frame()
+    outcome = formula.split()[0]
+    with pytest.raises(DataError, match="maximum-likelihood") as err:
+        pw.fit(formula, df, family=family, method="empirical")
+    assert err.value.column == outcome and "laplace" in str(err.value)
+    f = pw.fit(formula, df, family=family, method="laplace", draws=300, chains=2)
+    sign = -1.0 if outcome == "y0" else 1.0
+    assert sign * float(f.param("Intercept").mean()) > 2.0
+
+
+def test_constant_outcome_cli_exit_2(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from poolwise.cli import app
+
+    path = tmp_path / "const.csv"
+    _const_frame().to_csv(path, index=False)
+    for cmd in ("fit", "compare"):
+        res = CliRunner().invoke(app, [cmd, str(path), "-f", "yc ~ x + (1 | g)", "--draws", "50"])
+        assert res.exit_code == 2, res.output
+        assert "constant" in res.output and "Traceback" not in res.output

@@ -28,7 +28,7 @@ from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import sql_columns
 from .reduce import BlockStats, Reduced
-from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns
+from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_formula_columns
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -405,6 +405,8 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
     y_mean = total(y1) / N
     y_var = max(total(y2) / N - y_mean**2, 0.0)
+    # E[y²] − E[y]² of a constant column is 0 up to the round-off of the sums
+    check_constant_outcome(spec, y_var <= 1e-12 * y_mean**2, y_mean)
     if spec.se:
         scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
     else:

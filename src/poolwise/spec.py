@@ -36,6 +36,7 @@ from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
+           "check_constant_outcome",
            "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
@@ -376,6 +377,28 @@ class BoundSpec:
         return [v for v in self.spec.variables if v not in skip]
 
 
+def check_constant_outcome(spec: ModelSpec, constant: bool, value: float) -> None:
+    """Refuse a constant outcome where the family estimates a residual SD (gaussian, student_t).
+
+    Its SD is 0: the likelihood grows without bound as sigma → 0 (no proper posterior, no
+    maximum) and the data-scaled default priors have no scale.  Other families fit a constant
+    outcome (counts all 0, every trial a success): a proper posterior under the priors; the
+    maximum-likelihood path refuses it (:func:`poolwise.infer.empirical.sample`).  With known
+    standard errors (``y | se(s) ~ …``) there is no sigma and a constant outcome is data.
+
+    Raises
+    ------
+    DataError
+    """
+    if constant and spec.has_sigma and spec.fam.identity:
+        y = spec.outcome
+        raise DataError(
+            f"The outcome '{y}' is constant (every row is {value:.6g}): its SD is 0, so the residual SD sigma "
+            f"cannot be estimated and the default priors, scaled to sd({y}), are undefined.",
+            hint=f"Check that '{y}' is the right outcome column; with known standard errors write "
+                 f"'{y} | se(<column>) ~ …'.", column=y)
+
+
 def _check_pooling(pooling: Any) -> str | float:
     msg = ("The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
            f"(a fixed group SD). Got {pooling!r} instead.")
@@ -480,6 +503,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     else:
         weights = np.ones_like(y)
         scale = float(np.std(y)) if fam.identity else 1.0
+    check_constant_outcome(spec, bool(y.size) and bool(np.ptp(y) == 0), float(y[0]) if y.size else 0.0)
     if not scale > 0:
         scale = float(max(abs(np.mean(y)), 1.0))
     # rows of a table of counts per (group, covariate pattern) stand for `freq` rows each: the

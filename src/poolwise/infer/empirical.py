@@ -660,6 +660,34 @@ def _check_replicated(bound: BoundSpec) -> None:
         column=block.factor, option="method")
 
 
+def _check_not_at_bound(bound: BoundSpec) -> None:
+    """Refuse an outcome at the edge of its support on every row (no maximum to find).
+
+    Counts all 0, or every trial a failure (or every one a success): the likelihood increases
+    without bound as the intercept → ∓∞, so the marginal maximum does not exist (glmer reports a
+    huge estimate and a singular fit).  The Bayesian paths fit these data, the prior of the
+    intercept keeping the posterior proper.
+    """
+    y, fam = bound.y, bound.spec.fam
+    if not y.size:
+        return
+    what = None
+    if np.all(y == 0):
+        what = "0 on every row"
+    elif bound.trials is not None and np.all(y == bound.trials):
+        what = f"equal to the number of trials ({bound.spec.trials}) on every row"
+    elif fam.support == "binary" and np.all(y == 1):
+        what = "1 on every row"
+    if what is None:
+        return
+    name = bound.spec.outcome
+    raise DataError(
+        f"The outcome '{name}' is {what}, so its maximum-likelihood intercept is infinite and "
+        f"method='empirical' has no estimate for the {fam.name} family.",
+        hint="Use method='laplace' or method='nuts' (the intercept's prior keeps the posterior proper), "
+             "or check the outcome column.", column=name, option="method")
+
+
 def sample(
     bound: BoundSpec,
     *,
@@ -710,6 +738,7 @@ def sample(
         _check_replicated(bound)
         out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml, group_budget=group_budget)
     elif fam.name in _LAPLACE_FAMILIES:
+        _check_not_at_bound(bound)
         out = _laplace(bound, seed=seed, chains=chains, draws=draws)
     else:
         raise SpecError(f"method='empirical' fits the gaussian, bernoulli, binomial and poisson families, not "
