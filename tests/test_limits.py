@@ -175,3 +175,64 @@ def test_constant_outcome_cli_exit_2(tmp_path) -> None:
         res = CliRunner().invoke(app, [cmd, str(path), "-f", "yc ~ x + (1 | g)", "--draws", "50"])
         assert res.exit_code == 2, res.output
         assert "constant" in res.output and "Traceback" not in res.output
+
+
+# -- the memory of the draws, refused before sampling ---------------------------------------------
+def _no_sampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(sys.modules["poolwise.fit"], "run", fail)
+
+
+@pytest.mark.parametrize("method", ["exact", "empirical", "nuts"])
+def test_huge_draws_refused_before_sampling(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    _no_sampling(monkeypatch)
+    df = pw.datasets.drivers(seed=1)
+    for chains, draws in ((4, 10**9), (10**7, 1000)):
+        t0 = time.perf_counter()
+        with pytest.raises(pw.errors.SpecError, match="would not fit in memory") as err:
+            pw.fit("reaction ~ night + (1 | driver)", df, method=method, chains=chains, draws=draws)
+        assert time.perf_counter() - t0 < 5.0
+        assert err.value.option == "draws" and f"{chains:,} chains × {draws:,} draws" in str(err.value)
+
+
+def test_draws_budget_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 16 GB of memory the budget is 8 GB; NUTS keeps z and u (2 × J numbers) per draw."""
+    import sys
+
+    mod = sys.modules["poolwise.fit"]
+    monkeypatch.setattr(mod, "_physical_memory", lambda: 16 * 10**9)
+    rng = np.random.default_rng(0)
+    J = 3000
+    df = pd.DataFrame({"g": np.repeat(np.arange(J), 2).astype(str), "y": rng.normal(size=2 * J)})
+    bound, _ = mod.bind_data(pw.ModelSpec("y ~ 1 + (1 | g)"), df, method="nuts")
+    need, per, thinned = mod.draws_memory(bound, "nuts", 4, 10**6)
+    # Intercept: p² + 2p = 3; one number per prior (Intercept, sigma, sd(Intercept|g)); 8 statistics;
+    # 2 × 3000 group numbers
+    assert (per, thinned) == (3 + 3 + 8 + 2 * J, 0) and need == 4 * 10**6 * per * 8
+    _no_sampling(monkeypatch)
+    with pytest.raises(pw.errors.SpecError, match=r"= 192 GB: .*\(at most 8 GB, 50% of this machine's 16 GB\)"):
+        pw.fit("y ~ 1 + (1 | g)", df, method="nuts", draws=10**6)
+    # the exact path thins the group values to the group budget: only they would fit
+    need, per, thinned = mod.draws_memory(bound, "exact", 4, 10**6)
+    assert per == 14 and thinned == mod.GROUP_BUDGET
+    assert need < 8 * 10**9 < mod.draws_memory(bound, "exact", 4, 10**8)[0]
+
+
+def test_huge_draws_cli(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from poolwise.cli import app
+
+    path = tmp_path / "drivers.csv"
+    pw.datasets.drivers(seed=1).to_csv(path, index=False)
+    for cmd in ("fit", "compare"):
+        for draws in ("1e9", "1000000000"):
+            res = CliRunner().invoke(app, [cmd, str(path), "-f", "reaction ~ night + (1 | driver)", "--draws", draws])
+            assert res.exit_code == 2, res.output
+            assert "draws" in res.output and "Traceback" not in res.output

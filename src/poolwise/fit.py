@@ -34,12 +34,15 @@ from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
-__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET"]
+__all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "DRAWS_MEMORY_FRACTION", "draws_memory"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
 #: bytes the stored group values (draws × groups) may take; past it they are kept for fewer draws
 GROUP_BUDGET = 256 * 2**20
+#: fraction of the machine's physical memory the stored draws may take; past it ``fit()`` refuses
+#: before sampling (see :func:`draws_memory`).  Where the memory cannot be read, 8 GiB is assumed.
+DRAWS_MEMORY_FRACTION = 0.5
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -139,6 +142,7 @@ def fit(
     if progress:
         progress("reduce", 0.0)
     bound, note = bind_data(spec, data, method=method, engine=engine, spark=spark)
+    _check_draws_memory(bound, method, chains, draws, group_budget)
     result = run(bound, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                  group_budget=group_budget, **options)
     if note is not None:
@@ -146,6 +150,70 @@ def fit(
         info["note"] = f"{info['note']} {note}" if info.get("note") else note
         result = dataclasses.replace(result, info=info)
     return Fit(bound, result, memory_budget=memory_budget)
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (``sysconf``), or 8 GiB where the system does not say."""
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return total if total > 0 else 8 * 2**30
+
+
+def draws_memory(bound: BoundSpec, method: str, chains: int, draws: int,
+                 group_budget: int | None = GROUP_BUDGET) -> tuple[int, int, int]:
+    """Bytes the draws of a fit will hold, estimated before sampling.
+
+    Per draw of each chain: the coefficients and the per-draw working sums (p² + 2p), every
+    hyperparameter, a few sampler statistics, and the group values (J·q per grouping factor; NUTS
+    keeps both the standardized z and the values u).  The exact and empirical paths of the
+    varying-intercept model keep the group values within ``group_budget`` (thinned draws).
+    Arrays of draws × rows are not counted: they are stored only within ``memory_budget``.
+
+    Returns
+    -------
+    (bytes, numbers per draw, bytes of thinned group values)
+    """
+    p = len(bound.coef_names)
+    per = p * p + 2 * p + len(bound.priors) + 8
+    values = 0
+    for block in bound.blocks:
+        if not block.pooled:
+            values += block.n_groups * block.q
+    thinned = 0
+    if method in ("exact", "empirical") and bound.simple and group_budget is not None:
+        thinned = min(chains * draws * values * 8, int(group_budget))
+    else:
+        per += values * (2 if method == "nuts" else 1)
+    return chains * draws * per * 8 + thinned, per, thinned
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} EB"  # pragma: no cover
+
+
+def _check_draws_memory(bound: BoundSpec, method: str, chains: int, draws: int, group_budget: int | None) -> None:
+    """Refuse, before sampling, draws that would not fit :data:`DRAWS_MEMORY_FRACTION` of memory."""
+    need, per, thinned = draws_memory(bound, method, chains, draws, group_budget)
+    total = _physical_memory()
+    budget = int(DRAWS_MEMORY_FRACTION * total)
+    if need <= budget:
+        return
+    most = max(0, (budget - thinned) // (chains * per * 8))
+    extra = f" + {_fmt_bytes(thinned)} of thinned group values" if thinned else ""
+    raise SpecError(
+        f"{chains:,} chains × {draws:,} draws × {per:,} numbers per draw × 8 bytes = {_fmt_bytes(need - thinned)}"
+        f"{extra}: the draws would not fit in memory (at most {_fmt_bytes(budget)}, "
+        f"{DRAWS_MEMORY_FRACTION:.0%} of this machine's {_fmt_bytes(total)}).",
+        hint=(f"Use fewer draws or chains: with {chains:,} chains at most {most:,} draws per chain fit "
+              "(4 chains of 1,000 draws are usually plenty)." if most >= 1 else
+              "Use fewer chains, fewer groups or a simpler model."),
+        option="draws")
 
 
 class Fit:
