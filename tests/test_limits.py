@@ -236,3 +236,97 @@ def test_huge_draws_cli(tmp_path) -> None:
             res = CliRunner().invoke(app, [cmd, str(path), "-f", "reaction ~ night + (1 | driver)", "--draws", draws])
             assert res.exit_code == 2, res.output
             assert "draws" in res.output and "Traceback" not in res.output
+
+
+# -- designs too wide to build, refused from their column count --------------------------------
+def _wide_frame(n: int, levels: int, seed: int = 0) -> pd.DataFrame:
+    """Every level of a and b present (a cycles, b is shuffled), 20 groups."""
+    rng = np.random.default_rng(seed)
+    a = np.arange(n) % levels
+    b = rng.permutation(a)
+    return pd.DataFrame({"a": [f"a{v}" for v in a], "b": [f"b{v}" for v in b], "x": rng.normal(size=n),
+                         "g": [f"g{v}" for v in rng.integers(0, 20, n)], "y": rng.normal(size=n)})
+
+
+def test_design_columns_counted_before_building() -> None:
+    """The count is that of formulae's design, up to the level each full-rank factor drops."""
+    from formulae import design_matrices
+
+    from poolwise.spec import design_columns
+
+    df = _wide_frame(60, 4).assign(k=np.arange(60) % 3)
+    for rhs in ("a*b", "a:b", "a + x + a:x", "C(k) + poly(x, 2) + b", "0 + a:b"):
+        counted = design_columns(rhs, {"a": 4, "b": 4, "k": 3})
+        total = sum(n for _, n, _ in counted)
+        built = design_matrices(f"y ~ {rhs}", df).common.design_matrix.shape[1]
+        n_factors = len({c for _, _, cats in counted for c, _ in cats})
+        assert built <= total <= built + 4 * n_factors + 1, (rhs, built, total)
+
+
+@pytest.mark.parametrize("formula, term, columns", [("y ~ a*b + (1 | g)", "a:b", 3000 * 3000),
+                                                    ("y ~ x + a:b + (1 | g)", "a:b", 3000 * 3000)])
+def test_wide_interaction_refused_before_building(formula: str, term: str, columns: int, tmp_path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import formulae
+
+    df = _wide_frame(3000, 3000)
+    path = tmp_path / "wide.csv"
+    df.to_csv(path, index=False)
+    calls: list[int] = []
+    real = formulae.design_matrices
+
+    def watched(formula: str, data: pd.DataFrame, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(formula, data, *args, **kwargs)
+
+    monkeypatch.setattr(formulae, "design_matrices", watched)
+    for data in (df, str(path)):
+        t0 = time.perf_counter()
+        with pytest.raises(pw.errors.FormulaError, match=f"term {term} .* {columns:,} columns") as err:
+            pw.fit(formula, data, draws=10, chains=1)
+        assert time.perf_counter() - t0 < 10.0
+        msg = str(err.value)
+        assert "3,000 × 3,000 levels" in msg and " TB" in msg and "(1 | a:b)" in msg
+    assert not calls  # nothing was built
+
+
+def test_categorical_slope_refused_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    import formulae
+
+    built: list[str] = []
+    real = formulae.design_matrices
+
+    def watched(formula: str, data: pd.DataFrame, *args: object, **kwargs: object) -> object:
+        built.append(formula)
+        return real(formula, data, *args, **kwargs)
+
+    monkeypatch.setattr(formulae, "design_matrices", watched)
+    df = _wide_frame(400, 200)
+    with pytest.raises(pw.errors.SpecError, match="expands to 200 columns"):
+        pw.fit("y ~ 1 + (1 + a | g)", df, draws=10, chains=1)
+    assert not [f for f in built if "0 + a" in f]  # the n × 200 slope columns were never built
+
+
+def test_modest_interaction_still_fits(tmp_path) -> None:
+    df = _wide_frame(240, 3)
+    df["y"] = df["y"] + (df["a"] == "a1") * 2.0
+    path = tmp_path / "small.csv"
+    df.to_csv(path, index=False)
+    for data in (df, str(path)):
+        f = pw.fit("y ~ a*b + (1 | g)", data, draws=200, chains=2)
+        assert len(f.bound.coef_names) == 9
+
+
+def test_wide_interaction_cli_exit_2(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from poolwise.cli import app
+
+    path = tmp_path / "wide.csv"
+    _wide_frame(3000, 3000).to_csv(path, index=False)
+    for cmd in ("fit", "compare"):
+        res = CliRunner().invoke(app, [cmd, str(path), "-f", "y ~ a*b + (1 | g)", "--draws", "10"])
+        assert res.exit_code == 2, res.output
+        assert "a:b" in res.output and "Traceback" not in res.output

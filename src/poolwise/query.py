@@ -28,7 +28,8 @@ from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import sql_columns
 from .reduce import BlockStats, Reduced
-from .spec import FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_formula_columns
+from .spec import (FUNCTIONS, BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_design_size,
+                   check_formula_columns)
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -206,6 +207,10 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", f"{spec.common} {' '.join(term.exprs)}"))
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
     levels = {v: _levels(src, v) for v in categorical}
+    # count the columns from the distinct values before formulae encodes the skeleton rows and
+    # the query gets a CASE per column
+    check_design_size(spec, {v: len(lv) for v, lv in levels.items()},
+                      rows=max([2] + [len(lv) for lv in levels.values()]))
     frame = _skeleton(spec, src, levels, predictors)
     frame[spec.outcome] = np.arange(len(frame), dtype=float)
     design = _design(f"{spec.outcome} ~ {spec.common}", frame, f"formula {f}")

@@ -36,7 +36,8 @@ from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
-           "check_constant_outcome",
+           "check_constant_outcome", "check_design_size", "design_columns", "physical_memory",
+           "DESIGN_MEMORY_FRACTION",
            "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
@@ -45,6 +46,10 @@ POOLINGS = ("pooled", "unpooled", "hierarchical")
 UNPOOLED_SCALE = 10.0
 #: the fixed group SD of the unpooled model on the link scale (logit and log links)
 UNPOOLED_LINK_SD = 2.5
+#: fraction of physical memory the common design may take (formulae's matrix, its data frame and
+#: the float copy coexist while it is built; X'X and the per-group sums follow); past it the
+#: formula is refused before anything is built (:func:`check_design_size`)
+DESIGN_MEMORY_FRACTION = 0.25
 FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "log10": np.log10,
               "log2": np.log2, "abs": np.abs}
 
@@ -399,6 +404,111 @@ def check_constant_outcome(spec: ModelSpec, constant: bool, value: float) -> Non
                  f"'{y} | se(<column>) ~ …'.", column=y)
 
 
+def physical_memory() -> int:
+    """Bytes of physical memory (``sysconf``), or 8 GiB where the system does not say."""
+    import os
+
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return total if total > 0 else 8 * 2**30
+
+
+def _wrapped_in_c(spec: ModelSpec) -> set[str]:
+    """Columns written ``C(x)`` in the formula (categorical whatever their type)."""
+    import re
+
+    text = " ".join([spec.common] + [e for t in spec.group_terms for e in t.exprs])
+    return set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", text))
+
+
+def design_columns(rhs: str, levels: Mapping[str, int]) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """How many columns each term of the common part ``rhs`` expands to, at most, before building.
+
+    ``levels`` holds the number of distinct values of each categorical column (text, or wrapped in
+    ``C()``); a term's count is the product over its parts of the levels of a categorical, the
+    degree of ``poly(x, k)``, and 1 for a number or a function of numbers (an upper bound: the
+    full-rank coding drops a level of some factors).  Offsets count 0.
+
+    Returns
+    -------
+    (term, columns, [(categorical part, levels), …]) for each term.
+    """
+    import re
+
+    from formulae import model_description
+
+    try:
+        terms = model_description(rhs).common_terms
+    except Exception:  # a formula formulae cannot read is reported when it is built
+        return []
+    out = []
+    for t in terms:
+        parts = getattr(t, "components", None)
+        if not parts:
+            out.append(("Intercept", 1, []))
+            continue
+        n, cats = 1, []
+        for c in parts:
+            name = str(c.name)
+            if name.startswith("offset("):
+                n = 0
+            elif name.startswith("C("):
+                m = re.match(r"C\(\s*([A-Za-z_.][\w.]*)", name)
+                k = levels.get(m.group(1), 1) if m else 1
+                n, cats = n * k, cats + [(m.group(1) if m else name, k)]
+            elif name.startswith("poly("):
+                m = re.search(r",\s*(?:degree\s*=\s*)?(\d+)\s*\)$", name)
+                n *= int(m.group(1)) if m else 1
+            elif name in levels:
+                n, cats = n * levels[name], cats + [(name, levels[name])]
+        out.append((":".join(str(c.name) for c in parts), n, cats))
+    return out
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000 or unit == "EB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def check_design_size(spec: ModelSpec, levels: Mapping[str, int], *, rows: int, groups: int = 0) -> None:
+    """Refuse a common design too large to build, from its column count, before building it.
+
+    The design takes 8·p·(rows + p + groups) bytes: the rows × p matrix, X'X and the per-group
+    sums; the budget is :data:`DESIGN_MEMORY_FRACTION` of physical memory.
+
+    Raises
+    ------
+    FormulaError
+        Naming the widest term, its column count and the memory the design would need.
+    """
+    cols = design_columns(spec.common, levels)
+    p = sum(n for _, n, _ in cols)
+    need = 8 * p * (rows + p + groups)
+    total = physical_memory()
+    budget = int(DESIGN_MEMORY_FRACTION * total)
+    if need <= budget:
+        return
+    name, n, cats = max(cols, key=lambda t: t[1])
+    how = f" ({' × '.join(f'{k:,}' for _, k in cats)} levels)" if len(cats) > 1 else ""
+    factors = [c for c, _ in cats]
+    if factors:
+        group = ":".join(factors)
+        hint = (f"Enter it as a group term (1 | {group}) instead of the fixed {name}, or use columns with fewer "
+                "levels.")
+    else:
+        hint = "Use fewer or simpler terms."
+    raise FormulaError(
+        f"The term {name} of formula {spec.formula} expands to {n:,} columns{how}: the design ({p:,} columns "
+        f"× {rows:,} rows, with its cross products) would need {_fmt_bytes(need)}, more than "
+        f"{_fmt_bytes(budget)} ({DESIGN_MEMORY_FRACTION:.0%} of this machine's {_fmt_bytes(total)} of memory).",
+        hint=hint, option="formula")
+
+
 def _check_pooling(pooling: Any) -> str | float:
     msg = ("The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
            f"(a fixed group SD). Got {pooling!r} instead.")
@@ -471,6 +581,11 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
                 raise DataError(f"Column '{v}' has {bad.size} missing values ({format_rows(bad.tolist())}).",
                                 hint="Drop or impute them before fitting.", column=v, rows=bad.tolist())
     frame = table.frame
+    # count the design's columns from the distinct values before formulae builds anything
+    wrapped = _wrapped_in_c(spec)
+    n_levels = {v: int(frame[v].nunique()) for v in spec.variables
+                if v not in skip and (v not in numeric or v in wrapped)}
+    check_design_size(spec, n_levels, rows=len(frame))  # the per-group sums (groups ≤ rows) are dwarfed
     y = np.asarray(frame[spec.outcome], dtype=float)
     trials = np.asarray(frame[spec.trials], dtype=float) if spec.trials else None
     _check_support(fam, spec.outcome, y, spec.trials, trials)
@@ -525,7 +640,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         labels = _labels(table, list(term.factor_columns))
         group = np.asarray(labels.codes, dtype=np.int64)
         levels = [str(c) for c in labels.categories]
-        Z = _term_columns(term, frame, design, coef_names, X, f)
+        Z = _term_columns(term, frame, design, coef_names, X, f, n_levels)
         _check_slopes(term, Z, group, len(levels))
         z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
         counts = None if freq is None else np.bincount(group, weights=freq, minlength=len(levels)).astype(np.int64)
@@ -667,7 +782,7 @@ def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | N
 
 
 def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,
-                  formula: str) -> np.ndarray:
+                  formula: str, levels: Mapping[str, int] | None = None) -> np.ndarray:
     from formulae import design_matrices
 
     cols = []
@@ -678,6 +793,11 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
         if e in coef_names:
             cols.append(X[:, coef_names.index(e)])
             continue
+        counted = sum(n for _, n, _ in design_columns(f"0 + {e}", levels or {}))
+        if counted > 1:  # refused below once built; counted first, so that nothing is built
+            raise SpecError(f"The group term {term} varies '{e}', which expands to {counted:,} columns.",
+                            hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
+                            option="formula")
         try:
             dm = design_matrices(f"{frame.columns[0]} ~ 0 + {e}", frame, na_action="error",
                                  extra_namespace=FUNCTIONS)
