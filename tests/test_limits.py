@@ -206,7 +206,7 @@ def test_draws_budget_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     mod = sys.modules["poolwise.fit"]
-    monkeypatch.setattr(mod, "_physical_memory", lambda: 16 * 10**9)
+    monkeypatch.setattr(mod, "physical_memory", lambda: 16 * 10**9)
     rng = np.random.default_rng(0)
     J = 3000
     df = pd.DataFrame({"g": np.repeat(np.arange(J), 2).astype(str), "y": rng.normal(size=2 * J)})

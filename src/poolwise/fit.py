@@ -32,7 +32,7 @@ from .errors import DataError, SpecError
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .query import bind_data
-from .spec import BoundSpec, GroupBlock, ModelSpec
+from .spec import BoundSpec, GroupBlock, ModelSpec, format_bytes, physical_memory
 
 __all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "DRAWS_MEMORY_FRACTION", "draws_memory"]
 
@@ -96,7 +96,9 @@ def fit(
     seed
         Seed: the same seed gives the same draws.
     chains, draws, warmup
-        Sampler settings (``warmup`` is unused by the exact path).
+        Sampler settings (``warmup`` is unused by the exact path).  Draws whose stored arrays
+        would take more than :data:`DRAWS_MEMORY_FRACTION` of physical memory are refused before
+        sampling (:func:`draws_memory` gives the estimate).
     progress
         Optional callback ``(stage, fraction)``.
     memory_budget
@@ -152,15 +154,6 @@ def fit(
     return Fit(bound, result, memory_budget=memory_budget)
 
 
-def _physical_memory() -> int:
-    """Bytes of physical memory (``sysconf``), or 8 GiB where the system does not say."""
-    try:
-        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        total = 0
-    return total if total > 0 else 8 * 2**30
-
-
 def draws_memory(bound: BoundSpec, method: str, chains: int, draws: int,
                  group_budget: int | None = GROUP_BUDGET) -> tuple[int, int, int]:
     """Bytes the draws of a fit will hold, estimated before sampling.
@@ -189,27 +182,19 @@ def draws_memory(bound: BoundSpec, method: str, chains: int, draws: int,
     return chains * draws * per * 8 + thinned, per, thinned
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} EB"  # pragma: no cover
-
-
 def _check_draws_memory(bound: BoundSpec, method: str, chains: int, draws: int, group_budget: int | None) -> None:
     """Refuse, before sampling, draws that would not fit :data:`DRAWS_MEMORY_FRACTION` of memory."""
     need, per, thinned = draws_memory(bound, method, chains, draws, group_budget)
-    total = _physical_memory()
+    total = physical_memory()
     budget = int(DRAWS_MEMORY_FRACTION * total)
     if need <= budget:
         return
     most = max(0, (budget - thinned) // (chains * per * 8))
-    extra = f" + {_fmt_bytes(thinned)} of thinned group values" if thinned else ""
+    extra = f" + {format_bytes(thinned)} of thinned group values" if thinned else ""
     raise SpecError(
-        f"{chains:,} chains × {draws:,} draws × {per:,} numbers per draw × 8 bytes = {_fmt_bytes(need - thinned)}"
-        f"{extra}: the draws would not fit in memory (at most {_fmt_bytes(budget)}, "
-        f"{DRAWS_MEMORY_FRACTION:.0%} of this machine's {_fmt_bytes(total)}).",
+        f"{chains:,} chains × {draws:,} draws × {per:,} numbers per draw × 8 bytes = {format_bytes(need - thinned)}"
+        f"{extra}: the draws would not fit in memory (at most {format_bytes(budget)}, "
+        f"{DRAWS_MEMORY_FRACTION:.0%} of this machine's {format_bytes(total)}).",
         hint=(f"Use fewer draws or chains: with {chains:,} chains at most {most:,} draws per chain fit "
               "(4 chains of 1,000 draws are usually plenty)." if most >= 1 else
               "Use fewer chains, fewer groups or a simpler model."),

@@ -36,7 +36,7 @@ from .formula import GroupTerm, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
-           "check_constant_outcome", "check_design_size", "design_columns", "physical_memory",
+           "check_constant_outcome", "check_design_size", "design_columns", "format_bytes", "physical_memory",
            "DESIGN_MEMORY_FRACTION",
            "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
@@ -467,7 +467,8 @@ def design_columns(rhs: str, levels: Mapping[str, int]) -> list[tuple[str, int, 
     return out
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """``1.6e11`` → ``'160 GB'`` (decimal units, three significant digits)."""
     for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
         if n < 1000 or unit == "EB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
@@ -504,8 +505,8 @@ def check_design_size(spec: ModelSpec, levels: Mapping[str, int], *, rows: int, 
         hint = "Use fewer or simpler terms."
     raise FormulaError(
         f"The term {name} of formula {spec.formula} expands to {n:,} columns{how}: the design ({p:,} columns "
-        f"× {rows:,} rows, with its cross products) would need {_fmt_bytes(need)}, more than "
-        f"{_fmt_bytes(budget)} ({DESIGN_MEMORY_FRACTION:.0%} of this machine's {_fmt_bytes(total)} of memory).",
+        f"× {rows:,} rows, with its cross products) would need {format_bytes(need)}, more than "
+        f"{format_bytes(budget)} ({DESIGN_MEMORY_FRACTION:.0%} of this machine's {format_bytes(total)} of memory).",
         hint=hint, option="formula")
 
 
