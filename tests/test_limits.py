@@ -330,3 +330,42 @@ def test_wide_interaction_cli_exit_2(tmp_path) -> None:
         res = CliRunner().invoke(app, [cmd, str(path), "-f", "y ~ a*b + (1 | g)", "--draws", "10"])
         assert res.exit_code == 2, res.output
         assert "a:b" in res.output and "Traceback" not in res.output
+
+
+# -- the same limits with the rows in Spark (bind_source's query path) -----------------------------
+@pytest.fixture(scope="module")
+def spark():  # type: ignore[no-untyped-def]
+    """A small local SparkSession configured as in test_spark.py (skipped without pyspark or Java)."""
+    import os
+    import shutil
+
+    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[test]')")
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        pytest.skip("Spark needs Java 17 (no java on PATH and no JAVA_HOME)")
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("poolwise-tests")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+               .config("spark.sql.shuffle.partitions", "1").config("spark.sql.adaptive.enabled", "false")
+               .config("spark.sql.codegen.wholeStage", "false").config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("OFF")
+    yield session
+    session.stop()
+
+
+@pytest.mark.xdist_group("spark")
+@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+def test_limits_on_spark(spark) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DataError, match="constant") as err:
+        pw.fit("yc ~ x + (1 | g)", spark.createDataFrame(_const_frame()), draws=50, chains=1)
+    assert err.value.column == "yc"
+    with pytest.raises(pw.errors.FormulaError, match="a:b .* 9,000,000 columns"):
+        pw.fit("y ~ a*b + (1 | g)", spark.createDataFrame(_wide_frame(3000, 3000)), draws=10, chains=1)
+    df = _one_row_frame()
+    f = pw.fit("y ~ 1 + (1 | g)", spark.createDataFrame(df), draws=2000, chains=4, seed=3)
+    assert f.bound.reduced.engine == "spark"
+    ref = _quadrature(df["y"].to_numpy(), f.bound.priors, None)
+    mcse = float(f.summary().loc["sigma", "mcse_mean"])
+    assert abs(float(f.param("sigma").mean()) - ref["sigma"]) < 4 * mcse + 2e-3
