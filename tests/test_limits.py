@@ -371,7 +371,7 @@ def test_limits_on_spark(spark) -> None:  # type: ignore[no-untyped-def]
     assert abs(float(f.param("sigma").mean()) - ref["sigma"]) < 4 * mcse + 2e-3
 
 
-def test_wide_categorical_binds_in_seconds() -> None:
+def test_wide_categorical_binds_in_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 200-level categorical predictor (200 columns, within every budget) is bound quickly: the
     collinearity check is one QR (O(n·p²)), where a least-squares fit per column took O(n·p³) —
     about a minute here; a dependent column after them is still found and named."""
@@ -380,13 +380,33 @@ def test_wide_categorical_binds_in_seconds() -> None:
     from poolwise import data as D
     from poolwise.spec import ModelSpec
 
+    fits: list[int] = []
+    real = np.linalg.lstsq
+
+    def counted(*args: object, **kwargs: object) -> object:
+        fits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "lstsq", counted)
+
     rng = np.random.default_rng(0)
     n = 3000
     df = pd.DataFrame({"a": [f"a{v:03d}" for v in np.arange(n) % 200], "x": rng.normal(size=n),
                        "g": [f"g{v}" for v in rng.integers(0, 20, n)], "y": rng.normal(size=n)})
     t0 = time.perf_counter()
     b = ModelSpec("y ~ a + x + (1 | g)").bind(D.read_table(df))
-    assert time.perf_counter() - t0 < 10.0 and b.X.shape == (n, 201)
+    assert b.X.shape == (n, 201) and not fits  # no least-squares fit per column
+    assert time.perf_counter() - t0 < 30.0
     with pytest.raises(DataError, match="'x2' is a perfect linear combination of 'x'") as err:
         ModelSpec("y ~ a + x + x2 + (1 | g)").bind(D.read_table(df.assign(x2=2 * df["x"])))
     assert err.value.column == "x2"
+
+
+def test_wide_interaction_counts_path_names_the_users_formula(tmp_path) -> None:
+    """Poisson rows from a file are merged into counts under an internal formula; the refusal
+    still names the user's formula and term."""
+    df = _wide_frame(3000, 3000).assign(k=np.random.default_rng(0).poisson(2, 3000))
+    path = tmp_path / "widek.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(pw.errors.FormulaError, match=r"term a:b of formula k ~ a\*b \+ \(1 \| g\) .* 9,000,000"):
+        pw.fit("k ~ a*b + (1 | g)", str(path), family="poisson", method="laplace", draws=10, chains=1)

@@ -724,6 +724,10 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
                             f"({format_rows(rows)}).", hint="Check the outcome (and trials) columns.", column=column,
                             rows=rows)
     frame = frame.drop(columns=[f"pw_bad{i}" for i in range(len(conds))])
+    # the design's columns counted (as the merged spec's bind would) but named in the user's formula
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", used))
+    check_design_size(spec, {v: int(frame[v].nunique()) for v in pattern if src.kinds[v] == "text" or v in wrapped},
+                      rows=len(frame))
     rhs_terms = spec.rhs
     if merge_exposure:
         rhs_wo, _ = _strip_offsets(spec.rhs)
