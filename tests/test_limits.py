@@ -34,8 +34,10 @@ def _quadrature(y: np.ndarray, priors: dict, tau_fixed: float | None) -> dict[st
     m0, s0 = priors["Intercept"].args
     rate = priors["sigma"].args[0]
     n = y.size
-    sig = np.linspace(1e-4, 8.0, 801)
-    taus = np.linspace(1e-4, 10.0, 801) if tau_fixed is None else np.array([tau_fixed])
+    sig = np.linspace(1e-4, 12.0 / rate, 1201)
+    # τ's half-t(3) prior has a heavy tail: the grid reaches 40 of its scales
+    top = 40.0 * priors["sd(Intercept|g)"].args[1] if tau_fixed is None else 0.0
+    taus = np.linspace(1e-4, top, 2001) if tau_fixed is None else np.array([tau_fixed])
     S, T = np.meshgrid(sig, taus, indexing="ij")
     v = S**2 + T**2  # (σ² + τ²): y − m0 has covariance v I + s0² 11'
     r = y - m0
