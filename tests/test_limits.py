@@ -419,3 +419,18 @@ def test_wide_interaction_counts_path_names_the_users_formula(tmp_path, monkeypa
     df.to_csv(path, index=False)
     with pytest.raises(pw.errors.FormulaError, match=r"term a:b of formula k ~ a\*b \+ \(1 \| g\) .* 9,000,000"):
         pw.fit("k ~ a*b + (1 | g)", str(path), family="poisson", method="laplace", draws=10, chains=1)
+
+
+@pytest.mark.parametrize("method", ["exact", "empirical"])
+def test_outcome_constant_within_every_group(method: str, tmp_path) -> None:
+    """Each group's rows repeat one value: p(y | σ, τ) ∝ σ^−(n − J) as σ → 0 (improper); the
+    old sums put sigma at 0.000 ± 0.000.  One row per group of the same values fits."""
+    y = np.random.default_rng(8).normal(size=12)
+    df = pd.DataFrame({"g": [f"g{j:02d}" for j in range(12)] * 2, "y": list(y) * 2})
+    path = tmp_path / "dup.csv"
+    df.to_csv(path, index=False)
+    for data in (df, str(path)):
+        with pytest.raises(DataError, match="does not vary within any group of 'g'") as err:
+            pw.fit("y ~ 1 + (1 | g)", data, method=method, draws=200, chains=2)
+        assert err.value.column == "y"
+    pw.fit("y ~ 1 + (1 | g)", df.iloc[:12], draws=200, chains=2)

@@ -364,6 +364,7 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
     C, D = chains, draws
     if bound.simple:
         red = reduce(bound)
+        exact.check_within_variation(bound, red)
 
         def f(theta: np.ndarray) -> float:
             sigma, _, _, Lam = hyp.unpack(theta)

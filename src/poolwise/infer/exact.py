@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
 from ..priors import Prior
 from ..reduce import Reduced, bound_block_stats
 from ..spec import BoundSpec
@@ -102,9 +103,9 @@ class _BySize:
     q_in: float = 0.0
 
 
-#: within-group variation below this fraction of the total (in correlation units) is round-off:
-#: the differences of sums lose about this much to cancellation
-_WITHIN_RTOL = 1e-11
+#: eigenvalues of the within-group part below this fraction of its largest (in correlation units
+#: of the totals) are round-off: the direction of the intercept, constant within every group
+_WITHIN_RTOL = 1e-14
 
 
 def _within(red: Reduced, m: _BySize) -> _BySize:
@@ -113,11 +114,14 @@ def _within(red: Reduced, m: _BySize) -> _BySize:
     Written as within + between/(1 + a_jρ), the sums of :func:`group_sums` stay accurate as ρ =
     τ²/σ² → ∞ (σ → 0).  The within part is a difference of large sums; where it is zero in exact
     arithmetic (every group of one row, or the intercept, constant within each group) round-off
-    leaves ±ε, which divided by σ² → 0 would make the density grow without bound.  The joint
-    matrix [[A, b], [b', q]] is positive semi-definite: its eigenvalues below ``_WITHIN_RTOL`` (in
-    units of the totals' diagonal) are set to zero.
+    leaves ±ε, which divided by σ² → 0 would make the density grow without bound.  With every
+    group of one row the within part is exactly zero; otherwise the joint matrix [[A, b], [b', q]]
+    is positive semi-definite: its negative eigenvalues, and those below ``_WITHIN_RTOL`` of the
+    largest (in units of the totals' diagonal), are set to zero.
     """
     p = red.p
+    if red.n.size and np.all(red.n <= 1):
+        return dataclasses.replace(m, A_in=np.zeros((p, p)), b_in=np.zeros(p), q_in=0.0)
     inv_a = 1.0 / m.a
     A = red.XtWX - (inv_a @ m.uu).reshape(p, p)
     b = red.XtWy - inv_a @ m.usy
@@ -180,6 +184,30 @@ def _by_size(red: Reduced) -> _BySize:
         del _BY_SIZE[key]
     _BY_SIZE[id(red)] = (weakref.ref(red), out)
     return out
+
+
+def check_within_variation(bound: BoundSpec, red: Reduced) -> None:
+    """Refuse an outcome that does not vary within any group (every group's rows repeat one value).
+
+    With no within-group variation left once β is fitted (the within part of y'Wy is zero) and
+    more rows than groups, p(y | σ, τ) grows like σ^−(n − J) as σ → 0: no proper posterior, no
+    maximum.  Every group of one row is fine (σ^0: the priors identify σ).
+
+    Raises
+    ------
+    DataError
+    """
+    block = bound.blocks[0]
+    if not bound.has_sigma or block.pooled or red.n_obs <= red.n_groups:
+        return
+    if _by_size(red).q_in > 0.0:
+        return
+    y, g = bound.spec.outcome, block.factor
+    raise DataError(
+        f"The outcome '{y}' does not vary within any group of '{g}' (each group's rows repeat one value), so the "
+        f"likelihood grows without bound as the residual SD sigma → 0.",
+        hint=f"Fit one row per group of '{g}' (the group's value), or give known standard errors with "
+             f"'{y} | se(<column>) ~ …'.", column=y)
 
 
 def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool = True) -> GroupSums:
@@ -638,6 +666,7 @@ def sample(
         (``Draws.value_draws``), every draw of β and the hyperparameters is kept.
     """
     t0 = time.perf_counter()
+    check_within_variation(bound, red)
     rng = np.random.default_rng(seed)
     hp = HyperPrior.from_bound(bound)
     target = _Target(red, hp, bound.has_sigma, bound.tau)
