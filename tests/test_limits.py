@@ -421,7 +421,7 @@ def test_wide_interaction_counts_path_names_the_users_formula(tmp_path, monkeypa
         pw.fit("k ~ a*b + (1 | g)", str(path), family="poisson", method="laplace", draws=10, chains=1)
 
 
-@pytest.mark.parametrize("method", ["exact", "empirical"])
+@pytest.mark.parametrize("method", ["exact", "empirical", "nuts"])
 def test_outcome_constant_within_every_group(method: str, tmp_path) -> None:
     """Each group's rows repeat one value: p(y | σ, τ) ∝ σ^−(n − J) as σ → 0 (improper); the
     old sums put sigma at 0.000 ± 0.000.  One row per group of the same values fits."""
@@ -430,7 +430,10 @@ def test_outcome_constant_within_every_group(method: str, tmp_path) -> None:
     path = tmp_path / "dup.csv"
     df.to_csv(path, index=False)
     for data in (df, str(path)):
-        with pytest.raises(DataError, match="does not vary within any group of 'g'") as err:
-            pw.fit("y ~ 1 + (1 | g)", data, method=method, draws=200, chains=2)
-        assert err.value.column == "y"
-    pw.fit("y ~ 1 + (1 | g)", df.iloc[:12], draws=200, chains=2)
+        for pooling in ("hierarchical", "unpooled"):
+            with pytest.raises(DataError, match="does not vary within any group of 'g'") as err:
+                pw.fit("y ~ 1 + (1 | g)", data, method=method, pooling=pooling, draws=200, warmup=200, chains=2)
+            assert err.value.column == "y"
+    if method != "nuts":
+        pw.fit("y ~ 1 + (1 | g)", df.iloc[:12], method="exact", draws=200, chains=2)
+        pw.fit("y ~ 1 + (1 | g)", df, method=method, pooling="pooled", draws=200, chains=2)

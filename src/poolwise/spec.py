@@ -643,6 +643,8 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         levels = [str(c) for c in labels.categories]
         Z = _term_columns(term, frame, design, coef_names, X, f, n_levels)
         _check_slopes(term, Z, group, len(levels))
+        if spec.has_sigma and fam.identity and spec.pooling != "pooled" and freq is None:
+            _check_within_outcome(spec, term, y, group, len(levels))
         z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
         counts = None if freq is None else np.bincount(group, weights=freq, minlength=len(levels)).astype(np.int64)
         blocks_raw.append(RawBlock(term, Z, group, levels, z_sd, counts=counts))
@@ -828,6 +830,24 @@ def _check_slopes(term: GroupTerm, Z: np.ndarray, group: np.ndarray, J: int) -> 
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
                 hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+
+
+def _check_within_outcome(spec: ModelSpec, term: GroupTerm, y: np.ndarray, group: np.ndarray, J: int) -> None:
+    """Refuse an outcome that repeats one value within every group (and more rows than groups):
+    the group values then fit every row exactly and p(y | σ, …) grows like σ^−(n − J) as σ → 0,
+    an improper posterior for every method (the exact path checks its statistics the same way)."""
+    if y.size <= J:
+        return
+    lo = np.full(J, np.inf)
+    hi = np.full(J, -np.inf)
+    np.minimum.at(lo, group, y)
+    np.maximum.at(hi, group, y)
+    if np.all(hi - lo == 0):
+        raise DataError(
+            f"The outcome '{spec.outcome}' does not vary within any group of '{term.factor}' (each group's rows repeat "
+            "one value), so the likelihood grows without bound as the residual SD sigma → 0.",
+            hint=f"Fit one row per group of '{term.factor}' (the group's value), or give known standard errors with "
+                 f"'{spec.outcome} | se(<column>) ~ …'.", column=spec.outcome)
 
 
 def _check_design(X: np.ndarray, names: list[str]) -> None:
