@@ -33,15 +33,18 @@ from .families import separation, separation_text
 from .infer import BlockDraws, Draws, Progress, run
 from .priors import Prior
 from .query import bind_data
-from .spec import BoundSpec, GroupBlock, ModelSpec
+from .spec import BoundSpec, GroupBlock, ModelSpec, format_bytes, physical_memory
 
 __all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN",
-           "DIAGNOSTIC_GROUP_VALUES", "convergence_flags"]
+           "DIAGNOSTIC_GROUP_VALUES", "convergence_flags", "DRAWS_MEMORY_FRACTION", "draws_memory"]
 
 #: bytes an eagerly stored draws × rows array may take (pointwise log-likelihood, predictive)
 MEMORY_BUDGET = 256 * 2**20
 #: bytes the stored group values (draws × groups) may take; past it they are kept for fewer draws
 GROUP_BUDGET = 256 * 2**20
+#: fraction of the machine's physical memory the stored draws may take; past it ``fit()`` refuses
+#: before sampling (see :func:`draws_memory`).  Where the memory cannot be read, 8 GiB is assumed.
+DRAWS_MEMORY_FRACTION = 0.5
 #: the NUTS retry schedule (mirrors ``infer.nuts.RETRY_TARGET_ACCEPT``; importing that module would
 #: import JAX) — used only when the draws do not record ``info["target_accepts"]``
 _RETRY_TARGET_ACCEPT = (0.95, 0.99)
@@ -124,7 +127,9 @@ def fit(
     seed
         Seed: the same seed gives the same draws.
     chains, draws, warmup
-        Sampler settings (``warmup`` is unused by the exact path).
+        Sampler settings (``warmup`` is unused by the exact path).  Draws whose stored arrays
+        would take more than :data:`DRAWS_MEMORY_FRACTION` of physical memory are refused before
+        sampling (:func:`draws_memory` gives the estimate).
     progress
         Optional callback ``(stage, fraction)``.
     memory_budget
@@ -170,6 +175,7 @@ def fit(
     if progress:
         progress("reduce", 0.0)
     bound, note = bind_data(spec, data, method=method, engine=engine, spark=spark)
+    _check_draws_memory(bound, method, chains, draws, group_budget)
     result = run(bound, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                  group_budget=group_budget, **options)
     if note is not None:
@@ -177,6 +183,53 @@ def fit(
         info["note"] = f"{info['note']} {note}" if info.get("note") else note
         result = dataclasses.replace(result, info=info)
     return Fit(bound, result, memory_budget=memory_budget)
+
+
+def draws_memory(bound: BoundSpec, method: str, chains: int, draws: int,
+                 group_budget: int | None = GROUP_BUDGET) -> tuple[int, int, int]:
+    """Bytes the draws of a fit will hold, estimated before sampling.
+
+    Per draw of each chain: the coefficients and the per-draw working sums (p² + 2p), every
+    hyperparameter, a few sampler statistics, and the group values (J·q per grouping factor; NUTS
+    keeps both the standardized z and the values u).  The exact and empirical paths of the
+    varying-intercept model keep the group values within ``group_budget`` (thinned draws).
+    Arrays of draws × rows are not counted: they are stored only within ``memory_budget``.
+
+    Returns
+    -------
+    (bytes, numbers per draw, bytes of thinned group values)
+    """
+    p = len(bound.coef_names)
+    per = p * p + 2 * p + len(bound.priors) + 8
+    values = 0
+    for block in bound.blocks:
+        if not block.pooled:
+            values += block.n_groups * block.q
+    thinned = 0
+    if method in ("exact", "empirical") and bound.simple and group_budget is not None:
+        thinned = min(chains * draws * values * 8, int(group_budget))
+    else:
+        per += values * (2 if method == "nuts" else 1)
+    return chains * draws * per * 8 + thinned, per, thinned
+
+
+def _check_draws_memory(bound: BoundSpec, method: str, chains: int, draws: int, group_budget: int | None) -> None:
+    """Refuse, before sampling, draws that would not fit :data:`DRAWS_MEMORY_FRACTION` of memory."""
+    need, per, thinned = draws_memory(bound, method, chains, draws, group_budget)
+    total = physical_memory()
+    budget = int(DRAWS_MEMORY_FRACTION * total)
+    if need <= budget:
+        return
+    most = max(0, (budget - thinned) // (chains * per * 8))
+    extra = f" + {format_bytes(thinned)} of thinned group values" if thinned else ""
+    raise SpecError(
+        f"{chains:,} chains × {draws:,} draws × {per:,} numbers per draw × 8 bytes = {format_bytes(need - thinned)}"
+        f"{extra}: the draws would not fit in memory (at most {format_bytes(budget)}, "
+        f"{DRAWS_MEMORY_FRACTION:.0%} of this machine's {format_bytes(total)}).",
+        hint=(f"Use fewer draws or chains: with {chains:,} chains at most {most:,} draws per chain fit "
+              "(4 chains of 1,000 draws are usually plenty)." if most >= 1 else
+              "Use fewer chains, fewer groups or a simpler model."),
+        option="draws")
 
 
 class Fit:

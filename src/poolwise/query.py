@@ -31,8 +31,8 @@ from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
 from .formula import design_matrices, parse_formula, sql_columns, sql_literal
 from .reduce import BlockStats, Reduced, Shift
-from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_formula_columns, check_scale,
-                   warn_far_slopes)
+from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_design_size,
+                   check_formula_columns, check_scale, warn_far_slopes)
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
 
@@ -245,6 +245,10 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     wrapped = set(parse_formula(f).categorical)  # C(column), quoted names too
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
     levels = {v: _levels(src, v, numbers=v not in wrapped) for v in categorical}
+    # count the columns from the distinct values before formulae encodes the skeleton rows and
+    # the query gets a CASE per column
+    check_design_size(spec, {v: len(lv) for v, lv in levels.items()},
+                      rows=max([2] + [len(lv) for lv in levels.values()]))
     frame = _skeleton(spec, src, levels, predictors)
     frame[spec.outcome] = np.arange(len(frame), dtype=float)
     design = _design(f"{spec.outcome} ~ {spec.common}", frame, f"formula {f}")
@@ -470,6 +474,8 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     y_off = total(y1) / N  # about the pilot
     y_mean = pilot.get(-1 if y_raw != y_sql else y_at, 0.0) + y_off
     y_var = max(total(y2) / N - y_off**2, 0.0)
+    # E[y²] − E[y]² about the pilot: a constant column leaves only the round-off of its (tiny) offset
+    check_constant_outcome(spec, y_var <= 1e-12 * y_off**2, y_mean)
     if spec.se:
         scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
     else:
@@ -857,6 +863,10 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
                             f"({format_rows(rows)}).", hint="Check the outcome (and trials) columns.", column=column,
                             rows=rows)
     frame = frame.drop(columns=[f"pw_bad{i}" for i in range(len(conds))])
+    # the design's columns counted (as the merged spec's bind would) but named in the user's formula
+    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", used))
+    check_design_size(spec, {v: int(frame[v].nunique()) for v in pattern if src.kinds[v] == "text" or v in wrapped},
+                      rows=len(frame))
     rhs_terms = spec.rhs
     if merge_exposure:
         rhs_wo, _ = _strip_offsets(spec.rhs)

@@ -38,7 +38,9 @@ from .formula import GroupTerm, design_matrices, functions, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
-           "check_scale", "warn_far_slopes", "POOLINGS",
+           "check_scale", "warn_far_slopes", "check_constant_outcome", "check_design_size", "design_columns",
+           "format_bytes", "physical_memory", "DESIGN_MEMORY_FRACTION",
+           "POOLINGS",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
@@ -48,6 +50,10 @@ UNPOOLED_SCALE = 10.0
 UNPOOLED_LINK_SD = 2.5
 #: the elementwise functions a formula may call (the closed set: :func:`poolwise.formula.parse_formula`)
 FUNCTIONS = functions()
+#: fraction of physical memory the common design may take (formulae's matrix, its data frame and
+#: the float copy coexist while it is built; X'X and the per-group sums follow); past it the
+#: formula is refused before anything is built (:func:`check_design_size`)
+DESIGN_MEMORY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -378,6 +384,132 @@ class BoundSpec:
         return [v for v in self.spec.variables if v not in skip]
 
 
+def check_constant_outcome(spec: ModelSpec, constant: bool, value: float) -> None:
+    """Refuse a constant outcome where the family estimates a residual SD (gaussian, student_t).
+
+    Its SD is 0: the likelihood grows without bound as sigma → 0 (no proper posterior, no
+    maximum) and the data-scaled default priors have no scale.  Other families fit a constant
+    outcome (counts all 0, every trial a success): a proper posterior under the priors; the
+    maximum-likelihood path refuses it (:func:`poolwise.infer.empirical.sample`).  With known
+    standard errors (``y | se(s) ~ …``) there is no sigma and a constant outcome is data.
+
+    Raises
+    ------
+    DataError
+    """
+    if constant and spec.has_sigma and spec.fam.identity:
+        y = spec.outcome
+        raise DataError(
+            f"The outcome '{y}' is constant (every row is {value:.6g}): its SD is 0, so the residual SD sigma "
+            f"cannot be estimated and the default priors, scaled to sd({y}), are undefined.",
+            hint=f"Check that '{y}' is the right outcome column; with known standard errors write "
+                 f"'{y} | se(<column>) ~ …'.", column=y)
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory (``sysconf``), or 8 GiB where the system does not say."""
+    import os
+
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        total = 0
+    return total if total > 0 else 8 * 2**30
+
+
+def _wrapped_in_c(spec: ModelSpec) -> set[str]:
+    """Columns written ``C(x)`` in the formula (categorical whatever their type; quoted names too)."""
+    return set(parse_formula(spec.formula).categorical)
+
+
+def design_columns(rhs: str, levels: Mapping[str, int]) -> list[tuple[str, int, list[tuple[str, int]]]]:
+    """How many columns each term of the common part ``rhs`` expands to, at most, before building.
+
+    ``levels`` holds the number of distinct values of each categorical column (text, or wrapped in
+    ``C()``); a term's count is the product over its parts of the levels of a categorical, the
+    degree of ``poly(x, k)``, and 1 for a number or a function of numbers (an upper bound: the
+    full-rank coding drops a level of some factors).  Offsets count 0.
+
+    Returns
+    -------
+    (term, columns, [(categorical part, levels), …]) for each term.
+    """
+    import re
+
+    from formulae import model_description
+
+    try:
+        terms = model_description(rhs).common_terms
+    except Exception:  # a formula formulae cannot read is reported when it is built
+        return []
+    out = []
+    for t in terms:
+        parts = getattr(t, "components", None)
+        if not parts:
+            out.append(("Intercept", 1, []))
+            continue
+        n, cats = 1, []
+        for c in parts:
+            name = str(c.name)
+            if name.startswith("offset("):
+                n = 0
+            elif name.startswith("C("):
+                m = re.match(r"C\(\s*(`[^`]+`|[A-Za-z_.][\w.]*)", name)
+                col = m.group(1).strip("`") if m else name
+                k = levels.get(col, 1)
+                n, cats = n * k, cats + [(col, k)]
+            elif name.startswith("poly("):
+                m = re.search(r",\s*(?:degree\s*=\s*)?(\d+)\s*\)$", name)
+                n *= int(m.group(1)) if m else 1
+            elif name in levels:
+                n, cats = n * levels[name], cats + [(name, levels[name])]
+        out.append((":".join(str(c.name) for c in parts), n, cats))
+    return out
+
+
+def format_bytes(n: float) -> str:
+    """``1.6e11`` → ``'160 GB'`` (decimal units, three significant digits)."""
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if n < 1000 or unit == "EB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def check_design_size(spec: ModelSpec, levels: Mapping[str, int], *, rows: int, groups: int = 0) -> None:
+    """Refuse a common design too large to build, from its column count, before building it.
+
+    The design takes 8·p·(rows + p + groups) bytes: the rows × p matrix, X'X and the per-group
+    sums; the budget is :data:`DESIGN_MEMORY_FRACTION` of physical memory.
+
+    Raises
+    ------
+    FormulaError
+        Naming the widest term, its column count and the memory the design would need.
+    """
+    cols = design_columns(spec.common, levels)
+    p = sum(n for _, n, _ in cols)
+    need = 8 * p * (rows + p + groups)
+    total = physical_memory()
+    budget = int(DESIGN_MEMORY_FRACTION * total)
+    if need <= budget:
+        return
+    name, n, cats = max(cols, key=lambda t: t[1])
+    how = f" ({' × '.join(f'{k:,}' for _, k in cats)} levels)" if len(cats) > 1 else ""
+    factors = [c for c, _ in cats]
+    if factors:
+        group = ":".join(factors)
+        hint = (f"Enter it as a group term (1 | {group}) instead of the fixed {name}, or use columns with fewer "
+                "levels.")
+    else:
+        hint = "Use fewer or simpler terms."
+    raise FormulaError(
+        f"The term {name} of formula {spec.formula} expands to {n:,} columns{how}: the design ({p:,} columns "
+        f"× {rows:,} rows, with its cross products) would need {format_bytes(need)}, more than "
+        f"{format_bytes(budget)} ({DESIGN_MEMORY_FRACTION:.0%} of this machine's {format_bytes(total)} of memory).",
+        hint=hint, option="formula")
+
+
 def _check_pooling(pooling: Any) -> str | float:
     msg = ("The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
            f"(a fixed group SD). Got {pooling!r} instead.")
@@ -441,7 +573,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     positive = [spec.se] if spec.se else []
     _data.validate(table, outcome=spec.outcome, numeric=numeric + ([spec.trials] if spec.trials else []),
                    groups=group_cols, positive=positive)
-    wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", spec.rhs))  # categorical by the user's C()
+    wrapped = _wrapped_in_c(spec)  # categorical by the user's C()
     for v in spec.variables:  # text/categorical predictors must at least have no missing values
         if v not in skip and v not in numeric:
             bad = np.flatnonzero(table.frame[v].isna().to_numpy())
@@ -451,6 +583,10 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
             if v not in wrapped:  # numbers with a few text cells are not a categorical
                 _data.check_text_predictor(table, v)
     frame = table.frame
+    # count the design's columns from the distinct values before formulae builds anything
+    n_levels = {v: int(frame[v].nunique()) for v in spec.variables
+                if v not in skip and (v not in numeric or v in wrapped)}
+    check_design_size(spec, n_levels, rows=len(frame))  # the per-group sums (groups ≤ rows) are dwarfed
     y = np.asarray(frame[spec.outcome], dtype=float)
     trials = np.asarray(frame[spec.trials], dtype=float) if spec.trials else None
     _check_support(fam, spec.outcome, y, spec.trials, trials)
@@ -487,6 +623,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     else:
         weights = np.ones_like(y)
         scale = float(np.std(y)) if fam.identity else 1.0
+    check_constant_outcome(spec, bool(y.size) and bool(np.ptp(y) == 0), float(y[0]) if y.size else 0.0)
     if not scale > 0:
         scale = float(max(abs(np.mean(y)), 1.0))
     # rows of a table of counts per (group, covariate pattern) stand for `freq` rows each: the
@@ -508,8 +645,10 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         labels = _labels(table, list(term.factor_columns))
         group = np.asarray(labels.codes, dtype=np.int64)
         levels = [str(c) for c in labels.categories]
-        Z = _term_columns(term, frame, design, coef_names, X, f)
+        Z = _term_columns(term, frame, design, coef_names, X, f, n_levels)
         _check_slopes(term, Z, group, len(levels))
+        if spec.has_sigma and fam.identity and spec.pooling != "pooled" and freq is None:
+            _check_within_outcome(spec, term, y, group, len(levels))
         z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
         warn_far_slopes(term, [mean_sd(Z[:, k])[0] for k in range(term.q)], z_sd.tolist())
         counts = None if freq is None else np.bincount(group, weights=freq, minlength=len(levels)).astype(np.int64)
@@ -651,7 +790,7 @@ def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | N
 
 
 def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,
-                  formula: str) -> np.ndarray:
+                  formula: str, levels: Mapping[str, int] | None = None) -> np.ndarray:
     cols, dm = [], None
     for e in term.exprs:
         if e == "Intercept":
@@ -660,6 +799,11 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
         if e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             cols.append(X[:, coef_names.index(e)])
             continue
+        counted = sum(n for _, n, _ in design_columns(f"0 + {e}", levels or {}))
+        if counted > 1:  # refused below once built; counted first, so that nothing is built
+            raise SpecError(f"The group term {term} varies '{e}', which expands to {counted:,} columns.",
+                            hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
+                            option="formula")
         try:
             with np.errstate(all="ignore"):
                 dm = design_matrices(term.design_formula(), frame.assign(pw_response_=0.0)) if dm is None else dm
@@ -734,6 +878,24 @@ def warn_far_slopes(term: GroupTerm, means: list[float], sds: list[float]) -> No
                 "fitting."), stacklevel=3)
 
 
+def _check_within_outcome(spec: ModelSpec, term: GroupTerm, y: np.ndarray, group: np.ndarray, J: int) -> None:
+    """Refuse an outcome that repeats one value within every group (and more rows than groups):
+    the group values then fit every row exactly and p(y | σ, …) grows like σ^−(n − J) as σ → 0,
+    an improper posterior for every method (the exact path checks its statistics the same way)."""
+    if y.size <= J:
+        return
+    lo = np.full(J, np.inf)
+    hi = np.full(J, -np.inf)
+    np.minimum.at(lo, group, y)
+    np.maximum.at(hi, group, y)
+    if np.all(hi - lo == 0):
+        raise DataError(
+            f"The outcome '{spec.outcome}' does not vary within any group of '{term.factor}' (each group's rows repeat "
+            "one value), so the likelihood grows without bound as the residual SD sigma → 0.",
+            hint=f"Fit one row per group of '{term.factor}' (the group's value), or give known standard errors with "
+                 f"'{spec.outcome} | se(<column>) ~ …'.", column=spec.outcome)
+
+
 def _check_design(X: np.ndarray, names: list[str]) -> None:
     n = X.shape[0]
     for i, name in enumerate(names):
@@ -748,7 +910,14 @@ def _check_design(X: np.ndarray, names: list[str]) -> None:
     norm = np.sqrt((X**2).mean(axis=0))
     norm[norm == 0] = 1.0
     Z = X / norm
-    for k in range(1, Z.shape[1]):
+    # |R_kk| of one QR is the norm of column k's part outside the span of the columns before it:
+    # O(n·p²) in all, where a least-squares fit per column cost O(n·p³) (minutes for 300 columns)
+    R = np.linalg.qr(Z, mode="r")
+    m = min(R.shape)
+    dependent = [int(k) for k in np.flatnonzero(np.abs(np.diagonal(R)[:m]) / math.sqrt(n) < 1e-8) if k >= 1]
+    if Z.shape[1] > n:  # more columns than rows: column n lies in the span of those before it
+        dependent.append(n)
+    for k in dependent:
         A = Z[:, :k]
         coef, *_ = np.linalg.lstsq(A, Z[:, k], rcond=None)
         resid = Z[:, k] - A @ coef

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from ..errors import SpecError
+from ..errors import DataError, SpecError
 from ..families import separation, separation_text
 from ..reduce import BlockStats, Reduced, bound_block_stats, reduce
 from ..spec import BoundSpec
@@ -365,6 +365,7 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
     C, D = chains, draws
     if bound.simple:
         red = reduce(bound)
+        exact.check_within_variation(bound, red)
 
         def f(theta: np.ndarray) -> float:
             sigma, _, _, Lam = hyp.unpack(theta)
@@ -655,6 +656,55 @@ def _check_separation(bound: BoundSpec) -> None:
                              "the separating column.", option="method")
 
 
+def _check_replicated(bound: BoundSpec) -> None:
+    """Refuse a residual SD that the (restricted) likelihood cannot separate from the groups'.
+
+    With no more rows than groups (every group of one row) y_j ~ N(x_j'β, σ² + τ²) depends on σ
+    and τ only through σ² + τ², and with Σ fixed (unpooled) no residual degree of freedom is
+    left: the maximum is a ridge or a boundary (σ̂ = 0), an answer silently wrong.  lme4 refuses
+    the same models ("number of levels of each grouping factor must be < number of
+    observations", ``check.nobs.vs.nlev``); the exact and NUTS paths fit them, the priors
+    making the posterior proper.
+    """
+    block = bound.blocks[0]
+    if not bound.has_sigma or block.pooled or bound.n_obs > block.n_groups:
+        return
+    raise DataError(
+        f"Every group of '{block.factor}' has one row ({bound.n_obs} rows, {block.n_groups} groups), so the "
+        f"residual SD sigma cannot be told apart from the group values by maximum likelihood "
+        f"(method='empirical'; lme4 refuses it too).",
+        hint="Use method='exact' or method='nuts' (the priors identify sigma), or pooling='pooled'.",
+        column=block.factor, option="method")
+
+
+def _check_not_at_bound(bound: BoundSpec) -> None:
+    """Refuse an outcome at the edge of its support on every row (no maximum to find).
+
+    Counts all 0, or every trial a failure (or every one a success): the likelihood increases
+    without bound as the intercept → ∓∞, so the marginal maximum does not exist (glmer reports a
+    huge estimate and a singular fit).  The Bayesian paths fit these data, the prior of the
+    intercept keeping the posterior proper.
+    """
+    y, fam = bound.y, bound.spec.fam
+    if not y.size:
+        return
+    what = None
+    if np.all(y == 0):
+        what = "0 on every row"
+    elif bound.trials is not None and np.all(y == bound.trials):
+        what = f"equal to the number of trials ({bound.spec.trials}) on every row"
+    elif fam.support == "binary" and np.all(y == 1):
+        what = "1 on every row"
+    if what is None:
+        return
+    name = bound.spec.outcome
+    raise DataError(
+        f"The outcome '{name}' is {what}, so its maximum-likelihood intercept is infinite and "
+        f"method='empirical' has no estimate for the {fam.name} family.",
+        hint="Use method='laplace' or method='nuts' (the intercept's prior keeps the posterior proper), "
+             "or check the outcome column.", column=name, option="method")
+
+
 def sample(
     bound: BoundSpec,
     *,
@@ -702,8 +752,10 @@ def sample(
     if progress:
         progress("hyperparameters", 0.0)
     if fam.exact:
+        _check_replicated(bound)
         out = _gaussian(bound, seed=seed, chains=chains, draws=draws, reml=reml, group_budget=group_budget)
     elif fam.name in _LAPLACE_FAMILIES:
+        _check_not_at_bound(bound)
         _check_separation(bound)
         out = _laplace(bound, seed=seed, chains=chains, draws=draws)
     else:

@@ -29,6 +29,7 @@ JASA 72, 320–338.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
 from ..priors import Prior
 from ..reduce import Reduced, Shift, bound_block_stats
 from ..spec import BoundSpec
@@ -103,6 +105,47 @@ class _BySize:
     uu: np.ndarray  # (K, p·p)
     usy: np.ndarray  # (K, p)
     sy2: np.ndarray  # (K,)
+    #: the within-group parts X'WX − Σ u_ju_j'/a_j, X'Wy − Σ u_j sy_j/a_j, y'Wy − Σ sy_j²/a_j
+    #: (their limits as ρ → ∞), positive semi-definite up to round-off (see :func:`_within`)
+    A_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    b_in: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    q_in: float = 0.0
+
+
+#: eigenvalues of the within-group part below this fraction of its largest (in correlation units
+#: of the totals) are round-off: the direction of the intercept, constant within every group
+_WITHIN_RTOL = 1e-14
+
+
+def _within(red: Reduced, m: _BySize) -> _BySize:
+    """``m`` with the within-group parts, computed once and cleaned of cancellation error.
+
+    Written as within + between/(1 + a_jρ), the sums of :func:`group_sums` stay accurate as ρ =
+    τ²/σ² → ∞ (σ → 0).  The within part is a difference of large sums; where it is zero in exact
+    arithmetic (every group of one row, or the intercept, constant within each group) round-off
+    leaves ±ε, which divided by σ² → 0 would make the density grow without bound.  With every
+    group of one row the within part is exactly zero; otherwise the joint matrix [[A, b], [b', q]]
+    is positive semi-definite: its negative eigenvalues, and those below ``_WITHIN_RTOL`` of the
+    largest (in units of the totals' diagonal), are set to zero.
+    """
+    p = red.p
+    if red.n.size and np.all(red.n <= 1):
+        return dataclasses.replace(m, A_in=np.zeros((p, p)), b_in=np.zeros(p), q_in=0.0)
+    inv_a = 1.0 / m.a
+    A = red.XtWX - (inv_a @ m.uu).reshape(p, p)
+    b = red.XtWy - inv_a @ m.usy
+    q = float(red.yWy - inv_a @ m.sy2)
+    M = np.zeros((p + 1, p + 1))
+    M[:p, :p], M[:p, p], M[p, :p], M[p, p] = A, b, b, q
+    T = np.zeros((p + 1, p + 1))
+    T[:p, :p], T[:p, p], T[p, :p], T[p, p] = red.XtWX, red.XtWy, red.XtWy, red.yWy
+    d = np.sqrt(np.maximum(np.diag(T), 0.0))
+    d[d == 0] = 1.0
+    Ms = M / np.outer(d, d)
+    lam, V = np.linalg.eigh(0.5 * (Ms + Ms.T))
+    lam = np.where(lam > _WITHIN_RTOL * max(1.0, float(np.max(np.abs(lam), initial=0.0))), lam, 0.0)
+    M = (V * lam) @ V.T * np.outer(d, d)
+    return dataclasses.replace(m, A_in=M[:p, :p], b_in=M[:p, p], q_in=float(M[p, p]))
 
 
 _BY_SIZE: dict[int, tuple[weakref.ref[Reduced], _BySize]] = {}
@@ -145,10 +188,35 @@ def _by_size(red: Reduced) -> _BySize:
                 uu[:, k, m] = uu[:, m, k] = merge(red.u[:, k] * red.u[:, m])
         usy = np.column_stack([merge(red.u[:, k] * red.sy) for k in range(p)]).reshape(K, p)
         out = _BySize(a, count.astype(float), uu.reshape(K, p * p), usy, merge(red.sy * red.sy))
+    out = _within(red, out)
     for key in [k for k, (ref, _) in _BY_SIZE.items() if ref() is None]:
         del _BY_SIZE[key]
     _BY_SIZE[id(red)] = (weakref.ref(red), out)
     return out
+
+
+def check_within_variation(bound: BoundSpec, red: Reduced) -> None:
+    """Refuse an outcome that does not vary within any group (every group's rows repeat one value).
+
+    With no within-group variation left once β is fitted (the within part of y'Wy is zero) and
+    more rows than groups, p(y | σ, τ) grows like σ^−(n − J) as σ → 0: no proper posterior, no
+    maximum.  Every group of one row is fine (σ^0: the priors identify σ).
+
+    Raises
+    ------
+    DataError
+    """
+    block = bound.blocks[0]
+    if not bound.has_sigma or block.pooled or red.n_obs <= red.n_groups:
+        return
+    if _by_size(red).q_in > 0.0:
+        return
+    y, g = bound.spec.outcome, block.factor
+    raise DataError(
+        f"The outcome '{y}' does not vary within any group of '{g}' (each group's rows repeat one value), so the "
+        f"likelihood grows without bound as the residual SD sigma → 0.",
+        hint=f"Fit one row per group of '{g}' (the group's value), or give known standard errors with "
+             f"'{y} | se(<column>) ~ …'.", column=y)
 
 
 def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool = True) -> GroupSums:
@@ -170,10 +238,12 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool
 
     def fill(s: int) -> None:
         r = rho[s : s + step, None]
-        k = r / (1.0 + a_g[None, :] * r)
-        A[s : s + step] = red.XtWX[None] - (k @ uu).reshape(r.shape[0], p, p)
-        b[s : s + step] = red.XtWy[None] - k @ usy
-        q[s : s + step] = red.yWy - k @ sy2
+        # X'WX − Σ ρ/(1 + a_jρ) u_ju_j' written as within + Σ between_j/(1 + a_jρ): no cancellation
+        # as ρ → ∞ (see _within)
+        k = 1.0 / (a_g[None, :] * (1.0 + a_g[None, :] * r))
+        A[s : s + step] = m.A_in[None] + (k @ uu).reshape(r.shape[0], p, p)
+        b[s : s + step] = m.b_in[None] + k @ usy
+        q[s : s + step] = m.q_in + k @ sy2
         if logdet:
             np.multiply(a_g[None, :], r, out=k)
             np.log1p(k, out=k)
@@ -606,6 +676,7 @@ def sample(
         (``Draws.value_draws``), every draw of β and the hyperparameters is kept.
     """
     t0 = time.perf_counter()
+    check_within_variation(bound, red)
     rng = np.random.default_rng(seed)
     hp = HyperPrior.from_bound(bound, red.shift)
     target = _Target(red, hp, bound.has_sigma, bound.tau)

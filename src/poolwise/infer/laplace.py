@@ -270,7 +270,9 @@ class LaplaceTarget:
             sl = idx[s:s + self.chunk]
             lam = Lam[sl]
             with np.errstate(all="ignore"):
-                u0 = np.linalg.solve(lam, np.broadcast_to(self.b_ref.T, (sl.size, self.q, self.Jp))).transpose(0, 2, 1)
+                # Λ⁻¹b, by the pseudo-inverse: Λ = 0 (pooled, group terms dropped) is singular
+                b_ref = np.broadcast_to(self.b_ref.T, (sl.size, self.q, self.Jp))
+                u0 = (np.linalg.pinv(lam) @ b_ref).transpose(0, 2, 1)
             u0 = np.where(np.isfinite(u0), u0, 0.0)
             u, ll, C, _, it = self.modes(beta[sl], lam, u0)
             self.newton_iters.append(it)
