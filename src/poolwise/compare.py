@@ -22,6 +22,7 @@ import pandas as pd
 from . import data as _data
 from .fit import MEMORY_BUDGET, Fit, fit
 from .infer import Progress, run
+from .output import number
 from .priors import Prior
 from .spec import ModelSpec
 
@@ -323,14 +324,14 @@ class Comparison:
         for label, t, col in (("observation (PSIS-LOO)", loo_t, "elpd_loo"), ("group (leave-one-group-out)", logo_t,
                                                                              "elpd_logo")):
             best = str(t.index[0])
-            parts = [f"{m} {-t.loc[m, 'elpd_diff']:.1f} ± {t.loc[m, 'dse']:.1f}" for m in t.index[1:]]
+            parts = [f"{m} {number(-t.loc[m, 'elpd_diff'], 3)} ± {number(t.loc[m, 'dse'], 3)}" for m in t.index[1:]]
             reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it: " + ", ".join(parts) + ".")
         how = logo_t.attrs.get("how", {})
         if how:
             reasons.append("Leave-one-group-out: " + "; ".join(f"{k}: {v}" for k, v in how.items()) + ".")
         if unit is not None:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
-                           f"{tau / unit:.2f} × the within-group SD σ = {unit:.3g}.")
+                           f"{number(tau / unit, 3)} × the within-group SD σ = {unit:.3g}.")
         else:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
         if lam.size:

@@ -30,6 +30,7 @@ from . import predictive as _predictive
 from . import reduce as _reduce
 from .errors import DataError, SpecError
 from .infer import BlockDraws, Draws, Progress, run
+from .output import write_file
 from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec
@@ -517,6 +518,7 @@ class Fit:
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
         group values ``1|g[label]``, ``x|g[label]``.  ``.attrs["priors"]`` holds the priors,
         ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS).
+        Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
         import arviz as az
 
@@ -524,11 +526,11 @@ class Fit:
         names = [n for n in self.idata.posterior.data_vars if n not in skip]
         with warnings.catch_warnings():  # a constant (REML estimates, a fixed setting) has no R-hat: NaN in the table
             warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
+            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all", round_to="none")
             if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
                 gv = self.idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
-                out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
+                out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all", round_to="none")])
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
@@ -764,12 +766,9 @@ class Fit:
 
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write the results to a NetCDF file; never overwrites unless asked."""
-        path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"The file '{path}' exists already.", hint="Pass overwrite=True (CLI: --force).")
-        self.idata.to_netcdf(path)
-        return path
+        """Write the results to a NetCDF file, whole or not at all (:func:`poolwise.output.write_file`);
+        never overwrites unless asked, never through a link."""
+        return write_file(path, self.idata.to_netcdf, overwrite=overwrite)
 
 
 def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:
