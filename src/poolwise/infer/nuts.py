@@ -535,62 +535,29 @@ def init_to_jittered_median(site: dict[str, Any] | None = None, radius: float = 
     return transform(middle + jax.random.uniform(k_jitter, middle.shape, minval=-radius, maxval=radius))
 
 
-class _Sampler:
-    """One jitted run, compiled ahead of its first call (so that compiling and sampling are two
-    steps, each interruptible) and kept compiled: its cache key fixes the argument shapes."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.jitted = jax.jit(fn)
-        self.executable: Any = None
-        self.compiles = 0  #: how many times it was compiled (once, while cached)
-
-    def compile(self, *args: Any) -> Any:
-        if self.executable is None:
-            self.executable = self.jitted.lower(*args).compile()
-            self.compiles += 1
-        return self.executable
-
-    def __call__(self, *args: Any) -> Any:
-        return self.compile(*args)(*args)
-
-
-def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
-                  target_accept: float, max_tree_depth: int) -> _Sampler:
-    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings."""
-    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth)
-    run = _RUN_CACHE.get(cache_key)
-    if run is not None:
-        _RUN_CACHE.move_to_end(cache_key)
-        return run
-
-    def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
-        kernel = _InterruptibleNUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                                    init_strategy=init_to_jittered_median)
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                    chain_method="vectorized", progress_bar=False)
-        mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
-        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
-
-    run = _Sampler(run_mcmc)
-    _RUN_CACHE[cache_key] = run
-    while len(_RUN_CACHE) > CACHE_SIZE:
-        _RUN_CACHE.popitem(last=False)
-    return run
-
-
 # -- Ctrl-C: the compiled run is one call into XLA, during which Python runs no signal handler.
 #
 # The call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
 # KeyboardInterrupt there at once; the main thread then sets _CANCEL, which the running program
-# reads through a host callback every INTERRUPT_EVERY iterations and stops on (the callback
+# reads through a host callback every few iterations and stops on (the callback
 # raises, XLA abandons the run), and KeyboardInterrupt goes on to the caller once the worker has
 # ended: no computation is left running behind it.
 
-#: iterations between two looks at a pending interrupt.  Each look is one host callback (about
-#: 0.1 ms of CPU); every 8 cost 3-5 % of the CPU time of a small fit (20 groups, 2,000
-#: iterations), every 32 no measurable time; 16 bounds the wait after Ctrl-C to 16 iterations.
-INTERRUPT_EVERY = 16
+#: most iterations between two looks at a pending interrupt.  Each look is one host callback,
+#: about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in 0.57 s) a look every
+#: 16 iterations cost 5 % of the sampling time, every 64 none measurable.
+INTERRUPT_EVERY = 64
+#: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
+#: gradient, summed over the iterations between two looks, about: larger data look more often
+INTERRUPT_TERMS = 256_000
 _CANCEL = threading.Event()
+
+
+def _interrupt_every(n_terms: int) -> int:
+    """Iterations between two looks: :data:`INTERRUPT_EVERY` for small data, down to every
+    iteration when one iteration evaluates :data:`INTERRUPT_TERMS` terms per gradient or more,
+    so that a look costs about 1 % of the time between two and Ctrl-C waits a few iterations."""
+    return int(min(INTERRUPT_EVERY, max(1, INTERRUPT_TERMS // max(n_terms, 1))))
 
 
 class _Interrupted(Exception):
@@ -603,12 +570,15 @@ def _check_cancel() -> None:
 
 
 class _InterruptibleNUTS(NUTS):
-    """NUTS that looks for a pending interrupt every :data:`INTERRUPT_EVERY` iterations."""
+    """NUTS that looks for a pending interrupt every ``every`` iterations."""
+
+    def __init__(self, *args: Any, every: int = INTERRUPT_EVERY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = every
 
     def sample(self, state: Any, model_args: Any, model_kwargs: Any) -> Any:
         i = jnp.ravel(state.i)[0]  # the iteration, shared by the vectorized chains
-        jax.lax.cond(i % INTERRUPT_EVERY == 0, lambda: io_callback(_check_cancel, None, ordered=False),
-                     lambda: None)
+        jax.lax.cond(i % self.every == 0, lambda: io_callback(_check_cancel, None, ordered=False), lambda: None)
         return super().sample(state, model_args, model_kwargs)
 
 
@@ -622,7 +592,7 @@ class _QuietInterrupt(logging.Filter):
 
 def _interruptible(call: Callable[[], Any]) -> Any:
     """``call()``, run so that Ctrl-C stops it and raises KeyboardInterrupt: a sampling run within
-    :data:`INTERRUPT_EVERY` iterations; a compilation (which XLA cannot abandon) at its end.
+    a few iterations (:func:`_interrupt_every`); a compilation (which XLA cannot abandon) at its end.
 
     Off the main thread (where Python delivers no signal) it is simply called."""
     if threading.current_thread() is not threading.main_thread():
@@ -664,6 +634,50 @@ def _interruptible(call: Callable[[], Any]) -> Any:
     return result["value"]
 
 
+class _Sampler:
+    """One jitted run, compiled ahead of its first call (so that compiling and sampling are two
+    steps, each interruptible) and kept compiled: its cache key fixes the argument shapes."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.jitted = jax.jit(fn)
+        self.executable: Any = None
+        self.compiles = 0  #: how many times it was compiled (once, while cached)
+
+    def compile(self, *args: Any) -> Any:
+        if self.executable is None:
+            self.executable = self.jitted.lower(*args).compile()
+            self.compiles += 1
+        return self.executable
+
+    def __call__(self, *args: Any) -> Any:
+        return self.compile(*args)(*args)
+
+
+def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
+                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY) -> _Sampler:
+    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings
+    (``every``: iterations between two looks at a pending Ctrl-C)."""
+    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth, every)
+    run = _RUN_CACHE.get(cache_key)
+    if run is not None:
+        _RUN_CACHE.move_to_end(cache_key)
+        return run
+
+    def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
+        kernel = _InterruptibleNUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                                    init_strategy=init_to_jittered_median, every=every)
+        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
+                    chain_method="vectorized", progress_bar=False)
+        mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
+        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
+
+    run = _Sampler(run_mcmc)
+    _RUN_CACHE[cache_key] = run
+    while len(_RUN_CACHE) > CACHE_SIZE:
+        _RUN_CACHE.popitem(last=False)
+    return run
+
+
 def clear_cache() -> None:
     """Drop every compiled sampler (the next fit of each model structure compiles again)."""
     _RUN_CACHE.clear()
@@ -678,7 +692,8 @@ def _run_once(
     stops it (compiling, within the compile; sampling, within a fraction of a second)."""
     args = {k: v for k, v in data.items() if k != "y"}
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
-                        target_accept=target_accept, max_tree_depth=max_tree_depth)
+                        target_accept=target_accept, max_tree_depth=max_tree_depth,
+                        every=_interrupt_every(int(np.size(data["y"])) * chains))
     exe = _interruptible(lambda: run.compile(key, args, data["y"]))
     if progress:
         progress(f"warmup+sampling (target_accept={target_accept:g})", 0.0)
