@@ -2,13 +2,14 @@
 
 Flags map one to one to library arguments; every check on their values is the library's.  A
 :class:`~poolwise.errors.PoolwiseError` becomes one or two lines ``error: …`` on stderr and exit
-status 2; any other exception is a bug and keeps its traceback.  Output files are checked
-before any fitting, so an existing file is never overwritten without ``--force``.
+status 2; any other exception is a bug and keeps its traceback.  Output paths are checked
+before any fitting (writable, no link, none twice, an existing file only with ``--force``) and
+each file is written to a temporary name and renamed into place (:mod:`poolwise.output`); Ctrl-C
+stops the run and exits 130 with nothing half written.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from rich.table import Table
 from .compare import POOLINGS, Comparison, compare
 from .errors import PoolwiseError, PriorError
 from .fit import Fit, fit
+from .output import check_folder, check_outputs, number, write_file
 
 __all__ = ["app", "main"]
 
@@ -62,7 +64,8 @@ PriorOpt = Annotated[list[str] | None, typer.Option(
     "--prior", help="NAME=PRIOR, e.g. 'sd(Intercept|g)=half_normal(2)'; repeatable.", show_default=False)]
 OutOpt = Annotated[Path | None, typer.Option(help="Folder to write results to (created if missing).",
                                              show_default=False)]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite files that exist in --out (and --report).")]
+ForceOpt = Annotated[bool, typer.Option("--force", help=(
+    "Overwrite files that exist in --out (and --report); a link is never written through."))]
 ReportOpt = Annotated[Path | None, typer.Option(
     help="Write a self-contained HTML report (figures, tables, the recommendation) to this file.",
     show_default=False)]
@@ -93,7 +96,7 @@ def fit_command(
     DIR/pooling_factors.csv.
     """
     with _errors():
-        targets = _check_targets(out, FIT_FILES, force)
+        targets, _ = _check_outputs(out, FIT_FILES, None, force)
         priors = _parse_priors(prior)
         with _progress() as step:
             f = fit(formula, os.fspath(data), family=family, pooling=pooling, priors=priors, method=method,
@@ -106,10 +109,9 @@ def fit_command(
         for note in f.notes():
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            f.to_netcdf(targets["fit.nc"], overwrite=True)
-            f.summary().to_csv(targets["summary.csv"])
-            f.pooling_factors().to_csv(targets["pooling_factors.csv"])
+            f.to_netcdf(targets["fit.nc"], overwrite=force)
+            write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
+            write_file(targets["pooling_factors.csv"], f.pooling_factors().to_csv, overwrite=force)
             _print_written(console, targets.values())
 
 
@@ -141,8 +143,7 @@ def compare_command(
     recommendation.
     """
     with _errors():
-        targets = _check_targets(out, COMPARE_FILES, force)
-        report_path = _check_report(report, force)
+        targets, report_path = _check_outputs(out, COMPARE_FILES, report, force)
         priors = _parse_priors(prior)
         with _progress() as step:
             cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
@@ -165,21 +166,20 @@ def compare_command(
         if out is not None:
             from .plots import plot_comparison
 
-            out.mkdir(parents=True, exist_ok=True)
             fig = plot_comparison(cmp)
-            fig.savefig(targets["comparison.png"], dpi=120)
-            fig.savefig(targets["comparison.svg"])
-            table.to_csv(targets["table.csv"])
-            loo.to_csv(targets["loo.csv"])
+            write_file(targets["comparison.png"], lambda tmp: fig.savefig(tmp, dpi=120), overwrite=force)
+            write_file(targets["comparison.svg"], fig.savefig, overwrite=force)
+            write_file(targets["table.csv"], table.to_csv, overwrite=force)
+            write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
             for name, f in cmp.fits.items():
-                f.to_netcdf(targets[f"{name}.nc"], overwrite=True)
+                f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
             _print_written(console, targets.values())
         if report_path is not None:
             from .report import write_report
 
             with _progress() as step:
                 step("leave-one-group-out and the report", 0.5)
-                write_report(cmp, report_path, overwrite=True)  # checked before fitting
+                write_report(cmp, report_path, overwrite=force)  # checked before fitting
             console.print(str(cmp.recommend()), markup=False, highlight=False)
             _print_written(console, [report_path])
 
@@ -207,36 +207,42 @@ def _fail(message: str) -> NoReturn:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """PoolwiseError → ``error: …`` on stderr, exit 2.  Other exceptions pass untouched."""
+    """PoolwiseError → ``error: …`` on stderr, exit 2; Ctrl-C → one line, exit 130 (128 + SIGINT),
+    with nothing half written (every file goes to a temporary name first).  Other exceptions
+    pass untouched."""
     try:
         yield
     except PoolwiseError as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: stopped, no partial output written.", markup=False,
+                                   highlight=False)
+        raise typer.Exit(130) from None
 
 
-def _check_targets(out: Path | None, names: Sequence[str], force: bool) -> dict[str, str]:
-    """The output paths; fails before any work if one exists and ``force`` is not given."""
-    if out is None:
-        return {}
-    if out.exists() and not out.is_dir():
-        _fail(f"{out} is a file, not a folder. Give --out a folder.")
-    targets = {name: os.fspath(out / name) for name in names}
-    existing = [path for path in targets.values() if os.path.exists(path)]
+def _check_outputs(out: Path | None, names: Sequence[str], report: Path | None,
+                   force: bool) -> tuple[dict[str, str], str | None]:
+    """The output paths (DIR/name for each name, and the report's), checked before any work:
+    each folder writable (or makeable), no link or folder in the way, no path twice, and no
+    existing file unless ``force`` (:func:`poolwise.output.check_outputs`)."""
+    targets: dict[str, str] = {}
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            _fail(f"{out} is a file, not a folder. Give --out a folder.")
+        check_folder(out, option="out")
+        targets = {name: os.fspath(out / name) for name in names}
+    report_path = None
+    if report is not None:
+        if report.is_dir():
+            _fail(f"{report} is a folder. Give --report a file name such as report.html.")
+        report_path = os.fspath(report)
+    paths = [(p, "out") for p in targets.values()] + ([(report_path, "report")] if report_path else [])
+    check_outputs(paths, overwrite=True)  # links, folders, the same path twice; existing files next
+    existing = [path for path, _ in paths if os.path.exists(path)]
     if existing and not force:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         _fail(f"{existing[0]} exists already{more}. Pass --force to overwrite.")
-    return targets
-
-
-def _check_report(path: Path | None, force: bool) -> str | None:
-    """The report's path; fails before any work if it is a folder, or exists without ``force``."""
-    if path is None:
-        return None
-    if path.is_dir():
-        _fail(f"{path} is a folder. Give --report a file name such as report.html.")
-    if path.exists() and not force:
-        _fail(f"{path} exists already. Pass --force to overwrite.")
-    return os.fspath(path)
+    return targets, report_path
 
 
 def _spark_session() -> Any:
@@ -298,16 +304,9 @@ def _print_written(console: Console, paths: Any) -> None:
 # -- tables ------------------------------------------------------------------------------------
 
 
-def _num(v: Any, digits: int = 3) -> str:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if math.isnan(x):
-        return "–"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
-        return f"{x:.{digits}g}"
-    return f"{x:.{digits}f}"
+def _num(v: Any, digits: int = 4) -> str:
+    """``v`` to ``digits`` significant digits: values in small units keep theirs."""
+    return number(v, digits)
 
 
 def _table(title: str) -> Table:
@@ -323,7 +322,7 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
         cells = []
         for col in frame.columns:
             v = row[col]
-            digits = (formats or {}).get(str(col), 3)
+            digits = (formats or {}).get(str(col), 4)
             cells.append(str(int(v)) if digits == 0 and pd.notna(v) else _num(v, digits))
         table.add_row(str(idx), *cells)
     return table
@@ -333,7 +332,7 @@ def _summary_table(f: Fit) -> Table:
     s = f.summary(groups=False)
     s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
     s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
-    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 2}
+    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4}
     return _frame_table(s, "Posterior summary", "parameter", digits)
 
 
@@ -361,7 +360,7 @@ def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
 
 
 def _loo_table(loo: pd.DataFrame) -> Table:
-    return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2})
+    return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 3})
 
 
 def _population_line(pop: dict[str, float]) -> str:

@@ -24,6 +24,7 @@ from . import data as _data
 from .errors import PoolwiseError
 from .fit import MEMORY_BUDGET, Fit, fit
 from .infer import Progress, run
+from .output import number
 from .priors import Prior
 from .spec import ModelSpec
 
@@ -348,13 +349,13 @@ class Comparison:
         reasons: list[str] = []
         for label, t in (("observation (PSIS-LOO)", loo_t), ("group (leave-one-group-out)", logo_t)):
             best = str(t.index[0])
-            parts = [f"{m} {t.loc[m, 'elpd_diff']:.1f} ± {t.loc[m, 'dse']:.1f}" for m in t.index[1:]]
+            parts = [f"{m} {number(t.loc[m, 'elpd_diff'], 3)} ± {number(t.loc[m, 'dse'], 3)}" for m in t.index[1:]]
             reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it (negative: worse): "
                            + ", ".join(parts) + ".")
         reasons.extend(_reliability(loo_t, logo_t))
         if unit is not None:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
-                           f"{tau / unit:.2f} × the within-group SD σ = {unit:.3g}.")
+                           f"{number(tau / unit, 3)} × the within-group SD σ = {unit:.3g}.")
         else:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
         if lam.size:

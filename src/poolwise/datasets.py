@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, SpecError
+from .output import check_output, write_file
 
 __all__ = ["drivers", "radon", "sleepstudy", "eight_schools", "cbpp"]
 
@@ -358,18 +359,16 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-drivers", type=int, default=40, help="number of drivers")
     args = parser.parse_args(argv)
 
-    if os.path.exists(args.out) and not args.force:
+    if os.path.exists(args.out) and not os.path.islink(args.out) and not args.force:
         print(f"error: {args.out} already exists; pass --force to overwrite it.", file=sys.stderr)
         return 2
     try:
+        check_output(args.out, overwrite=args.force, option="out")
         frame = drivers(args.n_drivers, seed=args.seed)
-    except SpecError as err:
+        write_file(args.out, lambda tmp: frame.to_csv(tmp, index=False), overwrite=args.force, option="out")
+    except (SpecError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    parent = os.path.dirname(args.out)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    frame.to_csv(args.out, index=False)
     return 0
 
 

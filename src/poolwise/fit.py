@@ -31,6 +31,7 @@ from . import reduce as _reduce
 from .errors import DataError, SpecError
 from .families import separation, separation_text
 from .infer import BlockDraws, Draws, Progress, run
+from .output import write_file
 from .priors import Prior
 from .query import bind_data
 from .spec import BoundSpec, GroupBlock, ModelSpec, format_bytes, physical_memory
@@ -605,6 +606,7 @@ class Fit:
         ``.attrs["notes"]`` plain-language notes on the run (divergent transitions of NUTS,
         parameters that have not converged).  The last column, ``flag``, names the convergence
         check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
+        Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
         import arviz as az
 
@@ -612,11 +614,11 @@ class Fit:
         names = [n for n in self.idata.posterior.data_vars if n not in skip]
         with warnings.catch_warnings():  # a constant (REML estimates, a fixed setting) has no R-hat: NaN in the table
             warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all")
+            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all", round_to="none")
             if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
                 gv = self.idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
-                out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all")])
+                out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all", round_to="none")])
         # from the unrounded R-hat and ESS where diagnostics() checked the row, else from this table's own
         flags = self.diagnostics()["flag"].reindex(out.index)
         out["flag"] = flags.fillna(convergence_flags(out, self.draws.n_chains))
@@ -947,12 +949,9 @@ class Fit:
 
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write the results to a NetCDF file; never overwrites unless asked."""
-        path = os.fspath(path)
-        if os.path.exists(path) and not overwrite:
-            raise DataError(f"The file '{path}' exists already.", hint="Pass overwrite=True (CLI: --force).")
-        self.idata.to_netcdf(path)
-        return path
+        """Write the results to a NetCDF file, whole or not at all (:func:`poolwise.output.write_file`);
+        never overwrites unless asked, never through a link."""
+        return write_file(path, self.idata.to_netcdf, overwrite=overwrite)
 
 
 def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:

@@ -24,6 +24,7 @@ from . import plots
 from .compare import POOLINGS, Comparison
 from .plots.checks import divergence_lines
 from .errors import DataError
+from .output import check_output, number, write_text
 
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
     from matplotlib.figure import Figure
@@ -121,15 +122,8 @@ def write_report(cmp: Comparison, path: str | os.PathLike[str], *, overwrite: bo
     path = os.fspath(path)
     if os.path.isdir(path):
         raise DataError(f"'{path}' is a folder, not a file.", hint="Give the report a file name such as report.html.")
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"The file '{path}' exists already.", hint="Pass overwrite=True (CLI: --force).")
-    text = render_report(cmp, max_groups=max_groups)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    return path
+    check_output(path, overwrite=overwrite)  # before the work of rendering
+    return write_text(path, render_report(cmp, max_groups=max_groups), overwrite=overwrite)
 
 
 def render_report(cmp: Comparison, *, max_groups: int = MAX_GROUP_ROWS) -> str:
@@ -249,10 +243,10 @@ def _section_prediction(cmp: Comparison) -> str:
                 "is better."),
         '<div class="scroll">' + _frame_html(loo, index_name="pooling", caption="PSIS-LOO over observations "
                                              "(best first): predicting a new observation of a known group",
-                                             digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2}) + "</div>",
+                                             digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 3}) + "</div>",
         '<div class="scroll">' + _frame_html(logo_shown, index_name="pooling", caption="Leave-one-group-out "
                                              "(best first): predicting a group the model has not seen",
-                                             digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 2}) + "</div>",
+                                             digits={"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 3}) + "</div>",
     ]
     if how:
         said = (_e(next(iter(how.values()))) + " (each pooling)" if len(set(how.values())) == 1
@@ -320,7 +314,7 @@ def _section_data(cmp: Comparison) -> str:
     return (f"<p>{s['n_obs']} rows.</p>\n"
             + '<div class="grid2"><div class="scroll">'
             + _frame_html(groups, index_name="grouping factor", caption="Groups and group sizes (rows)",
-                          digits={"groups": 0, "size min": 0, "size max": 0, "size median": 1})
+                          digits={"groups": 0, "size min": 0, "size max": 0})
             + '</div><div class="scroll">'
             + _frame_html(outcome, index_name="outcome", caption="The outcome") + "</div></div>")
 
@@ -336,7 +330,7 @@ def _section_diagnostics(cmp: Comparison) -> str:
     frame = frame.set_index("pooling")
     table = _frame_html(frame, index_name="pooling", caption="R-hat and ESS per parameter (group values: the "
                         "largest R-hat and smallest ESS over the groups)",
-                        digits={"n": 0, "ess_bulk": 0, "ess_tail": 0, "r_hat": 3})
+                        digits={"n": 0, "ess_bulk": 0, "ess_tail": 0})
     return (_figure(plots.plot_diagnostics(cmp), "R-hat (should be below 1.01) and bulk/tail ESS of each "
                     "parameter of each fit.")
             + (f"\n<ul>{lines}</ul>\n" if lines else "\n")
@@ -352,20 +346,9 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(v: Any, digits: int = 3) -> str:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if math.isnan(x):
-        return "–"
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    if x == 0:
-        x = 0.0  # no "-0.000"
-    if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
-        return f"{x:.{digits}g}"
-    return f"{x:.{digits}f}"
+def _num(v: Any, digits: int = 4) -> str:
+    """``v`` to ``digits`` significant digits (:func:`poolwise.output.number`)."""
+    return number(v, digits)
 
 
 _NUM = ' class="num"'
@@ -384,7 +367,7 @@ def _frame_html(frame: pd.DataFrame, *, index_name: str, caption: str | None = N
         cells = [f'<th scope="row">{_e(idx)}</th>']
         for c, v, r in zip(cols, row, right):
             numeric = not raw and isinstance(v, (int, float)) and not isinstance(v, bool)
-            d = (digits or {}).get(c, 3)
+            d = (digits or {}).get(c, 4)
             if numeric:
                 text = str(int(v)) if d == 0 and math.isfinite(float(v)) else _num(v, d)
                 cells.append(f'<td class="num">{_e(text)}</td>')

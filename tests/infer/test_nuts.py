@@ -164,7 +164,7 @@ def test_new_data_of_the_same_shapes_reuses_the_compiled_sampler() -> None:
     b = nuts.sample(second, **settings)
     c = nuts.sample(first, **settings)
     assert len(nuts._RUN_CACHE) == n_cached and next(reversed(nuts._RUN_CACHE)) == key
-    assert nuts._RUN_CACHE[key]._cache_size() == 1  # compiled once for the three fits
+    assert nuts._RUN_CACHE[key].compiles == 1  # compiled once for the three fits
     assert not np.allclose(a.beta, b.beta)
     np.testing.assert_array_equal(a.beta, c.beta)
     assert a.sigma is not None and c.sigma is not None and a.tau is not None and c.tau is not None
@@ -208,7 +208,7 @@ def _fake_run(counts: list[int], calls: list[float]) -> Callable[..., Any]:
     """A stand-in for one MCMC run that diverges ``counts[i]`` times at attempt i."""
 
     def fake(model: Any, y: Any, key: Any, *, chains: int, draws: int, warmup: int, target_accept: float,
-             max_tree_depth: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+             max_tree_depth: int, **_: Any) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         k = counts[len(calls)]
         calls.append(target_accept)
         div = np.zeros((chains, draws), dtype=bool)

@@ -299,7 +299,8 @@ def test_divergence_advice_names_the_group_sds(monkeypatch: pytest.MonkeyPatch) 
     calls: list[float] = []
 
     def fake(model: object, y: object, key: object, *, chains: int, draws: int, warmup: int,
-             target_accept: float, max_tree_depth: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+             target_accept: float, max_tree_depth: int,
+             **_: object) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         calls.append(target_accept)
         ones = np.ones((chains, draws))
         div = np.zeros((chains, draws), dtype=bool)

@@ -47,9 +47,11 @@ probabilistic programming in NumPyro. arXiv:1912.11554.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -62,6 +64,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # posteriors must agree tightly with the exact path
 
 import jax.numpy as jnp  # noqa: E402
+from jax.experimental import io_callback  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
@@ -533,24 +536,143 @@ def init_to_jittered_median(site: dict[str, Any] | None = None, radius: float = 
     return transform(middle + jax.random.uniform(k_jitter, middle.shape, minval=-radius, maxval=radius))
 
 
+# -- Ctrl-C: the compiled run is one call into XLA, during which Python runs no signal handler.
+#
+# The call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
+# KeyboardInterrupt there at once; the main thread then sets _CANCEL, which the running program
+# reads through a host callback every few iterations and stops on (the callback
+# raises, XLA abandons the run), and KeyboardInterrupt goes on to the caller once the worker has
+# ended: no computation is left running behind it.
+
+#: most iterations between two looks at a pending interrupt.  Each look is one host callback,
+#: about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in 0.57 s) a look every
+#: 16 iterations cost 5 % of the sampling time, every 64 none measurable.
+INTERRUPT_EVERY = 64
+#: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
+#: gradient, summed over the iterations between two looks, about: larger data look more often
+INTERRUPT_TERMS = 256_000
+_CANCEL = threading.Event()
+
+
+def _interrupt_every(n_terms: int) -> int:
+    """Iterations between two looks: :data:`INTERRUPT_EVERY` for small data, down to every
+    iteration when one iteration evaluates :data:`INTERRUPT_TERMS` terms per gradient or more,
+    so that a look costs about 1 % of the time between two and Ctrl-C waits a few iterations."""
+    return int(min(INTERRUPT_EVERY, max(1, INTERRUPT_TERMS // max(n_terms, 1))))
+
+
+class _Interrupted(Exception):
+    """Raised inside the compiled run (by its host callback) to abandon it."""
+
+
+def _check_cancel() -> None:
+    if _CANCEL.is_set():
+        raise _Interrupted("interrupted")
+
+
+class _InterruptibleNUTS(NUTS):
+    """NUTS that looks for a pending interrupt every ``every`` iterations."""
+
+    def __init__(self, *args: Any, every: int = INTERRUPT_EVERY, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.every = every
+
+    def sample(self, state: Any, model_args: Any, model_kwargs: Any) -> Any:
+        i = jnp.ravel(state.i)[0]  # the iteration, shared by the vectorized chains
+        jax.lax.cond(i % self.every == 0, lambda: io_callback(_check_cancel, None, ordered=False), lambda: None)
+        return super().sample(state, model_args, model_kwargs)
+
+
+class _QuietInterrupt(logging.Filter):
+    """Drops JAX's log record of the callback error that an interrupt causes on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (_CANCEL.is_set() and (isinstance(exc, _Interrupted) or "_Interrupted" in record.getMessage()))
+
+
+def _interruptible(call: Callable[[], Any]) -> Any:
+    """``call()``, run so that Ctrl-C stops it and raises KeyboardInterrupt: a sampling run within
+    a few iterations (:func:`_interrupt_every`); a compilation (which XLA cannot abandon) at its end.
+
+    Off the main thread (where Python delivers no signal) it is simply called."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    done = threading.Event()
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as err:  # handed to the caller below
+            result["error"] = err
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="poolwise-nuts", daemon=True)
+    quiet = _QuietInterrupt()
+    logger = logging.getLogger("jax._src.callback")
+    logger.addFilter(quiet)
+    try:
+        worker.start()
+        try:
+            while not done.wait(0.05):
+                pass
+        except BaseException:  # KeyboardInterrupt (or another signal's exception): stop the run, then go on
+            _CANCEL.set()
+            while True:  # a second Ctrl-C does not leave the run going behind the caller's back
+                try:
+                    done.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue
+            raise
+    finally:
+        _CANCEL.clear()
+        logger.removeFilter(quiet)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+class _Sampler:
+    """One jitted run, compiled ahead of its first call (so that compiling and sampling are two
+    steps, each interruptible) and kept compiled: its cache key fixes the argument shapes."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.jitted = jax.jit(fn)
+        self.executable: Any = None
+        self.compiles = 0  #: how many times it was compiled (once, while cached)
+
+    def compile(self, *args: Any) -> Any:
+        if self.executable is None:
+            self.executable = self.jitted.lower(*args).compile()
+            self.compiles += 1
+        return self.executable
+
+    def __call__(self, *args: Any) -> Any:
+        return self.compile(*args)(*args)
+
+
 def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
-                  target_accept: float, max_tree_depth: int) -> Callable[..., Any]:
-    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings."""
-    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth)
+                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY) -> _Sampler:
+    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings
+    (``every``: iterations between two looks at a pending Ctrl-C)."""
+    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth, every)
     run = _RUN_CACHE.get(cache_key)
     if run is not None:
         _RUN_CACHE.move_to_end(cache_key)
         return run
 
     def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
-        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                      init_strategy=init_to_jittered_median)
+        kernel = _InterruptibleNUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                                    init_strategy=init_to_jittered_median, every=every)
         mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
                     chain_method="vectorized", progress_bar=False)
         mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
         return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
 
-    run = jax.jit(run_mcmc)
+    run = _Sampler(run_mcmc)
     _RUN_CACHE[cache_key] = run
     while len(_RUN_CACHE) > CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)
@@ -564,14 +686,19 @@ def clear_cache() -> None:
 
 def _run_once(
     model: Model, data: dict[str, Any], key: jax.Array, *, chains: int, draws: int, warmup: int,
-    target_accept: float, max_tree_depth: int,
+    target_accept: float, max_tree_depth: int, progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One MCMC run of the structural ``model(args, y=data["y"])``, ``args`` the rest of ``data``;
-    compiled at most once per model, data shapes and settings (while in the cache)."""
+    compiled at most once per model, data shapes and settings (while in the cache).  Ctrl-C
+    stops it (compiling, within the compile; sampling, within a fraction of a second)."""
     args = {k: v for k, v in data.items() if k != "y"}
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
-                        target_accept=target_accept, max_tree_depth=max_tree_depth)
-    samples, extra = run(key, args, data["y"])
+                        target_accept=target_accept, max_tree_depth=max_tree_depth,
+                        every=_interrupt_every(int(np.size(data["y"])) * chains))
+    exe = _interruptible(lambda: run.compile(key, args, data["y"]))
+    if progress:
+        progress(f"warmup+sampling (target_accept={target_accept:g})", 0.0)
+    samples, extra = _interruptible(lambda: jax.block_until_ready(exe(key, args, data["y"])))
     out = {k: np.asarray(v) for k, v in samples.items()}, {k: np.asarray(v) for k, v in extra.items()}
     if not np.isfinite(out[1]["potential_energy"]).all():  # under jit, NumPyro's own check of the start is skipped
         raise RuntimeError("NUTS found no starting point with a finite log density; check the data and priors.")
@@ -663,7 +790,7 @@ def sample(
         return _draws_times(out, uy, ux)
     t0 = time.perf_counter()
     if progress:
-        progress("warmup+sampling", 0.0)
+        progress("warmup+sampling", 0.0)  # compiling first, unless compiled before
     allowed = uses_statistics(bound)
     suff = allowed if statistics is None else bool(statistics)
     if suff and not allowed:
@@ -680,7 +807,7 @@ def sample(
     extra: dict[str, np.ndarray] = {}
     for used in schedule:
         samples, extra = _run_once(model, data, key, chains=chains, draws=draws, warmup=warmup,
-                                   target_accept=used, max_tree_depth=max_tree_depth)
+                                   target_accept=used, max_tree_depth=max_tree_depth, progress=progress)
         divergences.append(int(extra["diverging"].sum()))
         if divergences[-1] == 0:
             break

@@ -1,0 +1,109 @@
+"""Ctrl-C during a NUTS fit: the library raises KeyboardInterrupt, the command exits 130, nothing
+is written.
+
+The run is compiled once and then sampled in one call into XLA, during which Python runs no
+signal handler; both tests send SIGINT once sampling has begun (the progress stage named after
+the compile) and time how long the stop takes.  Each fit would take well over 10 s if it ran on.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import poolwise as pw
+from poolwise.infer import nuts
+
+#: seconds allowed between SIGINT and the stop (the sampler looks every few iterations)
+STOP_WITHIN = 5.0
+#: a logistic model on rows: each iteration costs milliseconds, so 20,000 of them take > 10 s
+ROWS, DRAWS = 20_000, 10_000
+SAMPLING = "warmup+sampling ("  # the stage reported once the sampler is compiled
+
+
+def _frame() -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    g = rng.integers(0, 8, ROWS)
+    x = rng.normal(size=ROWS)
+    p = 1 / (1 + np.exp(-(0.3 * x + rng.normal(size=8)[g])))
+    return pd.DataFrame({"y": (rng.random(ROWS) < p).astype(int), "x": x, "g": [f"g{j}" for j in g]})
+
+
+def test_library_raises_keyboard_interrupt() -> None:
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.perf_counter())
+        signal.raise_signal(signal.SIGINT)
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage.startswith(SAMPLING) and not sent:
+            threading.Timer(0.5, interrupt).start()
+
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        pw.fit("y ~ x + (1 | g)", _frame(), family="bernoulli", method="nuts", chains=2, draws=DRAWS,
+               warmup=DRAWS, progress=progress)
+    stopped = time.perf_counter()
+    assert sent, f"sampling never started ({stopped - t0:.1f} s)"
+    assert stopped - sent[0] < STOP_WITHIN
+    assert not any(t.name == "poolwise-nuts" for t in threading.enumerate())  # the run was abandoned, not left behind
+    assert not nuts._CANCEL.is_set()
+
+
+def test_cli_exits_130_and_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "rows.csv"
+    _frame().to_csv(data, index=False)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "poolwise", "fit", str(data), "-f", "y ~ x + (1 | g)", "--family", "bernoulli",
+           "--method", "nuts", "--chains", "2", "--draws", str(DRAWS), "--warmup", str(DRAWS), "--out", str(out)]
+    src = str(Path(pw.__file__).resolve().parents[1])  # this copy of poolwise, whatever the working folder
+    env = {**os.environ, "COLUMNS": "200", "TERM": "xterm",
+           "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    master, slave = pty.openpty()  # stderr on a terminal: the progress bar names the stage
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env,
+                            cwd=tmp_path)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 600
+        while SAMPLING.encode() not in seen:
+            assert proc.poll() is None, f"exited {proc.returncode} before sampling: {seen[-2000:]!r}"
+            assert time.monotonic() < deadline, f"sampling never started: {seen[-2000:]!r}"
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        time.sleep(1.0)
+        assert proc.poll() is None, "the fit ended before the signal"
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        while proc.poll() is None and time.monotonic() - sent < 60:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    pass
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+    assert proc.returncode == 130, seen[-2000:]
+    assert took < STOP_WITHIN
+    assert b"Traceback" not in seen and b"interrupted" in seen
+    left = sorted(p.name for p in tmp_path.rglob("*") if p != data)
+    assert left in ([], ["out"]) and not (out.exists() and any(out.iterdir())), left
