@@ -174,6 +174,15 @@ def test_long_enough_run_has_no_convergence_note() -> None:
     assert (f.summary()["flag"] == "").all()
 
 
+def test_recommendation_says_which_fits_have_not_converged() -> None:
+    """A comparison built on draws that fail the rule says so in its reasons, fit by fit."""
+    short = pw.compare(FORMULA, pw.datasets.eight_schools(), draws=20, seed=1).recommend(max_refits=0, max_seconds=0)
+    said = [r for r in short.reasons if "has not converged" in r]
+    assert said and all(r.split()[1] in ("pooled", "unpooled", "hierarchical") for r in said)
+    long = pw.compare(FORMULA, pw.datasets.eight_schools(), seed=1).recommend()
+    assert not any("has not converged" in r for r in long.reasons)
+
+
 # -- 4. separation of a binary outcome --------------------------------------------------------------
 
 def _binary(separated: bool) -> pd.DataFrame:

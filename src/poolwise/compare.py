@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import data as _data
 from .errors import PoolwiseError
-from .fit import MEMORY_BUDGET, Fit, fit
+from .fit import MEMORY_BUDGET, RHAT_MAX, Fit, fit
 from .infer import Progress, run
 from .output import number
 from .priors import Prior
@@ -353,6 +353,7 @@ class Comparison:
             reasons.append(f"By {label}, {best} predicts best; ΔELPD vs it (negative: worse): "
                            + ", ".join(parts) + ".")
         reasons.extend(_reliability(loo_t, logo_t))
+        reasons.extend(self._convergence_reasons())
         if unit is not None:
             reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
                            f"{number(tau / unit, 3)} × the within-group SD σ = {unit:.3g}.")
@@ -394,6 +395,19 @@ class Comparison:
                 why = f"neither the predictive evidence nor τ's posterior separates them; leaning to {preferred}"
             reasons.insert(0, f"The predictive evidence does not separate {tied} (within 2 SE or 4 nats); {why}.")
         return Recommendation(choice=choice, reasons=reasons, table=table, preferred=preferred)
+
+    def _convergence_reasons(self) -> list[str]:
+        """One sentence per fit whose draws fail the convergence rule (:meth:`Fit.diagnostics`):
+        its ELPD rests on draws that do not yet describe its posterior."""
+        out = []
+        for name, f in self.fits.items():
+            table = f.diagnostics()
+            bad = int((table["flag"] != "").sum())
+            if bad:
+                out.append(f"The {name} fit has not converged ({bad} of {len(table)} parameters checked have R-hat "
+                           f"> {RHAT_MAX:g} or too small an ESS): its ELPD and this comparison are not reliable until it is "
+                           "run with more draws.")
+        return out
 
     def plot(self, **kwargs: Any) -> Any:
         """The three-panel figure (see :func:`poolwise.plots.plot_comparison`)."""
