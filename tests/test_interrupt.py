@@ -107,3 +107,47 @@ def test_cli_exits_130_and_writes_nothing(tmp_path: Path) -> None:
     assert b"Traceback" not in seen and b"interrupted" in seen
     left = sorted(p.name for p in tmp_path.rglob("*") if p != data)
     assert left in ([], ["out"]) and not (out.exists() and any(out.iterdir())), left
+
+
+def test_exact_path_hyperparameter_nuts_raises_keyboard_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact path's NUTS on the collapsed marginal (its fallback, or ``hyper="nuts"``) stops too.
+
+    Sleepstudy's slopes model, 4 chains × 400,000 draws: a run of minutes; SIGINT once sampling
+    has begun (the sampler's first look for an interrupt: compiling cannot be stopped) must stop it
+    within a few seconds."""
+    from poolwise.infer import collapsed
+
+    df = pw.datasets.sleepstudy()
+    y, days = df["Reaction"].to_numpy(float), df["Days"].to_numpy(float)
+    g = df["Subject"].astype("category").cat.codes.to_numpy()
+    X = np.c_[np.ones(y.size), days]
+    sy = float(y.std(ddof=1))
+    st = collapsed.block_stats(y, X, X, None, g, int(g.max()) + 1)
+    priors = {"m0": np.array([y.mean(), 0.0]), "s0": np.array([10.0 * sy, 2.5 * sy / days.std(ddof=1)]),
+              "sigma_prior": pw.priors.Prior("exponential", (1.0 / sy,)),
+              "sd_priors": [pw.priors.Prior("half_student_t", (3.0, 2.5 * sy))] * 2, "lkj_eta": 2.0}
+    sent: list[float] = []
+
+    def interrupt() -> None:
+        sent.append(time.perf_counter())
+        signal.raise_signal(signal.SIGINT)
+
+    looked = nuts._check_cancel
+    timer = threading.Timer(0.5, interrupt)
+
+    def first_look() -> None:  # sampling has begun: interrupt half a second later
+        if not timer.is_alive() and not sent:
+            timer.start()
+        looked()
+
+    monkeypatch.setattr(nuts, "_check_cancel", first_look)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collapsed.sample(st, has_sigma=True, seed=0, chains=4, draws=400_000, warmup=1000, hyper="nuts",
+                             **priors)
+    finally:
+        timer.cancel()
+    stopped = time.perf_counter()
+    assert sent, f"the run ended before the signal ({stopped - t0:.1f} s)"
+    assert stopped - sent[0] < STOP_WITHIN

@@ -101,7 +101,7 @@ from numpyro.infer.util import constrain_fn, potential_energy
 
 from ..priors import Prior
 from ..reduce import BlockStats, Shift, block_stats
-from .nuts import _to_numpyro  # also switches JAX to float64
+from .nuts import INTERRUPT_EVERY, _interruptible, _InterruptibleNUTS, _to_numpyro  # (nuts switches JAX to float64)
 from .blockmath import (_LOG2PI, _UNROLL_MAX_Q, _chunk, _corr_cholesky, _lkj_cholesky_logpdf, _np_draw,
                         _np_pieces, _psd_sqrt, _unrolled_cholesky)
 from .imh import IMH_MIN_ACCEPT, _imh
@@ -474,7 +474,9 @@ def _nuts_hyper(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, *, sigma_prio
     # NUTS on the model's potential, jitted as one function: NumPyro's initialization would
     # otherwise run the model eagerly and compile each of its primitives separately
     potential = jax.jit(lambda u: potential_energy(model, (), {}, u))
-    kernel = NUTS(potential_fn=potential, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+    # (Ctrl-C stops the run within INTERRUPT_EVERY iterations and raises KeyboardInterrupt)
+    kernel = _InterruptibleNUTS(potential_fn=potential, target_accept_prob=target_accept,
+                                max_tree_depth=max_tree_depth, every=INTERRUPT_EVERY)
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
                 chain_method="vectorized", progress_bar=False)
     key_init, key_run = jax.random.split(jax.random.PRNGKey(seed))
@@ -482,7 +484,7 @@ def _nuts_hyper(stats: BlockStats, m0: np.ndarray, s0: np.ndarray, *, sigma_prio
                         correlated=correlated)
     if chains == 1:  # NumPyro takes one chain's starting point without a chain axis
         init = {k: v[0] for k, v in init.items()}
-    mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS)
+    _interruptible(lambda: mcmc.run(key_run, init_params=init, extra_fields=_EXTRA_FIELDS))
     unconstrained = mcmc.get_samples(group_by_chain=False)
     constrain = jax.jit(jax.vmap(lambda u: constrain_fn(model, (), {}, u)))
     samples = {k: np.asarray(v).reshape((chains, draws) + v.shape[1:])
