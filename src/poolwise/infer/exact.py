@@ -131,7 +131,7 @@ def _within(red: Reduced, m: _BySize) -> _BySize:
     p = red.p
     if red.n.size and np.all(red.n <= 1):
         return dataclasses.replace(m, A_in=np.zeros((p, p)), b_in=np.zeros(p), q_in=0.0)
-    inv_a = 1.0 / m.a
+    inv_a = np.divide(1.0, m.a, out=np.zeros_like(m.a, dtype=float), where=m.a > 0)  # (empty groups: no sums)
     A = red.XtWX - (inv_a @ m.uu).reshape(p, p)
     b = red.XtWy - inv_a @ m.usy
     q = float(red.yWy - inv_a @ m.sy2)
@@ -235,12 +235,13 @@ def group_sums(red: Reduced, rho: np.ndarray, chunk: int = 1 << 20, logdet: bool
     q = np.empty(rho.size)
     ld = np.empty(rho.size)
     step = max(1, chunk // max(J, 1))
+    inv_a = np.divide(1.0, a_g, out=np.zeros_like(a_g, dtype=float), where=a_g > 0)
 
     def fill(s: int) -> None:
         r = rho[s : s + step, None]
         # X'WX − Σ ρ/(1 + a_jρ) u_ju_j' written as within + Σ between_j/(1 + a_jρ): no cancellation
         # as ρ → ∞ (see _within)
-        k = 1.0 / (a_g[None, :] * (1.0 + a_g[None, :] * r))
+        k = inv_a[None, :] / (1.0 + a_g[None, :] * r)  # (a group of no rows adds nothing)
         A[s : s + step] = m.A_in[None] + (k @ uu).reshape(r.shape[0], p, p)
         b[s : s + step] = m.b_in[None] + k @ usy
         q[s : s + step] = m.q_in + k @ sy2
