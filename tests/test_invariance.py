@@ -20,8 +20,6 @@ NUTS (marked validate: its compile is slow) and varying slopes are checked at th
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
+from _spark import spark_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -201,25 +200,9 @@ def test_predictor_beyond_float64_is_refused() -> None:
 # ----------------------------------------------------------------------------------------------
 # Spark: one fixed extreme case (the session is slow to start)
 
-_spark_ok = (os.environ.get("JAVA_HOME") or shutil.which("java")) is not None
-
-
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[test]')")
-    if not _spark_ok:
-        pytest.skip("Spark needs Java 17 (no java on PATH and no JAVA_HOME)")
-    from pyspark.sql import SparkSession
-
-    session = (SparkSession.builder.master("local[2]").appName("poolwise-tests")  # as in test_spark.py
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-               .config("spark.sql.shuffle.partitions", "1").config("spark.sql.adaptive.enabled", "false")
-               .config("spark.sql.codegen.wholeStage", "false").config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("OFF")
-    yield session
-    session.stop()
+    yield from spark_session()
 
 
 @pytest.mark.xdist_group("spark")

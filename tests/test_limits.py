@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from _spark import spark_session
 from scipy import stats
 
 import poolwise as pw
@@ -343,24 +344,8 @@ def test_wide_interaction_cli_exit_2(tmp_path, monkeypatch: pytest.MonkeyPatch) 
 # -- the same limits with the rows in Spark (bind_source's query path) -----------------------------
 @pytest.fixture(scope="module")
 def spark():  # type: ignore[no-untyped-def]
-    """A small local SparkSession configured as in test_spark.py (skipped without pyspark or Java)."""
-    import os
-    import shutil
-
-    pytest.importorskip("pyspark", reason="pyspark is not installed (pip install -e '.[test]')")
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        pytest.skip("Spark needs Java 17 (no java on PATH and no JAVA_HOME)")
-    from pyspark.sql import SparkSession
-
-    session = (SparkSession.builder.master("local[2]").appName("poolwise-tests")
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-               .config("spark.sql.shuffle.partitions", "1").config("spark.sql.adaptive.enabled", "false")
-               .config("spark.sql.codegen.wholeStage", "false").config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("OFF")
-    yield session
-    session.stop()
+    """The tests' local SparkSession (skipped without pyspark or Java)."""
+    yield from spark_session()
 
 
 @pytest.mark.xdist_group("spark")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _spark import spark_session
 import test_bad_input
 from test_query import FIELDS, FORMULAS, _frame
 
@@ -40,20 +41,7 @@ if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[Any]:
-    from pyspark.sql import SparkSession
-
-    # small data on a small machine: a JVM that compiles less (C1 only, serial GC; the session starts
-    # about twice as fast) and interpreted expressions (compiling each query's code costs more than
-    # running it on 1,500 rows); the SQL and its results are the same
-    session = (SparkSession.builder.master("local[2]").appName("poolwise-tests")
-               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-               .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
-               .config("spark.sql.shuffle.partitions", "1").config("spark.sql.adaptive.enabled", "false")
-               .config("spark.sql.codegen.wholeStage", "false").config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("OFF")
-    yield session
-    session.stop()
+    yield from spark_session()
 
 
 @pytest.fixture(scope="module")

@@ -819,16 +819,20 @@ def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names:
     return np.column_stack(cols) if cols else np.zeros((len(frame), 0))
 
 
+def _constant_within(v: np.ndarray, group: np.ndarray, J: int) -> bool:
+    """Whether ``v`` takes one value within every one of the ``J`` groups."""
+    lo = np.full(J, np.inf)
+    hi = np.full(J, -np.inf)
+    np.minimum.at(lo, group, v)
+    np.maximum.at(hi, group, v)
+    return bool(np.all(hi - lo == 0))
+
+
 def _check_slopes(term: GroupTerm, Z: np.ndarray, group: np.ndarray, J: int) -> None:
     for k, e in enumerate(term.exprs):
         if e == "Intercept":
             continue
-        z = Z[:, k]
-        lo = np.full(J, np.inf)
-        hi = np.full(J, -np.inf)
-        np.minimum.at(lo, group, z)
-        np.maximum.at(hi, group, z)
-        if np.all(hi - lo == 0):
+        if _constant_within(Z[:, k], group, J):
             raise DataError(
                 f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
                 "group cannot be estimated.",
@@ -884,11 +888,7 @@ def _check_within_outcome(spec: ModelSpec, term: GroupTerm, y: np.ndarray, group
     an improper posterior for every method (the exact path checks its statistics the same way)."""
     if y.size <= J:
         return
-    lo = np.full(J, np.inf)
-    hi = np.full(J, -np.inf)
-    np.minimum.at(lo, group, y)
-    np.maximum.at(hi, group, y)
-    if np.all(hi - lo == 0):
+    if _constant_within(y, group, J):
         raise DataError(
             f"The outcome '{spec.outcome}' does not vary within any group of '{term.factor}' (each group's rows repeat "
             "one value), so the likelihood grows without bound as the residual SD sigma → 0.",
