@@ -304,11 +304,6 @@ def _print_written(console: Console, paths: Any) -> None:
 # -- tables ------------------------------------------------------------------------------------
 
 
-def _num(v: Any, digits: int = 4) -> str:
-    """``v`` to ``digits`` significant digits: values in small units keep theirs."""
-    return number(v, digits)
-
-
 def _table(title: str) -> Table:
     return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
 
@@ -323,7 +318,7 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
         for col in frame.columns:
             v = row[col]
             digits = (formats or {}).get(str(col), 4)
-            cells.append(str(int(v)) if digits == 0 and pd.notna(v) else _num(v, digits))
+            cells.append(str(int(v)) if digits == 0 and pd.notna(v) else number(v, digits))
         table.add_row(str(idx), *cells)
     return table
 
@@ -354,8 +349,8 @@ def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
         out.add_column(name, justify="right")
     out.add_column("λ", justify="right")
     for label, row in table.head(SHOWN_GROUPS).iterrows():
-        cells = [f"{_num(row[f'{p}_mean'])} [{_num(row[f'{p}_lo'])}, {_num(row[f'{p}_hi'])}]" for p in POOLINGS]
-        out.add_row(str(label), str(int(row["n"])), *cells, _num(row["lambda"], 2))
+        cells = [f"{number(row[f'{p}_mean'])} [{number(row[f'{p}_lo'])}, {number(row[f'{p}_hi'])}]" for p in POOLINGS]
+        out.add_row(str(label), str(int(row["n"])), *cells, number(row["lambda"], 2))
     return out
 
 
@@ -367,5 +362,5 @@ def _population_line(pop: dict[str, float]) -> str:
     parts = []
     for key in ("mean", "tau", "sigma"):
         if key in pop:
-            parts.append(f"{key} {_num(pop[key])} [{_num(pop[f'{key}_lo'])}, {_num(pop[f'{key}_hi'])}]")
+            parts.append(f"{key} {number(pop[key])} [{number(pop[f'{key}_lo'])}, {number(pop[f'{key}_hi'])}]")
     return "population (hierarchical): " + ", ".join(parts)

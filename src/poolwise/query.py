@@ -29,7 +29,7 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import design_matrices, parse_formula, sql_columns, sql_literal
+from .formula import design_matrices, sql_columns, sql_literal
 from .reduce import BlockStats, Reduced, Shift
 from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_design_size,
                    check_formula_columns, check_scale, warn_far_slopes)
@@ -242,7 +242,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
         if src.kinds[v] == "other":
             raise DataError(f"Column '{v}' holds values that are neither numbers nor text.",
                             hint="Convert it to numbers or text in the file.", column=v)
-    wrapped = set(parse_formula(f).categorical)  # C(column), quoted names too
+    wrapped = set(spec.categorical)  # C(column), quoted names too
     categorical = [v for v in predictors if src.kinds[v] == "text" or v in wrapped]
     levels = {v: _levels(src, v, numbers=v not in wrapped) for v in categorical}
     # count the columns from the distinct values before formulae encodes the skeleton rows and

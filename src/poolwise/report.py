@@ -211,19 +211,19 @@ def _section_groups(cmp: Comparison, max_groups: int) -> str:
         shown = t.head(max(1, int(max_groups)))
         cols: dict[str, list[str]] = {"n": [str(int(v)) for v in shown["n"]]}
         for p in POOLINGS:
-            cols[p] = [f"{_num(m)} [{_num(lo)}, {_num(hi)}]" for m, lo, hi in
+            cols[p] = [f"{number(m)} [{number(lo)}, {number(hi)}]" for m, lo, hi in
                        zip(shown[f"{p}_mean"], shown[f"{p}_lo"], shown[f"{p}_hi"])]
-        cols["λ [95%]"] = [f"{_num(m, 2)} [{_num(lo, 2)}, {_num(hi, 2)}]" for m, lo, hi in
+        cols["λ [95%]"] = [f"{number(m, 2)} [{number(lo, 2)}, {number(hi, 2)}]" for m, lo, hi in
                           zip(shown["lambda"], shown["lambda_lo"], shown["lambda_hi"])]
-        cols["shrinkage"] = [_num(v, 2) for v in shown["shrinkage"]]
+        cols["shrinkage"] = [number(v, 2) for v in shown["shrinkage"]]
         if t.attrs.get("group_level"):
-            cols["regression"] = [_num(v) for v in shown["regression"]]
+            cols["regression"] = [number(v) for v in shown["regression"]]
         frame = pd.DataFrame(cols, index=shown.index)
         note = (f"The {len(shown)} smallest of {n_all} groups; all of them in <code>cmp.table()</code> "
                 "(CLI: <code>--out DIR</code> writes table.csv)." if len(shown) < n_all
                 else f"All {n_all} groups, smallest first.")
         batch = t.attrs.get("batch_pooling")
-        batch_text = f" Batch pooling factor (Gelman &amp; Pardoe): {_e(_num(batch, 2))}." if batch is not None else ""
+        batch_text = f" Batch pooling factor (Gelman &amp; Pardoe): {_e(number(batch, 2))}." if batch is not None else ""
         parts.append(f"<h3>{_e(term)}</h3>\n<p class=\"muted\">Posterior mean [95% interval] of each group's "
                      f"coefficient; λ is the hierarchical pooling factor, shrinkage the observed fraction of the "
                      f"way from the unpooled to the pooled estimate. {note}{batch_text}</p>\n"
@@ -346,11 +346,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(v: Any, digits: int = 4) -> str:
-    """``v`` to ``digits`` significant digits (:func:`poolwise.output.number`)."""
-    return number(v, digits)
-
-
 _NUM = ' class="num"'
 
 
@@ -369,7 +364,7 @@ def _frame_html(frame: pd.DataFrame, *, index_name: str, caption: str | None = N
             numeric = not raw and isinstance(v, (int, float)) and not isinstance(v, bool)
             d = (digits or {}).get(c, 4)
             if numeric:
-                text = str(int(v)) if d == 0 and math.isfinite(float(v)) else _num(v, d)
+                text = str(int(v)) if d == 0 and math.isfinite(float(v)) else number(v, d)
                 cells.append(f'<td class="num">{_e(text)}</td>')
             else:
                 cells.append(f"<td{_NUM if r else ''}>{_e(v)}</td>")

@@ -90,6 +90,7 @@ class ModelSpec:
     common: str = field(init=False, default="1")
     group_terms: tuple[GroupTerm, ...] = field(init=False, default=())
     variables: tuple[str, ...] = field(init=False, default=())
+    categorical: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", get_family(self.family))
@@ -101,7 +102,7 @@ class ModelSpec:
             )
         object.__setattr__(self, "priors", {str(k): parse_prior(v, name=str(k)) for k, v in self.priors.items()})
         p = parse_formula(self.formula)
-        for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables"):
+        for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables", "categorical"):
             object.__setattr__(self, name, getattr(p, name))
         fam = self.fam
         if p.se and fam.name != "gaussian":
@@ -417,11 +418,6 @@ def physical_memory() -> int:
     return total if total > 0 else 8 * 2**30
 
 
-def _wrapped_in_c(spec: ModelSpec) -> set[str]:
-    """Columns written ``C(x)`` in the formula (categorical whatever their type; quoted names too)."""
-    return set(parse_formula(spec.formula).categorical)
-
-
 def design_columns(rhs: str, levels: Mapping[str, int]) -> list[tuple[str, int, list[tuple[str, int]]]]:
     """How many columns each term of the common part ``rhs`` expands to, at most, before building.
 
@@ -573,7 +569,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     positive = [spec.se] if spec.se else []
     _data.validate(table, outcome=spec.outcome, numeric=numeric + ([spec.trials] if spec.trials else []),
                    groups=group_cols, positive=positive)
-    wrapped = _wrapped_in_c(spec)  # categorical by the user's C()
+    wrapped = set(spec.categorical)  # categorical by the user's C()
     for v in spec.variables:  # text/categorical predictors must at least have no missing values
         if v not in skip and v not in numeric:
             bad = np.flatnonzero(table.frame[v].isna().to_numpy())
