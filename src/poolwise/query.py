@@ -530,7 +530,7 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         part = parts[s]
         a = _level_index([parts[set_of[k]][key_names[i]] for i in keys_of[k]], [part[key_names[i]] for i in keys_of[k]])
         b = _level_index([parts[set_of[l]][key_names[i]] for i in keys_of[l]], [part[key_names[i]] for i in keys_of[l]])
-        order = np.lexsort((b, a))
+        order = np.argsort(a * len(levels[l]) + b)  # by (a, b), as sparse_stats gives them (lexsort is slower)
         pairs[(k, l)] = PairStats(a=a[order], b=b[order], n=np.asarray(part["n"], dtype=float)[order],
                                   ZtWZ=blocks(pair_sums[(k, l)], part)[order])
     sparse = SparseStats(n=tuple(n), ZtWZ=tuple(ZtWZ), ZtWX=tuple(ZtWX), ZtWy=tuple(ZtWy), pairs=pairs, XtWX=XtWX,
