@@ -363,13 +363,29 @@ def _grouping_id(s: tuple[int, ...], m: int) -> int:
     return sum(1 << (m - 1 - i) for i in range(m) if i not in s)
 
 
-def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names: list[str], x_sql: list[str],
-                   z_sqls: list[list[str]], y_raw: str, off_sql: str | None, w_sql: str, group_cols: list[str],
-                   predictors: list[str], categorical: list[str]) -> BoundSpec:
-    terms = spec.group_terms
+@dataclass
+class _Columns:
+    """The columns whose weighted cross products the query sums: X, the group terms not in X, and
+    the outcome less the offset — each about its pilot shift where the model's intercept absorbs it."""
+
+    base: list[str]  # the SQL of each column
+    z_idx: list[list[int]]  # per factor, the column of each group term
+    p: int
+    y_at: int
+    one_at: int | None  # the column of ones (never computed: a COUNT)
+    x_icpt: int | None  # the intercept's column of X
+    movable: list[int]  # the columns taken about a pilot shift
+    pilot: dict[int, float]  # the shifts (-1: the raw outcome; -2: the offset)
+    cols_sql: list[str]  # each column less its shift
+    select: list[str]  # the inner query's columns: c{i}, w, yraw
+    weighted: bool
+    has_offset: bool
+
+
+def _columns(spec: ModelSpec, src: _source.Source, coef_names: list[str], x_sql: list[str],
+             z_sqls: list[list[str]], y_raw: str, off_sql: str | None, w_sql: str) -> _Columns:
     p = len(x_sql)
     y_sql = y_raw if off_sql is None else f"({y_raw} - ({off_sql}))"
-    # the columns whose weighted cross products are summed: X, the group terms not in X, y
     base: list[str] = list(x_sql)
     z_idx: list[list[int]] = []
     for z_sql in z_sqls:
@@ -380,7 +396,6 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     y_at = len(base)
     base.append(y_sql)
     one_at = base.index("1.0") if "1.0" in base else None
-    weighted = w_sql != "1.0"
     # sums about a pilot shift per column (the outcome and the common predictors that are not also
     # varying slopes), when the model's intercept absorbs it: see poolwise.reduce.Shift
     x_icpt = coef_names.index("Intercept") if "Intercept" in coef_names and x_sql[coef_names.index("Intercept")] \
@@ -395,24 +410,53 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         # is not rounded at the outcome's offset (y + 10⁸ less log(e) would lose 10⁻⁸ per row)
         pilot[y_at] = pilot[-1] - pilot[-2]
         cols_sql[y_at] = f"(({y_raw} - {_lit(pilot[-1])}) - (({off_sql}) - {_lit(pilot[-2])}))"
-    inner = [f"{s_} AS c{i}" for i, s_ in enumerate(cols_sql) if i != one_at]
+    select = [f"{s_} AS c{i}" for i, s_ in enumerate(cols_sql) if i != one_at]
+    weighted = w_sql != "1.0"
     if weighted:
-        inner.append(f"{w_sql} AS w")
-    if y_raw != y_sql:
+        select.append(f"{w_sql} AS w")
+    if off_sql:
         raw_shift = pilot.get(-1, 0.0)
-        inner.append(f"({y_raw} - {_lit(raw_shift)}) AS yraw" if raw_shift != 0.0 else f"{y_raw} AS yraw")
-    keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
-    sums = _Sums(one_at, weighted)
-    agg, wsum = sums.agg, sums.wsum
-    per_x_pairs = p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS
-    factor_sums = [_factor_sums(sums, z, p, y_at) for z in z_idx]
-    pair_sums = {(k, l): sums.square(z_idx[k], z_idx[l]) for k in range(len(terms)) for l in range(k + 1, len(terms))}
-    yy = wsum(y_at, y_at)
-    sw = wsum()
-    XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
+        select.append(f"({y_raw} - {_lit(raw_shift)}) AS yraw" if raw_shift != 0.0 else f"{y_raw} AS yraw")
+    return _Columns(base=base, z_idx=z_idx, p=p, y_at=y_at, one_at=one_at, x_icpt=x_icpt, movable=movable,
+                    pilot=pilot, cols_sql=cols_sql, select=select, weighted=weighted, has_offset=off_sql is not None)
+
+
+@dataclass
+class _Aggregates:
+    """The aliases of the query's sums (:class:`_Sums`), and the checks computed in the same pass."""
+
+    sums: _Sums
+    factors: list[_FactorSums]
+    pairs: dict[tuple[int, int], list[list[str]]]  # Σ w z_k z_l' per level pair
+    yy: str
+    sw: str
+    XX: list[list[str]] | None  # None: X'WX in a second query (p large)
+    Xy: list[str]
+    y1: str  # unweighted moments of the outcome, x and z, for the data-scaled priors
+    y2: str
+    x1: list[str]
+    x2: list[str]
+    lw: str | None  # Σ log w and Σ se²
+    se2: str | None
+    present: list[str]  # non-missing counts, the sums' finiteness, MIN(se): cheap signs of bad input
+    design_counts: list[str]
+    se_min: str | None
+    numbers: list[str]
+    raw_cols: list[str]  # the inner query's columns these read
+
+
+def _aggregates(spec: ModelSpec, src: _source.Source, c: _Columns, predictors: list[str],
+                categorical: list[str]) -> _Aggregates:
+    sums = _Sums(c.one_at, c.weighted)
+    agg, wsum, p, y_at = sums.agg, sums.wsum, c.p, c.y_at
+    K = len(c.z_idx)
+    factors = [_factor_sums(sums, z, p, y_at) for z in c.z_idx]
+    pairs = {(k, l): sums.square(c.z_idx[k], c.z_idx[l]) for k in range(K) for l in range(k + 1, K)}
+    yy, sw = wsum(y_at, y_at), wsum()
+    XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS else None
     Xy = [wsum(k, y_at) for k in range(p)]
     # unweighted moments for the data-scaled priors (the same sums when there are no weights)
-    if y_raw == y_sql:  # no offset: the outcome is the design's last column
+    if not c.has_offset:  # the outcome is the design's last column
         y1, y2 = wsum(y_at, w=False), wsum(y_at, y_at, w=False)
     else:
         y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
@@ -426,155 +470,204 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
                                  + ([spec.se] if spec.se else [])))
     plain = {_num(src, v): v for v in numbers}  # columns that are design columns as they are
-    covered = {plain[b] for b in base if b in plain}
+    covered = {plain[b] for b in c.base if b in plain}
     present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical if v not in covered}
-    raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in base}
+    raw_sums = {v: agg(f"SUM({_num(src, v)})") for v in numbers if _num(src, v) not in c.base}
     # one count for every design column: a sum is NULL when any of its terms is (NaN and ±inf are not)
-    design_cols = [f"c{i}" for i in range(len(base)) if i != one_at]
+    design_cols = [f"c{i}" for i in range(len(c.base)) if i != c.one_at]
     design_counts = [agg(f"COUNT({' + '.join(design_cols)})")] if design_cols else []
     se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
-    aggs = sums.aggs
-    key_names = [f"k{i}" for i in range(len(group_cols))]
-    keys_of = [[group_cols.index(c) for c in t.factor_columns] for t in terms]
     raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
     for i, v in enumerate(raw_sums):
-        aggs[raw_sums[v]] = f"SUM(r_{i})"
-    if spec.se:
-        aggs[se_min] = "MIN(r_se)"  # type: ignore[index]
-        raw_cols.append(f"{_num(src, spec.se)} AS r_se")
+        sums.aggs[raw_sums[v]] = f"SUM(r_{i})"
+    if se_min is not None:
+        sums.aggs[se_min] = "MIN(r_se)"
+        raw_cols.append(f"{_num(src, str(spec.se))} AS r_se")
     for v in present:
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
-        aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
-    select = ", ".join(key_names + [f"{e} AS {a}" for a, e in aggs.items()])
-    inner_sql = f"(SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t"
+        sums.aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
+    return _Aggregates(sums=sums, factors=factors, pairs=pairs, yy=yy, sw=sw, XX=XX, Xy=Xy, y1=y1, y2=y2, x1=x1,
+                       x2=x2, lw=lw, se2=se2, present=list(present.values()), design_counts=design_counts,
+                       se_min=se_min, numbers=numbers, raw_cols=raw_cols)
+
+
+@dataclass
+class _Scan:
+    """What the query gave: its rows split by grouping set, and which set holds what."""
+
+    sql: str
+    parts: list[dict[str, np.ndarray]]  # per grouping set, its rows' columns
+    set_of: dict[int, int]  # the set of each factor's levels
+    pair_set: dict[tuple[int, int], int]  # the set of each pair of factors' level pairs
+    key_names: list[str]  # k0, k1, …: the grouping columns
+    keys_of: list[list[int]]  # per factor, its key columns
+
+    def factor_keys(self, k: int) -> list[str]:
+        return [self.key_names[i] for i in self.keys_of[k]]
+
+
+def _scan(src: _source.Source, terms: tuple[GroupTerm, ...], group_cols: list[str], c: _Columns,
+          ag: _Aggregates) -> _Scan:
+    """Run the one aggregation: ``GROUP BY`` one factor, or ``GROUPING SETS`` of several (a set per factor
+    and per pair of factors, told apart by ``grouping_id``)."""
+    key_names = [f"k{i}" for i in range(len(group_cols))]
+    keys_of = [[group_cols.index(col) for col in t.factor_columns] for t in terms]
+    keys = [f"{src.quote(col)} AS k{i}" for i, col in enumerate(group_cols)]
+    select = ", ".join(key_names + [f"{e} AS {a}" for a, e in ag.sums.aggs.items()])
+    inner_sql = f"(SELECT {', '.join(keys + c.select + ag.raw_cols)} FROM {{rows}}) AS t"
     if len(terms) == 1:
         # one numeric key is put in order here (an argsort of the groups is cheaper than the engine's sort)
         order_by = "" if _single_numeric_key(src, group_cols) else f" ORDER BY {', '.join(key_names)}"
         sql = f"SELECT {select} FROM {inner_sql} GROUP BY {', '.join(key_names)}{order_by}"
-        got = src.query_arrays(sql)
-        parts = [got]
-        set_of, pair_set = {0: 0}, {}
-    else:  # one scan: a grouping set per factor and per pair of factors, told apart by grouping_id
-        sets, set_of, pair_set = _grouping(keys_of)
-        listed = ", ".join("(" + ", ".join(key_names[i] for i in s) + ")" for s in sets)
-        sql = (f"SELECT grouping_id({', '.join(key_names)}) AS gid, {select} FROM {inner_sql} "
-               f"GROUP BY GROUPING SETS ({listed})")
-        got = src.query_arrays(sql)
-        gid = np.asarray(got.pop("gid"), dtype=np.int64)
-        parts = []
-        for s in sets:
-            rows = np.flatnonzero(gid == _grouping_id(s, len(key_names)))
-            parts.append({k: v[rows] for k, v in got.items()})
-        del got
+        return _Scan(sql, [src.query_arrays(sql)], {0: 0}, {}, key_names, keys_of)
+    sets, set_of, pair_set = _grouping(keys_of)
+    listed = ", ".join("(" + ", ".join(key_names[i] for i in s) + ")" for s in sets)
+    sql = (f"SELECT grouping_id({', '.join(key_names)}) AS gid, {select} FROM {inner_sql} "
+           f"GROUP BY GROUPING SETS ({listed})")
+    got = src.query_arrays(sql)
+    gid = np.asarray(got.pop("gid"), dtype=np.int64)
+    parts = []
+    for s in sets:
+        rows = np.flatnonzero(gid == _grouping_id(s, len(key_names)))
+        parts.append({k: v[rows] for k, v in got.items()})
+    return _Scan(sql, parts, set_of, pair_set, key_names, keys_of)
+
+
+def _floats(part: dict[str, np.ndarray], alias: str) -> np.ndarray:
+    return np.asarray(part[alias], dtype=float)
+
+
+def _blocks(names: list[list[str]], part: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row of ``part``, the (a, b) block of the sums named ``names``."""
+    a, b = len(names), len(names[0]) if names else 0
+    out = np.empty((int(np.asarray(part["n"]).shape[0]), a, b))
+    for i in range(a):
+        for j in range(b):
+            out[:, i, j] = _floats(part, names[i][j])
+    return out
+
+
+def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names: list[str], x_sql: list[str],
+                   z_sqls: list[list[str]], y_raw: str, off_sql: str | None, w_sql: str, group_cols: list[str],
+                   predictors: list[str], categorical: list[str]) -> BoundSpec:
+    terms = spec.group_terms
+    c = _columns(spec, src, coef_names, x_sql, z_sqls, y_raw, off_sql, w_sql)
+    ag = _aggregates(spec, src, c, predictors, categorical)
+    sc = _scan(src, terms, group_cols, c, ag)
+    parts, set_of = sc.parts, sc.set_of
     first = parts[set_of[0]]  # every row once: the totals are sums over its levels
-    N = int(np.asarray(first["n"], dtype=float).sum())
+    N = int(_floats(first, "n").sum())
     if N == 0:
         raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
-    suspect = any(float(np.asarray(first[a], dtype=float).sum()) < N for a in list(present.values()) + design_counts)
-    suspect = suspect or any(not np.all(np.isfinite(np.asarray(part[a], dtype=float)))
-                             for part in parts for a in aggs if a != "n")
-    if se_min is not None:
-        suspect = suspect or not float(np.nanmin(np.asarray(first[se_min], dtype=float))) > 0
+    suspect = any(float(_floats(first, a).sum()) < N for a in ag.present + ag.design_counts)
+    suspect = suspect or any(not np.all(np.isfinite(_floats(part, a))) for part in parts for a in ag.sums.aggs
+                             if a != "n")
+    if ag.se_min is not None:
+        suspect = suspect or not float(np.nanmin(_floats(first, ag.se_min))) > 0
     if suspect:
-        _diagnose(spec, src, base, coef_names, p, y_at, one_at, numbers, categorical)
+        _diagnose(spec, src, c.base, coef_names, c.p, c.y_at, c.one_at, ag.numbers, categorical)
     levels: list[list[str]] = []
     for k, term in enumerate(terms):  # each factor's rows in the order of its labels, checked
-        labels, parts[set_of[k]] = _factor_levels(src, term, parts[set_of[k]], [key_names[i] for i in keys_of[k]])
+        labels, parts[set_of[k]] = _factor_levels(src, term, parts[set_of[k]], sc.factor_keys(k))
         levels.append(labels)
-    first = parts[set_of[0]]
-
-    def col(alias: str, k: int = 0) -> np.ndarray:
-        return np.asarray(parts[set_of[k]][alias], dtype=float)
+    st, simple = _statistics(src, terms, c, ag, sc, levels, w_sql, N)
 
     def total(alias: str) -> float:
-        return float(col(alias).sum())
+        return float(_floats(parts[set_of[0]], alias).sum())
 
-    def blocks(names: list[list[str]], part: dict[str, np.ndarray]) -> np.ndarray:
-        a, b = len(names), len(names[0]) if names else 0
-        out = np.empty((int(np.asarray(part["n"]).shape[0]), a, b))
-        for i in range(a):
-            for j in range(b):
-                out[:, i, j] = np.asarray(part[names[i][j]], dtype=float)
-        return out
-
-    if XX is not None:
-        XtWX = np.array([[total(XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
-    else:
-        XtWX = _totals_xx(src, cols_sql[:p], w_sql, one_at, p)
-    XtWy = np.array([total(a) for a in Xy])
-    yWy = total(yy)
-    sum_log_w = total(lw) if lw is not None else 0.0
-    ZtWZ = [blocks(fs.ZZ, parts[set_of[k]]) for k, fs in enumerate(factor_sums)]
-    ZtWX = [blocks(fs.ZX, parts[set_of[k]]) for k, fs in enumerate(factor_sums)]
-    ZtWy = [np.column_stack([col(a, k) for a in fs.Zy]) for k, fs in enumerate(factor_sums)]
-    zw = [np.column_stack([col(a, k) for a in fs.zw]) for k, fs in enumerate(factor_sums)]
-    sy2 = col(yy)
-    shift = Shift()
-    if x_icpt is not None:  # from the pilot to the weighted means: the same shift as the in-memory pass
-        cx = np.array([pilot.get(k, 0.0) for k in range(p)])
-        XtWX, XtWy, yWy, d, dy, shift = _recentre(cx, pilot.get(y_at, 0.0), [k for k in range(p) if k in movable],
-                                                  x_icpt, XtWX, XtWy, yWy)
-        if terms[0].exprs[0] == "Intercept":  # Σw(y − c − δ)² per group, from Σw(y − c) of the intercept term
-            sy2 = sy2 - 2.0 * dy * ZtWy[0][:, 0] + dy * dy * col(sw)
-        ZtWX = [B - z[:, :, None] * d[None, None, :] for B, z in zip(ZtWX, zw)]
-        ZtWy = [B - dy * z for B, z in zip(ZtWy, zw)]
-    n = [col("n", k) for k in range(len(terms))]
-    block = BlockStats(n=n[0], ZtWZ=ZtWZ[0], ZtWX=ZtWX[0], ZtWy=ZtWy[0], XtWX=XtWX, XtWy=XtWy, yWy=yWy,
-                       sum_log_w=sum_log_w, n_obs=N, shift=shift)
-    simple = None
-    if len(terms) == 1 and terms[0].exprs == ("Intercept",):
-        simple = Reduced(n=n[0], a=col(sw), sy=ZtWy[0][:, 0], u=ZtWX[0][:, 0, :], sy2=sy2, XtWX=XtWX, XtWy=XtWy,
-                         yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
-    pairs: dict[tuple[int, int], PairStats] = {}
-    for (k, l), s in pair_set.items():
-        part = parts[s]
-        a = _level_index([parts[set_of[k]][key_names[i]] for i in keys_of[k]], [part[key_names[i]] for i in keys_of[k]])
-        b = _level_index([parts[set_of[l]][key_names[i]] for i in keys_of[l]], [part[key_names[i]] for i in keys_of[l]])
-        order = np.argsort(a * len(levels[l]) + b)  # by (a, b), as sparse_stats gives them (lexsort is slower)
-        pairs[(k, l)] = PairStats(a=a[order], b=b[order], n=np.asarray(part["n"], dtype=float)[order],
-                                  ZtWZ=blocks(pair_sums[(k, l)], part)[order])
-    sparse = SparseStats(n=tuple(n), ZtWZ=tuple(ZtWZ), ZtWX=tuple(ZtWX), ZtWy=tuple(ZtWy), pairs=pairs, XtWX=XtWX,
-                         XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
-    x_off = np.array([total(x1[k]) / N for k in range(p)])  # means about the pilot
+    p, pilot = c.p, c.pilot
+    x_off = np.array([total(ag.x1[k]) / N for k in range(p)])  # means about the pilot
     x_mean = np.array([pilot.get(k, 0.0) for k in range(p)]) + x_off
-    x_var = np.array([max(total(x2[k]) / N - x_off[k] ** 2, 0.0) for k in range(p)])
-    gram = XtWX
-    if x_icpt is not None and XtWX[x_icpt, x_icpt] > 0:  # collinearity judged on centred columns (a column
-        S = XtWX[:, x_icpt]                               # kept as it is, a varying slope, may lie far from 0)
-        gram = XtWX - np.outer(S, S) / S[x_icpt]
-        gram[x_icpt, x_icpt] = S[x_icpt]
+    x_var = np.array([max(total(ag.x2[k]) / N - x_off[k] ** 2, 0.0) for k in range(p)])
+    XtWX, gram, i0 = st.XtWX, st.XtWX, c.x_icpt
+    if i0 is not None and XtWX[i0, i0] > 0:  # collinearity judged on centred columns (a column kept as
+        S = XtWX[:, i0]                      # it is, a varying slope, may lie far from 0)
+        gram = XtWX - np.outer(S, S) / S[i0]
+        gram[i0, i0] = S[i0]
     _check_columns_from_sums(coef_names, x_mean, x_var, gram)
-    for k, term in enumerate(terms):
-        _check_slopes_from_sums(term, zw[k], ZtWZ[k], col(sw, k))
-    y_off = total(y1) / N  # about the pilot
-    y_mean = pilot.get(-1 if y_raw != y_sql else y_at, 0.0) + y_off
-    y_var = max(total(y2) / N - y_off**2, 0.0)
+    for k, (term, fs) in enumerate(zip(terms, ag.factors)):
+        zw = np.column_stack([_floats(parts[set_of[k]], a) for a in fs.zw])
+        _check_slopes_from_sums(term, zw, st.ZtWZ[k], _floats(parts[set_of[k]], ag.sw))
+    y_off = total(ag.y1) / N  # about the pilot
+    y_mean = pilot.get(-1 if c.has_offset else c.y_at, 0.0) + y_off
+    y_var = max(total(ag.y2) / N - y_off**2, 0.0)
     # E[y²] − E[y]² about the pilot: a constant column leaves only the round-off of its (tiny) offset
     check_constant_outcome(spec, y_var <= 1e-12 * y_off**2, y_mean)
-    if spec.se:
-        scale = math.sqrt(y_var + total(se2) / N)  # type: ignore[arg-type]
-    else:
-        scale = math.sqrt(y_var)
+    scale = math.sqrt(y_var + (total(ag.se2) / N if ag.se2 is not None else 0.0))
     if not scale > 0:
         scale = float(max(abs(y_mean), 1.0))
     raws = []
-    for k, (term, fs) in enumerate(zip(terms, factor_sums)):
+    for k, (term, fs) in enumerate(zip(terms, ag.factors)):
         q = term.q
-        z_sd = np.array([1.0 if z_sqls[k][a] == "1.0" else math.sqrt(max(total(fs.z2[a]) / N
-                                                                         - (total(fs.z1[a]) / N) ** 2, 0.0))
+        ones = [z_sqls[k][a] == "1.0" for a in range(q)]
+        z_mean = [1.0 if ones[a] else total(fs.z1[a]) / N for a in range(q)]
+        z_sd = np.array([1.0 if ones[a] else math.sqrt(max(total(fs.z2[a]) / N - z_mean[a] ** 2, 0.0))
                          for a in range(q)])
-        warn_far_slopes(term, [1.0 if z_sqls[k][a] == "1.0" else total(fs.z1[a]) / N for a in range(q)],
-                        z_sd.tolist())
+        warn_far_slopes(term, z_mean, z_sd.tolist())
         raws.append(RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), levels[k], z_sd,
-                             counts=n[k].astype(np.int64), ZtWZ=ZtWZ[k]))
-    x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
-    x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
-    reduction = Reduction(simple=simple, block=block, n_obs=N, source=src.source, engine=src.engine,
-                          sql=sql.replace("{rows}", src.relation), sparse=sparse,
+                             counts=st.n[k].astype(np.int64), ZtWZ=st.ZtWZ[k]))
+    x_means = {name: float(x_mean[i]) for i, name in enumerate(coef_names) if name != "Intercept"}
+    x_sds = {name: float(math.sqrt(x_var[i])) for i, name in enumerate(coef_names) if name != "Intercept"}
+    reduction = Reduction(simple=simple, block=st.factor(0), n_obs=N, source=src.source, engine=src.engine,
+                          sql=sc.sql.replace("{rows}", src.relation), sparse=st,
                           returned=sum(int(np.asarray(part["n"]).shape[0]) for part in parts))
     return bind_parts(spec, y=np.zeros(0), X=np.zeros((0, p)), coef_names=coef_names, weights=np.zeros(0),
                       offset=np.zeros(0), trials=None, blocks=raws, center=y_mean, scale=scale, x_means=x_means,
                       x_sds=x_sds, design=design, reduced=reduction)
+
+
+def _statistics(src: _source.Source, terms: tuple[GroupTerm, ...], c: _Columns, ag: _Aggregates, sc: _Scan,
+                levels: list[list[str]], w_sql: str, N: int) -> tuple[SparseStats, Reduced | None]:
+    """The sums of the query's rows as :class:`SparseStats` (and :class:`Reduced` for ``(1 | g)``), moved
+    from the pilot to the weighted means (:func:`_recentre`)."""
+    parts, set_of, p = sc.parts, sc.set_of, c.p
+
+    def col(alias: str, k: int = 0) -> np.ndarray:
+        return _floats(parts[set_of[k]], alias)
+
+    def total(alias: str) -> float:
+        return float(col(alias).sum())
+
+    if ag.XX is not None:
+        XtWX = np.array([[total(ag.XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
+    else:
+        XtWX = _totals_xx(src, c.cols_sql[:p], w_sql, c.one_at, p)
+    XtWy = np.array([total(a) for a in ag.Xy])
+    yWy = total(ag.yy)
+    sum_log_w = total(ag.lw) if ag.lw is not None else 0.0
+    K = len(terms)
+    n = [col("n", k) for k in range(K)]
+    ZtWZ = [_blocks(fs.ZZ, parts[set_of[k]]) for k, fs in enumerate(ag.factors)]
+    ZtWX = [_blocks(fs.ZX, parts[set_of[k]]) for k, fs in enumerate(ag.factors)]
+    ZtWy = [np.column_stack([col(a, k) for a in fs.Zy]) for k, fs in enumerate(ag.factors)]
+    sy2 = col(ag.yy)
+    shift = Shift()
+    if c.x_icpt is not None:  # from the pilot to the weighted means: the same shift as the in-memory pass
+        cx = np.array([c.pilot.get(k, 0.0) for k in range(p)])
+        XtWX, XtWy, yWy, d, dy, shift = _recentre(cx, c.pilot.get(c.y_at, 0.0), [k for k in range(p)
+                                                  if k in c.movable], c.x_icpt, XtWX, XtWy, yWy)
+        if terms[0].exprs[0] == "Intercept":  # Σw(y − c − δ)² per group, from Σw(y − c) of the intercept term
+            sy2 = sy2 - 2.0 * dy * ZtWy[0][:, 0] + dy * dy * col(ag.sw)
+        zw = [np.column_stack([col(a, k) for a in fs.zw]) for k, fs in enumerate(ag.factors)]
+        ZtWX = [B - z[:, :, None] * d[None, None, :] for B, z in zip(ZtWX, zw)]
+        ZtWy = [B - dy * z for B, z in zip(ZtWy, zw)]
+    pairs: dict[tuple[int, int], PairStats] = {}
+    for (k, l), s in sc.pair_set.items():
+        part = parts[s]
+        a = _level_index([parts[set_of[k]][name] for name in sc.factor_keys(k)],
+                         [part[name] for name in sc.factor_keys(k)])
+        b = _level_index([parts[set_of[l]][name] for name in sc.factor_keys(l)],
+                         [part[name] for name in sc.factor_keys(l)])
+        order = np.argsort(a * len(levels[l]) + b)  # by (a, b), as sparse_stats gives them (lexsort is slower)
+        pairs[(k, l)] = PairStats(a=a[order], b=b[order], n=_floats(part, "n")[order],
+                                  ZtWZ=_blocks(ag.pairs[(k, l)], part)[order])
+    st = SparseStats(n=tuple(n), ZtWZ=tuple(ZtWZ), ZtWX=tuple(ZtWX), ZtWy=tuple(ZtWy), pairs=pairs, XtWX=XtWX,
+                     XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
+    simple = None
+    if K == 1 and terms[0].exprs == ("Intercept",):
+        simple = Reduced(n=n[0], a=col(ag.sw), sy=ZtWy[0][:, 0], u=ZtWX[0][:, 0, :], sy2=sy2, XtWX=XtWX, XtWy=XtWy,
+                         yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
+    return st, simple
 
 
 def _factor_levels(src: _source.Source, term: GroupTerm, got: dict[str, np.ndarray], key_names: list[str]
