@@ -123,14 +123,22 @@ class _Pattern:
 
     def values(self, lams: Sequence[np.ndarray], s2: float) -> np.ndarray:
         """The nonzeros of A in CSC order for the per-factor Λ_k."""
-        parts = [np.einsum("ri,jrc,cl->jil", lam, M, lam, optimize=True).ravel() / s2
+        parts = [np.einsum("ri,jrc,cl->jil", lam, M, lam).ravel() / s2
                  for lam, M in zip(lams, self.ZtWZ)]
         for (k, l), B in zip(self.pair_keys, self.pair_blocks):
-            V = np.einsum("ri,mrc,cl->mil", lams[k], B, lams[l], optimize=True) / s2
+            V = np.einsum("ri,mrc,cl->mil", lams[k], B, lams[l]) / s2
             parts += [V.ravel(), V.transpose(0, 2, 1).ravel()]
         vals = np.concatenate(parts) if parts else np.zeros(0)
         vals[self.diag_at] += 1.0
         return vals[self.order]
+
+    def reweight(self, ZtWZ: Sequence[np.ndarray], pair_blocks: Sequence[np.ndarray]) -> None:
+        """New per-level and per-pair blocks of Z'WZ on the same pattern (other weights W: the
+        Laplace iterations of a GLMM); the shapes must be those the pattern was built from."""
+        if [b.shape for b in ZtWZ] != [b.shape for b in self.ZtWZ] or \
+                [b.shape for b in pair_blocks] != [b.shape for b in self.pair_blocks]:
+            raise ValueError("reweight: the blocks do not fit this pattern")
+        self.ZtWZ, self.pair_blocks = tuple(ZtWZ), list(pair_blocks)
 
     def matrix(self, vals: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((vals, self.indices, self.indptr), shape=(self.Q, self.Q))
