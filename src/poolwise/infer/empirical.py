@@ -938,7 +938,7 @@ def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
         return [s.tril(t) if f is None else f for s, t, f in zip(settings, sparse._split_theta(theta, settings),
                                                                     fixed)]
 
-    lower = np.concatenate([s.lower() for s in settings] + [np.zeros(0)])
+    lower = np.concatenate([s.lower() for s in settings if s.learned] + [np.zeros(0)])
     theta_bounds: list[tuple[float | None, None]] = [(None if not np.isfinite(lo) else float(lo), None)
                                                       for lo in lower]
     theta0 = np.concatenate([sparse._start_theta(s) for s in settings] + [np.zeros(0)])
