@@ -135,6 +135,33 @@ def test_grouseticks_equals_glmer() -> None:
     assert math.isfinite(float(blocks[0].values.mean()))
 
 
+
+# glmer(y ~ x + (1 + x | a) + (1 | b), family = binomial, control = glmerControl(tolPwrss = 1e-12)), lme4 1.1.31
+# (Matrix 1.5.3, R 4.2.2), on _crossed(seed=2, n_a=10, n_b=8, reps=4) written to CSV (17 significant digits) and
+# read in R.  glmer's default PIRLS tolerance (tolPwrss = 1e-7) stops its inner iterations early here: it reports
+# logLik -135.985963646 (θ 0.69208, 0.17222, 0.63798, 1.38905), and its own deviance function at our estimates is
+# higher than that; with tolPwrss = 1e-12 it finds the optimum below, which ours equals.
+GLMER_CROSSED_SLOPES = {
+    "logLik": -135.984950811,
+    "theta": [0.692209240579, 0.171455454149, 0.639201938983, 1.39118987839],
+    "beta": [-0.98372466883, 0.741321853082],
+}
+
+
+def test_crossed_correlated_slopes_equal_glmer() -> None:
+    df = _crossed(seed=2, n_a=10, n_b=8, reps=4)
+    f = pw.fit("y ~ x + (1 + x | a) + (1 | b)", df, family="bernoulli", method="empirical", seed=0, draws=20)
+    info = f.draws.info
+    assert info["converged"]
+    assert info["loglik"] == pytest.approx(GLMER_CROSSED_SLOPES["logLik"], rel=1e-8)
+    # θ and β to 1e-4: glmer's optimizer stops at relative changes of ~1e-5 (its two optimizers' fits differ there)
+    np.testing.assert_allclose(info["theta"], GLMER_CROSSED_SLOPES["theta"], rtol=1e-4)
+    np.testing.assert_allclose(info["estimates"]["beta"], GLMER_CROSSED_SLOPES["beta"], rtol=1e-4)
+    lam = np.array([[info["theta"][0], 0.0], [info["theta"][1], info["theta"][2]]])
+    S = lam @ lam.T
+    assert info["estimates"]["corr"]["cor(Intercept,x|a)"] == pytest.approx(S[0, 1] / math.sqrt(S[0, 0] * S[1, 1]))
+
+
 def _scipy_logpdf(prior: object, x: float) -> float:
     """A prior's log density by scipy (independent of poolwise.priors)."""
     from scipy import stats

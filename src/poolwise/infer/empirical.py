@@ -919,6 +919,15 @@ def _minimize_fd(fun: Callable[[np.ndarray], float], x0: np.ndarray, bounds: lis
 
 def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
                      progress: Progress | None = None) -> Draws:
+    from . import sparse
+
+    lap = _CrossedLaplace(bound)
+    with sparse._blas(lap.fz):  # one BLAS thread for small dense systems
+        return _laplace_crossed_fit(bound, lap, seed=seed, chains=chains, draws=draws, progress=progress)
+
+
+def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, chains: int, draws: int,
+                         progress: Progress | None = None) -> Draws:
     """Laplace (lme4's glmer, nAGQ = 1) for several grouping factors.
 
     As glmer: first θ (lme4's Λ entries, diagonals ≥ 0) with (β, u) at their joint mode (PIRLS,
@@ -929,7 +938,6 @@ def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
     from . import sparse
 
     t0 = time.perf_counter()
-    lap = _CrossedLaplace(bound)
     settings = sparse._settings(bound)
     fixed = sparse._fixed_lams(settings)
     p = lap.p

@@ -554,8 +554,14 @@ def sample(
 def _sample_crossed(bound: BoundSpec, target: CrossedLaplaceTarget, ss_imh: np.random.SeedSequence, *, seed: int,
                     chains: int, draws: int, t0: float, progress: Progress | None) -> Draws:
     """:func:`sample` for several grouping factors (one θ at a time through the sparse factor)."""
+    from . import sparse
+
     C, D = chains, draws
-    res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
+    with sparse._blas(target.lap.fz):  # one BLAS thread for small dense systems
+        res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
+        if not isinstance(res, str):
+            theta = res.theta.reshape(C * D, target.dim)
+            values = target.values_at(theta)
     if isinstance(res, str):
         warnings.warn(f"method='laplace': its independence MH sampler failed ({res}); fitted with NUTS instead.",
                       ConvergenceWarning, stacklevel=4)
@@ -564,8 +570,6 @@ def _sample_crossed(bound: BoundSpec, target: CrossedLaplaceTarget, ss_imh: np.r
         out = nuts.sample(bound, seed=seed, chains=chains, draws=draws)
         return replace(out, info={**out.info, "note": f"method='laplace' fell back to NUTS: {res}"})
     t1 = time.perf_counter()
-    theta = res.theta.reshape(C * D, target.dim)
-    values = target.values_at(theta)
     beta, sds, Ls, _, _ = target.unpack(theta)
     acc = float(res.info["acceptance_rate"])
     if acc < MIN_ACCEPT:
