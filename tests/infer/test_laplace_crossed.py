@@ -1,6 +1,7 @@
 """Laplace for GLMMs with several grouping factors (poolwise.infer.empirical._CrossedLaplace).
 
-1. A tiny crossed bernoulli design with a correlated slope: the Laplace log-likelihood at given
+1. A tiny crossed bernoulli design with correlated slopes (in one factor, and in both: blocks of
+   Z'WZ between two factors' levels that are not square): the Laplace log-likelihood at given
    (β, Λ) equals a dense computation (the full Z, Newton iterations in dense algebra, slogdet)
    to 1e-10, through both the dense and the CHOLMOD factor.
 2. One grouping factor through the crossed code equals the one-factor ``_Laplace`` to 1e-8.
@@ -74,11 +75,13 @@ def _dense_laplace(bound: BoundSpec, beta: np.ndarray, lams: list[np.ndarray]) -
     return ll - 0.5 * float(u @ u) - 0.5 * float(np.linalg.slogdet(H)[1])
 
 
-def test_crossed_laplace_equals_dense() -> None:
-    bound = _bind("y ~ x + (1 + x | a) + (1 | b)", _crossed(), "bernoulli")
+@pytest.mark.parametrize("formula", ["y ~ x + (1 + x | a) + (1 | b)", "y ~ x + (1 + x | a) + (1 + x | b)"])
+def test_crossed_laplace_equals_dense(formula: str) -> None:
+    bound = _bind(formula, _crossed(), "bernoulli")
     lap = empirical._CrossedLaplace(bound)
     beta = np.array([-0.2, 0.5])
-    lams = [np.array([[0.9, 0.0], [0.3, 0.4]]), np.array([[0.6]])]
+    lams = [np.array([[0.9, 0.0], [0.3, 0.4]]),
+            np.array([[0.6]]) if bound.blocks[1].q == 1 else np.array([[0.7, 0.0], [-0.4, 0.6]])]
     want = _dense_laplace(bound, beta, lams)
     assert lap(beta, lams) == pytest.approx(want, rel=0, abs=1e-10)
     if sparse.have_cholmod():  # the same through CHOLMOD (fill-reducing ordering, analysis once)

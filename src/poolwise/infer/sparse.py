@@ -123,8 +123,9 @@ class _Pattern:
             qk, ql = self.q[k], self.q[l]
             r = off[k] + pr.a[:, None, None] * qk + np.arange(qk)[None, :, None] + 0 * np.arange(ql)[None, None, :]
             c = off[l] + pr.b[:, None, None] * ql + np.arange(ql)[None, None, :] + 0 * np.arange(qk)[None, :, None]
-            rows += [r.ravel(), c.ravel()]
-            cols += [c.ravel(), r.ravel()]
+            # the transposed blocks above the diagonal are listed (m, q_l, q_k), as their values are
+            rows += [r.ravel(), c.transpose(0, 2, 1).ravel()]
+            cols += [c.ravel(), r.transpose(0, 2, 1).ravel()]
         row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
         self.nnz = row.size
