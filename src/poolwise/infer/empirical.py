@@ -703,6 +703,8 @@ class _CrossedLaplace:
             self.pairs.append((k, l, np.asarray(inv).ravel(), int(self.st.pairs[(k, l)].ZtWZ.shape[0])))
         self.b_ref = [np.zeros((J, q)) for J, q in zip(self.J, self.q)]  # warm start, on the b scale
         self.n_eval = 0
+        self._G: list[Any] | None = None  # per factor and per pair: row → level indicators (batches)
+        self._P: list[Any] | None = None
 
     # -- rows -------------------------------------------------------------------------------
     def _rows(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -823,6 +825,126 @@ class _CrossedLaplace:
                 return self.modes(beta, lams)[1]
             except (np.linalg.LinAlgError, ValueError, ArithmeticError):
                 return -math.inf
+
+    # -- a batch of (β, Λ) at once, dense (small systems: one LAPACK call per step for the batch) -----
+    def _setup_batch(self) -> None:
+        if self._G is not None:
+            return
+        import scipy.sparse as sp
+
+        n = self.X.shape[0]
+        rows = np.arange(n)
+        self._G = [sp.csr_matrix((np.ones(n), (g, rows)), shape=(J, n)) for g, J in zip(self.groups, self.J)]
+        self._P = [sp.csr_matrix((np.ones(n), (inv, rows)), shape=(m, n)) for _, _, inv, m in self.pairs]
+
+    def _batch_eta(self, eta_fix: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        B = u.shape[0]
+        eta = eta_fix.copy()
+        for Z, g, lam, o, J, q in zip(self.Zs, self.groups, lams, self.offsets, self.J, self.q):
+            b = np.einsum("bjc,bac->bja", u[:, o:o + J * q].reshape(B, J, q), lam)  # b_j = Λu_j
+            eta += np.einsum("ia,bia->bi", Z, b[:, g, :])
+        return np.asarray(eta)
+
+    def _batch_grad(self, s: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        """Λ'Z's − u for a batch (B, Q)."""
+        assert self._G is not None
+        B = u.shape[0]
+        parts = []
+        for G, Z, lam, q in zip(self._G, self.Zs, lams, self.q):
+            gz = np.stack([np.asarray(G @ (s * Z[:, a]).T).T for a in range(q)], axis=-1)  # (B, J, q)
+            parts.append(np.einsum("bjr,bra->bja", gz, lam).reshape(B, -1))
+        return np.concatenate(parts, axis=1) - u
+
+    def _batch_A(self, W: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """A = I + Λ'Z'WZΛ for a batch as dense (B, Q, Q), in the pattern's listed order."""
+        assert self._G is not None and self._P is not None
+        B, pat = W.shape[0], self.fz.pattern
+        parts = []
+        for G, Z, lam, J, q in zip(self._G, self.Zs, lams, self.J, self.q):
+            M = np.empty((B, J, q, q))
+            for a in range(q):
+                Wa = W * Z[:, a]
+                for c in range(a, q):
+                    M[:, :, a, c] = M[:, :, c, a] = np.asarray(G @ (Wa * Z[:, c]).T).T
+            parts.append(np.einsum("bri,bjrs,bsc->bjic", lam, M, lam).reshape(B, -1))
+        for (k, l, _, m), P in zip(self.pairs, self._P):
+            qk, ql = self.q[k], self.q[l]
+            M = np.empty((B, m, qk, ql))
+            for a in range(qk):
+                Wa = W * self.Zs[k][:, a]
+                for c in range(ql):
+                    M[:, :, a, c] = np.asarray(P @ (Wa * self.Zs[l][:, c]).T).T
+            V = np.einsum("bri,bmrs,bsc->bmic", lams[k], M, lams[l])
+            parts += [V.reshape(B, -1), V.transpose(0, 1, 3, 2).reshape(B, -1)]
+        vals = np.concatenate(parts, axis=1)
+        vals[:, pat.diag_at] += 1.0
+        A = np.zeros((B, self.Q * self.Q))
+        A[:, pat.flat] = vals
+        return A.reshape(B, self.Q, self.Q)
+
+    def modes_batch(self, beta: np.ndarray, lams: list[np.ndarray], u0: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`modes` for a batch, densely: û (B, Q), the Laplace log-likelihoods (B,), the
+        Cholesky factors of A at û (B, Q, Q) and whether Newton converged (B,)."""
+        import scipy.linalg as sla
+
+        self._setup_batch()
+        B = beta.shape[0]
+        self.n_eval += B
+        eta_fix = beta @ self.X.T + self.offset
+        u = np.array(u0, dtype=float)
+        ll, s, W = self._rows(self._batch_eta(eta_fix, lams, u))
+        h = ll.sum(axis=1) - 0.5 * (u * u).sum(axis=1)
+        done = np.zeros(B, dtype=bool)
+        ok = np.zeros(B, dtype=bool)
+        dec_prev = np.full(B, np.inf)
+        L = np.zeros((B, self.Q, self.Q))
+        for _ in range(100):
+            g = self._batch_grad(s, lams, u)
+            todo = np.flatnonzero(~done)
+            A = self._batch_A(W[todo], [lam[todo] for lam in lams])
+            Lt = np.linalg.cholesky(A)
+            L[todo] = Lt
+            delta = np.zeros_like(u)
+            z = sla.solve_triangular(Lt, g[todo, :, None], lower=True, check_finite=False)
+            delta[todo] = sla.solve_triangular(Lt, z, lower=True, trans="T", check_finite=False)[..., 0]
+            dec = (g * delta).sum(axis=1)
+            fin = np.isfinite(dec)
+            found = ~done & fin & ((dec < 1e-20) | ((dec < 1e-14) & (dec > 0.25 * dec_prev)))
+            ok |= found
+            done |= found | ~fin
+            if done.all():
+                break
+            dec_prev = np.where(done, dec_prev, dec)
+            step = ~done
+            t = np.where(step, 1.0, 0.0)
+            u_new = u + t[:, None] * delta
+            ll_n, s_n, W_n = self._rows(self._batch_eta(eta_fix, lams, u_new))
+            h_new = ll_n.sum(axis=1) - 0.5 * (u_new * u_new).sum(axis=1)
+            for _ in range(40):
+                bad = step & ~(h_new >= h - 1e-13 * (1.0 + np.abs(h)))
+                if not bad.any():
+                    break
+                t = np.where(bad, 0.5 * t, t)
+                u_try = u + t[:, None] * delta
+                ll_t, s_t, W_t = self._rows(self._batch_eta(eta_fix, lams, u_try))
+                h_t = ll_t.sum(axis=1) - 0.5 * (u_try * u_try).sum(axis=1)
+                u_new = np.where(bad[:, None], u_try, u_new)
+                ll_n, s_n, W_n = (np.where(bad[:, None], x, y) for x, y in ((ll_t, ll_n), (s_t, s_n), (W_t, W_n)))
+                h_new = np.where(bad, h_t, h_new)
+            good = step & (h_new >= h - 1e-13 * (1.0 + np.abs(h)))
+            stuck = step & ~good  # no step length improved h: at the mode to rounding, or lost
+            ok |= stuck & (dec < 1e-12)
+            done |= stuck
+            u = np.where(good[:, None], u_new, u)
+            h = np.where(good, h_new, h)
+            s = np.where(good[:, None], s_n, s)
+            W = np.where(good[:, None], W_n, W)
+        else:
+            L = np.linalg.cholesky(self._batch_A(W, lams))
+        with np.errstate(all="ignore"):
+            val = h + self.ll_const - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        return u, np.where(np.isfinite(val), val, -np.inf), L, ok
 
     # -- the joint mode of (β, u) for fixed Λ (PIRLS, lme4's nAGQ = 0) --------------------------
     def _zwx(self, W: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
