@@ -193,7 +193,8 @@ def test_laplace_target_several_factors() -> None:
     target = laplace.CrossedLaplaceTarget(bound, np.random.default_rng(7))
     assert target.dim == 4
     theta = np.array([[-0.1, 0.4, math.log(0.8), math.log(0.5)], [0.2, 0.7, math.log(1.3), math.log(0.3)]])
-    got = target(theta)
+    got = target(theta)  # a batch (dense factors for the batch at once)
+    assert target(theta[1:])[0] == pytest.approx(got[1], rel=0, abs=1e-9)  # one θ (the per-θ path)
     for row, g in zip(theta, got):
         beta, sds = row[:2], np.exp(row[2:])
         want = _dense_laplace(bound, beta, [np.array([[sds[0]]]), np.array([[sds[1]]])])

@@ -1,6 +1,7 @@
 """Hyperparameters by MCMC on the Laplace-approximated marginal, group effects integrated out.
 
-For bernoulli, binomial and poisson models (canonical links) with one grouping factor, write
+For bernoulli, binomial and poisson models (canonical links) with one grouping factor (several:
+see below), write
 b_j = Λu_j, u_j ~ N(0, I_q), Σ = ΛΛ' = diag(s) R diag(s).  For θ = (β, log s, CorrCholesky
 coordinates of R) the group effects are integrated out by Laplace's approximation per group,
 
@@ -30,7 +31,9 @@ Several grouping factors (crossed or nested) couple the groups, so the Newton it
 all group values at once through the sparse factor of I + Λ'Z'WZΛ
 (:class:`CrossedLaplaceTarget`, the kernel of :mod:`poolwise.infer.empirical` for several factors),
 one θ at a time, with θ = (β, per factor its log SDs and CorrCholesky coordinates) and one draw of
-every group value per θ from u ~ N(û, (I + Λ'Z'WZΛ)⁻¹).
+every group value per θ from u ~ N(û, (I + Λ'Z'WZΛ)⁻¹).  Small systems (a dense factor) are
+evaluated in batches of θ: A for the whole batch is formed densely and factored in one LAPACK call
+per Newton step.
 
 The per-θ kernel of :mod:`poolwise.infer.empirical` (``_Laplace.modes``) works one θ at a time;
 the kernel here is the same Newton iteration (step halving per group, the same criterion)
