@@ -765,6 +765,25 @@ def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, 
     return beta, out
 
 
+def _draw_factored(st: SparseStats, fz: Factorizer, m0: np.ndarray, pc: Pieces, sigma: float,
+                   lams: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of (β, stacked Λa) given (σ, Λ) with A already factored (by :func:`pieces`)."""
+    s2, p = sigma * sigma, st.p
+    ZtWy = np.concatenate([v.reshape(-1) for v in st.ZtWy])
+    if p:
+        assert pc.LP is not None
+        rr = pc.bb - pc.A_X @ m0
+        z = sla.solve_triangular(pc.LP, rr, lower=True)
+        beta = m0 + sla.solve_triangular(pc.LP, z + rng.standard_normal(p), lower=True, trans="T")
+        res = ZtWy - np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0) @ beta
+    else:
+        beta, res = np.zeros(0), ZtWy
+    rhs = _lam_t(lams, [r.reshape(J, q) for r, J, q in zip(_split_q(res, st), st.J, st.q)]) / s2
+    t = fz.solve_L(rhs)
+    a = fz.solve_Lt(t + rng.standard_normal(t.shape))
+    return beta, np.concatenate([x[0].reshape(-1) for x in _lam(lams, st, a[:, None])])
+
+
 def _split_q(v: np.ndarray, st: SparseStats) -> list[np.ndarray]:
     return [v[o:o + J * q] for o, J, q in zip(st.offsets, st.J, st.q)]
 
@@ -780,7 +799,7 @@ class HyperTarget:
 
     def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
                  *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
-                 lkj_eta: Sequence[float]) -> None:
+                 lkj_eta: Sequence[float], seed: int = 0) -> None:
         self.st, self.fz, self.settings = st, fz, list(settings)
         self.m0 = m0
         self.Q0, self.logdet_prior = prior_precision(s0)
@@ -793,6 +812,13 @@ class HyperTarget:
         self.n_corr = [s.q * (s.q - 1) // 2 if (s.learned and s.q > 1 and s.correlated) else 0 for s in settings]
         self.dim = self.n_sigma + sum(s.q + c for s, c in zip(settings, self.n_corr) if s.learned)
         self.n_eval = 0
+        # sparse factors: each costs far more than its solves, so the draws ride along with the
+        # evaluations and the importance-sampling rounds of the proposal are shorter
+        self.carry = not fz.dense
+        self.is_draws = 2000 if fz.dense else 400
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        self.last_theta: np.ndarray | None = None
+        self.last_draws: tuple[np.ndarray, np.ndarray] = (np.zeros((0, st.p)), np.zeros((0, st.size)))
 
     def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None],
                                                  list[np.ndarray], np.ndarray]:
@@ -856,6 +882,9 @@ class HyperTarget:
                                        if _finite_chol(self, sigma, lams, i) else -np.inf for i in idx])
                 out[idx] = np.where(np.isfinite(ll + lp[idx]), ll + lp[idx], -np.inf)
             return out
+        # one draw of (β, b) per evaluated θ through its factor (no second factorization for the draws)
+        carry = (np.zeros((theta.shape[0], self.st.p)), np.zeros((theta.shape[0], self.st.size))) if self.carry \
+            else None
         for b in range(theta.shape[0]):
             if not (np.isfinite(lp[b]) and np.isfinite(sigma[b]) and sigma[b] > 0
                     and all(np.all(np.isfinite(lam[b])) for lam in lams)):
@@ -863,13 +892,30 @@ class HyperTarget:
             self.n_eval += 1
             with np.errstate(all="ignore"):
                 try:
-                    ll = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]),
-                                [lam[b] for lam in lams]).ll
+                    lam_b = [lam[b] for lam in lams]
+                    pc = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]), lam_b)
+                    ll = pc.ll
+                    if carry is not None and np.isfinite(ll):
+                        carry[0][b], carry[1][b] = _draw_factored(self.st, self.fz, self.m0, pc, float(sigma[b]),
+                                                                  lam_b, self.rng)
                 except (np.linalg.LinAlgError, ValueError, ArithmeticError):
                     continue
             v = ll + lp[b]
             out[b] = v if np.isfinite(v) else -np.inf
+        if carry is not None:
+            self.last_theta, self.last_draws = theta.copy(), carry
         return out
+
+    def draws_at(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (β, stacked b) drawn when the last batch was evaluated, for each row of θ; ``None`` when
+        some row was not in it."""
+        if self.last_theta is None:
+            return None
+        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        if np.any(pos < 0):
+            return None
+        return self.last_draws[0][pos], self.last_draws[1][pos]
 
     def center(self) -> np.ndarray:
         """A data-scaled start: σ at 0.8 and each SD at 0.5 of the regression's residual SD (per unit
@@ -924,7 +970,7 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     hp = HyperPrior.from_bound(bound)
     m0, s0 = st.shift.prior(np.asarray(hp.m0, dtype=float).reshape(st.p), np.asarray(hp.s0, dtype=float).reshape(st.p))
     target = HyperTarget(
-        st, fz, m0, s0, settings, sigma_prior=hp.sigma if bound.has_sigma else None,
+        st, fz, m0, s0, settings, seed=seed, sigma_prior=hp.sigma if bound.has_sigma else None,
         sd_priors=[[bound.priors[n] for n in b.sd_names] if b.Sigma is None else None for b in bound.blocks],
         lkj_eta=[float(bound.priors[f"cor({b.factor})"].args[0]) if f"cor({b.factor})" in bound.priors else 1.0
                  for b in bound.blocks])
@@ -959,8 +1005,14 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
     sigma, sds, Ls, lams, _ = target.unpack(theta)
     if progress:
         progress("group values", 0.6)
-    beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
-                   np.random.default_rng(ss_cond))
+    carried = target.draws_at(theta) if target.carry else None
+    if carried is not None:
+        beta = carried[0]
+        b = [carried[1][:, o:o + J * q].reshape(-1, J, q) for o, J, q in zip(st.offsets, st.J, st.q)]
+        info["group_values_drawn"] = "with the hyperparameters' evaluations"
+    else:
+        beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
+                       np.random.default_rng(ss_cond))
     beta = st.shift.unshift(beta)
     t2 = time.perf_counter()
     info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
