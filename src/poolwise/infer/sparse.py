@@ -425,7 +425,9 @@ class FactorSetting:
         return L
 
     def lower(self) -> np.ndarray:
-        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free."""
+        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free (nothing when Σ is fixed)."""
+        if not self.learned:
+            return np.zeros(0)
         if self.correlated and self.q > 1:
             r, c = _tril_column_major(self.q)
             return np.where(r == c, 0.0, -np.inf)
