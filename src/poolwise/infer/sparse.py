@@ -434,7 +434,9 @@ class FactorSetting:
         return L
 
     def lower(self) -> np.ndarray:
-        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free."""
+        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free (nothing when Σ is fixed)."""
+        if not self.learned:
+            return np.zeros(0)
         if self.correlated and self.q > 1:
             r, c = _tril_column_major(self.q)
             return np.where(r == c, 0.0, -np.inf)
@@ -570,13 +572,19 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
         return np.where(np.isfinite(out), out, math.inf)
 
     def fun_jac(x: np.ndarray) -> tuple[float, np.ndarray]:
-        """f and its gradient by central differences, in one batch."""
-        h = 1e-6 * np.maximum(1.0, np.abs(x))
+        """f and its gradient by central differences in one batch (small systems), or forward
+        differences (each evaluation a sparse factorization: d + 1 of them, not 2d + 1)."""
         lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+        d = x.size
+        if not fz.dense:
+            h = 1e-7 * np.maximum(1.0, np.abs(x))
+            v = negll_batch(np.vstack([x[None], x + np.diag(h)]))
+            g = (v[1:] - v[0]) / h
+            return float(v[0]), np.where(np.isfinite(g), g, 0.0)
+        h = 1e-6 * np.maximum(1.0, np.abs(x))
         E = np.diag(h)
         up, dn = x + E, np.maximum(x - E, lo)  # one-sided at a bound
         v = negll_batch(np.vstack([x[None], up, dn]))
-        d = x.size
         g = (v[1:d + 1] - v[d + 1:]) / (up - dn).diagonal()
         return float(v[0]), np.where(np.isfinite(g), g, 0.0)
 
@@ -591,7 +599,7 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
             converged = bool(res.success) or not better
             if not better:
                 break
-        x, fx = _polish(negll_batch, x, fx, lower)
+        x, fx = _polish(negll_batch, x, fx, lower, full=fz.dense)
     # σ and the absolute Λ at the optimum
     if profile:
         ll, s2 = _profiled(st, fz, rel_lams(x), reml=reml)
@@ -612,10 +620,11 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
                       converged=bool(converged and math.isfinite(ll)), evaluations=n_eval, backend=fz.backend)
 
 
-def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[np.ndarray, float]:
+def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray, *, full: bool = True) -> tuple[np.ndarray, float]:
     """Damped Newton steps (finite differences, :func:`poolwise.infer.imh._newton_mode`) on the
     coordinates away from their bound, diagonals on the log scale: the last digits L-BFGS-B leaves
-    on a flat criterion (a factor with few levels)."""
+    on a flat criterion (a factor with few levels).  With ``full=False`` (each evaluation a sparse
+    factorization) Newton steps one coordinate at a time (2 evaluations each, a few sweeps)."""
     lo = np.concatenate([lower, np.full(x.size - lower.size, -np.inf)])
     free = ~(np.isfinite(lo) & (x <= lo + 1e-7))
     logged = free & np.isfinite(lo)
@@ -631,10 +640,37 @@ def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[np.nda
 
     z0 = x[free].copy()
     z0[logged[free]] = np.log(z0[logged[free]])
-    z, fz_, _, _ = imh._newton_mode(lambda zb: f(embed(np.atleast_2d(zb))), z0, max_iter=30)
+    if not full:
+        z, fz_ = _coordinate_newton(lambda zb: f(embed(np.atleast_2d(zb))), z0, fx)
+    else:
+        z, fz_, _, _ = imh._newton_mode(lambda zb: f(embed(np.atleast_2d(zb))), z0, max_iter=30)
     if np.isfinite(fz_) and fz_ <= fx:
         return embed(z[None])[0], float(fz_)
     return x, fx
+
+
+def _coordinate_newton(f: Any, z: np.ndarray, fz: float, sweeps: int = 3, h: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Newton steps along each coordinate in turn (central second differences), kept when they lower f."""
+    z = z.copy()
+    for _ in range(sweeps):
+        start = fz
+        for i in range(z.size):
+            pts = np.repeat(z[None], 2, axis=0)
+            pts[0, i] += h
+            pts[1, i] -= h
+            up, dn = f(pts)
+            curv = (up - 2.0 * fz + dn) / (h * h)
+            if not (np.isfinite(curv) and curv > 0):
+                continue
+            step = -np.clip((up - dn) / (2.0 * h) / curv, -0.5, 0.5)
+            trial = z.copy()
+            trial[i] += step
+            ft = float(f(trial[None])[0])
+            if ft < fz:
+                z, fz = trial, ft
+        if start - fz < 1e-10 * max(1.0, abs(fz)):
+            break
+    return z, fz
 
 
 def _split_theta_batch(theta: np.ndarray, settings: Sequence[FactorSetting]) -> list[np.ndarray]:
@@ -774,6 +810,25 @@ def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, 
     return beta, out
 
 
+def _draw_factored(st: SparseStats, fz: Factorizer, m0: np.ndarray, pc: Pieces, sigma: float,
+                   lams: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of (β, stacked Λa) given (σ, Λ) with A already factored (by :func:`pieces`)."""
+    s2, p = sigma * sigma, st.p
+    ZtWy = np.concatenate([v.reshape(-1) for v in st.ZtWy])
+    if p:
+        assert pc.LP is not None
+        rr = pc.bb - pc.A_X @ m0
+        z = sla.solve_triangular(pc.LP, rr, lower=True)
+        beta = m0 + sla.solve_triangular(pc.LP, z + rng.standard_normal(p), lower=True, trans="T")
+        res = ZtWy - np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0) @ beta
+    else:
+        beta, res = np.zeros(0), ZtWy
+    rhs = _lam_t(lams, [r.reshape(J, q) for r, J, q in zip(_split_q(res, st), st.J, st.q)]) / s2
+    t = fz.solve_L(rhs)
+    a = fz.solve_Lt(t + rng.standard_normal(t.shape))
+    return beta, np.concatenate([x[0].reshape(-1) for x in _lam(lams, st, a[:, None])])
+
+
 def _split_q(v: np.ndarray, st: SparseStats) -> list[np.ndarray]:
     return [v[o:o + J * q] for o, J, q in zip(st.offsets, st.J, st.q)]
 
@@ -789,7 +844,7 @@ class HyperTarget:
 
     def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
                  *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
-                 lkj_eta: Sequence[float]) -> None:
+                 lkj_eta: Sequence[float], seed: int = 0) -> None:
         self.st, self.fz, self.settings = st, fz, list(settings)
         self.m0 = m0
         self.Q0, self.logdet_prior = prior_precision(s0)
@@ -802,6 +857,13 @@ class HyperTarget:
         self.n_corr = [s.q * (s.q - 1) // 2 if (s.learned and s.q > 1 and s.correlated) else 0 for s in settings]
         self.dim = self.n_sigma + sum(s.q + c for s, c in zip(settings, self.n_corr) if s.learned)
         self.n_eval = 0
+        # sparse factors: each costs far more than its solves, so the draws ride along with the
+        # evaluations and the importance-sampling rounds of the proposal are shorter
+        self.carry = not fz.dense
+        self.is_draws = 2000 if fz.dense else 400
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        self.last_theta: np.ndarray | None = None
+        self.last_draws: tuple[np.ndarray, np.ndarray] = (np.zeros((0, st.p)), np.zeros((0, st.size)))
 
     def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None],
                                                  list[np.ndarray], np.ndarray]:
@@ -865,6 +927,9 @@ class HyperTarget:
                                        if _finite_chol(self, sigma, lams, i) else -np.inf for i in idx])
                 out[idx] = np.where(np.isfinite(ll + lp[idx]), ll + lp[idx], -np.inf)
             return out
+        # one draw of (β, b) per evaluated θ through its factor (no second factorization for the draws)
+        carry = (np.zeros((theta.shape[0], self.st.p)), np.zeros((theta.shape[0], self.st.size))) if self.carry \
+            else None
         for b in range(theta.shape[0]):
             if not (np.isfinite(lp[b]) and np.isfinite(sigma[b]) and sigma[b] > 0
                     and all(np.all(np.isfinite(lam[b])) for lam in lams)):
@@ -872,13 +937,30 @@ class HyperTarget:
             self.n_eval += 1
             with np.errstate(all="ignore"):
                 try:
-                    ll = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]),
-                                [lam[b] for lam in lams]).ll
+                    lam_b = [lam[b] for lam in lams]
+                    pc = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]), lam_b)
+                    ll = pc.ll
+                    if carry is not None and np.isfinite(ll):
+                        carry[0][b], carry[1][b] = _draw_factored(self.st, self.fz, self.m0, pc, float(sigma[b]),
+                                                                  lam_b, self.rng)
                 except (np.linalg.LinAlgError, ValueError, ArithmeticError):
                     continue
             v = ll + lp[b]
             out[b] = v if np.isfinite(v) else -np.inf
+        if carry is not None:
+            self.last_theta, self.last_draws = theta.copy(), carry
         return out
+
+    def draws_at(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (β, stacked b) drawn when the last batch was evaluated, for each row of θ; ``None`` when
+        some row was not in it."""
+        if self.last_theta is None:
+            return None
+        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        if np.any(pos < 0):
+            return None
+        return self.last_draws[0][pos], self.last_draws[1][pos]
 
     def center(self) -> np.ndarray:
         """A data-scaled start: σ at 0.8 and each SD at 0.5 of the regression's residual SD (per unit
@@ -933,7 +1015,7 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     hp = HyperPrior.from_bound(bound)
     m0, s0 = st.shift.prior(np.asarray(hp.m0, dtype=float).reshape(st.p), np.asarray(hp.s0, dtype=float).reshape(st.p))
     target = HyperTarget(
-        st, fz, m0, s0, settings, sigma_prior=hp.sigma if bound.has_sigma else None,
+        st, fz, m0, s0, settings, seed=seed, sigma_prior=hp.sigma if bound.has_sigma else None,
         sd_priors=[[bound.priors[n] for n in b.sd_names] if b.Sigma is None else None for b in bound.blocks],
         lkj_eta=[float(bound.priors[f"cor({b.factor})"].args[0]) if f"cor({b.factor})" in bound.priors else 1.0
                  for b in bound.blocks])
@@ -968,8 +1050,14 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
     sigma, sds, Ls, lams, _ = target.unpack(theta)
     if progress:
         progress("group values", 0.6)
-    beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
-                   np.random.default_rng(ss_cond))
+    carried = target.draws_at(theta) if target.carry else None
+    if carried is not None:
+        beta = carried[0]
+        b = [carried[1][:, o:o + J * q].reshape(-1, J, q) for o, J, q in zip(st.offsets, st.J, st.q)]
+        info["group_values_drawn"] = "with the hyperparameters' evaluations"
+    else:
+        beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
+                       np.random.default_rng(ss_cond))
     beta = st.shift.unshift(beta)
     t2 = time.perf_counter()
     info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
