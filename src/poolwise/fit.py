@@ -448,8 +448,11 @@ class Fit:
             ov = self.block_draws[j].values
             if ov is None:
                 continue
-            parent = np.empty(block.n_groups, dtype=np.int64)
-            parent[block.group] = outer.group
+            if b.has_rows:
+                parent = np.empty(block.n_groups, dtype=np.int64)
+                parent[block.group] = outer.group
+            else:  # reduced in the query: from the level pairs the two factors share
+                parent = _reduce.bound_sparse_stats(b).parent(i, j)
             out = out + ov[..., parent, outer.exprs.index(e)]
         return out
 
@@ -750,7 +753,7 @@ class Fit:
                        "group-level results use the kept draws.")
         r = self.bound.reduced
         if r is not None:
-            out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {self.bound.n_groups:,} rows of "
+            out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {r.returned:,} rows of "
                        "sufficient statistics in one query; the rows were never loaded.")
         return out
 
