@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from .compare import POOLINGS, Comparison, compare
-from .errors import PoolwiseError, PriorError
+from .errors import PoolwiseError, PriorError, SpecError
 from .fit import Fit, fit
 from .output import check_folder, check_outputs, number, write_file
 
@@ -77,8 +77,12 @@ ReportOpt = Annotated[Path | None, typer.Option(
 def fit_command(
     data: DataArg,
     formula: FormulaOpt,
-    pooling: Annotated[str, typer.Option(
-        help="hierarchical | pooled | unpooled | a positive number (a fixed group SD).")] = "hierarchical",
+    pooling: Annotated[list[str] | None, typer.Option(
+        metavar="SETTING", help="hierarchical | pooled | unpooled | a positive number (a fixed group SD), for every group term; "
+             "or per term TERM=SETTING, the term as the formula writes it or its grouping factor, e.g. "
+             "--pooling '1|s=hierarchical' --pooling '1|d=pooled' (repeatable, or comma-separated: "
+             "'1|s=hierarchical,1|d=pooled'); terms not named are hierarchical. [default: hierarchical]",
+        show_default=False)] = None,
     family: FamilyOpt = "gaussian",
     method: MethodOpt = None,
     seed: SeedOpt = 0,
@@ -99,8 +103,8 @@ def fit_command(
         targets, _ = _check_outputs(out, FIT_FILES, None, force)
         priors = _parse_priors(prior)
         with _progress() as step:
-            f = fit(formula, os.fspath(data), family=family, pooling=pooling, priors=priors, method=method,
-                    seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
+            f = fit(formula, os.fspath(data), family=family, pooling=_join_pooling(pooling), priors=priors,
+                    method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
                     spark=_spark_session() if engine == "spark" else None)
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
@@ -268,6 +272,19 @@ def _spark_session() -> Any:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip()
         _fail(f"Could not start Spark: {first} (--engine spark needs Java 17 for a local session, or "
               "SPARK_REMOTE=sc://host:15002 for a Spark Connect server).")
+
+
+def _join_pooling(items: Sequence[str] | None) -> str:
+    """The repeated ``--pooling`` values as the one text the library reads: ``"hierarchical"``, or
+    ``"1|s=hierarchical, 1|d=pooled"`` per term (:class:`~poolwise.spec.ModelSpec` checks it)."""
+    items = [i.strip() for i in items or () if i.strip()]
+    if not items:
+        return "hierarchical"
+    if len(items) > 1 and not all("=" in i for i in items):
+        raise SpecError(f"Cannot combine --pooling {' --pooling '.join(repr(i) for i in items)}.", option="pooling",
+                        hint="Give one setting for every term (--pooling pooled), or TERM=SETTING for each term "
+                             "(--pooling '1|s=pooled' --pooling '1|d=hierarchical').")
+    return ", ".join(items)
 
 
 def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
