@@ -45,7 +45,7 @@ from .priors import Prior, default_priors, parse_prior
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
            "check_scale", "warn_far_slopes", "check_constant_outcome", "check_design_size", "design_columns",
            "format_bytes", "physical_memory", "DESIGN_MEMORY_FRACTION",
-           "POOLINGS", "Pooling", "term_key", "format_pooling",
+           "POOLINGS", "Pooling", "term_key", "format_pooling", "find_term",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
@@ -580,6 +580,32 @@ def _norm_key(key: str) -> str:
     return k
 
 
+def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: str = "pooling",
+              what: str = "The pooling names") -> GroupTerm:
+    """The group term ``key`` names: as the formula writes it (``"1|s"``, ``"(1 + x | subj)"``,
+    spaces free) or by its grouping factor (``"s"``).
+
+    Raises
+    ------
+    SpecError
+        For a key naming no group term of the formula, listing the formula's terms.
+    """
+    names: dict[str, GroupTerm] = {}
+    for t in terms:
+        for name in (term_key(t), term_key(t).replace("||", "|"), t.factor):
+            names.setdefault(_norm_key(name), t)
+    t = names.get(_norm_key(str(key)))
+    if t is not None:
+        return t
+    listed = ", ".join(repr(term_key(t)) for t in terms) or "none"
+    near = difflib.get_close_matches(_norm_key(str(key)), list(names), n=1)
+    hint = (f"Did you mean '{near[0]}'?" if near else
+            "Name a group term as the formula writes it, or its grouping factor." if terms else
+            "Add a group term such as (1 | g) to the formula.")
+    raise SpecError(f"{what} {key!r}, which is no group term of formula {formula} (its group terms: {listed}).",
+                    hint=hint, option=option)
+
+
 def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...], formula: str) -> Pooling:
     """Each group term's setting from the user's (key, setting) pairs; one setting when all agree.
 
@@ -588,21 +614,9 @@ def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...],
     SpecError
         For a key naming no group term of the formula (or one named twice), or a bad setting.
     """
-    listed = ", ".join(repr(term_key(t)) for t in terms) or "none"
-    names: dict[str, GroupTerm] = {}
-    for t in terms:
-        for name in (term_key(t), term_key(t).replace("||", "|"), t.factor):
-            names.setdefault(_norm_key(name), t)
     settings: dict[GroupTerm, str | float] = {}
     for key, value in items:
-        t = names.get(_norm_key(key))
-        if t is None:
-            near = difflib.get_close_matches(_norm_key(key), list(names), n=1)
-            hint = (f"Did you mean '{near[0]}'?" if near else
-                    "Name a group term as the formula writes it, or its grouping factor." if terms else
-                    "Add a group term such as (1 | g) to the formula, or pass one pooling setting.")
-            raise SpecError(f"The pooling names {key!r}, which is no group term of formula {formula} "
-                            f"(its group terms: {listed}).", hint=hint, option="pooling")
+        t = find_term(key, terms, formula)
         if t in settings:
             raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
                             hint="Give each group term one setting.", option="pooling")
