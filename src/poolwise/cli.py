@@ -22,6 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .compare import POOLINGS, Comparison, compare
 from .errors import PoolwiseError, PriorError, SpecError
@@ -157,13 +158,17 @@ def compare_command(
             loo = cmp.loo()
         console = _stdout()
         console.print(repr(cmp), markup=False, highlight=False)
-        console.print(_groups_table(cmp, table))
-        if len(table) > SHOWN_GROUPS:
-            where = f"; all of them in {targets['table.csv']}" if out is not None else " (use --out for all)"
-            console.print(f"{SHOWN_GROUPS} smallest of {len(table)} groups shown{where}.", markup=False,
-                          highlight=False)
+        for factor, term, frame in _factor_tables(cmp, table):
+            console.print(_groups_table(cmp, frame, factor, term))
+            if len(frame) > SHOWN_GROUPS:
+                where = f"; all of them in {targets['table.csv']}" if out is not None else " (use --out for all)"
+                of = f"{factor} groups" if len(cmp.factors) > 1 else "groups"
+                console.print(f"{SHOWN_GROUPS} smallest of {len(frame)} {of} shown{where}.", markup=False,
+                              highlight=False)
         console.print(_loo_table(loo))
-        console.print(_population_line(cmp.population()), markup=False, highlight=False)
+        for term in cmp.factor_terms:
+            console.print(_population_line(cmp.population(term), term if len(cmp.factor_terms) > 1 else None),
+                          markup=False, highlight=False)
         for name, fitted in cmp.fits.items():
             for note in fitted.notes():
                 console.print(f"note ({name}): {note}", markup=False, highlight=False)
@@ -322,7 +327,7 @@ def _print_written(console: Console, paths: Any) -> None:
 
 
 def _table(title: str) -> Table:
-    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    return Table(title=Text(title), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
 
 
 def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict[str, int] | None = None) -> Table:
@@ -336,7 +341,7 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
             v = row[col]
             digits = (formats or {}).get(str(col), 4)
             cells.append(str(int(v)) if digits == 0 and pd.notna(v) else number(v, digits))
-        table.add_row(str(idx), *cells)
+        table.add_row(Text(str(idx)), *cells)
     return table
 
 
@@ -353,21 +358,32 @@ def _priors_table(f: Fit) -> Table:
     for col in ("parameter", "prior", "source"):
         table.add_column(col)
     for name, row in f.priors.iterrows():
-        table.add_row(str(name), str(row["prior"]), str(row["source"]))
+        table.add_row(Text(str(name)), Text(str(row["prior"])), str(row["source"]))
     return table
 
 
-def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
+def _factor_tables(cmp: Comparison, table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(factor, term, its rows) of :meth:`Comparison.table`: one per grouping factor."""
+    if isinstance(table.index, pd.MultiIndex):
+        return [(str(f), str(frame["term"].iloc[0]), frame.droplevel("factor"))
+                for f, frame in table.groupby(level="factor", sort=False)]
+    return [(cmp.group_column, str(table.attrs.get("term", "")), table)]
+
+
+def _groups_table(cmp: Comparison, table: pd.DataFrame, factor: str, term: str) -> Table:
     scale = {"logit": " (logit scale)", "log": " (log scale)"}.get(cmp.hierarchical.spec.fam.link, "")
-    out = _table(f"Group intercepts{scale}: posterior mean [95% interval]")
-    out.add_column(cmp.group_column, no_wrap=True)
+    expr = term.partition("|")[0]
+    what = "Group intercepts" if expr == "1" else f"Group slopes of {expr}"
+    by = f" by {factor}" if len(cmp.factors) > 1 else ""
+    out = _table(f"{what}{by}{scale}: posterior mean [95% interval]")
+    out.add_column(Text(factor), no_wrap=True)
     out.add_column("n", justify="right")
     for name in POOLINGS:
         out.add_column(name, justify="right")
     out.add_column("λ", justify="right")
     for label, row in table.head(SHOWN_GROUPS).iterrows():
         cells = [f"{number(row[f'{p}_mean'])} [{number(row[f'{p}_lo'])}, {number(row[f'{p}_hi'])}]" for p in POOLINGS]
-        out.add_row(str(label), str(int(row["n"])), *cells, number(row["lambda"], 2))
+        out.add_row(Text(str(label)), str(int(row["n"])), *cells, number(row["lambda"], 2))
     return out
 
 
@@ -375,9 +391,10 @@ def _loo_table(loo: pd.DataFrame) -> Table:
     return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 3})
 
 
-def _population_line(pop: dict[str, float]) -> str:
+def _population_line(pop: dict[str, float], term: str | None = None) -> str:
     parts = []
     for key in ("mean", "tau", "sigma"):
         if key in pop:
             parts.append(f"{key} {number(pop[key])} [{number(pop[f'{key}_lo'])}, {number(pop[f'{key}_hi'])}]")
-    return "population (hierarchical): " + ", ".join(parts)
+    of = f" of {term}" if term else ""
+    return f"population{of} (hierarchical): " + ", ".join(parts)
