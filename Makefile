@@ -14,12 +14,20 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
+# CHOLMOD (scikit-sparse, built against Debian's SuiteSparse) for crossed designs; poolwise falls back to a
+# dense Cholesky factor when it cannot be installed
+SPARSE = @test -f /usr/include/suitesparse/cholmod.h || (apt-get update -qq >/dev/null 2>&1 && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsuitesparse-dev >/dev/null 2>&1) || true; \
+	$(PIP) install --quiet -e ".[sparse]" >/dev/null 2>&1 || echo "scikit-sparse could not be installed: crossed designs use a dense Cholesky factor"
+
 $(STAMP_BASE): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[data]"
+	$(SPARSE)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[test]"
+	$(SPARSE)
 	touch $@
 
 $(STAMP_BENCH): pyproject.toml | $(PY)

@@ -32,7 +32,8 @@ import numpy as np
 from .errors import DataError
 from .spec import BoundSpec
 
-__all__ = ["Reduced", "BlockStats", "Shift", "reduce", "reduce_arrays", "block_stats", "bound_block_stats"]
+__all__ = ["Reduced", "BlockStats", "SparseStats", "PairStats", "Shift", "reduce", "reduce_arrays", "block_stats",
+           "bound_block_stats", "sparse_stats", "bound_sparse_stats"]
 
 
 @dataclass(frozen=True)
@@ -330,13 +331,7 @@ def block_stats(
     if n and (group.min() < 0 or group.max() >= n_groups):
         raise ValueError("Group indices must lie in [0, n_groups).")
     p, q = X.shape[1], Z.shape[1]
-    shift = _shift_of(y, X, w, intercept)
-    if shift.active and shift.x is not None and q > 1:  # a column that is also a varying slope stays put
-        cx = shift.x.copy()  # (as in the engines' query, where the two are one column)
-        for k in range(p):
-            if cx[k] != 0 and any(np.array_equal(X[:, k], Z[:, a]) for a in range(q)):
-                cx[k] = 0.0
-        shift = Shift(y=shift.y, x=cx, intercept=shift.intercept)
+    shift = _slope_safe(_shift_of(y, X, w, intercept), X, [Z])
     if shift.active:
         y = y - shift.y
         X = X - shift._cx(p)[None, :]
@@ -371,3 +366,178 @@ def block_stats(
     )
     _check_finite_stats([out.ZtWZ, out.ZtWy, out.XtWX, out.XtWy, out.yWy])
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# several grouping factors: the sparse cross-products of lme4's penalized least squares
+
+
+@dataclass(frozen=True)
+class PairStats:
+    """The cross-products of two grouping factors k < l over the level pairs that share rows.
+
+    Attributes
+    ----------
+    a, b
+        Level of factor k and of factor l of each pair, (m,).
+    n
+        Rows per pair, (m,).
+    ZtWZ
+        Σ w z_k z_l' over the pair's rows, (m, q_k, q_l).
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    n: np.ndarray
+    ZtWZ: np.ndarray
+
+
+@dataclass(frozen=True)
+class SparseStats:
+    """Sufficient statistics of the Gaussian model with any number of grouping factors.
+
+    Z'WZ of the stacked group design is block sparse: per factor, one q_k × q_k block per level
+    (levels of one factor never share a row), and per pair of factors one q_k × q_l block per pair
+    of levels that share rows (:class:`PairStats`).  With Z'WX, Z'Wy per level and the totals
+    X'WX, X'Wy, y'Wy this is everything lme4's penalized least squares needs (Bates et al. 2015),
+    and its size is O(levels + level pairs), not O(rows).
+
+    Attributes
+    ----------
+    n
+        Rows per level, one (J_k,) array per factor.
+    ZtWZ, ZtWX, ZtWy
+        Per factor: (J_k, q_k, q_k), (J_k, q_k, p) and (J_k, q_k).
+    pairs
+        ``{(k, l): PairStats}`` for k < l (pairs of factors sharing no rows are absent).
+    XtWX, XtWy, yWy, sum_log_w, n_obs, shift
+        As in :class:`BlockStats`.
+    """
+
+    n: tuple[np.ndarray, ...]
+    ZtWZ: tuple[np.ndarray, ...]
+    ZtWX: tuple[np.ndarray, ...]
+    ZtWy: tuple[np.ndarray, ...]
+    pairs: dict[tuple[int, int], PairStats]
+    XtWX: np.ndarray
+    XtWy: np.ndarray
+    yWy: float
+    sum_log_w: float
+    n_obs: int
+    shift: Shift = Shift()
+
+    @property
+    def q(self) -> tuple[int, ...]:
+        """Group terms per factor."""
+        return tuple(int(z.shape[1]) for z in self.ZtWZ)
+
+    @property
+    def J(self) -> tuple[int, ...]:
+        """Levels per factor."""
+        return tuple(int(z.shape[0]) for z in self.ZtWZ)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each factor's columns start in the stacked Z (level-major, then term)."""
+        out, at = [], 0
+        for J, q in zip(self.J, self.q):
+            out.append(at)
+            at += J * q
+        return tuple(out)
+
+    @property
+    def size(self) -> int:
+        """Q = Σ_k J_k q_k, the number of group values."""
+        return int(sum(J * q for J, q in zip(self.J, self.q)))
+
+    @property
+    def p(self) -> int:
+        return int(self.XtWX.shape[0])
+
+    def factor(self, k: int) -> BlockStats:
+        """Factor k's own statistics, as if it were the only grouping factor."""
+        return BlockStats(n=self.n[k], ZtWZ=self.ZtWZ[k], ZtWX=self.ZtWX[k], ZtWy=self.ZtWy[k], XtWX=self.XtWX,
+                          XtWy=self.XtWy, yWy=self.yWy, sum_log_w=self.sum_log_w, n_obs=self.n_obs, shift=self.shift)
+
+    @classmethod
+    def from_block(cls, st: BlockStats) -> SparseStats:
+        """One grouping factor's statistics as the one-factor case (no pairs)."""
+        return cls(n=(st.n,), ZtWZ=(st.ZtWZ,), ZtWX=(st.ZtWX,), ZtWy=(st.ZtWy,), pairs={}, XtWX=st.XtWX,
+                   XtWy=st.XtWy, yWy=st.yWy, sum_log_w=st.sum_log_w, n_obs=st.n_obs, shift=st.shift)
+
+
+def _slope_safe(shift: Shift, X: np.ndarray, Zs: list[np.ndarray]) -> Shift:
+    """The shift with a column of X that is also a varying slope left unshifted (as in the query,
+    where the two are one column: the group design Z is never shifted)."""
+    if not shift.active or shift.x is None:
+        return shift
+    cx = shift.x.copy()
+    for k in range(X.shape[1]):
+        if cx[k] != 0 and any(Z.shape[1] > 1 and any(np.array_equal(X[:, k], Z[:, a]) for a in range(Z.shape[1]))
+                              for Z in Zs):
+            cx[k] = 0.0
+    return Shift(y=shift.y, x=cx, intercept=shift.intercept)
+
+
+def sparse_stats(
+    y: np.ndarray, X: np.ndarray, w: np.ndarray | None, factors: list[tuple[np.ndarray, np.ndarray, int]], *,
+    intercept: int | None = None,
+) -> SparseStats:
+    """:class:`SparseStats` in one pass over the rows.
+
+    Parameters
+    ----------
+    y, X, w
+        Outcome (n,), common design (n, p), weights (n,) or ``None`` for ones.
+    factors
+        Per grouping factor: its group-term design Z_k (n, q_k), the 0-based level of each row
+        (n,) and the number of levels J_k.
+    intercept
+        Index of X's column of ones: then y and X are taken about their means (:class:`Shift`).
+    """
+    y = np.asarray(y, dtype=float).ravel()
+    n = y.size
+    X = np.asarray(X, dtype=float).reshape(n, -1)
+    w = np.ones(n) if w is None else np.asarray(w, dtype=float).ravel()
+    Zs = [np.asarray(Z, dtype=float).reshape(n, -1) for Z, _, _ in factors]
+    shift = _slope_safe(_shift_of(y, X, w, intercept), X, Zs)
+    if shift.active:
+        y = y - shift.y
+        X = X - shift._cx(X.shape[1])[None, :]
+    parts = [block_stats(y, X, Z, w, g, J) for Z, (_, g, J) in zip(Zs, factors)]
+    pairs: dict[tuple[int, int], PairStats] = {}
+    for k in range(len(factors)):
+        gk, Jk = np.asarray(factors[k][1], dtype=np.int64), factors[k][2]
+        for l in range(k + 1, len(factors)):
+            gl, Jl = np.asarray(factors[l][1], dtype=np.int64), factors[l][2]
+            key, inv = np.unique(gk * Jl + gl, return_inverse=True)
+            m = key.size
+            qk, ql = Zs[k].shape[1], Zs[l].shape[1]
+            blocks = np.empty((m, qk, ql))
+            wZk = Zs[k] * w[:, None]
+            for a in range(qk):
+                for c in range(ql):
+                    blocks[:, a, c] = np.bincount(inv, weights=wZk[:, a] * Zs[l][:, c], minlength=m)
+            pairs[(k, l)] = PairStats(a=key // Jl, b=key % Jl, n=np.bincount(inv, minlength=m).astype(float),
+                                      ZtWZ=blocks)
+    first = parts[0]
+    out = SparseStats(n=tuple(p.n for p in parts), ZtWZ=tuple(p.ZtWZ for p in parts),
+                      ZtWX=tuple(p.ZtWX for p in parts), ZtWy=tuple(p.ZtWy for p in parts), pairs=pairs,
+                      XtWX=first.XtWX, XtWy=first.XtWy, yWy=first.yWy, sum_log_w=first.sum_log_w, n_obs=n,
+                      shift=shift)
+    _check_finite_stats([*(p.ZtWZ for p in pairs.values())])
+    return out
+
+
+def bound_sparse_stats(bound: BoundSpec) -> SparseStats:
+    """:class:`SparseStats` of a bound Gaussian model (outcome less offset), every grouping factor."""
+    if bound.reduced is not None:
+        got = getattr(bound.reduced, "sparse", None)
+        if got is not None:
+            out: SparseStats = got
+            return out
+        if len(bound.blocks) == 1:
+            return SparseStats.from_block(bound.reduced.block)
+        raise ValueError("These rows were reduced for one grouping factor only.")
+    return sparse_stats(bound.y - bound.offset, bound.X, bound.weights,
+                        [(b.Z, b.group, b.n_groups) for b in bound.blocks], intercept=_intercept(bound))

@@ -144,20 +144,23 @@ def run(
         if len(bound.blocks) == 1:
             return exact.sample_block(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
                                       progress=progress, **options)
-        from . import nested
+        from . import nested, sparse
 
-        why = nested.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress)
-        if isinstance(why, Draws):
-            return why
-        # crossed factors (or a nested fit whose sampler could not run): the collapsed marginal
-        # would need a sparse Cholesky (as lme4's); the same model is fitted by NUTS, and the
-        # summary says so
+        if nested.nesting(bound) is not None:  # two nested intercepts: the batched path (faster there)
+            got = nested.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress)
+            if isinstance(got, Draws):
+                return got
+        got = sparse.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress)
+        if isinstance(got, Draws):
+            return got
+        # the independence sampler of the hyperparameters could not be trusted: the same model by
+        # NUTS, and the summary says so
         from . import nuts
 
         result = nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                              **options)
-        note = (f"method='exact' covers one grouping factor and two nested varying intercepts; this model "
-                f"has {', '.join(str(b.term) for b in bound.blocks)} ({why}), so it was fitted with NUTS.")
+        note = (f"method='exact' sampled this model's hyperparameters by independence Metropolis-Hastings, "
+                f"which could not be trusted here ({got}), so it was fitted with NUTS.")
         return replace(result, info={**result.info, "note": note})
     if method == "nuts":
         from . import nuts
@@ -167,6 +170,12 @@ def run(
     if method == "empirical":
         from . import empirical
 
+        if len(bound.blocks) > 1 and bound.spec.fam.exact:
+            from . import sparse
+
+            empirical._check_replicated(bound)
+            return sparse.empirical(bound, seed=seed, chains=chains, draws=draws, progress=progress,
+                                    reml=bool(options.get("reml", True)))
         return empirical.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress,
                                 group_budget=group_budget, **options)
     if method == "laplace":

@@ -666,8 +666,10 @@ def _check_replicated(bound: BoundSpec) -> None:
     observations", ``check.nobs.vs.nlev``); the exact and NUTS paths fit them, the priors
     making the posterior proper.
     """
-    block = bound.blocks[0]
-    if not bound.has_sigma or block.pooled or bound.n_obs > block.n_groups:
+    for block in bound.blocks:
+        if bound.has_sigma and not block.pooled and bound.n_obs <= block.n_groups:
+            break
+    else:
         return
     raise DataError(
         f"Every group of '{block.factor}' has one row ({bound.n_obs} rows, {block.n_groups} groups), so the "

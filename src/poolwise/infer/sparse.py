@@ -1,0 +1,772 @@
+"""Any grouping structure: lme4's penalized least squares with a sparse Cholesky factor.
+
+The model y = Xβ + Zb + e, e ~ N(0, σ²W⁻¹), with the stacked group values b of every grouping
+factor (crossed, nested or partially crossed), b ~ N(0, ΛΛ'), Λ block diagonal with one q_k × q_k
+lower-triangular block Λ_k per level of factor k (Σ_k = Λ_kΛ_k').  With
+
+    A(σ, Λ) = I + Λ'Z'WZΛ/σ² = LL'      (Q × Q, sparse; P a fill-reducing permutation, LL' = PAP')
+
+the marginal of y given β is N(Xβ, V), V = σ²W⁻¹ + ZΛΛ'Z', and (Woodbury, determinant lemma)
+
+    log|V|       = n log σ² − Σ log w + log|A|
+    r'V⁻¹r       = r'Wr/σ² − |L⁻¹PΛ'Z'Wr|²/σ⁴      (r = y − Xβ)
+
+so one evaluation needs the cross-products Z'WZ, Z'WX, Z'Wy, X'WX, X'Wy, y'Wy
+(:class:`poolwise.reduce.SparseStats`) and one numeric factorization of A.  The pattern of A is
+fixed (the block pattern of Z'WZ plus I), so the fill-reducing ordering and the symbolic
+analysis are computed once (CHOLMOD, through scikit-sparse) and only the numeric factorization is
+repeated per (σ, Λ).  Small systems use a dense Cholesky factor instead (faster below
+:data:`DENSE_MAX` group values); both sit behind :class:`Factorizer`.
+
+* **REML / ML** (``method="empirical"``): Λ = σΛ_rel, σ² profiled out, the relative factor θ
+  (lme4's θ: the lower-triangular entries of each Λ_rel,k, diagonals ≥ 0) optimized by
+  L-BFGS-B with bounds.  With A and the penalized residual sum of squares r²(θ)
+  (Bates et al. 2015, eqs. 34–42),
+
+      −2ℓ_ML   = log|A| − Σ log w + n [1 + log(2π r²/n)]
+      −2ℓ_REML = log|A| + log|R_X|² − Σ log w + (n − p) [1 + log(2π r²/(n − p))]
+
+  (lme4's deviance and REML criterion, weights included).
+* **Exact Bayes** (``method="exact"``): the hyperparameters (log σ, log SDs, CorrCholesky
+  coordinates of each factor's correlation matrix) are drawn by independence Metropolis–Hastings
+  (:func:`poolwise.infer.imh._imh`) from their posterior with β and every b integrated out; then,
+  per draw, β from its Gaussian conditional and all group values b = Λa, a ~ N(A⁻¹Λ'Z'W(y − Xβ)/σ²,
+  A⁻¹), through the same factor.  One grouping factor is the block-diagonal special case; the
+  batched one-factor paths (:mod:`poolwise.infer.collapsed`, :mod:`poolwise.infer.exact`) stay
+  because they evaluate many hyperparameters at once and measure faster there.
+
+References
+----------
+Bates, D., Mächler, M., Bolker, B. & Walker, S. (2015). Fitting linear mixed-effects models using
+lme4. Journal of Statistical Software 67(1), 1–48.
+Chen, Y., Davis, T. A., Hager, W. W. & Rajamanickam, S. (2008). Algorithm 887: CHOLMOD,
+supernodal sparse Cholesky factorization and update/downdate. ACM TOMS 35(3).
+Papaspiliopoulos, O., Roberts, G. O. & Zanella, G. (2020). Scalable inference for crossed random
+effects models. Biometrika 107, 25–40.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+from scipy import optimize
+
+from ..priors import Prior
+from ..reduce import SparseStats, bound_sparse_stats
+from ..spec import BoundSpec
+from . import BlockDraws, Draws, Progress, imh
+from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
+
+__all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical", "DENSE_MAX",
+           "have_cholmod"]
+
+_LOG2PI = math.log(2.0 * math.pi)
+#: up to this many group values a dense Cholesky factor is used (measured faster than CHOLMOD there)
+DENSE_MAX = 400
+
+
+def have_cholmod() -> bool:
+    """Whether CHOLMOD (scikit-sparse) can be imported."""
+    try:
+        import sksparse.cholmod  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# the pattern of A = I + Λ'Z'WZΛ/σ² and its values for a given Λ
+
+
+class _Pattern:
+    """The fixed sparsity pattern of A (block pattern of Z'WZ plus the identity), in CSC form, and
+    the map from the per-block products Λ_k'BΛ_l to its values."""
+
+    def __init__(self, st: SparseStats) -> None:
+        self.q, self.J, off = st.q, st.J, st.offsets
+        self.Q = st.size
+        rows: list[np.ndarray] = []
+        cols: list[np.ndarray] = []
+        # per factor: the (J, q, q) diagonal blocks
+        for k, (J, q) in enumerate(zip(self.J, self.q)):
+            base = off[k] + np.arange(J)[:, None, None] * q
+            rows.append((base + np.arange(q)[None, :, None] + 0 * np.arange(q)[None, None, :]).ravel())
+            cols.append((base + np.arange(q)[None, None, :] + 0 * np.arange(q)[None, :, None]).ravel())
+        # per pair: the (m, q_k, q_l) blocks below the diagonal and their transposes above
+        self.pair_keys = sorted(st.pairs)
+        for k, l in self.pair_keys:
+            pr = st.pairs[(k, l)]
+            qk, ql = self.q[k], self.q[l]
+            r = off[k] + pr.a[:, None, None] * qk + np.arange(qk)[None, :, None] + 0 * np.arange(ql)[None, None, :]
+            c = off[l] + pr.b[:, None, None] * ql + np.arange(ql)[None, None, :] + 0 * np.arange(qk)[None, :, None]
+            rows += [r.ravel(), c.ravel()]
+            cols += [c.ravel(), r.ravel()]
+        row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+        self.nnz = row.size
+        # the CSC order of the values listed above (data = position + 1: no explicit zero is dropped)
+        A = sp.csc_matrix((np.arange(1, self.nnz + 1, dtype=float), (row, col)), shape=(self.Q, self.Q))
+        A.sort_indices()
+        self.order = A.data.astype(np.int64) - 1
+        self.indices, self.indptr = A.indices.copy(), A.indptr.copy()
+        # positions (in the listed order) of the diagonal entries of A
+        self.diag_at = np.flatnonzero(row == col)
+        self.ZtWZ = st.ZtWZ
+        self.pair_blocks = [st.pairs[key].ZtWZ for key in self.pair_keys]
+
+    def values(self, lams: Sequence[np.ndarray], s2: float) -> np.ndarray:
+        """The nonzeros of A in CSC order for the per-factor Λ_k."""
+        parts = [np.einsum("ri,jrc,cl->jil", lam, M, lam, optimize=True).ravel() / s2
+                 for lam, M in zip(lams, self.ZtWZ)]
+        for (k, l), B in zip(self.pair_keys, self.pair_blocks):
+            V = np.einsum("ri,mrc,cl->mil", lams[k], B, lams[l], optimize=True) / s2
+            parts += [V.ravel(), V.transpose(0, 2, 1).ravel()]
+        vals = np.concatenate(parts) if parts else np.zeros(0)
+        vals[self.diag_at] += 1.0
+        return vals[self.order]
+
+    def matrix(self, vals: np.ndarray) -> sp.csc_matrix:
+        return sp.csc_matrix((vals, self.indices, self.indptr), shape=(self.Q, self.Q))
+
+
+class Factorizer:
+    """Cholesky factors of A for a fixed pattern: dense below :data:`DENSE_MAX` values (or without
+    CHOLMOD), else CHOLMOD with its fill-reducing ordering and symbolic analysis done once."""
+
+    def __init__(self, st: SparseStats, *, dense: bool | None = None) -> None:
+        self.pattern = _Pattern(st)
+        Q = self.pattern.Q
+        if dense is None:
+            dense = Q <= DENSE_MAX or not have_cholmod()
+        self.dense = dense
+        self._sym: Any = None
+        self._L: np.ndarray | None = None
+        self._logdet = 0.0
+        if not dense:
+            from sksparse.cholmod import analyze
+
+            ones = np.ones(self.pattern.nnz)
+            self._sym = analyze(self.pattern.matrix(ones), mode="auto", ordering_method="best")
+
+    @property
+    def backend(self) -> str:
+        return "dense" if self.dense else "cholmod"
+
+    def factor(self, lams: Sequence[np.ndarray], s2: float) -> Factorizer:
+        """Factor A(σ², Λ) (returns itself)."""
+        vals = self.pattern.values(lams, s2)
+        if self.dense:
+            A = self.pattern.matrix(vals).toarray()
+            self._L = sla.cholesky(A, lower=True, check_finite=False)
+            self._logdet = 2.0 * float(np.log(np.diagonal(self._L)).sum())
+        else:
+            self._sym.cholesky_inplace(self.pattern.matrix(vals))
+            self._logdet = float(self._sym.logdet())
+        return self
+
+    def logdet(self) -> float:
+        """log|A|."""
+        return self._logdet
+
+    def solve_L(self, B: np.ndarray) -> np.ndarray:
+        """L⁻¹PB (so that |L⁻¹PB|² = B'A⁻¹B)."""
+        if self.dense:
+            return np.asarray(sla.solve_triangular(self._L, B, lower=True, check_finite=False))
+        return np.asarray(self._sym.solve_L(self._sym.apply_P(B), use_LDLt_decomposition=False))
+
+    def solve_Lt(self, B: np.ndarray) -> np.ndarray:
+        """P'L⁻ᵀB (so that A⁻¹ = (P'L⁻ᵀ)(P'L⁻ᵀ)')."""
+        if self.dense:
+            return np.asarray(sla.solve_triangular(self._L, B, lower=True, trans="T", check_finite=False))
+        return np.asarray(self._sym.apply_Pt(self._sym.solve_Lt(B, use_LDLt_decomposition=False)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the collapsed pieces at one (σ, Λ)
+
+
+def _lam_t(lams: Sequence[np.ndarray], per_factor: Sequence[np.ndarray]) -> np.ndarray:
+    """Λ'v stacked: per factor (J_k, q_k[, m]) arrays → (Q[, m])."""
+    out = []
+    for lam, v in zip(lams, per_factor):
+        if v.ndim == 2:
+            out.append((v @ lam).reshape(-1))
+        else:
+            out.append(np.einsum("ra,jrm->jam", lam, v).reshape(-1, v.shape[-1]))
+    return np.concatenate(out, axis=0)
+
+
+def _lam(lams: Sequence[np.ndarray], st: SparseStats, a: np.ndarray) -> list[np.ndarray]:
+    """Λa per factor, for a (Q, m) → [(m, J_k, q_k)]."""
+    out = []
+    for lam, o, J, q in zip(lams, st.offsets, st.J, st.q):
+        ak = a[o:o + J * q].reshape(J, q, -1)
+        out.append(np.einsum("ra,jam->mjr", lam, ak))
+    return out
+
+
+@dataclass
+class Pieces:
+    """log p(y | σ, Λ) (β integrated under its prior) and what the draws need."""
+
+    ll: float
+    logdetV: float
+    A_X: np.ndarray  # X'V⁻¹X
+    bb: np.ndarray  # X'V⁻¹y
+    qq: float  # y'V⁻¹y
+    LP: np.ndarray | None  # Cholesky factor of X'V⁻¹X + S0⁻¹ (None without a prior)
+
+
+def _cross(st: SparseStats, fz: Factorizer, lams: Sequence[np.ndarray], s2: float
+           ) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """Factor A and return (log|V|, X'V⁻¹X, X'V⁻¹y, y'V⁻¹y)."""
+    fz.factor(lams, s2)
+    u = _lam_t(lams, st.ZtWy) / s2
+    c = fz.solve_L(u)
+    qq = st.yWy / s2 - float(c @ c)
+    logdetV = st.n_obs * math.log(s2) - st.sum_log_w + fz.logdet()
+    if st.p:
+        U = _lam_t(lams, st.ZtWX) / s2
+        Cx = fz.solve_L(U)
+        A_X = st.XtWX / s2 - Cx.T @ Cx
+        A_X = 0.5 * (A_X + A_X.T)
+        bb = st.XtWy / s2 - Cx.T @ c
+    else:
+        A_X, bb = np.zeros((0, 0)), np.zeros(0)
+    return logdetV, A_X, bb, qq
+
+
+def pieces(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, logdet_prior: float, sigma: float,
+           lams: Sequence[np.ndarray]) -> Pieces:
+    """log p(y | σ, Λ) with β ~ N(m0, Q0⁻¹) integrated out (Q0 = 0 where the prior is flat)."""
+    s2 = sigma * sigma
+    logdetV, A_X, bb, qq = _cross(st, fz, lams, s2)
+    if not st.p:
+        ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + qq)
+        return Pieces(ll, logdetV, A_X, bb, qq, None)
+    r = bb - A_X @ m0
+    quad = qq - 2.0 * float(bb @ m0) + float(m0 @ A_X @ m0)
+    LP = np.linalg.cholesky(A_X + Q0)
+    z = sla.solve_triangular(LP, r, lower=True)
+    quad -= float(z @ z)
+    ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + logdet_prior + 2.0 * float(np.log(np.diagonal(LP)).sum()) + quad)
+    if quad < 0:  # precision lost far in the tails: a positive definite form cannot be negative
+        ll = -math.inf
+    return Pieces(ll, logdetV, A_X, bb, qq, LP)
+
+
+def loglik(st: SparseStats, fz: Factorizer, sigma: float, lams: Sequence[np.ndarray], *, reml: bool = True
+           ) -> float:
+    """ℓ_REML (or ℓ_ML) at (σ, Λ) with Λ absolute (Σ_k = Λ_kΛ_k'): β at its GLS estimate (ML) or
+    integrated under a flat prior (REML, Harville 1974)."""
+    s2 = sigma * sigma
+    logdetV, A_X, bb, qq = _cross(st, fz, lams, s2)
+    quad, logdetA = qq, 0.0
+    if st.p:
+        LX = np.linalg.cholesky(A_X)
+        z = sla.solve_triangular(LX, bb, lower=True)
+        quad -= float(z @ z)
+        logdetA = 2.0 * float(np.log(np.diagonal(LX)).sum())
+    ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + quad)
+    if reml:
+        ll += 0.5 * st.p * _LOG2PI - 0.5 * logdetA
+    return ll if math.isfinite(ll) else -math.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# REML and ML: lme4's profiled criterion over the relative covariance factor θ
+
+
+@dataclass(frozen=True)
+class FactorSetting:
+    """What is learned of one factor: ``Sigma`` fixed (then nothing), else its q terms, correlated or not."""
+
+    q: int
+    correlated: bool
+    Sigma: np.ndarray | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.Sigma is None
+
+    @property
+    def n_theta(self) -> int:
+        """Entries of the relative Cholesky factor that are estimated (lme4's θ)."""
+        if not self.learned:
+            return 0
+        return self.q * (self.q + 1) // 2 if (self.correlated and self.q > 1) else self.q
+
+    def tril(self, t: np.ndarray) -> np.ndarray:
+        """θ entries → the lower-triangular q × q factor (diagonal first, lme4's column-wise order)."""
+        q = self.q
+        L = np.zeros((q, q))
+        if self.correlated and q > 1:
+            L[np.tril_indices(q)] = _column_major_tril(t, q)
+        else:
+            L[np.diag_indices(q)] = t
+        return L
+
+    def lower(self) -> np.ndarray:
+        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free."""
+        if self.correlated and self.q > 1:
+            r, c = _tril_column_major(self.q)
+            return np.where(r == c, 0.0, -np.inf)
+        return np.zeros(self.q)
+
+
+def _tril_column_major(q: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the lower triangle in lme4's column-major order."""
+    rc = [(r, c) for c in range(q) for r in range(c, q)]
+    return np.array([r for r, _ in rc]), np.array([c for _, c in rc])
+
+
+def _column_major_tril(t: np.ndarray, q: int) -> np.ndarray:
+    """Column-major θ → values in NumPy's row-major tril order."""
+    r, c = _tril_column_major(q)
+    L = np.zeros((q, q))
+    L[r, c] = t
+    return L[np.tril_indices(q)]
+
+
+def _fixed_lams(settings: Sequence[FactorSetting]) -> list[np.ndarray | None]:
+    return [None if s.learned else _psd_sqrt(np.asarray(s.Sigma, dtype=float)) for s in settings]
+
+
+def _split_theta(theta: np.ndarray, settings: Sequence[FactorSetting]) -> list[np.ndarray]:
+    out, i = [], 0
+    for s in settings:
+        out.append(theta[i:i + s.n_theta])
+        i += s.n_theta
+    return out
+
+
+@dataclass(frozen=True)
+class RemlResult:
+    """The optimum: σ (1 without σ), the absolute Λ_k per factor, θ, ℓ, β̂ and its covariance."""
+
+    sigma: float
+    lams: list[np.ndarray]
+    theta: np.ndarray
+    loglik: float
+    beta: np.ndarray
+    beta_cov: np.ndarray
+    converged: bool
+    evaluations: int
+    backend: str
+
+
+def _profiled(st: SparseStats, fz: Factorizer, rel: Sequence[np.ndarray], *, reml: bool) -> tuple[float, float]:
+    """(ℓ, σ̂²) of the model with Λ = σΛ_rel and σ² profiled out."""
+    logdetV, A_X, bb, qq = _cross(st, fz, rel, 1.0)  # log|V| here is log|A| − Σ log w
+    r2, logdetA = qq, 0.0
+    if st.p:
+        LX = np.linalg.cholesky(A_X)
+        z = sla.solve_triangular(LX, bb, lower=True)
+        r2 -= float(z @ z)
+        logdetA = 2.0 * float(np.log(np.diagonal(LX)).sum())
+    dof = st.n_obs - st.p if reml else st.n_obs
+    if not (r2 > 0 and dof > 0):
+        return -math.inf, math.nan
+    s2 = r2 / dof
+    dev = logdetV + dof * (1.0 + math.log(2.0 * math.pi * s2))
+    if reml:
+        dev += logdetA
+    return -0.5 * dev, s2
+
+
+def fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: bool = True, reml: bool = True,
+         fz: Factorizer | None = None) -> RemlResult:
+    """REML (or ML) estimates for any grouping structure.
+
+    With σ (``has_sigma``), Λ_k = σΛ_rel,k and σ² is profiled out (lme4's profiled deviance);
+    without (known standard errors), Λ_k itself is optimized.  θ holds the lower-triangular
+    entries of each learned factor's Λ_rel,k (diagonals ≥ 0), found by L-BFGS-B from lme4's start
+    (θ = identity), restarted from its end until the criterion stops improving.
+    """
+    fz = fz or Factorizer(st)
+    fixed = _fixed_lams(settings)
+    n_eval = 0
+
+    def rel_lams(theta: np.ndarray, sigma: float = 1.0) -> list[np.ndarray]:
+        parts = _split_theta(theta, settings)
+        return [s.tril(t) if f is None else f / sigma for s, t, f in zip(settings, parts, fixed)]
+
+    def negll(theta: np.ndarray) -> float:
+        nonlocal n_eval
+        n_eval += 1
+        with np.errstate(all="ignore"):
+            try:
+                if has_sigma and all(f is None for f in fixed):
+                    ll = _profiled(st, fz, rel_lams(theta), reml=reml)[0]
+                else:
+                    sigma = 1.0 if not has_sigma else float(math.exp(theta[-1]))
+                    lams = [s.tril(t) * sigma if f is None else f for s, t, f in zip(settings,
+                            _split_theta(theta, settings), fixed)]
+                    ll = loglik(st, fz, sigma, lams, reml=reml)
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                return math.inf
+        return -ll if math.isfinite(ll) else math.inf
+
+    profile = has_sigma and all(f is None for f in fixed)
+    lower = np.concatenate([s.lower() for s in settings]) if settings else np.zeros(0)
+    start = np.concatenate([_start_theta(s) for s in settings]) if settings else np.zeros(0)
+    bounds = [(None if not np.isfinite(lo) else lo, None) for lo in lower]
+    if has_sigma and not profile:  # a fixed Σ beside learned factors: σ is a parameter (log scale)
+        start = np.append(start, math.log(_scale(st)))
+        bounds.append((None, None))
+    if not has_sigma:  # Λ absolute: start at the data's scale
+        start = start * _scale(st)
+    x, fx, converged = start, negll(start), True
+    if start.size:
+        for _ in range(4):
+            res = optimize.minimize(negll, x, method="L-BFGS-B", bounds=bounds,
+                                    options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000, "maxls": 50})
+            better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
+            if res.fun <= fx:
+                x, fx = np.asarray(res.x, dtype=float), float(res.fun)
+            converged = bool(res.success) or not better
+            if not better:
+                break
+    # σ and the absolute Λ at the optimum
+    if profile:
+        ll, s2 = _profiled(st, fz, rel_lams(x), reml=reml)
+        sigma = math.sqrt(s2)
+        lams = [lam * sigma for lam in rel_lams(x)]
+    else:
+        sigma = 1.0 if not has_sigma else float(math.exp(x[-1]))
+        lams = [s.tril(t) * sigma if f is None else f for s, t, f in zip(settings, _split_theta(x, settings), fixed)]
+        ll = -fx
+    # β̂ and its covariance (X'V⁻¹X)⁻¹
+    _, A_X, bb, _ = _cross(st, fz, lams, sigma * sigma)
+    if st.p:
+        cov = np.linalg.inv(A_X)
+        beta = cov @ bb
+    else:
+        cov, beta = np.zeros((0, 0)), np.zeros(0)
+    return RemlResult(sigma=sigma, lams=lams, theta=x, loglik=float(ll), beta=beta, beta_cov=0.5 * (cov + cov.T),
+                      converged=bool(converged and math.isfinite(ll)), evaluations=n_eval, backend=fz.backend)
+
+
+def _start_theta(s: FactorSetting) -> np.ndarray:
+    if not s.learned:
+        return np.zeros(0)
+    if s.correlated and s.q > 1:
+        r, c = _tril_column_major(s.q)
+        return (r == c).astype(float)
+    return np.ones(s.q)
+
+
+def _scale(st: SparseStats) -> float:
+    """The residual SD of the regression on X alone (a scale for starting points)."""
+    rss, n = st.yWy, max(st.n_obs, 1)
+    if st.p:
+        beta = np.linalg.lstsq(st.XtWX, st.XtWy, rcond=None)[0]
+        rss = st.yWy - float(beta @ st.XtWy)
+    return math.sqrt(max(rss, 1e-300) / max(n - st.p, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# exact conditional draws of β and every group value
+
+
+def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma: np.ndarray,
+         lams: Sequence[np.ndarray], rng: np.random.Generator, *, with_groups: Sequence[bool] | None = None
+         ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Draws of (β, b) given (σ, Λ) per draw, with one factorization per distinct (σ, Λ).
+
+    Parameters
+    ----------
+    sigma
+        (D,) residual SDs.
+    lams
+        Per factor, (D, q_k, q_k) absolute factors.
+    m0, Q0
+        β's prior mean and precision (Q0 = 0 for a flat prior: then β ~ N(β̂, (X'V⁻¹X)⁻¹)).
+
+    Returns
+    -------
+    beta (D, p) and, per factor, b (D, J_k, q_k).
+    """
+    D, p = sigma.shape[0], st.p
+    beta = np.zeros((D, p))
+    b = [np.zeros((D, J, q)) for J, q in zip(st.J, st.q)]
+    key = np.concatenate([sigma[:, None]] + [lam.reshape(D, -1) for lam in lams], axis=1)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    inverse = np.asarray(inverse).ravel()
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0, True])
+    ZtWX = np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0) if p else None
+    ZtWy = np.concatenate([v.reshape(-1) for v in st.ZtWy])
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        rows = order[s:e]
+        i0 = int(rows[0])
+        s2 = float(sigma[i0]) ** 2
+        lam_i = [lam[i0] for lam in lams]
+        n = rows.size
+        if p:
+            _, A_X, bb, _ = _cross(st, fz, lam_i, s2)
+            LP = np.linalg.cholesky(A_X + Q0)
+            rr = bb - A_X @ m0
+            z = sla.solve_triangular(LP, rr, lower=True)
+            eps = rng.standard_normal((p, n))
+            bt = m0[:, None] + sla.solve_triangular(LP, z[:, None] + eps, lower=True, trans="T")  # (p, n)
+            beta[rows] = bt.T
+            res = ZtWy[:, None] - ZtWX @ bt  # type: ignore[operator]
+        else:
+            fz.factor(lam_i, s2)
+            res = np.broadcast_to(ZtWy[:, None], (ZtWy.size, n))
+        rhs = _lam_t(lam_i, [r.reshape(J, q, n) for r, J, q in zip(_split_q(res, st), st.J, st.q)]) / s2
+        t = fz.solve_L(rhs)
+        a = fz.solve_Lt(t + rng.standard_normal(t.shape))
+        for k, bk in enumerate(_lam(lam_i, st, a)):
+            if with_groups is None or with_groups[k]:
+                b[k][rows] = bk
+    return beta, b
+
+
+def _split_q(v: np.ndarray, st: SparseStats) -> list[np.ndarray]:
+    return [v[o:o + J * q] for o, J, q in zip(st.offsets, st.J, st.q)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the posterior of the hyperparameters, every group value and β integrated out
+
+
+class HyperTarget:
+    """Log posterior of θ = (log σ, per learned factor: log s_1..q and CorrCholesky coordinates),
+    β and b integrated out; batched over rows of θ (one factorization per row), with ``dim`` and
+    ``center()`` as :func:`poolwise.infer.imh._imh` needs."""
+
+    def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
+                 *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
+                 lkj_eta: Sequence[float]) -> None:
+        self.st, self.fz, self.settings = st, fz, list(settings)
+        self.m0 = m0
+        self.Q0, self.logdet_prior = prior_precision(s0)
+        if not np.isfinite(self.logdet_prior):  # a flat prior on some coefficient: its constant dropped
+            s0v = np.asarray(s0, dtype=float)
+            self.logdet_prior = float(2.0 * np.sum(np.log(s0v[np.isfinite(s0v)]))) if s0v.ndim == 1 else 0.0
+        self.sigma_prior, self.sd_priors, self.lkj_eta = sigma_prior, list(sd_priors), list(lkj_eta)
+        self.fixed = _fixed_lams(settings)
+        self.n_sigma = int(sigma_prior is not None)
+        self.n_corr = [s.q * (s.q - 1) // 2 if (s.learned and s.q > 1 and s.correlated) else 0 for s in settings]
+        self.dim = self.n_sigma + sum(s.q + c for s, c in zip(settings, self.n_corr) if s.learned)
+        self.n_eval = 0
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None],
+                                                 list[np.ndarray], np.ndarray]:
+        """σ (B,), per factor s (B, q) or None, L_R (B, q, q) or None, Λ (B, q, q), log prior + Jacobian (B,)."""
+        theta = np.atleast_2d(theta)
+        B = theta.shape[0]
+        lp = np.zeros(B)
+        i = 0
+        sds: list[np.ndarray | None] = []
+        Ls: list[np.ndarray | None] = []
+        lams: list[np.ndarray] = []
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            if self.n_sigma:
+                assert self.sigma_prior is not None
+                sigma = np.exp(theta[:, 0])
+                lp = lp + self.sigma_prior.logpdf(sigma) + theta[:, 0]
+                i = 1
+            else:
+                sigma = np.ones(B)
+            for s, f, pri, nc, eta in zip(self.settings, self.fixed, self.sd_priors, self.n_corr, self.lkj_eta):
+                if f is not None:
+                    sds.append(None)
+                    Ls.append(None)
+                    lams.append(np.broadcast_to(f, (B, s.q, s.q)))
+                    continue
+                assert pri is not None
+                sd = np.exp(theta[:, i:i + s.q])
+                for k, pr in enumerate(pri):
+                    lp = lp + pr.logpdf(sd[:, k]) + theta[:, i + k]
+                i += s.q
+                L = None
+                if nc:
+                    L, logjac = _corr_cholesky(theta[:, i:i + nc], s.q)
+                    lp = lp + _lkj_cholesky_logpdf(L, eta) + logjac
+                    i += nc
+                    lams.append(sd[:, :, None] * L)
+                else:
+                    lams.append(sd[:, :, None] * np.eye(s.q))
+                sds.append(sd)
+                Ls.append(L)
+        return sigma, sds, Ls, lams, lp
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.atleast_2d(theta)
+        sigma, _, _, lams, lp = self.unpack(theta)
+        out = np.full(theta.shape[0], -np.inf)
+        for b in range(theta.shape[0]):
+            if not (np.isfinite(lp[b]) and np.isfinite(sigma[b]) and sigma[b] > 0
+                    and all(np.all(np.isfinite(lam[b])) for lam in lams)):
+                continue
+            self.n_eval += 1
+            with np.errstate(all="ignore"):
+                try:
+                    ll = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]),
+                                [lam[b] for lam in lams]).ll
+                except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                    continue
+            v = ll + lp[b]
+            out[b] = v if np.isfinite(v) else -np.inf
+        return out
+
+    def center(self) -> np.ndarray:
+        """A data-scaled start: σ at 0.8 and each SD at 0.5 of the regression's residual SD (per unit
+        of its term's root mean square), correlations 0."""
+        st = self.st
+        scale = _scale(st)
+        parts: list[np.ndarray] = []
+        if self.n_sigma:
+            parts.append(np.array([math.log(0.8 * scale)]))
+        for s, M, nc in zip(self.settings, st.ZtWZ, self.n_corr):
+            if not s.learned:
+                continue
+            zz = np.sqrt(np.maximum(np.einsum("jkk->k", M) / max(st.n_obs, 1), 1e-300))
+            parts.append(np.log(0.5 * scale / zz))
+            parts.append(np.zeros(nc))
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# a bound model in, Draws out
+
+
+def _settings(bound: BoundSpec) -> list[FactorSetting]:
+    return [FactorSetting(q=b.q, correlated=b.term.correlated and b.q > 1, Sigma=b.Sigma) for b in bound.blocks]
+
+
+def _blocks(bound: BoundSpec, C: int, D: int, sds: Sequence[np.ndarray | None], corrs: Sequence[np.ndarray | None],
+            values: Sequence[np.ndarray]) -> tuple[BlockDraws, ...]:
+    out = []
+    for blk, sd, corr, v in zip(bound.blocks, sds, corrs, values):
+        out.append(BlockDraws(sd=None if sd is None else sd.reshape(C, D, blk.q),
+                              corr=None if corr is None else corr.reshape(C, D, blk.q, blk.q),
+                              values=None if blk.pooled else v.reshape(C, D, blk.n_groups, blk.q)))
+    return tuple(out)
+
+
+def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
+           progress: Progress | None = None) -> Draws | str:
+    """Exact posterior draws of a Gaussian model with any grouping factors (see the module text).
+
+    Returns the draws, or a string saying why the independence sampler of the hyperparameters
+    could not be trusted (the caller then fits the full model by NUTS).
+    """
+    from .exact import HyperPrior
+
+    t0 = time.perf_counter()
+    if progress:
+        progress("cross-products", 0.0)
+    st = bound_sparse_stats(bound)
+    fz = Factorizer(st)
+    settings = _settings(bound)
+    hp = HyperPrior.from_bound(bound)
+    m0, s0 = st.shift.prior(np.asarray(hp.m0, dtype=float).reshape(st.p), np.asarray(hp.s0, dtype=float).reshape(st.p))
+    target = HyperTarget(
+        st, fz, m0, s0, settings, sigma_prior=hp.sigma if bound.has_sigma else None,
+        sd_priors=[[bound.priors[n] for n in b.sd_names] if b.Sigma is None else None for b in bound.blocks],
+        lkj_eta=[float(bound.priors[f"cor({b.factor})"].args[0]) if f"cor({b.factor})" in bound.priors else 1.0
+                 for b in bound.blocks])
+    ss_hyper, ss_cond = np.random.SeedSequence(seed).spawn(2)
+    C, D = chains, draws
+    info: dict[str, Any] = {"hyper_dims": target.dim, "factorization": fz.backend, "group_values": st.size}
+    if progress:
+        progress("hyperparameters", 0.05)
+    if target.dim:
+        res = imh._imh(target, C, D, np.random.default_rng(ss_hyper))
+        if isinstance(res, str):
+            return res
+        if res.info["acceptance_rate"] < imh.IMH_MIN_ACCEPT:
+            return f"the independence MH acceptance rate was {res.info['acceptance_rate']:.2f} (< {imh.IMH_MIN_ACCEPT})"
+        theta = res.theta.reshape(C * D, target.dim)
+        stats_out = {"accepted": res.accepted, "lp": res.lp}
+        info.update(res.info)
+        info.update({"hyper_sampler": "independence MH (t proposal)", "warmup": 0})
+    else:
+        theta = np.zeros((C * D, 0))
+        lp0 = target(np.zeros((1, 0)))[0]
+        stats_out = {"lp": np.full((C, D), lp0)}
+        info.update({"hyper_sampler": "none (nothing to sample)", "warmup": 0})
+    info["hyper_evaluations"] = target.n_eval
+    t1 = time.perf_counter()
+    sigma, sds, Ls, lams, _ = target.unpack(theta)
+    if progress:
+        progress("group values", 0.6)
+    beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
+                   np.random.default_rng(ss_cond))
+    beta = st.shift.unshift(beta)
+    t2 = time.perf_counter()
+    info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
+    corrs = [None if L is None else L @ np.swapaxes(L, -1, -2) for L in Ls]
+    if progress:
+        progress("done", 1.0)
+    return Draws(beta=beta.reshape(C, D, st.p), sigma=sigma.reshape(C, D) if bound.has_sigma else None, tau=None,
+                 b=None, sample_stats=stats_out, method="exact", info=info,
+                 blocks=_blocks(bound, C, D, sds, corrs, b))
+
+
+def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000, reml: bool = True,
+              progress: Progress | None = None) -> Draws:
+    """REML (or ML) for any grouping factors, then β ~ N(β̂, (X'V⁻¹X)⁻¹) and every b | β exactly."""
+    t0 = time.perf_counter()
+    if progress:
+        progress("cross-products", 0.0)
+    st = bound_sparse_stats(bound)
+    fz = Factorizer(st)
+    if progress:
+        progress("hyperparameters", 0.1)
+    est = fit_reml(st, _settings(bound), has_sigma=bound.has_sigma, reml=reml, fz=fz)
+    C, D = chains, draws
+    rng = np.random.default_rng(seed)
+    if progress:
+        progress("group values", 0.7)
+    p = st.p
+    lams = [np.broadcast_to(lam, (C * D,) + lam.shape) for lam in est.lams]
+    beta, b = draw(st, fz, np.zeros(p), np.zeros((p, p)), np.full(C * D, est.sigma), lams, rng)
+    beta_hat = st.shift.unshift(est.beta)
+    beta = st.shift.unshift(beta)
+    estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
+    if bound.has_sigma:
+        estimates["sigma"] = est.sigma
+    sds: list[np.ndarray | None] = []
+    corrs: list[np.ndarray | None] = []
+    sd_est: dict[str, float] = {}
+    corr_est: dict[str, float] = {}
+    for blk, lam in zip(bound.blocks, est.lams):
+        if blk.Sigma is not None:
+            sds.append(None)
+            corrs.append(None)
+            continue
+        S = lam @ lam.T
+        sd = np.sqrt(np.diagonal(S))
+        sds.append(np.broadcast_to(sd, (C * D, blk.q)).copy())
+        sd_est.update({n: float(v) for n, v in zip(blk.sd_names, sd)})
+        if blk.term.correlated and blk.q > 1:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                R = S / np.outer(sd, sd)
+            corrs.append(np.broadcast_to(R, (C * D, blk.q, blk.q)).copy())
+            corr_est.update({n: float(R[i, j]) for n, (i, j) in zip(
+                blk.cor_names, [(i, j) for j in range(blk.q) for i in range(j)])})
+        else:
+            corrs.append(None)
+    if sd_est:
+        estimates["sd"] = sd_est
+    if corr_est:
+        estimates["corr"] = corr_est
+    info = {"method": "REML" if reml else "ML", "estimates": estimates, "loglik": est.loglik,
+            "criterion": -2.0 * est.loglik, "converged": est.converged, "evaluations": est.evaluations,
+            "factorization": est.backend, "seconds": time.perf_counter() - t0}
+    if progress:
+        progress("done", 1.0)
+    return Draws(beta=beta.reshape(C, D, p), sigma=np.full((C, D), est.sigma) if bound.has_sigma else None,
+                 tau=None, b=None, method="empirical", info=info, blocks=_blocks(bound, C, D, sds, corrs, b))
