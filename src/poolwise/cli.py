@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
-from .compare import POOLINGS, Comparison, compare
+from .compare import POOLINGS, Comparison, compare, pooling_factors
 from .errors import PoolwiseError, PriorError, SpecError
 from .fit import Fit, fit
 from .output import check_folder, check_outputs, number, write_file
@@ -114,9 +114,13 @@ def fit_command(
         for note in f.notes():
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
-            f.to_netcdf(targets["fit.nc"], overwrite=force)
-            write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
-            write_file(targets["pooling_factors.csv"], f.pooling_factors().to_csv, overwrite=force)
+            with _progress() as step:
+                step(f"writing {out}", 0.0)
+                f.to_netcdf(targets["fit.nc"], overwrite=force)
+                write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
+                # one term: indexed by group; several: by (term, group), with each term's factor
+                pf = f.pooling_factors() if sum(b.q for b in f.bound.blocks) == 1 else pooling_factors(f)
+                write_file(targets["pooling_factors.csv"], pf.to_csv, overwrite=force)
             _print_written(console, targets.values())
 
 
@@ -153,8 +157,9 @@ def compare_command(
         with _progress() as step:
             cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
                           chains=chains, draws=draws, warmup=warmup, progress=step)
-            step("PSIS-LOO", 1.0)
+            step("per-group table and pooling factors", 1.0)
             table = cmp.table()
+            step("PSIS-LOO", 1.0)
             loo = cmp.loo()
         console = _stdout()
         console.print(repr(cmp), markup=False, highlight=False)
@@ -175,13 +180,16 @@ def compare_command(
         if out is not None:
             from .plots import plot_comparison
 
-            fig = plot_comparison(cmp)
-            write_file(targets["comparison.png"], lambda tmp: fig.savefig(tmp, dpi=120), overwrite=force)
-            write_file(targets["comparison.svg"], fig.savefig, overwrite=force)
-            write_file(targets["table.csv"], table.to_csv, overwrite=force)
-            write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
-            for name, f in cmp.fits.items():
-                f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
+            with _progress() as step:
+                step("drawing the figure", 0.0)
+                fig = plot_comparison(cmp)
+                step(f"writing {out}", 0.5)
+                write_file(targets["comparison.png"], lambda tmp: fig.savefig(tmp, dpi=120), overwrite=force)
+                write_file(targets["comparison.svg"], fig.savefig, overwrite=force)
+                write_file(targets["table.csv"], table.to_csv, overwrite=force)
+                write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
+                for name, f in cmp.fits.items():
+                    f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
             _print_written(console, targets.values())
         if report_path is not None:
             from .report import write_report
@@ -307,14 +315,20 @@ def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, float], None]]:
-    """A Rich progress bar on stderr fed by the library's ``progress(stage, fraction)``."""
+    """A Rich progress bar on stderr fed by the library's ``progress(stage, fraction)``; each new
+    stage is drawn at once (so that a short stage is seen too), fractions at Rich's refresh rate.
+    Shown on a terminal only (or where ``FORCE_COLOR`` / ``TTY_COMPATIBLE=1`` say stderr is one)."""
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("fitting", total=1.0)
+        task = bar.add_task("starting", total=1.0)
+        last = [""]
 
         def step(stage: str, fraction: float) -> None:
-            bar.update(task, description=stage, completed=min(max(float(fraction), 0.0), 1.0))
+            bar.update(task, description=Text(stage), completed=min(max(float(fraction), 0.0), 1.0))
+            if stage != last[0]:
+                last[0] = stage
+                bar.refresh()
 
         yield step
 
