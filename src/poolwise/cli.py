@@ -79,7 +79,8 @@ def fit_command(
     data: DataArg,
     formula: FormulaOpt,
     pooling: Annotated[list[str] | None, typer.Option(
-        metavar="SETTING", help="hierarchical | pooled | unpooled | a positive number (a fixed group SD), for every group term; "
+        metavar="SETTING",
+        help="hierarchical | pooled | unpooled | a positive number (a fixed group SD), for every group term; "
              "or per term TERM=SETTING, the term as the formula writes it or its grouping factor, e.g. "
              "--pooling '1|s=hierarchical' --pooling '1|d=pooled' (repeatable, or comma-separated: "
              "'1|s=hierarchical,1|d=pooled'); terms not named are hierarchical. [default: hierarchical]",

@@ -529,8 +529,10 @@ class Comparison:
 
     def __repr__(self) -> str:
         f = self.hierarchical
-        return (f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={f.bound.n_groups} "
-                f"method={f.method}>")
+        blocks = f.bound.blocks
+        groups = (str(f.bound.n_groups) if len(blocks) == 1
+                  else "(" + ", ".join(f"{b.factor}: {b.n_groups}" for b in blocks) + ")")
+        return f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
 
 
 def _named(items: list[Any], most: int = 5) -> str:

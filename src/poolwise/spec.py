@@ -566,7 +566,8 @@ def _pooling_items(pooling: Any) -> list[tuple[str, Any]] | None:
                 continue
             if not sep or not key.strip() or not value.strip():
                 raise SpecError(f"Cannot read the pooling {part.strip()!r} in {pooling!r}.", option="pooling",
-                                hint='Write TERM=SETTING pairs separated by commas, e.g. "1|s=pooled, 1|d=hierarchical".')
+                                hint="Write TERM=SETTING pairs separated by commas, e.g. "
+                                     '"1|s=pooled, 1|d=hierarchical".')
             items.append((key.strip(), value.strip()))
         return items
     return None
