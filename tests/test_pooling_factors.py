@@ -207,3 +207,21 @@ def test_cli_bad_pooling_key_exits_2(csv: Path) -> None:
         err = r.stderr.strip()
         assert err.startswith("error: ") and len(err.splitlines()) <= 2 and "Traceback" not in r.output
         assert "pooling" in err
+
+
+def test_cli_compare_tables_per_factor(crossed: pd.DataFrame) -> None:
+    """``poolwise compare`` prints one table of group estimates per grouping factor."""
+    from rich.console import Console
+
+    from poolwise.cli import _factor_tables, _groups_table
+
+    cmp = hand_comparison(CROSSED, crossed)
+    parts = _factor_tables(cmp, cmp.table())
+    assert [(f, t) for f, t, _ in parts] == [("s", "1|s"), ("d", "1|d")]
+    console = Console(record=True, width=200)
+    for factor, term, frame in parts:
+        assert list(frame.index) == list(cmp.table(term=term).index)
+        console.print(_groups_table(cmp, frame, factor, term))
+    text = console.export_text()
+    assert "Group intercepts by s:" in text and "Group intercepts by d:" in text
+    assert all(label in text for label in set(crossed["s"]) | set(crossed["d"]))
