@@ -18,7 +18,6 @@ from poolwise.errors import SpecError
 from poolwise.spec import ModelSpec
 
 CROSSED = "y ~ 1 + (1 | s) + (1 | d)"
-FAST = {"chains": 2, "draws": 300, "seed": 0}
 
 
 def _crossed(seed: int = 1, S: int = 10, D: int = 6, reps: int = 2) -> pd.DataFrame:
@@ -100,7 +99,7 @@ def _mcse_ok(a: np.ndarray, b: np.ndarray, k: float = 4.0) -> tuple[bool, float,
 
 def test_pooled_term_is_the_model_without_it(crossed: pd.DataFrame) -> None:
     """{"1|d": "pooled"} by the exact (sparse) path is y ~ 1 + (1 | s) by the one-factor path."""
-    f = pw.fit(CROSSED, crossed, pooling={"1|d": "pooled"}, method="exact", chains=4, draws=250, seed=3)
+    f = pw.fit(CROSSED, crossed, pooling={"1|d": "pooled"}, method="exact", chains=4, draws=1000, seed=3)
     g = pw.fit("y ~ 1 + (1 | s)", crossed, method="exact", chains=4, draws=1000, seed=4)
     assert f.method == "exact" and not f.draws.info.get("note")  # no NUTS fallback
     post = f.idata.posterior
@@ -153,7 +152,7 @@ def test_pooling_path_moves_one_factor(crossed: pd.DataFrame) -> None:
         pw.pooling_path(CROSSED, crossed)
     with pytest.raises(SpecError, match="no group term"):
         pw.pooling_path(CROSSED, crossed, factor="q")
-    p = pw.pooling_path(CROSSED, crossed, factor="d", grid=[0.0, 0.3], chains=2, draws=200, seed=5)
+    p = pw.pooling_path(CROSSED, crossed, factor="d", grid=[0.0, 0.3], chains=4, draws=500, seed=5)
     assert p.group_column == "d" and p.term == "1|d" and set(p.groups) == set(crossed["d"])
     assert list(p.other_sds) == ["sd(Intercept|s)"]
     # τ_d = 0: every item at the pooled value, and s's SD learned as in y ~ 1 + (1 | s)
@@ -161,10 +160,10 @@ def test_pooling_path_moves_one_factor(crossed: pd.DataFrame) -> None:
     one = pw.fit("y ~ 1 + (1 | s)", crossed, chains=4, draws=1000, seed=6).param("sd(Intercept|s)")
     tau_s = p.other_sds["sd(Intercept|s)"]
     se_one = float(az.mcse(one, method="mean"))
-    se_path = np.sqrt(10.0) * se_one  # the same posterior from 2 × 200 draws, a tenth of 4 × 1000
+    se_path = np.sqrt(2.0) * se_one  # the same posterior from 4 × 500 draws, half of 4 × 1000
     assert abs(tau_s[0] - float(one.mean())) < 4 * float(np.hypot(se_one, se_path)), (tau_s, float(one.mean()))
     assert np.ptp(p.mean[1]) > 0  # τ_d = 0.3: the items differ
-    assert p.tau_draws is not None and p.tau_draws.size == 2 * 200  # the hierarchical fit's draws of sd(d)
+    assert p.tau_draws is not None and p.tau_draws.size == 4 * 500  # the hierarchical fit's draws of sd(d)
 
 
 # -- the command line -------------------------------------------------------------------------
