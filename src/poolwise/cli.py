@@ -108,11 +108,14 @@ def fit_command(
             f = fit(formula, os.fspath(data), family=family, pooling=_join_pooling(pooling), priors=priors,
                     method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
                     spark=_spark_session() if engine == "spark" else None)
+            step("summary and convergence diagnostics", 1.0)
+            summary = f.summary(groups=False)
+            notes = f.notes()
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
-        console.print(_summary_table(f))
+        console.print(_summary_table(summary))
         console.print(_priors_table(f))
-        for note in f.notes():
+        for note in notes:
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
             with _progress() as step:
@@ -162,6 +165,8 @@ def compare_command(
             table = cmp.table()
             step("PSIS-LOO", 1.0)
             loo = cmp.loo()
+            step("convergence diagnostics", 1.0)
+            notes = {name: fitted.notes() for name, fitted in cmp.fits.items()}
         console = _stdout()
         console.print(repr(cmp), markup=False, highlight=False)
         for factor, term, frame in _factor_tables(cmp, table):
@@ -175,8 +180,8 @@ def compare_command(
         for term in cmp.factor_terms:
             console.print(_population_line(cmp.population(term), term if len(cmp.factor_terms) > 1 else None),
                           markup=False, highlight=False)
-        for name, fitted in cmp.fits.items():
-            for note in fitted.notes():
+        for name, said in notes.items():
+            for note in said:
                 console.print(f"note ({name}): {note}", markup=False, highlight=False)
         if out is not None:
             from .plots import plot_comparison
@@ -360,8 +365,8 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
     return table
 
 
-def _summary_table(f: Fit) -> Table:
-    s = f.summary(groups=False)
+def _summary_table(s: pd.DataFrame) -> Table:
+    """The posterior summary (``Fit.summary(groups=False)``) as a Rich table."""
     s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
     s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
     digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4}
