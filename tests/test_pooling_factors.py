@@ -119,9 +119,6 @@ def test_pooled_term_is_the_model_without_it(crossed: pd.DataFrame) -> None:
     assert "1|s=hierarchical, 1|d=pooled" in repr(f)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "infer/sparse.py: FactorSetting.lower() gives bounds for a fixed factor too (L-BFGS-B: 'number of bounds "
-    "is not compatible'); it should return np.zeros(0) when not learned, as _start_theta does"))
 def test_reml_with_a_pooled_term_is_reml_without_it(crossed: pd.DataFrame) -> None:
     f = pw.fit(CROSSED, crossed, pooling={"1|d": "pooled"}, method="empirical")
     g = pw.fit("y ~ 1 + (1 | s)", crossed, method="empirical")
