@@ -232,3 +232,18 @@ def test_cli_compare_tables_per_factor(crossed: pd.DataFrame) -> None:
     text = console.export_text()
     assert "Group intercepts by s:" in text and "Group intercepts by d:" in text
     assert all(label in text for label in set(crossed["s"]) | set(crossed["d"]))
+
+
+def test_comparison_figure_rows_per_factor() -> None:
+    """One row per group term up to three; past that every factor's first term first, the rest named."""
+    from poolwise import plots
+
+    rng = np.random.default_rng(0)
+    n = 120
+    df = pd.DataFrame({"y": rng.normal(size=n), **{f: rng.integers(0, 4, n).astype(str) for f in "abce"}})
+    cmp = hand_comparison("y ~ 1 + (1 | a) + (1 | b) + (1 | c) + (1 | e)", df)
+    fig = plots.plot_comparison(cmp)
+    assert len(fig.axes) == 9
+    assert "(1|a, 1|b, 1|c); 1 more group term" in fig.get_suptitle()
+    assert len(plots.plot_comparison(cmp, terms=cmp.terms).axes) == 12
+    assert len(plots.plot_pooling_factors(cmp).axes) == 4  # every factor's pooling factors

@@ -29,6 +29,8 @@ _TITLES = {
 _COLORS = {"pooled": "#1f77b4", "unpooled": "#d62728", "hierarchical": "#2ca02c"}
 _POP_COLOR = "#7f7f7f"
 _MAX_TICKS = 10
+#: rows (group terms) :func:`plot_comparison` draws by default
+MAX_ROWS = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +146,9 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         With more groups than this, a subset evenly spread over sizes is drawn (and the title
         says so).
     terms
-        The group terms to draw, one row each (names as in ``cmp.terms``); default all.
+        The group terms to draw, one row each (names as in ``cmp.terms``); default all of them
+        when there are at most :data:`MAX_ROWS`, else :data:`MAX_ROWS` of them, each grouping
+        factor's first term first (the title says how many were left out).
 
     Returns
     -------
@@ -154,7 +158,17 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
     --------
     comparison_data : the numbers drawn.
     """
-    names = list(cmp.terms) if terms is None else [terms] if isinstance(terms, str) else list(terms)
+    left = ""
+    if terms is None:
+        names = list(cmp.terms)
+        if len(names) > MAX_ROWS:  # every factor's first term first, then the others, in the formula's order
+            firsts = [b.term.value_name(b.exprs[0]) for b in cmp.hierarchical.bound.blocks]
+            keep = set((firsts + [t for t in names if t not in firsts])[:MAX_ROWS])
+            names = [t for t in names if t in keep]
+            more = len(cmp.terms) - len(names)
+            left = f"; {more} more group term{'s' if more > 1 else ''} in plot_comparison(cmp, terms=[…])"
+    else:
+        names = [terms] if isinstance(terms, str) else list(terms)
     if not names:
         raise ValueError("plot_comparison needs at least one term.")
     rows = [comparison_data(cmp, max_groups=max_groups, term=t) for t in names]
@@ -181,6 +195,7 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         subset = ""
         if d["n_shown"] < d["n_groups"]:
             subset = f"; showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
+        subset += left
         if d["expr"] == "Intercept":
             what = f"Each point is one {d['group_column']}'s intercept (the outcome at predictors = 0)"
         else:
@@ -202,7 +217,7 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         if any(d["n_shown"] < d["n_groups"] for d in rows):
             subset = f"; at most {max_groups} groups a row, evenly spread over sizes"
         fig.suptitle(
-            f"{formula}: three ways of pooling, one row per group term ({', '.join(names)}){subset}\n"
+            f"{formula}: three ways of pooling, one row per group term ({', '.join(names)}){subset}{left}\n"
             "Each point is one group's coefficient of the row's term, smallest groups on the left; grey: the "
             "learned population distribution (mean or regression ± 2τ).",
             fontsize=10)
