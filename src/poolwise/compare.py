@@ -53,7 +53,10 @@ def compare(
     Parameters
     ----------
     formula, data, family, priors, method, seed, chains, draws, warmup, memory_budget
-        As for :func:`poolwise.fit`; the pooling is varied.
+        As for :func:`poolwise.fit`; the pooling is varied, every group term alike (a
+        per-term pooling of a :class:`~poolwise.spec.ModelSpec` is replaced).  With several
+        grouping factors, :meth:`Comparison.table`, :meth:`Comparison.pooling_factors`, the
+        figures and the report cover each factor.
     progress
         Optional callback ``(stage, fraction)``, stage naming the pooling being fitted.
 

@@ -358,8 +358,10 @@ class Fit:
     def __repr__(self) -> str:
         b = self.bound
         pooling = repr(self.spec.pooling_text) if isinstance(self.pooling, tuple) else self.spec.pooling_text
+        groups = (str(b.n_groups) if len(b.blocks) == 1
+                  else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
         return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={pooling} "
-                f"method={self.method} rows={b.n_obs} groups={b.n_groups} draws={self.draws.n_chains}×"
+                f"method={self.method} rows={b.n_obs} groups={groups} draws={self.draws.n_chains}×"
                 f"{self.draws.n_draws}>")
 
     # -- draws as arrays -------------------------------------------------------------------
