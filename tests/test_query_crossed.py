@@ -243,11 +243,15 @@ def test_nested_factors_from_a_file(tmp_path: Path) -> None:
                                   mem.group_estimates(term="1|region:county"), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["text", "integer"])
-def test_a_missing_label_of_the_second_factor_is_named(files: dict[str, Any], tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "formula"), [("text", FORMULA), ("integer", FORMULA),
+                                               ("integer", "y ~ x + (1 | item)")])
+def test_a_missing_label_of_the_second_factor_is_named(files: dict[str, Any], tmp_path: Path, kind: str,
+                                                       formula: str) -> None:
+    """A NULL key of either factor is named with its rows; an integer one too (DuckDB's arrays once read it as
+    0, its masked value, on the one-factor path as well)."""
     df = files["df"].copy()
     if kind == "integer":
-        df["item"] = pd.array(df["item"], dtype="Int64")  # a NULL integer key must not read as 0
+        df["item"] = pd.array(df["item"], dtype="Int64")
         df.loc[[5, 9], "item"] = pd.NA
         factor = "item"
     else:
@@ -255,7 +259,7 @@ def test_a_missing_label_of_the_second_factor_is_named(files: dict[str, Any], tm
         factor = "s"
     df.to_parquet(tmp_path / "null.parquet")
     with pytest.raises(DataError, match=rf"Grouping column '{factor}' has 2 missing labels \(rows 5, 9\)"):
-        pw.fit(FORMULA, str(tmp_path / "null.parquet"), method="empirical", draws=10, chains=1)
+        pw.fit(formula, str(tmp_path / "null.parquet"), method="empirical", draws=10, chains=1)
 
 
 def test_several_factors_are_reduced_not_loaded(files: dict[str, Any]) -> None:
