@@ -25,7 +25,7 @@ from test_engine_literals import HOSTILE
 import poolwise as pw
 from poolwise import data as D
 from poolwise import source as S
-from poolwise.errors import DataError
+from poolwise.errors import DataError, SpecError
 from poolwise.infer.sparse import Factorizer, draw, loglik
 from poolwise.query import bind_data, bind_source
 from poolwise.reduce import SparseStats, bound_sparse_stats
@@ -159,8 +159,11 @@ def test_reml_from_a_file_equals_the_fit_in_memory(files: dict[str, Any]) -> Non
     tol = {"rtol": 1e-6, "atol": 1e-6}
     for term in ("1|s", "1|item", "x|item"):
         pd.testing.assert_frame_equal(got.group_estimates(term=term), mem.group_estimates(term=term), **tol)
+        pd.testing.assert_frame_equal(got.pooling_factors(term=term), mem.pooling_factors(term=term), **tol)
     new = files["df"].head(4).assign(s=["s00", "new", "s03", "s04"], item=[-21, 7, 999, 28])
     pd.testing.assert_frame_equal(got.predict(new, seed=1), mem.predict(new, seed=1), **tol)
+    with pytest.raises(SpecError, match="never loaded them"):  # as for one factor: the rows are not there
+        got.log_likelihood()
 
 
 def test_exact_conditional_draws_from_a_file_equal_those_in_memory(files: dict[str, Any]) -> None:
