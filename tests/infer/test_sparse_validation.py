@@ -10,12 +10,15 @@
   means by quadrature in closed form (Penicillin is balanced: the marginal likelihood of the
   hyperparameters comes from the ANOVA sums of squares), which needs no sampler at all.
 * The exact fit's own convergence check: R-hat ≤ 1.01 and no "Not converged" note.
+* Simulation-based calibration of a crossed design with unbalanced and empty cells
+  (:func:`validation.sbc.run_sbc_crossed`): a short run here, long runs under ``make validate``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +31,9 @@ from scipy import special
 import poolwise as pw
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the repository root holds validation/
+
+from validation.sbc import CROSSED_VARIANTS, crossed_design, failing, run_sbc_crossed, uniformity_pvalues  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -220,3 +226,54 @@ def test_penicillin_exact_matches_live_nuts(penicillin: Any) -> None:
     assert ref["divergences"] <= 0.001 * ref["chains"] * ref["draws"]
     fit = pw.fit(HAND.FORMULA, penicillin, method="exact", seed=11, chains=4, draws=2000)
     assert _compare(_ours(fit), ref["quantities"]) == []
+
+
+# -- simulation-based calibration of a crossed design ---------------------------------------------
+
+L = 99  # ranks 0..99: 100 values
+ALPHA = 0.001  # family-wise: a calibrated sampler fails one variant's check with probability ≤ 0.1 %
+
+
+def test_crossed_design_is_unbalanced() -> None:
+    d = crossed_design()
+    cells = d.groupby(["a", "b"]).size()
+    assert d["a"].nunique() == 12 and d["b"].nunique() == 8
+    assert 0.2 < 1 - cells.size / 96 < 0.4  # about 30 % of the cells empty
+    assert set(cells) == {1, 2, 3}
+
+
+@pytest.mark.slow
+def test_crossed_exact_is_calibrated() -> None:
+    """A short SBC run of the crossed intercepts (20 replications, each about 3 s: the independence
+    sampler evaluates the collapsed marginal ~8000 times whatever the number of draws).  4 bins of 25
+    rank values, 5 expected per bin; Bonferroni over the 8 quantities keeps the family-wise false
+    alarm rate at 0.001.  It catches gross errors only (a wrong group value, a wrong SD), the long
+    runs under make validate the rest.  The negative control comes from the same fits: σ's draws
+    scaled by 1.2 (about 3 posterior SDs) must be flagged."""
+    info: dict[str, list[Any]] = {}
+    ranks = run_sbc_crossed(20, seed=5, variant="intercepts", draws_per_fit=L, info=info,
+                            controls={"sigma × 1.2": ("sigma", lambda d: d * 1.2)})
+    assert set(info["method"]) == {"exact"}
+    p = uniformity_pvalues(ranks, L, 4)
+    assert failing(p, ALPHA) == ["sigma × 1.2"], p
+
+
+@pytest.mark.validate
+def test_crossed_sbc_flags_a_wrong_prior() -> None:
+    """Negative control: the fit assumes sd(Intercept|b) ~ half_normal(0.2) while it was simulated from
+    half_normal(1); with 8 levels of b its posterior leans on the prior and its ranks pile up high."""
+    wrong = dict(CROSSED_VARIANTS["intercepts"][1], **{"sd(Intercept|b)": "half_normal(0.2)"})
+    ranks = run_sbc_crossed(40, seed=6, variant="intercepts", draws_per_fit=L, fit_priors=wrong)
+    p = uniformity_pvalues(ranks, L, 5)
+    assert "sd(Intercept|b)" in failing(p, ALPHA)
+
+
+@pytest.mark.validate
+@pytest.mark.parametrize("variant", sorted(CROSSED_VARIANTS))
+def test_crossed_exact_is_calibrated_long(variant: str) -> None:
+    """200 replications per variant (about 10-20 min each), 10 bins (20 expected per bin)."""
+    info: dict[str, list[Any]] = {}
+    ranks = run_sbc_crossed(200, seed=1, variant=variant, draws_per_fit=L, info=info)
+    assert set(info["method"]) == {"exact"}
+    p = uniformity_pvalues(ranks, L, 10)
+    assert failing(p, ALPHA) == [], p
