@@ -69,8 +69,13 @@ __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTa
            "have_cholmod"]
 
 _LOG2PI = math.log(2.0 * math.pi)
-#: up to this many group values a dense Cholesky factor is used (measured faster than CHOLMOD there)
-DENSE_MAX = 400
+#: up to this many group values a dense Cholesky factor (batched over hyperparameter values) is used
+DENSE_ALWAYS = 64
+#: up to this many, the dense or the CHOLMOD factor, whichever needs fewer flops (a block-diagonal
+#: pattern favours CHOLMOD, a densely crossed one the batched dense factor)
+DENSE_MAX = 1500
+#: the unbatched CHOLMOD path's Python cost per (σ, Λ) besides the factorization, in flops of a factor
+_PER_VALUE_FLOPS = 2e6
 
 
 _CONTROLLER: Any = None
@@ -189,17 +194,31 @@ class Factorizer:
     def __init__(self, st: SparseStats, *, dense: bool | None = None) -> None:
         self.pattern = _Pattern(st)
         Q = self.pattern.Q
-        if dense is None:
-            dense = Q <= DENSE_MAX or not have_cholmod()
-        self.dense = dense
         self._sym: Any = None
         self._L: np.ndarray | None = None
         self._logdet = 0.0
+        choose = dense is None
+        if dense is None:
+            dense = Q <= DENSE_ALWAYS or not have_cholmod()
         if not dense:
             from sksparse.cholmod import analyze
 
             ones = np.ones(self.pattern.nnz)
             self._sym = analyze(self.pattern.matrix(ones), mode="auto", ordering_method="best")
+            if choose and Q <= DENSE_MAX:  # between the two: whichever costs less per value of the hyperparameters
+                dense = self._dense_faster(st)
+        self.dense = dense
+
+    def _dense_faster(self, st: SparseStats) -> bool:
+        """Whether a dense factor costs less than CHOLMOD's per value of (σ, Λ), by counting: Q³/3
+        flops against Σ_j c_j² for the column counts c_j of the sparse factor (known once it has
+        been computed, at Λ = I), plus the per-value overhead of the unbatched sparse path.  A count,
+        not a timing: the choice (and so the draws of a seed) is the same on every machine."""
+        lams = [np.eye(q) for q in st.q]
+        self._sym.cholesky_inplace(self.pattern.matrix(self.pattern.values(lams, 1.0)))
+        L = self._sym.L()
+        counts = np.diff(sp.csc_matrix(L).indptr).astype(float)
+        return self.pattern.Q ** 3 / 3.0 <= float(np.sum(counts * counts)) + _PER_VALUE_FLOPS
 
     @property
     def backend(self) -> str:
