@@ -65,8 +65,8 @@ from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress, imh
 from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
 
-__all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical", "DENSE_MAX",
-           "have_cholmod"]
+__all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical",
+           "DENSE_MAX", "have_cholmod"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 #: up to this many group values a dense Cholesky factor (batched over hyperparameter values) is used
@@ -861,8 +861,8 @@ class HyperTarget:
     β and b integrated out; batched over rows of θ (one factorization per row), with ``dim`` and
     ``center()`` as :func:`poolwise.infer.imh._imh` needs."""
 
-    def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
-                 *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
+    def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray,
+                 settings: Sequence[FactorSetting], *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
                  lkj_eta: Sequence[float], seed: int = 0) -> None:
         self.st, self.fz, self.settings = st, fz, list(settings)
         self.m0 = m0
