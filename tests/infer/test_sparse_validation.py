@@ -242,6 +242,32 @@ def test_crossed_design_is_unbalanced() -> None:
     assert set(cells) == {1, 2, 3}
 
 
+def test_hyper_posterior_is_minus_inf_where_precision_is_lost() -> None:
+    """Found by the crossed SBC (seed 13, replication 10): the independence sampler's t proposal
+    reached σ = 0.024, sd(Intercept|a) = 5e-38, sd(Intercept|b) = 3e49, where X'V⁻¹X + S0⁻¹ loses
+    positive definiteness to cancellation.  The batched target must give −∞ there (the posterior
+    density is 0 to machine precision), as the unbatched one does, not raise LinAlgError out of pw.fit."""
+    from poolwise.infer import sparse as S
+    from poolwise.infer.exact import HyperPrior
+    from poolwise.reduce import bound_sparse_stats
+    from poolwise.spec import ModelSpec
+
+    formula, priors = CROSSED_VARIANTS["intercepts"]
+    d = crossed_design()
+    rng = np.random.default_rng(0)
+    y = (0.5 + 0.3 * d["x"].to_numpy() + rng.normal(0, 0.8, 12)[d["ia"]] + rng.normal(0, 0.6, 8)[d["ib"]]
+         + rng.normal(size=len(d)))
+    bound = ModelSpec(formula, priors=priors).bind(pw.data.read_table(d[["a", "b", "x"]].assign(y=y)))
+    st = bound_sparse_stats(bound)
+    fz = S.Factorizer(st)
+    hp = HyperPrior.from_bound(bound)
+    m0, s0 = st.shift.prior(np.asarray(hp.m0, float).reshape(st.p), np.asarray(hp.s0, float).reshape(st.p))
+    target = S.HyperTarget(st, fz, m0, s0, S._settings(bound), sigma_prior=hp.sigma,
+                           sd_priors=[[bound.priors[n] for n in b.sd_names] for b in bound.blocks], lkj_eta=[1.0, 1.0])
+    lp = target(np.log([[0.8, 0.7, 0.6], [0.024, 5e-38, 2.9e49]]))
+    assert np.isfinite(lp[0]) and lp[1] == -np.inf
+
+
 @pytest.mark.slow
 def test_crossed_exact_is_calibrated() -> None:
     """A short SBC run of the crossed intercepts (20 replications, each about 3 s: the independence
