@@ -41,13 +41,15 @@ import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 __all__ = ["SIM_PRIORS", "FORMULA", "run_sbc", "uniformity_pvalues", "failing", "default_sizes", "main",
-           "NUTS_FAMILIES", "NUTS_SIM_PRIORS", "NUTS_SIZES", "run_sbc_nuts"]
+           "NUTS_FAMILIES", "NUTS_SIM_PRIORS", "NUTS_SIZES", "run_sbc_nuts", "CROSSED_VARIANTS", "crossed_design",
+           "run_sbc_crossed"]
 
 FORMULA = "y ~ x + (1 | g)"
 #: the priors the parameters are simulated from (and, by default, fitted with)
@@ -335,6 +337,160 @@ def run_sbc_nuts(
     return ranks
 
 
+# -- the exact path with crossed factors: the sparse collapsed sampler --------------------------
+
+#: the crossed checks: formula, the priors the parameters are simulated from (and fitted with)
+CROSSED_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "intercepts": ("y ~ x + (1 | a) + (1 | b)", {
+        "Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sigma": "exponential(1)",
+        "sd(Intercept|a)": "half_normal(1)", "sd(Intercept|b)": "half_normal(1)"}),
+    "slopes": ("y ~ x + (1 + x | a) + (1 | b)", {
+        "Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sigma": "exponential(1)",
+        "sd(Intercept|a)": "half_normal(1)", "sd(x|a)": "half_normal(0.5)", "sd(Intercept|b)": "half_normal(1)",
+        "cor(a)": "lkj(2)"}),
+}
+#: the crossed design: levels of a and b, the share of empty (a, b) cells, rows per non-empty cell
+CROSSED_LEVELS = (12, 8)
+CROSSED_EMPTY = 0.3
+CROSSED_ROWS = (1, 3)
+
+
+def crossed_design(design_seed: int = 20180417, levels: tuple[int, int] = CROSSED_LEVELS,
+                   empty: float = CROSSED_EMPTY, rows: tuple[int, int] = CROSSED_ROWS) -> pd.DataFrame:
+    """A fixed unbalanced crossed design: each (a, b) cell empty with probability ``empty``, else
+    holding ``rows[0]..rows[1]`` rows (uniform); one predictor x ~ N(0, 1).  Redrawn (next seed)
+    until every level of a and of b has rows.  Labels sort in index order (A01.., B1..)."""
+    n_a, n_b = levels
+    seed = design_seed
+    while True:
+        rng = np.random.default_rng(seed)
+        full = rng.random((n_a, n_b)) >= empty
+        count = np.where(full, rng.integers(rows[0], rows[1] + 1, size=(n_a, n_b)), 0)
+        if (count.sum(axis=1) > 0).all() and (count.sum(axis=0) > 0).all():
+            break
+        seed += 1
+    ia, ib = np.nonzero(count)
+    reps = count[ia, ib]
+    a, b = np.repeat(ia, reps), np.repeat(ib, reps)
+    wa, wb = len(str(n_a)), len(str(n_b))
+    return pd.DataFrame({"a": [f"A{i + 1:0{wa}d}" for i in a], "b": [f"B{j + 1:0{wb}d}" for j in b],
+                         "x": rng.normal(size=a.size), "ia": a, "ib": b})
+
+
+def _lkj2(prior: str, rng: np.random.Generator) -> float:
+    """The correlation of a 2 × 2 LKJ(η) matrix: (r + 1)/2 ~ Beta(η, η) (density ∝ (1 − r²)^(η−1))."""
+    m = _CALL.match(prior)
+    if not m or m.group(1) != "lkj":
+        raise ValueError(f"cannot read prior {prior!r}")
+    eta = float(m.group(2))
+    return float(2.0 * rng.beta(eta, eta) - 1.0)
+
+
+def run_sbc_crossed(
+    reps: int,
+    seed: int = 0,
+    *,
+    variant: str = "intercepts",
+    chains: int = 2,
+    draws_per_fit: int = 99,
+    fit_priors: Mapping[str, str] | None = None,
+    perturb: Perturb | None = None,
+    controls: Mapping[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] | None = None,
+    design_seed: int = 20180417,
+    progress: Callable[[int, int], None] | None = None,
+    info: dict[str, list[Any]] | None = None,
+) -> dict[str, np.ndarray]:
+    """SBC ranks of the exact path with two crossed grouping factors (:mod:`poolwise.infer.sparse`).
+
+    ``variant`` picks the model of :data:`CROSSED_VARIANTS`: ``"intercepts"``, y ~ x + (1 | a) +
+    (1 | b); ``"slopes"``, y ~ x + (1 + x | a) + (1 | b) with the intercept and slope of a
+    correlated.  Each replication draws every parameter from the variant's priors, the group values
+    (b_a ~ N(0, Σ_a), b_b ~ N(0, s_b²)), simulates y on :func:`crossed_design` and fits
+    ``method="exact"`` with ``chains`` chains of ⌈(L + 1)/chains⌉ draws under the same priors (the
+    independence sampler thins its own chains, so the draws are near-independent); the truths are
+    ranked among the first L pooled draws.
+
+    Ranked: Intercept, x, sigma, every SD (and the correlation), and the group values of the
+    a-level with the fewest and with the most rows and of the b-level with the fewest (the
+    intercept deviation; with slopes also the slope deviation of the smallest a-level).
+
+    ``controls`` (optional) adds negative controls ranked from the same fits: name → (quantity,
+    f), the truth of ``quantity`` ranked among f(its draws) (a deliberately wrong posterior).
+    ``info`` (optional) is filled per replication with ``"method"`` (the sampler that ran:
+    ``exact``, or ``nuts`` after a fallback), ``"seconds"`` and ``"hyper_rhat"``.
+    """
+    import warnings
+
+    import poolwise as pw
+    from poolwise.errors import ConvergenceWarning
+
+    if variant not in CROSSED_VARIANTS:
+        raise ValueError(f"variant must be one of {tuple(CROSSED_VARIANTS)}, got {variant!r}")
+    if reps < 1 or draws_per_fit < 1 or chains < 1:
+        raise ValueError("reps, draws_per_fit and chains must be positive")
+    formula, sim = CROSSED_VARIANTS[variant]
+    priors = dict(fit_priors) if fit_priors is not None else dict(sim)
+    slopes = variant == "slopes"
+    design = crossed_design(design_seed)
+    ia, ib = design["ia"].to_numpy(), design["ib"].to_numpy()
+    x = design["x"].to_numpy()
+    n_a, n_b = int(ia.max()) + 1, int(ib.max()) + 1
+    size_a, size_b = np.bincount(ia, minlength=n_a), np.bincount(ib, minlength=n_b)
+    small_a, big_a = int(np.argmin(size_a)), int(np.argmax(size_a))
+    small_b = int(np.argmin(size_b))
+    lab_a, lab_b = sorted(set(design["a"])), sorted(set(design["b"]))
+    tracked = [("1|a", small_a, 0, f"1|a[{lab_a[small_a]}, n={size_a[small_a]}]"),
+               ("1|a", big_a, 0, f"1|a[{lab_a[big_a]}, n={size_a[big_a]}]"),
+               ("1|b", small_b, 0, f"1|b[{lab_b[small_b]}, n={size_b[small_b]}]")]
+    if slopes:
+        tracked.append(("x|a", small_a, 1, f"x|a[{lab_a[small_a]}, n={size_a[small_a]}]"))
+    scalars = [k for k in sim if not k.startswith("cor(")] + (["cor(Intercept,x|a)"] if slopes else [])
+    names = scalars + [t[3] for t in tracked]
+    ctrl = dict(controls or {})
+    ranks = {n: np.empty(reps, dtype=np.int64) for n in names + list(ctrl)}
+    per_chain = -(-(draws_per_fit + 1) // chains)
+    table = design[["a", "b", "x"]]
+    children = np.random.SeedSequence(seed).spawn(reps)
+    for r, child in enumerate(children):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(child)
+        truth = {k: _draw(v, rng) for k, v in sim.items() if not k.startswith("cor(")}
+        sd_a = np.array([truth["sd(Intercept|a)"]] + ([truth["sd(x|a)"]] if slopes else []))
+        if slopes:
+            truth["cor(Intercept,x|a)"] = rho = _lkj2(sim["cor(a)"], rng)
+            L = np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]]))
+        else:
+            L = np.eye(1)
+        ua = (rng.standard_normal((n_a, sd_a.size)) @ L.T) * sd_a  # rows ~ N(0, diag(s) R diag(s))
+        ub = rng.normal(0.0, truth["sd(Intercept|b)"], size=n_b)
+        y = (truth["Intercept"] + truth["x"] * x + ua[ia, 0] + ub[ib]
+             + (ua[ia, 1] * x if slopes else 0.0) + truth["sigma"] * rng.standard_normal(x.size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit = pw.fit(formula, table.assign(y=y), priors=priors, method="exact", chains=chains, draws=per_chain,
+                         seed=int(rng.integers(2**31)))
+        post = {k: fit.param(k).reshape(-1)[:draws_per_fit] for k in scalars}
+        for var, j, k, name in tracked:
+            i = [blk.factor for blk in fit.bound.blocks].index(var[-1])
+            blk, v = fit.bound.blocks[i], fit.block_draws[i].values
+            assert v is not None
+            label = (lab_a if var.endswith("a") else lab_b)[j]
+            post[name] = v[..., list(map(str, blk.levels)).index(label), k].reshape(-1)[:draws_per_fit]
+            truth[name] = float((ua if var.endswith("a") else ub[:, None])[j, k])
+        for name in names:
+            d = post[name] if perturb is None else perturb(name, post[name])
+            ranks[name][r] = int(np.sum(d < truth[name]))
+        for name, (base, f) in ctrl.items():
+            ranks[name][r] = int(np.sum(f(post[base]) < truth[base]))
+        if info is not None:
+            info.setdefault("method", []).append(fit.draws.method)
+            info.setdefault("seconds", []).append(time.perf_counter() - t0)
+            info.setdefault("hyper_rhat", []).append(float(fit.draws.info.get("hyper_rhat", float("nan"))))
+        if progress:
+            progress(r + 1, reps)
+    return ranks
+
+
 def uniformity_pvalues(ranks: Mapping[str, np.ndarray], draws_per_fit: int, bins: int) -> dict[str, float]:
     """Chi-square test of uniform ranks over ``bins`` equal bins, per quantity.
 
@@ -415,7 +571,36 @@ def _summary_nuts(family: str, ranks: dict[str, np.ndarray], pvalues: dict[str, 
     return "\n".join(lines)
 
 
-FAMILIES = ("gaussian-exact", *NUTS_FAMILIES)
+def _summary_crossed(variant: str, ranks: dict[str, np.ndarray], pvalues: dict[str, float],
+                     info: dict[str, list[Any]], *, reps: int, seed: int, L: int, bins: int, alpha: float,
+                     seconds: float) -> str:
+    bad = set(failing(pvalues, alpha))
+    formula, sim = CROSSED_VARIANTS[variant]
+    d = crossed_design()
+    cells = d.groupby(["a", "b"]).size()
+    n_a, n_b = d["a"].nunique(), d["b"].nunique()
+    methods = pd.Series(info["method"]).value_counts().to_dict()
+    lines = [
+        f"# Simulation-based calibration of the exact path, crossed factors: {variant}",
+        "",
+        f"Model `{formula}`, priors " + ", ".join(f"`{k} ~ {v}`" for k, v in sim.items()) + ".",
+        f"Design: {n_a} × {n_b} levels, {n_a * n_b - cells.size} of {n_a * n_b} cells empty, 1–3 rows per cell "
+        f"({len(d)} rows).",
+        f"{reps} replications (seed {seed}), L = {L} posterior draws each; samplers {methods}; "
+        f"{bins} bins; family-wise alpha {alpha} (Bonferroni: {alpha / len(pvalues):.2g} per quantity). "
+        f"Took {seconds:.1f} s (median {np.median(info['seconds']):.1f} s per replication).",
+        "",
+        "| quantity | chi-square p-value | bin counts | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, p in pvalues.items():
+        counts = np.bincount(ranks[name] * bins // (L + 1), minlength=bins)
+        lines.append(f"| {name} | {p:.4g} | {' '.join(map(str, counts))} | {'FAIL' if name in bad else 'ok'} |")
+    lines += ["", "FAILED: " + ", ".join(sorted(bad)) if bad else "All quantities pass.", ""]
+    return "\n".join(lines)
+
+
+FAMILIES = ("gaussian-exact", *NUTS_FAMILIES, "crossed", "crossed-slopes")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -444,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
 
     def tick(done: int, total: int) -> None:
-        if done % 50 == 0 or done == total:
+        if done % 10 == 0 or done == total:
             print(f"  {done}/{total} replications", file=sys.stderr)
 
     rc = 0
@@ -457,6 +642,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             text = _summary(ranks, pvalues, reps=args.reps, seed=args.seed, L=args.draws, bins=args.bins,
                             alpha=args.alpha, seconds=seconds, sizes=default_sizes(args.n_groups))
             suffix = ""
+        elif family.startswith("crossed"):
+            variant = "slopes" if family == "crossed-slopes" else "intercepts"
+            print(f"SBC of the exact path, crossed {variant}:", file=sys.stderr)
+            cinfo: dict[str, list[Any]] = {}
+            ranks = run_sbc_crossed(args.reps, args.seed, variant=variant, draws_per_fit=args.draws, progress=tick,
+                                    info=cinfo)
+            seconds = time.perf_counter() - t0
+            pvalues = uniformity_pvalues(ranks, args.draws, args.bins)
+            text = _summary_crossed(variant, ranks, pvalues, cinfo, reps=args.reps, seed=args.seed, L=args.draws,
+                                    bins=args.bins, alpha=args.alpha, seconds=seconds)
+            suffix = f"-{family}"
         else:
             print(f"SBC of the NUTS path, {family}:", file=sys.stderr)
             info: dict[str, list[float]] = {}

@@ -65,12 +65,17 @@ from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress, imh
 from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
 
-__all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical", "DENSE_MAX",
-           "have_cholmod"]
+__all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical",
+           "DENSE_MAX", "have_cholmod"]
 
 _LOG2PI = math.log(2.0 * math.pi)
-#: up to this many group values a dense Cholesky factor is used (measured faster than CHOLMOD there)
-DENSE_MAX = 400
+#: up to this many group values a dense Cholesky factor (batched over hyperparameter values) is used
+DENSE_ALWAYS = 64
+#: up to this many, the dense or the CHOLMOD factor, whichever needs fewer flops (a block-diagonal
+#: pattern favours CHOLMOD, a densely crossed one the batched dense factor)
+DENSE_MAX = 1500
+#: the unbatched CHOLMOD path's Python cost per (σ, Λ) besides the factorization, in flops of a factor
+_PER_VALUE_FLOPS = 2e6
 
 
 _CONTROLLER: Any = None
@@ -189,17 +194,31 @@ class Factorizer:
     def __init__(self, st: SparseStats, *, dense: bool | None = None) -> None:
         self.pattern = _Pattern(st)
         Q = self.pattern.Q
-        if dense is None:
-            dense = Q <= DENSE_MAX or not have_cholmod()
-        self.dense = dense
         self._sym: Any = None
         self._L: np.ndarray | None = None
         self._logdet = 0.0
+        choose = dense is None
+        if dense is None:
+            dense = Q <= DENSE_ALWAYS or not have_cholmod()
         if not dense:
             from sksparse.cholmod import analyze
 
             ones = np.ones(self.pattern.nnz)
             self._sym = analyze(self.pattern.matrix(ones), mode="auto", ordering_method="best")
+            if choose and Q <= DENSE_MAX:  # between the two: whichever costs less per value of the hyperparameters
+                dense = self._dense_faster(st)
+        self.dense = dense
+
+    def _dense_faster(self, st: SparseStats) -> bool:
+        """Whether a dense factor costs less than CHOLMOD's per value of (σ, Λ), by counting: Q³/3
+        flops against Σ_j c_j² for the column counts c_j of the sparse factor (known once it has
+        been computed, at Λ = I), plus the per-value overhead of the unbatched sparse path.  A count,
+        not a timing: the choice (and so the draws of a seed) is the same on every machine."""
+        lams = [np.eye(q) for q in st.q]
+        self._sym.cholesky_inplace(self.pattern.matrix(self.pattern.values(lams, 1.0)))
+        L = self._sym.L()
+        counts = np.diff(sp.csc_matrix(L).indptr).astype(float)
+        return self.pattern.Q ** 3 / 3.0 <= float(np.sum(counts * counts)) + _PER_VALUE_FLOPS
 
     @property
     def backend(self) -> str:
@@ -842,8 +861,8 @@ class HyperTarget:
     β and b integrated out; batched over rows of θ (one factorization per row), with ``dim`` and
     ``center()`` as :func:`poolwise.infer.imh._imh` needs."""
 
-    def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
-                 *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
+    def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray,
+                 settings: Sequence[FactorSetting], *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
                  lkj_eta: Sequence[float], seed: int = 0) -> None:
         self.st, self.fz, self.settings = st, fz, list(settings)
         self.m0 = m0
@@ -922,9 +941,7 @@ class HyperTarget:
                         ll = pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior, sigma[idx],
                                           [np.ascontiguousarray(lam[idx]) for lam in lams])
                     except np.linalg.LinAlgError:  # one singular matrix in the batch: one at a time
-                        ll = np.array([pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior,
-                                                    sigma[i:i + 1], [lam[i:i + 1] for lam in lams])[0]
-                                       if _finite_chol(self, sigma, lams, i) else -np.inf for i in idx])
+                        ll = np.array([_row_ll(self, sigma, lams, i) for i in idx])
                 out[idx] = np.where(np.isfinite(ll + lp[idx]), ll + lp[idx], -np.inf)
             return out
         # one draw of (β, b) per evaluated θ through its factor (no second factorization for the draws)
@@ -1127,10 +1144,11 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
                  tau=None, b=None, method="empirical", info=info, blocks=_blocks(bound, C, D, sds, corrs, b))
 
 
-def _finite_chol(target: HyperTarget, sigma: np.ndarray, lams: Sequence[np.ndarray], i: int) -> bool:
-    """Whether A at draw i of a batch has a Cholesky factor (it is positive definite)."""
+def _row_ll(target: HyperTarget, sigma: np.ndarray, lams: Sequence[np.ndarray], i: int) -> float:
+    """log p(y | σ, Λ) at row i of a batch alone; −∞ where a factor does not exist (A, or X'V⁻¹X + S0⁻¹
+    after the cancellation far in the tails, e.g. an SD of 1e49 against σ of 0.02), as :func:`pieces`."""
     try:
-        np.linalg.cholesky(target.fz.pattern.dense([lam[i:i + 1] for lam in lams], sigma[i:i + 1] ** 2))
+        return float(pieces_batch(target.st, target.fz.pattern, target.m0, target.Q0, target.logdet_prior,
+                                  sigma[i:i + 1], [lam[i:i + 1] for lam in lams])[0])
     except np.linalg.LinAlgError:
-        return False
-    return True
+        return -math.inf
