@@ -416,8 +416,9 @@ def _imh(target: _Target, chains: int, draws: int, rng: np.random.Generator) -> 
     if chol is None:
         return "the Hessian at the mode is not positive definite"
     is_ess = float("nan")
+    # a target whose evaluations are costly (one sparse factorization each) may ask for fewer
     for _ in range(_IS_ROUNDS):
-        th = _t_draws(rng, mu, chol, _IS_DRAWS)
+        th = _t_draws(rng, mu, chol, int(getattr(target, "is_draws", _IS_DRAWS)))
         lw = target(th) - _t_logpdf(th, mu, chol)
         if not np.any(np.isfinite(lw)):
             break

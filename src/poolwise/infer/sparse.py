@@ -47,6 +47,7 @@ effects models. Biometrika 107, 25–40.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -70,6 +71,22 @@ __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTa
 _LOG2PI = math.log(2.0 * math.pi)
 #: up to this many group values a dense Cholesky factor is used (measured faster than CHOLMOD there)
 DENSE_MAX = 400
+
+
+_CONTROLLER: Any = None
+
+
+def _blas(fz: Factorizer) -> Any:
+    """One BLAS thread for the small dense systems (thread start-up costs more than their work, and
+    far more on a busy machine); CHOLMOD's large factorizations keep every thread."""
+    global _CONTROLLER
+    if not fz.dense:
+        return contextlib.nullcontext()
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def have_cholmod() -> bool:
@@ -116,24 +133,44 @@ class _Pattern:
         A.sort_indices()
         self.order = A.data.astype(np.int64) - 1
         self.indices, self.indptr = A.indices.copy(), A.indptr.copy()
-        # positions (in the listed order) of the diagonal entries of A
+        # positions (in the listed order) of the diagonal entries of A, and of every entry in a dense A
         self.diag_at = np.flatnonzero(row == col)
+        self.flat = row * self.Q + col
         self.ZtWZ = st.ZtWZ
         self.pair_blocks = [st.pairs[key].ZtWZ for key in self.pair_keys]
 
     def values(self, lams: Sequence[np.ndarray], s2: float) -> np.ndarray:
         """The nonzeros of A in CSC order for the per-factor Λ_k."""
-        parts = [np.einsum("ri,jrc,cl->jil", lam, M, lam, optimize=True).ravel() / s2
-                 for lam, M in zip(lams, self.ZtWZ)]
-        for (k, l), B in zip(self.pair_keys, self.pair_blocks):
-            V = np.einsum("ri,mrc,cl->mil", lams[k], B, lams[l], optimize=True) / s2
-            parts += [V.ravel(), V.transpose(0, 2, 1).ravel()]
-        vals = np.concatenate(parts) if parts else np.zeros(0)
-        vals[self.diag_at] += 1.0
-        return vals[self.order]
+        return self.listed([lam[None] for lam in lams], np.array([s2]))[0][self.order]
+
+    def listed(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> np.ndarray:
+        """The nonzeros of A for a batch, (B, nnz) in the listed (row, col) order: lams (B, q_k, q_k)."""
+        B = s2.shape[0]
+        parts = [_sandwich(lam, M, lam).reshape(B, -1) for lam, M in zip(lams, self.ZtWZ)]
+        for (k, l), P in zip(self.pair_keys, self.pair_blocks):
+            V = _sandwich(lams[k], P, lams[l])
+            parts += [V.reshape(B, -1), V.transpose(0, 1, 3, 2).reshape(B, -1)]
+        vals = np.concatenate(parts, axis=1) / s2[:, None] if parts else np.zeros((B, 0))
+        vals[:, self.diag_at] += 1.0
+        return vals
+
+    def dense(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> np.ndarray:
+        """A for a batch as dense (B, Q, Q) matrices."""
+        vals = self.listed(lams, s2)
+        out = np.zeros((s2.shape[0], self.Q * self.Q))
+        out[:, self.flat] = vals
+        return out.reshape(-1, self.Q, self.Q)
 
     def matrix(self, vals: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((vals, self.indices, self.indptr), shape=(self.Q, self.Q))
+
+
+def _sandwich(La: np.ndarray, M: np.ndarray, Lb: np.ndarray) -> np.ndarray:
+    """La_b' M_j Lb_b for every b and j: La (B, qa, qa), M (J, qa, qb), Lb (B, qb, qb) → (B, J, qa, qb)."""
+    if La.shape[1] == 1 and Lb.shape[1] == 1:  # intercepts: scalars
+        return (La[:, 0, 0, None] * Lb[:, 0, 0, None])[:, :, None, None] * M[None]
+    left = np.einsum("bri,jrc->bjic", La, M)
+    return np.asarray(left @ Lb[:, None])
 
 
 class Factorizer:
@@ -262,6 +299,80 @@ def pieces(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, logd
     return Pieces(ll, logdetV, A_X, bb, qq, LP)
 
 
+def _batch_chunk(Q: int) -> int:
+    """θ per batch of the dense path: about 2²² numbers per (B, Q, Q) work array."""
+    return max(1, (1 << 22) // max(1, Q * Q))
+
+
+@dataclass
+class BatchCross:
+    """A's Cholesky factors and the marginal's quadratic forms for a batch of small systems."""
+
+    L: np.ndarray  # (B, Q, Q)
+    logdetV: np.ndarray  # (B,)
+    A_X: np.ndarray  # (B, p, p)
+    bb: np.ndarray  # (B, p)
+    qq: np.ndarray  # (B,)
+
+
+def cross_batch(st: SparseStats, pat: _Pattern, s2: np.ndarray, lams: Sequence[np.ndarray]) -> BatchCross:
+    """:func:`_cross` for a batch, dense (batched LAPACK): s2 (B,), lams per factor (B, q_k, q_k)."""
+    p, n = st.p, st.n_obs
+    A = pat.dense(lams, s2)
+    L = np.linalg.cholesky(A)
+    logdetA = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    u = _lam_t_batch(lams, st.ZtWy) / s2[:, None]  # (B, Q)
+    rhs = u[..., None]
+    if p:
+        U = _lam_t_batch(lams, st.ZtWX) / s2[:, None, None]  # (B, Q, p)
+        rhs = np.concatenate([rhs, U], axis=2)
+    c = _tri_solve(L, rhs)  # L⁻¹[u, U]
+    qq = st.yWy / s2 - np.einsum("bq,bq->b", c[..., 0], c[..., 0])
+    logdetV = n * np.log(s2) - st.sum_log_w + logdetA
+    if p:
+        A_X = st.XtWX[None] / s2[:, None, None] - np.einsum("bqi,bqj->bij", c[..., 1:], c[..., 1:])
+        A_X = 0.5 * (A_X + np.swapaxes(A_X, 1, 2))
+        bb = st.XtWy[None] / s2[:, None] - np.einsum("bqi,bq->bi", c[..., 1:], c[..., 0])
+    else:
+        A_X, bb = np.zeros((s2.shape[0], 0, 0)), np.zeros((s2.shape[0], 0))
+    return BatchCross(L, logdetV, A_X, bb, qq)
+
+
+def _tri_solve(L: np.ndarray, B: np.ndarray, *, transpose: bool = False) -> np.ndarray:
+    """L⁻¹B (or L⁻ᵀB) for a batch of lower-triangular L (B, Q, Q), B (B, Q, m)."""
+    return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)  # batched LAPACK (small Q)
+
+
+def pieces_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, logdet_prior: float,
+                 sigma: np.ndarray, lams: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`pieces`' log p(y | σ, Λ) for a batch of small systems at once (dense, batched LAPACK):
+    sigma (B,), lams per factor (B, q_k, q_k).  −∞ where not finite."""
+    n = st.n_obs
+    bc = cross_batch(st, pat, sigma * sigma, lams)
+    qq, logdetV, A_X, bb = bc.qq, bc.logdetV, bc.A_X, bc.bb
+    if not st.p:
+        return np.where(np.isfinite(ll := -0.5 * (n * _LOG2PI + logdetV + qq)), ll, -np.inf)
+    r = bb - A_X @ m0
+    quad = qq - 2.0 * bb @ m0 + np.einsum("bij,i,j->b", A_X, m0, m0)
+    LP = np.linalg.cholesky(A_X + Q0)
+    z = np.linalg.solve(LP, r[..., None])[..., 0]
+    quad = quad - (z * z).sum(axis=1)
+    ll = -0.5 * (n * _LOG2PI + logdetV + logdet_prior + 2.0 * np.log(np.diagonal(LP, axis1=1, axis2=2)).sum(axis=1)
+                 + quad)
+    return np.where(np.isfinite(ll) & (quad >= 0), ll, -np.inf)
+
+
+def _lam_t_batch(lams: Sequence[np.ndarray], per_factor: Sequence[np.ndarray]) -> np.ndarray:
+    """Λ_b'v stacked for a batch: lams (B, q_k, q_k), per factor (J_k, q_k[, m]) → (B, Q[, m])."""
+    out = []
+    for lam, v in zip(lams, per_factor):
+        if v.ndim == 2:
+            out.append(np.einsum("bra,jr->bja", lam, v).reshape(lam.shape[0], -1))
+        else:
+            out.append(np.einsum("bra,jrm->bjam", lam, v).reshape(lam.shape[0], -1, v.shape[-1]))
+    return np.concatenate(out, axis=1)
+
+
 def loglik(st: SparseStats, fz: Factorizer, sigma: float, lams: Sequence[np.ndarray], *, reml: bool = True
            ) -> float:
     """ℓ_REML (or ℓ_ML) at (σ, Λ) with Λ absolute (Σ_k = Λ_kΛ_k'): β at its GLS estimate (ML) or
@@ -382,15 +493,23 @@ def _profiled(st: SparseStats, fz: Factorizer, rel: Sequence[np.ndarray], *, rem
 
 
 def fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: bool = True, reml: bool = True,
-         fz: Factorizer | None = None) -> RemlResult:
+             fz: Factorizer | None = None) -> RemlResult:
+    """REML (or ML) estimates for any grouping structure (see :func:`_fit_reml`)."""
+    fz = fz or Factorizer(st)
+    with _blas(fz):
+        return _fit_reml(st, settings, has_sigma=has_sigma, reml=reml, fz=fz)
+
+
+def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: bool, reml: bool,
+              fz: Factorizer) -> RemlResult:
     """REML (or ML) estimates for any grouping structure.
 
     With σ (``has_sigma``), Λ_k = σΛ_rel,k and σ² is profiled out (lme4's profiled deviance);
     without (known standard errors), Λ_k itself is optimized.  θ holds the lower-triangular
     entries of each learned factor's Λ_rel,k (diagonals ≥ 0), found by L-BFGS-B from lme4's start
-    (θ = identity), restarted from its end until the criterion stops improving.
+    (θ = identity), restarted from its end until the criterion stops improving, then polished by
+    damped Newton steps (:func:`_polish`).
     """
-    fz = fz or Factorizer(st)
     fixed = _fixed_lams(settings)
     n_eval = 0
 
@@ -423,17 +542,47 @@ def fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: b
         bounds.append((None, None))
     if not has_sigma:  # Λ absolute: start at the data's scale
         start = start * _scale(st)
+    def negll_batch(thetas: np.ndarray) -> np.ndarray:
+        nonlocal n_eval
+        if not (profile and fz.dense):
+            return np.array([negll(t) for t in thetas])
+        n_eval += thetas.shape[0]
+        out = np.full(thetas.shape[0], math.inf)
+        step = _batch_chunk(st.size)
+        for s in range(0, thetas.shape[0], step):
+            th = thetas[s:s + step]
+            rel = [np.stack([st_.tril(t) for t in part]) for st_, part in
+                   zip(settings, _split_theta_batch(th, settings))]
+            with np.errstate(all="ignore"):
+                try:
+                    out[s:s + step] = -_profiled_batch(st, fz.pattern, rel, reml=reml)
+                except np.linalg.LinAlgError:
+                    out[s:s + step] = [negll(t) for t in th]
+        return np.where(np.isfinite(out), out, math.inf)
+
+    def fun_jac(x: np.ndarray) -> tuple[float, np.ndarray]:
+        """f and its gradient by central differences, in one batch."""
+        h = 1e-6 * np.maximum(1.0, np.abs(x))
+        lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+        E = np.diag(h)
+        up, dn = x + E, np.maximum(x - E, lo)  # one-sided at a bound
+        v = negll_batch(np.vstack([x[None], up, dn]))
+        d = x.size
+        g = (v[1:d + 1] - v[d + 1:]) / (up - dn).diagonal()
+        return float(v[0]), np.where(np.isfinite(g), g, 0.0)
+
     x, fx, converged = start, negll(start), True
     if start.size:
         for _ in range(4):
-            res = optimize.minimize(negll, x, method="L-BFGS-B", bounds=bounds,
-                                    options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 2000, "maxls": 50})
+            res = optimize.minimize(fun_jac, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                                    options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 2000, "maxls": 50})
             better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
             if res.fun <= fx:
                 x, fx = np.asarray(res.x, dtype=float), float(res.fun)
             converged = bool(res.success) or not better
             if not better:
                 break
+        x, fx = _polish(negll_batch, x, fx, lower)
     # σ and the absolute Λ at the optimum
     if profile:
         ll, s2 = _profiled(st, fz, rel_lams(x), reml=reml)
@@ -452,6 +601,56 @@ def fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: b
         cov, beta = np.zeros((0, 0)), np.zeros(0)
     return RemlResult(sigma=sigma, lams=lams, theta=x, loglik=float(ll), beta=beta, beta_cov=0.5 * (cov + cov.T),
                       converged=bool(converged and math.isfinite(ll)), evaluations=n_eval, backend=fz.backend)
+
+
+def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[np.ndarray, float]:
+    """Damped Newton steps (finite differences, :func:`poolwise.infer.imh._newton_mode`) on the
+    coordinates away from their bound, diagonals on the log scale: the last digits L-BFGS-B leaves
+    on a flat criterion (a factor with few levels)."""
+    lo = np.concatenate([lower, np.full(x.size - lower.size, -np.inf)])
+    free = ~(np.isfinite(lo) & (x <= lo + 1e-7))
+    logged = free & np.isfinite(lo)
+    if not free.any():
+        return x, fx
+
+    def embed(z: np.ndarray) -> np.ndarray:
+        out = np.broadcast_to(x, (z.shape[0], x.size)).copy()
+        zz = z.copy()
+        zz[:, logged[free]] = np.exp(zz[:, logged[free]])
+        out[:, free] = zz
+        return out
+
+    z0 = x[free].copy()
+    z0[logged[free]] = np.log(z0[logged[free]])
+    z, fz_, _, _ = imh._newton_mode(lambda zb: f(embed(np.atleast_2d(zb))), z0, max_iter=30)
+    if np.isfinite(fz_) and fz_ <= fx:
+        return embed(z[None])[0], float(fz_)
+    return x, fx
+
+
+def _split_theta_batch(theta: np.ndarray, settings: Sequence[FactorSetting]) -> list[np.ndarray]:
+    out, i = [], 0
+    for s in settings:
+        out.append(theta[:, i:i + s.n_theta])
+        i += s.n_theta
+    return out
+
+
+def _profiled_batch(st: SparseStats, pat: _Pattern, rel: Sequence[np.ndarray], *, reml: bool) -> np.ndarray:
+    """:func:`_profiled`'s ℓ for a batch of relative factors (dense, small systems)."""
+    B = rel[0].shape[0] if rel else 1
+    bc = cross_batch(st, pat, np.ones(B), rel)
+    r2, logdetA = bc.qq.copy(), np.zeros(B)
+    if st.p:
+        LX = np.linalg.cholesky(bc.A_X)
+        z = np.linalg.solve(LX, bc.bb[..., None])[..., 0]
+        r2 -= (z * z).sum(axis=1)
+        logdetA = 2.0 * np.log(np.diagonal(LX, axis1=1, axis2=2)).sum(axis=1)
+    dof = st.n_obs - st.p if reml else st.n_obs
+    with np.errstate(all="ignore"):
+        s2 = r2 / dof
+        dev = bc.logdetV + dof * (1.0 + np.log(2.0 * math.pi * s2)) + (logdetA if reml else 0.0)
+    return np.where((r2 > 0) & np.isfinite(dev), -0.5 * dev, -np.inf)
 
 
 def _start_theta(s: FactorSetting) -> np.ndarray:
@@ -499,6 +698,15 @@ def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma:
     b = [np.zeros((D, J, q)) for J, q in zip(st.J, st.q)]
     key = np.concatenate([sigma[:, None]] + [lam.reshape(D, -1) for lam in lams], axis=1)
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    if fz.dense and first.size > D // 8:  # mostly distinct (σ, Λ): batched dense factors
+        step = _batch_chunk(st.size)
+        for s in range(0, D, step):
+            sl = slice(s, min(D, s + step))
+            beta[sl], parts = _draw_batch(st, fz.pattern, m0, Q0, sigma[sl], [lam[sl] for lam in lams], rng)
+            for k, bk in enumerate(parts):
+                if with_groups is None or with_groups[k]:
+                    b[k][sl] = bk
+        return beta, b
     inverse = np.asarray(inverse).ravel()
     order = np.argsort(inverse, kind="stable")
     bounds = np.flatnonzero(np.r_[True, np.diff(inverse[order]) != 0, True])
@@ -531,6 +739,51 @@ def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma:
     return beta, b
 
 
+def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, sigma: np.ndarray,
+                lams: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
+    """:func:`draw` for a batch of small systems (dense, batched LAPACK)."""
+    B, p = sigma.shape[0], st.p
+    s2 = sigma * sigma
+    bc = cross_batch(st, pat, s2, lams)
+    if p:
+        LP = np.linalg.cholesky(bc.A_X + Q0)
+        rr = bc.bb - bc.A_X @ m0
+        z = np.linalg.solve(LP, rr[..., None])
+        beta = m0 + np.linalg.solve(np.swapaxes(LP, 1, 2), z + rng.standard_normal((B, p, 1)))[..., 0]
+        ZtWX = np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0)
+        res = np.concatenate([v.reshape(-1) for v in st.ZtWy])[None] - beta @ ZtWX.T  # (B, Q)
+    else:
+        beta = np.zeros((B, 0))
+        res = np.broadcast_to(np.concatenate([v.reshape(-1) for v in st.ZtWy]), (B, st.size))
+    rhs = np.concatenate([np.einsum("bra,bjr->bja", lam, res[:, o:o + J * q].reshape(B, J, q)).reshape(B, -1)
+                          for lam, o, J, q in zip(lams, st.offsets, st.J, st.q)], axis=1) / s2[:, None]
+    t = _tri_solve(bc.L, rhs[..., None])
+    a = _tri_solve(bc.L, t + rng.standard_normal(t.shape), transpose=True)[..., 0]  # (B, Q)
+    out = []
+    for lam, o, J, q in zip(lams, st.offsets, st.J, st.q):
+        out.append(np.einsum("bra,bja->bjr", lam, a[:, o:o + J * q].reshape(B, J, q)))
+    return beta, out
+
+
+def _draw_factored(st: SparseStats, fz: Factorizer, m0: np.ndarray, pc: Pieces, sigma: float,
+                   lams: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One draw of (β, stacked Λa) given (σ, Λ) with A already factored (by :func:`pieces`)."""
+    s2, p = sigma * sigma, st.p
+    ZtWy = np.concatenate([v.reshape(-1) for v in st.ZtWy])
+    if p:
+        assert pc.LP is not None
+        rr = pc.bb - pc.A_X @ m0
+        z = sla.solve_triangular(pc.LP, rr, lower=True)
+        beta = m0 + sla.solve_triangular(pc.LP, z + rng.standard_normal(p), lower=True, trans="T")
+        res = ZtWy - np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0) @ beta
+    else:
+        beta, res = np.zeros(0), ZtWy
+    rhs = _lam_t(lams, [r.reshape(J, q) for r, J, q in zip(_split_q(res, st), st.J, st.q)]) / s2
+    t = fz.solve_L(rhs)
+    a = fz.solve_Lt(t + rng.standard_normal(t.shape))
+    return beta, np.concatenate([x[0].reshape(-1) for x in _lam(lams, st, a[:, None])])
+
+
 def _split_q(v: np.ndarray, st: SparseStats) -> list[np.ndarray]:
     return [v[o:o + J * q] for o, J, q in zip(st.offsets, st.J, st.q)]
 
@@ -546,7 +799,7 @@ class HyperTarget:
 
     def __init__(self, st: SparseStats, fz: Factorizer, m0: np.ndarray, s0: np.ndarray, settings: Sequence[FactorSetting],
                  *, sigma_prior: Prior | None, sd_priors: Sequence[Sequence[Prior] | None],
-                 lkj_eta: Sequence[float]) -> None:
+                 lkj_eta: Sequence[float], seed: int = 0) -> None:
         self.st, self.fz, self.settings = st, fz, list(settings)
         self.m0 = m0
         self.Q0, self.logdet_prior = prior_precision(s0)
@@ -559,6 +812,13 @@ class HyperTarget:
         self.n_corr = [s.q * (s.q - 1) // 2 if (s.learned and s.q > 1 and s.correlated) else 0 for s in settings]
         self.dim = self.n_sigma + sum(s.q + c for s, c in zip(settings, self.n_corr) if s.learned)
         self.n_eval = 0
+        # sparse factors: each costs far more than its solves, so the draws ride along with the
+        # evaluations and the importance-sampling rounds of the proposal are shorter
+        self.carry = not fz.dense
+        self.is_draws = 2000 if fz.dense else 400
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
+        self.last_theta: np.ndarray | None = None
+        self.last_draws: tuple[np.ndarray, np.ndarray] = (np.zeros((0, st.p)), np.zeros((0, st.size)))
 
     def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None],
                                                  list[np.ndarray], np.ndarray]:
@@ -605,6 +865,26 @@ class HyperTarget:
         theta = np.atleast_2d(theta)
         sigma, _, _, lams, lp = self.unpack(theta)
         out = np.full(theta.shape[0], -np.inf)
+        if self.fz.dense:
+            ok = np.flatnonzero(np.isfinite(lp) & np.isfinite(sigma) & (sigma > 0)
+                                & np.all([np.all(np.isfinite(lam), axis=(1, 2)) for lam in lams], axis=0))
+            step = _batch_chunk(self.st.size)
+            for s in range(0, ok.size, step):
+                idx = ok[s:s + step]
+                self.n_eval += idx.size
+                with np.errstate(all="ignore"):
+                    try:
+                        ll = pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior, sigma[idx],
+                                          [np.ascontiguousarray(lam[idx]) for lam in lams])
+                    except np.linalg.LinAlgError:  # one singular matrix in the batch: one at a time
+                        ll = np.array([pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior,
+                                                    sigma[i:i + 1], [lam[i:i + 1] for lam in lams])[0]
+                                       if _finite_chol(self, sigma, lams, i) else -np.inf for i in idx])
+                out[idx] = np.where(np.isfinite(ll + lp[idx]), ll + lp[idx], -np.inf)
+            return out
+        # one draw of (β, b) per evaluated θ through its factor (no second factorization for the draws)
+        carry = (np.zeros((theta.shape[0], self.st.p)), np.zeros((theta.shape[0], self.st.size))) if self.carry \
+            else None
         for b in range(theta.shape[0]):
             if not (np.isfinite(lp[b]) and np.isfinite(sigma[b]) and sigma[b] > 0
                     and all(np.all(np.isfinite(lam[b])) for lam in lams)):
@@ -612,13 +892,30 @@ class HyperTarget:
             self.n_eval += 1
             with np.errstate(all="ignore"):
                 try:
-                    ll = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]),
-                                [lam[b] for lam in lams]).ll
+                    lam_b = [lam[b] for lam in lams]
+                    pc = pieces(self.st, self.fz, self.m0, self.Q0, self.logdet_prior, float(sigma[b]), lam_b)
+                    ll = pc.ll
+                    if carry is not None and np.isfinite(ll):
+                        carry[0][b], carry[1][b] = _draw_factored(self.st, self.fz, self.m0, pc, float(sigma[b]),
+                                                                  lam_b, self.rng)
                 except (np.linalg.LinAlgError, ValueError, ArithmeticError):
                     continue
             v = ll + lp[b]
             out[b] = v if np.isfinite(v) else -np.inf
+        if carry is not None:
+            self.last_theta, self.last_draws = theta.copy(), carry
         return out
+
+    def draws_at(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (β, stacked b) drawn when the last batch was evaluated, for each row of θ; ``None`` when
+        some row was not in it."""
+        if self.last_theta is None:
+            return None
+        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        if np.any(pos < 0):
+            return None
+        return self.last_draws[0][pos], self.last_draws[1][pos]
 
     def center(self) -> np.ndarray:
         """A data-scaled start: σ at 0.8 and each SD at 0.5 of the regression's residual SD (per unit
@@ -673,7 +970,7 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     hp = HyperPrior.from_bound(bound)
     m0, s0 = st.shift.prior(np.asarray(hp.m0, dtype=float).reshape(st.p), np.asarray(hp.s0, dtype=float).reshape(st.p))
     target = HyperTarget(
-        st, fz, m0, s0, settings, sigma_prior=hp.sigma if bound.has_sigma else None,
+        st, fz, m0, s0, settings, seed=seed, sigma_prior=hp.sigma if bound.has_sigma else None,
         sd_priors=[[bound.priors[n] for n in b.sd_names] if b.Sigma is None else None for b in bound.blocks],
         lkj_eta=[float(bound.priors[f"cor({b.factor})"].args[0]) if f"cor({b.factor})" in bound.priors else 1.0
                  for b in bound.blocks])
@@ -682,6 +979,12 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     info: dict[str, Any] = {"hyper_dims": target.dim, "factorization": fz.backend, "group_values": st.size}
     if progress:
         progress("hyperparameters", 0.05)
+    with _blas(fz):
+        return _sample(bound, st, fz, target, m0, C, D, ss_hyper, ss_cond, info, t0, progress)
+
+
+def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarget, m0: np.ndarray, C: int, D: int,
+            ss_hyper: Any, ss_cond: Any, info: dict[str, Any], t0: float, progress: Progress | None) -> Draws | str:
     if target.dim:
         res = imh._imh(target, C, D, np.random.default_rng(ss_hyper))
         if isinstance(res, str):
@@ -702,8 +1005,14 @@ def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
     sigma, sds, Ls, lams, _ = target.unpack(theta)
     if progress:
         progress("group values", 0.6)
-    beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
-                   np.random.default_rng(ss_cond))
+    carried = target.draws_at(theta) if target.carry else None
+    if carried is not None:
+        beta = carried[0]
+        b = [carried[1][:, o:o + J * q].reshape(-1, J, q) for o, J, q in zip(st.offsets, st.J, st.q)]
+        info["group_values_drawn"] = "with the hyperparameters' evaluations"
+    else:
+        beta, b = draw(st, fz, m0, target.Q0, sigma, [np.ascontiguousarray(lam) for lam in lams],
+                       np.random.default_rng(ss_cond))
     beta = st.shift.unshift(beta)
     t2 = time.perf_counter()
     info.update({"seconds": t2 - t0, "seconds_hyper": t1 - t0, "seconds_conditional": t2 - t1})
@@ -732,7 +1041,8 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
         progress("group values", 0.7)
     p = st.p
     lams = [np.broadcast_to(lam, (C * D,) + lam.shape) for lam in est.lams]
-    beta, b = draw(st, fz, np.zeros(p), np.zeros((p, p)), np.full(C * D, est.sigma), lams, rng)
+    with _blas(fz):
+        beta, b = draw(st, fz, np.zeros(p), np.zeros((p, p)), np.full(C * D, est.sigma), lams, rng)
     beta_hat = st.shift.unshift(est.beta)
     beta = st.shift.unshift(beta)
     estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
@@ -770,3 +1080,12 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
         progress("done", 1.0)
     return Draws(beta=beta.reshape(C, D, p), sigma=np.full((C, D), est.sigma) if bound.has_sigma else None,
                  tau=None, b=None, method="empirical", info=info, blocks=_blocks(bound, C, D, sds, corrs, b))
+
+
+def _finite_chol(target: HyperTarget, sigma: np.ndarray, lams: Sequence[np.ndarray], i: int) -> bool:
+    """Whether A at draw i of a batch has a Cholesky factor (it is positive definite)."""
+    try:
+        np.linalg.cholesky(target.fz.pattern.dense([lam[i:i + 1] for lam in lams], sigma[i:i + 1] ** 2))
+    except np.linalg.LinAlgError:
+        return False
+    return True
