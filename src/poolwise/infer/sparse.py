@@ -425,7 +425,9 @@ class FactorSetting:
         return L
 
     def lower(self) -> np.ndarray:
-        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free."""
+        """Bounds on θ: diagonals ≥ 0, below-diagonal entries free (nothing when Σ is fixed)."""
+        if not self.learned:
+            return np.zeros(0)
         if self.correlated and self.q > 1:
             r, c = _tril_column_major(self.q)
             return np.where(r == c, 0.0, -np.inf)
@@ -561,13 +563,19 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
         return np.where(np.isfinite(out), out, math.inf)
 
     def fun_jac(x: np.ndarray) -> tuple[float, np.ndarray]:
-        """f and its gradient by central differences, in one batch."""
-        h = 1e-6 * np.maximum(1.0, np.abs(x))
+        """f and its gradient by central differences in one batch (small systems), or forward
+        differences (each evaluation a sparse factorization: d + 1 of them, not 2d + 1)."""
         lo = np.array([b[0] if b[0] is not None else -np.inf for b in bounds])
+        d = x.size
+        if not fz.dense:
+            h = 1e-7 * np.maximum(1.0, np.abs(x))
+            v = negll_batch(np.vstack([x[None], x + np.diag(h)]))
+            g = (v[1:] - v[0]) / h
+            return float(v[0]), np.where(np.isfinite(g), g, 0.0)
+        h = 1e-6 * np.maximum(1.0, np.abs(x))
         E = np.diag(h)
         up, dn = x + E, np.maximum(x - E, lo)  # one-sided at a bound
         v = negll_batch(np.vstack([x[None], up, dn]))
-        d = x.size
         g = (v[1:d + 1] - v[d + 1:]) / (up - dn).diagonal()
         return float(v[0]), np.where(np.isfinite(g), g, 0.0)
 
@@ -582,7 +590,7 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
             converged = bool(res.success) or not better
             if not better:
                 break
-        x, fx = _polish(negll_batch, x, fx, lower)
+        x, fx = _polish(negll_batch, x, fx, lower, full=fz.dense)
     # σ and the absolute Λ at the optimum
     if profile:
         ll, s2 = _profiled(st, fz, rel_lams(x), reml=reml)
@@ -603,10 +611,11 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
                       converged=bool(converged and math.isfinite(ll)), evaluations=n_eval, backend=fz.backend)
 
 
-def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[np.ndarray, float]:
+def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray, *, full: bool = True) -> tuple[np.ndarray, float]:
     """Damped Newton steps (finite differences, :func:`poolwise.infer.imh._newton_mode`) on the
     coordinates away from their bound, diagonals on the log scale: the last digits L-BFGS-B leaves
-    on a flat criterion (a factor with few levels)."""
+    on a flat criterion (a factor with few levels).  With ``full=False`` (each evaluation a sparse
+    factorization) Newton steps one coordinate at a time (2 evaluations each, a few sweeps)."""
     lo = np.concatenate([lower, np.full(x.size - lower.size, -np.inf)])
     free = ~(np.isfinite(lo) & (x <= lo + 1e-7))
     logged = free & np.isfinite(lo)
@@ -622,10 +631,37 @@ def _polish(f: Any, x: np.ndarray, fx: float, lower: np.ndarray) -> tuple[np.nda
 
     z0 = x[free].copy()
     z0[logged[free]] = np.log(z0[logged[free]])
-    z, fz_, _, _ = imh._newton_mode(lambda zb: f(embed(np.atleast_2d(zb))), z0, max_iter=30)
+    if not full:
+        z, fz_ = _coordinate_newton(lambda zb: f(embed(np.atleast_2d(zb))), z0, fx)
+    else:
+        z, fz_, _, _ = imh._newton_mode(lambda zb: f(embed(np.atleast_2d(zb))), z0, max_iter=30)
     if np.isfinite(fz_) and fz_ <= fx:
         return embed(z[None])[0], float(fz_)
     return x, fx
+
+
+def _coordinate_newton(f: Any, z: np.ndarray, fz: float, sweeps: int = 3, h: float = 1e-3) -> tuple[np.ndarray, float]:
+    """Newton steps along each coordinate in turn (central second differences), kept when they lower f."""
+    z = z.copy()
+    for _ in range(sweeps):
+        start = fz
+        for i in range(z.size):
+            pts = np.repeat(z[None], 2, axis=0)
+            pts[0, i] += h
+            pts[1, i] -= h
+            up, dn = f(pts)
+            curv = (up - 2.0 * fz + dn) / (h * h)
+            if not (np.isfinite(curv) and curv > 0):
+                continue
+            step = -np.clip((up - dn) / (2.0 * h) / curv, -0.5, 0.5)
+            trial = z.copy()
+            trial[i] += step
+            ft = float(f(trial[None])[0])
+            if ft < fz:
+                z, fz = trial, ft
+        if start - fz < 1e-10 * max(1.0, abs(fz)):
+            break
+    return z, fz
 
 
 def _split_theta_batch(theta: np.ndarray, settings: Sequence[FactorSetting]) -> list[np.ndarray]:
