@@ -22,9 +22,10 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from .compare import POOLINGS, Comparison, compare
-from .errors import PoolwiseError, PriorError
+from .compare import POOLINGS, Comparison, compare, pooling_factors
+from .errors import PoolwiseError, PriorError, SpecError
 from .fit import Fit, fit
 from .output import check_folder, check_outputs, number, write_file
 
@@ -77,8 +78,13 @@ ReportOpt = Annotated[Path | None, typer.Option(
 def fit_command(
     data: DataArg,
     formula: FormulaOpt,
-    pooling: Annotated[str, typer.Option(
-        help="hierarchical | pooled | unpooled | a positive number (a fixed group SD).")] = "hierarchical",
+    pooling: Annotated[list[str] | None, typer.Option(
+        metavar="SETTING",
+        help="hierarchical | pooled | unpooled | a positive number (a fixed group SD), for every group term; "
+             "or per term TERM=SETTING, the term as the formula writes it or its grouping factor, e.g. "
+             "--pooling '1|s=hierarchical' --pooling '1|d=pooled' (repeatable, or comma-separated: "
+             "'1|s=hierarchical,1|d=pooled'); terms not named are hierarchical. [default: hierarchical]",
+        show_default=False)] = None,
     family: FamilyOpt = "gaussian",
     method: MethodOpt = None,
     seed: SeedOpt = 0,
@@ -99,19 +105,26 @@ def fit_command(
         targets, _ = _check_outputs(out, FIT_FILES, None, force)
         priors = _parse_priors(prior)
         with _progress() as step:
-            f = fit(formula, os.fspath(data), family=family, pooling=pooling, priors=priors, method=method,
-                    seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
+            f = fit(formula, os.fspath(data), family=family, pooling=_join_pooling(pooling), priors=priors,
+                    method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
                     spark=_spark_session() if engine == "spark" else None)
+            step("summary and convergence diagnostics", 1.0)
+            summary = f.summary(groups=False)
+            notes = f.notes()
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
-        console.print(_summary_table(f))
+        console.print(_summary_table(summary))
         console.print(_priors_table(f))
-        for note in f.notes():
+        for note in notes:
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
-            f.to_netcdf(targets["fit.nc"], overwrite=force)
-            write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
-            write_file(targets["pooling_factors.csv"], f.pooling_factors().to_csv, overwrite=force)
+            with _progress() as step:
+                step(f"writing {out}", 0.0)
+                f.to_netcdf(targets["fit.nc"], overwrite=force)
+                write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
+                # one term: indexed by group; several: by (term, group), with each term's factor
+                pf = f.pooling_factors() if sum(b.q for b in f.bound.blocks) == 1 else pooling_factors(f)
+                write_file(targets["pooling_factors.csv"], pf.to_csv, overwrite=force)
             _print_written(console, targets.values())
 
 
@@ -148,31 +161,41 @@ def compare_command(
         with _progress() as step:
             cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
                           chains=chains, draws=draws, warmup=warmup, progress=step)
-            step("PSIS-LOO", 1.0)
+            step("per-group table and pooling factors", 1.0)
             table = cmp.table()
+            step("PSIS-LOO", 1.0)
             loo = cmp.loo()
+            step("convergence diagnostics", 1.0)
+            notes = {name: fitted.notes() for name, fitted in cmp.fits.items()}
         console = _stdout()
         console.print(repr(cmp), markup=False, highlight=False)
-        console.print(_groups_table(cmp, table))
-        if len(table) > SHOWN_GROUPS:
-            where = f"; all of them in {targets['table.csv']}" if out is not None else " (use --out for all)"
-            console.print(f"{SHOWN_GROUPS} smallest of {len(table)} groups shown{where}.", markup=False,
-                          highlight=False)
+        for factor, term, frame in _factor_tables(cmp, table):
+            console.print(_groups_table(cmp, frame, factor, term))
+            if len(frame) > SHOWN_GROUPS:
+                where = f"; all of them in {targets['table.csv']}" if out is not None else " (use --out for all)"
+                of = f"{factor} groups" if len(cmp.factors) > 1 else "groups"
+                console.print(f"{SHOWN_GROUPS} smallest of {len(frame)} {of} shown{where}.", markup=False,
+                              highlight=False)
         console.print(_loo_table(loo))
-        console.print(_population_line(cmp.population()), markup=False, highlight=False)
-        for name, fitted in cmp.fits.items():
-            for note in fitted.notes():
+        for term in cmp.factor_terms:
+            console.print(_population_line(cmp.population(term), term if len(cmp.factor_terms) > 1 else None),
+                          markup=False, highlight=False)
+        for name, said in notes.items():
+            for note in said:
                 console.print(f"note ({name}): {note}", markup=False, highlight=False)
         if out is not None:
             from .plots import plot_comparison
 
-            fig = plot_comparison(cmp)
-            write_file(targets["comparison.png"], lambda tmp: fig.savefig(tmp, dpi=120), overwrite=force)
-            write_file(targets["comparison.svg"], fig.savefig, overwrite=force)
-            write_file(targets["table.csv"], table.to_csv, overwrite=force)
-            write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
-            for name, f in cmp.fits.items():
-                f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
+            with _progress() as step:
+                step("drawing the figure", 0.0)
+                fig = plot_comparison(cmp)
+                step(f"writing {out}", 0.5)
+                write_file(targets["comparison.png"], lambda tmp: fig.savefig(tmp, dpi=120), overwrite=force)
+                write_file(targets["comparison.svg"], fig.savefig, overwrite=force)
+                write_file(targets["table.csv"], table.to_csv, overwrite=force)
+                write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
+                for name, f in cmp.fits.items():
+                    f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
             _print_written(console, targets.values())
         if report_path is not None:
             from .report import write_report
@@ -270,6 +293,19 @@ def _spark_session() -> Any:
               "SPARK_REMOTE=sc://host:15002 for a Spark Connect server).")
 
 
+def _join_pooling(items: Sequence[str] | None) -> str:
+    """The repeated ``--pooling`` values as the one text the library reads: ``"hierarchical"``, or
+    ``"1|s=hierarchical, 1|d=pooled"`` per term (:class:`~poolwise.spec.ModelSpec` checks it)."""
+    items = [i.strip() for i in items or () if i.strip()]
+    if not items:
+        return "hierarchical"
+    if len(items) > 1 and not all("=" in i for i in items):
+        raise SpecError(f"Cannot combine --pooling {' --pooling '.join(repr(i) for i in items)}.", option="pooling",
+                        hint="Give one setting for every term (--pooling pooled), or TERM=SETTING for each term "
+                             "(--pooling '1|s=pooled' --pooling '1|d=hierarchical').")
+    return ", ".join(items)
+
+
 def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
     """``["sd(Intercept|g)=half_normal(2)"]`` → ``{"sd(Intercept|g)": "half_normal(2)"}``."""
     priors: dict[str, str] = {}
@@ -285,14 +321,20 @@ def _parse_priors(items: Sequence[str] | None) -> dict[str, str]:
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, float], None]]:
-    """A Rich progress bar on stderr fed by the library's ``progress(stage, fraction)``."""
+    """A Rich progress bar on stderr fed by the library's ``progress(stage, fraction)``; each new
+    stage is drawn at once (so that a short stage is seen too), fractions at Rich's refresh rate.
+    Shown on a terminal only (or where ``FORCE_COLOR`` / ``TTY_COMPATIBLE=1`` say stderr is one)."""
     console = Console(stderr=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("fitting", total=1.0)
+        task = bar.add_task("starting", total=1.0)
+        last = [""]
 
         def step(stage: str, fraction: float) -> None:
-            bar.update(task, description=stage, completed=min(max(float(fraction), 0.0), 1.0))
+            bar.update(task, description=Text(stage), completed=min(max(float(fraction), 0.0), 1.0))
+            if stage != last[0]:
+                last[0] = stage
+                bar.refresh()
 
         yield step
 
@@ -305,7 +347,7 @@ def _print_written(console: Console, paths: Any) -> None:
 
 
 def _table(title: str) -> Table:
-    return Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
+    return Table(title=Text(title), title_justify="left", title_style="bold", box=box.SIMPLE_HEAD)
 
 
 def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict[str, int] | None = None) -> Table:
@@ -319,12 +361,12 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
             v = row[col]
             digits = (formats or {}).get(str(col), 4)
             cells.append(str(int(v)) if digits == 0 and pd.notna(v) else number(v, digits))
-        table.add_row(str(idx), *cells)
+        table.add_row(Text(str(idx)), *cells)
     return table
 
 
-def _summary_table(f: Fit) -> Table:
-    s = f.summary(groups=False)
+def _summary_table(s: pd.DataFrame) -> Table:
+    """The posterior summary (``Fit.summary(groups=False)``) as a Rich table."""
     s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
     s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
     digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4}
@@ -336,21 +378,32 @@ def _priors_table(f: Fit) -> Table:
     for col in ("parameter", "prior", "source"):
         table.add_column(col)
     for name, row in f.priors.iterrows():
-        table.add_row(str(name), str(row["prior"]), str(row["source"]))
+        table.add_row(Text(str(name)), Text(str(row["prior"])), str(row["source"]))
     return table
 
 
-def _groups_table(cmp: Comparison, table: pd.DataFrame) -> Table:
+def _factor_tables(cmp: Comparison, table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """(factor, term, its rows) of :meth:`Comparison.table`: one per grouping factor."""
+    if isinstance(table.index, pd.MultiIndex):
+        return [(str(f), str(frame["term"].iloc[0]), frame.droplevel("factor"))
+                for f, frame in table.groupby(level="factor", sort=False)]
+    return [(cmp.group_column, str(table.attrs.get("term", "")), table)]
+
+
+def _groups_table(cmp: Comparison, table: pd.DataFrame, factor: str, term: str) -> Table:
     scale = {"logit": " (logit scale)", "log": " (log scale)"}.get(cmp.hierarchical.spec.fam.link, "")
-    out = _table(f"Group intercepts{scale}: posterior mean [95% interval]")
-    out.add_column(cmp.group_column, no_wrap=True)
+    expr = term.partition("|")[0]
+    what = "Group intercepts" if expr == "1" else f"Group slopes of {expr}"
+    by = f" by {factor}" if len(cmp.factors) > 1 else ""
+    out = _table(f"{what}{by}{scale}: posterior mean [95% interval]")
+    out.add_column(Text(factor), no_wrap=True)
     out.add_column("n", justify="right")
     for name in POOLINGS:
         out.add_column(name, justify="right")
     out.add_column("λ", justify="right")
     for label, row in table.head(SHOWN_GROUPS).iterrows():
         cells = [f"{number(row[f'{p}_mean'])} [{number(row[f'{p}_lo'])}, {number(row[f'{p}_hi'])}]" for p in POOLINGS]
-        out.add_row(str(label), str(int(row["n"])), *cells, number(row["lambda"], 2))
+        out.add_row(Text(str(label)), str(int(row["n"])), *cells, number(row["lambda"], 2))
     return out
 
 
@@ -358,9 +411,10 @@ def _loo_table(loo: pd.DataFrame) -> Table:
     return _frame_table(loo, "PSIS-LOO (best first)", "pooling", {"n_bad_k": 0, "n_refits": 0, "pareto_k_max": 3})
 
 
-def _population_line(pop: dict[str, float]) -> str:
+def _population_line(pop: dict[str, float], term: str | None = None) -> str:
     parts = []
     for key in ("mean", "tau", "sigma"):
         if key in pop:
             parts.append(f"{key} {number(pop[key])} [{number(pop[f'{key}_lo'])}, {number(pop[f'{key}_hi'])}]")
-    return "population (hierarchical): " + ", ".join(parts)
+    of = f" of {term}" if term else ""
+    return f"population{of} (hierarchical): " + ", ".join(parts)

@@ -29,7 +29,7 @@ from .priors import Prior
 from .spec import ModelSpec
 
 __all__ = ["compare", "Comparison", "POOLINGS", "loo", "logo", "Recommendation", "predictive_sample",
-           "diagnostics"]
+           "diagnostics", "pooling_factors"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
 
@@ -53,7 +53,10 @@ def compare(
     Parameters
     ----------
     formula, data, family, priors, method, seed, chains, draws, warmup, memory_budget
-        As for :func:`poolwise.fit`; the pooling is varied.
+        As for :func:`poolwise.fit`; the pooling is varied, every group term alike (a
+        per-term pooling of a :class:`~poolwise.spec.ModelSpec` is replaced).  With several
+        grouping factors, :meth:`Comparison.table`, :meth:`Comparison.pooling_factors`, the
+        figures and the report cover each factor.
     progress
         Optional callback ``(stage, fraction)``, stage naming the pooling being fitted.
 
@@ -117,6 +120,16 @@ class Comparison:
         """Every group term of every grouping factor, by its variable name: ``["1|g", "x|g", "1|a"]``."""
         return [blk.term.value_name(e) for blk in self.hierarchical.bound.blocks for e in blk.exprs]
 
+    @property
+    def factors(self) -> list[str]:
+        """The grouping factors, in the formula's order: ``["s", "d"]``."""
+        return [blk.factor for blk in self.hierarchical.bound.blocks]
+
+    @property
+    def factor_terms(self) -> list[str]:
+        """The first group term of each grouping factor (its intercept, usually): ``["1|s", "1|d"]``."""
+        return [blk.term.value_name(blk.exprs[0]) for blk in self.hierarchical.bound.blocks]
+
     def table(self, prob: float = 0.95, *, term: str | None = None) -> pd.DataFrame:
         """Per group: size, one group term's coefficient under each pooling, pooling factor, shrinkage.
 
@@ -127,10 +140,15 @@ class Comparison:
         term
             The group term (see :attr:`terms`): ``"1|g"``, ``"x|g"``, or a term name such as
             ``"x"`` when only one grouping factor varies it.  Default: the first grouping
-            factor's first term.
+            factor's first term; with several grouping factors, every factor's first term
+            (:attr:`factor_terms`), one table under the other (see Returns).
 
         Returns
         -------
+        With several grouping factors and no ``term``: the tables of :attr:`factor_terms`
+        stacked, indexed by (``factor``, ``group``), each factor's groups ordered by size, with
+        a column ``term``; ``.attrs`` then holds ``terms`` and, per term, ``batch_pooling`` and
+        ``group_level`` (dicts).  Otherwise:
         DataFrame indexed by the term's group labels, ordered by size, with columns ``n``;
         ``<pooling>_mean``, ``<pooling>_lo``, ``<pooling>_hi`` for each pooling (the group's
         coefficient: the common coefficient of the term plus the group's value,
@@ -159,6 +177,8 @@ class Comparison:
             For a term that is not a group term of the model, or an ambiguous one.
         """
         hier = self.hierarchical
+        if term is None and len(hier.bound.blocks) > 1:
+            return self._factors_table(prob)
         name = _term_name(hier, term)
         pf = hier.pooling_factors(prob, term=name)
         i, k = _term_index(hier, name)
@@ -187,6 +207,31 @@ class Comparison:
         out.attrs["group_level"] = list(u)
         out.attrs["batch_pooling"] = pf.attrs.get("batch")
         return out
+
+    def _factors_table(self, prob: float) -> pd.DataFrame:
+        """The tables of every grouping factor's first term, stacked (see :meth:`table`)."""
+        parts, batch, level = [], {}, {}
+        for blk, name in zip(self.hierarchical.bound.blocks, self.factor_terms):
+            t = self.table(prob, term=name)
+            batch[name], level[name] = t.attrs.get("batch_pooling"), t.attrs.get("group_level", [])
+            t = t.assign(term=name)
+            t.index = pd.MultiIndex.from_arrays([[blk.factor] * len(t), t.index.astype(str)],
+                                                names=["factor", "group"])
+            parts.append(t[["term"] + [c for c in t.columns if c != "term"]])
+        out = pd.concat(parts)
+        out.attrs = {"terms": list(self.factor_terms), "batch_pooling": batch, "group_level": level}
+        return out
+
+    def pooling_factors(self, prob: float = 0.95) -> pd.DataFrame:
+        """The hierarchical fit's pooling factors of every group term (:meth:`Fit.pooling_factors`).
+
+        Returns
+        -------
+        DataFrame indexed by (``term``, ``group``) with ``factor``, ``n``, ``lambda``,
+        ``lambda_lo``, ``lambda_hi`` and ``batch`` (Gelman & Pardoe's batch pooling factor of
+        the term, on each of its rows); ``.attrs["batch"]`` holds {term: batch pooling factor}.
+        """
+        return pooling_factors(self.hierarchical, prob)
 
     def population(self, term: str | None = None) -> dict[str, float]:
         """The hierarchical model's population distribution of one group term.
@@ -313,25 +358,35 @@ class Comparison:
            Otherwise hierarchical when some groups are small (n_j ≤ ``small``); with
            hierarchical and unpooled left, unpooled only when every group has ample data
            (pooling factors ≤ 0.05), else hierarchical (unpooled is its limit as τ grows).
+           With several grouping factors (each judged by its first term): τ near 0 means every
+           factor's, small groups those of any factor, ample data every factor's.
            Where none of this decides, the choice is ``"indistinguishable"`` and ``preferred``
            names the pooling the guidance leans to.
         4. Never unpooled when the hierarchical posterior of τ is concentrated near 0.
         """
         loo_t = self.loo(max_refits=max_refits, max_seconds=max_seconds)
         logo_t = self.logo(max_refits=max_refits, max_seconds=max_seconds)
-        pop = self.population()
         hier = self.hierarchical
-        pf = hier.pooling_factors()
-        lam = pf["lambda"].to_numpy(dtype=float)
-        n = pf["n"].to_numpy(dtype=float)
-        n_small = int((n <= small).sum())
-        sigma = pop.get("sigma")
-        unit = sigma if sigma is not None and sigma > 0 else None
-        tau, tau_lo, tau_hi = pop["tau"], pop["tau_lo"], pop["tau_hi"]
-        ref = 0.05 * (unit if unit is not None else float(hier.bound.scale))
-        lam_min = float(np.nanmin(lam)) if lam.size else float("nan")
-        lam_max = float(np.nanmax(lam)) if lam.size else float("nan")
-        tau_near_0 = bool(tau_lo <= ref or (lam.size > 0 and lam_min >= 0.9))
+        # per grouping factor (its first term): τ, the pooling factors, the small groups; the three
+        # fits pool every factor alike, so pooled needs every τ near 0 and unpooled every λ small
+        factors = []
+        for name in self.factor_terms:
+            pop = self.population(name)
+            pf = hier.pooling_factors(term=name)
+            lam = pf["lambda"].to_numpy(dtype=float)
+            n = pf["n"].to_numpy(dtype=float)
+            sigma = pop.get("sigma")
+            unit = sigma if sigma is not None and sigma > 0 else None
+            ref = 0.05 * (unit if unit is not None else float(hier.bound.scale))
+            lam_min = float(np.nanmin(lam)) if lam.size else float("nan")
+            lam_max = float(np.nanmax(lam)) if lam.size else float("nan")
+            factors.append({"term": name, "pop": pop, "lam": lam, "n": n, "unit": unit, "lam_min": lam_min,
+                            "lam_max": lam_max, "n_small": int((n <= small).sum()),
+                            "near_0": bool(pop["tau_lo"] <= ref or (lam.size > 0 and lam_min >= 0.9))})
+        tau_near_0 = all(fc["near_0"] for fc in factors)
+        n_small = sum(fc["n_small"] for fc in factors)
+        ample = all(fc["lam"].size and fc["lam_max"] <= 0.05 for fc in factors)
+        several = len(factors) > 1
 
         table = pd.DataFrame({
             "elpd_loo": loo_t["elpd_loo"], "d_loo": loo_t["elpd_diff"], "dse_loo": loo_t["dse"],
@@ -354,20 +409,25 @@ class Comparison:
                            + ", ".join(parts) + ".")
         reasons.extend(_reliability(loo_t, logo_t))
         reasons.extend(self._convergence_reasons())
-        if unit is not None:
-            reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
-                           f"{number(tau / unit, 3)} × the within-group SD σ = {unit:.3g}.")
-        else:
-            reasons.append(f"Population SD τ = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
-        if lam.size:
-            if f"{lam_min:.2f}" == f"{lam_max:.2f}":
-                reasons.append(f"Pooling factor λ_j = {lam_min:.2f} for every group "
-                               f"(0 = the group's own estimate, 1 = the population value).")
+        for fc in factors:
+            of = f" of {fc['term']}" if several else ""
+            tau, tau_lo, tau_hi, unit = fc["pop"]["tau"], fc["pop"]["tau_lo"], fc["pop"]["tau_hi"], fc["unit"]
+            if unit is not None:
+                reasons.append(f"Population SD τ{of} = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}), "
+                               f"{number(tau / unit, 3)} × the within-group SD σ = {unit:.3g}.")
             else:
-                reasons.append(f"Pooling factors λ_j range from {lam_min:.2f} to {lam_max:.2f} "
-                               f"(0 = the group's own estimate, 1 = the population value).")
-        if n_small:
-            reasons.append(f"{n_small} of {n.size} groups have {small} or fewer rows.")
+                reasons.append(f"Population SD τ{of} = {tau:.3g} (95% interval {tau_lo:.3g} to {tau_hi:.3g}).")
+            lam_min, lam_max = fc["lam_min"], fc["lam_max"]
+            if fc["lam"].size:
+                if f"{lam_min:.2f}" == f"{lam_max:.2f}":
+                    reasons.append(f"Pooling factor λ_j{of} = {lam_min:.2f} for every group "
+                                   f"(0 = the group's own estimate, 1 = the population value).")
+                else:
+                    reasons.append(f"Pooling factors λ_j{of} range from {lam_min:.2f} to {lam_max:.2f} "
+                                   f"(0 = the group's own estimate, 1 = the population value).")
+            if fc["n_small"]:
+                groups = f"{fc['term'].partition('|')[2]} groups" if several else "groups"
+                reasons.append(f"{fc['n_small']} of {fc['n'].size} {groups} have {small} or fewer rows.")
 
         preferred: str
         if len(remain) == 1:
@@ -383,7 +443,7 @@ class Comparison:
                 choice = preferred = "hierarchical"
                 why = "τ's 95% interval excludes ~0 and there are small groups, which borrow strength"
             elif set(remain) == {"hierarchical", "unpooled"}:
-                if lam.size and lam_max <= 0.05:
+                if ample:
                     choice = preferred = "unpooled"
                     why = "the groups are distinct and every group has ample data (λ_j ≤ 0.05)"
                 else:
@@ -472,8 +532,10 @@ class Comparison:
 
     def __repr__(self) -> str:
         f = self.hierarchical
-        return (f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={f.bound.n_groups} "
-                f"method={f.method}>")
+        blocks = f.bound.blocks
+        groups = (str(f.bound.n_groups) if len(blocks) == 1
+                  else "(" + ", ".join(f"{b.factor}: {b.n_groups}" for b in blocks) + ")")
+        return f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
 
 
 def _named(items: list[Any], most: int = 5) -> str:
@@ -516,6 +578,22 @@ def _reliability(loo_t: pd.DataFrame, logo_t: pd.DataFrame) -> list[str]:
         out.append(f"{what}: " + "; ".join(parts) + ": the ΔELPD involving "
                    f"{'it' if len(left) == 1 else 'them'} is approximate (more refits: "
                    "recommend(max_refits=..., max_seconds=...)).")
+    return out
+
+
+def pooling_factors(f: Fit, prob: float = 0.95) -> pd.DataFrame:
+    """Pooling factors of every group term of ``f``, one table (see :meth:`Comparison.pooling_factors`)."""
+    parts, batch = [], {}
+    for blk in f.bound.blocks:
+        for e in blk.exprs:
+            name = blk.term.value_name(e)
+            pf = f.pooling_factors(prob, term=name)
+            batch[name] = pf.attrs.get("batch")
+            pf = pf.assign(factor=blk.factor, batch=batch[name])
+            pf.index = pd.MultiIndex.from_arrays([[name] * len(pf), pf.index.astype(str)], names=["term", "group"])
+            parts.append(pf[["factor", "n", "lambda", "lambda_lo", "lambda_hi", "batch"]])
+    out = pd.concat(parts)
+    out.attrs = {"batch": batch}
     return out
 
 

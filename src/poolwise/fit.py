@@ -34,7 +34,7 @@ from .infer import BlockDraws, Draws, Progress, run
 from .output import write_file
 from .priors import Prior
 from .query import bind_data
-from .spec import BoundSpec, GroupBlock, ModelSpec, format_bytes, physical_memory
+from .spec import BoundSpec, GroupBlock, ModelSpec, Pooling, format_bytes, physical_memory
 
 __all__ = ["fit", "bind_data", "Fit", "MEMORY_BUDGET", "GROUP_BUDGET", "RHAT_MAX", "ESS_PER_CHAIN",
            "DIAGNOSTIC_GROUP_VALUES", "convergence_flags", "DRAWS_MEMORY_FRACTION", "draws_memory"]
@@ -85,7 +85,7 @@ def fit(
     data: _data.DataLike,
     *,
     family: str = "gaussian",
-    pooling: str | float = "hierarchical",
+    pooling: str | float | Mapping[str, str | float] = "hierarchical",
     priors: Mapping[str, str | Prior] | None = None,
     method: str | None = None,
     seed: int = 0,
@@ -120,7 +120,9 @@ def fit(
         ``"negative_binomial"``.
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (a fixed
-        population SD).
+        population SD), for every group term; or per term, ``{"1|s": "hierarchical", "1|d":
+        "pooled"}`` (terms as the formula writes them, or their grouping factor; terms not
+        named are ``"hierarchical"``; see :class:`~poolwise.spec.ModelSpec`).
     priors
         Priors by parameter name; defaults are data-scaled (see ``fit.priors``).
     method
@@ -273,7 +275,8 @@ class Fit:
         return self.draws.method
 
     @property
-    def pooling(self) -> str | float:
+    def pooling(self) -> Pooling:
+        """The pooling: one setting, or (term, setting) pairs (see :class:`~poolwise.spec.ModelSpec`)."""
         return self.spec.pooling
 
     @property
@@ -344,7 +347,7 @@ class Fit:
         sd = math.sqrt(float(block.Sigma[k, k]))
         if block.pooled:
             return "0 (pooled: group term dropped)"
-        if self.pooling == "unpooled":
+        if self.spec.pooling_of(block.term) == "unpooled":
             if self.spec.fam.identity:
                 unit = "" if block.exprs[k] == "Intercept" else f" / sd({block.exprs[k]})"
                 return f"{sd:.4g} fixed (unpooled: 10 × data scale{unit})"
@@ -354,8 +357,11 @@ class Fit:
 
     def __repr__(self) -> str:
         b = self.bound
-        return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={self.pooling} "
-                f"method={self.method} rows={b.n_obs} groups={b.n_groups} draws={self.draws.n_chains}×"
+        pooling = repr(self.spec.pooling_text) if isinstance(self.pooling, tuple) else self.spec.pooling_text
+        groups = (str(b.n_groups) if len(b.blocks) == 1
+                  else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
+        return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={pooling} "
+                f"method={self.method} rows={b.n_obs} groups={groups} draws={self.draws.n_chains}×"
                 f"{self.draws.n_draws}>")
 
     # -- draws as arrays -------------------------------------------------------------------
@@ -448,8 +454,11 @@ class Fit:
             ov = self.block_draws[j].values
             if ov is None:
                 continue
-            parent = np.empty(block.n_groups, dtype=np.int64)
-            parent[block.group] = outer.group
+            if b.has_rows:
+                parent = np.empty(block.n_groups, dtype=np.int64)
+                parent[block.group] = outer.group
+            else:  # reduced in the query: from the level pairs the two factors share
+                parent = _reduce.bound_sparse_stats(b).parent(i, j)
             out = out + ov[..., parent, outer.exprs.index(e)]
         return out
 
@@ -694,19 +703,20 @@ class Fit:
             found = separation(b.X, b.y, n)
             if found is not None:
                 out.append(separation_text(b.coef_names, found))
-            if b.spec.pooling == "unpooled":
-                for blk in b.blocks:
-                    J = len(blk.levels)
-                    succ = np.bincount(blk.group, weights=np.asarray(b.y, dtype=float), minlength=J)
-                    tot = np.bincount(blk.group, weights=n, minlength=J)
-                    extreme = [str(blk.levels[j]) for j in range(J)
-                               if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
-                    if extreme:
-                        rest = f" and {len(extreme) - 10} more" if len(extreme) > 10 else ""
-                        shown = ", ".join(extreme[:10]) + rest
-                        out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes "
-                                   "all 0 or all 1, so under unpooled their own values are determined by the prior; "
-                                   "the hierarchical model lets the other groups inform them.")
+            for blk in b.blocks:
+                if b.spec.pooling_of(blk.term) != "unpooled":
+                    continue
+                J = len(blk.levels)
+                succ = np.bincount(blk.group, weights=np.asarray(b.y, dtype=float), minlength=J)
+                tot = np.bincount(blk.group, weights=n, minlength=J)
+                extreme = [str(blk.levels[j]) for j in range(J)
+                           if tot[j] > 0 and (succ[j] == 0 or succ[j] == tot[j])]
+                if extreme:
+                    rest = f" and {len(extreme) - 10} more" if len(extreme) > 10 else ""
+                    shown = ", ".join(extreme[:10]) + rest
+                    out.append(f"Separation by {blk.factor}: {len(extreme)} of {J} groups ({shown}) have outcomes "
+                               "all 0 or all 1, so under unpooled their own values are determined by the prior; "
+                               "the hierarchical model lets the other groups inform them.")
         self._separation = out
         return out
 
@@ -750,7 +760,7 @@ class Fit:
                        "group-level results use the kept draws.")
         r = self.bound.reduced
         if r is not None:
-            out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {self.bound.n_groups:,} rows of "
+            out.append(f"{r.n_obs:,} rows reduced inside {r.engine} ({r.source}) to {r.returned:,} rows of "
                        "sufficient statistics in one query; the rows were never loaded.")
         return out
 
@@ -1031,7 +1041,7 @@ def _to_inference_data(f: Fit) -> Any:
     if b.reduced is not None:
         idata.posterior.attrs.update({"reduced_in": f"{b.reduced.engine}: {b.reduced.source}"})
     idata.posterior.attrs.update({
-        "formula": b.spec.formula, "family": b.spec.fam.name, "pooling": str(b.spec.pooling),
+        "formula": b.spec.formula, "family": b.spec.fam.name, "pooling": b.spec.pooling_text,
         "method": d.method, "priors": "; ".join(f"{k} ~ {v}" for k, v in b.priors.items()),
         "n_obs": b.n_obs, "n_groups": b.n_groups, "inference_library": "poolwise",
     })

@@ -18,9 +18,11 @@ Two routes:
   quantiles.  The same quadrature gives p(y | τ) and so p(τ | y) ∝ p(y | τ) p(τ).  No draws:
   the path is deterministic and takes milliseconds.
 * **fixed-SD fits** (other families, varying slopes, several grouping factors, or
-  ``method="nuts"``).  One :func:`poolwise.fit` per grid point with ``pooling=τ`` (every group
-  SD fixed at τ; ``"pooled"`` at τ = 0) on a coarser grid, and the hierarchical fit for the
-  posterior of τ (a kernel density estimate of its draws of the first group SD on log τ).
+  ``method="nuts"``).  One :func:`poolwise.fit` per grid point with the swept factor's group
+  SDs fixed at τ (``"pooled"`` at τ = 0) and every other group term hierarchical (its SDs
+  learned at each τ), on a coarser grid, and the hierarchical fit for the posterior of τ (a
+  kernel density estimate of its draws of the followed term's SD on log τ).  With several
+  grouping factors, ``factor`` names the one whose SD moves.
 
 References
 ----------
@@ -47,7 +49,7 @@ from .infer import Progress
 from .infer import exact as _exact
 from .priors import Prior
 from .reduce import Reduced, reduce
-from .spec import BoundSpec, ModelSpec
+from .spec import BoundSpec, GroupTerm, ModelSpec, find_term, term_key
 
 __all__ = ["pooling_path", "PoolingPath", "default_grid", "EXACT_POINTS", "FIT_POINTS"]
 
@@ -89,6 +91,9 @@ class PoolingPath:
         The data scale the default grid is a multiple of.
     tau_draws
         The hierarchical fit's draws of τ on the fit route (``None`` on the closed-form route).
+    other_sds
+        On the fit route, the posterior mean of each learned SD of the other group terms at each
+        τ, ``{"sd(Intercept|d)": array (G,)}`` (empty for one grouping factor).
     notes
         How the numbers were computed (intervals, quadrature), in words.
     info
@@ -111,6 +116,7 @@ class PoolingPath:
     term: str
     scale: float
     tau_draws: np.ndarray | None = None
+    other_sds: dict[str, np.ndarray] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -181,6 +187,7 @@ def pooling_path(
     method: str | None = None,
     seed: int = 0,
     term: str | None = None,
+    factor: str | None = None,
     chains: int = 4,
     draws: int = 1000,
     warmup: int = 1000,
@@ -203,7 +210,12 @@ def pooling_path(
     seed
         Seed of the fits (unused by the closed form, which draws nothing).
     term
-        The group term followed on the fit route (default the first block's first term).
+        The group term followed on the fit route (default the swept factor's first term).
+    factor
+        The grouping factor whose population SD is swept (``"s"``, or its group term as the
+        formula writes it, ``"1|s"``); the other group terms stay hierarchical, their SDs
+        learned at each τ (see :attr:`PoolingPath.other_sds`).  Needed when the model has
+        several grouping factors, unless ``term`` names one of them.
     chains, draws, warmup
         Sampler settings of the fits on the fit route.
     progress
@@ -216,7 +228,9 @@ def pooling_path(
     Raises
     ------
     DataError, FormulaError, SpecError, PriorError
-        For bad input, before any computation.
+        For bad input, before any computation; a :class:`~poolwise.errors.SpecError` when the
+        model has several grouping factors and neither ``factor`` nor ``term`` says which SD
+        to sweep.
 
     Notes
     -----
@@ -248,6 +262,7 @@ def pooling_path(
         raise SpecError(f"The 'prob' option must be a number between 0 and 1. Got {prob!r}.", option="prob")
     if method not in (None, "exact", "nuts"):
         raise SpecError(f"The 'method' option must be 'exact' or 'nuts'. Got {method!r}.", option="method")
+    swept = _swept_term(base, factor, term)
     table = data if isinstance(data, _data.Table) else _data.read_table(data)
     bound = base.bind(table)
     intercept = term in (None, "1", "Intercept", f"1|{bound.group_column}", bound.sd_name)
@@ -257,9 +272,50 @@ def pooling_path(
     if closed:
         out = _closed_form(bound, tau, prob, progress)
     else:
-        out = _by_fits(bound, table, tau, prob, method, seed, term, chains, draws, warmup, progress)
+        out = _by_fits(bound, table, tau, prob, method, seed, term, swept, chains, draws, warmup, progress)
     out.info["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _swept_term(spec: ModelSpec, factor: str | None, term: str | None) -> GroupTerm | None:
+    """The group term whose SD the path sweeps: named by ``factor``, else the grouping factor of
+    ``term``, else the only one (``None`` for a formula without group terms, refused at bind).
+
+    Raises
+    ------
+    SpecError
+        For a factor that is not in the formula, a term outside it, or several grouping factors
+        and neither named.
+    """
+    terms = spec.group_terms
+    if factor is not None:
+        chosen = find_term(factor, terms, spec.formula, option="factor", what="The factor")
+        if term is not None and _factor_of(term, terms) not in (None, chosen):
+            raise SpecError(f"The term {term!r} is not a term of the factor {factor!r} whose SD the path sweeps.",
+                            hint=f"Follow a term of ({term_key(chosen)}), or leave 'term' out.", option="term")
+        return chosen
+    if len(terms) <= 1:
+        return terms[0] if terms else None
+    chosen = _factor_of(term, terms) if term is not None else None
+    if chosen is None:
+        listed = ", ".join(repr(t.factor) for t in terms)
+        raise SpecError(f"The formula {spec.formula} has {len(terms)} grouping factors ({listed}): the pooling path "
+                        "moves one factor's population SD, with the others learned.",
+                        hint=f"Say which with factor=, e.g. factor={terms[0].factor!r}.", option="factor")
+    return chosen
+
+
+def _factor_of(term: str | None, terms: tuple[GroupTerm, ...]) -> GroupTerm | None:
+    """The group term whose factor ``term`` (``"1|g"``, ``"x|g"``, ``"sd(x|g)"``) names, if any."""
+    if term is None:
+        return None
+    text = str(term).strip()
+    if text.startswith("sd(") and text.endswith(")"):
+        text = text[3:-1]
+    _, bar, factor = text.rpartition("|")
+    if not bar:
+        return None
+    return next((t for t in terms if t.factor == factor.strip()), None)
 
 
 def _check_grid(grid: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -482,10 +538,12 @@ def _tau_moments(tau: np.ndarray, density: np.ndarray) -> tuple[float, float]:
 
 
 def _by_fits(bound: BoundSpec, table: _data.Table, tau: np.ndarray, prob: float, method: str | None, seed: int,
-             term: str | None, chains: int, draws: int, warmup: int, progress: Progress | None) -> PoolingPath:
+             term: str | None, swept: GroupTerm | None, chains: int, draws: int, warmup: int,
+             progress: Progress | None) -> PoolingPath:
     spec = bound.spec
     steps = tau.size + 1
     rows: list[pd.DataFrame] = []
+    others: dict[str, list[float]] = {}
 
     def run(i: int, pooling: str | float) -> Fit:
         def step(stage: str, frac: float) -> None:
@@ -493,14 +551,22 @@ def _by_fits(bound: BoundSpec, table: _data.Table, tau: np.ndarray, prob: float,
                 what = "hierarchical" if pooling == "hierarchical" else f"tau = {pooling}"
                 progress(f"{what}: {stage}", (i + frac) / steps)
 
-        return fit(spec.replace(pooling=pooling), table, method=method, seed=seed + i, chains=chains, draws=draws,
+        # the swept factor's SDs at τ; every other group term hierarchical (learned)
+        setting: Any = pooling if swept is None else {term_key(swept): pooling}
+        return fit(spec.replace(pooling=setting), table, method=method, seed=seed + i, chains=chains, draws=draws,
                    warmup=warmup, progress=step)
 
     hier = run(0, "hierarchical")
+    if term is None and swept is not None:
+        term = swept.value_name(swept.exprs[0])
     name = _term_label(hier, term)
+    learned = [n for b in hier.bound.blocks if swept is None or b.term != swept
+               if b.Sigma is None for n in b.sd_names]
     for i, t in enumerate(tau, start=1):
         f = run(i, "pooled" if t == 0 else float(t))
         rows.append(f.group_estimates(prob, term=name))
+        for n in learned:
+            others.setdefault(n, []).append(float(f.param(n).mean()))
     first = rows[0]
     mean = np.stack([r["mean"].to_numpy(dtype=float) for r in rows])
     sd = np.stack([r["sd"].to_numpy(dtype=float) for r in rows])
@@ -516,8 +582,10 @@ def _by_fits(bound: BoundSpec, table: _data.Table, tau: np.ndarray, prob: float,
         formula=spec.formula, grid=tau, groups=[str(g) for g in first.index], n=first["n"].to_numpy(), mean=mean,
         sd=sd, lo=lo, hi=hi, density=density, prob=prob, method=hier.method, group_column=block.factor,
         outcome=spec.outcome, term=block.term.value_name(block.exprs[k]), scale=bound.scale, tau_draws=sd_draws,
-        notes=(f"One fit per τ with every group SD fixed at τ ({hier.method}); intervals are posterior quantiles "
-               "of its draws.",
+        other_sds={n: np.asarray(v) for n, v in others.items()},
+        notes=(f"One fit per τ with every group SD of {block.factor} fixed at τ"
+               + (f", the other group terms' SDs learned ({', '.join(learned)})" if learned else "")
+               + f" ({hier.method}); intervals are posterior quantiles of its draws.",
                f"p(τ | y): kernel density of the hierarchical fit's draws of {block.term.sd_name(block.exprs[k])} "
                "on log τ, normalized over the grid."),
         info={"fits": int(tau.size) + 1},

@@ -1,13 +1,16 @@
 """Rows reduced inside their engine (DuckDB or Spark): one aggregation query per fit.
 
-For a gaussian model with one grouping factor (:func:`bind_source`) the query returns, per
-group, the row count and the sums of products of the design columns, the group-term columns
-and the outcome (less the offset) — the sufficient statistics of both exact paths
-(:class:`poolwise.reduce.Reduced`, :class:`poolwise.reduce.BlockStats`); for bernoulli, binomial
-and poisson models (:func:`bind_counts`) it merges the rows into counts per (group, covariate
-pattern).  The formula's encoding is formulae's own, translated column by column into SQL
+For a gaussian model (:func:`bind_source`) the query returns, per group, the row count and the
+sums of products of the design columns, the group-term columns and the outcome (less the
+offset) — the sufficient statistics of the exact paths (:class:`poolwise.reduce.Reduced`,
+:class:`poolwise.reduce.BlockStats`); with several grouping factors (crossed, nested or partly
+crossed) the same scan groups by ``GROUPING SETS`` and returns those sums per level of each
+factor and the cross-products per level pair of each pair of factors
+(:class:`poolwise.reduce.SparseStats`).  For bernoulli, binomial and poisson models
+(:func:`bind_counts`) it merges the rows into counts per (group, covariate pattern).  The
+formula's encoding is formulae's own, translated column by column into SQL
 (:func:`poolwise.formula.sql_columns`); the rows never leave the engine, so memory is
-O(groups), whatever the number of rows.  The sums are taken about a pilot shift per column (the
+O(levels + level pairs), whatever the number of rows.  The sums are taken about a pilot shift per column (the
 mean of the first rows, one cheap query) and moved to the weighted means afterwards, so that
 they do not lose the data's spread to its offset (:class:`poolwise.reduce.Shift`).  Validation
 happens in the same pass; a second query
@@ -29,8 +32,8 @@ import pandas as pd
 from . import data as _data
 from . import source as _source
 from .errors import DataError, FormulaError, SpecError, format_rows
-from .formula import design_matrices, sql_columns, sql_literal
-from .reduce import BlockStats, Reduced, Shift
+from .formula import GroupTerm, design_matrices, sql_columns, sql_literal
+from .reduce import BlockStats, PairStats, Reduced, Shift, SparseStats
 from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_design_size,
                    check_formula_columns, check_scale, warn_far_slopes)
 
@@ -53,9 +56,13 @@ class Reduction:
     Attributes
     ----------
     simple
-        :class:`Reduced` (the varying-intercept path; q = 1 with an intercept term).
+        :class:`Reduced` (the varying-intercept path: one factor, q = 1 with an intercept term).
     block
-        :class:`BlockStats` (the q-term path).
+        :class:`BlockStats` (the q-term path; with several factors, the first factor's).
+    sparse
+        :class:`SparseStats` of every factor and pair of factors (lme4's penalized least squares).
+    returned
+        Rows the query gave back: one per level of each factor and per level pair.
     n_obs
         Rows reduced.
     source
@@ -72,14 +79,14 @@ class Reduction:
     source: str
     engine: str
     sql: str = field(repr=False, default="")
+    sparse: SparseStats | None = field(repr=False, default=None)
+    returned: int = 0
 
 
 def query_reason(spec: ModelSpec) -> str | None:
     """``None`` when the model's statistics can be computed inside the engine, else why not."""
     if not spec.fam.exact:
         return f"the {spec.fam.name} family is fitted from the rows"
-    if len(spec.group_terms) != 1:
-        return "the model has several grouping factors"
     return None
 
 
@@ -191,21 +198,24 @@ def _design(formula: str, frame: pd.DataFrame, what: str) -> Any:
 
 
 def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
-    """Bind a gaussian model with one grouping factor to rows that stay in their engine.
+    """Bind a gaussian model to rows that stay in their engine: one aggregation query.
 
-    One aggregation query (``GROUP BY`` the grouping factor) computes, per group, the row count
-    and the weighted sums of products of the design columns, the group-term columns and the
-    outcome (less any offset), together with counts of the values that would fail validation;
-    a second, small query reads the categorical predictors' levels first.  The formula's
-    encoding is formulae's own (built on a few rows holding every level), translated column by
-    column into SQL, so names, reference levels and interactions equal those of the in-memory
-    path.  The bound spec holds no rows: its :attr:`~poolwise.spec.BoundSpec.reduced` carries the
-    statistics of both exact paths.
+    With one grouping factor the query groups by it and computes, per group, the row count and
+    the weighted sums of products of the design columns, the group-term columns and the outcome
+    (less any offset), together with counts of the values that would fail validation.  With
+    several factors (crossed, nested or partly crossed) the same scan groups by ``GROUPING
+    SETS``: per level of each factor the same sums, and per level pair of each pair of factors
+    the row count and Σ w z_k z_l' (:class:`poolwise.reduce.SparseStats`), so that only one row
+    per level and per level pair comes back.  A second, small query reads the categorical
+    predictors' levels first.  The formula's encoding is formulae's own (built on a few rows
+    holding every level), translated column by column into SQL, so names, reference levels and
+    interactions equal those of the in-memory path.  The bound spec holds no rows: its
+    :attr:`~poolwise.spec.BoundSpec.reduced` carries the statistics of the exact paths.
 
     Parameters
     ----------
     spec
-        A gaussian model with one grouping factor (:func:`query_reason` is ``None``).
+        A gaussian model (:func:`query_reason` is ``None``).
     src
         The rows (:func:`poolwise.source.scan`).
 
@@ -217,8 +227,8 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     ------
     DataError
         For missing or non-finite values, non-numeric columns, non-positive standard errors, a
-        single group, constant or collinear predictors, slopes constant within every group —
-        naming the column and the first rows at fault (counted from 0 in scan order).
+        factor of a single group, constant or collinear predictors, slopes constant within every
+        group — naming the column and the first rows at fault (counted from 0 in scan order).
     FormulaError
         For unknown columns, or transforms the query cannot compute (``scale()``, functions
         other than log, exp, sqrt, log10, log2, log1p, abs and arithmetic in ``I()``).
@@ -231,8 +241,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
                         hint="Load the columns it needs (poolwise.data.read_table).", option="formula")
     check_formula_columns(spec, src.columns)
     f = spec.formula
-    term = spec.group_terms[0]
-    group_cols = list(term.factor_columns)
+    group_cols = list(dict.fromkeys(c for t in spec.group_terms for c in t.factor_columns))
     skip = {spec.outcome, spec.se, *group_cols}
     for name in [spec.outcome] + ([spec.se] if spec.se else []):
         if src.kinds[name] not in ("number", "boolean"):
@@ -255,6 +264,17 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     cols = sql_columns(design.common.terms, f, src.dialect) if design.common is not None else []
     offsets = [sql for name, sql in cols if name.startswith("offset(")]
     xs = [(name, sql) for name, sql in cols if not name.startswith("offset(")]
+    y_raw = _num(src, spec.outcome)
+    off_sql = " + ".join(f"({o})" for o in offsets) if offsets else None
+    w_sql = "1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})"
+    z_sqls = [_term_sql(spec, term, src, design, frame, xs) for term in spec.group_terms]
+    return _run_reduction(spec, src, design, [name for name, _ in xs], [s for _, s in xs], z_sqls, y_raw, off_sql,
+                          w_sql, group_cols, predictors, categorical)
+
+
+def _term_sql(spec: ModelSpec, term: GroupTerm, src: _source.Source, design: Any, frame: pd.DataFrame,
+              xs: list[tuple[str, str]]) -> list[str]:
+    """The SQL of each column of one group term (``1.0`` for its intercept, a common column's own SQL)."""
     coef_names = [name for name, _ in xs]
     z_sql: list[str] = []
     for e in term.exprs:
@@ -263,6 +283,7 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
         elif e in coef_names and design.common is not None and e in design.common.terms:  # the same term
             z_sql.append(xs[coef_names.index(e)][1])
         else:
+            f = spec.formula
             dz = _design(term.design_formula(spec.outcome), frame, f"the group term {term} of formula {f}")
             one = sql_columns({e: dz.common.terms[e]}, f, src.dialect) if e in dz.common.terms else []
             if len(one) != 1:
@@ -270,27 +291,92 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
                                 hint="Varying slopes take numeric columns; give a categorical slope as 0/1 columns.",
                                 option="formula")
             z_sql.append(one[0][1])
-    y_raw = _num(src, spec.outcome)
-    y_sql = y_raw if not offsets else f"({y_raw} - " + " - ".join(f"({o})" for o in offsets) + ")"
-    w_sql = "1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})"
-    return _run_reduction(spec, src, design, coef_names, [s for _, s in xs], z_sql, y_raw, y_sql, w_sql,
-                          group_cols, predictors, categorical)
+    return z_sql
+
+
+class _Sums:
+    """The aggregates of the reduction query, each distinct one computed once (alias → SQL)."""
+
+    def __init__(self, one_at: int | None, weighted: bool) -> None:
+        self.aggs: dict[str, str] = {"n": "COUNT(*)"}
+        self._alias: dict[str, str] = {"COUNT(*)": "n"}
+        self.one_at, self.weighted = one_at, weighted
+
+    def agg(self, expr: str) -> str:
+        if expr not in self._alias:
+            alias = f"s{len(self._alias)}"
+            self._alias[expr] = alias
+            self.aggs[alias] = expr
+        return self._alias[expr]
+
+    def wsum(self, *cols: int, w: bool = True) -> str:
+        """SUM of w (when weighted) times the given base columns (the intercept's ones dropped)."""
+        parts = sorted(f"c{k}" for k in cols if k != self.one_at)
+        if w and self.weighted:
+            parts = ["w"] + parts
+        return self.agg(f"SUM({' * '.join(parts)})") if parts else self.agg("COUNT(*)")
+
+    def square(self, a: list[int], b: list[int]) -> list[list[str]]:
+        """Σ w u_i v_j for the base columns ``a`` (rows) and ``b`` (columns)."""
+        return [[self.wsum(i, j) for j in b] for i in a]
+
+
+@dataclass
+class _FactorSums:
+    """The aliases of one grouping factor's per-level sums."""
+
+    ZZ: list[list[str]]
+    ZX: list[list[str]]
+    Zy: list[str]
+    zw: list[str]  # Σ w z
+    z1: list[str]  # Σ z (unweighted, for the default priors)
+    z2: list[str]  # Σ z²
+
+
+def _factor_sums(sums: _Sums, z: list[int], p: int, y_at: int) -> _FactorSums:
+    return _FactorSums(ZZ=sums.square(z, z), ZX=sums.square(z, list(range(p))), Zy=[sums.wsum(a, y_at) for a in z],
+                       zw=[sums.wsum(a) for a in z], z1=[sums.wsum(a, w=False) for a in z],
+                       z2=[sums.wsum(a, a, w=False) for a in z])
+
+
+def _grouping(keys_of: list[list[int]]) -> tuple[list[tuple[int, ...]], dict[int, int], dict[tuple[int, int], int]]:
+    """The grouping sets of several factors: each factor's key columns and each pair's union, once each.
+
+    Returns the sets (key indices), the set of each factor and the set of each pair (k < l)."""
+    sets: list[tuple[int, ...]] = []
+
+    def at(keys: set[int]) -> int:
+        s = tuple(sorted(keys))
+        if s not in sets:
+            sets.append(s)
+        return sets.index(s)
+
+    of_factor = {k: at(set(keys)) for k, keys in enumerate(keys_of)}
+    of_pair = {(k, l): at(set(keys_of[k]) | set(keys_of[l])) for k in range(len(keys_of))
+               for l in range(k + 1, len(keys_of))}
+    return sets, of_factor, of_pair
+
+
+def _grouping_id(s: tuple[int, ...], m: int) -> int:
+    """``grouping_id(k0, …, k_{m-1})`` of the rows of grouping set ``s`` (a bit set per key not grouped,
+    the first key the most significant; DuckDB and Spark agree)."""
+    return sum(1 << (m - 1 - i) for i in range(m) if i not in s)
 
 
 def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names: list[str], x_sql: list[str],
-                   z_sql: list[str], y_raw: str, y_sql: str, w_sql: str, group_cols: list[str],
+                   z_sqls: list[list[str]], y_raw: str, off_sql: str | None, w_sql: str, group_cols: list[str],
                    predictors: list[str], categorical: list[str]) -> BoundSpec:
-    term = spec.group_terms[0]
-    p, q = len(x_sql), len(z_sql)
+    terms = spec.group_terms
+    p = len(x_sql)
+    y_sql = y_raw if off_sql is None else f"({y_raw} - ({off_sql}))"
     # the columns whose weighted cross products are summed: X, the group terms not in X, y
     base: list[str] = list(x_sql)
-    z_idx = []
-    for s_ in z_sql:
-        if s_ == "1.0" and "1.0" not in base:
-            base.append("1.0")
-        elif s_ not in base:
-            base.append(s_)
-        z_idx.append(base.index(s_))
+    z_idx: list[list[int]] = []
+    for z_sql in z_sqls:
+        for s_ in z_sql:
+            if s_ not in base:
+                base.append(s_)
+        z_idx.append([base.index(s_) for s_ in z_sql])
     y_at = len(base)
     base.append(y_sql)
     one_at = base.index("1.0") if "1.0" in base else None
@@ -299,11 +385,16 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     # varying slopes), when the model's intercept absorbs it: see poolwise.reduce.Shift
     x_icpt = coef_names.index("Intercept") if "Intercept" in coef_names and x_sql[coef_names.index("Intercept")] \
         == "1.0" else None
+    in_z = {i for z in z_idx for i in z}
     movable = [] if x_icpt is None else [i for i in range(len(base)) if i != one_at and (
-        i == y_at or (i < p and i not in z_idx))]
-    pilot, largest = _pilot(src, {i: base[i] for i in movable} | ({-1: y_raw} if y_raw != y_sql else {}))
+        i == y_at or (i < p and i not in in_z))]
+    pilot, largest = _pilot(src, {i: base[i] for i in movable} | ({-1: y_raw, -2: off_sql} if off_sql else {}))
     _check_pilot_scale(largest, coef_names, p, y_at, spec.outcome)
     cols_sql = [f"({s_} - {_lit(pilot[i])})" if pilot.get(i, 0.0) != 0.0 else s_ for i, s_ in enumerate(base)]
+    if off_sql and y_at in movable:  # y and the offset each about its own pilot, then the difference: y − offset
+        # is not rounded at the outcome's offset (y + 10⁸ less log(e) would lose 10⁻⁸ per row)
+        pilot[y_at] = pilot[-1] - pilot[-2]
+        cols_sql[y_at] = f"(({y_raw} - {_lit(pilot[-1])}) - (({off_sql}) - {_lit(pilot[-2])}))"
     inner = [f"{s_} AS c{i}" for i, s_ in enumerate(cols_sql) if i != one_at]
     if weighted:
         inner.append(f"{w_sql} AS w")
@@ -311,27 +402,11 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         raw_shift = pilot.get(-1, 0.0)
         inner.append(f"({y_raw} - {_lit(raw_shift)}) AS yraw" if raw_shift != 0.0 else f"{y_raw} AS yraw")
     keys = [f"{src.quote(c)} AS k{i}" for i, c in enumerate(group_cols)]
-    aggs: dict[str, str] = {"n": "COUNT(*)"}  # alias → aggregate
-    by_expr: dict[str, str] = {"COUNT(*)": "n"}  # aggregate → alias: every distinct aggregate is computed once
-
-    def agg(expr: str) -> str:
-        if expr not in by_expr:
-            alias = f"s{len(by_expr)}"
-            by_expr[expr] = alias
-            aggs[alias] = expr
-        return by_expr[expr]
-
-    def wsum(*cols: int, w: bool = True) -> str:
-        """SUM of w (when weighted) times the given base columns (the intercept's ones dropped)."""
-        parts = sorted(f"c{k}" for k in cols if k != one_at)
-        if w and weighted:
-            parts = ["w"] + parts
-        return agg(f"SUM({' * '.join(parts) if parts else '1.0'})") if parts else agg("COUNT(*)")
-
+    sums = _Sums(one_at, weighted)
+    agg, wsum = sums.agg, sums.wsum
     per_x_pairs = p * (p + 1) // 2 <= _MAX_PER_GROUP_PAIRS
-    ZZ = [[wsum(z_idx[a], z_idx[b]) for b in range(q)] for a in range(q)]
-    ZX = [[wsum(z_idx[a], k) for k in range(p)] for a in range(q)]
-    Zy = [wsum(z_idx[a], y_at) for a in range(q)]
+    factor_sums = [_factor_sums(sums, z, p, y_at) for z in z_idx]
+    pair_sums = {(k, l): sums.square(z_idx[k], z_idx[l]) for k in range(len(terms)) for l in range(k + 1, len(terms))}
     yy = wsum(y_at, y_at)
     sw = wsum()
     XX = [[wsum(k, m) for m in range(p)] for k in range(p)] if per_x_pairs else None
@@ -343,9 +418,6 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         y1, y2 = agg("SUM(yraw)"), agg("SUM(yraw * yraw)")
     x1 = [wsum(k, w=False) for k in range(p)]
     x2 = [wsum(k, k, w=False) for k in range(p)]
-    z1 = [wsum(z_idx[a], w=False) for a in range(q)]
-    z2 = [wsum(z_idx[a], z_idx[a], w=False) for a in range(q)]
-    zw = [wsum(z_idx[a]) for a in range(q)]
     lw = se2 = None
     if spec.se:
         lw, se2 = agg("SUM(LN(w))"), agg(f"SUM({_div(src, '1.0', 'w')})")
@@ -361,7 +433,9 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     design_cols = [f"c{i}" for i in range(len(base)) if i != one_at]
     design_counts = [agg(f"COUNT({' + '.join(design_cols)})")] if design_cols else []
     se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
+    aggs = sums.aggs
     key_names = [f"k{i}" for i in range(len(group_cols))]
+    keys_of = [[group_cols.index(c) for c in t.factor_columns] for t in terms]
     raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
     for i, v in enumerate(raw_sums):
         aggs[raw_sums[v]] = f"SUM(r_{i})"
@@ -371,64 +445,58 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     for v in present:
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
         aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
-    # one numeric key is put in order here (an argsort of the groups is cheaper than the engine's sort)
-    numeric_key = _single_numeric_key(src, group_cols)
-    order_by = "" if numeric_key else f" ORDER BY {', '.join(key_names)}"
-    sql = (f"SELECT {', '.join(key_names)}, {', '.join(f'{e} AS {a}' for a, e in aggs.items())} "
-           f"FROM (SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t "
-           f"GROUP BY {', '.join(key_names)}{order_by}")
-    got = src.query_arrays(sql)
-    J = int(got["n"].shape[0])
-    n = got["n"].astype(float)
-    N = int(n.sum())
+    select = ", ".join(key_names + [f"{e} AS {a}" for a, e in aggs.items()])
+    inner_sql = f"(SELECT {', '.join(keys + inner + raw_cols)} FROM {{rows}}) AS t"
+    if len(terms) == 1:
+        # one numeric key is put in order here (an argsort of the groups is cheaper than the engine's sort)
+        order_by = "" if _single_numeric_key(src, group_cols) else f" ORDER BY {', '.join(key_names)}"
+        sql = f"SELECT {select} FROM {inner_sql} GROUP BY {', '.join(key_names)}{order_by}"
+        got = src.query_arrays(sql)
+        parts = [got]
+        set_of, pair_set = {0: 0}, {}
+    else:  # one scan: a grouping set per factor and per pair of factors, told apart by grouping_id
+        sets, set_of, pair_set = _grouping(keys_of)
+        listed = ", ".join("(" + ", ".join(key_names[i] for i in s) + ")" for s in sets)
+        sql = (f"SELECT grouping_id({', '.join(key_names)}) AS gid, {select} FROM {inner_sql} "
+               f"GROUP BY GROUPING SETS ({listed})")
+        got = src.query_arrays(sql)
+        gid = np.asarray(got.pop("gid"), dtype=np.int64)
+        parts = []
+        for s in sets:
+            rows = np.flatnonzero(gid == _grouping_id(s, len(key_names)))
+            parts.append({k: v[rows] for k, v in got.items()})
+        del got
+    first = parts[set_of[0]]  # every row once: the totals are sums over its levels
+    N = int(np.asarray(first["n"], dtype=float).sum())
     if N == 0:
         raise DataError("The data have no rows.", hint="Pass a table with at least two groups of observations.")
-    suspect = any(float(np.asarray(got[a], dtype=float).sum()) < N for a in list(present.values()) + design_counts)
-    suspect = suspect or any(not np.all(np.isfinite(np.asarray(got[a], dtype=float))) for a in aggs if a != "n")
+    suspect = any(float(np.asarray(first[a], dtype=float).sum()) < N for a in list(present.values()) + design_counts)
+    suspect = suspect or any(not np.all(np.isfinite(np.asarray(part[a], dtype=float)))
+                             for part in parts for a in aggs if a != "n")
     if se_min is not None:
-        suspect = suspect or not float(np.nanmin(np.asarray(got[se_min], dtype=float))) > 0
+        suspect = suspect or not float(np.nanmin(np.asarray(first[se_min], dtype=float))) > 0
     if suspect:
         _diagnose(spec, src, base, coef_names, p, y_at, one_at, numbers, categorical)
-    grouped = _group_labels(src, group_cols, got, key_names)
-    if grouped is None:
-        missing = int(n[_null_keys(got, key_names)].sum())
-        rows = _bad_rows(src, " OR ".join(f"{src.quote(c)} IS NULL" for c in group_cols))
-        name = group_cols[0] if len(group_cols) == 1 else ":".join(group_cols)
-        raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
-                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
-    labels, order = grouped
-    src.check_text(labels)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
-    if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
-        got, n = _permuted(got, order), n[order]
-    blank = [] if numeric_key else [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
-    if blank:
-        rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
-                                          else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in group_cols))
-        count = int(n[blank].sum())
-        raise DataError(f"Grouping column '{group_cols[0]}' has {count} missing label{'s' if count != 1 else ''} "
-                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=group_cols[0],
-                        rows=rows)
-    if J < 2:
-        shown = ", ".join(f"'{lv}'" for lv in labels[:5])
-        raise DataError(f"Grouping column '{term.factor}' has only {J} group{'s' if J != 1 else ''} ({shown}); "
-                        "pooling needs at least 2.", hint=f"Fit a model without the (1 | {term.factor}) term, or add "
-                        "groups.", column=term.factor, rows=[])
+    levels: list[list[str]] = []
+    for k, term in enumerate(terms):  # each factor's rows in the order of its labels, checked
+        labels, parts[set_of[k]] = _factor_levels(src, term, parts[set_of[k]], [key_names[i] for i in keys_of[k]])
+        levels.append(labels)
+    first = parts[set_of[0]]
 
-    def col(alias: str) -> np.ndarray:
-        return np.asarray(got[alias], dtype=float)
+    def col(alias: str, k: int = 0) -> np.ndarray:
+        return np.asarray(parts[set_of[k]][alias], dtype=float)
 
     def total(alias: str) -> float:
         return float(col(alias).sum())
 
-    ZtWZ = np.empty((J, q, q))
-    for a in range(q):
-        for b in range(q):
-            ZtWZ[:, a, b] = col(ZZ[a][b])
-    ZtWX = np.empty((J, q, p))
-    for a in range(q):
-        for k in range(p):
-            ZtWX[:, a, k] = col(ZX[a][k])
-    ZtWy = np.column_stack([col(a) for a in Zy]) if q else np.zeros((J, 0))
+    def blocks(names: list[list[str]], part: dict[str, np.ndarray]) -> np.ndarray:
+        a, b = len(names), len(names[0]) if names else 0
+        out = np.empty((int(np.asarray(part["n"]).shape[0]), a, b))
+        for i in range(a):
+            for j in range(b):
+                out[:, i, j] = np.asarray(part[names[i][j]], dtype=float)
+        return out
+
     if XX is not None:
         XtWX = np.array([[total(XX[k][m]) for m in range(p)] for k in range(p)]).reshape(p, p)
     else:
@@ -436,20 +504,37 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
     XtWy = np.array([total(a) for a in Xy])
     yWy = total(yy)
     sum_log_w = total(lw) if lw is not None else 0.0
+    ZtWZ = [blocks(fs.ZZ, parts[set_of[k]]) for k, fs in enumerate(factor_sums)]
+    ZtWX = [blocks(fs.ZX, parts[set_of[k]]) for k, fs in enumerate(factor_sums)]
+    ZtWy = [np.column_stack([col(a, k) for a in fs.Zy]) for k, fs in enumerate(factor_sums)]
+    zw = [np.column_stack([col(a, k) for a in fs.zw]) for k, fs in enumerate(factor_sums)]
     sy2 = col(yy)
     shift = Shift()
     if x_icpt is not None:  # from the pilot to the weighted means: the same shift as the in-memory pass
         cx = np.array([pilot.get(k, 0.0) for k in range(p)])
-        ZtWX, ZtWy, XtWX, XtWy, yWy, sy2, shift = _recentre(
-            cx, pilot.get(y_at, 0.0), [k for k in range(p) if k in movable], x_icpt, ZtWX, ZtWy, XtWX, XtWy, yWy,
-            sy2, col(sw), np.column_stack([col(a) for a in zw]) if q else np.zeros((J, 0)),
-            bool(q) and term.exprs[0] == "Intercept")
-    block = BlockStats(n=n, ZtWZ=ZtWZ, ZtWX=ZtWX, ZtWy=ZtWy, XtWX=XtWX, XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w,
-                       n_obs=N, shift=shift)
+        XtWX, XtWy, yWy, d, dy, shift = _recentre(cx, pilot.get(y_at, 0.0), [k for k in range(p) if k in movable],
+                                                  x_icpt, XtWX, XtWy, yWy)
+        if terms[0].exprs[0] == "Intercept":  # Σw(y − c − δ)² per group, from Σw(y − c) of the intercept term
+            sy2 = sy2 - 2.0 * dy * ZtWy[0][:, 0] + dy * dy * col(sw)
+        ZtWX = [B - z[:, :, None] * d[None, None, :] for B, z in zip(ZtWX, zw)]
+        ZtWy = [B - dy * z for B, z in zip(ZtWy, zw)]
+    n = [col("n", k) for k in range(len(terms))]
+    block = BlockStats(n=n[0], ZtWZ=ZtWZ[0], ZtWX=ZtWX[0], ZtWy=ZtWy[0], XtWX=XtWX, XtWy=XtWy, yWy=yWy,
+                       sum_log_w=sum_log_w, n_obs=N, shift=shift)
     simple = None
-    if term.exprs == ("Intercept",):
-        simple = Reduced(n=n, a=col(sw), sy=ZtWy[:, 0], u=ZtWX[:, 0, :], sy2=sy2, XtWX=XtWX, XtWy=XtWy, yWy=yWy,
-                         sum_log_w=sum_log_w, n_obs=N, shift=shift)
+    if len(terms) == 1 and terms[0].exprs == ("Intercept",):
+        simple = Reduced(n=n[0], a=col(sw), sy=ZtWy[0][:, 0], u=ZtWX[0][:, 0, :], sy2=sy2, XtWX=XtWX, XtWy=XtWy,
+                         yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
+    pairs: dict[tuple[int, int], PairStats] = {}
+    for (k, l), s in pair_set.items():
+        part = parts[s]
+        a = _level_index([parts[set_of[k]][key_names[i]] for i in keys_of[k]], [part[key_names[i]] for i in keys_of[k]])
+        b = _level_index([parts[set_of[l]][key_names[i]] for i in keys_of[l]], [part[key_names[i]] for i in keys_of[l]])
+        order = np.lexsort((b, a))
+        pairs[(k, l)] = PairStats(a=a[order], b=b[order], n=np.asarray(part["n"], dtype=float)[order],
+                                  ZtWZ=blocks(pair_sums[(k, l)], part)[order])
+    sparse = SparseStats(n=tuple(n), ZtWZ=tuple(ZtWZ), ZtWX=tuple(ZtWX), ZtWy=tuple(ZtWy), pairs=pairs, XtWX=XtWX,
+                         XtWy=XtWy, yWy=yWy, sum_log_w=sum_log_w, n_obs=N, shift=shift)
     x_off = np.array([total(x1[k]) / N for k in range(p)])  # means about the pilot
     x_mean = np.array([pilot.get(k, 0.0) for k in range(p)]) + x_off
     x_var = np.array([max(total(x2[k]) / N - x_off[k] ** 2, 0.0) for k in range(p)])
@@ -459,18 +544,8 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         gram = XtWX - np.outer(S, S) / S[x_icpt]
         gram[x_icpt, x_icpt] = S[x_icpt]
     _check_columns_from_sums(coef_names, x_mean, x_var, gram)
-    for a, e in enumerate(term.exprs):
-        if e == "Intercept":
-            continue
-        swz, swzz, wtot = col(zw[a]), ZtWZ[:, a, a], col(sw)
-        with np.errstate(all="ignore"):
-            within = swzz / wtot - (swz / wtot) ** 2
-        scale_z = max(float(np.nanmax(np.abs(swzz / wtot))), 1e-300)
-        if np.all(within <= 1e-12 * scale_z):
-            raise DataError(
-                f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
-                "group cannot be estimated.",
-                hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
+    for k, term in enumerate(terms):
+        _check_slopes_from_sums(term, zw[k], ZtWZ[k], col(sw, k))
     y_off = total(y1) / N  # about the pilot
     y_mean = pilot.get(-1 if y_raw != y_sql else y_at, 0.0) + y_off
     y_var = max(total(y2) / N - y_off**2, 0.0)
@@ -482,18 +557,91 @@ def _run_reduction(spec: ModelSpec, src: _source.Source, design: Any, coef_names
         scale = math.sqrt(y_var)
     if not scale > 0:
         scale = float(max(abs(y_mean), 1.0))
-    z_sd = np.array([1.0 if z_sql[a] == "1.0" else math.sqrt(max(total(z2[a]) / N - (total(z1[a]) / N) ** 2,
-                                                                  0.0)) for a in range(q)])
-    warn_far_slopes(term, [1.0 if z_sql[a] == "1.0" else total(z1[a]) / N for a in range(q)], z_sd.tolist())
+    raws = []
+    for k, (term, fs) in enumerate(zip(terms, factor_sums)):
+        q = term.q
+        z_sd = np.array([1.0 if z_sqls[k][a] == "1.0" else math.sqrt(max(total(fs.z2[a]) / N
+                                                                         - (total(fs.z1[a]) / N) ** 2, 0.0))
+                         for a in range(q)])
+        warn_far_slopes(term, [1.0 if z_sqls[k][a] == "1.0" else total(fs.z1[a]) / N for a in range(q)],
+                        z_sd.tolist())
+        raws.append(RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), levels[k], z_sd,
+                             counts=n[k].astype(np.int64), ZtWZ=ZtWZ[k]))
     x_means = {c: float(x_mean[i]) for i, c in enumerate(coef_names) if c != "Intercept"}
     x_sds = {c: float(math.sqrt(x_var[i])) for i, c in enumerate(coef_names) if c != "Intercept"}
-    raw = RawBlock(term, np.zeros((0, q)), np.zeros(0, dtype=np.int64), labels, z_sd, counts=n.astype(np.int64),
-                   ZtWZ=ZtWZ)
     reduction = Reduction(simple=simple, block=block, n_obs=N, source=src.source, engine=src.engine,
-                          sql=sql.replace("{rows}", src.relation))
+                          sql=sql.replace("{rows}", src.relation), sparse=sparse,
+                          returned=sum(int(np.asarray(part["n"]).shape[0]) for part in parts))
     return bind_parts(spec, y=np.zeros(0), X=np.zeros((0, p)), coef_names=coef_names, weights=np.zeros(0),
-                      offset=np.zeros(0), trials=None, blocks=[raw], center=y_mean, scale=scale, x_means=x_means,
+                      offset=np.zeros(0), trials=None, blocks=raws, center=y_mean, scale=scale, x_means=x_means,
                       x_sds=x_sds, design=design, reduced=reduction)
+
+
+def _factor_levels(src: _source.Source, term: GroupTerm, got: dict[str, np.ndarray], key_names: list[str]
+                   ) -> tuple[list[str], dict[str, np.ndarray]]:
+    """One factor's labels in the in-memory path's order and its rows put in that order; raises for a
+    missing or blank label, or a single level."""
+    cols = list(term.factor_columns)
+    n = np.asarray(got["n"], dtype=float)
+    grouped = _group_labels(src, cols, got, key_names)
+    if grouped is None:
+        missing = int(n[_null_keys(got, key_names)].sum())
+        rows = _bad_rows(src, " OR ".join(f"{src.quote(c)} IS NULL" for c in cols))
+        name = term.factor
+        raise DataError(f"Grouping column '{name}' has {missing} missing label{'s' if missing != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=name, rows=rows)
+    labels, order = grouped
+    src.check_text(labels)  # (Spark decodes bytes that are not UTF-8 as U+FFFD)
+    if not np.array_equal(order, np.arange(order.size)):  # the query's rows in the labels' order
+        got, n = _permuted(got, order), n[order]
+    numeric_key = _single_numeric_key(src, cols)
+    blank = [] if numeric_key else [i for i, lv in enumerate(labels) if not lv or (lv[0].isspace() and not lv.strip())]
+    if blank:
+        rows = _bad_rows(src, " OR ".join(f"trim(CAST({src.quote(c)} AS VARCHAR)) = ''" if src.dialect == "duckdb"
+                                          else f"trim(CAST({src.quote(c)} AS STRING)) = ''" for c in cols))
+        count = int(n[blank].sum())
+        raise DataError(f"Grouping column '{cols[0]}' has {count} missing label{'s' if count != 1 else ''} "
+                        f"({format_rows(rows)}).", hint="Drop those rows or give them a label.", column=cols[0],
+                        rows=rows)
+    J = len(labels)
+    if J < 2:
+        shown = ", ".join(f"'{lv}'" for lv in labels[:5])
+        raise DataError(f"Grouping column '{term.factor}' has only {J} group{'s' if J != 1 else ''} ({shown}); "
+                        "pooling needs at least 2.", hint=f"Fit a model without the (1 | {term.factor}) term, or add "
+                        "groups.", column=term.factor, rows=[])
+    return labels, got
+
+
+def _level_index(levels: list[np.ndarray], rows: list[np.ndarray]) -> np.ndarray:
+    """The position of each row's key (one array per key column) among a factor's level keys."""
+    def plain(v: np.ndarray) -> np.ndarray:
+        return np.asarray(np.ma.getdata(v))
+
+    if len(levels) == 1:
+        idx = pd.Index(plain(levels[0])).get_indexer(plain(rows[0]))
+    else:
+        idx = pd.MultiIndex.from_arrays([plain(v) for v in levels]).get_indexer(
+            pd.MultiIndex.from_arrays([plain(v) for v in rows]))
+    if np.any(idx < 0):  # every pair's levels are levels of the factors (the same rows, grouped twice)
+        raise DataError("The engine gave a level pair whose level it did not give.",
+                        hint="Report this as a bug in poolwise.")
+    return np.asarray(idx, dtype=np.int64)
+
+
+def _check_slopes_from_sums(term: GroupTerm, zw: np.ndarray, ZtWZ: np.ndarray, wtot: np.ndarray) -> None:
+    """A varying slope constant within every group (as :func:`poolwise.spec._check_slopes`), from the sums."""
+    for a, e in enumerate(term.exprs):
+        if e == "Intercept":
+            continue
+        swz, swzz = zw[:, a], ZtWZ[:, a, a]
+        with np.errstate(all="ignore"):
+            within = swzz / wtot - (swz / wtot) ** 2
+        scale_z = max(float(np.nanmax(np.abs(swzz / wtot))), 1e-300)
+        if np.all(within <= 1e-12 * scale_z):
+            raise DataError(
+                f"The slope '{e}' in {term} is constant within every group of '{term.factor}', so a slope per "
+                "group cannot be estimated.",
+                hint=f"Enter '{e}' as a common (group-level) predictor instead of a varying slope.", column=e)
 
 
 def _diagnose(spec: ModelSpec, src: _source.Source, base: list[str], coef_names: list[str], p: int, y_at: int,
@@ -656,18 +804,18 @@ def _check_pilot_scale(largest: dict[int, float], coef_names: list[str], p: int,
             check_scale(outcome, v)
 
 
-def _recentre(cx: np.ndarray, cy: float, moved: list[int], i0: int, ZtWX: np.ndarray, ZtWy: np.ndarray,
-              XtWX: np.ndarray, XtWy: np.ndarray, yWy: float, sy2: np.ndarray, sw: np.ndarray, zw: np.ndarray,
-              z_icpt: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, Shift]:
+def _recentre(cx: np.ndarray, cy: float, moved: list[int], i0: int, XtWX: np.ndarray, XtWy: np.ndarray, yWy: float
+              ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, float, Shift]:
     """Sums about the pilot (c_x, c_y) → sums about the weighted means c + δ, δ = Σw(v − c)/Σw.
 
-
     With S = Σw(x − c) (column i0 of X'WX) and δ small beside the spread, Σw(x−c−δ)(x'−c'−δ') =
-    X'WX − Sδ' − δS' + Wδδ' and so on for the other sums; per group Σw z(x − c − δ) = Z'WX − δ·Σwz.
+    X'WX − Sδ' − δS' + Wδδ' and so on for the other sums; per group (the caller's part)
+    Σw z(x − c − δ) = Z'WX − δ·Σwz and Σw z(y − c − δ_y) = Z'Wy − δ_y·Σwz.  Returns the totals,
+    δ (for X's columns), δ_y and the shift.
     """
     W = float(XtWX[i0, i0])
     if not W > 0:
-        return ZtWX, ZtWy, XtWX, XtWy, yWy, sy2, Shift(y=cy, x=cx, intercept=i0)
+        return XtWX, XtWy, yWy, np.zeros(cx.size), 0.0, Shift(y=cy, x=cx, intercept=i0)
     S = XtWX[:, i0].copy()
     d = np.zeros(cx.size)
     d[moved] = S[moved] / W
@@ -677,11 +825,7 @@ def _recentre(cx: np.ndarray, cy: float, moved: list[int], i0: int, ZtWX: np.nda
     XtWX = 0.5 * (XtWX + XtWX.T)
     XtWy = XtWy - dy * S - d * Sy + W * d * dy
     yWy = yWy - 2.0 * dy * Sy + W * dy * dy
-    if z_icpt:  # Σw(y − c − δ)² per group, from Σw(y − c) = Z'Wy of the intercept term
-        sy2 = sy2 - 2.0 * dy * ZtWy[:, 0] + dy * dy * sw
-    ZtWX = ZtWX - zw[:, :, None] * d[None, None, :]
-    ZtWy = ZtWy - dy * zw
-    return ZtWX, ZtWy, XtWX, XtWy, float(yWy), sy2, Shift(y=cy + dy, x=cx + d, intercept=i0)
+    return XtWX, XtWy, float(yWy), d, dy, Shift(y=cy + dy, x=cx + d, intercept=i0)
 
 
 def _check_columns_from_sums(names: list[str], mean: np.ndarray, var: np.ndarray, XtWX: np.ndarray) -> None:
@@ -888,8 +1032,8 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
               ) -> tuple[BoundSpec, str | None]:
     """Bind ``spec`` to ``data``: in memory, or reduced inside DuckDB/Spark when the model allows.
 
-    Files, globs, DuckDB relations and Spark DataFrames of a gaussian model with one grouping
-    factor, fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
+    Files, globs, DuckDB relations and Spark DataFrames of a gaussian model (any grouping
+    factors), fitted by ``method="exact"`` or ``"empirical"``, are reduced by one query
     (:func:`poolwise.query.bind_source`); bernoulli, binomial and poisson rows are merged into
     counts per (group, covariate pattern) by one query (:func:`poolwise.query.bind_counts`);
     for other models only the needed columns are loaded.

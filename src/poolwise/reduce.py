@@ -454,6 +454,26 @@ class SparseStats:
     def p(self) -> int:
         return int(self.XtWX.shape[0])
 
+    def parent(self, inner: int, outer: int) -> np.ndarray:
+        """The level of factor ``outer`` that holds each level of factor ``inner`` (nested factors:
+        ``region:county`` within ``region``), from the level pairs that share rows.
+
+        Raises
+        ------
+        ValueError
+            When a level of ``inner`` shares rows with no level, or with several, of ``outer``.
+        """
+        k, l = min(inner, outer), max(inner, outer)
+        pr = self.pairs.get((k, l))
+        if pr is None:
+            raise ValueError(f"Factors {inner} and {outer} share no rows.")
+        mine, theirs = (pr.b, pr.a) if inner == l else (pr.a, pr.b)
+        out = np.full(self.J[inner], -1, dtype=np.int64)
+        out[mine] = theirs
+        if np.any(out < 0) or np.bincount(mine, minlength=self.J[inner]).max(initial=0) > 1:
+            raise ValueError(f"Factor {inner} is not nested in factor {outer}.")
+        return out
+
     def factor(self, k: int) -> BlockStats:
         """Factor k's own statistics, as if it were the only grouping factor."""
         return BlockStats(n=self.n[k], ZtWZ=self.ZtWZ[k], ZtWX=self.ZtWX[k], ZtWy=self.ZtWy[k], XtWX=self.XtWX,

@@ -197,9 +197,12 @@ def _section_comparison(cmp: Comparison) -> str:
         parts.append(_figure(plots.plot_shrinkage(cmp, term=term),
                              f"Shrinkage of {term}: each arrow goes from a group's unpooled estimate to its "
                              "hierarchical one, placed by the group's size (by group when all sizes are equal)."))
+    several = len(cmp.factors) > 1
     parts.append(_figure(plots.plot_pooling_factors(cmp),
-                         "Pooling factor λ of each group against its size: 0 keeps the group's own estimate, "
-                         "1 takes the population value."))
+                         "Pooling factor λ of each group against its size"
+                         + (", one panel per grouping factor" if several else "")
+                         + ": 0 keeps the group's own estimate, 1 takes the population value; the dashed line is "
+                         "the batch pooling factor (Gelman & Pardoe)."))
     return "\n".join(parts)
 
 

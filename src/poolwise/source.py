@@ -107,8 +107,7 @@ class Source:
             got = self._run(text).fetchnumpy()
         except Exception as err:
             raise self._error(err) from None
-        return {str(k): np.asarray(v.filled(np.nan) if np.ma.isMaskedArray(v) and v.dtype.kind == "f" else v)
-                for k, v in got.items()}
+        return {str(k): _duckdb_column(v) for k, v in got.items()}
 
     def spark_positions(self, condition: str, limit: int = 6) -> list[int]:
         """0-based positions of the first ``limit`` rows where ``condition`` holds (Spark only).
@@ -414,6 +413,20 @@ def _decimals_as_floats(table: pyarrow.Table) -> pyarrow.Table:
         if pa.types.is_decimal(f.type):
             table = table.set_column(i, f.name, table.column(i).cast(pa.float64()))
     return table
+
+
+def _duckdb_column(values: Any) -> np.ndarray:
+    """One column of DuckDB's ``fetchnumpy`` as :meth:`Source.query_arrays` gives it: floats with
+    NaN for missing values, other columns masked where missing (a NULL integer key must not read
+    as the 0 under its mask), plain arrays where nothing is missing."""
+    if not np.ma.isMaskedArray(values):
+        return np.asarray(values)
+    if values.dtype.kind == "f":
+        return np.asarray(values.filled(np.nan))
+    if not np.ma.getmaskarray(values).any():
+        return np.asarray(np.ma.getdata(values))
+    out: np.ndarray = values
+    return out
 
 
 def _arrow_to_numpy(column: Any) -> np.ndarray:

@@ -16,6 +16,11 @@ Pooling is one knob, the covariance Σ of the group terms of each grouping facto
 ``"hierarchical"`` Σ learned: priors on its SDs, LKJ on its correlations
 a number t > 0     every group SD fixed at t, no correlation (a point on the pooling path)
 =================  ==================================================================
+
+The setting applies to every group term, or term by term: ``pooling={"1|s": "hierarchical",
+"1|d": "pooled"}`` (keys as the formula writes the term, spaces free, or the grouping factor's
+name; terms not named stay ``"hierarchical"``), or the same as text,
+``"1|s=hierarchical, 1|d=pooled"`` (the command line's form).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from .priors import Prior, default_priors, parse_prior
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
            "check_scale", "warn_far_slopes", "check_constant_outcome", "check_design_size", "design_columns",
            "format_bytes", "physical_memory", "DESIGN_MEMORY_FRACTION",
-           "POOLINGS",
+           "POOLINGS", "Pooling", "term_key", "format_pooling", "find_term",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
 POOLINGS = ("pooled", "unpooled", "hierarchical")
@@ -72,7 +77,11 @@ class ModelSpec:
         ``"negative_binomial"``.
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (every group SD
-        fixed at that value).
+        fixed at that value); or per group term, a mapping from the term (``"1|s"``,
+        ``"1 + x|subj"``, or the factor ``"s"``) to one of those (terms not named:
+        ``"hierarchical"``), or the text ``"1|s=pooled, 1|d=hierarchical"``.  Stored as one
+        setting when every term has the same, else as a tuple of (term, setting) pairs in the
+        formula's order (:func:`term_key` names the terms).
     priors
         Priors by parameter name (``{"sd(Intercept|g)": "half_normal(2)", "cor(g)": "lkj(4)"}``);
         strings are parsed.
@@ -80,7 +89,7 @@ class ModelSpec:
 
     formula: str
     family: Family | str = field(default_factory=lambda: get_family("gaussian"))
-    pooling: str | float = "hierarchical"
+    pooling: Pooling | Mapping[str, str | float] = "hierarchical"
     priors: Mapping[str, Prior | str] = field(default_factory=dict)
     # parsed from the formula (not arguments)
     outcome: str = field(init=False, default="")
@@ -94,7 +103,9 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", get_family(self.family))
-        object.__setattr__(self, "pooling", _check_pooling(self.pooling))
+        per_term = _pooling_items(self.pooling)
+        if per_term is None:
+            object.__setattr__(self, "pooling", _check_pooling(self.pooling))
         if not isinstance(self.priors, Mapping):
             raise PriorError(
                 "The 'priors' option must be a mapping from parameter name to prior.",
@@ -104,6 +115,8 @@ class ModelSpec:
         p = parse_formula(self.formula)
         for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables", "categorical"):
             object.__setattr__(self, name, getattr(p, name))
+        if per_term is not None:
+            object.__setattr__(self, "pooling", _resolve_pooling(per_term, self.group_terms, self.formula))
         fam = self.fam
         if p.se and fam.name != "gaussian":
             raise FormulaError(f"se({p.se}) in formula {self.formula} needs family='gaussian', not '{fam.name}'.",
@@ -128,6 +141,18 @@ class ModelSpec:
         args.update(changes)
         return ModelSpec(str(args["formula"]), family=args["family"], pooling=args["pooling"],
                          priors=args["priors"])
+
+    def pooling_of(self, term: GroupTerm) -> str | float:
+        """The pooling setting of one group term (``"pooled"``, ``"unpooled"``, ``"hierarchical"``
+        or a fixed SD)."""
+        if isinstance(self.pooling, tuple):
+            return dict(self.pooling).get(term_key(term), "hierarchical")
+        return self.pooling
+
+    @property
+    def pooling_text(self) -> str:
+        """The pooling as text: ``hierarchical``, or ``1|s=hierarchical, 1|d=pooled`` per term."""
+        return format_pooling(self.pooling)
 
     @property
     def fam(self) -> Family:
@@ -299,7 +324,7 @@ class BoundSpec:
         return self.spec.has_sigma
 
     @property
-    def pooling(self) -> str | float:
+    def pooling(self) -> Pooling:
         return self.spec.pooling
 
     @property
@@ -506,6 +531,107 @@ def check_design_size(spec: ModelSpec, levels: Mapping[str, int], *, rows: int, 
         hint=hint, option="formula")
 
 
+#: the pooling as stored: one setting for every group term, or (term, setting) pairs
+Pooling = str | float | tuple[tuple[str, str | float], ...]
+
+
+def term_key(term: GroupTerm) -> str:
+    """How a group term is named in a per-term pooling: ``"1|s"``, ``"1 + x|subj"``, ``"1 + x||g"``."""
+    bar = "|" if term.correlated else "||"
+    return f"{' + '.join('1' if e == 'Intercept' else e for e in term.exprs)}{bar}{term.factor}"
+
+
+def format_pooling(pooling: Pooling) -> str:
+    """``"hierarchical"``, ``"0.5"``, or ``"1|s=hierarchical, 1|d=pooled"`` for a per-term pooling
+    (text that :class:`ModelSpec` reads back)."""
+    if isinstance(pooling, tuple):
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in pooling)
+    return str(pooling)
+
+
+def _pooling_items(pooling: Any) -> list[tuple[str, Any]] | None:
+    """A per-term pooling as (key, setting) pairs, or ``None`` for one setting for every term.
+
+    Reads a mapping, a tuple of pairs (the stored form) or the text ``"1|s=pooled, 1|d=0.5"``.
+    """
+    if isinstance(pooling, Mapping):
+        return [(str(k), v) for k, v in pooling.items()]
+    if isinstance(pooling, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in pooling):
+        return [(str(k), v) for k, v in pooling]
+    if isinstance(pooling, str) and "=" in pooling:
+        items = []
+        for part in pooling.split(","):
+            key, sep, value = part.partition("=")
+            if not part.strip():
+                continue
+            if not sep or not key.strip() or not value.strip():
+                raise SpecError(f"Cannot read the pooling {part.strip()!r} in {pooling!r}.", option="pooling",
+                                hint="Write TERM=SETTING pairs separated by commas, e.g. "
+                                     '"1|s=pooled, 1|d=hierarchical".')
+            items.append((key.strip(), value.strip()))
+        return items
+    return None
+
+
+def _norm_key(key: str) -> str:
+    """A term key without spaces or enclosing brackets, ``"( 1 | s )"`` → ``"1|s"``."""
+    k = re.sub(r"\s+", "", key)
+    while k.startswith("(") and k.endswith(")"):
+        k = k[1:-1]
+    return k
+
+
+def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: str = "pooling",
+              what: str = "The pooling names") -> GroupTerm:
+    """The group term ``key`` names: as the formula writes it (``"1|s"``, ``"(1 + x | subj)"``,
+    spaces free) or by its grouping factor (``"s"``).
+
+    Raises
+    ------
+    SpecError
+        For a key naming no group term of the formula, listing the formula's terms.
+    """
+    names: dict[str, GroupTerm] = {}
+    for t in terms:
+        for name in (term_key(t), term_key(t).replace("||", "|"), t.factor):
+            names.setdefault(_norm_key(name), t)
+    t = names.get(_norm_key(str(key)))
+    if t is not None:
+        return t
+    listed = ", ".join(repr(term_key(t)) for t in terms) or "none"
+    near = difflib.get_close_matches(_norm_key(str(key)), list(names), n=1)
+    hint = (f"Did you mean '{near[0]}'?" if near else
+            "Name a group term as the formula writes it, or its grouping factor." if terms else
+            "Add a group term such as (1 | g) to the formula.")
+    raise SpecError(f"{what} {key!r}, which is no group term of formula {formula} (its group terms: {listed}).",
+                    hint=hint, option=option)
+
+
+def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...], formula: str) -> Pooling:
+    """Each group term's setting from the user's (key, setting) pairs; one setting when all agree.
+
+    Raises
+    ------
+    SpecError
+        For a key naming no group term of the formula (or one named twice), or a bad setting.
+    """
+    settings: dict[GroupTerm, str | float] = {}
+    for key, value in items:
+        t = find_term(key, terms, formula)
+        if t in settings:
+            raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
+                            hint="Give each group term one setting.", option="pooling")
+        try:
+            settings[t] = _check_pooling(value)
+        except SpecError as err:
+            raise SpecError(f"The pooling of {key!r}: {err.message}", hint=err.hint, option="pooling") from None
+    full = [(term_key(t), settings.get(t, "hierarchical")) for t in terms]
+    values = {v for _, v in full}
+    if len(values) <= 1:  # every term alike: the one setting
+        return next(iter(values), "hierarchical")
+    return tuple(full)
+
+
 def _check_pooling(pooling: Any) -> str | float:
     msg = ("The 'pooling' option must be 'pooled', 'unpooled', 'hierarchical' or a positive number "
            f"(a fixed group SD). Got {pooling!r} instead.")
@@ -643,7 +769,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         levels = [str(c) for c in labels.categories]
         Z = _term_columns(term, frame, design, coef_names, X, f, n_levels)
         _check_slopes(term, Z, group, len(levels))
-        if spec.has_sigma and fam.identity and spec.pooling != "pooled" and freq is None:
+        if spec.has_sigma and fam.identity and spec.pooling_of(term) != "pooled" and freq is None:
             _check_within_outcome(spec, term, y, group, len(levels))
         z_sd = np.array([mean_sd(Z[:, k])[1] for k in range(term.q)])
         warn_far_slopes(term, [mean_sd(Z[:, k])[0] for k in range(term.q)], z_sd.tolist())
@@ -698,10 +824,10 @@ def bind_parts(
     if "phi" in fam.params:
         defaults["phi"] = Prior("exponential", (1.0,))
     priors, source = _resolve_priors(spec, defaults)
-    pooling = spec.pooling
     out = []
     for raw in blocks:
         term = raw.term
+        pooling = spec.pooling_of(term)
         sdz = np.array([1.0 if e == "Intercept" else (float(raw.z_sd[k]) or 1.0) for k, e in enumerate(term.exprs)])
         if pooling == "pooled":
             Sigma: np.ndarray | None = np.zeros((term.q, term.q))

@@ -32,6 +32,13 @@ maximized jointly over β and (log s, correlations).  The draws use the Gaussian
 (β, u) at the optimum: β ~ N(β̂, (X'WX − Σ_j X_j'W_jZ_jΛH_j⁻¹Λ'Z_j'W_jX_j)⁻¹) and
 u_j | β ~ N(û_j − H_j⁻¹Λ'Z_j'W_jX_j(β − β̂), H_j⁻¹), H_j = I + Λ'Z_j'W_jZ_jΛ.
 
+Several grouping factors (crossed, nested or partially crossed) couple the groups: u stacks every
+factor's group values, the Newton steps for û solve with H = I + Λ'Z'WZΛ through the sparse
+factor of :mod:`poolwise.infer.sparse` (its pattern fixed, refactored per step with the current
+W), and the criterion is h(û) − ½ log|H|.  As lme4's glmer, θ (the entries of Λ) is first
+optimized with (β, u) at their joint mode (PIRLS), then (β, θ) jointly on the Laplace criterion.
+One factor keeps the per-group path above (batched over the groups, faster).
+
 The hyperparameters are constant across the draws (they are point estimates); ``info`` holds the
 ``estimates``, ``loglik`` (ℓ at the optimum), ``criterion`` (−2ℓ), ``converged`` and ``method``
 (``"REML"``, ``"ML"`` or ``"Laplace"``).
@@ -61,7 +68,7 @@ from scipy import optimize
 
 from ..errors import DataError, SpecError
 from ..families import separation, separation_text
-from ..reduce import BlockStats, Reduced, bound_block_stats, reduce
+from ..reduce import BlockStats, Reduced, bound_block_stats, reduce, sparse_stats
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
 from . import blockmath, exact, imh
@@ -543,21 +550,28 @@ class _Laplace:
 
     def glm_start(self) -> tuple[np.ndarray, np.ndarray]:
         """β of the pooled GLM (Newton/IRLS) and its standard errors."""
-        p = self.X.shape[1]
-        beta = np.zeros(p)
-        cov = np.eye(p)
-        for _ in range(50):
-            eta = self.X @ beta + self.offset
-            mu = self.fam.inverse_link(eta)
-            s = self.w * (self.y - self.n_mean * mu)
-            wi = self.fam.information(eta, trials=self.trials, weights=self.w)
-            XWX = self.X.T @ (wi[:, None] * self.X)
-            cov = np.linalg.pinv(XWX)
-            step = cov @ (self.X.T @ s)
-            beta = beta + step
-            if np.abs(step).max() < 1e-10:
-                break
-        return beta, np.sqrt(np.maximum(np.diag(cov), 1e-12))
+        return _glm_start(self.fam, self.y, self.X, self.offset, self.w, self.trials)
+
+
+def _glm_start(fam: Any, y: np.ndarray, X: np.ndarray, offset: np.ndarray, w: np.ndarray,
+               trials: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """β of the pooled GLM (Newton/IRLS) and its standard errors."""
+    p = X.shape[1]
+    n_mean = np.ones_like(y, dtype=float) if trials is None else np.asarray(trials, dtype=float)
+    beta = np.zeros(p)
+    cov = np.eye(p)
+    for _ in range(50):
+        eta = X @ beta + offset
+        mu = fam.inverse_link(eta)
+        s = w * (y - n_mean * mu)
+        wi = fam.information(eta, trials=trials, weights=w)
+        XWX = X.T @ (wi[:, None] * X)
+        cov = np.linalg.pinv(XWX)
+        step = cov @ (X.T @ s)
+        beta = beta + step
+        if np.abs(step).max() < 1e-10:
+            break
+    return beta, np.sqrt(np.maximum(np.diag(cov), 1e-12))
 
 
 def laplace_loglik(bound: BoundSpec, beta: np.ndarray, Lam: np.ndarray) -> float:
@@ -638,6 +652,507 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
     corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
     return Draws(beta=beta_d, sigma=None, tau=None, b=None, method="empirical", info=info,
                  blocks=(BlockDraws(sd=sd_d, corr=corr_d, values=values),))
+
+
+# ----------------------------------------------------------------------------------------------
+# other families, several grouping factors: Laplace through the sparse factor of I + Λ'Z'WZΛ
+
+
+class _CrossedLaplace:
+    """Laplace's approximation of log p(y | β, Λ) for any grouping factors (canonical links).
+
+    u stacks every factor's standardized group values (factor after factor, level-major: the
+    order of :class:`poolwise.reduce.SparseStats`), b_k = Λ_k u_k per level, u ~ N(0, I).  For
+    fixed (β, Λ) the mode û of h(u) = Σ_i log p(y_i | η_i) − ½|u|² is found by Newton steps with
+    step halving, each solving A δ = ∇h, A = I + Λ'Z'WZΛ with W the GLM weights at the current η,
+    through :class:`poolwise.infer.sparse.Factorizer`: the pattern of A is fixed, so per step
+    only the per-level and per-level-pair blocks of Z'WZ are rebuilt (bincounts over indices
+    computed once) and A is refactored numerically.  Then
+
+        log p(y | β, Λ) ≈ h(û) − ½ log|A|        (W at û; lme4's glmer, nAGQ = 1: deviance −2×)
+    """
+
+    def __init__(self, bound: BoundSpec) -> None:
+        from . import sparse
+
+        fam = bound.spec.fam
+        self.family = fam.name
+        y = np.asarray(bound.y, dtype=float)
+        n = y.size
+        w = np.asarray(bound.weights, dtype=float)
+        trials = None if bound.trials is None else np.asarray(bound.trials, dtype=float)
+        self.X = np.asarray(bound.X, dtype=float).reshape(n, -1)
+        self.p = self.X.shape[1]
+        self.offset = np.asarray(bound.offset, dtype=float)
+        self.wy, self.wn = w * y, w * (np.ones(n) if trials is None else trials)
+        # the terms of the log-likelihood free of η (log y!, log binomial coefficients)
+        self.ll_const = float(np.sum(fam.log_likelihood(y, np.zeros(n), trials=trials, weights=w))
+                              - np.sum(self._rows(np.zeros(n))[0]))
+        self.Zs = [np.asarray(b.Z, dtype=float).reshape(n, -1) for b in bound.blocks]
+        self.groups = [np.asarray(b.group, dtype=np.int64) for b in bound.blocks]
+        self.J = [int(b.n_groups) for b in bound.blocks]
+        self.q = [int(b.q) for b in bound.blocks]
+        self.st = sparse_stats(np.zeros(n), np.zeros((n, 0)), None, list(zip(self.Zs, self.groups, self.J)))
+        self.offsets = self.st.offsets
+        self.Q = self.st.size
+        self.fz = sparse.Factorizer(self.st)
+        # per pair of factors: each row's level pair, in the order of the pattern's blocks
+        self.pairs: list[tuple[int, int, np.ndarray, int]] = []
+        for k, l in self.fz.pattern.pair_keys:
+            _, inv = np.unique(self.groups[k] * self.J[l] + self.groups[l], return_inverse=True)
+            self.pairs.append((k, l, np.asarray(inv).ravel(), int(self.st.pairs[(k, l)].ZtWZ.shape[0])))
+        self.b_ref = [np.zeros((J, q)) for J, q in zip(self.J, self.q)]  # warm start, on the b scale
+        self.n_eval = 0
+        self._G: list[Any] | None = None  # per factor and per pair: row → level indicators (batches)
+        self._P: list[Any] | None = None
+
+    # -- rows -------------------------------------------------------------------------------
+    def _rows(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: log p less its constant, the score ∂/∂η and the weight −∂²/∂η²."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.family == "poisson":
+                wmu = self.wn * np.exp(eta)
+                return self.wy * eta - wmu, self.wy - wmu, wmu
+            e = np.exp(-np.abs(eta))
+            inv = 1.0 / (1.0 + e)
+            mu = np.where(eta >= 0, inv, e * inv)
+            ll = self.wy * eta - self.wn * (np.maximum(eta, 0.0) + np.log1p(e))
+            return ll, self.wy - self.wn * mu, self.wn * mu * (1.0 - mu)
+
+    def _split(self, u: np.ndarray) -> list[np.ndarray]:
+        return [u[o:o + J * q].reshape(J, q) for o, J, q in zip(self.offsets, self.J, self.q)]
+
+    def _eta(self, beta: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        eta = self.X @ beta + self.offset
+        for Z, g, lam, uk in zip(self.Zs, self.groups, lams, self._split(u)):
+            eta = eta + np.einsum("ik,ik->i", Z, (uk @ lam.T)[g])
+        return np.asarray(eta)
+
+    def _level_sums(self, v: np.ndarray) -> list[np.ndarray]:
+        """Per factor, Σ v z_a over each level's rows: (J_k, q_k[, m]) for v (n[, m])."""
+        out = []
+        for Z, g, J, q in zip(self.Zs, self.groups, self.J, self.q):
+            if v.ndim == 1:
+                out.append(np.stack([np.bincount(g, weights=v * Z[:, a], minlength=J) for a in range(q)], axis=1))
+            else:
+                out.append(np.stack([np.stack([np.bincount(g, weights=v[:, m] * Z[:, a], minlength=J)
+                                               for m in range(v.shape[1])], axis=1) for a in range(q)], axis=1))
+        return out
+
+    def _lam_t(self, lams: list[np.ndarray], per_factor: list[np.ndarray]) -> np.ndarray:
+        from .sparse import _lam_t
+
+        return _lam_t(lams, per_factor)
+
+    def _factor(self, W: np.ndarray, lams: list[np.ndarray]) -> None:
+        """Factor A = I + Λ'Z'WZΛ for the row weights W."""
+        ZtWZ = []
+        for Z, g, J, q in zip(self.Zs, self.groups, self.J, self.q):
+            M = np.empty((J, q, q))
+            for a in range(q):
+                Wa = W * Z[:, a]
+                for c in range(a, q):
+                    M[:, a, c] = M[:, c, a] = np.bincount(g, weights=Wa * Z[:, c], minlength=J)
+            ZtWZ.append(M)
+        blocks = []
+        for k, l, inv, m in self.pairs:
+            B = np.empty((m, self.q[k], self.q[l]))
+            for a in range(self.q[k]):
+                Wa = W * self.Zs[k][:, a]
+                for c in range(self.q[l]):
+                    B[:, a, c] = np.bincount(inv, weights=Wa * self.Zs[l][:, c], minlength=m)
+            blocks.append(B)
+        self.fz.pattern.reweight(ZtWZ, blocks)
+        self.fz.factor(lams, 1.0)
+
+    def _solve(self, g: np.ndarray) -> np.ndarray:
+        return self.fz.solve_Lt(self.fz.solve_L(g))
+
+    def _u_start(self, lams: list[np.ndarray]) -> np.ndarray:
+        """û from the last modes on the b scale (Λ⁻¹b by the pseudo-inverse: Λ = 0 is singular)."""
+        parts = [(b @ np.linalg.pinv(lam).T).ravel() for b, lam in zip(self.b_ref, lams)]
+        u = np.concatenate(parts) if parts else np.zeros(0)
+        return np.where(np.isfinite(u), u, 0.0)
+
+    def _keep(self, u: np.ndarray, lams: list[np.ndarray]) -> None:
+        self.b_ref = [uk @ lam.T for uk, lam in zip(self._split(u), lams)]
+
+    # -- the inner mode for fixed β ------------------------------------------------------------
+    def modes(self, beta: np.ndarray, lams: list[np.ndarray], u0: np.ndarray | None = None
+              ) -> tuple[np.ndarray, float, bool]:
+        """û, the Laplace log-likelihood at (β, Λ) (A factored at û) and whether Newton converged."""
+        self.n_eval += 1
+        u = self._u_start(lams) if u0 is None else np.array(u0, dtype=float)
+        eta = self._eta(beta, lams, u)
+        ll, s, W = self._rows(eta)
+        h = float(ll.sum() - 0.5 * u @ u)
+        ok, dec_prev = False, math.inf
+        for _ in range(100):
+            g = self._lam_t(lams, self._level_sums(s)) - u
+            self._factor(W, lams)
+            delta = self._solve(g)
+            dec = float(g @ delta)
+            if not math.isfinite(dec):
+                break
+            if dec < 1e-20 or (dec < 1e-14 and dec > 0.25 * dec_prev):  # found, or rounding stalls it
+                ok = True
+                break
+            dec_prev = dec
+            t = 1.0
+            for _ in range(40):
+                u_new = u + t * delta
+                ll_n, s_n, W_n = self._rows(self._eta(beta, lams, u_new))
+                h_new = float(ll_n.sum() - 0.5 * u_new @ u_new)
+                if h_new >= h - 1e-13 * (1.0 + abs(h)):
+                    break
+                t *= 0.5
+            else:
+                ok = dec < 1e-12
+                break
+            u, h, s, W = u_new, h_new, s_n, W_n
+        if not ok:
+            self._factor(W, lams)
+        val = h + self.ll_const - 0.5 * self.fz.logdet()
+        if ok and math.isfinite(val):
+            self._keep(u, lams)
+        return u, val if math.isfinite(val) else -math.inf, ok
+
+    def __call__(self, beta: np.ndarray, lams: list[np.ndarray]) -> float:
+        if not (np.all(np.isfinite(beta)) and all(np.all(np.isfinite(lam)) for lam in lams)):
+            return -math.inf
+        with np.errstate(all="ignore"):
+            try:
+                return self.modes(beta, lams)[1]
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                return -math.inf
+
+    # -- a batch of (β, Λ) at once, dense (small systems: one LAPACK call per step for the batch) -----
+    def _setup_batch(self) -> None:
+        if self._G is not None:
+            return
+        import scipy.sparse as sp
+
+        n = self.X.shape[0]
+        rows = np.arange(n)
+        self._G = [sp.csr_matrix((np.ones(n), (g, rows)), shape=(J, n)) for g, J in zip(self.groups, self.J)]
+        self._P = [sp.csr_matrix((np.ones(n), (inv, rows)), shape=(m, n)) for _, _, inv, m in self.pairs]
+
+    def _batch_eta(self, eta_fix: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        B = u.shape[0]
+        eta = eta_fix.copy()
+        for Z, g, lam, o, J, q in zip(self.Zs, self.groups, lams, self.offsets, self.J, self.q):
+            b = np.einsum("bjc,bac->bja", u[:, o:o + J * q].reshape(B, J, q), lam)  # b_j = Λu_j
+            eta += np.einsum("ia,bia->bi", Z, b[:, g, :])
+        return np.asarray(eta)
+
+    def _batch_grad(self, s: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        """Λ'Z's − u for a batch (B, Q)."""
+        assert self._G is not None
+        B = u.shape[0]
+        parts = []
+        for G, Z, lam, q in zip(self._G, self.Zs, lams, self.q):
+            gz = np.stack([np.asarray(G @ (s * Z[:, a]).T).T for a in range(q)], axis=-1)  # (B, J, q)
+            parts.append(np.einsum("bjr,bra->bja", gz, lam).reshape(B, -1))
+        return np.concatenate(parts, axis=1) - u
+
+    def _batch_A(self, W: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """A = I + Λ'Z'WZΛ for a batch as dense (B, Q, Q), in the pattern's listed order."""
+        assert self._G is not None and self._P is not None
+        B, pat = W.shape[0], self.fz.pattern
+        parts = []
+        for G, Z, lam, J, q in zip(self._G, self.Zs, lams, self.J, self.q):
+            M = np.empty((B, J, q, q))
+            for a in range(q):
+                Wa = W * Z[:, a]
+                for c in range(a, q):
+                    M[:, :, a, c] = M[:, :, c, a] = np.asarray(G @ (Wa * Z[:, c]).T).T
+            parts.append(np.einsum("bri,bjrs,bsc->bjic", lam, M, lam).reshape(B, -1))
+        for (k, l, _, m), P in zip(self.pairs, self._P):
+            qk, ql = self.q[k], self.q[l]
+            M = np.empty((B, m, qk, ql))
+            for a in range(qk):
+                Wa = W * self.Zs[k][:, a]
+                for c in range(ql):
+                    M[:, :, a, c] = np.asarray(P @ (Wa * self.Zs[l][:, c]).T).T
+            V = np.einsum("bri,bmrs,bsc->bmic", lams[k], M, lams[l])
+            parts += [V.reshape(B, -1), V.transpose(0, 1, 3, 2).reshape(B, -1)]
+        vals = np.concatenate(parts, axis=1)
+        vals[:, pat.diag_at] += 1.0
+        A = np.zeros((B, self.Q * self.Q))
+        A[:, pat.flat] = vals
+        return A.reshape(B, self.Q, self.Q)
+
+    def modes_batch(self, beta: np.ndarray, lams: list[np.ndarray], u0: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`modes` for a batch, densely: û (B, Q), the Laplace log-likelihoods (B,), the
+        Cholesky factors of A at û (B, Q, Q) and whether Newton converged (B,)."""
+        import scipy.linalg as sla
+
+        self._setup_batch()
+        B = beta.shape[0]
+        self.n_eval += B
+        eta_fix = beta @ self.X.T + self.offset
+        u = np.array(u0, dtype=float)
+        ll, s, W = self._rows(self._batch_eta(eta_fix, lams, u))
+        h = ll.sum(axis=1) - 0.5 * (u * u).sum(axis=1)
+        done = np.zeros(B, dtype=bool)
+        ok = np.zeros(B, dtype=bool)
+        dec_prev = np.full(B, np.inf)
+        L = np.zeros((B, self.Q, self.Q))
+        for _ in range(100):
+            g = self._batch_grad(s, lams, u)
+            todo = np.flatnonzero(~done)
+            A = self._batch_A(W[todo], [lam[todo] for lam in lams])
+            Lt = np.linalg.cholesky(A)
+            L[todo] = Lt
+            delta = np.zeros_like(u)
+            z = sla.solve_triangular(Lt, g[todo, :, None], lower=True, check_finite=False)
+            delta[todo] = sla.solve_triangular(Lt, z, lower=True, trans="T", check_finite=False)[..., 0]
+            dec = (g * delta).sum(axis=1)
+            fin = np.isfinite(dec)
+            found = ~done & fin & ((dec < 1e-20) | ((dec < 1e-14) & (dec > 0.25 * dec_prev)))
+            ok |= found
+            done |= found | ~fin
+            if done.all():
+                break
+            dec_prev = np.where(done, dec_prev, dec)
+            step = ~done
+            t = np.where(step, 1.0, 0.0)
+            u_new = u + t[:, None] * delta
+            ll_n, s_n, W_n = self._rows(self._batch_eta(eta_fix, lams, u_new))
+            h_new = ll_n.sum(axis=1) - 0.5 * (u_new * u_new).sum(axis=1)
+            for _ in range(40):
+                bad = step & ~(h_new >= h - 1e-13 * (1.0 + np.abs(h)))
+                if not bad.any():
+                    break
+                t = np.where(bad, 0.5 * t, t)
+                u_try = u + t[:, None] * delta
+                ll_t, s_t, W_t = self._rows(self._batch_eta(eta_fix, lams, u_try))
+                h_t = ll_t.sum(axis=1) - 0.5 * (u_try * u_try).sum(axis=1)
+                u_new = np.where(bad[:, None], u_try, u_new)
+                ll_n, s_n, W_n = (np.where(bad[:, None], x, y) for x, y in ((ll_t, ll_n), (s_t, s_n), (W_t, W_n)))
+                h_new = np.where(bad, h_t, h_new)
+            good = step & (h_new >= h - 1e-13 * (1.0 + np.abs(h)))
+            stuck = step & ~good  # no step length improved h: at the mode to rounding, or lost
+            ok |= stuck & (dec < 1e-12)
+            done |= stuck
+            u = np.where(good[:, None], u_new, u)
+            h = np.where(good, h_new, h)
+            s = np.where(good[:, None], s_n, s)
+            W = np.where(good[:, None], W_n, W)
+        else:
+            L = np.linalg.cholesky(self._batch_A(W, lams))
+        with np.errstate(all="ignore"):
+            val = h + self.ll_const - np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        return u, np.where(np.isfinite(val), val, -np.inf), L, ok
+
+    # -- the joint mode of (β, u) for fixed Λ (PIRLS, lme4's nAGQ = 0) --------------------------
+    def _zwx(self, W: np.ndarray, lams: list[np.ndarray]) -> np.ndarray:
+        """Λ'Z'WX, (Q, p)."""
+        return self._lam_t(lams, self._level_sums(W[:, None] * self.X))
+
+    def pirls(self, beta0: np.ndarray, lams: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """The joint mode (β̂, û) of h(β, u) for fixed Λ, the Laplace value there and the
+        Schur complement X'WX − X'WZΛA⁻¹Λ'Z'WX (the precision of β)."""
+        self.n_eval += 1
+        beta, u = np.array(beta0, dtype=float), self._u_start(lams)
+        ll, s, W = self._rows(self._eta(beta, lams, u))
+        h = float(ll.sum() - 0.5 * u @ u)
+        S = np.eye(self.p)
+        dec_prev = math.inf
+        for _ in range(100):
+            gu = self._lam_t(lams, self._level_sums(s)) - u
+            gb = self.X.T @ s
+            self._factor(W, lams)
+            cu = self.fz.solve_L(gu)
+            Cb = self.fz.solve_L(self._zwx(W, lams))
+            S = self.X.T @ (W[:, None] * self.X) - Cb.T @ Cb
+            LS = np.linalg.cholesky(0.5 * (S + S.T))
+            db = np.linalg.solve(LS.T, np.linalg.solve(LS, gb - Cb.T @ cu))
+            du = self.fz.solve_Lt(cu - Cb @ db)
+            dec = float(gu @ du + gb @ db)
+            if not math.isfinite(dec) or dec < 1e-20 or (dec < 1e-14 and dec > 0.25 * dec_prev):
+                break
+            dec_prev = dec
+            t = 1.0
+            for _ in range(40):
+                b_new, u_new = beta + t * db, u + t * du
+                ll_n, s_n, W_n = self._rows(self._eta(b_new, lams, u_new))
+                h_new = float(ll_n.sum() - 0.5 * u_new @ u_new)
+                if h_new >= h - 1e-13 * (1.0 + abs(h)):
+                    break
+                t *= 0.5
+            else:
+                break
+            beta, u, h, s, W = b_new, u_new, h_new, s_n, W_n
+        self._factor(W, lams)
+        val = h + self.ll_const - 0.5 * self.fz.logdet()
+        if math.isfinite(val):
+            self._keep(u, lams)
+        return beta, u, val if math.isfinite(val) else -math.inf, S
+
+    def gaussian(self, beta: np.ndarray, lams: list[np.ndarray], u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """At the mode: the precision of β, X'WX − X'WZΛA⁻¹Λ'Z'WX (p, p), and L⁻¹PΛ'Z'WX (Q, p),
+        with A factored at û (so that u | β ~ N(û − A⁻¹Λ'Z'WX(β − β̂), A⁻¹))."""
+        _, _, W = self._rows(self._eta(beta, lams, u))
+        self._factor(W, lams)
+        Cb = self.fz.solve_L(self._zwx(W, lams)) if self.p else np.zeros((self.Q, 0))
+        S = self.X.T @ (W[:, None] * self.X) - Cb.T @ Cb
+        return 0.5 * (S + S.T), Cb
+
+
+def _minimize_fd(fun: Callable[[np.ndarray], float], x0: np.ndarray, bounds: list[tuple[float | None, None]],
+                 h: float = 1e-4, gtol: float = 1e-7, restarts: int = 4) -> tuple[np.ndarray, float, bool, int]:
+    """Minimize fun by L-BFGS-B with central-difference gradients (steps h), restarted from its end
+    until it stops improving.  Returns x, fun(x), whether L-BFGS-B reported success, evaluations."""
+    n_eval = 0
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal n_eval
+        f0 = fun(x)
+        g = np.zeros_like(x)
+        n_eval += 1
+        if not math.isfinite(f0):
+            return 1e300, g
+        for i in range(x.size):
+            e = np.zeros_like(x)
+            e[i] = h
+            fp, fm = fun(x + e), fun(x - e)
+            n_eval += 2
+            g[i] = (fp - fm) / (2.0 * h) if math.isfinite(fp) and math.isfinite(fm) else 0.0
+        return f0, g
+
+    x, fx = np.asarray(x0, dtype=float), fun(x0)
+    n_eval += 1
+    ok = True
+    if not x.size:
+        return x, fx, True, n_eval
+    for _ in range(restarts):
+        res = optimize.minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": 1e-15, "gtol": gtol, "maxiter": 1000, "maxls": 50})
+        better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
+        if res.fun <= fx:
+            x, fx = np.asarray(res.x, dtype=float), float(res.fun)
+        ok = bool(res.success) or not better
+        if not better:
+            break
+    return x, fx, ok, n_eval
+
+
+def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
+                     progress: Progress | None = None) -> Draws:
+    from . import sparse
+
+    lap = _CrossedLaplace(bound)
+    with sparse._blas(lap.fz):  # one BLAS thread for small dense systems
+        return _laplace_crossed_fit(bound, lap, seed=seed, chains=chains, draws=draws, progress=progress)
+
+
+def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, chains: int, draws: int,
+                         progress: Progress | None = None) -> Draws:
+    """Laplace (lme4's glmer, nAGQ = 1) for several grouping factors.
+
+    As glmer: first θ (lme4's Λ entries, diagonals ≥ 0) with (β, u) at their joint mode (PIRLS,
+    nAGQ = 0), then (β, θ) jointly on the Laplace criterion, β in the coordinates whitened by the
+    first stage's covariance (the intercept and an uncentred covariate are nearly collinear
+    otherwise).  The draws are those of the Gaussian approximation of (β, u) at the optimum.
+    """
+    from . import sparse
+
+    t0 = time.perf_counter()
+    settings = sparse._settings(bound)
+    fixed = sparse._fixed_lams(settings)
+    p = lap.p
+
+    def lams_of(theta: np.ndarray) -> list[np.ndarray]:
+        return [s.tril(t) if f is None else f for s, t, f in zip(settings, sparse._split_theta(theta, settings),
+                                                                    fixed)]
+
+    lower = np.concatenate([s.lower() for s in settings if s.learned] + [np.zeros(0)])
+    theta_bounds: list[tuple[float | None, None]] = [(None if not np.isfinite(lo) else float(lo), None)
+                                                      for lo in lower]
+    theta0 = np.concatenate([sparse._start_theta(s) for s in settings] + [np.zeros(0)])
+    beta0, _ = _glm_start(bound.spec.fam, bound.y, lap.X, lap.offset, bound.weights, bound.trials)
+    state = {"beta": beta0}
+
+    # stage 1: θ with (β, u) at their joint mode
+    def stage1(theta: np.ndarray) -> float:
+        with np.errstate(all="ignore"):
+            try:
+                beta, _, val, _ = lap.pirls(state["beta"], lams_of(theta))
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                return math.inf
+        if math.isfinite(val):
+            state["beta"] = beta
+        return -val if math.isfinite(val) else math.inf
+
+    if progress:
+        progress("hyperparameters", 0.05)
+    theta1, _, ok1, ne1 = _minimize_fd(stage1, theta0, theta_bounds, gtol=1e-3, restarts=1)  # a start only
+    beta1, _, _, S1 = lap.pirls(state["beta"], lams_of(theta1))
+    # stage 2: (β, θ) on the Laplace criterion, β = β₁ + Rξ with RR' = S₁⁻¹
+    try:
+        R = np.linalg.cholesky(np.linalg.inv(S1)) if p else np.zeros((0, 0))
+    except np.linalg.LinAlgError:
+        R = np.eye(p)
+
+    def stage2(x: np.ndarray) -> float:
+        val = lap(beta1 + R @ x[:p], lams_of(x[p:]))
+        return -val if math.isfinite(val) else math.inf
+
+    if progress:
+        progress("hyperparameters", 0.4)
+    x, fx, ok2, ne2 = _minimize_fd(stage2, np.concatenate([np.zeros(p), theta1]),
+                                   [(None, None)] * p + theta_bounds)
+    beta_hat, theta = beta1 + R @ x[:p], x[p:]
+    lams = lams_of(theta)
+    u, ll, inner_ok = lap.modes(beta_hat, lams)
+    prec, Cb = lap.gaussian(beta_hat, lams, u)
+    if progress:
+        progress("group values", 0.8)
+    # the Gaussian approximation of (β, u): β ~ N(β̂, prec⁻¹), u | β ~ N(û − P'L⁻ᵀCb(β − β̂), A⁻¹)
+    rng = np.random.default_rng(seed)
+    C, D = chains, draws
+    N = C * D
+    if p:
+        cov = np.linalg.inv(prec)
+        cov = 0.5 * (cov + cov.T)
+        beta = beta_hat + rng.standard_normal((N, p)) @ np.linalg.cholesky(cov).T
+    else:
+        cov, beta = np.zeros((0, 0)), np.zeros((N, 0))
+    a = u[:, None] + lap.fz.solve_Lt(rng.standard_normal((lap.Q, N)) - Cb @ (beta - beta_hat).T)
+    values = sparse._lam(lams, lap.st, a)  # per factor (N, J, q)
+    sds: list[np.ndarray | None] = []
+    corrs: list[np.ndarray | None] = []
+    sd_est: dict[str, float] = {}
+    corr_est: dict[str, float] = {}
+    for blk, lam in zip(bound.blocks, lams):
+        if blk.Sigma is not None:
+            sds.append(None)
+            corrs.append(None)
+            continue
+        S = lam @ lam.T
+        sd = np.sqrt(np.diagonal(S))
+        sds.append(np.broadcast_to(sd, (N, blk.q)).copy())
+        sd_est.update({n: float(v) for n, v in zip(blk.sd_names, sd)})
+        if blk.term.correlated and blk.q > 1:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                Rm = S / np.outer(sd, sd)
+            corrs.append(np.broadcast_to(Rm, (N, blk.q, blk.q)).copy())
+            corr_est.update({n: float(Rm[i, j]) for n, (i, j) in zip(
+                blk.cor_names, [(i, j) for j in range(blk.q) for i in range(j)])})
+        else:
+            corrs.append(None)
+    estimates: dict[str, Any] = {"beta": beta_hat.tolist(), "beta_cov": cov.tolist()}
+    if sd_est:
+        estimates["sd"] = sd_est
+    if corr_est:
+        estimates["corr"] = corr_est
+    info = {"method": "Laplace", "estimates": estimates, "loglik": ll, "criterion": -2.0 * ll,
+            "theta": theta.tolist(), "converged": bool(ok1 and ok2 and inner_ok and math.isfinite(ll)),
+            "evaluations": ne1 + ne2, "factorization": lap.fz.backend, "seconds": time.perf_counter() - t0}
+    return Draws(beta=beta.reshape(C, D, p), sigma=None, tau=None, b=None, method="empirical", info=info,
+                 blocks=sparse._blocks(bound, C, D, sds, corrs, values))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,8 +1237,8 @@ def sample(
     Parameters
     ----------
     bound
-        A bound model with one grouping factor: gaussian (REML/ML), or bernoulli, binomial or
-        poisson (Laplace).
+        A bound model with any grouping factors: gaussian (REML/ML; several factors through
+        :func:`poolwise.infer.sparse.empirical`), or bernoulli, binomial or poisson (Laplace).
     seed
         Seed of the draws of β and the group values.
     chains, draws
@@ -742,15 +1257,22 @@ def sample(
     Raises
     ------
     SpecError
-        For several grouping factors, a family other than gaussian, bernoulli, binomial and
-        poisson, or a separated bernoulli / binomial outcome (no maximum-likelihood estimate).
+        For a family other than gaussian, bernoulli, binomial and poisson, or a separated
+        bernoulli / binomial outcome (no maximum-likelihood estimate).
     """
     fam = bound.spec.fam
-    if len(bound.blocks) != 1:
-        raise SpecError(
-            f"method='empirical' fits one grouping factor; this model has "
-            f"{', '.join(str(b.term) for b in bound.blocks)}.", hint="Use method='exact' or 'nuts'.",
-            option="method")
+    if len(bound.blocks) > 1 and fam.name in _LAPLACE_FAMILIES:
+        _check_not_at_bound(bound)
+        _check_separation(bound)
+        out = _laplace_crossed(bound, seed=seed, chains=chains, draws=draws, progress=progress)
+        if progress:
+            progress("done", 1.0)
+        return out
+    if len(bound.blocks) > 1 and fam.exact:  # REML / ML for any grouping structure
+        from . import sparse
+
+        _check_replicated(bound)
+        return sparse.empirical(bound, seed=seed, chains=chains, draws=draws, progress=progress, reml=reml)
     if progress:
         progress("hyperparameters", 0.0)
     if fam.exact:

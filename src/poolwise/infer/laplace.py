@@ -1,6 +1,7 @@
 """Hyperparameters by MCMC on the Laplace-approximated marginal, group effects integrated out.
 
-For bernoulli, binomial and poisson models (canonical links) with one grouping factor, write
+For bernoulli, binomial and poisson models (canonical links) with one grouping factor (several:
+see below), write
 b_j = Λu_j, u_j ~ N(0, I_q), Σ = ΛΛ' = diag(s) R diag(s).  For θ = (β, log s, CorrCholesky
 coordinates of R) the group effects are integrated out by Laplace's approximation per group,
 
@@ -25,6 +26,14 @@ well-informed group barely moves with Σ).  Each evaluated θ also gets one draw
 values from the Laplace Gaussian b_j ~ N(Λû_j, ΛH_j⁻¹Λ'); carried along with θ through the
 MH chain this is independence MH on the joint (θ, b) with the Gaussian as b's proposal and
 target, so the pairs are draws of the approximate joint posterior.
+
+Several grouping factors (crossed or nested) couple the groups, so the Newton iterations run over
+all group values at once through the sparse factor of I + Λ'Z'WZΛ
+(:class:`CrossedLaplaceTarget`, the kernel of :mod:`poolwise.infer.empirical` for several factors),
+one θ at a time, with θ = (β, per factor its log SDs and CorrCholesky coordinates) and one draw of
+every group value per θ from u ~ N(û, (I + Λ'Z'WZΛ)⁻¹).  Small systems (a dense factor) are
+evaluated in batches of θ: A for the whole batch is formed densely and factored in one LAPACK call
+per Newton step.
 
 The per-θ kernel of :mod:`poolwise.infer.empirical` (``_Laplace.modes``) works one θ at a time;
 the kernel here is the same Newton iteration (step halving per group, the same criterion)
@@ -56,9 +65,9 @@ from ..errors import ConvergenceWarning, SpecError
 from ..spec import BoundSpec
 from . import BlockDraws, Draws, Progress
 from . import blockmath, imh
-from .empirical import _LAPLACE_FAMILIES, _Laplace  # private helpers of the sibling module, reused
+from .empirical import _LAPLACE_FAMILIES, _CrossedLaplace, _glm_start, _Laplace  # the sibling module's helpers
 
-__all__ = ["LaplaceTarget", "sample", "MIN_ACCEPT"]
+__all__ = ["LaplaceTarget", "CrossedLaplaceTarget", "sample", "MIN_ACCEPT"]
 
 #: below this independence-MH acceptance rate a ConvergenceWarning suggests method="nuts"
 MIN_ACCEPT = 0.3
@@ -311,12 +320,176 @@ class LaplaceTarget:
         return out
 
 
+class CrossedLaplaceTarget:
+    """Log posterior of θ = (β, per learned factor: log s_1..q and CorrCholesky x) for several
+    grouping factors, every group value integrated out by Laplace's approximation through the
+    sparse factor (:class:`poolwise.infer.empirical._CrossedLaplace`), one θ at a time.
+
+    The same interface as :class:`LaplaceTarget` (``dim``, ``center()``, batched ``__call__``,
+    ``unpack``, ``values_at``): each evaluated θ also gets one draw of every group value from the
+    Laplace Gaussian u ~ N(û, A⁻¹), b_k = Λ_k u_k.
+    """
+
+    def __init__(self, bound: BoundSpec, rng: np.random.Generator | None = None) -> None:
+        self.lap = _CrossedLaplace(bound)
+        self.bound = bound
+        self.p = self.lap.p
+        self.beta_priors = [bound.priors[c] for c in bound.coef_names]
+        self.blocks = list(bound.blocks)
+        self.fixed = [None if b.Sigma is None else blockmath._psd_sqrt(np.asarray(b.Sigma, dtype=float))
+                      for b in self.blocks]
+        self.sd_priors = [None if b.Sigma is not None else [bound.priors[n] for n in b.sd_names] for b in self.blocks]
+        self.n_corr = [b.q * (b.q - 1) // 2 if (b.Sigma is None and b.q > 1 and b.term.correlated) else 0
+                       for b in self.blocks]
+        self.lkj_eta = [float(bound.priors[f"cor({b.factor})"].args[0]) if nc else 1.0
+                        for b, nc in zip(self.blocks, self.n_corr)]
+        self.dim = self.p + sum(b.q + nc for b, nc in zip(self.blocks, self.n_corr) if b.Sigma is None)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.last_theta = np.zeros((0, self.dim))
+        self.last_values: list[np.ndarray] = [np.zeros((0, b.n_groups, b.q)) for b in self.blocks]
+        self.lp_ref = -math.inf  # the best log density so far (its modes warm-start batches)
+        self.n_eval = 0
+
+    def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None], list[np.ndarray | None],
+                                                 list[np.ndarray], np.ndarray]:
+        """β (B, p); per factor s (B, q) or None, L_R (B, q, q) or None, Λ (B, q, q); log prior + log-Jacobian (B,)."""
+        theta = np.atleast_2d(theta)
+        B, p = theta.shape[0], self.p
+        beta = theta[:, :p]
+        lp = np.zeros(B)
+        sds: list[np.ndarray | None] = []
+        Ls: list[np.ndarray | None] = []
+        lams: list[np.ndarray] = []
+        i = p
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            for k, pr in enumerate(self.beta_priors):
+                lp = lp + pr.logpdf(beta[:, k])
+            for blk, f, pri, nc, eta in zip(self.blocks, self.fixed, self.sd_priors, self.n_corr, self.lkj_eta):
+                q = blk.q
+                if f is not None:
+                    sds.append(None)
+                    Ls.append(None)
+                    lams.append(np.broadcast_to(f, (B, q, q)))
+                    continue
+                assert pri is not None
+                sd = np.exp(theta[:, i:i + q])
+                for a, pr in enumerate(pri):
+                    lp = lp + pr.logpdf(sd[:, a]) + theta[:, i + a]
+                i += q
+                L = None
+                if nc:
+                    L, logjac = blockmath._corr_cholesky(theta[:, i:i + nc], q)
+                    lp = lp + blockmath._lkj_cholesky_logpdf(L, eta) + logjac
+                    i += nc
+                    lams.append(sd[:, :, None] * L)
+                else:
+                    lams.append(sd[:, :, None] * np.eye(q))
+                sds.append(sd)
+                Ls.append(L)
+        return beta, sds, Ls, lams, lp
+
+    def center(self) -> np.ndarray:
+        """β of the pooled GLM, s_k = 0.5 / RMS(z_k), R = I."""
+        lap = self.lap
+        beta0, _ = _glm_start(self.bound.spec.fam, self.bound.y, lap.X, lap.offset, self.bound.weights,
+                              self.bound.trials)
+        parts = [beta0]
+        for blk, Z, nc in zip(self.blocks, lap.Zs, self.n_corr):
+            if blk.Sigma is None:
+                zz = np.sqrt(np.maximum((Z**2).mean(axis=0), 1e-300)) if Z.size else np.ones(blk.q)
+                parts += [np.log(0.5 / zz), np.zeros(nc)]
+        return np.concatenate(parts)
+
+    def __call__(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.atleast_2d(np.asarray(theta, dtype=float))
+        B = theta.shape[0]
+        beta, _, _, lams, lp = self.unpack(theta)
+        out = np.full(B, -np.inf)
+        values = [np.zeros((B, b.n_groups, b.q)) for b in self.blocks]
+        lap = self.lap
+        valid = np.isfinite(lp) & np.all(np.isfinite(beta), axis=1)
+        for lam in lams:
+            valid &= np.all(np.isfinite(lam), axis=(1, 2))
+        rows = np.flatnonzero(valid)
+        if lap.fz.dense and rows.size > 1:
+            chunk = int(max(1, min(256, (1 << 21) // max(1, lap.Q * lap.Q))))
+            for c0 in range(0, rows.size, chunk):
+                self._dense_chunk(rows[c0:c0 + chunk], beta, lams, lp, out, values)
+            rows = np.flatnonzero(valid & ~np.isfinite(out))  # a batch that failed: one at a time
+        for r in rows:
+            lam_r = [np.ascontiguousarray(lam[r]) for lam in lams]
+            if not (np.isfinite(lp[r]) and np.all(np.isfinite(beta[r])) and all(np.all(np.isfinite(x)) for x in lam_r)):
+                continue
+            self.n_eval += 1
+            with np.errstate(all="ignore"):
+                try:
+                    u, ll, _ = lap.modes(beta[r], lam_r)
+                    # one draw of the group values from the Laplace Gaussian (A factored at û)
+                    a = u + lap.fz.solve_Lt(self.rng.standard_normal(lap.Q))
+                except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                    continue
+            v = ll + lp[r]
+            if not math.isfinite(v):
+                continue
+            out[r] = v
+            for k, bk in enumerate(lap._split(a)):
+                values[k][r] = bk @ lam_r[k].T
+        self.last_theta, self.last_values = theta.copy(), values
+        return out
+
+    def _dense_chunk(self, idx: np.ndarray, beta: np.ndarray, lams: list[np.ndarray], lp: np.ndarray,
+                     out: np.ndarray, values: list[np.ndarray]) -> None:
+        """Evaluate the rows idx of a batch together (dense factors), warm-started from the modes at
+        the best θ so far (on the b scale)."""
+        import scipy.linalg as sla
+
+        lap = self.lap
+        self.n_eval += idx.size
+        lam_c = [np.ascontiguousarray(lam[idx]) for lam in lams]
+        with np.errstate(all="ignore"):
+            u0 = np.concatenate([np.einsum("bac,jc->bja", np.linalg.pinv(lam), b).reshape(idx.size, -1)
+                                 for lam, b in zip(lam_c, lap.b_ref)], axis=1)
+            u0 = np.where(np.isfinite(u0), u0, 0.0)
+            try:
+                u, ll, L, _ = lap.modes_batch(beta[idx], lam_c, u0)
+                eps = self.rng.standard_normal((idx.size, lap.Q, 1))
+                a = u + sla.solve_triangular(L, eps, lower=True, trans="T", check_finite=False)[..., 0]
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):
+                return
+        v = ll + lp[idx]
+        v = np.where(np.isfinite(v), v, -np.inf)
+        out[idx] = v
+        for k, (o, J, q) in enumerate(zip(lap.offsets, lap.J, lap.q)):
+            values[k][idx] = np.einsum("bjc,bac->bja", a[:, o:o + J * q].reshape(idx.size, J, q), lam_c[k])
+        best = int(np.argmax(v))
+        if np.isfinite(v[best]) and v[best] > self.lp_ref:
+            self.lp_ref = float(v[best])
+            lap.b_ref = [u[best, o:o + J * q].reshape(J, q) @ lam_c[k][best].T
+                         for k, (o, J, q) in enumerate(zip(lap.offsets, lap.J, lap.q))]
+
+    def values_at(self, theta: np.ndarray) -> list[np.ndarray]:
+        """One draw of every group value per row of θ (N, dim) → per factor (N, J, q): the draws made
+        when the last batch was evaluated where θ is in it, fresh ones otherwise."""
+        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        out = [np.empty((theta.shape[0], b.n_groups, b.q)) for b in self.blocks]
+        found = pos >= 0
+        for o, v in zip(out, self.last_values):
+            o[found] = v[pos[found]]
+        if not found.all():
+            miss = np.flatnonzero(~found)
+            uniq, inv = np.unique(theta[miss], axis=0, return_inverse=True)
+            self(uniq)
+            for o, v in zip(out, self.last_values):
+                o[miss] = v[np.asarray(inv).ravel()]
+        return out
+
+
 def _check(bound: BoundSpec) -> None:
     fam = bound.spec.fam
-    if len(bound.blocks) != 1:
-        raise SpecError(
-            f"method='laplace' integrates out the effects of one grouping factor; this model has "
-            f"{', '.join(str(b.term) for b in bound.blocks)}.", hint="Use method='nuts'.", option="method")
+    if not bound.blocks:
+        raise SpecError("method='laplace' integrates out group values, and this model has no group terms.",
+                        hint="Add a group term such as (1 | g), or use method='nuts'.", option="method")
     if fam.name not in _LAPLACE_FAMILIES:
         raise SpecError(f"method='laplace' fits the bernoulli, binomial and poisson families, not {fam.name}.",
                         hint="Use method='nuts' (or method='exact' for gaussian).", option="method")
@@ -338,7 +511,7 @@ def sample(
     Parameters
     ----------
     bound
-        A bernoulli, binomial or poisson model with one grouping factor.
+        A bernoulli, binomial or poisson model with one or several grouping factors.
     seed
         Seed (same seed, same draws).
     chains, draws
@@ -356,7 +529,7 @@ def sample(
     Raises
     ------
     SpecError
-        For several grouping factors or another family.
+        For a model without group terms or another family.
 
     Warns
     -----
@@ -369,8 +542,11 @@ def sample(
     if progress:
         progress("hyperparameters", 0.0)
     ss_imh, ss_values = np.random.SeedSequence(seed).spawn(2)
-    target = LaplaceTarget(bound, np.random.default_rng(ss_values))
     C, D = chains, draws
+    if len(bound.blocks) > 1:
+        return _sample_crossed(bound, CrossedLaplaceTarget(bound, np.random.default_rng(ss_values)), ss_imh,
+                               seed=seed, chains=C, draws=D, t0=t0, progress=progress)
+    target = LaplaceTarget(bound, np.random.default_rng(ss_values))
     blk = bound.blocks[0]
     res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
     if isinstance(res, str):
@@ -416,3 +592,55 @@ def sample(
         blocks=(BlockDraws(sd=None if sd is None else sd.reshape(C, D, blk.q).copy(), corr=corr,
                            values=None if blk.pooled else values.reshape(C, D, blk.n_groups, blk.q)),),
     )
+
+
+def _sample_crossed(bound: BoundSpec, target: CrossedLaplaceTarget, ss_imh: np.random.SeedSequence, *, seed: int,
+                    chains: int, draws: int, t0: float, progress: Progress | None) -> Draws:
+    """:func:`sample` for several grouping factors (one θ at a time through the sparse factor)."""
+    from . import sparse
+
+    C, D = chains, draws
+    with sparse._blas(target.lap.fz):  # one BLAS thread for small dense systems
+        res = imh._imh(target, C, D, np.random.default_rng(ss_imh))  # type: ignore[arg-type]
+        if not isinstance(res, str):
+            theta = res.theta.reshape(C * D, target.dim)
+            values = target.values_at(theta)
+    if isinstance(res, str):
+        warnings.warn(f"method='laplace': its independence MH sampler failed ({res}); fitted with NUTS instead.",
+                      ConvergenceWarning, stacklevel=4)
+        from . import nuts
+
+        out = nuts.sample(bound, seed=seed, chains=chains, draws=draws)
+        return replace(out, info={**out.info, "note": f"method='laplace' fell back to NUTS: {res}"})
+    t1 = time.perf_counter()
+    beta, sds, Ls, _, _ = target.unpack(theta)
+    acc = float(res.info["acceptance_rate"])
+    if acc < MIN_ACCEPT:
+        warnings.warn(
+            f"method='laplace': the independence MH acceptance rate was {acc:.2f} (< {MIN_ACCEPT}); the "
+            f"draws are valid but strongly autocorrelated.  Check the effective sample sizes, or use "
+            f"method='nuts'.", ConvergenceWarning, stacklevel=4)
+    if progress:
+        progress("done", 1.0)
+    blocks = []
+    for blk, sd, L, v in zip(bound.blocks, sds, Ls, values):
+        corr = None if L is None else (L @ np.swapaxes(L, -1, -2)).reshape(C, D, blk.q, blk.q)
+        blocks.append(BlockDraws(sd=None if sd is None else sd.reshape(C, D, blk.q).copy(), corr=corr,
+                                 values=None if blk.pooled else v.reshape(C, D, blk.n_groups, blk.q)))
+    info: dict[str, Any] = {
+        "hyper_sampler": "independence MH on the Laplace marginal",
+        "acceptance_rate": acc,
+        "low_acceptance": acc < MIN_ACCEPT,
+        "importance_ess": res.info.get("importance_ess"),
+        "evaluations": target.n_eval,
+        "factorization": target.lap.fz.backend,
+        "seconds": time.perf_counter() - t0,
+        "seconds_hyper": t1 - t0,
+        "divergences": 0,
+        "warmup": 0,
+    }
+    if res.info.get("imh_retry"):
+        info["imh_retry"] = res.info["imh_retry"]
+    return Draws(beta=beta.reshape(C, D, target.p).copy(), sigma=None, tau=None, b=None,
+                 sample_stats={"accepted": res.accepted, "lp": res.lp}, method="laplace", info=info,
+                 blocks=tuple(blocks))

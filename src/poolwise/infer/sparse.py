@@ -123,8 +123,9 @@ class _Pattern:
             qk, ql = self.q[k], self.q[l]
             r = off[k] + pr.a[:, None, None] * qk + np.arange(qk)[None, :, None] + 0 * np.arange(ql)[None, None, :]
             c = off[l] + pr.b[:, None, None] * ql + np.arange(ql)[None, None, :] + 0 * np.arange(qk)[None, :, None]
-            rows += [r.ravel(), c.ravel()]
-            cols += [c.ravel(), r.ravel()]
+            # the transposed blocks above the diagonal are listed (m, q_l, q_k), as their values are
+            rows += [r.ravel(), c.transpose(0, 2, 1).ravel()]
+            cols += [c.ravel(), r.transpose(0, 2, 1).ravel()]
         row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
         self.nnz = row.size
@@ -160,6 +161,14 @@ class _Pattern:
         out = np.zeros((s2.shape[0], self.Q * self.Q))
         out[:, self.flat] = vals
         return out.reshape(-1, self.Q, self.Q)
+
+    def reweight(self, ZtWZ: Sequence[np.ndarray], pair_blocks: Sequence[np.ndarray]) -> None:
+        """New per-level and per-pair blocks of Z'WZ on the same pattern (other weights W: the
+        Laplace iterations of a GLMM); the shapes must be those the pattern was built from."""
+        if [b.shape for b in ZtWZ] != [b.shape for b in self.ZtWZ] or \
+                [b.shape for b in pair_blocks] != [b.shape for b in self.pair_blocks]:
+            raise ValueError("reweight: the blocks do not fit this pattern")
+        self.ZtWZ, self.pair_blocks = tuple(ZtWZ), list(pair_blocks)
 
     def matrix(self, vals: np.ndarray) -> sp.csc_matrix:
         return sp.csc_matrix((vals, self.indices, self.indptr), shape=(self.Q, self.Q))

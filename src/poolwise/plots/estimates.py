@@ -29,6 +29,8 @@ _TITLES = {
 _COLORS = {"pooled": "#1f77b4", "unpooled": "#d62728", "hierarchical": "#2ca02c"}
 _POP_COLOR = "#7f7f7f"
 _MAX_TICKS = 10
+#: rows (group terms) :func:`plot_comparison` draws by default
+MAX_ROWS = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +79,7 @@ def comparison_data(cmp: Comparison, *, max_groups: int | None = None, prob: flo
     >>> list(d["poolings"]), d["n_shown"] == d["n_groups"]
     (['pooled', 'unpooled', 'hierarchical'], True)
     """
-    table = cmp.table(prob, term=term)  # ordered by size
+    table = cmp.table(prob, term=cmp.terms[0] if term is None else term)  # ordered by size
     name = str(table.attrs["term"])
     block = next(b for b in cmp.hierarchical.bound.blocks for e in b.exprs if b.term.value_name(e) == name)
     expr = next(e for e in block.exprs if block.term.value_name(e) == name)
@@ -144,7 +146,9 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         With more groups than this, a subset evenly spread over sizes is drawn (and the title
         says so).
     terms
-        The group terms to draw, one row each (names as in ``cmp.terms``); default all.
+        The group terms to draw, one row each (names as in ``cmp.terms``); default all of them
+        when there are at most :data:`MAX_ROWS`, else :data:`MAX_ROWS` of them, each grouping
+        factor's first term first (the title says how many were left out).
 
     Returns
     -------
@@ -154,7 +158,17 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
     --------
     comparison_data : the numbers drawn.
     """
-    names = list(cmp.terms) if terms is None else [terms] if isinstance(terms, str) else list(terms)
+    left = ""
+    if terms is None:
+        names = list(cmp.terms)
+        if len(names) > MAX_ROWS:  # every factor's first term first, then the others, in the formula's order
+            firsts = [b.term.value_name(b.exprs[0]) for b in cmp.hierarchical.bound.blocks]
+            keep = set((firsts + [t for t in names if t not in firsts])[:MAX_ROWS])
+            names = [t for t in names if t in keep]
+            more = len(cmp.terms) - len(names)
+            left = f"; {more} more group term{'s' if more > 1 else ''} in plot_comparison(cmp, terms=[…])"
+    else:
+        names = [terms] if isinstance(terms, str) else list(terms)
     if not names:
         raise ValueError("plot_comparison needs at least one term.")
     rows = [comparison_data(cmp, max_groups=max_groups, term=t) for t in names]
@@ -181,6 +195,7 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         subset = ""
         if d["n_shown"] < d["n_groups"]:
             subset = f"; showing {d['n_shown']} of {d['n_groups']} groups, evenly spread over sizes"
+        subset += left
         if d["expr"] == "Intercept":
             what = f"Each point is one {d['group_column']}'s intercept (the outcome at predictors = 0)"
         else:
@@ -202,7 +217,7 @@ def plot_comparison(cmp: Comparison, *, axes: Sequence[Axes] | Any | None = None
         if any(d["n_shown"] < d["n_groups"] for d in rows):
             subset = f"; at most {max_groups} groups a row, evenly spread over sizes"
         fig.suptitle(
-            f"{formula}: three ways of pooling, one row per group term ({', '.join(names)}){subset}\n"
+            f"{formula}: three ways of pooling, one row per group term ({', '.join(names)}){subset}{left}\n"
             "Each point is one group's coefficient of the row's term, smallest groups on the left; grey: the "
             "learned population distribution (mean or regression ± 2τ).",
             fontsize=10)
@@ -348,8 +363,8 @@ def _side_density(ax: Axes, m: float, tau: float, k: int, ylim: tuple[float, flo
 # --------------------------------------------------------------------------------------------
 
 
-def pooling_factor_data(fit_or_cmp: Fit | Comparison, *, prob: float = 0.95) -> dict[str, Any]:
-    """The numbers :func:`plot_pooling_factors` draws.
+def pooling_factor_data(fit_or_cmp: Fit | Comparison, *, prob: float = 0.95, term: str | None = None) -> dict[str, Any]:
+    """The numbers :func:`plot_pooling_factors` draws for one group term.
 
     Parameters
     ----------
@@ -358,16 +373,20 @@ def pooling_factor_data(fit_or_cmp: Fit | Comparison, *, prob: float = 0.95) -> 
         hierarchical fit is used).
     prob
         Mass of the intervals.
+    term
+        The group term (``"1|g"``, ``"x|g"``, as :meth:`Fit.pooling_factors` reads it); default
+        the first grouping factor's first term.
 
     Returns
     -------
     dict
         ``groups``, ``n``, ``lambda``, ``lo``, ``hi`` (ordered by size, from
-        ``Fit.pooling_factors(prob)``), ``batch`` (Gelman & Pardoe's batch pooling factor),
-        ``group_column``, ``pooling``, ``prob``.
+        ``Fit.pooling_factors(prob, term=term)``), ``batch`` (Gelman & Pardoe's batch pooling
+        factor), ``term``, ``group_column`` (the term's grouping factor), ``pooling`` (the fit's
+        pooling, as text), ``prob``.
     """
     f = fit_or_cmp.hierarchical if isinstance(fit_or_cmp, Comparison) else fit_or_cmp
-    pf: pd.DataFrame = f.pooling_factors(prob)
+    pf: pd.DataFrame = f.pooling_factors(prob, term=term)
     batch = pf.attrs.get("batch")
     pf = pf.sort_values("n", kind="stable")
     return {
@@ -377,24 +396,31 @@ def pooling_factor_data(fit_or_cmp: Fit | Comparison, *, prob: float = 0.95) -> 
         "lo": pf["lambda_lo"].to_numpy(dtype=float),
         "hi": pf["lambda_hi"].to_numpy(dtype=float),
         "batch": None if batch is None else float(batch),
-        "group_column": f.group_column,
-        "pooling": f.pooling,
+        "term": str(pf.attrs.get("term", "")),
+        "group_column": str(pf.index.name or f.group_column),
+        "pooling": f.spec.pooling_text,
         "prob": prob,
     }
 
 
-def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None) -> Figure:
-    """Pooling factor λ_j of each group against its size (log scale), with intervals.
+def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | Sequence[Axes] | None = None,
+                         terms: str | Sequence[str] | None = None) -> Figure:
+    """Pooling factor λ_j of each group against its size (log scale), with intervals; one panel
+    per grouping factor.
 
     λ = 0: the group keeps its own estimate (unpooled); λ = 1: it takes the population mean
-    (pooled).  Small groups are pooled more.
+    (pooled).  Small groups are pooled more.  The dashed line is the factor's batch pooling
+    factor (Gelman & Pardoe).
 
     Parameters
     ----------
     fit_or_cmp
         A :class:`~poolwise.fit.Fit`, or a :class:`~poolwise.compare.Comparison`.
     ax
-        Axes to draw into; a new figure by default.
+        Axes to draw into: one per term drawn (a single axes draws the first term only, unless
+        ``terms`` names one); a new figure by default.
+    terms
+        The group terms, one panel each; default the first term of every grouping factor.
 
     Returns
     -------
@@ -404,16 +430,33 @@ def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None
     --------
     pooling_factor_data : the numbers drawn.
     """
-    d = pooling_factor_data(fit_or_cmp)
+    f = fit_or_cmp.hierarchical if isinstance(fit_or_cmp, Comparison) else fit_or_cmp
+    if terms is None:
+        names = [b.term.value_name(b.exprs[0]) for b in f.bound.blocks]
+        if ax is not None and not isinstance(ax, (list, tuple, np.ndarray)):
+            names = names[:1]
+    else:
+        names = [terms] if isinstance(terms, str) else list(terms)
+    if not names:
+        raise ValueError("plot_pooling_factors needs at least one term.")
     if ax is None:
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(6.5, 4.2), layout="constrained")
-        ax = fig.add_subplot()
+        fig = Figure(figsize=(6.5 if len(names) == 1 else min(18.0, 5.0 * len(names)), 4.2), layout="constrained")
+        axs = list(np.atleast_1d(fig.subplots(1, len(names), sharey=True, squeeze=False)[0]))
     else:
-        got = ax.get_figure()
+        axs = list(np.asarray(ax, dtype=object).ravel())
+        if len(axs) != len(names):
+            raise ValueError(f"plot_pooling_factors needs {len(names)} axes (one per term), got {len(axs)}.")
+        got = axs[0].get_figure()
         assert got is not None
-        fig = got  # type: ignore[assignment]
+        fig = got
+    for i, (a, name) in enumerate(zip(axs, names)):
+        _draw_pooling_factors(a, pooling_factor_data(fit_or_cmp, term=name), several=len(names) > 1, first=i == 0)
+    return fig  # type: ignore[no-any-return]
+
+
+def _draw_pooling_factors(ax: Axes, d: dict[str, Any], *, several: bool, first: bool = True) -> None:
     n = np.asarray(d["n"], dtype=float)
     lam = d["lambda"]
     ax.errorbar(n, lam, yerr=[lam - d["lo"], d["hi"] - lam], fmt="o", ms=4, color=_COLORS["hierarchical"],
@@ -426,11 +469,12 @@ def plot_pooling_factors(fit_or_cmp: Fit | Comparison, *, ax: Axes | None = None
     ax.axhline(0, color=_POP_COLOR, lw=0.5)
     ax.axhline(1, color=_POP_COLOR, lw=0.5)
     ax.set_xlabel(f"{d['group_column']} size (rows, log scale)")
-    ax.set_ylabel("pooling factor λ  (0 = unpooled, 1 = pooled)")
-    ax.set_title(f"Pooling factors ({d['pooling']})", fontsize=11)
+    if first:
+        ax.set_ylabel("pooling factor λ  (0 = unpooled, 1 = pooled)")
+    title = f"Pooling factors of {d['term']}" if several else f"Pooling factors ({d['pooling']})"
+    ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
-    return fig
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +526,7 @@ def shrinkage_data(cmp: Comparison, *, term: str | None = None, max_groups: int 
     >>> bool((d["start"] == cmp.table()["unpooled_mean"].to_numpy()).all())
     True
     """
-    table = cmp.table(prob, term=term)
+    table = cmp.table(prob, term=cmp.terms[0] if term is None else term)
     name = str(table.attrs["term"])
     block = next(b for b in cmp.hierarchical.bound.blocks for e in b.exprs if b.term.value_name(e) == name)
     expr = next(e for e in block.exprs if block.term.value_name(e) == name)
