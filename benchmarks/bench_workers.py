@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_data import DATASETS, LARGE_FORMULA, floor_query, generate_large, load
+from bench_data import (CROSSED_FORMULA, DATASETS, LARGE_FORMULA, crossed_floor_query, floor_query, generate_crossed,
+                        generate_large, load)
 
 
 def _min_bulk_ess(posterior: Any) -> tuple[float, str]:
@@ -636,11 +637,196 @@ def worker_poolwise_large(glob: str, warmup_glob: str, draws: int | None = None,
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# the crossed designs: lme4 in the same run
+
+
+def _to_plain(v: Any) -> Any:
+    """NumPy arrays and scalars (nested in dicts, lists, tuples) as plain JSON values."""
+    if isinstance(v, dict):
+        return {str(k): _to_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def worker_lme4(model: str, csv: str, repeats: int, reml: bool = True, cold: bool = False) -> dict[str, Any]:
+    """lme4 in R (``bench_lme4``): one ``Rscript`` reads the CSV and fits ``repeats`` times; ``wall_s`` is the
+    fastest fit after the first (warm), ``first_s`` the first (lme4 loaded, the fit's code not yet run).
+    ``cold``: also a fresh ``Rscript -e 'library(lme4); …; system.time(fit)'``, timed as a process."""
+    import bench_lme4 as bl
+
+    m = bl.MODELS[model]
+    fig, code, process = bl.fit_in_r(m, csv, reml=reml, repeats=repeats)
+    est = bl.figures_summary(fig)
+    times = est.pop("times_s")
+    out: dict[str, Any] = {
+        "rows": int(float(fig["data.rows"][0])), "wall_s": min(times[1:]) if len(times) > 1 else times[0],
+        "first_s": times[0], "times_s": times, "rscript_process_s": process, "formula": m.formula,
+        "estimates": {k: est[k] for k in ("fixef", "sd", "cor", "sigma", "REMLcrit", "deviance", "logLik",
+                                          "messages") if k in est},
+        "groups": {g: v.get("n_levels") for g, v in bl.ranef_summary(fig).items()},
+        "versions": {"R": fig["R.version"][0], "lme4": fig["lme4.version"][0], "Matrix": fig["Matrix.version"][0]},
+        "r_code": code,
+    }
+    if cold:
+        c = bl.cold_in_r(m, csv)
+        out["cold_s"] = c["process_s"]
+        out["cold_fit_s"] = c["fit_elapsed_s"]
+        out["cold_code"] = c["code"]
+    return out
+
+
+def _min_ess_split(posterior: Any, group_vars: list[str]) -> dict[str, Any]:
+    """Min bulk ESS over β, σ, the SDs and correlations (``min_ess``) and over the group values too
+    (``min_ess_all``)."""
+    hyper = [v for v in posterior.data_vars if v not in group_vars]
+    out: dict[str, Any] = {}
+    out["min_ess"], out["min_ess_at"] = _min_bulk_ess(posterior[hyper])
+    values = [v for v in group_vars if v in posterior.data_vars]
+    if values:
+        e, at = _min_bulk_ess(posterior[values])
+        out["min_ess_values"], out["min_ess_values_at"] = e, at
+        out["min_ess_all"] = min(out["min_ess"], e)
+    return out
+
+
+def _cli_fit(data: str, formula: str, method: str, family: str) -> dict[str, Any]:
+    """``python -m poolwise fit DATA -f FORMULA --method METHOD`` in a fresh process, as a user runs it."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "poolwise", "fit", data, "-f", formula, "--method", method, "--seed", "0"]
+    if family != "gaussian":
+        cmd += ["--family", family]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})
+    wall = time.perf_counter() - t0
+    out: dict[str, Any] = {"cold_cli_s": wall, "cold_cli_rc": proc.returncode,
+                           "cold_cli_command": " ".join(["python", *cmd[1:]])}
+    if proc.returncode != 0:
+        out["cold_cli_error"] = (proc.stdout + proc.stderr)[-1500:]
+    return out
+
+
+def worker_crossed_fit(model: str, csv: str, method: str, repeats: int = 5, cold_cli: bool = False,
+                       chains: int = 4, draws: int = 1000, warmup_rows: int | None = None) -> dict[str, Any]:
+    """``pw.fit(formula, df, method=..., seed=0)`` on the CSV lme4 reads (as a pandas frame): the first
+    fit in the process (``first_s``: imports done, caches cold; on the first ``warmup_rows`` rows only
+    when given, for the large sets), then ``repeats`` timed fits; ``wall_s`` the fastest (as lme4's
+    row), ``median_s`` their median.  Empirical: the estimates; exact: min bulk ESS.  ``cold_cli``: the
+    CLI on the CSV in a fresh process, timed whole."""
+    import statistics
+
+    import numpy as np
+    import pandas as pd
+
+    import bench_lme4 as bl
+
+    m = bl.MODELS[model]
+    df = pd.read_csv(csv)
+    import poolwise as pw
+
+    kw: dict[str, Any] = dict(family=m.pw_family, method=method, seed=0, chains=chains, draws=draws)
+    t0 = time.perf_counter()
+    f = pw.fit(m.pw_formula, df if warmup_rows is None else df.iloc[:warmup_rows], **kw)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        f = None
+        t0 = time.perf_counter()
+        f = pw.fit(m.pw_formula, df, **kw)
+        times.append(time.perf_counter() - t0)
+    out: dict[str, Any] = {"rows": len(df), "formula": m.pw_formula, "times_s": times,
+                           "first_s" if warmup_rows is None else f"first_s_{warmup_rows}_rows": first,
+                           "wall_s": min(times) if times else first,
+                           "median_s": statistics.median(times) if times else first,
+                           "groups": {b.factor: int(b.n_groups) for b in f.bound.blocks}}
+    info = f.draws.info or {}
+    out["info"] = {k: _to_plain(v) for k, v in info.items() if k != "estimates"
+                   and isinstance(v, (int, float, str, bool, np.floating, np.integer))}
+    if "estimates" in info:
+        out["estimates"] = _to_plain(info["estimates"])
+    if method == "exact":
+        out.update(_min_ess_split(f.idata.posterior, list(f.group_vars)))
+        out["chains"], out["draws"] = f.draws.n_chains, f.draws.n_draws
+    summ = f.summary(groups=False)
+    out["posterior_means"] = {str(n): float(v) for n, v in summ["mean"].items()}
+    if cold_cli:
+        out.update(_cli_fit(csv, m.pw_formula, method, m.pw_family))
+    return out
+
+
+def worker_gen_crossed(rows: int, n1: int, n2: int, seed: int, chunk_rows: int) -> dict[str, Any]:
+    """Write one crossed Parquet set (:func:`bench_data.generate_crossed`); its manifest."""
+    return generate_crossed(rows, n1, n2, seed=seed, chunk_rows=chunk_rows)
+
+
+def worker_crossed_floor(glob: str, repeats: int = 2) -> dict[str, Any]:
+    """The bare DuckDB aggregation of the crossed set (:func:`bench_data.crossed_floor_query`): one
+    untimed run, then ``repeats`` timed runs fetched into NumPy; ``wall_s`` the fastest."""
+    import duckdb
+
+    con = duckdb.connect()
+    query = crossed_floor_query(glob)
+    times, res = [], None
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        res = con.execute(query).fetchnumpy()
+        times.append(time.perf_counter() - t0)
+    assert res is not None
+    import numpy as np
+
+    pairs = int(np.sum(~np.ma.getmaskarray(res["g1"]) & ~np.ma.getmaskarray(res["g2"])))
+    threads = con.execute("SELECT current_setting('threads')").fetchone()
+    return {"wall_s": min(times[1:]), "first_s": times[0], "times_s": times, "result_rows": int(len(res["n"])),
+            "pairs": pairs, "threads": None if threads is None else int(threads[0]), "duckdb": duckdb.__version__,
+            "query": query}
+
+
+def worker_poolwise_crossed_large(glob: str, warmup_glob: str, draws: int | None = None) -> dict[str, Any]:
+    """``pw.fit(CROSSED_FORMULA, glob, method="exact", seed=0)`` on the Parquet files, after one warm-up
+    fit on a small crossed set; ``peak_mib_fit`` = this process's peak RSS right after the timed fit.
+    Min bulk ESS over β, σ and both SDs."""
+    import resource
+
+    import numpy as np
+
+    import poolwise as pw
+
+    kw: dict[str, Any] = {"method": "exact", "seed": 0}
+    if draws is not None:
+        kw["draws"] = draws
+    t0 = time.perf_counter()
+    first = pw.fit(CROSSED_FORMULA, warmup_glob, **kw)
+    warm = time.perf_counter() - t0
+    del first
+    t0 = time.perf_counter()
+    f = pw.fit(CROSSED_FORMULA, glob, **kw)
+    wall = time.perf_counter() - t0
+    peak_fit = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out: dict[str, Any] = {"wall_s": wall, "warmup_fit_s": warm, "peak_mib_fit": peak_fit,
+                           "groups": {b.factor: int(b.n_groups) for b in f.bound.blocks}, "rows": int(f.bound.n_obs),
+                           "chains": f.draws.n_chains, "draws": f.draws.n_draws}
+    out["info"] = {k: _to_plain(v) for k, v in (f.draws.info or {}).items()
+                   if isinstance(v, (int, float, str, bool, np.floating, np.integer))}
+    post = f.idata.posterior
+    hyper = [v for v in post.data_vars if v not in set(f.group_vars)]
+    out["min_ess"], out["min_ess_at"] = _min_bulk_ess(post[hyper])
+    return out
+
+
 WORKERS: dict[str, Callable[..., dict[str, Any]]] = {
     "import": worker_import, "poolwise": worker_poolwise, "numpyro": worker_numpyro,
     "numpyro_slopes": worker_numpyro_slopes, "pymc": worker_pymc, "bambi": worker_bambi, "path": worker_path,
     "reml": worker_reml, "laplace": worker_laplace, "gen_large": worker_gen_large, "floor": worker_floor,
-    "poolwise_large": worker_poolwise_large,
+    "poolwise_large": worker_poolwise_large, "lme4": worker_lme4, "crossed_fit": worker_crossed_fit,
+    "gen_crossed": worker_gen_crossed, "crossed_floor": worker_crossed_floor,
+    "poolwise_crossed_large": worker_poolwise_crossed_large,
 }
 
 

@@ -13,7 +13,11 @@ Tasks (``--only`` names), in the order they run:
   when it is missing);
 * ``large``: the exact path on Parquet files generated once (10⁷ rows / 10⁵ groups and 10⁸ rows /
   10⁶ groups, cached under ``benchmarks/_data/``), against the bare DuckDB ``GROUP BY`` of the
-  same columns (the floor).
+  same columns (the floor);
+* ``crossed``: several grouping factors, lme4 (R's ``lmer`` / ``glmer``, Debian's ``r-cran-lme4``,
+  installed by the task when ``library(lme4)`` fails) in the same run: Penicillin, Pastes, InstEval
+  (two models), grouseticks (Poisson), and a 10⁶-row crossed Parquet set against its bare DuckDB
+  aggregation (``bench_lme4.py`` holds the R side).
 
 Usage::
 
@@ -48,8 +52,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_data import (DATA_DIR, DATASETS, LARGE_CHUNK_ROWS, LARGE_SEED, LARGE_SETS, LARGE_SETS_QUICK, SYNTH_ROWS,
-                        cached_large, export, large_dir, large_glob, large_name, load)
+from bench_data import (CROSSED_LARGE, CROSSED_LARGE_QUICK, CROSSED_SEED, CROSSED_WARMUP, DATA_DIR, DATASETS,
+                        LARGE_CHUNK_ROWS, LARGE_SEED, LARGE_SETS, LARGE_SETS_QUICK, SYNTH_ROWS, cached_crossed,
+                        cached_large, crossed_dir, crossed_glob, crossed_name, export, export_lme4, large_dir,
+                        large_glob, large_name, load)
+from bench_lme4 import MODELS as LME4_MODELS
+from bench_lme4 import ensure_lme4
 from bench_render import machine, render, versions
 
 HERE = Path(__file__).resolve().parent
@@ -73,11 +81,13 @@ NUMPYRO_SYNTH_DEFAULT = "50+50"
 NUMPYRO_TIMEOUT_S = 1200.0
 #: each large-set row (generation, the floor, the fit) is stopped after this many seconds
 LARGE_TIMEOUT_S = 3600.0
+#: each crossed row (lme4 or poolwise, one model) is stopped after this many seconds
+CROSSED_TIMEOUT_S = 1800.0
 #: rows measured elsewhere (a GPU machine), included when the file exists
 EXTERNAL_ROWS = "benchmarks/gpu_rows.json"
 
 #: tasks of ``--only`` besides the data sets
-EXTRA_TASKS = ("path", "reml", "laplace", "pymc", "bambi", "large")
+EXTRA_TASKS = ("path", "reml", "laplace", "pymc", "bambi", "large", "crossed")
 TASKS = (*DATASETS, *EXTRA_TASKS)
 #: data sets of the REML rows, in order
 REML_DATASETS = ("synthetic", "radon", "sleepstudy")
@@ -110,7 +120,9 @@ def spawn(task: str, timeout: float | None = None, python: str | None = None, **
         res_path = Path(tmp) / "result.json"
         log_path = Path(tmp) / "log.txt"
         cmd = [python or sys.executable, str(WORKER), task, json.dumps(kwargs), str(res_path)]
-        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        # the benchmark's modules first, then whatever PYTHONPATH the run was given (a source tree)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH"))
+                                                             if p)}
         t0 = time.perf_counter()
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
@@ -602,6 +614,109 @@ def run_large(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
         log(f"{ds}: poolwise exact {json.dumps(r)[:2000]}")
 
 
+#: the crossed task's data sets: model key → (table label, lme4 repeats in its R process, poolwise repeats of
+#: empirical and exact in their process; exact None = no exact row)
+CROSSED_MODELS = {
+    "penicillin": ("Penicillin", 20, 10, 5),
+    "pastes": ("Pastes", 20, 10, 5),
+    "insteval": ("InstEval", 2, 1, 1),
+    "insteval_service": ("InstEval (service, dept)", 2, 1, None),
+    "grouseticks": ("grouseticks (Poisson)", 10, 5, None),
+}
+#: InstEval's poolwise rows warm up on this many of its first rows (imports, JIT, caches), then time one fit
+CROSSED_WARMUP_ROWS = 2_000
+#: the crossed rows with a cold run (a fresh process, as the CLI runs) beside the warm one
+CROSSED_COLD = ("penicillin", "pastes")
+
+
+def run_crossed(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
+                task_notes: dict[str, list[str]], log: Log) -> None:
+    """Several grouping factors, lme4 in the same run: lme4 REML / glmer against poolwise
+    ``method="empirical"`` (REML, Laplace) and ``"exact"``; the large crossed Parquet set against its floor."""
+    notes = task_notes.setdefault("crossed", [])
+    have_r, why = ensure_lme4(install=not args.no_install_r)
+    if have_r:
+        log(f"crossed: lme4 available ({why})")
+    else:
+        notes.append(f"Crossed designs: the lme4 rows were not run: lme4 is not available ({why}); on Debian "
+                     f"`apt-get install r-cran-lme4` (the task tries it itself unless `--no-install-r`).")
+        log(f"crossed: no lme4 ({why}); poolwise rows only")
+    draws = 100 if quick else 1000
+    for key, (label, r_rep, e_rep, x_rep) in CROSSED_MODELS.items():
+        model = LME4_MODELS[key]
+        csv = export_lme4(model.data, quick)
+        ds = label + (" (first 5,000 rows)" if quick and model.data == "InstEval" else "")
+        base = {"dataset": ds, "task": "crossed", "crossed_model": key, "formula": model.pw_formula}
+        cold = key in CROSSED_COLD
+        glmm = model.family is not None
+        if have_r:
+            r = spawn("lme4", model=key, csv=csv, repeats=r_rep, cold=cold, timeout=args.crossed_timeout)
+            tool = "lme4 glmer (Laplace)" if glmm else "lme4 lmer REML"
+            rows.append({**base, "tool": tool, "crossed_tool": "lme4",
+                         "settings": (f"min of {r_rep - 1} warm fits" if r_rep > 2 else
+                                      "one warm fit" if r_rep == 2 else "one fit"), **r})
+            log(f"{ds}: {tool} {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
+        methods = [("empirical", e_rep)] + ([("exact", x_rep)] if x_rep is not None else [])
+        for method, rep in methods:
+            big = model.data == "InstEval"
+            r = spawn("crossed_fit", model=key, csv=csv, method=method, repeats=rep, cold_cli=cold, chains=chains,
+                      draws=draws, warmup_rows=CROSSED_WARMUP_ROWS if big else None, timeout=args.crossed_timeout)
+            if method == "empirical":
+                tool = "poolwise empirical (Laplace)" if glmm else "poolwise empirical (REML)"
+                settings = f"min of {rep} warm fits" if rep > 1 else "one warm fit"
+                if big:
+                    settings = f"one fit, after a warm-up fit on {CROSSED_WARMUP_ROWS:,} rows"
+            else:
+                tool = "poolwise exact"
+                settings = f"{chains}×{draws}" + (f", min of {rep} warm fits" if rep > 1 else ", one warm fit")
+                if big:
+                    settings = f"{chains}×{draws}, one fit, after a warm-up fit on {CROSSED_WARMUP_ROWS:,} rows"
+            if "error" in r:
+                what = (f"was stopped after {args.crossed_timeout:.0f} s (`--crossed-timeout`)" if r.get("timed_out")
+                        else f"failed ({r['error']}; log in the details)")
+                notes.append(f"Crossed designs: {tool} on {ds} {what}.")
+            rows.append({**base, "tool": tool, "crossed_tool": method, "settings": settings, **r})
+            log(f"{ds}: {tool} {json.dumps(r)[:1500]}")
+    run_crossed_large(args, quick, rows, notes, log)
+
+
+def run_crossed_large(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]], notes: list[str],
+                      log: Log) -> None:
+    """The large crossed Parquet set: generation (once, cached), the bare DuckDB aggregation (the floor),
+    then ``pw.fit("y ~ 1 + (1 | g1) + (1 | g2)", "<dir>/*.parquet", method="exact", seed=0)``."""
+    for size in (CROSSED_WARMUP, CROSSED_LARGE_QUICK if quick else CROSSED_LARGE):
+        if cached_crossed(*size) is None:
+            log(f"crossed: generating {size[0]:,} rows, {size[1]:,} × {size[2]:,} levels under "
+                f"{os.path.relpath(crossed_dir(*size), ROOT)}")
+            r = spawn("gen_crossed", rows=size[0], n1=size[1], n2=size[2], seed=CROSSED_SEED,
+                      chunk_rows=LARGE_CHUNK_ROWS, timeout=args.crossed_timeout)
+            if "error" in r:
+                notes.append(f"Crossed designs: the Parquet set of {size[0]:,} rows could not be made: {r['error']}.")
+                return
+    n_rows, n1, n2 = CROSSED_LARGE_QUICK if quick else CROSSED_LARGE
+    ds = crossed_name(n_rows, n1, n2)
+    man = cached_crossed(n_rows, n1, n2) or {}
+    base = {"dataset": ds, "task": "crossed", "crossed_model": "large", "large_rows": n_rows, "levels": [n1, n2],
+            "files": man.get("files"), "bytes": man.get("bytes")}
+    glob = os.path.relpath(crossed_glob(n_rows, n1, n2), ROOT)
+    r = spawn("crossed_floor", glob=glob, repeats=args.floor_repeats, timeout=args.crossed_timeout)
+    rows.append({**base, "tool": "DuckDB GROUP BY (the floor)", "crossed_tool": "floor",
+                 "settings": "pairs and levels, one scan", **r})
+    log(f"{ds}: floor {json.dumps({k: v for k, v in r.items() if k != 'query'})[:1500]}")
+    kw: dict[str, Any] = {}
+    if quick:
+        kw["draws"] = 100
+    r = spawn("poolwise_crossed_large", glob=glob, warmup_glob=os.path.relpath(crossed_glob(*CROSSED_WARMUP), ROOT),
+              timeout=args.crossed_timeout, **kw)
+    if "error" in r:
+        what = "was stopped after" if r.get("timed_out") else "failed within"
+        notes.append(f"Crossed designs: poolwise exact on {ds} {what} {args.crossed_timeout:.0f} s ({r['error']}; peak "
+                     f"{r.get('peak_mib', float('nan')):,.0f} MiB; log in the details).")
+    rows.append({**base, "tool": "poolwise exact (Parquet glob)", "crossed_tool": "exact",
+                 "settings": f"{r.get('chains', 4)}×{r.get('draws', kw.get('draws', 1000))}", **r})
+    log(f"{ds}: poolwise exact {json.dumps(r)[:1500]}")
+
+
 # ----------------------------------------------------------------------------------------------
 # rows measured elsewhere (a GPU machine)
 
@@ -635,7 +750,7 @@ def save_external(path: str, new_rows: list[dict[str, Any]], device: str, starte
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """ESS/s; the ratio to the NumPyro row and to the best non-poolwise sampler of the same data set;
     REML: the others' wall time over each row's; large sets: the fit over the floor."""
-    samplers = [r for r in rows if task_of(r) not in ("path", "reml", "large")]
+    samplers = [r for r in rows if task_of(r) not in ("path", "reml", "large", "crossed")]
     for row in rows:
         if "min_ess" in row and "wall_s" in row and row.get("wall_s"):
             row["ess_per_s"] = row["min_ess"] / row["wall_s"]
@@ -676,6 +791,57 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                       and b.get("run_started") == row.get("run_started")), None)
         if floor is not None:
             row["x_floor"] = row["wall_s"] / floor["wall_s"]
+    crossed_ratios(rows)
+
+
+def crossed_ratios(rows: list[dict[str, Any]]) -> None:
+    """Crossed rows: each poolwise row's wall time over lme4's (same model, same run; ``x_lme4``, the
+    cold ones over lme4's cold process, ``x_lme4_cold``), the largest relative difference of its
+    estimates from lme4's (``vs_lme4``), and the large set's fit over its floor (``x_floor``)."""
+    crossed = [r for r in rows if task_of(r) == "crossed"]
+    for row in crossed:
+        for k in ("x_lme4", "x_lme4_cold", "x_floor", "vs_lme4"):
+            row.pop(k, None)
+        if "wall_s" not in row or row.get("crossed_tool") in ("lme4", "floor"):
+            continue
+        same = [b for b in crossed if b.get("crossed_model") == row.get("crossed_model") and "wall_s" in b
+                and b.get("run_started") == row.get("run_started")]
+        ref = next((b for b in same if b.get("crossed_tool") == "lme4"), None)
+        if ref is not None and ref.get("wall_s"):
+            row["x_lme4"] = row["wall_s"] / ref["wall_s"]
+            if row.get("cold_cli_s") is not None and ref.get("cold_s"):
+                row["x_lme4_cold"] = row["cold_cli_s"] / ref["cold_s"]
+            if row.get("crossed_tool") == "empirical":
+                row["vs_lme4"] = estimates_vs_lme4(row, ref)
+        floor = next((b for b in same if b.get("crossed_tool") == "floor"), None)
+        if floor is not None and floor.get("wall_s"):
+            row["x_floor"] = row["wall_s"] / floor["wall_s"]
+
+
+def estimates_vs_lme4(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
+    """The largest relative difference of poolwise's estimates from lme4's (absolute where lme4's is 0):
+    the SDs and σ by name (the fit's summary rows ``sd(term|group)``, ``sigma``: point estimates in an
+    empirical fit), β in order (both treatment coding, intercept first) from the REML / Laplace estimates."""
+    est = ref.get("estimates") or {}
+    mine = row.get("posterior_means") or {}
+    out: dict[str, float] = {}
+    sds = [(mine.get(k), v) for k, v in (est.get("sd") or {}).items()]
+    if est.get("cor"):
+        sds += [(mine.get(k), v) for k, v in est["cor"].items()]
+    if sds and all(a is not None for a, _ in sds):
+        out["sd"] = max(_rel_diff(a, b) for a, b in sds)
+    if "sigma" in mine and est.get("sigma") is not None and ref.get("tool", "").startswith("lme4 lmer"):
+        out["sigma"] = abs(mine["sigma"] - est["sigma"]) / est["sigma"]
+    beta = (row.get("estimates") or {}).get("beta")
+    fixef = list((est.get("fixef") or {}).values())
+    if isinstance(beta, list) and len(beta) == len(fixef) and fixef:
+        out["beta"] = max(_rel_diff(float(a), b) for a, b in zip(beta, fixef))
+    return out
+
+
+def _rel_diff(a: float, b: float) -> float:
+    """|a − b| / |b|; the absolute difference where lme4's value is 0 (an SD on the boundary)."""
+    return abs(a - b) / abs(b) if b != 0 else abs(a - b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -728,6 +894,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-note", metavar="TEXT",
                     help="this run is on another device (e.g. \"1× NVIDIA H200, jax[cuda12]\"): also write its "
                          "rows to --external-rows, marked \"measured on TEXT\", for the main run's table")
+    ap.add_argument("--crossed-timeout", type=float, default=CROSSED_TIMEOUT_S,
+                    help="stop each crossed-design row (a model's lme4 fits, poolwise's fits, the large crossed set's "
+                         "generation, floor and fit) after this many seconds (default %(default)s)")
+    ap.add_argument("--no-install-r", action="store_true",
+                    help="crossed: do not try `apt-get install r-cran-lme4` when lme4 is missing (its rows are "
+                         "skipped, with a note)")
     ap.add_argument("--from-json", help="re-render the Markdown from a saved results .json (no measuring)")
     args = ap.parse_args(argv)
 
@@ -778,6 +950,8 @@ def main(argv: list[str] | None = None) -> int:
         run_bambi(args, quick, chains, draws, warmup, rows, task_notes, log)
     if "large" in only:
         run_large(args, quick, rows, task_notes, log)
+    if "crossed" in only:
+        run_crossed(args, quick, chains, rows, task_notes, log)
     for row in rows:
         row.setdefault("run_started", started.isoformat())
 
