@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,9 @@ def spark_session() -> Iterator[Any]:
         pytest.skip("Spark needs Java 17 (no java on PATH and no JAVA_HOME)")
     from pyspark.sql import SparkSession
 
+    # SparkContext replaces Python's SIGINT handler with one that cancels its jobs through the JVM;
+    # once the session is stopped that call hangs, and a later Ctrl-C test in this process with it
+    sigint = signal.getsignal(signal.SIGINT)
     session = (SparkSession.builder.master("local[2]").appName("poolwise-tests")
                .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
                .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
@@ -30,5 +34,9 @@ def spark_session() -> Iterator[Any]:
                .config("spark.sql.codegen.wholeStage", "false").config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
                .getOrCreate())
     session.sparkContext.setLogLevel("OFF")
-    yield session
-    session.stop()
+    signal.signal(signal.SIGINT, sigint)
+    try:
+        yield session
+    finally:
+        session.stop()
+        signal.signal(signal.SIGINT, sigint)
