@@ -32,6 +32,17 @@ ROWS, DRAWS = 20_000, 10_000
 SAMPLING = "warmup+sampling ("  # the stage reported once the sampler is compiled
 
 
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Python's own SIGINT handler while each test runs: an earlier test in the same process may have
+    left another one (SparkContext, created by the CLI's --engine spark, installs one that cancels
+    its jobs through the JVM and hangs once the session has stopped)."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _frame() -> pd.DataFrame:
     rng = np.random.default_rng(3)
     g = rng.integers(0, 8, ROWS)
