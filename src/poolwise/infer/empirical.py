@@ -1024,18 +1024,11 @@ def _minimize_fd(fun: Callable[[np.ndarray], float], x0: np.ndarray, bounds: lis
 
     x, fx = np.asarray(x0, dtype=float), fun(x0)
     n_eval += 1
-    ok = True
     if not x.size:
         return x, fx, True, n_eval
-    for _ in range(restarts):
-        res = optimize.minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
-                                options={"ftol": 1e-15, "gtol": gtol, "maxiter": 1000, "maxls": 50})
-        better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
-        if res.fun <= fx:
-            x, fx = np.asarray(res.x, dtype=float), float(res.fun)
-        ok = bool(res.success) or not better
-        if not better:
-            break
+    from . import sparse
+
+    x, fx, ok = sparse.lbfgs_restarts(fg, x, fx, bounds, restarts=restarts, ftol=1e-15, gtol=gtol, maxiter=1000)
     return x, fx, ok, n_eval
 
 

@@ -415,18 +415,41 @@ def _lam_t_batch(lams: Sequence[np.ndarray], per_factor: Sequence[np.ndarray]) -
     return np.concatenate(out, axis=1)
 
 
+def _gls(A_X: np.ndarray, bb: np.ndarray) -> tuple[float, float]:
+    """(bb'A_X⁻¹bb, log|A_X|): the GLS fit's share of y'V⁻¹y and its determinant (0, 0 without X)."""
+    if not bb.size:
+        return 0.0, 0.0
+    LX = np.linalg.cholesky(A_X)
+    z = sla.solve_triangular(LX, bb, lower=True)
+    return float(z @ z), 2.0 * float(np.log(np.diagonal(LX)).sum())
+
+
+def lbfgs_restarts(fg: Any, x: np.ndarray, fx: float, bounds: list[tuple[float | None, float | None]], *,
+                   restarts: int = 4, ftol: float = 1e-14, gtol: float = 1e-9, maxiter: int = 2000
+                   ) -> tuple[np.ndarray, float, bool]:
+    """L-BFGS-B (``fg`` returns f and its gradient) restarted from its end until f stops improving:
+    (x, f(x), converged)."""
+    converged = True
+    for _ in range(restarts):
+        res = optimize.minimize(fg, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                                options={"ftol": ftol, "gtol": gtol, "maxiter": maxiter, "maxls": 50})
+        better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
+        if res.fun <= fx:
+            x, fx = np.asarray(res.x, dtype=float), float(res.fun)
+        converged = bool(res.success) or not better
+        if not better:
+            break
+    return x, fx, converged
+
+
 def loglik(st: SparseStats, fz: Factorizer, sigma: float, lams: Sequence[np.ndarray], *, reml: bool = True
            ) -> float:
     """ℓ_REML (or ℓ_ML) at (σ, Λ) with Λ absolute (Σ_k = Λ_kΛ_k'): β at its GLS estimate (ML) or
     integrated under a flat prior (REML, Harville 1974)."""
     s2 = sigma * sigma
     logdetV, A_X, bb, qq = _cross(st, fz, lams, s2)
-    quad, logdetA = qq, 0.0
-    if st.p:
-        LX = np.linalg.cholesky(A_X)
-        z = sla.solve_triangular(LX, bb, lower=True)
-        quad -= float(z @ z)
-        logdetA = 2.0 * float(np.log(np.diagonal(LX)).sum())
+    fitted, logdetA = _gls(A_X, bb)
+    quad = qq - fitted
     ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + quad)
     if reml:
         ll += 0.5 * st.p * _LOG2PI - 0.5 * logdetA
@@ -520,12 +543,8 @@ class RemlResult:
 def _profiled(st: SparseStats, fz: Factorizer, rel: Sequence[np.ndarray], *, reml: bool) -> tuple[float, float]:
     """(ℓ, σ̂²) of the model with Λ = σΛ_rel and σ² profiled out."""
     logdetV, A_X, bb, qq = _cross(st, fz, rel, 1.0)  # log|V| here is log|A| − Σ log w
-    r2, logdetA = qq, 0.0
-    if st.p:
-        LX = np.linalg.cholesky(A_X)
-        z = sla.solve_triangular(LX, bb, lower=True)
-        r2 -= float(z @ z)
-        logdetA = 2.0 * float(np.log(np.diagonal(LX)).sum())
+    fitted, logdetA = _gls(A_X, bb)
+    r2 = qq - fitted
     dof = st.n_obs - st.p if reml else st.n_obs
     if not (r2 > 0 and dof > 0):
         return -math.inf, math.nan
@@ -623,15 +642,7 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
 
     x, fx, converged = start, negll(start), True
     if start.size:
-        for _ in range(4):
-            res = optimize.minimize(fun_jac, x, jac=True, method="L-BFGS-B", bounds=bounds,
-                                    options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 2000, "maxls": 50})
-            better = res.fun < fx - 1e-10 * max(1.0, abs(fx))
-            if res.fun <= fx:
-                x, fx = np.asarray(res.x, dtype=float), float(res.fun)
-            converged = bool(res.success) or not better
-            if not better:
-                break
+        x, fx, converged = lbfgs_restarts(fun_jac, x, fx, bounds)
         x, fx = _polish(negll_batch, x, fx, lower, full=fz.dense)
     # σ and the absolute Λ at the optimum
     if profile:
