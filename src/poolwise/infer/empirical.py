@@ -282,7 +282,8 @@ def _profiled_block(stats: BlockStats, hyp: _Hyper, thetas: np.ndarray, *, reml:
 
 def _maximize_profiled(stats: BlockStats, hyp: _Hyper, starts: list[np.ndarray], *, reml: bool
                        ) -> tuple[np.ndarray, bool, int] | None:
-    """Damped Newton on the σ-profiled criterion from several starts (batched finite differences).
+    """Damped Newton on the σ-profiled criterion (batched finite differences), from the best of
+    several starts; the next start is tried only when one ends at no interior maximum.
 
     Returns θ = (log σ, log s, corr coords) at the best optimum, whether the Hessian there is
     positive definite (an interior maximum), and the evaluations; ``None`` when no start gives a
@@ -292,14 +293,17 @@ def _maximize_profiled(stats: BlockStats, hyp: _Hyper, starts: list[np.ndarray],
         return -_profiled_block(stats, hyp, th, reml=reml)[0]
 
     best: tuple[np.ndarray, float, bool] | None = None
-    n_eval = 0
-    for x0 in starts:
-        if not np.isfinite(neg(x0[None])[0]):
+    at = neg(np.stack(starts))  # every start in one batch; Newton from the best first
+    n_eval = len(starts)
+    for i in np.argsort(at, kind="stable"):
+        if not np.isfinite(at[i]):
             continue
-        x, fx, H, ne = imh._newton_mode(neg, x0, max_iter=60, h_max=1e-3)  # (small steps: an optimum)
+        x, fx, H, ne = imh._newton_mode(neg, starts[i], max_iter=60, h_max=1e-3)  # (small steps: an optimum)
         n_eval += ne
         if best is None or fx < best[1]:
             best = (x, fx, H is not None)
+        if H is not None:  # an interior maximum (positive definite Hessian): the other starts are not needed
+            break
     if best is None:
         return None
     x, _, interior = best
