@@ -142,7 +142,8 @@ def test_comparison_html_is_cheap_and_shows_the_recommendation_once_made(cmp: pw
     for r in groups[1:]:
         t = table.loc[r[0]]
         assert r[1] == str(int(t["n"]))
-        assert r[4] == f"{number(t['hierarchical_mean'])} [{number(t['hierarchical_lo'])}, {number(t['hierarchical_hi'])}]"
+        hier = f"{number(t['hierarchical_mean'])} [{number(t['hierarchical_lo'])}, {number(t['hierarchical_hi'])}]"
+        assert r[4] == hier
         assert r[5] == number(t["lambda"], 2)
 
     rec = cmp.recommend()
@@ -168,6 +169,26 @@ def test_html_escapes_what_comes_from_the_data(data: pd.DataFrame) -> None:
     page = _Page(c._repr_html_())
     shown = {r[0] for r in _table(page, "driver")[1:]}
     assert set(labels.values()) <= shown  # the labels read back exactly as given
+
+
+def test_path_html_shows_the_groups_along_the_path(data: pd.DataFrame) -> None:
+    path = pw.pooling_path(FORMULA, data)
+    page = _Page(path._repr_html_())
+    assert page.headings[0] == "poolwise.PoolingPath"
+    facts = {row[0]: row[1] for row in page.tables[0]}
+    tau = path.tau_posterior().attrs
+    assert facts["τ | y"] == f"mean {number(tau['mean'])}, sd {number(tau['sd'])}"
+    g = int(abs(path.grid - tau["mean"]).argmin())
+    table = _table(page, "driver")
+    assert table[0] == ["driver", "n", "τ = 0", f"τ = {number(path.grid[g])}", f"τ = {number(path.grid[-1])}"]
+    sizes = [int(r[1]) for r in table[1:]]
+    assert sizes == sorted(sizes) and len(sizes) == path.n_groups  # 12 groups: all, the smallest first
+    for r in table[1:]:
+        j = path.groups.index(r[0])
+        assert int(path.n[j]) == int(r[1])
+        for cell, k in zip(r[2:], (0, g, path.grid.size - 1)):
+            assert cell == f"{number(path.mean[k, j])} [{number(path.lo[k, j])}, {number(path.hi[k, j])}]"
+    assert page.items == list(path.notes)
 
 
 def test_show_inline_does_nothing_outside_a_kernel() -> None:

@@ -1,9 +1,10 @@
 """How results show in a Jupyter notebook: the HTML behind ``_repr_html_``.
 
 IPython displays the last value of a cell with its ``_repr_html_`` when it has one.
-:class:`~poolwise.fit.Fit`, :class:`~poolwise.compare.Comparison` and
-:class:`~poolwise.compare.Recommendation` define it as a one-line convenience that calls
-:func:`fit_html`, :func:`comparison_html` or :func:`recommendation_html` here (as
+:class:`~poolwise.fit.Fit`, :class:`~poolwise.compare.Comparison`,
+:class:`~poolwise.compare.Recommendation` and :class:`~poolwise.path.PoolingPath` define it as a
+one-line convenience that calls :func:`fit_html`, :func:`comparison_html`,
+:func:`recommendation_html` or :func:`path_html` here (as
 ``Comparison.plot`` calls :mod:`poolwise.plots`); tables returned as DataFrames render as pandas
 renders them.
 
@@ -31,8 +32,9 @@ from .output import number
 if TYPE_CHECKING:  # pragma: no cover - imported for the type checker only
     from .compare import Comparison, Recommendation
     from .fit import Fit
+    from .path import PoolingPath
 
-__all__ = ["fit_html", "comparison_html", "recommendation_html", "table_html", "SHOWN_GROUPS"]
+__all__ = ["fit_html", "comparison_html", "recommendation_html", "path_html", "table_html", "SHOWN_GROUPS"]
 
 #: groups listed per grouping factor in a comparison's table (the smallest first)
 SHOWN_GROUPS = 20
@@ -252,4 +254,35 @@ def comparison_html(cmp: Comparison) -> str:
     notes = [f"{name}: {n}" for name, f in cmp.fits.items() for n in f.notes()]
     if notes:
         parts += [_heading("Notes"), _list(notes)]
+    return _wrap(parts)
+
+
+def path_html(path: PoolingPath) -> str:
+    """A pooling path in a notebook: the model and grid, p(τ | y)'s mean and SD, and each group's
+    estimate at τ = 0 (pooled, when on the grid), at the grid point nearest the posterior mean of τ
+    and at the largest τ (unpooled), the smallest groups first; the notes."""
+    tau = path.tau_posterior().attrs
+    facts = [("formula", str(path.formula)), ("term", str(path.term)), ("method", str(path.method)),
+             ("groups", f"{path.n_groups} ({path.group_column})"),
+             ("grid", f"{path.grid.size} values of τ from {number(path.grid[0])} to {number(path.grid[-1])}")]
+    if np.isfinite(tau.get("mean", float("nan"))):
+        facts.append(("τ | y", f"mean {number(tau['mean'])}, sd {number(tau['sd'])}"))
+    cols = [0] if path.grid[0] == 0 else []
+    if np.isfinite(tau.get("mean", float("nan"))):
+        cols.append(int(np.argmin(np.abs(path.grid - tau["mean"]))))
+    cols.append(path.grid.size - 1)
+    cols = sorted(set(cols))
+    order = np.argsort(path.n, kind="stable")
+    frame = pd.DataFrame({"n": path.n[order]}, index=pd.Index([str(path.groups[j]) for j in order]))
+    for g in cols:
+        frame[f"τ = {number(path.grid[g])}"] = [f"{number(path.mean[g, j])} [{number(path.lo[g, j])}, "
+                                                f"{number(path.hi[g, j])}]" for j in order]
+    parts = [_heading("poolwise.PoolingPath", 3), _facts(facts),
+             _heading(f"Group estimates along the path: mean [{path.prob:.0%} interval]"),
+             table_html(frame, index_name=str(path.group_column), digits={"n": 0}, max_rows=SHOWN_GROUPS)]
+    if path.n_groups > SHOWN_GROUPS:
+        parts.append(f'<p style="color:#5f6368">The {SHOWN_GROUPS} smallest of {path.n_groups} groups shown; '
+                     "<code>path.table()</code> has every group at every τ.</p>")
+    if path.notes:
+        parts += [_heading("Notes"), _list([str(n) for n in path.notes])]
     return _wrap(parts)
