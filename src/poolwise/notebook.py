@@ -54,36 +54,39 @@ def _heading(text: str, level: int = 4) -> str:
     return f'<h{level} style="margin:0.8em 0 0.3em">{_e(text)}</h{level}>'
 
 
-def _cell(value: Any, digits: int) -> str:
-    """One table cell: a number to ``digits`` significant digits (0: an integer), else text."""
+def _text(value: Any, digits: int) -> tuple[str, bool]:
+    """One cell's text and whether it reads as a number: numbers to ``digits`` significant digits
+    (0: an integer), an interval such as ``1.2 [0.9, 1.5]`` as given, anything else as text."""
     if isinstance(value, (bool, np.bool_)):
-        return f'<td style="{_TEXT}">{_e(bool(value))}</td>'
+        return str(bool(value)), False
     if isinstance(value, (int, float, np.integer, np.floating)):
         if digits == 0 and np.isfinite(value):
-            text = str(int(round(float(value))))
-        else:
-            text = number(value, digits or 4)
-        return f'<td style="{_NUM}">{_e(text)}</td>'
+            return str(int(round(float(value)))), True
+        return number(value, digits or 4), True
     text = str(value)
-    numeric = text[:1].isdigit() or text[:2].lstrip("-−–")[:1].isdigit() or text == "–"
-    return f'<td style="{_NUM if numeric else _TEXT}">{_e(text)}</td>'
+    return text, text[:1].isdigit() or text[:2].lstrip("-−–")[:1].isdigit() or text == "–"
 
 
 def table_html(frame: pd.DataFrame, *, index_name: str | None = None, digits: Mapping[str, int] | None = None,
                max_rows: int | None = None) -> str:
     """``frame`` as an HTML table: numbers to 4 significant digits (per column ``digits``; 0 for
-    integers), text escaped; the index as the first column, headed ``index_name``.
+    integers), text escaped; the index as the first column, headed ``index_name``.  A column whose
+    shown cells all read as numbers is aligned right, its header too; others left.
 
     With ``max_rows``, only the first rows are shown (the caller says how many there are)."""
     digits = digits or {}
     shown = frame if max_rows is None else frame.head(max_rows)
+    columns = []
+    for i, c in enumerate(frame.columns):
+        cells = [_text(v, digits.get(str(c), 4)) for v in shown.iloc[:, i]]
+        columns.append((_NUM if all(num for _, num in cells) else _TEXT, [t for t, _ in cells]))
     name = index_name if index_name is not None else (frame.index.name or "")
     head = f'<th style="{_TEXT}">{_e(name)}</th>' + "".join(
-        f'<th style="{_NUM}">{_e(c)}</th>' for c in frame.columns)
+        f'<th style="{style}">{_e(c)}</th>' for c, (style, _) in zip(frame.columns, columns))
     rows = []
-    for label, row in zip(shown.index, shown.itertuples(index=False, name=None)):
+    for r, label in enumerate(shown.index):
         label_text = " / ".join(str(x) for x in label) if isinstance(label, tuple) else label
-        cells = "".join(_cell(v, digits.get(str(c), 4)) for c, v in zip(frame.columns, row))
+        cells = "".join(f'<td style="{style}">{_e(texts[r])}</td>' for style, texts in columns)
         rows.append(f'<tr><th style="{_TEXT}">{_e(label_text)}</th>{cells}</tr>')
     return (f'<table class="dataframe poolwise-table" style="border-collapse:collapse">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
