@@ -205,7 +205,8 @@ def _png_size(b64: str) -> tuple[int, int]:
 
 
 def _kernel(tmp_path: Path) -> Any:
-    """A kernel manager for this interpreter, with this copy of poolwise first on its path."""
+    """A kernel manager for this interpreter, with this copy of poolwise first on its path; its
+    kernel spec, connection file and IPython profile in ``tmp_path`` (nothing written elsewhere)."""
     pytest.importorskip("ipykernel")
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
@@ -220,7 +221,7 @@ def _kernel(tmp_path: Path) -> Any:
         "env": {"PYTHONPATH": path, "IPYTHONDIR": str(tmp_path / "ipython"),
                 "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
     }))
-    return KernelManager(kernel_name="poolwise-test",
+    return KernelManager(kernel_name="poolwise-test", connection_file=str(tmp_path / "connection.json"),
                          kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]))
 
 
