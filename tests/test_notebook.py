@@ -161,14 +161,18 @@ def test_html_escapes_what_comes_from_the_data(data: pd.DataFrame) -> None:
     bad = data.copy()
     labels = {lab: f'<script>alert("{lab}")</script>&amp;<b>' for lab in sorted(bad["driver"].unique())[:3]}
     bad["driver"] = bad["driver"].map(lambda x: labels.get(x, x))
-    c = pw.compare(FORMULA, bad, method="exact", chains=2, draws=100, seed=0)
+    bad = bad.rename(columns={"driver": "dr<i>", "night": "<b>night&day"})
+    c = pw.compare("reaction ~ `<b>night&day` + (1 | `dr<i>`)", bad, method="exact", chains=2, draws=100, seed=0)
     for html in (c._repr_html_(), c.hierarchical._repr_html_()):
         page = _Page(html)  # tags nest: nothing from the data became a tag
-        assert "script" not in page.tags and "b" not in page.tags
+        assert not {"script", "b", "i"} & set(page.tags)
         assert "<script>" not in html
     page = _Page(c._repr_html_())
-    shown = {r[0] for r in _table(page, "driver")[1:]}
-    assert set(labels.values()) <= shown  # the labels read back exactly as given
+    groups = _table(page, "dr<i>")  # column names and labels read back exactly as given
+    assert set(labels.values()) <= {r[0] for r in groups[1:]}
+    page = _Page(c.hierarchical._repr_html_())
+    assert "<b>night&day" in [r[0] for r in _table(page, "parameter")]
+    assert dict(r for r in page.tables[0])["groups"] == "12 (dr<i>)"
 
 
 def test_path_html_shows_the_groups_along_the_path(data: pd.DataFrame) -> None:
