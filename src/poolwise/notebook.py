@@ -118,15 +118,19 @@ def _groups_text(f: Fit) -> str:
 
 
 def _method_text(f: Fit) -> str:
-    est = f.draws.info.get("method") if f.method == "empirical" else None
+    est = f.info.get("method") if f.method == "empirical" else None
     return f"{f.method} ({est})" if est else f.method
 
 
 def _model_facts(f: Fit) -> list[tuple[str, str]]:
+    """Formula, family, pooling, method, rows, groups, draws: read from the fit, making nothing
+    (an empirical fit's draws stay unmade)."""
+    draws = f"{f.n_chains} chains × {f.n_draws}"
+    if f.method == "empirical":
+        draws += " (of β and the group values given the estimates, made when first used)"
     return [("formula", str(f.spec.formula)), ("family", str(f.spec.fam.name)),
             ("pooling", str(f.spec.pooling_text)), ("method", _method_text(f)),
-            ("rows", f"{int(f.bound.n_obs):,}"), ("groups", _groups_text(f)),
-            ("draws", f"{f.draws.n_chains} chains × {f.draws.n_draws}")]
+            ("rows", f"{int(f.bound.n_obs):,}"), ("groups", _groups_text(f)), ("draws", draws)]
 
 
 def _summary_section(summary: pd.DataFrame) -> str:
