@@ -106,6 +106,8 @@ class Comparison:
         self._loo: dict[tuple[Any, ...], pd.DataFrame] = {}
         self._logo: dict[tuple[Any, ...], pd.DataFrame] = {}
         self._diagnostics: pd.DataFrame | None = None
+        #: the latest :meth:`recommend` result (``None`` until it is called): shown in a notebook
+        self.recommendation: Recommendation | None = None
 
     @property
     def hierarchical(self) -> Fit:
@@ -454,7 +456,8 @@ class Comparison:
                 preferred = "hierarchical" if "hierarchical" in remain and not tau_near_0 else remain[0]
                 why = f"neither the predictive evidence nor τ's posterior separates them; leaning to {preferred}"
             reasons.insert(0, f"The predictive evidence does not separate {tied} (within 2 SE or 4 nats); {why}.")
-        return Recommendation(choice=choice, reasons=reasons, table=table, preferred=preferred)
+        self.recommendation = Recommendation(choice=choice, reasons=reasons, table=table, preferred=preferred)
+        return self.recommendation
 
     def _convergence_reasons(self) -> list[str]:
         """One sentence per fit whose draws fail the convergence rule (:meth:`Fit.diagnostics`):
@@ -536,6 +539,13 @@ class Comparison:
         groups = (str(f.bound.n_groups) if len(blocks) == 1
                   else "(" + ", ".join(f"{b.factor}: {b.n_groups}" for b in blocks) + ")")
         return f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
+
+    def _repr_html_(self) -> str:
+        """The comparison in a notebook (:func:`poolwise.notebook.comparison_html`); cheap: it never
+        starts PSIS-LOO or leave-one-group-out, and shows the recommendation once made."""
+        from .notebook import comparison_html  # a convenience; the notebook view only reads this object
+
+        return comparison_html(self)
 
 
 def _named(items: list[Any], most: int = 5) -> str:
@@ -812,6 +822,12 @@ class Recommendation:
         head = (f"Recommendation: {self.choice}" if self.choice != "indistinguishable" else
                 f"Recommendation: the models are indistinguishable (leaning to {self.preferred})")
         return "\n".join([head] + [f"  - {r}" for r in self.reasons])
+
+    def _repr_html_(self) -> str:
+        """The recommendation in a notebook (:func:`poolwise.notebook.recommendation_html`)."""
+        from .notebook import recommendation_html  # a convenience, as Comparison.plot
+
+        return recommendation_html(self)
 
 
 def _subset(bound: Any, keep: np.ndarray) -> Any:

@@ -437,6 +437,12 @@ class Fit:
                 f"method={self.method} rows={b.n_obs} groups={groups} draws={self.n_chains}×"
                 f"{self.n_draws}>")
 
+    def _repr_html_(self) -> str:
+        """The fit in a notebook (:func:`poolwise.notebook.fit_html`): facts, summary, notes."""
+        from .notebook import fit_html  # a convenience; the notebook view only reads this fit
+
+        return fit_html(self)
+
     # -- draws as arrays -------------------------------------------------------------------
     def param(self, name: str) -> np.ndarray:
         """Draws of a scalar parameter, (chain, draw).

@@ -170,6 +170,12 @@ class PoolingPath:
         return (f"<poolwise.PoolingPath {self.formula!r} groups={self.n_groups} points={self.grid.size} "
                 f"tau=[{self.grid[0]:.3g}, {self.grid[-1]:.3g}] method={self.method}>")
 
+    def _repr_html_(self) -> str:
+        """The path in a notebook (:func:`poolwise.notebook.path_html`)."""
+        from .notebook import path_html  # a convenience; the notebook view only reads this object
+
+        return path_html(self)
+
 
 def default_grid(scale: float, points: int = EXACT_POINTS) -> np.ndarray:
     """τ = 0 and ``points`` log-spaced values from 10⁻³ to 10² × ``scale``."""
