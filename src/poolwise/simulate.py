@@ -139,6 +139,13 @@ def simulate(bound: BoundSpec, draws: Draws, n: int = 1, *, seed: int = 0) -> np
     SpecError
         For ``n`` not a positive integer, a fit without rows (reduced in the query), or an array
         over :data:`SIMULATE_MAX_BYTES`.
+
+    Examples
+    --------
+    >>> import poolwise as pw
+    >>> f = pw.fit("reaction ~ night + (1 | driver)", pw.datasets.drivers(seed=1), method="empirical")
+    >>> f.simulate(3, seed=1).shape == (3, f.bound.n_obs)
+    True
     """
     n = _check_n(n)
     _require_rows(bound, "simulate()")
@@ -260,6 +267,13 @@ def bootstrap(bound: BoundSpec, draws: Draws, n: int = 200, *, seed: int = 0,
     ------
     SpecError
         For a fit that is not empirical, without rows, or ``n`` not a positive integer.
+
+    Examples
+    --------
+    >>> import poolwise as pw
+    >>> f = pw.fit("reaction ~ night + (1 | driver)", pw.datasets.drivers(seed=1), method="empirical")
+    >>> list(f.bootstrap(20, seed=1).confint(0.9).columns)
+    ['lo', 'hi']
     """
     n = _check_n(n)
     estimates = pd.Series(point_estimates(bound, draws), name="estimate")
