@@ -248,6 +248,22 @@ def test_bootstrap_lrt_is_the_exact_f_test(dyestuff: pd.DataFrame) -> None:
     assert any("parametric bootstrap" in note for note in table.attrs["notes"])
 
 
+def test_fits_reduced_in_the_query(dyestuff: pd.DataFrame, tmp_path) -> None:
+    """Rows reduced inside DuckDB: the same table (ML refits from the statistics); simulating refused."""
+    path = tmp_path / "dyestuff.csv"
+    dyestuff.to_csv(path, index=False)
+    hier = pw.fit("Yield ~ 1 + (1 | Batch)", str(path), method="empirical", draws=10, chains=1)
+    pooled = pw.fit("Yield ~ 1 + (1 | Batch)", str(path), method="empirical", pooling="pooled", draws=10, chains=1)
+    assert not hier.bound.has_rows
+    _check(pw.anova(hier, pooled, names=["hierarchical", "pooled"]), DYESTUFF, GAUSS_ABS)
+    with pytest.raises(SpecError, match="reduced") as err:
+        hier.simulate(2)
+    assert err.value.hint and "in-memory" in err.value.hint
+    in_memory = pw.fit("Yield ~ 1 + (1 | Batch)", dyestuff, method="empirical", draws=10, chains=1)
+    with pytest.raises(SpecError, match="different sources"):
+        pw.anova(in_memory, pooled)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. refused
 

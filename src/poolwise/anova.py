@@ -139,8 +139,11 @@ def _check_same_rows(a: _Model, b: _Model) -> None:
                 and (fa.trials is None) == (fb.trials is None)
                 and (fa.trials is None or np.array_equal(fa.trials, fb.trials))):
             what = "different values of the outcome (or its weights or trials) on the same number of rows"
-    elif fa.has_rows != fb.has_rows or fa.reduced.source != fb.reduced.source:
-        what = "rows from different sources"
+    elif fa.has_rows != fb.has_rows:
+        what = ("rows from different sources (one in memory, one reduced in the query), which cannot be checked to "
+                "be the same")
+    elif fa.reduced.source != fb.reduced.source:
+        what = f"rows from different sources ({fa.reduced.source} and {fb.reduced.source})"
     if what is not None:
         raise SpecError(f"Fits '{a.label}' and '{b.label}' were fitted to {what}: their likelihoods are not of "
                         "the same data, so they cannot be compared.",
