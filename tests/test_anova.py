@@ -137,7 +137,7 @@ def test_sleepstudy_ladder_equals_lme4(sleep_fits: dict[str, pw.Fit]) -> None:
     fm1 = table.loc["fm1"]
     assert fm1["Pr(>Chisq) boundary"] == fm1["Pr(>Chisq)"] and fm1["reference"] == "χ²(1)"
     # the REML fits themselves are untouched
-    assert f["fm1"].draws.info["method"] == "REML"
+    assert f["fm1"].info["method"] == "REML"
 
 
 def test_fixed_effect_test_refits_by_ml(sleep_fits: dict[str, pw.Fit]) -> None:
@@ -240,7 +240,7 @@ def test_bootstrap_lrt_is_the_exact_f_test(dyestuff: pd.DataFrame) -> None:
     assert f_obs == pytest.approx(4.598266190719, rel=1e-9)  # anova(lm(Yield ~ Batch, Dyestuff))
     # the same simulations (the bootstrap's stream: one data set per call from the pooled ML fit)
     rng = np.random.default_rng(seed)
-    one = simulator(d0.bound, d0.draws)
+    one = simulator(d0.bound, d0.info)
     hits = sum(f_stat(one(rng)) >= f_obs for _ in range(n))
     assert p_boot == (hits + 1) / (n + 1)
     p_exact = float(stats.f.sf(f_obs, J - 1, N - J))  # 0.0044
@@ -313,7 +313,7 @@ def test_simulate_gaussian_moments(dyestuff: pd.DataFrame, dye_fit: pw.Fit) -> N
     ys = dye_fit.simulate(n, seed=1)
     assert ys.shape == (n, 30)
     np.testing.assert_array_equal(ys, dye_fit.simulate(n, seed=1))
-    est = dye_fit.draws.info["estimates"]
+    est = dye_fit.info["estimates"]
     mu, s2, t2 = est["beta"][0], est["sigma"] ** 2, est["sd"][0] ** 2
     # the grand mean: Var(ȳ) = (σ² + 5τ²) / 30 in this balanced design (6 batches of 5)
     se = math.sqrt((s2 + 5 * t2) / 30 / n)
@@ -332,7 +332,7 @@ def test_simulate_slopes_variance(sleep: pd.DataFrame, sleep_fits: dict[str, pw.
     fit = sleep_fits["fm1"]
     n = 4000
     ys = fit.simulate(n, seed=2)
-    est = fit.draws.info["estimates"]
+    est = fit.info["estimates"]
     sd, R = np.asarray(est["sd"]), np.asarray(est["corr"])
     Sigma = R * np.outer(sd, sd)
     for i in (0, 9):  # Days 0 and 9 of the first subject
@@ -350,8 +350,8 @@ def test_simulate_binomial_mean_by_quadrature() -> None:
     ys = fit.simulate(n, seed=3)
     assert np.all(ys >= 0) and np.all(ys <= df["size"].to_numpy()) and np.all(ys == np.round(ys))
     b = fit.bound
-    eta = b.X @ np.asarray(fit.draws.info["estimates"]["beta"])
-    tau = fit.draws.info["estimates"]["sd"][0]
+    eta = b.X @ np.asarray(fit.info["estimates"]["beta"])
+    tau = fit.info["estimates"]["sd"][0]
     # E[y_i] = size_i ∫ logistic(η_i + τ z) φ(z) dz by Gauss–Hermite quadrature (new herd values)
     x, w = np.polynomial.hermite_e.hermegauss(60)
     p = special.expit(eta[:, None] + tau * x[None, :]) @ (w / w.sum())
@@ -406,9 +406,15 @@ def test_bootstrap_centred_and_reproducible(dye_fit: pw.Fit) -> None:
     assert not np.allclose(a.replicates, dye_fit.bootstrap(30, seed=8).replicates)
 
 
-def test_bootstrap_correlated_slopes(sleep_fits: dict[str, pw.Fit]) -> None:
+def test_bootstrap_correlated_slopes(sleep: pd.DataFrame, sleep_fits: dict[str, pw.Fit]) -> None:
+    from poolwise.infer import DeferredDraws
+
+    fresh = pw.fit(SLEEP, sleep, method="empirical")
     calls: list[tuple[int, int]] = []
-    boot = sleep_fits["fm1"].bootstrap(8, seed=0, progress=lambda i, n: calls.append((i, n)))
+    boot = fresh.bootstrap(8, seed=0, progress=lambda i, n: calls.append((i, n)))
+    fresh.simulate(2)
+    pw.anova(fresh, sleep_fits["fm0"])
+    assert isinstance(fresh._draws, DeferredDraws)  # estimates only: no draws were made for any of it
     assert calls[-1] == (8, 8) and len(calls) == 8
     r = boot.replicates
     assert list(r.columns) == ["Intercept", "Days", "sigma", "sd(Intercept|Subject)", "sd(Days|Subject)",

@@ -52,7 +52,7 @@ import pandas as pd
 
 from .errors import PoolwiseError, SpecError
 from .fit import Fit
-from .infer import Draws, run
+from .infer import run
 from .simulate import refit as _refit
 from .simulate import simulator
 
@@ -69,7 +69,7 @@ class _Model:
 
     label: str
     fit: Fit
-    draws: Draws  # of the fit whose loglik is used (the ML refit of a REML fit)
+    info: dict[str, Any]  # of the fit whose loglik is used (the ML refit of a REML fit): its estimates
     loglik: float
     criterion: str  # "REML", "ML" or "Laplace" (of ``loglik``)
     coefs: tuple[str, ...]
@@ -151,9 +151,9 @@ def _check_same_rows(a: _Model, b: _Model) -> None:
                              "model's columns first).", option="fits")
 
 
-def _refit_ml(fit: Fit) -> Draws:
-    """The ML fit of a REML fit's model (one draw: its ``info`` holds the estimates)."""
-    return run(fit.bound, method="empirical", seed=0, chains=1, draws=1, reml=False)
+def _refit_ml(fit: Fit) -> dict[str, Any]:
+    """The ``info`` (estimates, loglik) of the ML fit of a REML fit's model; no draws are made."""
+    return dict(run(fit.bound, method="empirical", seed=0, chains=1, draws=1, reml=False).info)
 
 
 def _models(fits: Sequence[Fit], labels: list[str], refit: bool) -> tuple[list[_Model], list[str]]:
@@ -168,7 +168,7 @@ def _models(fits: Sequence[Fit], labels: list[str], refit: bool) -> tuple[list[_
                 "likelihood fits.",
                 hint="Compare Bayesian fits by PSIS-LOO (pw.compare, az.compare), or refit with method='empirical'.",
                 option="method")
-    criteria = [str(f.draws.info.get("method")) for f in fits]
+    criteria = [str(f.info.get("method")) for f in fits]
     coefs = [tuple(f.bound.coef_names) for f in fits]
     if "REML" in criteria and not refit:
         if any(c != "REML" for c in criteria):
@@ -185,13 +185,12 @@ def _models(fits: Sequence[Fit], labels: list[str], refit: bool) -> tuple[list[_
     refitted: list[str] = []
     for fit, label, criterion, cf in zip(fits, labels, criteria, coefs):
         sds, cors = _variance_parameters(fit, label)
-        draws = fit.draws
+        info = fit.info
         if criterion == "REML" and refit:
-            draws = _refit_ml(fit)
+            info = _refit_ml(fit)
             criterion = "ML"
             refitted.append(label)
-        info = draws.info
-        out.append(_Model(label, fit, draws, float(info["loglik"]), criterion, cf, sds, cors,
+        out.append(_Model(label, fit, info, float(info["loglik"]), criterion, cf, sds, cors,
                           bool(info.get("converged", True))))
     if refitted:
         notes.insert(0, "refitting model(s) with ML (instead of REML): " + ", ".join(refitted))
@@ -263,7 +262,7 @@ def _bootstrap_p(small: _Model, big: _Model, x: float, n: int, rng: np.random.Ge
     Outcomes are simulated from the smaller model at its estimates (new group values), both models
     refitted by their criterion to each, and p = (1 + #{x* ≥ x}) / (1 + replicates) (Davison &
     Hinkley 1997, §4.2; pbkrtest's ``PBmodcomp``).  Exact in the limit whatever the boundary."""
-    one = simulator(small.fit.bound, small.draws)
+    one = simulator(small.fit.bound, small.info)
     tol = 1e-6 * max(1.0, abs(x))  # the optimizers' precision: a tie counts as at least as large
     hits = done = failed = 0
     for i in range(n):

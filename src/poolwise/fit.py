@@ -1039,7 +1039,7 @@ class Fit:
         (:func:`poolwise.simulate.simulate`)."""
         from .simulate import simulate
 
-        return simulate(self.bound, self.draws, n, seed=seed)
+        return simulate(self.bound, self._draws, n, seed=seed)
 
     def bootstrap(self, n: int = 200, seed: int = 0, *, progress: Any = None) -> Any:
         """Parametric bootstrap of an empirical fit's estimates (β, σ, SDs, correlations): ``n``
@@ -1048,7 +1048,7 @@ class Fit:
         ``.replicates``).  ``progress`` is an optional callback ``(done, n)``."""
         from .simulate import bootstrap
 
-        return bootstrap(self.bound, self.draws, n, seed=seed, progress=progress)
+        return bootstrap(self.bound, self._draws, n, seed=seed, progress=progress)
 
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False, pointwise: bool = False) -> str:

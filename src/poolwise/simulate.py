@@ -12,7 +12,8 @@ parameters is included).
 ch. 2): simulate from the estimates, refit each simulated data set by the same criterion
 (REML, ML or Laplace), and keep the estimates; percentile intervals summarize them.
 
-Plain functions of the bound spec and the :class:`~poolwise.infer.Draws`;
+Plain functions of the bound spec and the :class:`~poolwise.infer.Draws` (an empirical fit: its
+``info`` with the estimates, no draws made);
 :meth:`poolwise.fit.Fit.simulate` and :meth:`poolwise.fit.Fit.bootstrap` call them.
 
 References
@@ -28,14 +29,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .errors import PoolwiseError, SpecError
-from .infer import Draws, run
+from .infer import BlockDraws, DeferredDraws, Draws, run
 from .pooling import sigma_factor
 from .spec import BoundSpec
 
@@ -63,51 +64,93 @@ def _require_rows(bound: BoundSpec, what: str) -> None:
                         hint="Fit the rows from an in-memory table (pandas, polars, arrow) to simulate from it.")
 
 
-def point_estimates(bound: BoundSpec, draws: Draws) -> dict[str, float]:
+#: what the simulations read: the draws of a fit, or (an empirical fit) its ``info`` with the estimates
+Source = Draws | DeferredDraws | Mapping[str, Any]
+
+
+def _info(source: Source) -> Mapping[str, Any] | None:
+    """The estimates' ``info`` of an empirical fit, ``None`` for a Bayesian one."""
+    if isinstance(source, (Draws, DeferredDraws)):
+        return source.info if source.method == "empirical" else None
+    return source
+
+
+def point_estimates(bound: BoundSpec, source: Source) -> dict[str, float]:
     """The estimates of an empirical fit by name: the coefficients (β̂), ``sigma``, each learned
-    ``sd(term|factor)`` and ``cor(a,b|factor)`` (fixed settings are not estimates and are left out).
+    ``sd(term|factor)`` and ``cor(a,b|factor)`` (fixed settings are not estimates and are left out),
+    read from its ``info["estimates"]`` (no draws are made).
 
     Raises
     ------
     SpecError
         For a fit that is not empirical (a Bayesian fit has draws, not estimates).
     """
-    if draws.method != "empirical" or "estimates" not in draws.info:
-        raise SpecError(f"Only an empirical fit has point estimates; this one is method={draws.method!r}.",
+    info = _info(source)
+    if info is None or "estimates" not in info:
+        method = getattr(source, "method", None)
+        raise SpecError(f"Only an empirical fit has point estimates; this one is method={method!r}.",
                         hint="Fit with method='empirical' (REML/ML or Laplace).", option="method")
-    out: dict[str, float] = dict(zip(bound.coef_names, map(float, draws.info["estimates"]["beta"])))
-    if draws.sigma is not None:
-        out["sigma"] = float(draws.sigma.reshape(-1)[0])
-    for block, bd in zip(bound.blocks, draws.block_draws()):
-        if bd.sd is not None:
-            sd = bd.sd.reshape(-1, block.q)[0]
-            out.update({name: float(v) for name, v in zip(block.sd_names, sd)})
-        if bd.corr is not None:
-            R = bd.corr.reshape(-1, block.q, block.q)[0]
-            pairs = [(i, j) for j in range(block.q) for i in range(j)]
-            out.update({name: float(R[i, j]) for name, (i, j) in zip(block.cor_names, pairs)})
+    est = info["estimates"]
+    out: dict[str, float] = dict(zip(bound.coef_names, map(float, est["beta"])))
+    if bound.has_sigma and est.get("sigma") is not None:
+        out["sigma"] = float(est["sigma"])
+    learned = [block for block in bound.blocks if block.Sigma is None]
+    sd, corr = est.get("sd"), est.get("corr")
+    if isinstance(sd, Mapping):  # several grouping factors: by name
+        out.update({k: float(v) for k, v in sd.items()})
+    elif sd is not None:  # one factor: in the order of its terms
+        out.update({name: float(v) for name, v in zip(learned[0].sd_names, sd)})
+    if isinstance(corr, Mapping):
+        out.update({k: float(v) for k, v in corr.items()})
+    elif corr is not None:
+        R = np.asarray(corr, dtype=float)
+        block = learned[0]
+        pairs = [(i, j) for j in range(block.q) for i in range(j)]
+        out.update({name: float(R[i, j]) for name, (i, j) in zip(block.cor_names, pairs)})
     return out
 
 
-def _parameters(bound: BoundSpec, draws: Draws) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray],
-                                                        list[np.ndarray | None]]:
+Params = tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray], list[np.ndarray | None]]
+
+
+def _estimate_parameters(bound: BoundSpec, source: Source) -> Params:
+    """The parameters of :func:`_parameters` at an empirical fit's estimates (S = 1)."""
+    est = point_estimates(bound, source)
+    beta = np.array([[est[name] for name in bound.coef_names]], dtype=float).reshape(1, -1)
+    sigma = np.array([est["sigma"]]) if "sigma" in est else None
+    factors: list[np.ndarray | None] = []
+    for block in bound.blocks:
+        if block.pooled:
+            factors.append(None)
+            continue
+        bd = BlockDraws(sd=None, corr=None, values=None)
+        if block.Sigma is None:
+            sd = np.array([est[name] for name in block.sd_names])
+            R = np.eye(block.q)
+            pairs = [(i, j) for j in range(block.q) for i in range(j)]
+            for name, (i, j) in zip(block.cor_names, pairs):
+                R[i, j] = R[j, i] = est[name]
+            bd = BlockDraws(sd=sd[None, None], corr=R[None, None] if block.cor_names else None, values=None)
+        factors.append(sigma_factor(block, bd, 1, 1).reshape(1, block.q, block.q))
+    return beta, sigma, {}, factors
+
+
+def _parameters(bound: BoundSpec, source: Source) -> Params:
     """(β (S, p), σ (S,) or None, auxiliary parameters (S,), Σ factors per block (S, q, q) or None):
     S = 1 (the estimates) for an empirical fit, every posterior draw for a Bayesian one."""
-    C, D = draws.n_chains, draws.n_draws
+    if _info(source) is not None:
+        return _estimate_parameters(bound, source)
+    assert isinstance(source, Draws)
+    C, D = source.n_chains, source.n_draws
     factors: list[np.ndarray | None] = []
-    for block, bd in zip(bound.blocks, draws.block_draws()):
+    for block, bd in zip(bound.blocks, source.block_draws()):
         factors.append(None if block.pooled else sigma_factor(block, bd, C, D).reshape(C * D, block.q, block.q))
-    sigma = None if draws.sigma is None else draws.sigma.reshape(C * D)
-    aux = {k: v.reshape(C * D) for k, v in draws.aux.items()}
-    if draws.method == "empirical":  # the estimates (the hyperparameters are constant across the draws)
-        beta = np.asarray(draws.info["estimates"]["beta"], dtype=float).reshape(1, -1)
-        return (beta, None if sigma is None else sigma[:1], {k: v[:1] for k, v in aux.items()},
-                [None if f is None else f[:1] for f in factors])
-    return draws.beta.reshape(C * D, -1), sigma, aux, factors
+    sigma = None if source.sigma is None else source.sigma.reshape(C * D)
+    aux = {k: v.reshape(C * D) for k, v in source.aux.items()}
+    return source.beta.reshape(C * D, -1), sigma, aux, factors
 
 
-def _draw(bound: BoundSpec, params: tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray],
-                                          list[np.ndarray | None]], n: int, rng: np.random.Generator) -> np.ndarray:
+def _draw(bound: BoundSpec, params: Params, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` simulated outcome vectors, (n, rows), with new group values (use.u = FALSE)."""
     beta, sigma, aux, factors = params
     S = beta.shape[0]
@@ -128,7 +171,7 @@ def _draw(bound: BoundSpec, params: tuple[np.ndarray, np.ndarray | None, dict[st
     return np.asarray(bound.spec.fam.sample(rng, eta, **kw))
 
 
-def simulate(bound: BoundSpec, draws: Draws, n: int = 1, *, seed: int = 0) -> np.ndarray:
+def simulate(bound: BoundSpec, draws: Source, n: int = 1, *, seed: int = 0) -> np.ndarray:
     """``n`` new outcome vectors of the fitted rows, (n, rows), from the fitted model.
 
     New group values are drawn from the estimated population (lme4's ``simulate(use.u = FALSE)``);
@@ -158,7 +201,7 @@ def simulate(bound: BoundSpec, draws: Draws, n: int = 1, *, seed: int = 0) -> np
     return _draw(bound, _parameters(bound, draws), n, rng)
 
 
-def simulator(bound: BoundSpec, draws: Draws) -> Callable[[np.random.Generator], np.ndarray]:
+def simulator(bound: BoundSpec, draws: Source) -> Callable[[np.random.Generator], np.ndarray]:
     """A function drawing one simulated outcome vector of the fitted rows per call, from the
     given generator (as :func:`simulate`, one data set at a time: memory O(rows))."""
     _require_rows(bound, "Simulating")
@@ -170,7 +213,7 @@ def simulator(bound: BoundSpec, draws: Draws) -> Callable[[np.random.Generator],
     return one
 
 
-def refit(bound: BoundSpec, y: np.ndarray, *, criterion: str, seed: int = 0) -> Draws:
+def refit(bound: BoundSpec, y: np.ndarray, *, criterion: str, seed: int = 0) -> Draws | DeferredDraws:
     """The empirical fit of ``bound``'s model to the outcome ``y`` (the same rows) by ``criterion``
     (``"REML"`` or ``"ML"`` for gaussian; the other families' criterion is Laplace's); one draw.
 
@@ -242,7 +285,7 @@ class Bootstrap:
                 f"parameters={list(self.estimates.index)}>")
 
 
-def bootstrap(bound: BoundSpec, draws: Draws, n: int = 200, *, seed: int = 0,
+def bootstrap(bound: BoundSpec, draws: Source, n: int = 200, *, seed: int = 0,
               progress: BootProgress | None = None) -> Bootstrap:
     """Parametric bootstrap of an empirical fit: simulate ``n`` data sets from the estimates (new
     group values, :func:`simulate`), refit each by the fit's criterion (REML, ML or Laplace) and
@@ -278,7 +321,9 @@ def bootstrap(bound: BoundSpec, draws: Draws, n: int = 200, *, seed: int = 0,
     n = _check_n(n)
     estimates = pd.Series(point_estimates(bound, draws), name="estimate")
     _require_rows(bound, "bootstrap()")
-    method = str(draws.info.get("method", ""))
+    info = _info(draws)
+    assert info is not None  # (point_estimates refused a Bayesian fit)
+    method = str(info.get("method", ""))
     one = simulator(bound, draws)
     rng = np.random.default_rng(seed)
     rows = np.full((n, len(estimates)), np.nan)
