@@ -1,13 +1,14 @@
 """poolwise: pooled, unpooled and hierarchical models of grouped data, side by side."""
 
 from . import errors
+from .anova import anova
 from .compare import Comparison, compare
 from .fit import Fit, fit
 from .path import PoolingPath, pooling_path
 from .sensitivity import compare_priors, sensitivity
 from .spec import ModelSpec
 
-__all__ = ["fit", "compare", "pooling_path", "sensitivity", "compare_priors", "ModelSpec", "Fit", "Comparison",
+__all__ = ["fit", "compare", "anova", "pooling_path", "sensitivity", "compare_priors", "ModelSpec", "Fit", "Comparison",
            "PoolingPath", "datasets", "errors"]
 __version__ = "0.1.0"
 

@@ -1037,6 +1037,25 @@ class Fit:
         return pd.DataFrame({"mean": flat.mean(axis=0), "sd": flat.std(axis=0), "lo": lo, "hi": hi,
                              "new_group": any_new}, index=frame.index)
 
+    # -- simulation and the parametric bootstrap (poolwise.simulate) ---------------------------
+    def simulate(self, n: int = 1, seed: int = 0) -> np.ndarray:
+        """``n`` new outcome vectors of the fitted rows, (n, rows), with new group values drawn
+        from the population (lme4's ``simulate(use.u = FALSE)``): from the estimates of an
+        empirical fit, from random posterior draws of a Bayesian one
+        (:func:`poolwise.simulate.simulate`)."""
+        from .simulate import simulate
+
+        return simulate(self.bound, self._draws, n, seed=seed)
+
+    def bootstrap(self, n: int = 200, seed: int = 0, *, progress: Any = None) -> Any:
+        """Parametric bootstrap of an empirical fit's estimates (β, σ, SDs, correlations): ``n``
+        data sets simulated from the estimates, each refitted by the same criterion; returns a
+        :class:`poolwise.simulate.Bootstrap` (``.summary()``, ``.confint()`` percentile intervals,
+        ``.replicates``).  ``progress`` is an optional callback ``(done, n)``."""
+        from .simulate import bootstrap
+
+        return bootstrap(self.bound, self._draws, n, seed=seed, progress=progress)
+
     # -- output ------------------------------------------------------------------------------
     def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False, pointwise: bool = False) -> str:
         """Write the results to a NetCDF file (compressed), whole or not at all

@@ -416,6 +416,14 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
         theta, _, n_eval = profiled
         ll = f(theta)
         converged = bool(np.isfinite(ll))
+    elif blk.pooled and hyp.dim == 1:  # Σ = 0, σ learned: the linear model, σ̂ in closed form
+        src = red if bound.simple else stats
+        n, p = src.n_obs, src.XtWX.shape[0]
+        # σ̂² = RSS/(N − p) (REML) or RSS/N (ML); _scale_guess is √(RSS/(N − p))
+        sig_ls = _scale_guess(src.XtWX, src.XtWy, src.yWy, n) * (1.0 if reml else math.sqrt(max(n - p, 1) / n))
+        theta = np.array([math.log(sig_ls)])
+        ll, n_eval = f(theta), 1
+        converged = bool(np.isfinite(ll))
     elif not (bound.simple and bound.has_sigma and blk.Sigma is None):
         theta, ll, converged, n_eval = _maximize(f, starts, np.full(hyp.dim, 0.5))
     sigma, sd, L, Lam = hyp.unpack(theta)
