@@ -245,6 +245,17 @@ def test_note_on_integer_columns(cbpp: pd.DataFrame, tmp_path: Path) -> None:
     assert not any("integer column" in n for n in quiet.notes())  # C() given; a 0/1 column is a slope either way
 
 
+def test_note_on_integer_columns_of_a_gaussian_file(sleep: pd.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "sleep.csv"
+    sleep.to_csv(path, index=False)
+    f = pw.fit("Reaction ~ Days + (1 | Subject)", str(path), method="empirical")  # reduced inside DuckDB
+    assert "Days is an integer column with 10 distinct values, fitted as one numeric slope; write C(Days) to make " \
+           "it a factor." in f.notes()
+    for data in (sleep, str(path)):  # a varying slope says the user means a number
+        g = pw.fit("Reaction ~ Days + (Days | Subject)", data, method="empirical")
+        assert not any("integer column" in n for n in g.notes())
+
+
 # -- the command line --------------------------------------------------------------------------
 
 def test_cli_help_lists_every_method_and_reml() -> None:

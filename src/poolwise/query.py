@@ -1185,7 +1185,8 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
     why = query_reason(spec) or (None if method in ("exact", "empirical") else
                                  f"method={method!r} works on the rows")
     if why is None:
-        return bind_source(spec, src), None
+        bound = bind_source(spec, src)
+        return bound, " ".join(_source_integer_notes(spec, bound, src)) or None
     if count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
         return bind_counts(spec, src)
     if spec.weights and spec.weights not in src.columns:
@@ -1210,24 +1211,55 @@ def _in_memory(spec: ModelSpec, table: _data.Table) -> tuple[BoundSpec, str | No
 INTEGER_CODE_LEVELS = 10
 
 
+def _integer_candidates(spec: ModelSpec, bound: BoundSpec) -> list[str]:
+    """The columns :func:`integer_notes` looks at: entered as a common term as they are (not in
+    ``C()``, not transformed, not in an interaction) and not varying by group (a varying slope says
+    the user means a number), nor a response column."""
+    slopes = {e for t in spec.group_terms for e in t.exprs}
+    return [v for v in spec.variables if v in bound.coef_names and v not in slopes
+            and v not in spec.response_columns and v not in spec.categorical]
+
+
+def _integer_note(v: str, k: int, where: str = "") -> str:
+    return (f"{v} is an integer column with {k} distinct values{where}, fitted as one numeric slope; "
+            f"write C({v}) to make it a factor.")
+
+
 def integer_notes(spec: ModelSpec, bound: BoundSpec, frame: pd.DataFrame) -> list[str]:
     """Notes on integer columns with few distinct values (3 to :data:`INTEGER_CODE_LEVELS`) that
-    enter the model as one numeric slope, a common term or a varying slope as they are, not
-    wrapped in ``C()`` (cbpp's ``period`` read from a CSV file): often a factor coded as numbers.
-    A 0/1 (two-valued) column is the same model either way: no note."""
+    enter the model as one numeric slope, as they are (cbpp's ``period`` read from a CSV file):
+    often a factor coded as numbers.  A 0/1 (two-valued) column is the same model either way,
+    and a column in ``C()`` or varying by group (``(1 + x | g)``) says what the user meant: no note."""
     out = []
-    slopes = {e for t in spec.group_terms for e in t.exprs}
-    for v in spec.variables:
-        if v in spec.response_columns or v in spec.categorical or v not in frame.columns:
-            continue
-        if v not in bound.coef_names and v not in slopes:  # a transform, an interaction: the user chose
-            continue
-        col = frame[v]
-        if not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+    for v in _integer_candidates(spec, bound):
+        col = frame[v] if v in frame.columns else None
+        if col is None or not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
             continue
         values = pd.unique(col.dropna())
         k = len(values)
         if 3 <= k <= INTEGER_CODE_LEVELS and bool(np.all(np.floor(values) == values)):
-            out.append(f"{v} is an integer column with {k} distinct values, fitted as one numeric slope; "
-                       f"write C({v}) to make it a factor.")
+            out.append(_integer_note(v, k))
     return out
+
+
+#: rows of a file the integer check reads (the first ones: the check is a note, not worth a scan)
+INTEGER_CHECK_ROWS = 100_000
+
+
+def _source_integer_notes(spec: ModelSpec, bound: BoundSpec, src: _source.Source) -> list[str]:
+    """:func:`integer_notes` for rows in their engine, from their first :data:`INTEGER_CHECK_ROWS`
+    rows (one small query; the note says when it judged from those rows only)."""
+    cols = [v for v in _integer_candidates(spec, bound) if src.kinds.get(v) == "number"]
+    if not cols:
+        return []
+    parts = ["COUNT(*) AS n"]
+    for i, v in enumerate(cols):
+        x = _num(src, v)
+        parts += [f"COUNT(DISTINCT {x}) AS k{i}", f"SUM(CASE WHEN {x} <> FLOOR({x}) THEN 1 ELSE 0 END) AS f{i}"]
+    inner = ", ".join(src.quote(v) for v in cols)
+    got = src.query(f"SELECT {', '.join(parts)} FROM (SELECT {inner} FROM {{rows}} LIMIT {INTEGER_CHECK_ROWS}) AS t")
+    row = got.iloc[0]
+    partial = int(row["n"]) >= INTEGER_CHECK_ROWS and int(row["n"]) < bound.n_obs
+    where = f" in its first {INTEGER_CHECK_ROWS:,} rows" if partial else ""
+    return [_integer_note(v, int(row[f"k{i}"]), where) for i, v in enumerate(cols)
+            if 3 <= int(row[f"k{i}"]) <= INTEGER_CODE_LEVELS and int(row[f"f{i}"] or 0) == 0]
