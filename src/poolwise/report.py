@@ -281,7 +281,8 @@ def _section_population(cmp: Comparison) -> str:
 
 def _section_model(cmp: Comparison) -> str:
     hier = cmp.hierarchical
-    info = [("formula", hier.bound.shown.formula), ("family", str(hier.bound.shown.fam)), ("group terms", ", ".join(cmp.terms))]
+    shown = hier.bound.shown  # the formula and family as the user gave them
+    info = [("formula", shown.formula), ("family", str(shown.fam)), ("group terms", ", ".join(cmp.terms))]
     dl = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in info)
     rows = []
     diag = cmp.diagnostics().attrs["fits"]
