@@ -143,6 +143,15 @@ def test_weights_gaussian_from_a_file_equal_lme4(sleep: pd.DataFrame, tmp_path: 
         assert f.draws.info["loglik"] == pytest.approx(ref["loglik"], abs=1e-6)
     f = pw.fit("Reaction ~ Days + (Days | Subject)", str(path), weights="w", method="empirical")
     np.testing.assert_allclose(_est(f)["sd"], SLEEP_W[True]["sd"], rtol=1e-5)
+    # responses of new rows: residual SD sigma / sqrt(w), so the weights column is needed
+    new = sleep.iloc[:2]
+    with pytest.raises(DataError, match="weights='w' needs that column"):
+        f.predict(new.drop(columns=["w"]))
+    v_mean = f.predict(new.assign(w=4.0), kind="mean", return_draws=True)[..., 0].var()
+    v_resp = f.predict(new.assign(w=4.0), seed=1, return_draws=True)[..., 0].var()
+    # Var(response) = Var(mean) + sigma²/w; from 4000 draws the difference has an SD of about 3.5 %
+    # (2σ⁴/w²/N + 4 Var(mean) σ²/w/N), so 10 % is three SDs
+    assert v_resp - v_mean == pytest.approx(_est(f)["sigma"] ** 2 / 4.0, rel=0.1)
 
 
 def test_weights_pooled_equal_statsmodels_wls(sleep: pd.DataFrame) -> None:

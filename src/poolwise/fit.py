@@ -917,8 +917,9 @@ class Fit:
         ----------
         new_data
             Rows with the predictor columns (and the group columns, if known groups are meant;
-            the offset's columns; the trials column for binomial responses; the se column for
-            responses of a model with known standard errors).
+            the offset's columns; the trials column for binomial responses, or the columns of
+            ``cbind(successes, failures)``; the se column for responses of a model with known
+            standard errors; the weights column for responses of a model with ``weights=``).
         kind
             ``"response"`` (posterior predictive: outcomes drawn from the family), ``"mean"``
             (the expected value, link⁻¹(η): the success probability for binomial) or ``"link"``
