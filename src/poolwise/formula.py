@@ -331,6 +331,12 @@ def parse_counts(text: str, formula: str) -> tuple[str, Counts]:
     FormulaError
         When the successes are not a column name, or the failures not a column or arithmetic
         (``+ - *``, brackets, numbers) on columns.
+
+    Examples
+    --------
+    >>> s, f = parse_counts("cbind(incidence, size - incidence)", "…")
+    >>> s, f.columns, f.sql(lambda c: f'"{c}"')
+    ('incidence', ('size', 'incidence'), '(CAST("size" AS DOUBLE) - CAST("incidence" AS DOUBLE))')
     """
     m = re.fullmatch(r"cbind\s*\((.*)\)\s*", text, flags=re.S)
     parts = m.group(1).split(",") if m else []
