@@ -240,6 +240,24 @@ def test_predict_without_group_values_is_x_beta_plus_offset(sleep: pd.DataFrame)
         f.predict(new, groups="some")
 
 
+def test_predict_of_counts_merged_from_a_file(cbpp: pd.DataFrame, tmp_path: Path) -> None:
+    """A poisson fit whose rows were merged into counts inside DuckDB predicts new rows from the
+    user's columns (the offset log(size) as written), never asking for the merged table's own."""
+    path = tmp_path / "cbpp.csv"
+    cbpp.to_csv(path, index=False)
+    f = pw.fit("incidence ~ period + offset(log(size)) + (1 | herd)", str(path), family="poisson",
+               method="empirical", draws=50, chains=2)
+    new = cbpp.head(3)
+    got = f.predict(new, kind="link", groups="none", return_draws=True)
+    X = np.column_stack([np.ones(3), new["period"].astype(int)])
+    want = np.einsum("cdp,np->cdn", f._thin(f.draws.beta), X) + np.log(new["size"].to_numpy(float))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert f.predict(new, kind="response").shape[0] == 3
+    with pytest.raises(DataError, match="'size'") as err:
+        f.predict(new.drop(columns=["size"]))
+    assert "pw_" not in str(err.value)
+
+
 # -- the note on integer codes ----------------------------------------------------------------
 
 def test_note_on_integer_columns(cbpp: pd.DataFrame, tmp_path: Path) -> None:

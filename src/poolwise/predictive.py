@@ -8,6 +8,7 @@ Nothing here is fitted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import data as _data
 from .errors import DataError, SpecError, format_rows
 from .formula import design_matrices
 from .priors import Prior
+from .query import offset_terms
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
 __all__ = ["prior_predictive", "draw_prior", "lkj_cholesky", "linear_predictor", "new_family_kwargs",
@@ -205,11 +207,24 @@ def encode_offset(bound: BoundSpec, frame: pd.DataFrame) -> np.ndarray:
     enc = getattr(b, "encode_offset", None)
     if callable(enc):
         return np.asarray(enc(frame), dtype=float)
-    if "offset(" not in b.spec.common or b.design is None or b.design.common is None:
+    if b.given is not None and b.given.common != b.spec.common:  # rows merged into counts: the offset
+        terms = offset_terms(b.given.common)                      # as the user wrote it, on the new rows
+        if not terms:
+            return np.zeros(len(frame))
+        missing = [v for v in b.given.variables if v not in frame.columns
+                   and any(re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", t) for t in terms)]
+        if missing:
+            _data.check_columns(_data.read_table(frame), missing, context=" in the new data")
+        with np.errstate(all="ignore"):
+            dm = design_matrices(f"pw_response_ ~ 0 + {' + '.join(terms)}", frame.assign(pw_response_=0.0))
+        full = dm.common.as_dataframe()
+        off = full.to_numpy(dtype=float).sum(axis=1)
+    elif "offset(" not in b.spec.common or b.design is None or b.design.common is None:
         return np.zeros(len(frame))
-    full = b.design.common.evaluate_new_data(frame).as_dataframe()
-    cols = [c for c in full.columns if str(c).startswith("offset(")]
-    off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
+    else:
+        full = b.design.common.evaluate_new_data(frame).as_dataframe()
+        cols = [c for c in full.columns if str(c).startswith("offset(")]
+        off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
     bad = np.flatnonzero(~np.isfinite(off))
     if bad.size:
         raise DataError(f"The offset is not finite on {bad.size} new rows ({format_rows(bad.tolist())}).",

@@ -39,7 +39,7 @@ from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_ou
                    check_formula_columns, check_scale, warn_far_slopes)
 
 __all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES",
-           "integer_notes", "INTEGER_CODE_LEVELS"]
+           "integer_notes", "INTEGER_CODE_LEVELS", "offset_terms"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1003,6 +1003,11 @@ def _strip_offsets(text: str) -> tuple[str, list[str]]:
     cleaned = re.sub(r"^\s*\+", "", cleaned).strip()
     cleaned = re.sub(r"\+\s*\+", "+", cleaned).strip()
     return (cleaned or "1"), found
+
+
+def offset_terms(common: str) -> list[str]:
+    """The ``offset(…)`` terms of a formula's common part, as written."""
+    return _strip_offsets(common)[1]
 
 
 def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:

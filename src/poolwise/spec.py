@@ -429,6 +429,9 @@ class BoundSpec:
         if missing:
             _data.check_columns(_data.read_table(new), missing, context=" in the new data")
         if self.design is not None and self.design.common is not None and self._predictor_columns():
+            if self.given is not None:  # rows merged into counts: the merged design's own columns (an
+                # exposure in an offset) are not the user's, and the offset is not read here
+                new = new.assign(**{v: 1.0 for v in self.spec.variables if v not in self.given.variables})
             full = self.design.common.evaluate_new_data(new)
             frame = full.as_dataframe()
             return np.asarray(frame[self.coef_names], dtype=float)
@@ -447,10 +450,10 @@ class BoundSpec:
         return np.array([pos.get(str(v), -1) for v in labels], dtype=int)
 
     def _predictor_columns(self) -> list[str]:
-        skip = set(self.spec.response_columns)
+        skip = set(self.shown.response_columns)  # (the user's columns, also for rows merged into counts)
         for b in self.blocks:
             skip.update(b.term.factor_columns)
-        return [v for v in self.spec.variables if v not in skip]
+        return [v for v in self.shown.variables if v not in skip]
 
 
 def check_constant_outcome(spec: ModelSpec, constant: bool, value: float) -> None:
