@@ -128,6 +128,7 @@ def test_weights_gaussian_equal_lme4(sleep: pd.DataFrame, reml: bool) -> None:
     assert np.asarray(e["corr"])[0, 1] == pytest.approx(ref["cor"], abs=1e-5)
     assert e["sigma"] == pytest.approx(ref["sigma"], rel=LMM_RTOL)
     assert f.draws.info["loglik"] == pytest.approx(ref["loglik"], abs=1e-6)
+    assert "family=gaussian weights=w " in repr(f)
 
 
 def test_weights_gaussian_from_a_file_equal_lme4(sleep: pd.DataFrame, tmp_path: Path) -> None:

@@ -368,7 +368,8 @@ class Fit:
         groups = (str(b.n_groups) if len(b.blocks) == 1
                   else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
         shown = b.shown  # the formula and family as the user gave them
-        return (f"<poolwise.Fit {shown.formula!r} family={shown.fam.name} pooling={pooling} "
+        weights = f" weights={shown.weights}" if shown.weights else ""
+        return (f"<poolwise.Fit {shown.formula!r} family={shown.fam.name}{weights} pooling={pooling} "
                 f"method={self.method} rows={b.n_obs} groups={groups} draws={self.draws.n_chains}×"
                 f"{self.draws.n_draws}>")
 
