@@ -265,3 +265,22 @@ def test_hostile_formula_never_reaches_spark(rows: dict[str, Any], tmp_path: Pat
         with pytest.raises(FormulaError, match="attribute access"):
             pw.fit(formula, rows["frame"])
     assert calls == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cbind_and_weights_in_spark_equal_the_in_memory_fits(spark: Any) -> None:
+    """cbind(successes, failures) merged into counts and prior weights summed inside Spark."""
+    cbpp = pw.datasets.cbpp().assign(period=lambda d: d["period"].astype(int))
+    formula = "cbind(incidence, size - incidence) ~ C(period) + (1 | herd)"
+    got = pw.fit(formula, spark.createDataFrame(cbpp), method="empirical")
+    want = pw.fit(formula, cbpp, method="empirical")
+    np.testing.assert_allclose(got.draws.info["estimates"]["beta"], want.draws.info["estimates"]["beta"], rtol=1e-6)
+    assert "pw_" not in repr(got) and formula in repr(got)
+    sleep = pw.datasets.sleepstudy().assign(w=lambda d: 1.0 + d["Days"] % 3)
+    got = pw.fit("Reaction ~ Days + (Days | Subject)", spark.createDataFrame(sleep), weights="w", method="empirical")
+    want = pw.fit("Reaction ~ Days + (Days | Subject)", sleep, weights="w", method="empirical")
+    assert got.bound.reduced is not None and got.bound.reduced.engine == "spark"
+    np.testing.assert_allclose(got.draws.info["estimates"]["sd"], want.draws.info["estimates"]["sd"], rtol=1e-7)
+    assert got.draws.info["loglik"] == pytest.approx(want.draws.info["loglik"], rel=1e-10)
+    bad = sleep.assign(w=sleep["w"].where(sleep.index != 11, 0.0))
+    with pytest.raises(DataError, match=r"'w' must be positive .*row 11"):
+        pw.fit("Reaction ~ Days + (1 | Subject)", spark.createDataFrame(bad), weights="w", method="empirical")

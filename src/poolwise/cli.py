@@ -54,9 +54,22 @@ EngineOpt = Annotated[str | None, typer.Option(
          "spark uses the active or a new SparkSession).", show_default=False)]
 FormulaOpt = Annotated[str, typer.Option("--formula", "-f", help='lme4 formula, e.g. "y ~ x + (1 | g)".',
                                          show_default=False)]
-FamilyOpt = Annotated[str, typer.Option(
-    help="gaussian | student_t | bernoulli | binomial | poisson | negative_binomial.")]
-MethodOpt = Annotated[str | None, typer.Option(help="exact | nuts (default: exact for gaussian data).")]
+FamilyOpt = Annotated[str | None, typer.Option(
+    help="gaussian | student_t | bernoulli | binomial | poisson | negative_binomial (default: binomial for a "
+         "cbind(successes, failures) outcome, else gaussian).", show_default=False)]
+MethodOpt = Annotated[str | None, typer.Option(help=(
+    "exact | nuts | empirical | laplace:\n\n"
+    "exact: Gaussian posterior, group values integrated out exactly (default for gaussian);\n\n"
+    "nuts: NUTS on the full model, any family (default for the others);\n\n"
+    "empirical: lme4's estimates, REML/ML (gaussian) or Laplace ML (bernoulli, binomial, poisson);\n\n"
+    "laplace: group values integrated out by Laplace's approximation, hyperparameters sampled."),
+    show_default=False)]
+RemlOpt = Annotated[bool | None, typer.Option("--reml/--ml", help=(
+    "REML (the default of --method empirical) or maximum-likelihood estimates, as lme4's REML=TRUE/FALSE; "
+    "implies --method empirical.  --ml is the only choice for the non-gaussian families."), show_default=False)]
+WeightsOpt = Annotated[str | None, typer.Option(help=(
+    "Column of prior weights per row, as lme4's weights=: a gaussian row's residual variance is sigma²/w; "
+    "another family's row log-likelihood is multiplied by w."), show_default=False, metavar="COL")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed gives the same draws.")]
 ChainsOpt = Annotated[int, typer.Option(help="Number of chains.")]
 DrawsOpt = Annotated[int, typer.Option(help="Draws per chain.")]
@@ -88,8 +101,10 @@ def fit_command(
              "--pooling '1|s=hierarchical' --pooling '1|d=pooled' (repeatable, or comma-separated: "
              "'1|s=hierarchical,1|d=pooled'); terms not named are hierarchical. [default: hierarchical]",
         show_default=False)] = None,
-    family: FamilyOpt = "gaussian",
+    family: FamilyOpt = None,
     method: MethodOpt = None,
+    reml: RemlOpt = None,
+    weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     chains: ChainsOpt = 4,
     draws: DrawsOpt = 1000,
@@ -106,12 +121,13 @@ def fit_command(
     DIR/pooling_factors.csv.
     """
     with _errors():
+        method, options = _estimation(formula, family, method, reml)
         targets, _ = _check_outputs(out, FIT_FILES, None, force)
         priors = _parse_priors(prior)
         with _progress() as step:
             f = fit(formula, os.fspath(data), family=family, pooling=_join_pooling(pooling), priors=priors,
-                    method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
-                    spark=_spark_session() if engine == "spark" else None)
+                    weights=weights, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup,
+                    progress=step, engine=engine, spark=_spark_session() if engine == "spark" else None, **options)
             step("summary and convergence diagnostics", 1.0)
             summary = f.summary(groups=False)
             notes = f.notes()
@@ -140,8 +156,9 @@ def fit_command(
 def compare_command(
     data: DataArg,
     formula: FormulaOpt,
-    family: FamilyOpt = "gaussian",
+    family: FamilyOpt = None,
     method: MethodOpt = None,
+    weights: WeightsOpt = None,
     seed: SeedOpt = 0,
     chains: ChainsOpt = 4,
     draws: DrawsOpt = 1000,
@@ -164,8 +181,8 @@ def compare_command(
         targets, report_path = _check_outputs(out, COMPARE_FILES, report, force)
         priors = _parse_priors(prior)
         with _progress() as step:
-            cmp = compare(formula, os.fspath(data), family=family, priors=priors, method=method, seed=seed,
-                          chains=chains, draws=draws, warmup=warmup, progress=step)
+            cmp = compare(formula, os.fspath(data), family=family, priors=priors, weights=weights, method=method,
+                          seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step)
             step("per-group table and pooling factors", 1.0)
             table = cmp.table()
             step("PSIS-LOO", 1.0)
@@ -210,6 +227,26 @@ def compare_command(
                 write_report(cmp, report_path, overwrite=force)  # checked before fitting
             console.print(str(cmp.recommend()), markup=False, highlight=False)
             _print_written(console, [report_path])
+
+
+def _estimation(formula: str, family: str | None, method: str | None, reml: bool | None
+                ) -> tuple[str | None, dict[str, Any]]:
+    """``--method`` and ``--reml/--ml`` as the library's ``method`` and options: either flag implies
+    ``--method empirical``; with another method, or ``--reml`` for a family fitted by Laplace ML,
+    a usage error (exit 2)."""
+    if reml is None:
+        return method, {}
+    flag = "--reml" if reml else "--ml"
+    if method not in (None, "empirical"):
+        _fail(f"{flag} chooses REML or ML estimates of --method empirical; it does not go with --method {method}. "
+              f"Drop {flag}, or use --method empirical.")
+    from .spec import ModelSpec
+
+    fam = ModelSpec(formula, family=family).fam
+    if reml and not fam.exact:
+        _fail(f"--reml applies to the gaussian family; the {fam.name} family is fitted by maximum likelihood "
+              "(Laplace), as lme4's glmer. Use --ml or drop --reml.")
+    return "empirical", {"reml": bool(reml)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

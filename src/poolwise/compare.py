@@ -38,8 +38,9 @@ def compare(
     formula: str | ModelSpec,
     data: _data.DataLike,
     *,
-    family: str = "gaussian",
+    family: str | None = None,
     priors: Mapping[str, str | Prior] | None = None,
+    weights: str | None = None,
     method: str | None = None,
     seed: int = 0,
     chains: int = 4,
@@ -52,7 +53,7 @@ def compare(
 
     Parameters
     ----------
-    formula, data, family, priors, method, seed, chains, draws, warmup, memory_budget
+    formula, data, family, priors, weights, method, seed, chains, draws, warmup, memory_budget
         As for :func:`poolwise.fit`; the pooling is varied, every group term alike (a
         per-term pooling of a :class:`~poolwise.spec.ModelSpec` is replaced).  With several
         grouping factors, :meth:`Comparison.table`, :meth:`Comparison.pooling_factors`, the
@@ -72,9 +73,9 @@ def compare(
     ['pooled', 'unpooled', 'hierarchical']
     """
     if isinstance(formula, ModelSpec):
-        base = formula
+        base = formula if weights is None else formula.replace(weights=weights)
     else:
-        base = ModelSpec(formula, family=family, priors=dict(priors or {}))  # type: ignore[arg-type]
+        base = ModelSpec(formula, family=family, priors=dict(priors or {}), weights=weights)  # type: ignore[arg-type]
     table = data if isinstance(data, _data.Table) else _data.read_table(data)
     fits: dict[str, Fit] = {}
     for i, pooling in enumerate(POOLINGS):
@@ -538,7 +539,7 @@ class Comparison:
         blocks = f.bound.blocks
         groups = (str(f.bound.n_groups) if len(blocks) == 1
                   else "(" + ", ".join(f"{b.factor}: {b.n_groups}" for b in blocks) + ")")
-        return f"<poolwise.Comparison {f.spec.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
+        return f"<poolwise.Comparison {f.bound.shown.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
 
     def _repr_html_(self) -> str:
         """The comparison in a notebook (:func:`poolwise.notebook.comparison_html`); cheap: it never

@@ -85,9 +85,10 @@ def fit(
     formula: str | ModelSpec,
     data: _data.DataLike,
     *,
-    family: str = "gaussian",
+    family: str | None = None,
     pooling: str | float | Mapping[str, str | float] = "hierarchical",
     priors: Mapping[str, str | Prior] | None = None,
+    weights: str | None = None,
     method: str | None = None,
     seed: int = 0,
     chains: int = 4,
@@ -118,7 +119,8 @@ def fit(
         load only the columns they need, and the fit's notes say how many rows.
     family
         ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"`` or
-        ``"negative_binomial"``.
+        ``"negative_binomial"``; by default ``"binomial"`` for a ``cbind(successes, failures)``
+        outcome, else ``"gaussian"``.
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (a fixed
         population SD), for every group term; or per term, ``{"1|s": "hierarchical", "1|d":
@@ -126,6 +128,10 @@ def fit(
         named are ``"hierarchical"``; see :class:`~poolwise.spec.ModelSpec`).
     priors
         Priors by parameter name; defaults are data-scaled (see ``fit.priors``).
+    weights
+        The column of prior weights per row (lme4's ``weights``, positive): a gaussian row's
+        residual variance is σ²/w; another family's row log-likelihood is multiplied by w
+        (see :class:`~poolwise.spec.ModelSpec`).
     method
         ``"exact"`` (default for gaussian) or ``"nuts"``.
     seed
@@ -167,9 +173,10 @@ def fit(
     True
     """
     if isinstance(formula, ModelSpec):
-        spec = formula
+        spec = formula if weights is None else formula.replace(weights=weights)
     else:
-        spec = ModelSpec(formula, family=family, pooling=pooling, priors=dict(priors or {}))  # type: ignore[arg-type]
+        spec = ModelSpec(formula, family=family, pooling=pooling, priors=dict(priors or {}),  # type: ignore[arg-type]
+                         weights=weights)
     for name, value in (("chains", chains), ("draws", draws)):
         if not isinstance(value, int) or value < 1:
             raise SpecError(f"The '{name}' option must be a positive integer. Got {value!r}.", option=name)
@@ -433,7 +440,9 @@ class Fit:
         pooling = repr(self.spec.pooling_text) if isinstance(self.pooling, tuple) else self.spec.pooling_text
         groups = (str(b.n_groups) if len(b.blocks) == 1
                   else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
-        return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={pooling} "
+        shown = b.shown  # the formula and family as the user gave them
+        weights = f" weights={shown.weights}" if shown.weights else ""
+        return (f"<poolwise.Fit {shown.formula!r} family={shown.fam.name}{weights} pooling={pooling} "
                 f"method={self.method} rows={b.n_obs} groups={groups} draws={self.n_chains}×"
                 f"{self.n_draws}>")
 
@@ -975,7 +984,7 @@ class Fit:
     # -- prediction ----------------------------------------------------------------------------
     def predict(
         self, new_data: _data.DataLike, *, kind: str = "response", prob: float = 0.95, seed: int = 0,
-        return_draws: bool = False,
+        return_draws: bool = False, groups: str = "all",
     ) -> pd.DataFrame | np.ndarray:
         """Predict rows of new data, for known groups and for new ones.
 
@@ -989,8 +998,9 @@ class Fit:
         ----------
         new_data
             Rows with the predictor columns (and the group columns, if known groups are meant;
-            the offset's columns; the trials column for binomial responses; the se column for
-            responses of a model with known standard errors).
+            the offset's columns; the trials column for binomial responses, or the columns of
+            ``cbind(successes, failures)``; the se column for responses of a model with known
+            standard errors; the weights column for responses of a model with ``weights=``).
         kind
             ``"response"`` (posterior predictive: outcomes drawn from the family), ``"mean"``
             (the expected value, link⁻¹(η): the success probability for binomial) or ``"link"``
@@ -999,6 +1009,10 @@ class Fit:
             Mass of the central interval.
         return_draws
             Return the (chain, draw, rows) array instead of a summary.
+        groups
+            ``"all"`` (the default): every group term as above; ``"none"``: every group value
+            at 0, η = Xβ + offset (lme4's ``predict(..., re.form = NA)``), the group columns
+            not needed.
 
         Returns
         -------
@@ -1017,11 +1031,14 @@ class Fit:
         frame = table.frame
         if len(frame) == 0:
             raise DataError("The new data have no rows.", hint="Pass at least one row to predict.")
-        b, d, fam = self.bound, self.draws, self.spec.fam
+        if groups not in ("all", "none"):
+            raise SpecError(f"The 'groups' option must be 'all' or 'none'. Got {groups!r}.", option="groups",
+                            hint="groups='none' sets every group value to 0 (lme4's re.form = NA).")
+        b, d, fam = self.bound, self.draws, self.bound.shown.fam  # (the family as given: bernoulli, not merged)
         rng = np.random.default_rng(seed)
         eta, any_new = _predictive.linear_predictor(
             b, frame, self._thin(d.beta), [bd.values for bd in self.block_draws],
-            lambda i: self._thin(self._sigma_factor(i)), rng)
+            lambda i: self._thin(self._sigma_factor(i)), rng, groups=groups)
         C, D = eta.shape[:2]
         if kind == "link":
             out = eta
@@ -1029,7 +1046,7 @@ class Fit:
             out = fam.inverse_link(eta)
         else:
             out = fam.sample(rng, eta, **_predictive.new_family_kwargs(
-                self.spec, frame, self._family_kwargs(None, thin=True), sigma_drawn=d.sigma is not None))
+                b.shown, frame, self._family_kwargs(None, thin=True), sigma_drawn=d.sigma is not None))
         if return_draws:
             return out
         flat = out.reshape(C * D, -1)
@@ -1141,7 +1158,7 @@ def _to_inference_data(f: Fit) -> Any:
     if b.reduced is not None:
         idata.posterior.attrs.update({"reduced_in": f"{b.reduced.engine}: {b.reduced.source}"})
     idata.posterior.attrs.update({
-        "formula": b.spec.formula, "family": b.spec.fam.name, "pooling": b.spec.pooling_text,
+        "formula": b.shown.formula, "family": b.shown.fam.name, "pooling": b.spec.pooling_text,
         "method": d.method, "priors": "; ".join(f"{k} ~ {v}" for k, v in b.priors.items()),
         "n_obs": b.n_obs, "n_groups": b.n_groups, "inference_library": "poolwise",
     })

@@ -9,12 +9,15 @@ here; ``||`` (uncorrelated group terms) is rewritten to ``|`` with the factor ma
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import FormulaError
 
 __all__ = ["GroupTerm", "ParsedFormula", "parse_formula", "mark", "sql_columns", "quote_sql", "sql_literal",
-           "NUMERIC_FUNCTIONS", "TERM_FUNCTIONS", "functions", "formula_env", "design_matrices"]
+           "NUMERIC_FUNCTIONS", "TERM_FUNCTIONS", "functions", "formula_env", "design_matrices", "Counts",
+           "parse_counts"]
 
 _NAME = r"[A-Za-z_.][\w.]*"
 
@@ -106,6 +109,10 @@ class ParsedFormula:
     variables: tuple[str, ...]
     #: the columns the formula wraps in ``C()`` (categorical whatever their values)
     categorical: tuple[str, ...] = ()
+    #: ``cbind(successes, failures)`` outcomes: the failures (trials = successes + failures)
+    failures: Counts | None = None
+    #: columns named only by the failures of ``cbind()`` (not predictors)
+    count_columns: tuple[str, ...] = ()
 
 
 def mark(formula: str, word: str) -> str:
@@ -169,6 +176,13 @@ def parse_formula(f: str) -> ParsedFormula:
             )
         extras[m.group(1)] = m.group(2)
     outcome = lhs_parts[0]
+    failures = None
+    if re.match(r"cbind\s*\(", outcome):
+        if extras:
+            raise FormulaError(f"cbind() in formula {f!r} cannot take response additions ({', '.join(extras)}()).",
+                               hint="cbind(successes, failures) already gives the number of trials.",
+                               option="formula")
+        outcome, failures = parse_counts(outcome, f)
     if not re.fullmatch(_NAME, outcome):
         raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
                            hint="Transform the column before fitting.", option="formula")
@@ -215,13 +229,164 @@ def parse_formula(f: str) -> ParsedFormula:
         first = factor.split(":")[0]
         terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
                                and first not in uncorrelated, sources=tuple(sources.get(factor, ()))))
-    variables = columns | set(extras.values())
+    variables = columns | set(extras.values()) | set(failures.columns if failures else ())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
         common=_restore(_strip_group_terms(rhs_protected), quoted), group_terms=tuple(terms),
         variables=tuple(sorted(variables)),
-        categorical=tuple(sorted(checker.categorical)),
+        categorical=tuple(sorted(checker.categorical)), failures=failures,
+        count_columns=tuple(c for c in (failures.columns if failures else ()) if c not in columns),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# cbind(successes, failures): lme4's binomial outcome
+
+_COUNT_TOKEN = re.compile(rf"\s*(?:(?P<num>\d+(?:\.\d*)?)|(?P<name>{_NAME})|(?P<op>[-+*()]))")
+
+
+@dataclass(frozen=True)
+class Counts:
+    """The failures of a ``cbind(successes, failures)`` outcome: a column, or arithmetic on columns
+    and numbers with ``+ - *`` and brackets (``size - incidence``).
+
+    It is data, never code: :meth:`evaluate` computes it on a table's columns with NumPy and
+    :meth:`sql` writes it with every column quoted and every number a literal.
+
+    Attributes
+    ----------
+    text
+        The failures as the formula writes them.
+    tokens
+        ``("name", column)``, ``("num", value)`` or ``("op", symbol)`` in order.
+    """
+
+    text: str
+    tokens: tuple[tuple[str, str], ...]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns it names, in order, once each."""
+        return tuple(dict.fromkeys(v for k, v in self.tokens if k == "name"))
+
+    def evaluate(self, column: Callable[[str], Any]) -> Any:
+        """The failures from ``column(name)`` (arrays): ``+ - *`` with the usual precedence."""
+        return _CountsEval(self.tokens, column, float).expr()
+
+    def sql(self, quote: Callable[[str], str]) -> str:
+        """The failures as an SQL expression (columns cast to DOUBLE through ``quote``)."""
+        def col(name: str) -> str:
+            return f"CAST({quote(name)} AS DOUBLE)"
+        return str(_CountsEval(self.tokens, col, lambda v: f"CAST({float(v)!r} AS DOUBLE)", sql=True).expr())
+
+
+class _CountsEval:
+    """Recursive descent over :attr:`Counts.tokens`: expr := term (('+'|'-') term)*, term := factor
+    ('*' factor)*, factor := '-' factor | number | name | '(' expr ')'.  ``sql`` builds text."""
+
+    def __init__(self, tokens: tuple[tuple[str, str], ...], column: Callable[[str], Any],
+                 number: Callable[[str], Any], sql: bool = False) -> None:
+        self.t, self.i, self.column, self.number, self.sql = tokens, 0, column, number, sql
+
+    def _peek(self) -> tuple[str, str] | None:
+        return self.t[self.i] if self.i < len(self.t) else None
+
+    def _join(self, a: Any, op: str, b: Any) -> Any:
+        if self.sql:
+            return f"({a} {op} {b})"
+        return a + b if op == "+" else a - b if op == "-" else a * b
+
+    def expr(self) -> Any:
+        out = self.term()
+        while (tok := self._peek()) is not None and tok[1] in "+-" and tok[0] == "op":
+            self.i += 1
+            out = self._join(out, tok[1], self.term())
+        return out
+
+    def term(self) -> Any:
+        out = self.factor()
+        while (tok := self._peek()) is not None and tok == ("op", "*"):
+            self.i += 1
+            out = self._join(out, "*", self.factor())
+        return out
+
+    def factor(self) -> Any:
+        kind, value = self.t[self.i]
+        self.i += 1
+        if (kind, value) == ("op", "-"):
+            inner = self.factor()
+            return f"(-{inner})" if self.sql else -inner
+        if (kind, value) == ("op", "("):
+            out = self.expr()
+            self.i += 1  # the ")" (checked by parse_counts)
+            return out
+        return self.number(value) if kind == "num" else self.column(value)
+
+
+def parse_counts(text: str, formula: str) -> tuple[str, Counts]:
+    """Read ``cbind(successes, failures)``: the successes' column and the failures (:class:`Counts`).
+
+    Raises
+    ------
+    FormulaError
+        When the successes are not a column name, or the failures not a column or arithmetic
+        (``+ - *``, brackets, numbers) on columns.
+
+    Examples
+    --------
+    >>> s, f = parse_counts("cbind(incidence, size - incidence)", "…")
+    >>> s, f.columns, f.sql(lambda c: f'"{c}"')
+    ('incidence', ('size', 'incidence'), '(CAST("size" AS DOUBLE) - CAST("incidence" AS DOUBLE))')
+    """
+    m = re.fullmatch(r"cbind\s*\((.*)\)\s*", text, flags=re.S)
+    parts = m.group(1).split(",") if m else []
+    hint = ("Write cbind(successes, failures) with column names, e.g. cbind(incidence, size - incidence); "
+            "or successes | trials(n).")
+    if len(parts) != 2:
+        raise FormulaError(f"cbind() in formula {formula!r} takes two arguments, successes and failures.",
+                           hint=hint, option="formula")
+    successes, failures = (p.strip() for p in parts)
+    if not re.fullmatch(_NAME, successes):
+        raise FormulaError(f"The successes '{successes}' in cbind() of formula {formula!r} must be a column name.",
+                           hint=hint, option="formula")
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(failures):
+        t = _COUNT_TOKEN.match(failures, pos)
+        if t is None or t.end() == pos:
+            raise FormulaError(f"Cannot read the failures '{failures}' in cbind() of formula {formula!r} "
+                               f"at '{failures[pos:].strip()}'.",
+                               hint=hint + " The failures may use + - * and brackets.", option="formula")
+        kind = t.lastgroup or "op"
+        tokens.append((kind, str(t.group(kind))))
+        pos = t.end()
+        while pos < len(failures) and failures[pos].isspace():
+            pos += 1
+    # check the grammar once (a dry run that counts brackets and operands)
+    depth, want_operand = 0, True
+    for kind, value in tokens:
+        if want_operand:
+            if (kind, value) == ("op", "("):
+                depth += 1
+            elif (kind, value) == ("op", "-"):
+                pass
+            elif kind in ("num", "name"):
+                want_operand = False
+            else:
+                break
+        else:
+            if (kind, value) == ("op", ")") and depth > 0:
+                depth -= 1
+            elif kind == "op" and value in "+-*":
+                want_operand = True
+            else:
+                want_operand = True  # an operand where an operator belongs: refused below
+                depth = -1
+                break
+    if not tokens or want_operand or depth != 0:
+        raise FormulaError(f"Cannot read the failures '{failures}' in cbind() of formula {formula!r}.",
+                           hint=hint + " The failures may use + - * and brackets.", option="formula")
+    return successes, Counts(" ".join(failures.split()), tuple(tokens))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def pooling_path(
     formula: str | ModelSpec,
     data: _data.DataLike,
     *,
-    family: str = "gaussian",
+    family: str | None = None,
     priors: Mapping[str, str | Prior] | None = None,
     grid: Sequence[float] | np.ndarray | None = None,
     prob: float = 0.95,

@@ -8,6 +8,7 @@ Nothing here is fitted.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from . import data as _data
 from .errors import DataError, SpecError, format_rows
 from .formula import design_matrices
 from .priors import Prior
+from .query import offset_terms
 from .spec import BoundSpec, GroupBlock, ModelSpec
 
 __all__ = ["prior_predictive", "draw_prior", "lkj_cholesky", "linear_predictor", "new_family_kwargs",
@@ -109,7 +111,7 @@ def prior_predictive(bound: BoundSpec, draws: int, seed: int, memory_budget: int
 
 def linear_predictor(
     bound: BoundSpec, frame: pd.DataFrame, beta: np.ndarray, values: Sequence[np.ndarray | None],
-    sigma_factor: Callable[[int], np.ndarray], rng: np.random.Generator,
+    sigma_factor: Callable[[int], np.ndarray], rng: np.random.Generator, *, groups: str = "all",
 ) -> tuple[np.ndarray, np.ndarray]:
     """η of new rows per draw, (C, D, rows), and whether each row has a new level in any factor.
 
@@ -117,6 +119,7 @@ def linear_predictor(
     the draws used; a row of a known group takes that group's values, a group not seen in
     fitting (or a row without the factor's columns) new values MVN(0, Σ) per draw, with
     ``sigma_factor(i)`` (C, D, q, q) a factor of block i's Σ, shared by the rows of one new group.
+    With ``groups="none"`` every group value is 0 (lme4's ``re.form = NA``): η = Xβ + offset.
     """
     X = bound.encode_common(frame)
     offset = encode_offset(bound, frame)
@@ -128,7 +131,7 @@ def linear_predictor(
         idx = bound.encode_groups(frame, block)
         new = idx < 0
         any_new |= new
-        if block_values is None:
+        if block_values is None or groups == "none":
             continue
         Z = encode_Z(bound, frame, block, X)
         vals = block_values[..., np.maximum(idx, 0), :]  # (C, D, n, q)
@@ -148,7 +151,23 @@ def new_family_kwargs(spec: ModelSpec, frame: pd.DataFrame, kw: dict[str, Any], 
     """Family arguments for responses of new rows: ``kw`` (the parameter draws) plus the new rows'
     trials or known standard errors, checked."""
     kw = dict(kw)
-    if spec.fam.needs_trials:
+    if spec.fam.needs_trials and spec.failures is not None:  # cbind(successes, failures): their sum
+        need = [c for c in (spec.outcome, *spec.failures.columns) if c not in frame.columns]
+        cb = f"cbind({spec.outcome}, {spec.failures.text})"
+        if need:
+            raise DataError(f"Predicting binomial responses of {cb} needs the number of trials, "
+                            f"{spec.outcome} + {spec.failures.text}: the new data lack {', '.join(need)}.",
+                            hint="Add those columns to the new data or use kind='mean' (the success probability).",
+                            column=need[0])
+        trials = np.asarray(frame[spec.outcome], dtype=float) + np.asarray(
+            spec.failures.evaluate(lambda c: np.asarray(frame[c], dtype=float)), dtype=float)
+        bad = np.flatnonzero(~np.isfinite(trials) | (trials < 0) | (np.floor(trials) != trials))
+        if bad.size:
+            raise DataError(f"The trials {spec.outcome} + {spec.failures.text} of {cb} must be whole numbers >= 0 "
+                            f"in the new data ({format_rows(bad.tolist())}).", hint="The number of trials is a count.",
+                            column=spec.outcome, rows=bad.tolist())
+        kw["trials"] = trials
+    elif spec.fam.needs_trials:
         col = spec.trials
         if col is None or col not in frame.columns:
             raise DataError(f"Predicting binomial responses needs the trials column '{col}' in the new data.",
@@ -166,6 +185,19 @@ def new_family_kwargs(spec: ModelSpec, frame: pd.DataFrame, kw: dict[str, Any], 
             raise DataError(f"Predicting responses needs the standard-error column '{spec.se}'.",
                             hint="Add it to the new data or use kind='mean'.", column=spec.se)
         kw["weights"] = 1.0 / np.asarray(frame[spec.se], dtype=float) ** 2
+    if spec.weights:  # prior weights: a new row's residual variance σ²/w (or its log-likelihood × w)
+        if spec.weights not in frame.columns:
+            raise DataError(f"Predicting responses of a model with weights='{spec.weights}' needs that column in the "
+                            "new data (a gaussian row's residual variance is sigma²/weight).",
+                            hint=f"Add '{spec.weights}' to the new data (1 for a row like an unweighted one), or use "
+                                 "kind='mean'.", column=spec.weights)
+        w = np.asarray(frame[spec.weights], dtype=float)
+        bad = np.flatnonzero(~np.isfinite(w) | (w <= 0))
+        if bad.size:
+            raise DataError(f"Column '{spec.weights}' must hold positive weights in the new data "
+                            f"({format_rows(bad.tolist())}).", hint="Weights are positive numbers.",
+                            column=spec.weights, rows=bad.tolist())
+        kw["weights"] = w
     return kw
 
 
@@ -175,11 +207,24 @@ def encode_offset(bound: BoundSpec, frame: pd.DataFrame) -> np.ndarray:
     enc = getattr(b, "encode_offset", None)
     if callable(enc):
         return np.asarray(enc(frame), dtype=float)
-    if "offset(" not in b.spec.common or b.design is None or b.design.common is None:
+    if b.given is not None and b.given.common != b.spec.common:  # rows merged into counts: the offset
+        terms = offset_terms(b.given.common)                      # as the user wrote it, on the new rows
+        if not terms:
+            return np.zeros(len(frame))
+        missing = [v for v in b.given.variables if v not in frame.columns
+                   and any(re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", t) for t in terms)]
+        if missing:
+            _data.check_columns(_data.read_table(frame), missing, context=" in the new data")
+        with np.errstate(all="ignore"):
+            dm = design_matrices(f"pw_response_ ~ 0 + {' + '.join(terms)}", frame.assign(pw_response_=0.0))
+        full = dm.common.as_dataframe()
+        off = full.to_numpy(dtype=float).sum(axis=1)
+    elif "offset(" not in b.spec.common or b.design is None or b.design.common is None:
         return np.zeros(len(frame))
-    full = b.design.common.evaluate_new_data(frame).as_dataframe()
-    cols = [c for c in full.columns if str(c).startswith("offset(")]
-    off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
+    else:
+        full = b.design.common.evaluate_new_data(frame).as_dataframe()
+        cols = [c for c in full.columns if str(c).startswith("offset(")]
+        off = full[cols].to_numpy(dtype=float).sum(axis=1) if cols else np.zeros(len(frame))
     bad = np.flatnonzero(~np.isfinite(off))
     if bad.size:
         raise DataError(f"The offset is not finite on {bad.size} new rows ({format_rows(bad.tolist())}).",

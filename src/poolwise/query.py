@@ -21,6 +21,7 @@ queries, or to loading the columns the model needs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ from .reduce import BlockStats, PairStats, Reduced, Shift, SparseStats
 from .spec import (BoundSpec, ModelSpec, RawBlock, bind_parts, check_constant_outcome, check_design_size,
                    check_formula_columns, check_scale, warn_far_slopes)
 
-__all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES"]
+__all__ = ["bind_data", "Reduction", "bind_source", "query_reason", "bind_counts", "count_reason", "COUNT_FAMILIES",
+           "integer_notes", "INTEGER_CODE_LEVELS", "offset_terms"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,6 +143,15 @@ def _not_numeric(src: _source.Source, name: str) -> DataError:
                      hint="Convert it to numbers or pick another column.", column=name, rows=[row])
 
 
+def _unknown_weights(spec: ModelSpec, columns: list[str]) -> DataError:
+    """The error for a weights column the data lack, with the near miss."""
+    import difflib
+
+    near = difflib.get_close_matches(str(spec.weights), columns, n=1, cutoff=0.5)
+    hint = f"Did you mean '{near[0]}'?" if near else f"Columns are: {', '.join(columns[:20])}."
+    return DataError(f"Unknown weights column '{spec.weights}'.", hint=hint, column=spec.weights)
+
+
 def _levels(src: _source.Source, column: str, *, numbers: bool = False) -> list[Any]:
     """The distinct non-missing values of a column, in their natural order.
 
@@ -242,8 +253,10 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     check_formula_columns(spec, src.columns)
     f = spec.formula
     group_cols = list(dict.fromkeys(c for t in spec.group_terms for c in t.factor_columns))
-    skip = {spec.outcome, spec.se, *group_cols}
-    for name in [spec.outcome] + ([spec.se] if spec.se else []):
+    skip = {*spec.response_columns, *group_cols}
+    if spec.weights and spec.weights not in src.columns:
+        raise _unknown_weights(spec, src.columns)
+    for name in [spec.outcome] + [c for c in (spec.se, spec.weights) if c]:
         if src.kinds[name] not in ("number", "boolean"):
             raise _not_numeric(src, name)
     predictors = [v for v in spec.variables if v not in skip]
@@ -266,7 +279,9 @@ def bind_source(spec: ModelSpec, src: _source.Source) -> BoundSpec:
     xs = [(name, sql) for name, sql in cols if not name.startswith("offset(")]
     y_raw = _num(src, spec.outcome)
     off_sql = " + ".join(f"({o})" for o in offsets) if offsets else None
-    w_sql = "1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})"
+    w_sql = ("1.0" if not spec.se else f"({_div(src, '1.0', f'({_num(src, spec.se)} * {_num(src, spec.se)})')})")
+    if spec.weights:  # prior weights: a row's residual variance is σ²/w
+        w_sql = _num(src, spec.weights)
     z_sqls = [_term_sql(spec, term, src, design, frame, xs) for term in spec.group_terms]
     return _run_reduction(spec, src, design, [name for name, _ in xs], [s for _, s in xs], z_sqls, y_raw, off_sql,
                           w_sql, group_cols, predictors, categorical)
@@ -465,10 +480,13 @@ def _aggregates(spec: ModelSpec, src: _source.Source, c: _Columns, predictors: l
     lw = se2 = None
     if spec.se:
         lw, se2 = agg("SUM(LN(w))"), agg(f"SUM({_div(src, '1.0', 'w')})")
+    elif spec.weights:
+        lw = agg("SUM(LN(w))")
     # cheap signs of bad input in the same pass: non-missing counts, the sums' finiteness, MIN(se);
     # only when one shows does a second query find the column, the rows and the kind of fault
+    positive = spec.se or spec.weights  # known standard errors or prior weights: > 0
     numbers = list(dict.fromkeys([spec.outcome] + [v for v in predictors if v not in categorical]
-                                 + ([spec.se] if spec.se else [])))
+                                 + ([positive] if positive else [])))
     plain = {_num(src, v): v for v in numbers}  # columns that are design columns as they are
     covered = {plain[b] for b in c.base if b in plain}
     present = {v: agg(f"COUNT({src.quote(v)})") for v in numbers + categorical if v not in covered}
@@ -476,13 +494,13 @@ def _aggregates(spec: ModelSpec, src: _source.Source, c: _Columns, predictors: l
     # one count for every design column: a sum is NULL when any of its terms is (NaN and ±inf are not)
     design_cols = [f"c{i}" for i in range(len(c.base)) if i != c.one_at]
     design_counts = [agg(f"COUNT({' + '.join(design_cols)})")] if design_cols else []
-    se_min = agg(f"MIN({_num(src, spec.se)})") if spec.se else None
+    se_min = agg(f"MIN({_num(src, positive)})") if positive else None
     raw_cols = [f"{_num(src, v)} AS r_{i}" for i, v in enumerate(raw_sums)]
     for i, v in enumerate(raw_sums):
         sums.aggs[raw_sums[v]] = f"SUM(r_{i})"
     if se_min is not None:
         sums.aggs[se_min] = "MIN(r_se)"
-        raw_cols.append(f"{_num(src, str(spec.se))} AS r_se")
+        raw_cols.append(f"{_num(src, str(positive))} AS r_se")
     for v in present:
         raw_cols.append(f"{src.quote(v)} AS p_{len(raw_cols)}")
         sums.aggs[present[v]] = f"COUNT(p_{len(raw_cols) - 1})"
@@ -752,8 +770,9 @@ def _diagnose(spec: ModelSpec, src: _source.Source, base: list[str], coef_names:
         checks.append((name, f"(abs({_num(src, name)}) = {_inf()})", "infinite"))
     for v in categorical:
         checks.append((v, f"{src.quote(v)} IS NULL", "missing"))
-    if spec.se:
-        checks.append((spec.se, f"{_num(src, spec.se)} <= 0", "positive"))
+    for name in (spec.se, spec.weights):
+        if name:
+            checks.append((name, f"{_num(src, name)} <= 0", "positive"))
     for i, expr in enumerate(base):
         if i != one_at:
             checks.append((str(i), _bad_number(f"({expr})"), "design"))
@@ -959,6 +978,8 @@ def count_reason(spec: ModelSpec) -> str | None:
     """``None`` when the rows can be merged into counts per (group, covariate pattern), else why not."""
     if spec.fam.name not in COUNT_FAMILIES:
         return f"the {spec.fam.name} family is fitted from the rows"
+    if spec.weights:
+        return f"the prior weights ({spec.weights}) apply to each row"
     return None
 
 
@@ -982,6 +1003,11 @@ def _strip_offsets(text: str) -> tuple[str, list[str]]:
     cleaned = re.sub(r"^\s*\+", "", cleaned).strip()
     cleaned = re.sub(r"\+\s*\+", "+", cleaned).strip()
     return (cleaned or "1"), found
+
+
+def offset_terms(common: str) -> list[str]:
+    """The ``offset(…)`` terms of a formula's common part, as written."""
+    return _strip_offsets(common)[1]
 
 
 def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
@@ -1020,9 +1046,10 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
                                                         " ".join(offset_terms))
                    and not re.search(rf"(?<![\w.]){re.escape(v)}(?![\w.])", used)]
     merge_exposure = fam.name == "poisson"
-    skip = {spec.outcome, spec.trials, *group_cols}
+    skip = {*spec.response_columns, *group_cols}
     pattern = [v for v in spec.variables if v not in skip and not (merge_exposure and v in offset_only)]
-    for v in [spec.outcome] + ([spec.trials] if spec.trials else []):
+    counted = [spec.outcome] + ([spec.trials] if spec.trials else []) + list(spec.count_columns)
+    for v in counted:
         if src.kinds[v] not in ("number", "boolean"):
             raise _not_numeric(src, v)
     wrapped = set(re.findall(r"\bC\(\s*([A-Za-z_.][\w.]*)", spec.rhs))  # categorical by the user's C()
@@ -1030,8 +1057,11 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
         if src.kinds[v] == "text" and v not in wrapped:
             _check_text_numbers(src, v, _distinct(src, v))
     y, n_ = _num(src, spec.outcome), (_num(src, spec.trials) if spec.trials else None)
+    fails = spec.failures.sql(q_) if spec.failures is not None else None  # cbind(successes, failures)
+    if fails is not None:
+        n_ = f"({y} + {fails})"
     conds: list[tuple[str, str, str]] = []  # (column, condition, message tail)
-    for v in [spec.outcome] + ([spec.trials] if spec.trials else []) + [c for c in pattern if src.kinds[c] != "text"]:
+    for v in counted + [c for c in pattern if src.kinds[c] != "text"]:
         conds.append((v, f"({_num(src, v)} IS NULL OR isnan({_num(src, v)}))", "missing value"))
     for v in [spec.outcome] + [c for c in pattern if src.kinds[c] != "text"]:
         conds.append((v, f"(abs({_num(src, v)}) = {_inf()})", "infinite value"))
@@ -1046,6 +1076,11 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
     elif fam.name == "poisson":
         conds.append((spec.outcome, f"({y} < 0)", "must be non-negative"))
         conds.append((spec.outcome, f"({whole})", "must hold whole numbers"))
+    elif fails is not None:
+        assert spec.failures is not None
+        conds.append((spec.outcome, f"({y} < 0 OR {whole})", "must be whole numbers >= 0"))
+        conds.append((spec.failures.text, f"({fails} < 0 OR {fails} <> FLOOR({fails}))", "failures"))
+        conds.append((spec.failures.text, f"({n_} < 1)", "no trials"))
     else:
         assert n_ is not None
         conds.append((str(spec.trials), f"({n_} < 1 OR {n_} <> FLOOR({n_}))", "must be whole numbers >= 1"))
@@ -1096,6 +1131,16 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
             if column == "offset":
                 raise DataError(f"The offset is not finite on {count} row{plural} ({format_rows(rows)}).",
                                 hint="An offset such as log(exposure) needs exposure > 0.", rows=rows)
+            if what in ("failures", "no trials"):
+                assert spec.failures is not None
+                cb = f"cbind({spec.outcome}, {column})"
+                raise DataError(
+                    f"The failures {column} of {cb} are negative or not whole numbers on {count} row{plural} "
+                    f"({format_rows(rows)})." if what == "failures" else
+                    f"{cb} has {count} row{plural} with no trials (successes + failures = 0) ({format_rows(rows)}).",
+                    hint="The failures are counts: check the columns (successes cannot exceed the number of trials)."
+                    if what == "failures" else "A row of no trials carries no information: drop it.",
+                    column=spec.failures.columns[0], rows=rows)
             raise DataError(f"Column '{column}' {what} for the {fam.name} family on {count} row{plural} "
                             f"({format_rows(rows)}).", hint="Check the outcome (and trials) columns.", column=column,
                             rows=rows)
@@ -1114,11 +1159,13 @@ def bind_counts(spec: ModelSpec, src: _source.Source) -> tuple[BoundSpec, str]:
         lhs = "pw_y | trials(pw_trials)"
         family = "binomial"
     merged = spec.replace(formula=f"{lhs} ~ {rhs_terms}", family=family)
-    bound = merged.bind(_data.read_table(frame), frequency="pw_rows")
-    note = (f"{n_rows:,} rows merged inside {src.engine} ({src.source}) into {len(frame):,} rows of counts per group "
-            f"and covariate pattern ({spec.formula} fitted as {merged.formula}, family {family}: the same "
-            "posterior); PSIS-LOO and predictions of responses are per merged row.")
-    return bound, note
+    bound = dataclasses.replace(merged.bind(_data.read_table(frame), frequency="pw_rows"), given=spec)
+    notes = integer_notes(spec, bound, frame)
+    if len(frame) < n_rows:  # nothing to say when no two rows merged
+        notes.insert(0, f"{n_rows:,} rows merged inside {src.engine} ({src.source}) into {len(frame):,} rows of counts "
+                        "per group and covariate pattern (the same posterior); PSIS-LOO and predictions of responses "
+                        "are per merged row.")
+    return bound, " ".join(notes)
 
 
 def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = None, spark: Any = None
@@ -1136,17 +1183,88 @@ def bind_data(spec: ModelSpec, data: Any, *, method: str, engine: str | None = N
     The bound spec, and a note for the fit when the columns were loaded (``None`` otherwise).
     """
     if isinstance(data, _data.Table):
-        return spec.bind(data), None
+        return _in_memory(spec, data)
     if engine is None and spark is None and not _source.is_scannable(data):
-        return spec.bind(_data.read_table(data)), None
+        return _in_memory(spec, _data.read_table(data))
     src = _source.scan(data, engine=engine, spark=spark)
     why = query_reason(spec) or (None if method in ("exact", "empirical") else
                                  f"method={method!r} works on the rows")
     if why is None:
-        return bind_source(spec, src), None
+        bound = bind_source(spec, src)
+        return bound, " ".join(_source_integer_notes(spec, bound, src)) or None
     if count_reason(spec) is None:  # binomial/poisson: counts per (group, covariate pattern)
         return bind_counts(spec, src)
-    bound = spec.bind(src.load(spec.variables))
-    note = (f"Loaded {bound.n_obs:,} rows of {len(spec.variables)} columns ({', '.join(spec.variables)}) "
+    if spec.weights and spec.weights not in src.columns:
+        raise _unknown_weights(spec, src.columns)
+    needed = list(dict.fromkeys([*spec.variables, *([spec.weights] if spec.weights else [])]))
+    table = src.load(needed)
+    bound = spec.bind(table)
+    note = (f"Loaded {bound.n_obs:,} rows of {len(needed)} columns ({', '.join(needed)}) "
             f"from {src.source}: {why}, so the rows are not reduced inside {src.engine}.")
-    return bound, note
+    return bound, " ".join([note, *integer_notes(spec, bound, table.frame)])
+
+
+def _in_memory(spec: ModelSpec, table: _data.Table) -> tuple[BoundSpec, str | None]:
+    """Bind a table in memory, with the notes on integer columns entered as numbers."""
+    if spec.weights and spec.weights not in table.columns:
+        raise _unknown_weights(spec, table.columns)
+    bound = spec.bind(table)
+    return bound, " ".join(integer_notes(spec, bound, table.frame)) or None
+
+
+#: an integer column with at most this many distinct values, entered as a number, gets a note
+INTEGER_CODE_LEVELS = 10
+
+
+def _integer_candidates(spec: ModelSpec, bound: BoundSpec) -> list[str]:
+    """The columns :func:`integer_notes` looks at: entered as a common term as they are (not in
+    ``C()``, not transformed, not in an interaction) and not varying by group (a varying slope says
+    the user means a number), nor a response column."""
+    slopes = {e for t in spec.group_terms for e in t.exprs}
+    return [v for v in spec.variables if v in bound.coef_names and v not in slopes
+            and v not in spec.response_columns and v not in spec.categorical]
+
+
+def _integer_note(v: str, k: int, where: str = "") -> str:
+    return (f"{v} is an integer column with {k} distinct values{where}, fitted as one numeric slope; "
+            f"write C({v}) to make it a factor.")
+
+
+def integer_notes(spec: ModelSpec, bound: BoundSpec, frame: pd.DataFrame) -> list[str]:
+    """Notes on integer columns with few distinct values (3 to :data:`INTEGER_CODE_LEVELS`) that
+    enter the model as one numeric slope, as they are (cbpp's ``period`` read from a CSV file):
+    often a factor coded as numbers.  A 0/1 (two-valued) column is the same model either way,
+    and a column in ``C()`` or varying by group (``(1 + x | g)``) says what the user meant: no note."""
+    out = []
+    for v in _integer_candidates(spec, bound):
+        col = frame[v] if v in frame.columns else None
+        if col is None or not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+            continue
+        values = pd.unique(col.dropna())
+        k = len(values)
+        if 3 <= k <= INTEGER_CODE_LEVELS and bool(np.all(np.floor(values) == values)):
+            out.append(_integer_note(v, k))
+    return out
+
+
+#: rows of a file the integer check reads (the first ones: the check is a note, not worth a scan)
+INTEGER_CHECK_ROWS = 100_000
+
+
+def _source_integer_notes(spec: ModelSpec, bound: BoundSpec, src: _source.Source) -> list[str]:
+    """:func:`integer_notes` for rows in their engine, from their first :data:`INTEGER_CHECK_ROWS`
+    rows (one small query; the note says when it judged from those rows only)."""
+    cols = [v for v in _integer_candidates(spec, bound) if src.kinds.get(v) == "number"]
+    if not cols:
+        return []
+    parts = ["COUNT(*) AS n"]
+    for i, v in enumerate(cols):
+        x = _num(src, v)
+        parts += [f"COUNT(DISTINCT {x}) AS k{i}", f"SUM(CASE WHEN {x} <> FLOOR({x}) THEN 1 ELSE 0 END) AS f{i}"]
+    inner = ", ".join(src.quote(v) for v in cols)
+    got = src.query(f"SELECT {', '.join(parts)} FROM (SELECT {inner} FROM {{rows}} LIMIT {INTEGER_CHECK_ROWS}) AS t")
+    row = got.iloc[0]
+    partial = int(row["n"]) >= INTEGER_CHECK_ROWS and int(row["n"]) < bound.n_obs
+    where = f" in its first {INTEGER_CHECK_ROWS:,} rows" if partial else ""
+    return [_integer_note(v, int(row[f"k{i}"]), where) for i, v in enumerate(cols)
+            if 3 <= int(row[f"k{i}"]) <= INTEGER_CODE_LEVELS and int(row[f"f{i}"] or 0) == 0]

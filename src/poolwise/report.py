@@ -132,7 +132,7 @@ def render_report(cmp: Comparison, *, max_groups: int = MAX_GROUP_ROWS) -> str:
 
     hier = cmp.hierarchical
     rec = cmp.recommend()
-    title = f"poolwise report: {hier.spec.formula}"
+    title = f"poolwise report: {hier.bound.shown.formula}"
     sections = [
         ("model-figure", "Three ways of pooling", _section_comparison(cmp)),
         ("groups", "Per-group estimates", _section_groups(cmp, max_groups)),
@@ -161,7 +161,7 @@ def render_report(cmp: Comparison, *, max_groups: int = MAX_GROUP_ROWS) -> str:
 <main>
 <header>
 <h1>{_e(title)}</h1>
-<p class="muted">{_e(hier.spec.fam.name)} family, {summary['n_obs']} rows, {_e(groups)}; pooled, unpooled and
+<p class="muted">{_e(hier.bound.shown.fam.name)} family, {summary['n_obs']} rows, {_e(groups)}; pooled, unpooled and
 hierarchical fits compared (method {_e(hier.method)}).</p>
 </header>
 {_section_recommendation(rec)}
@@ -281,7 +281,8 @@ def _section_population(cmp: Comparison) -> str:
 
 def _section_model(cmp: Comparison) -> str:
     hier = cmp.hierarchical
-    info = [("formula", hier.spec.formula), ("family", str(hier.spec.fam)), ("group terms", ", ".join(cmp.terms))]
+    shown = hier.bound.shown  # the formula and family as the user gave them
+    info = [("formula", shown.formula), ("family", str(shown.fam)), ("group terms", ", ".join(cmp.terms))]
     dl = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in info)
     rows = []
     diag = cmp.diagnostics().attrs["fits"]

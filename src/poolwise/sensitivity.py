@@ -372,7 +372,7 @@ def compare_priors(
     if isinstance(formula, ModelSpec):
         base = formula
     else:
-        base = ModelSpec(formula, family=fit_kwargs.pop("family", "gaussian"),
+        base = ModelSpec(formula, family=fit_kwargs.pop("family", None),
                          pooling=fit_kwargs.pop("pooling", "hierarchical"))
     parts: dict[str, pd.DataFrame] = {}
     used: dict[str, pd.DataFrame] = {}

@@ -39,12 +39,12 @@ import pandas as pd
 from . import data as _data
 from .errors import DataError, FormulaError, PoolwiseWarning, PriorError, SpecError, format_rows
 from .families import Family, get_family
-from .formula import GroupTerm, design_matrices, functions, mark, parse_formula
+from .formula import Counts, GroupTerm, design_matrices, functions, mark, parse_formula
 from .priors import Prior, default_priors, parse_prior
 
 __all__ = ["ModelSpec", "BoundSpec", "GroupBlock", "GroupTerm", "RawBlock", "bind_parts", "check_formula_columns",
            "check_scale", "warn_far_slopes", "check_constant_outcome", "check_design_size", "design_columns",
-           "format_bytes", "physical_memory", "DESIGN_MEMORY_FRACTION",
+           "format_bytes", "physical_memory", "check_failures", "DESIGN_MEMORY_FRACTION",
            "POOLINGS", "Pooling", "term_key", "format_pooling", "find_term",
            "UNPOOLED_SCALE", "FUNCTIONS"]
 
@@ -71,10 +71,13 @@ class ModelSpec:
         lme4 syntax, ``"y ~ x1 + x2 + (1 + x1 | g)"``; ``||`` for uncorrelated group terms;
         ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  brms-style additions:
         ``"y | se(s) ~ 1 + (1 | g)"`` (known standard errors), ``"y | trials(n) ~ …"``
-        (binomial); ``offset(log(exposure))`` among the common terms.
+        (binomial), or lme4's ``"cbind(successes, failures) ~ …"`` (binomial, the trials being
+        successes + failures; the failures a column or arithmetic on columns such as
+        ``size - incidence``); ``offset(log(exposure))`` among the common terms.
     family
         ``"gaussian"``, ``"student_t"``, ``"bernoulli"``, ``"binomial"``, ``"poisson"``,
-        ``"negative_binomial"``.
+        ``"negative_binomial"``; ``None`` (the default): ``"binomial"`` for a ``cbind()``
+        outcome, else ``"gaussian"``.
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (every group SD
         fixed at that value); or per group term, a mapping from the term (``"1|s"``,
@@ -85,12 +88,18 @@ class ModelSpec:
     priors
         Priors by parameter name (``{"sd(Intercept|g)": "half_normal(2)", "cor(g)": "lkj(4)"}``);
         strings are parsed.
+    weights
+        A column of prior weights per row (lme4's ``weights``), or ``None``: for the gaussian and
+        student_t families row i's residual variance is σ²/w_i; for the others each row's
+        log-likelihood is multiplied by w_i (lme4's convention for poisson, and for a 0/1
+        outcome; a binomial row of weight w counts as w copies of it).
     """
 
     formula: str
-    family: Family | str = field(default_factory=lambda: get_family("gaussian"))
+    family: Family | str | None = None
     pooling: Pooling | Mapping[str, str | float] = "hierarchical"
     priors: Mapping[str, Prior | str] = field(default_factory=dict)
+    weights: str | None = None
     # parsed from the formula (not arguments)
     outcome: str = field(init=False, default="")
     se: str | None = field(init=False, default=None)
@@ -100,9 +109,15 @@ class ModelSpec:
     group_terms: tuple[GroupTerm, ...] = field(init=False, default=())
     variables: tuple[str, ...] = field(init=False, default=())
     categorical: tuple[str, ...] = field(init=False, default=())
+    #: the failures of a ``cbind(successes, failures)`` outcome, and the columns only they name
+    failures: Counts | None = field(init=False, default=None)
+    count_columns: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "family", get_family(self.family))
+        p = parse_formula(self.formula)
+        given = self.family
+        object.__setattr__(self, "family", get_family(given if given is not None else
+                                                      "binomial" if p.failures is not None else "gaussian"))
         per_term = _pooling_items(self.pooling)
         if per_term is None:
             object.__setattr__(self, "pooling", _check_pooling(self.pooling))
@@ -112,8 +127,8 @@ class ModelSpec:
                 hint='Write e.g. priors={"sd(Intercept|g)": "half_normal(2)"}.', option="priors",
             )
         object.__setattr__(self, "priors", {str(k): parse_prior(v, name=str(k)) for k, v in self.priors.items()})
-        p = parse_formula(self.formula)
-        for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables", "categorical"):
+        for name in ("outcome", "se", "trials", "rhs", "common", "group_terms", "variables", "categorical",
+                     "failures", "count_columns"):
             object.__setattr__(self, name, getattr(p, name))
         if per_term is not None:
             object.__setattr__(self, "pooling", _resolve_pooling(per_term, self.group_terms, self.formula))
@@ -121,7 +136,19 @@ class ModelSpec:
         if p.se and fam.name != "gaussian":
             raise FormulaError(f"se({p.se}) in formula {self.formula} needs family='gaussian', not '{fam.name}'.",
                                option="formula", hint="Drop se() or use the gaussian family.")
-        if fam.needs_trials and not p.trials:
+        if p.failures is not None and not fam.needs_trials:
+            raise FormulaError(
+                f"cbind({p.outcome}, {p.failures.text}) in formula {self.formula} is a binomial outcome (successes, "
+                f"failures); family='{fam.name}' does not fit it.", option="family",
+                hint="Pass family='binomial' (the default for cbind()), or write the outcome as one column.")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise SpecError(f"The 'weights' option names a column of prior weights. Got {self.weights!r}.",
+                            option="weights", hint='Write e.g. weights="w".')
+        if self.weights is not None and p.se:
+            raise SpecError(f"weights={self.weights!r} and se({p.se}) in formula {self.formula} both set each row's "
+                            "residual variance.", option="weights",
+                            hint="Fold the weights into the standard errors (se / sqrt(w)), or drop one of them.")
+        if fam.needs_trials and not p.trials and p.failures is None:
             raise FormulaError(
                 f"The binomial family needs the number of trials: write {p.outcome} | trials(n) ~ … "
                 f"(formula: {self.formula}).", option="formula",
@@ -134,13 +161,13 @@ class ModelSpec:
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with some arguments changed: ``spec.replace(pooling="pooled")``."""
         args: dict[str, Any] = {"formula": self.formula, "family": self.family, "pooling": self.pooling,
-                                "priors": dict(self.priors)}
+                                "priors": dict(self.priors), "weights": self.weights}
         unknown = set(changes) - set(args)
         if unknown:
             raise SpecError(f"Cannot replace {sorted(unknown)} in a ModelSpec.", hint=f"Use one of {sorted(args)}.")
         args.update(changes)
         return ModelSpec(str(args["formula"]), family=args["family"], pooling=args["pooling"],
-                         priors=args["priors"])
+                         priors=args["priors"], weights=args["weights"])
 
     def pooling_of(self, term: GroupTerm) -> str | float:
         """The pooling setting of one group term (``"pooled"``, ``"unpooled"``, ``"hierarchical"``
@@ -174,6 +201,14 @@ class ModelSpec:
     def simple(self) -> bool:
         """One grouping factor with a varying intercept only: ``y ~ … + (1 | g)``."""
         return len(self.group_terms) == 1 and self.group_terms[0].exprs == ("Intercept",)
+
+    @property
+    def response_columns(self) -> tuple[str, ...]:
+        """The columns of the outcome side: the outcome, se(), trials(), the columns only cbind()'s
+        failures name, and the weights (none of them a predictor)."""
+        weights = self.weights if self.weights not in self.variables else None  # (a predictor too: kept)
+        cols = [self.outcome, self.se, self.trials, *self.count_columns, weights]
+        return tuple(dict.fromkeys(c for c in cols if c))
 
     # -- data -------------------------------------------------------------------------------
     def bind(self, table: _data.Table, *, frequency: str | None = None) -> BoundSpec:
@@ -307,6 +342,14 @@ class BoundSpec:
     #: for rows reduced inside their engine (:func:`poolwise.query.bind_source`): the statistics
     #: (``.simple``, ``.block``), the number of rows and where they are; the row arrays are then empty
     reduced: Any = field(repr=False, default=None)
+    #: the user's spec when ``spec`` is a rewritten one (rows merged into counts,
+    #: :func:`poolwise.query.bind_counts`): what output shows
+    given: ModelSpec | None = field(repr=False, default=None)
+
+    @property
+    def shown(self) -> ModelSpec:
+        """The spec as the user gave it (formula and family), for output."""
+        return self.given if self.given is not None else self.spec
 
     @property
     def n_obs(self) -> int:
@@ -386,6 +429,9 @@ class BoundSpec:
         if missing:
             _data.check_columns(_data.read_table(new), missing, context=" in the new data")
         if self.design is not None and self.design.common is not None and self._predictor_columns():
+            if self.given is not None:  # rows merged into counts: the merged design's own columns (an
+                # exposure in an offset) are not the user's, and the offset is not read here
+                new = new.assign(**{v: 1.0 for v in self.spec.variables if v not in self.given.variables})
             full = self.design.common.evaluate_new_data(new)
             frame = full.as_dataframe()
             return np.asarray(frame[self.coef_names], dtype=float)
@@ -404,10 +450,10 @@ class BoundSpec:
         return np.array([pos.get(str(v), -1) for v in labels], dtype=int)
 
     def _predictor_columns(self) -> list[str]:
-        skip = {self.spec.outcome, self.spec.se, self.spec.trials}
+        skip = set(self.shown.response_columns)  # (the user's columns, also for rows merged into counts)
         for b in self.blocks:
             skip.update(b.term.factor_columns)
-        return [v for v in self.spec.variables if v not in skip]
+        return [v for v in self.shown.variables if v not in skip]
 
 
 def check_constant_outcome(spec: ModelSpec, constant: bool, value: float) -> None:
@@ -690,10 +736,10 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     fam = spec.fam
     check_formula_columns(spec, table.columns)
     group_cols = sorted({c for t in spec.group_terms for c in t.factor_columns})
-    skip = {spec.outcome, spec.se, spec.trials, *group_cols}
+    skip = {*spec.response_columns, *group_cols}
     numeric = [v for v in spec.variables if v not in skip and _is_numeric(table.frame[v])]
-    positive = [spec.se] if spec.se else []
-    _data.validate(table, outcome=spec.outcome, numeric=numeric + ([spec.trials] if spec.trials else []),
+    positive = [c for c in (spec.se, spec.weights) if c]
+    _data.validate(table, outcome=spec.outcome, numeric=numeric + [c for c in (spec.trials, *spec.count_columns) if c],
                    groups=group_cols, positive=positive)
     wrapped = set(spec.categorical)  # categorical by the user's C()
     for v in spec.variables:  # text/categorical predictors must at least have no missing values
@@ -711,6 +757,9 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
     check_design_size(spec, n_levels, rows=len(frame))  # the per-group sums (groups ≤ rows) are dwarfed
     y = np.asarray(frame[spec.outcome], dtype=float)
     trials = np.asarray(frame[spec.trials], dtype=float) if spec.trials else None
+    if spec.failures is not None:
+        trials = y + check_failures(spec, np.asarray(spec.failures.evaluate(
+            lambda c: np.asarray(frame[c], dtype=float)), dtype=float) * np.ones_like(y))
     _check_support(fam, spec.outcome, y, spec.trials, trials)
     # common design through formulae (the encoding state is kept for predict)
     try:
@@ -743,7 +792,7 @@ def _bind(spec: ModelSpec, table: _data.Table, frequency: str | None = None) -> 
         weights = 1.0 / se**2
         scale = float(math.sqrt(np.var(y) + np.mean(se**2)))
     else:
-        weights = np.ones_like(y)
+        weights = np.asarray(frame[spec.weights], dtype=float) if spec.weights else np.ones_like(y)
         scale = float(np.std(y)) if fam.identity else 1.0
     check_constant_outcome(spec, bool(y.size) and bool(np.ptp(y) == 0), float(y[0]) if y.size else 0.0)
     if not scale > 0:
@@ -889,6 +938,29 @@ def _is_numeric(s: pd.Series) -> bool:
     return bool(pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s))
 
 
+def check_failures(spec: ModelSpec, failures: np.ndarray) -> np.ndarray:
+    """The failures of a ``cbind(successes, failures)`` outcome, checked: whole numbers >= 0, finite.
+
+    Raises
+    ------
+    DataError
+        Naming the failures as the formula writes them and the rows at fault.
+    """
+    assert spec.failures is not None
+    what = f"The failures {spec.failures.text} of cbind({spec.outcome}, {spec.failures.text})"
+    for mask, fault, hint in (
+        (~np.isfinite(failures), "are missing or not finite", "Drop or impute those rows before fitting."),
+        (failures < 0, "are negative", "The failures are counts: check the columns (successes cannot exceed the "
+                                       "number of trials)."),
+        (failures != np.floor(failures), "are not whole numbers", "The failures are counts."),
+    ):
+        bad = np.flatnonzero(mask & ~np.isnan(failures) if fault != "are missing or not finite" else mask)
+        if bad.size:
+            raise DataError(f"{what} {fault} on {bad.size} rows ({format_rows(bad.tolist())}).", hint=hint,
+                            column=spec.failures.columns[0], rows=bad.tolist())
+    return failures
+
+
 def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | None,
                    trials: np.ndarray | None) -> None:
     def fail(mask: np.ndarray, what: str, hint: str, column: str = outcome) -> None:
@@ -904,11 +976,16 @@ def _check_support(fam: Family, outcome: str, y: np.ndarray, trials_col: str | N
         fail(y < 0, "must be non-negative", "Counts cannot be negative.")
         fail(~integer, "must hold whole numbers", "Counts must be integers; for measurements use 'gaussian'.")
     elif fam.support == "trials":
-        assert trials is not None and trials_col is not None
-        fail((trials < 1) | ~np.equal(np.floor(trials), trials), "must be whole numbers >= 1",
-             "The number of trials is a positive count.", column=trials_col)
+        assert trials is not None
+        if trials_col is None:  # cbind(successes, failures): the failures are checked (check_failures)
+            fail(trials < 1, "has rows with no trials (successes + failures = 0)",
+                 "A row of no trials carries no information: drop it.")
+        else:
+            fail((trials < 1) | ~np.equal(np.floor(trials), trials), "must be whole numbers >= 1",
+                 "The number of trials is a positive count.", column=trials_col)
         fail((y < 0) | ~integer, "must be whole numbers >= 0", "Successes are counts.")
-        fail(y > trials, f"must not exceed trials ({trials_col})", "Successes cannot exceed the number of trials.")
+        if trials_col is not None:
+            fail(y > trials, f"must not exceed trials ({trials_col})", "Successes cannot exceed the number of trials.")
 
 
 def _term_columns(term: GroupTerm, frame: pd.DataFrame, design: Any, coef_names: list[str], X: np.ndarray,

@@ -183,6 +183,7 @@ class _Structure:
     aux_priors: tuple[tuple[str, str], ...]  # (name, prior family) of sigma / nu / phi as the family has them
     suff: bool = False  # gaussian likelihood from sufficient statistics (see _suff_data), not from the rows
     centered: bool = False  # group values sampled as they are, u_j ~ N(0, Σ) (see prefers_centered)
+    weighted: bool = False  # prior weights multiply each row's log-likelihood (families without a residual SD)
 
 
 def _present(bound: BoundSpec, with_groups: bool | None) -> list[GroupBlock]:
@@ -237,7 +238,9 @@ def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool 
         ))
     aux = tuple((n, bound.priors[n].dist) for n in ("sigma", *_AUX) if n in bound.priors)
     return _Structure(family=bound.spec.fam.name, has_sigma=bound.has_sigma, n_coef=len(bound.coef_names),
-                      blocks=tuple(blocks), aux_priors=aux, suff=suff, centered=centered and len(blocks) == 1)
+                      blocks=tuple(blocks), aux_priors=aux, suff=suff, centered=centered and len(blocks) == 1,
+                      weighted=bound.spec.fam.name not in ("gaussian", "student_t") and bound.has_rows
+                      and bool(np.any(np.asarray(bound.weights) != 1.0)))
 
 
 def _model_data(bound: BoundSpec, with_groups: bool | None = None, *, fixed_sd: bool = False,
@@ -427,7 +430,11 @@ def _structural_model(st: _Structure) -> Model:
             eta = eta + _group_term(bs, block_data)
         d = _likelihood(st, data, eta)
         with numpyro.plate("obs", data["X"].shape[0]):
-            numpyro.sample("y", d, obs=y)
+            if st.weighted:  # prior weights: each row's log-likelihood times w (families.log_likelihood)
+                with numpyro.handlers.scale(scale=data["w_sqrt"] ** 2):
+                    numpyro.sample("y", d, obs=y)
+            else:
+                numpyro.sample("y", d, obs=y)
 
     return model
 
