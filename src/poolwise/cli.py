@@ -114,7 +114,8 @@ def fit_command(
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(summary))
-        console.print(_priors_table(f))
+        if f.method != "empirical":  # estimates use no priors
+            console.print(_priors_table(f))
         for note in notes:
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
@@ -360,6 +361,9 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
         for col in frame.columns:
             v = row[col]
             digits = (formats or {}).get(str(col), 4)
+            if isinstance(v, str):
+                cells.append(v)
+                continue
             cells.append(str(int(v)) if digits == 0 and pd.notna(v) else number(v, digits))
         table.add_row(Text(str(idx)), *cells)
     return table
@@ -369,8 +373,8 @@ def _summary_table(s: pd.DataFrame) -> Table:
     """The posterior summary (``Fit.summary(groups=False)``) as a Rich table."""
     s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
     s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
-    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4}
-    return _frame_table(s, "Posterior summary", "parameter", digits)
+    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4} | {c: 6 for c in ("estimate", "lo", "hi")}
+    return _frame_table(s, str(s.attrs.get("title", "Posterior summary")), "parameter", digits)
 
 
 def _priors_table(f: Fit) -> Table:
