@@ -434,3 +434,47 @@ def test_cli_prints_estimates_without_priors_or_rhat(tmp_path) -> None:  # noqa:
     assert "REML estimates" in res.output and "Posterior summary" not in res.output
     assert "Priors" not in res.output and "r_hat" not in res.output
     assert "1527.50" in res.output and "Wald (log scale)" in res.output
+
+
+# ----------------------------------------------------------------------------------------------
+# profile-likelihood intervals: lme4's confint(fit, method = "profile") (on the ML deviance, a REML fit
+# refitted by ML, so REML and ML fits give the same intervals).  lme4 interpolates its profile with
+# splines between grid points; poolwise finds the roots: they agree to 2e-4 relative (measured).
+
+PROFILE_RTOL = 5e-4
+
+PROFILES = {
+    "dyestuff": {"Intercept": (1486.45149997, 1568.54849437), "sigma": (38.22998488, 67.65769624),
+                 "sd(Intercept|Batch)": (12.19853521, 84.06304671)},
+    "sleepstudy": {"Intercept": (237.6806955052, 265.1295146802), "Days": (7.3586532751, 13.5759187517),
+                   "sigma": (22.8982668821, 28.8579965114), "sd(Intercept|Subject)": (14.3814732265, 37.7159917194),
+                   "sd(Days|Subject)": (3.8011642690, 8.7533850633),
+                   "cor(Intercept,Days|Subject)": (-0.4815007594, 0.6849862502)},
+}
+
+
+def _check_profile(f: pw.Fit, ref: dict[str, tuple[float, float]]) -> None:
+    ci = f.confint()
+    assert list(ci.columns) == ["lo", "hi"] and set(ci.index) == set(ref)
+    for name, (lo, hi) in ref.items():
+        _close(ci.loc[name].to_numpy(float), [lo, hi], PROFILE_RTOL, atol=1e-4 if name.startswith("cor") else 0)
+
+
+def test_dyestuff_profile_intervals_match_lme4(dyestuff: tuple[pw.Fit, bool]) -> None:
+    _check_profile(dyestuff[0], PROFILES["dyestuff"])
+    _close(dyestuff[0].confint("Wald").loc["Intercept"].to_numpy(float), DYESTUFF_WALD[dyestuff[1]], 1e-7)
+
+
+def test_sleepstudy_profile_intervals_match_lme4(sleep: tuple[pw.Fit, bool]) -> None:
+    _check_profile(sleep[0], PROFILES["sleepstudy"])
+
+
+DYESTUFF_WALD = {True: (1489.50921, 1565.49079), False: (1492.819312, 1562.180688)}
+
+
+def test_cbpp_profile_of_the_sd_matches_glmer(cbpp: pw.Fit) -> None:
+    ci = cbpp.confint()
+    _close(ci.loc["sd(Intercept|herd)"].to_numpy(float), [0.3460732033, 1.0999746482], CBPP_RTOL)
+    _close(ci.loc["period[2]"].to_numpy(float), [-1.6167832557, -0.4077630678], CBPP_RTOL)
+    with pytest.raises(SpecError, match="profile"):
+        cbpp.confint("boot")

@@ -764,8 +764,9 @@ class Fit:
             crit = {"REML": "REML criterion", "ML": "deviance −2ℓ", "Laplace": "−2ℓ (Laplace)"}.get(method, "criterion")
             out.append(f"{method} estimates ({crit} {float(info.get('criterion', float('nan'))):.6g}); no priors are "
                        "used. Standard errors: Cov(β̂) for the coefficients, the curvature of the criterion for the "
-                       "SDs and correlations (Wald intervals on the log and atanh scales); group values are the "
-                       "conditional modes ± their conditional SDs.")
+                       "SDs and correlations (Wald intervals on the log and atanh scales; profile-likelihood "
+                       "intervals as lme4's: fit.confint()); group values are the conditional modes ± their "
+                       "conditional SDs.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
         vd = self.value_draws
@@ -1000,6 +1001,28 @@ class Fit:
         """lme4's ``deviance``: −2ℓ of an ML fit, the sum of squared deviance residuals of a GLMM,
         the REML criterion (with a warning) of a REML fit.  Empirical fits only."""
         return _estimates.deviance(self.bound, self._point(), lambda: self.residuals("deviance"))
+
+    def confint(self, method: str = "profile", prob: float = 0.95) -> pd.DataFrame:
+        """Confidence intervals of an empirical fit's parameters (lme4's ``confint``).
+
+        ``method="profile"``: profile likelihood on the ML deviance for every coefficient, σ, SD
+        and correlation (as lme4, which refits a REML fit by ML for it;
+        :func:`poolwise.estimates.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
+        β, on the log / atanh scale for SDs and correlations).  Returns ``lo``, ``hi`` by
+        parameter."""
+        pt, cond = self._point(), self._conditional(with_cov=False)
+        if pt is None or cond is None:
+            raise SpecError("confint() gives confidence intervals of an empirical fit; this fit is Bayesian.",
+                            hint="Use summary() for its posterior intervals, or fit with method='empirical'.",
+                            option="method")
+        if method == "Wald":
+            return self._estimate_summary(prob, False)[["lo", "hi"]]
+        if method != "profile":
+            raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
+        hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
+        out = _estimates.profile_confint(self.bound, pt, prob=prob, se_hint=hs)
+        order = [n for n in self._estimate_summary(prob, False).index if n in out.index]
+        return out.loc[order]
 
     def remlcrit(self) -> float:
         """The REML criterion −2ℓ_REML (lme4's ``REMLcrit``).  REML fits only."""
