@@ -478,3 +478,12 @@ def test_cbpp_profile_of_the_sd_matches_glmer(cbpp: pw.Fit) -> None:
     _close(ci.loc["period[2]"].to_numpy(float), [-1.6167832557, -0.4077630678], CBPP_RTOL)
     with pytest.raises(SpecError, match="profile"):
         cbpp.confint("boot")
+
+
+def test_summary_with_profile_intervals(dyestuff: tuple[pw.Fit, bool]) -> None:
+    s = dyestuff[0].summary(groups=False, intervals="profile")
+    assert s.loc["Intercept", "interval"] == "Wald" and s.loc["sigma", "interval"] == "profile (ML)"
+    _close(s.loc["sd(Intercept|Batch)", ["lo", "hi"]].to_numpy(float), PROFILES["dyestuff"]["sd(Intercept|Batch)"],
+           PROFILE_RTOL)
+    with pytest.raises(SpecError, match="intervals"):
+        dyestuff[0].summary(intervals="bayes")

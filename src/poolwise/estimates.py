@@ -874,13 +874,13 @@ def _profile_ends(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]],
                 end = math.exp(tt) if kind in ("sd", "sigma") else math.tanh(tt) if kind == "cor" else tt
                 break
             t_prev, x_prev = t, x_new
-            step = 0.5 * step0
+            step = 0.5 * step0 if step == step0 else 2.0 * step  # just past the Wald end, then farther and farther
         ends.append(end)
     return ends[0], ends[1]
 
 
 def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
-                    se_hint: Mapping[str, float] | None = None) -> pd.DataFrame:
+                    se_hint: Mapping[str, float] | None = None, coefficients: bool = True) -> pd.DataFrame:
     """Profile-likelihood intervals of every parameter, as lme4's ``confint(method = "profile")``.
 
     On the ML deviance (lme4 refits a REML fit by ML to profile it; so does this; a GLMM's Laplace
@@ -892,7 +892,7 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
     profile does so towards ±1 has end ±1.
 
     ``se_hint``: the hyperparameters' SEs on the unconstrained scale (:func:`hyper_se`), where the
-    search for each end starts.
+    search for each end starts; ``coefficients=False`` profiles σ, the SDs and correlations only.
 
     Returns
     -------
@@ -976,7 +976,7 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
         else:
             beta_ml = x_hat[:p]
             se_ml = np.sqrt(np.clip(np.diagonal(pt.beta_cov if pt.beta_cov is not None else np.eye(p)), 1e-300, None))
-        for k, name in enumerate(bound.coef_names):
+        for k, name in enumerate(bound.coef_names if coefficients else []):
             if gaussian:
                 def prof_b(t: float, warm: np.ndarray, k: int = k) -> tuple[float, np.ndarray]:
                     y, fy = _minimize(lambda x: dev_beta(x, k, t), warm)

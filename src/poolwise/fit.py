@@ -607,8 +607,13 @@ class Fit:
             )
 
     # -- summaries ---------------------------------------------------------------------------
-    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True) -> pd.DataFrame:
+    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True, intervals: str = "Wald") -> pd.DataFrame:
         """Posterior summary: mean, sd, HDI, MCSE, bulk/tail ESS and R-hat of each parameter.
+
+        An empirical fit's summary holds its estimates instead (:meth:`_estimate_summary`):
+        ``estimate``, ``se``, ``lo``, ``hi`` (at ``hdi_prob``) and ``interval``, titled
+        ``.attrs["title"]`` ("REML estimates"); ``intervals="profile"`` gives σ, the SDs and the
+        correlations profile-likelihood intervals (:meth:`confint`; slower) instead of Wald ones.
 
         Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
@@ -619,7 +624,7 @@ class Fit:
         Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
         if self.method == "empirical":  # estimates, SEs and confidence intervals: no priors, no R-hat
-            return self._estimate_summary(hdi_prob, groups)
+            return self._estimate_summary(hdi_prob, groups, intervals)
         import arviz as az
 
         skip = set() if groups else set(self.group_vars)
@@ -639,11 +644,22 @@ class Fit:
         out.attrs["notes"] = self.notes()
         return out
 
-    def _estimate_summary(self, prob: float, groups: bool) -> pd.DataFrame:
-        """An empirical fit's summary: :func:`poolwise.estimates.estimate_table`, titled by its method."""
+    def _estimate_summary(self, prob: float, groups: bool, intervals: str = "Wald") -> pd.DataFrame:
+        """An empirical fit's summary: :func:`poolwise.estimates.estimate_table`, titled by its method;
+        with ``intervals="profile"`` the variance parameters' intervals from :meth:`confint`."""
+        if intervals not in ("Wald", "profile"):
+            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
+                            option="intervals")
         pt, cond = self._point(), self._conditional(with_cov=groups)
         assert pt is not None and cond is not None
         out = _estimates.estimate_table(self.bound, pt, cond, prob=prob, groups=self.ranef() if groups else None)
+        if intervals == "profile":
+            hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
+            prof = _estimates.profile_confint(self.bound, pt, prob=prob, se_hint=hs, coefficients=False)
+            for name in prof.index:
+                if name in out.index:
+                    out.loc[name, ["lo", "hi"]] = prof.loc[name, ["lo", "hi"]].to_numpy(float)
+                    out.loc[name, "interval"] = "profile (ML)"
         out.attrs["title"] = f"{pt.method} estimates"
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
@@ -1016,7 +1032,7 @@ class Fit:
                             hint="Use summary() for its posterior intervals, or fit with method='empirical'.",
                             option="method")
         if method == "Wald":
-            return self._estimate_summary(prob, False)[["lo", "hi"]]
+            return self._estimate_summary(prob, False)[["lo", "hi"]]  # type: ignore[no-any-return]
         if method != "profile":
             raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
         hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
