@@ -841,7 +841,7 @@ def _minimize(f: Callable[[np.ndarray], float], x0: np.ndarray) -> tuple[np.ndar
 
 
 def _profile_ends(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]], center: float, warm: np.ndarray,
-                  z: float, step0: float, limit: float, kind: str) -> tuple[float, float]:
+                  z: float, step0: float, limit: float | tuple[float, float], kind: str) -> tuple[float, float]:
     """The two ends of {t : ζ(t) ≤ z} around ``center``, ζ(t) = √(prof(t)) the signed root of the
     profile (prof(center) = 0; ζ is close to linear, so Brent's method on ζ − z needs few steps).
     The first try is ``step0`` (a Wald half-width) away, then steps outward until ζ passes z.  Past
@@ -849,14 +849,15 @@ def _profile_ends(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]],
     from scipy import optimize
 
     ends = []
-    for side in (-1.0, 1.0):
+    limits = limit if isinstance(limit, tuple) else (limit, limit)
+    for side, lim in zip((-1.0, 1.0), limits):
         step = step0
         t_prev, x_prev = center, warm
         near: dict[float, np.ndarray] = {center: warm}
         end = math.nan
         while True:
             t = t_prev + side * step
-            if abs(t - center) > limit:
+            if abs(t - center) > lim:
                 end = (0.0 if kind == "sd" and side < 0 else side if kind == "cor" else side * math.inf)
                 break
             dz, x_new = prof(t, x_prev)
@@ -964,6 +965,7 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
         full = np.concatenate([pt.beta, x0])
         n_beta = p
     m = full.size
+    ref = max([1.0 if pt.sigma is None else pt.sigma] + [float(np.max(sd)) for sd in pt.sd if sd is not None and sd.size])
     rows: dict[str, dict[str, float]] = {}
     with ctx:
         x_hat, d_hat = _minimize(dev, full)  # the ML optimum (a REML fit refitted by ML)
@@ -1013,8 +1015,11 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
 
             kind = what[j][0]
             h = float(se_hint.get(name, math.nan)) if se_hint is not None else math.nan
-            lo, hi = _profile_ends(prof, float(x_hat[col]), x_hat[others], z, z * h if 0 < h < 2 else 0.5,
-                                   8.0 if kind == "cor" else 12.0, kind)
+            c = float(x_hat[col])
+            # log SD, log σ: a factor e¹² down, and up to 10⁴ × the data's scale (an SD estimated at 0 starts
+            # far below it); atanh ρ: ± 8 (|ρ| ≈ 1 − 2e-7)
+            lim = (8.0, 8.0) if kind == "cor" else (12.0, max(12.0, math.log(1e4 * ref) - c))
+            lo, hi = _profile_ends(prof, c, x_hat[others], z, z * h if 0 < h < 2 else 0.5, lim, kind)
             rows[name] = {"lo": lo, "hi": hi}
     out = pd.DataFrame.from_dict(rows, orient="index", columns=["lo", "hi"])
     out.index.name = "parameter"
