@@ -231,9 +231,12 @@ def test_penicillin_crossed_matches_lme4() -> None:
     _close(f.fitted().iloc[:5], [25.96382753, 22.76629278, 25.71466898, 23.67987414, 23.76292699])
 
 
-def test_conditional_sds_sparse_factor_equals_dense_inverse() -> None:
-    """The diagonal blocks of A⁻¹ from CHOLMOD's factor (chunks of columns) equal a dense inverse."""
-    pytest.importorskip("sksparse")
+@pytest.mark.parametrize("dense", [False, True], ids=["cholmod", "dense"])
+def test_conditional_sds_sparse_factor_equals_dense_inverse(dense: bool) -> None:
+    """The diagonal blocks of A⁻¹ from CHOLMOD's factor (chunks of columns) or from the inverse of a
+    dense factor (LAPACK's trtri) equal those of numpy's inverse of A."""
+    if not dense:
+        pytest.importorskip("sksparse")
     from _crossed_data import crossed_slopes
 
     from poolwise.estimates import _diag_blocks
@@ -249,7 +252,7 @@ def test_conditional_sds_sparse_factor_equals_dense_inverse() -> None:
                       [(Z1, subj, int(subj.max()) + 1), (np.ones((n, 1)), item, int(item.max()) + 1)])
     lams = [np.array([[0.9, 0.0], [0.25, 0.5]]), np.array([[0.7]])]
     s2 = 1.3
-    fz = sparse.Factorizer(st, dense=False).factor(lams, s2)
+    fz = sparse.Factorizer(st, dense=dense).factor(lams, s2)
     got = _diag_blocks(fz, lams, s2)
     A = fz.pattern.dense([lam[None] for lam in lams], np.array([s2]))[0]
     Ainv = np.linalg.inv(A)
