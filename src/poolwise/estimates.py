@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PoolwiseWarning, SpecError
-from .infer import BlockDraws, Draws
+from .infer import Draws
 from .spec import BoundSpec
 
 __all__ = ["Point", "point_estimates", "Conditional", "conditional", "LogLik", "fixef", "vcov", "varcorr",
@@ -332,22 +332,21 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return a.reshape((-1,) + a.shape[2:])
 
 
-def _bayes_blocks(draws: Draws) -> tuple[BlockDraws, ...]:
-    return draws.block_draws()
-
-
 # ----------------------------------------------------------------------------------------------
 # the accessors
 
 
-def fixef(bound: BoundSpec, draws: Draws, pt: Point | None) -> pd.Series:
+def fixef(bound: BoundSpec, draws: Draws | None, pt: Point | None) -> pd.Series:
     """β̂ by coefficient name (empirical), or the posterior means (Bayesian)."""
-    values = pt.beta if pt is not None else _flat(draws.beta).mean(axis=0)
+    if pt is None:
+        assert draws is not None
+    values = pt.beta if pt is not None else _flat(draws.beta).mean(axis=0)  # type: ignore[union-attr]
     return pd.Series(np.asarray(values, dtype=float), index=pd.Index(list(bound.coef_names), name="term"),
                      name="estimate" if pt is not None else "mean")
 
 
-def vcov(bound: BoundSpec, draws: Draws, cond: Conditional | None, *, use_hessian: bool = True) -> pd.DataFrame:
+def vcov(bound: BoundSpec, draws: Draws | None, cond: Conditional | None, *, use_hessian: bool = True
+         ) -> pd.DataFrame:
     """Cov(β̂) (empirical) or the posterior covariance of β (Bayesian), labelled by coefficient.
 
     A GLMM's is the β block of the inverse Hessian of the Laplace criterion in (β, θ) (lme4's
@@ -357,12 +356,13 @@ def vcov(bound: BoundSpec, draws: Draws, cond: Conditional | None, *, use_hessia
     if cond is not None:
         C = cond.beta_cov if use_hessian or cond.beta_cov_rx is None else cond.beta_cov_rx
     else:
+        assert draws is not None
         b = _flat(draws.beta)
         C = np.atleast_2d(np.cov(b, rowvar=False)) if b.shape[1] else np.zeros((0, 0))
     return pd.DataFrame(C, index=pd.Index(names, name="term"), columns=pd.Index(names, name="term"))
 
 
-def varcorr(bound: BoundSpec, draws: Draws, pt: Point | None) -> pd.DataFrame:
+def varcorr(bound: BoundSpec, draws: Draws | None, pt: Point | None) -> pd.DataFrame:
     """SDs and correlations per grouping factor, and σ: lme4's ``as.data.frame(VarCorr(fit))``.
 
     Rows are named as poolwise names the parameters (``sd(Days|Subject)``,
@@ -373,7 +373,7 @@ def varcorr(bound: BoundSpec, draws: Draws, pt: Point | None) -> pd.DataFrame:
     posterior mean, not the posterior mean of the variance).
     """
     rows: list[dict[str, Any]] = []
-    blocks = draws.block_draws() if pt is None else None
+    blocks = draws.block_draws() if pt is None and draws is not None else None
     for i, blk in enumerate(bound.blocks):
         q = blk.q
         if blk.pooled:
@@ -410,7 +410,8 @@ def varcorr(bound: BoundSpec, draws: Draws, pt: Point | None) -> pd.DataFrame:
                                  "term1": blk.exprs[a], "term2": blk.exprs[c],
                                  "variance": float(r * sd[a] * sd[c]), "sd_cor": r, "fixed": fixed})
     if bound.has_sigma:
-        s = pt.sigma if pt is not None else (float(_flat(draws.sigma).mean()) if draws.sigma is not None else None)
+        s = pt.sigma if pt is not None else (float(_flat(draws.sigma).mean()) if draws is not None
+                                             and draws.sigma is not None else None)
         if s is not None:
             rows.append({"name": "sigma", "group": "Residual", "term1": "", "term2": "", "variance": float(s) ** 2,
                          "sd_cor": float(s), "fixed": False})
@@ -422,7 +423,7 @@ def _levels_index(blk: Any) -> pd.Index:
     return pd.Index(list(blk.levels), name=blk.factor)
 
 
-def ranef(bound: BoundSpec, draws: Draws, cond: Conditional | None, *, condvar: bool = True
+def ranef(bound: BoundSpec, draws: Draws | None, cond: Conditional | None, *, condvar: bool = True
           ) -> dict[str, pd.DataFrame]:
     """Per grouping factor, a DataFrame of the group values (index: levels, columns: terms).
 
@@ -433,7 +434,7 @@ def ranef(bound: BoundSpec, draws: Draws, cond: Conditional | None, *, condvar: 
     (no group values) are left out.
     """
     out: dict[str, pd.DataFrame] = {}
-    blocks = draws.block_draws() if cond is None else None
+    blocks = draws.block_draws() if cond is None and draws is not None else None
     for i, blk in enumerate(bound.blocks):
         if blk.pooled:
             continue
@@ -761,7 +762,7 @@ def estimate_table(bound: BoundSpec, pt: Point, cond: Conditional, *, prob: floa
     for name, b, s in zip(bound.coef_names, pt.beta, se_b):
         rows.append({"name": name, "estimate": float(b), "se": float(s), "lo": float(b - z * s),
                      "hi": float(b + z * s), "interval": "Wald"})
-    vc = varcorr(bound, Draws(beta=np.zeros((1, 1, 0)), sigma=None, tau=None, b=None), pt)
+    vc = varcorr(bound, None, pt)
     hs = cond.hyper_se if cond.hyper_se is not None else hyper_se(bound, pt)
     order = [n for n in vc.index if n != "sigma"] + (["sigma"] if "sigma" in vc.index else [])
     for name in order:

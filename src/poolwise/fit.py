@@ -932,13 +932,22 @@ class Fit:
             cache = self.__dict__["_lme4_cache"] = {}
         return cache
 
+    def _run_info(self) -> Mapping[str, Any]:
+        """The inference path's ``info`` (estimates, loglik, criterion, method)."""
+        return self.draws.info
+
+    def _bayes_draws(self) -> Draws | None:
+        """The draws a Bayesian fit's accessors summarize; ``None`` for an empirical fit (its
+        accessors use the estimates alone and never make draws)."""
+        return None if self.method == "empirical" else self.draws
+
     def _point(self) -> _estimates.Point | None:
         """An empirical fit's point estimates (``None`` for a Bayesian fit)."""
         if self.method != "empirical":
             return None
         cache = self._estimates_cache()
         if "point" not in cache:
-            cache["point"] = _estimates.point_estimates(self.bound, self.draws.info)
+            cache["point"] = _estimates.point_estimates(self.bound, self._run_info())
         out: _estimates.Point = cache["point"]
         return out
 
@@ -957,20 +966,21 @@ class Fit:
     def fixef(self) -> pd.Series:
         """The fixed effects β̂ by coefficient name (lme4's ``fixef``); for a Bayesian fit their
         posterior means.  See :mod:`poolwise.estimates`."""
-        return _estimates.fixef(self.bound, self.draws, self._point())
+        return _estimates.fixef(self.bound, self._bayes_draws(), self._point())
 
     def vcov(self, use_hessian: bool = True) -> pd.DataFrame:
         """Cov(β̂) at the estimates (lme4's ``vcov``): (X'V⁻¹X)⁻¹ for a Gaussian fit; for a GLMM the
         β block of the inverse Hessian of the Laplace criterion in (β, θ), or with
         ``use_hessian=False`` its curvature in β alone.  For a Bayesian fit the posterior
         covariance of β."""
-        return _estimates.vcov(self.bound, self.draws, self._conditional(with_cov=False), use_hessian=use_hessian)
+        return _estimates.vcov(self.bound, self._bayes_draws(), self._conditional(with_cov=False),
+                               use_hessian=use_hessian)
 
     def varcorr(self) -> pd.DataFrame:
         """SDs and correlations of the group terms per grouping factor, and σ (lme4's
         ``as.data.frame(VarCorr(fit))``; posterior means for a Bayesian fit).  See
         :func:`poolwise.estimates.varcorr`."""
-        return _estimates.varcorr(self.bound, self.draws, self._point())
+        return _estimates.varcorr(self.bound, self._bayes_draws(), self._point())
 
     def ranef(self, condvar: bool = True) -> dict[str, pd.DataFrame]:
         """Per grouping factor, the group values: conditional modes (lme4's ``ranef``) with their
@@ -978,7 +988,7 @@ class Fit:
         (``condVar = TRUE``: β held at β̂); for a Bayesian fit posterior means and SDs.  Index:
         the levels; columns: the terms."""
         cond = self._conditional(with_cov=condvar)
-        return _estimates.ranef(self.bound, self.draws, cond, condvar=condvar)
+        return _estimates.ranef(self.bound, self._bayes_draws(), cond, condvar=condvar)
 
     def coef(self) -> dict[str, pd.DataFrame]:
         """Per grouping factor, each level's coefficients: fixed effects + its group values
