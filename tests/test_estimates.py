@@ -115,8 +115,9 @@ def test_dyestuff_summary_is_estimates_with_standard_errors(dyestuff: tuple[pw.F
     ref = DYESTUFF[reml]
     wald = {True: (1489.50921, 1565.49079), False: (1492.819312, 1562.180688)}[reml]
     _close(s.loc["Intercept", ["lo", "hi"]].to_numpy(float), wald, 1e-7)
-    # balanced: J = 6 batches of n = 5.  REML: Var(σ̂²) = 2σ⁴/(J(n−1)), Var(MSA) = 2λ²/(J−1), λ = σ² + nτ²,
-    # τ̂² = (MSA − σ̂²)/n.  ML: the same with J − 1 → J in MSA's degrees of freedom and τ̂² = (SSA/J − σ̂²)/n.
+    # balanced: J = 6 batches of n = 5.  REML: Var(σ̂²) = 2σ⁴/(J(n−1)), Var(MSA) = 2λ²/(J−1),
+    # λ = σ² + nτ², τ̂² = (MSA − σ̂²)/n.  ML: the same with J − 1 → J in MSA's degrees of freedom and
+    # τ̂² = (SSA/J − σ̂²)/n.
     J, n = 6, 5
     s2, t2 = ref["sigma"] ** 2, ref["sd"] ** 2
     lam = s2 + n * t2

@@ -977,7 +977,8 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
         full = np.concatenate([pt.beta, x0])
         n_beta = p
     m = full.size
-    ref = max([1.0 if pt.sigma is None else pt.sigma] + [float(np.max(sd)) for sd in pt.sd if sd is not None and sd.size])
+    ref = max([1.0 if pt.sigma is None else pt.sigma]
+              + [float(np.max(sd)) for sd in pt.sd if sd is not None and sd.size])
     rows: dict[str, dict[str, float]] = {}
     with ctx:
         x_hat, d_hat = _minimize(dev, full)  # the ML optimum (a REML fit refitted by ML)
@@ -1017,7 +1018,8 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
             col = n_beta + j
             others = [a for a in range(m) if a != col]
 
-            def prof(t: float, warm: np.ndarray, col: int = col, others: list[int] = others) -> tuple[float, np.ndarray]:
+            def prof(t: float, warm: np.ndarray, col: int = col, others: list[int] = others
+                     ) -> tuple[float, np.ndarray]:
                 def g(y: np.ndarray) -> float:
                     x = np.empty(m)
                     x[others], x[col] = y, t

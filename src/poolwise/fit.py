@@ -777,7 +777,8 @@ class Fit:
                 out.append(str(info[key]))
         if self.method == "empirical":
             method = info.get("method", "REML")
-            crit = {"REML": "REML criterion", "ML": "deviance −2ℓ", "Laplace": "−2ℓ (Laplace)"}.get(method, "criterion")
+            crit = {"REML": "REML criterion", "ML": "deviance −2ℓ",
+                    "Laplace": "−2ℓ (Laplace)"}.get(method, "criterion")
             out.append(f"{method} estimates ({crit} {float(info.get('criterion', float('nan'))):.6g}); no priors are "
                        "used. Standard errors: Cov(β̂) for the coefficients, the curvature of the criterion for the "
                        "SDs and correlations (Wald intervals on the log and atanh scales; profile-likelihood "
