@@ -377,6 +377,25 @@ def test_cbpp_hessian_vcov_is_stable(cbpp: pw.Fit) -> None:
     _close(f.vcov().to_numpy(), other, 1e-4)
 
 
+def test_crossed_glmm_matches_glmer() -> None:
+    """grouseticks, two crossed factors, Poisson (glmer, nAGQ = 1; tests/data/lme4_crossed.json): the
+    modes and conditional SDs from the sparse factor of I + Λ'Z'WZΛ at û, every level.  The two fits'
+    estimates agree to 2e-5 (relative), so the modes (of scale 1) to 1e-4 absolute."""
+    from _crossed_data import anchors, lme4_frame
+
+    rec = anchors()["fits"]["grouseticks_centred_laplace"]
+    f = _fit(rec["poolwise_formula"], lme4_frame("grouseticks"), family="poisson")
+    _close(f.fixef().to_numpy(), list(rec["fixef"].values()), 1e-4, atol=1e-6)
+    _close(f.deviance(), rec["deviance"], 1e-6)  # Σ squared deviance residuals at the modes
+    assert float(f.loglik()) == pytest.approx(rec["logLik"], abs=1e-4)
+    re = f.ranef()
+    for factor in ("BROOD", "LOCATION"):
+        got, want = re[factor], rec["ranef"][factor]
+        assert [str(v) for v in got.index] == [str(v) for v in want["levels"]]
+        _close(got["Intercept"], want["mode"]["Intercept"], 0, atol=1e-4)
+        _close(got.attrs["condsd"]["Intercept"], want["condsd"]["Intercept"], 1e-4)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bayesian fits: the same accessors give posterior summaries
 
