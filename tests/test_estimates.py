@@ -396,6 +396,34 @@ def test_crossed_glmm_matches_glmer() -> None:
         _close(got.attrs["condsd"]["Intercept"], want["condsd"]["Intercept"], 1e-4)
 
 
+def test_known_standard_errors_in_closed_form() -> None:
+    """A random-effects meta-analysis (y_j | se(s_j), one row per study): given τ̂, the mode of study j
+    is τ̂²/(τ̂² + s_j²)·(y_j − μ̂), its conditional variance 1/(1/τ̂² + 1/s_j²), Var(μ̂) = 1/Σ 1/(τ̂² + s_j²)
+    (DerSimonian & Laird 1986; Raudenbush & Bryk 1985), and the REML log-likelihood is that of
+    y ~ N(μ1, diag(τ̂² + s_j²)) with μ integrated out — all to rounding."""
+    rng = np.random.default_rng(4)
+    J = 12
+    s = rng.uniform(0.5, 2.0, J)
+    df = pd.DataFrame({"study": [f"s{j:02d}" for j in range(J)], "s": s,
+                       "y": 1.0 + rng.normal(0, 1.5, J) + rng.normal(0, s)})
+    f = _fit("y | se(s) ~ 1 + (1 | study)", df)
+    tau = float(f.varcorr().loc["sd(Intercept|study)", "sd_cor"])
+    assert "sigma" not in f.varcorr().index and tau > 0.5
+    v = tau**2 + s**2
+    mu = float(np.sum(df["y"] / v) / np.sum(1 / v))
+    _close(f.fixef()["Intercept"], mu, 1e-10)
+    _close(f.vcov().iloc[0, 0], 1 / np.sum(1 / v), 1e-8)
+    re = f.ranef()["study"]
+    _close(re["Intercept"].to_numpy(), tau**2 / v * (df["y"].to_numpy() - mu), 1e-8, atol=1e-12)
+    _close(re.attrs["condsd"]["Intercept"].to_numpy(), np.sqrt(1 / (1 / tau**2 + 1 / s**2)), 1e-8)
+    r = df["y"].to_numpy() - mu
+    ll = -0.5 * (J * math.log(2 * math.pi) + np.sum(np.log(v)) + np.sum(r * r / v)) \
+        + 0.5 * math.log(2 * math.pi) - 0.5 * math.log(np.sum(1 / v))
+    _close(float(f.loglik()), ll, 1e-10)
+    assert f.loglik().df == 2  # μ and τ: no σ
+    _close(f.fitted().to_numpy(), mu + re["Intercept"].to_numpy(), 1e-10)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bayesian fits: the same accessors give posterior summaries
 
