@@ -185,6 +185,8 @@ class Conditional:
     hyper_se: pd.Series | None = None
     #: a GLMM's Cov(β̂) with θ held at θ̂ (lme4's ``vcov(use.hessian = FALSE)``)
     beta_cov_rx: np.ndarray | None = None
+    #: whether ``beta_cov`` (and ``hyper_se``) come from the joint Hessian (always true for a Gaussian fit)
+    joint: bool = True
 
 
 def _split(v: np.ndarray, J: Sequence[int], q: Sequence[int]) -> list[np.ndarray]:
@@ -260,7 +262,7 @@ def _gaussian_conditional(bound: BoundSpec, pt: Point, *, with_cov: bool) -> Con
     return Conditional(modes=modes, cov=cov, beta_cov=0.5 * (beta_cov + beta_cov.T))
 
 
-def _laplace_conditional(bound: BoundSpec, pt: Point, *, with_cov: bool) -> Conditional:
+def _laplace_conditional(bound: BoundSpec, pt: Point, *, with_cov: bool, joint: bool) -> Conditional:
     from .infer import sparse
     from .infer.empirical import _CrossedLaplace
 
@@ -281,9 +283,14 @@ def _laplace_conditional(bound: BoundSpec, pt: Point, *, with_cov: bool) -> Cond
         else:  # not stored by the path: the Gaussian approximation at (β̂, û) with θ held at θ̂
             prec, _ = lap.gaussian(pt.beta, lams, u)
             rx = np.linalg.inv(prec) if lap.p else np.zeros((0, 0))
-        beta_cov, hse = _laplace_joint(bound, pt, lap, rx)
-    return Conditional(modes=modes, cov=cov, beta_cov=0.5 * (beta_cov + beta_cov.T), hyper_se=hse,
-                       beta_cov_rx=0.5 * (rx + rx.T))
+        rx = 0.5 * (rx + rx.T)
+        hse = None
+        if joint:
+            beta_cov, hse = _laplace_joint(bound, pt, lap, rx)
+        else:
+            beta_cov = rx
+    return Conditional(modes=modes, cov=cov, beta_cov=0.5 * (beta_cov + beta_cov.T), hyper_se=hse, beta_cov_rx=rx,
+                       joint=joint)
 
 
 def _laplace_joint(bound: BoundSpec, pt: Point, lap: Any, rx: np.ndarray) -> tuple[np.ndarray, pd.Series]:
@@ -316,12 +323,14 @@ def _laplace_joint(bound: BoundSpec, pt: Point, lap: Any, rx: np.ndarray) -> tup
     return beta_cov, hse
 
 
-def conditional(bound: BoundSpec, pt: Point, *, with_cov: bool = True) -> Conditional:
-    """The conditional modes (and covariances) of the group values and Cov(β̂) of an empirical fit,
-    in closed form (see the module text)."""
+def conditional(bound: BoundSpec, pt: Point, *, with_cov: bool = True, joint: bool = True) -> Conditional:
+    """The conditional modes (and, ``with_cov``, covariances) of the group values and Cov(β̂) of an
+    empirical fit, in closed form (see the module text).  A GLMM's Cov(β̂) is, with ``joint``, the
+    one of the joint Hessian in (β, θ) (:func:`_laplace_joint`; its cost is some 2(p + k)²
+    evaluations of the Laplace criterion), else the curvature in β at θ̂."""
     if bound.spec.fam.exact:
         return _gaussian_conditional(bound, pt, with_cov=with_cov)
-    return _laplace_conditional(bound, pt, with_cov=with_cov)
+    return _laplace_conditional(bound, pt, with_cov=with_cov, joint=joint)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -650,7 +650,7 @@ class Fit:
         if intervals not in ("Wald", "profile"):
             raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
                             option="intervals")
-        pt, cond = self._point(), self._conditional(with_cov=groups)
+        pt, cond = self._point(), self._conditional(with_cov=groups, joint=True)
         assert pt is not None and cond is not None
         out = _estimates.estimate_table(self.bound, pt, cond, prob=prob, groups=self.ranef() if groups else None)
         if intervals == "profile":
@@ -952,15 +952,18 @@ class Fit:
         out: _estimates.Point = cache["point"]
         return out
 
-    def _conditional(self, with_cov: bool = True) -> _estimates.Conditional | None:
-        """An empirical fit's conditional modes, covariances and Cov(β̂), in closed form (cached)."""
+    def _conditional(self, with_cov: bool = True, joint: bool = False) -> _estimates.Conditional | None:
+        """An empirical fit's conditional modes, covariances and Cov(β̂), in closed form (cached);
+        ``joint``: a GLMM's Cov(β̂) from the joint Hessian (:func:`poolwise.estimates.conditional`)."""
         pt = self._point()
         if pt is None:
             return None
         cache = self._estimates_cache()
         got = cache.get("conditional")
-        if got is None or (with_cov and got.cov is None):
-            got = cache["conditional"] = _estimates.conditional(self.bound, pt, with_cov=with_cov)
+        if got is None or (with_cov and got.cov is None) or (joint and not got.joint):
+            got = cache["conditional"] = _estimates.conditional(
+                self.bound, pt, with_cov=with_cov or (got is not None and got.cov is not None),
+                joint=joint or (got is not None and got.joint))
         out: _estimates.Conditional = got
         return out
 
@@ -974,8 +977,8 @@ class Fit:
         β block of the inverse Hessian of the Laplace criterion in (β, θ), or with
         ``use_hessian=False`` its curvature in β alone.  For a Bayesian fit the posterior
         covariance of β."""
-        return _estimates.vcov(self.bound, self._bayes_draws(), self._conditional(with_cov=False),
-                               use_hessian=use_hessian)
+        cond = self._conditional(with_cov=False, joint=use_hessian)
+        return _estimates.vcov(self.bound, self._bayes_draws(), cond, use_hessian=use_hessian)
 
     def varcorr(self) -> pd.DataFrame:
         """SDs and correlations of the group terms per grouping factor, and σ (lme4's
@@ -1037,7 +1040,7 @@ class Fit:
         :func:`poolwise.estimates.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
         β, on the log / atanh scale for SDs and correlations).  Returns ``lo``, ``hi`` by
         parameter."""
-        pt, cond = self._point(), self._conditional(with_cov=False)
+        pt, cond = self._point(), self._conditional(with_cov=False, joint=True)
         if pt is None or cond is None:
             raise SpecError("confint() gives confidence intervals of an empirical fit; this fit is Bayesian.",
                             hint="Use summary() for its posterior intervals, or fit with method='empirical'.",
