@@ -485,6 +485,10 @@ def test_cli_prints_estimates_without_priors_or_rhat(tmp_path) -> None:  # noqa:
     assert "REML estimates" in res.output and "Posterior summary" not in res.output
     assert "Priors" not in res.output and "r_hat" not in res.output
     assert "1527.50" in res.output and "Wald (log scale)" in res.output
+    res = CliRunner().invoke(app, ["fit", str(path), "-f", "Yield ~ 1 + (1 | Batch)", "--method", "empirical",
+                                   "--intervals", "profile"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "profile (ML)" in res.output and "12.1965" in res.output  # lme4: 12.19853521 (spline-interpolated)
 
 
 # ----------------------------------------------------------------------------------------------

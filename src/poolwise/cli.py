@@ -95,6 +95,9 @@ def fit_command(
     out: OutOpt = None,
     force: ForceOpt = False,
     engine: EngineOpt = None,
+    intervals: Annotated[str, typer.Option(
+        help="Confidence intervals of an empirical fit's SDs, correlations and sigma: Wald (on the log and "
+             "atanh scales, fast) or profile (profile likelihood, as lme4's confint).")] = "Wald",
 ) -> None:
     """Fit one model under one pooling; print its summary and priors.
 
@@ -109,7 +112,7 @@ def fit_command(
                     method=method, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=step, engine=engine,
                     spark=_spark_session() if engine == "spark" else None)
             step("summary and convergence diagnostics", 1.0)
-            summary = f.summary(groups=False)
+            summary = f.summary(groups=False, intervals=intervals)
             notes = f.notes()
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)

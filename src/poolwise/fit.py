@@ -623,8 +623,12 @@ class Fit:
         check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
         Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
+        kind = {"wald": "Wald", "profile": "profile"}.get(str(intervals).lower())
+        if kind is None:
+            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
+                            option="intervals")
         if self.method == "empirical":  # estimates, SEs and confidence intervals: no priors, no R-hat
-            return self._estimate_summary(hdi_prob, groups, intervals)
+            return self._estimate_summary(hdi_prob, groups, kind)
         import arviz as az
 
         skip = set() if groups else set(self.group_vars)
