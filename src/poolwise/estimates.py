@@ -58,7 +58,7 @@ from .spec import BoundSpec
 
 __all__ = ["Point", "point_estimates", "Conditional", "conditional", "LogLik", "fixef", "vcov", "varcorr",
            "ranef", "coef", "fitted", "residuals", "loglik", "aic", "bic", "deviance", "remlcrit",
-           "hyper_se", "estimate_table"]
+           "hyper_se", "estimate_table", "n_params"]
 
 #: numbers per chunk of columns of the sparse solves for the diagonal blocks of A⁻¹
 _CHUNK_NUMBERS = 1 << 22
@@ -167,6 +167,15 @@ def _sqrt(S: np.ndarray) -> np.ndarray:
     from .infer.blockmath import _psd_sqrt
 
     return _psd_sqrt(np.asarray(S, dtype=float))
+
+
+def _sqrts(Sigmas: Sequence[np.ndarray]) -> list[np.ndarray] | None:
+    """Square roots of the factors' covariances; ``None`` when one is not positive semi-definite
+    (correlations moved one at a time off a valid matrix, q ≥ 3)."""
+    try:
+        return [_sqrt(S) for S in Sigmas]
+    except (ValueError, np.linalg.LinAlgError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -304,7 +313,8 @@ def _laplace_joint(bound: BoundSpec, pt: Point, lap: Any, rx: np.ndarray) -> tup
 
     def f(x: np.ndarray) -> float:
         _, Sigmas = _apply(pt, what, x[p:])
-        return float(lap(x[:p], [_sqrt(S) for S in Sigmas]))
+        lams = _sqrts(Sigmas)
+        return math.nan if lams is None else float(lap(x[:p], lams))
 
     z = np.concatenate([pt.beta, x0])
     steps = np.concatenate([1e-2 * np.sqrt(np.clip(np.diagonal(rx), 1e-300, None)), np.full(x0.size, 1e-3)])
@@ -740,7 +750,8 @@ def hyper_se(bound: BoundSpec, pt: Point) -> pd.Series:
 
     def f(x: np.ndarray) -> float:
         sigma, Sigmas = _apply(pt, what, x)
-        return sparse.loglik(st, fz, sigma or 1.0, [_sqrt(S) for S in Sigmas], reml=reml)
+        lams = _sqrts(Sigmas)
+        return math.nan if lams is None else sparse.loglik(st, fz, sigma or 1.0, lams, reml=reml)
 
     with sparse._blas(fz):
         H = _hessian(f, x0, 1e-3)
@@ -804,246 +815,4 @@ def estimate_table(bound: BoundSpec, pt: Point, cond: Conditional, *, prob: floa
                              "hi": float(v) + z * s, "interval": "conditional"})
     out = pd.DataFrame(rows, columns=["name", "estimate", "se", "lo", "hi", "interval"]).set_index("name")
     out.index.name = None
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# profile-likelihood intervals of the variance parameters (lme4's confint(method = "profile"))
-
-
-def _all_coords(bound: BoundSpec, pt: Point) -> tuple[list[str], np.ndarray, list[tuple[str, int, int, int]]]:
-    """Every learned hyperparameter in unconstrained coordinates (log σ, log SD, atanh ρ), an SD of 0
-    and a correlation of ±1 pulled just inside their boundary (the profile starts there)."""
-    names: list[str] = []
-    vals: list[float] = []
-    what: list[tuple[str, int, int, int]] = []
-    if pt.sigma is not None:
-        names.append("sigma")
-        vals.append(math.log(pt.sigma))
-        what.append(("sigma", -1, 0, 0))
-    floor = 1e-6 * (pt.sigma if pt.sigma is not None else 1.0)
-    for i, blk in enumerate(bound.blocks):
-        sd, R = pt.sd[i], pt.corr[i]
-        if sd is None:
-            continue
-        for k, e in enumerate(blk.exprs):
-            names.append(blk.term.sd_name(e))
-            vals.append(math.log(max(float(sd[k]), floor)))
-            what.append(("sd", i, k, k))
-        if R is not None:
-            for c in range(blk.q):
-                for a in range(c):
-                    names.append(blk.term.cor_name(blk.exprs[a], blk.exprs[c]))
-                    vals.append(math.atanh(float(np.clip(R[a, c], -1 + 1e-9, 1 - 1e-9))))
-                    what.append(("cor", i, a, c))
-    return names, np.array(vals), what
-
-
-def _minimize(f: Callable[[np.ndarray], float], x0: np.ndarray) -> tuple[np.ndarray, float]:
-    """min f by L-BFGS-B with central-difference gradients (f smooth, few coordinates)."""
-    from scipy import optimize
-
-    if x0.size == 0:
-        return x0, f(x0)
-
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-        fx = f(x)
-        g = np.empty(x.size)
-        for a in range(x.size):
-            e = np.zeros(x.size)
-            e[a] = 1e-6 * max(1.0, abs(x[a]))
-            g[a] = (f(x + e) - f(x - e)) / (2.0 * e[a])
-        return fx, g
-
-    res = optimize.minimize(fg, x0, jac=True, method="L-BFGS-B",
-                            options={"ftol": 1e-12, "gtol": 1e-6, "maxiter": 500})
-    x, fx = np.asarray(res.x, dtype=float), float(res.fun)
-    return (x, fx) if fx <= f(x0) else (x0, f(x0))
-
-
-def _profile_ends(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]], center: float, warm: np.ndarray,
-                  z: float, step0: float, limit: float | tuple[float, float], kind: str) -> tuple[float, float]:
-    """The two ends of {t : ζ(t) ≤ z} around ``center``, ζ(t) = √(prof(t)) the signed root of the
-    profile (prof(center) = 0; ζ is close to linear, so Brent's method on ζ − z needs few steps).
-    The first try is ``step0`` (a Wald half-width) away, then steps outward until ζ passes z.  Past
-    ``limit`` without passing: an SD's lower end is 0, a correlation's end ±1, otherwise ±∞."""
-    from scipy import optimize
-
-    ends = []
-    limits = limit if isinstance(limit, tuple) else (limit, limit)
-    for side, lim in zip((-1.0, 1.0), limits):
-        step = step0
-        t_prev, x_prev = center, warm
-        near: dict[float, np.ndarray] = {center: warm}
-        end = math.nan
-        while True:
-            t = t_prev + side * step
-            if abs(t - center) > lim:
-                end = (0.0 if kind == "sd" and side < 0 else side if kind == "cor" else side * math.inf)
-                break
-            dz, x_new = prof(t, x_prev)
-            near[t] = x_new
-            if dz >= z * z:
-                lo_t, hi_t = sorted((t_prev, t))
-
-                def zeta(u: float) -> float:
-                    start = near[min(near, key=lambda v: abs(v - u))]
-                    d, x = prof(u, start)
-                    near[u] = x
-                    return math.sqrt(max(d, 0.0)) - z
-
-                tt = optimize.brentq(zeta, lo_t, hi_t, xtol=1e-7 * max(abs(step0), 1e-300), rtol=1e-10)
-                end = math.exp(tt) if kind in ("sd", "sigma") else math.tanh(tt) if kind == "cor" else tt
-                break
-            t_prev, x_prev = t, x_new
-            step = 0.5 * step0 if step == step0 else 2.0 * step  # just past the Wald end, then farther and farther
-        ends.append(end)
-    return ends[0], ends[1]
-
-
-def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
-                    se_hint: Mapping[str, float] | None = None, coefficients: bool = True) -> pd.DataFrame:
-    """Profile-likelihood intervals of every parameter, as lme4's ``confint(method = "profile")``.
-
-    On the ML deviance (lme4 refits a REML fit by ML to profile it; so does this; a GLMM's Laplace
-    deviance): for each parameter ψ (a coefficient, σ, an SD, a correlation), dev(ψ) = the
-    minimum over every other parameter with ψ held, and the interval is where
-    dev(ψ) − dev(ψ̂) ≤ χ²₁(prob).  A Gaussian model's coefficients other than ψ are minimized in
-    closed form (generalized least squares under one linear constraint), the rest by L-BFGS-B.
-    An SD whose profile stays below the bound down to 0 has lower end 0; a correlation whose
-    profile does so towards ±1 has end ±1.
-
-    ``se_hint``: the hyperparameters' SEs on the unconstrained scale (:func:`hyper_se`), where the
-    search for each end starts; ``coefficients=False`` profiles σ, the SDs and correlations only.
-
-    Returns
-    -------
-    DataFrame indexed by parameter name with ``lo`` and ``hi``.
-    """
-    from scipy.stats import norm
-
-    names, x0, what = _all_coords(bound, pt)
-    z = float(norm.ppf(0.5 + prob / 2.0))
-    p = pt.beta.size
-    gaussian = bound.spec.fam.exact
-    from .infer import sparse
-
-    if gaussian:
-        from .reduce import bound_sparse_stats
-
-        st = bound_sparse_stats(bound)
-        fz = sparse.Factorizer(st)
-        B = st.shift.back_matrix(p)
-        i0 = st.shift.intercept if st.shift.active else None
-        n_log2pi = st.n_obs * math.log(2.0 * math.pi)
-
-        def pieces(x: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float] | None:
-            sigma, Sigmas = _apply(pt, what, x)
-            try:
-                logdetV, A_X, bb, qq = sparse._cross(st, fz, [_sqrt(S) for S in Sigmas], (sigma or 1.0) ** 2)
-            except (np.linalg.LinAlgError, ValueError, ArithmeticError):
-                return None
-            return logdetV, A_X, bb, qq
-
-        def dev(x: np.ndarray) -> float:  # β at its GLS estimate
-            got = pieces(x)
-            if got is None:
-                return 1e300
-            logdetV, A_X, bb, qq = got
-            fitted_, _ = sparse._gls(A_X, bb)
-            out = n_log2pi + logdetV + qq - fitted_
-            return out if math.isfinite(out) else 1e300
-
-        def dev_beta(x: np.ndarray, k: int, c: float) -> float:  # β_k = c, the other β at their constrained GLS
-            got = pieces(x)
-            if got is None:
-                return 1e300
-            logdetV, A_X, bb, qq = got
-            try:
-                sol = np.linalg.solve(A_X, np.c_[bb, B[k]])  # A⁻¹bb, A⁻¹a with a = B'e_k (β = Bβ* + c_y e₀)
-            except np.linalg.LinAlgError:
-                return 1e300
-            d = c - (st.shift.y if k == i0 else 0.0)
-            a = B[k]
-            gap = float(a @ sol[:, 0]) - d
-            out = n_log2pi + logdetV + qq - float(bb @ sol[:, 0]) + gap * gap / float(a @ sol[:, 1])
-            return out if math.isfinite(out) else 1e300
-
-        ctx: Any = sparse._blas(fz)
-        full = x0
-        n_beta = 0
-    else:
-        from .infer.empirical import _CrossedLaplace
-
-        lap = _CrossedLaplace(bound)
-
-        def dev(x: np.ndarray) -> float:
-            _, Sigmas = _apply(pt, what, x[p:])
-            ll = float(lap(x[:p], [_sqrt(S) for S in Sigmas]))
-            return -2.0 * ll if math.isfinite(ll) else 1e300
-
-        ctx = sparse._blas(lap.fz)
-        full = np.concatenate([pt.beta, x0])
-        n_beta = p
-    m = full.size
-    ref = max([1.0 if pt.sigma is None else pt.sigma]
-              + [float(np.max(sd)) for sd in pt.sd if sd is not None and sd.size])
-    rows: dict[str, dict[str, float]] = {}
-    with ctx:
-        x_hat, d_hat = _minimize(dev, full)  # the ML optimum (a REML fit refitted by ML)
-        if gaussian:  # β at the ML optimum, and its Wald SEs there (the steps' scale)
-            logdetV, A_X, bb, _ = pieces(x_hat)  # type: ignore[misc]
-            beta_ml = B @ np.linalg.solve(A_X, bb)
-            if i0 is not None:
-                beta_ml[i0] += st.shift.y
-            se_ml = np.sqrt(np.diagonal(B @ np.linalg.inv(A_X) @ B.T))
-        else:
-            beta_ml = x_hat[:p]
-            se_ml = np.sqrt(np.clip(np.diagonal(pt.beta_cov if pt.beta_cov is not None else np.eye(p)), 1e-300, None))
-        for k, name in enumerate(bound.coef_names if coefficients else []):
-            if gaussian:
-                def prof_b(t: float, warm: np.ndarray, k: int = k) -> tuple[float, np.ndarray]:
-                    y, fy = _minimize(lambda x: dev_beta(x, k, t), warm)
-                    return fy - d_hat, y
-
-                warm0 = x_hat
-            else:
-                others = [a for a in range(m) if a != k]
-
-                def prof_b(t: float, warm: np.ndarray, k: int = k, others: list[int] = others
-                           ) -> tuple[float, np.ndarray]:
-                    def g(y: np.ndarray) -> float:
-                        x = np.empty(m)
-                        x[others], x[k] = y, t
-                        return dev(x)
-                    y, fy = _minimize(g, warm)
-                    return fy - d_hat, y
-
-                warm0 = x_hat[others]
-            lo, hi = _profile_ends(prof_b, float(beta_ml[k]), warm0, z, z * float(se_ml[k]),
-                                   50.0 * float(se_ml[k]), "beta")
-            rows[name] = {"lo": lo, "hi": hi}
-        for j, name in enumerate(names):
-            col = n_beta + j
-            others = [a for a in range(m) if a != col]
-
-            def prof(t: float, warm: np.ndarray, col: int = col, others: list[int] = others
-                     ) -> tuple[float, np.ndarray]:
-                def g(y: np.ndarray) -> float:
-                    x = np.empty(m)
-                    x[others], x[col] = y, t
-                    return dev(x)
-                y, fy = _minimize(g, warm)
-                return fy - d_hat, y
-
-            kind = what[j][0]
-            h = float(se_hint.get(name, math.nan)) if se_hint is not None else math.nan
-            c = float(x_hat[col])
-            # log SD, log σ: a factor e¹² down, and up to 10⁴ × the data's scale (an SD estimated at 0 starts
-            # far below it); atanh ρ: ± 8 (|ρ| ≈ 1 − 2e-7)
-            lim = (8.0, 8.0) if kind == "cor" else (12.0, max(12.0, math.log(1e4 * ref) - c))
-            lo, hi = _profile_ends(prof, c, x_hat[others], z, z * h if 0 < h < 2 else 0.5, lim, kind)
-            rows[name] = {"lo": lo, "hi": hi}
-    out = pd.DataFrame.from_dict(rows, orient="index", columns=["lo", "hi"])
-    out.index.name = "parameter"
     return out

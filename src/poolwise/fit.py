@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import data as _data
 from . import estimates as _estimates
+from . import profile as _profile
 from . import pooling as _pooling
 from . import predictive as _predictive
 from . import reduce as _reduce
@@ -659,7 +660,7 @@ class Fit:
         out = _estimates.estimate_table(self.bound, pt, cond, prob=prob, groups=self.ranef() if groups else None)
         if intervals == "profile":
             hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
-            prof = _estimates.profile_confint(self.bound, pt, prob=prob, se_hint=hs, coefficients=False)
+            prof = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, coefficients=False)
             for name in prof.index:
                 if name in out.index:
                     out.loc[name, ["lo", "hi"]] = prof.loc[name, ["lo", "hi"]].to_numpy(float)
@@ -1041,7 +1042,7 @@ class Fit:
 
         ``method="profile"``: profile likelihood on the ML deviance for every coefficient, σ, SD
         and correlation (as lme4, which refits a REML fit by ML for it;
-        :func:`poolwise.estimates.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
+        :func:`poolwise.profile.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
         β, on the log / atanh scale for SDs and correlations).  Returns ``lo``, ``hi`` by
         parameter."""
         pt, cond = self._point(), self._conditional(with_cov=False, joint=True)
@@ -1054,7 +1055,7 @@ class Fit:
         if method != "profile":
             raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
         hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
-        out = _estimates.profile_confint(self.bound, pt, prob=prob, se_hint=hs)
+        out = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs)
         order = [n for n in self._estimate_summary(prob, False).index if n in out.index]
         return out.loc[order]
 
