@@ -543,3 +543,70 @@ def test_summary_with_profile_intervals(dyestuff: tuple[pw.Fit, bool]) -> None:
            PROFILE_RTOL)
     with pytest.raises(SpecError, match="intervals"):
         dyestuff[0].summary(intervals="bayes")
+
+
+# ----------------------------------------------------------------------------------------------
+# profiles with three correlated terms: the coordinates, and the ends checked by a second optimizer
+
+
+def test_partial_correlation_coordinates_round_trip_and_stay_valid() -> None:
+    from poolwise.profile import _corr_of, _cpc_of
+
+    rng = np.random.default_rng(3)
+    for q in (2, 3, 4):
+        for _ in range(20):
+            A = rng.normal(size=(q, q + 2))
+            S = A @ A.T
+            R = S / np.sqrt(np.outer(np.diagonal(S), np.diagonal(S)))
+            _close(_corr_of(_cpc_of(R), q), R, 1e-10, atol=1e-12)
+            R2 = _corr_of(np.tanh(rng.normal(0, 3, q * (q - 1) // 2)), q)  # any coordinates: a valid matrix
+            assert np.allclose(np.diagonal(R2), 1.0) and np.linalg.eigvalsh(R2).min() > -1e-12
+        assert _cpc_of(R)[0] == pytest.approx(R[1, 0])  # the first partial correlation is ρ_10 itself
+
+
+def test_profile_with_three_correlated_terms_reaches_the_bound() -> None:
+    """At each end the profile deviance is χ²₁(0.95) above the optimum: re-minimized over the other
+    parameters by Nelder–Mead (then BFGS) from three starts, independently of the profile's own warm
+    starts.  (lme4 1.1-31's profile of this fit, with 50 warnings, is wider — cor(x1,x2|g) down to −1,
+    sd(x2|g) down to 0.143 — where the deviance is far above the bound: 14.4 above the optimum at
+    sd(x2|g) = 0.15, 6.6 at cor(x1,x2|g) = −0.9, against 3.84.)"""
+    from scipy.stats import chi2
+
+    from poolwise.profile import _Deviance, _Layout, _minimize, profile_confint
+
+    rng = np.random.default_rng(2)
+    J, n = 40, 15
+    g = np.repeat(np.arange(J), n)
+    x1, x2 = rng.normal(size=J * n), rng.normal(size=J * n)
+    L = np.linalg.cholesky(np.array([[1, .3, .2], [.3, 1, -.4], [.2, -.4, 1]])) * np.array([1.0, 0.5, 0.3])[:, None]
+    b = rng.normal(size=(J, 3)) @ L.T
+    y = 1 + 0.5 * x1 - 0.2 * x2 + b[g, 0] + b[g, 1] * x1 + b[g, 2] * x2 + rng.normal(size=J * n)
+    df = pd.DataFrame({"y": y, "x1": x1, "x2": x2, "g": [f"g{i:02d}" for i in g]})
+    f = _fit("y ~ x1 + x2 + (1 + x1 + x2 | g)", df)
+    pt = f._point()
+    assert pt is not None
+    parm = ["sd(x2|g)", "cor(x1,x2|g)"]
+    ci = profile_confint(f.bound, pt, parm=parm)
+    dev = _Deviance(f.bound, pt)
+    base = _Layout(f.bound, pt)
+    x_hat, d_hat = _minimize(lambda x: dev(base, x), base.pack(pt.sigma, pt.Sigma))
+    target = float(chi2.ppf(0.95, 1))
+    for name, end, layout in (("sd(x2|g)", ci.loc["sd(x2|g)", "lo"], base),
+                              ("cor(x1,x2|g)", ci.loc["cor(x1,x2|g)", "lo"], _Layout(f.bound, pt, {0: [1, 2, 0]}))):
+        x_c = layout.pack(*base.unpack(x_hat))
+        j = layout.names.index(name)
+        others = [a for a in range(x_c.size) if a != j]
+        held = math.log(end) if name.startswith("sd") else math.atanh(end)
+
+        def g_(y: np.ndarray, j: int = j, others: list[int] = others, held: float = held,
+               layout: _Layout = layout) -> float:
+            x = np.empty(x_c.size)
+            x[others], x[j] = y, held
+            return dev(layout, x)
+
+        best = math.inf
+        for seed in range(3):
+            y0 = x_c[others] + np.random.default_rng(seed).normal(0, 0.5 * (seed > 0), len(others))
+            r = optimize.minimize(g_, y0, method="Nelder-Mead", options={"maxfev": 4000, "xatol": 1e-7, "fatol": 1e-9})
+            best = min(best, _minimize(g_, np.asarray(r.x))[1])
+        assert best - d_hat == pytest.approx(target, abs=2e-3), name

@@ -320,7 +320,8 @@ class _Deviance:
 
 
 def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
-                    se_hint: Mapping[str, float] | None = None, coefficients: bool = True) -> pd.DataFrame:
+                    se_hint: Mapping[str, float] | None = None, coefficients: bool = True,
+                    parm: Sequence[str] | None = None) -> pd.DataFrame:
     """Profile-likelihood intervals of an empirical fit's parameters (see the module text).
 
     Parameters
@@ -334,6 +335,8 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
         where the search for each end starts (else half a unit).
     coefficients
         Profile the coefficients too (else σ, the SDs and the correlations only).
+    parm
+        Only these parameters (lme4's ``parm``), by name.
 
     Returns
     -------
@@ -378,9 +381,11 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
 
             return _profile_ends(prof, float(x_c[col]), x_c[others], z, step0, limit, kind)
 
-        if coefficients:
+        if coefficients and (parm is None or any(n in parm for n in bound.coef_names)):
             beta_ml, se_ml = dev.beta_and_se(base, x_hat)
             for k, name in enumerate(bound.coef_names):
+                if parm is not None and name not in parm:
+                    continue
                 lim = (50.0 * float(se_ml[k]),) * 2
                 if dev.gaussian:
                     Hi = _inv_pd(H)
@@ -395,6 +400,8 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
                     lo, hi = profile_one(base, x_hat, k, "beta", H, z * float(se_ml[k]), lim)
                 rows[name] = {"lo": lo, "hi": hi}
         for j, name in enumerate(base.names):
+            if parm is not None and name not in parm:
+                continue
             kind = base.kinds[j]
             h = float(se_hint.get(name, math.nan)) if se_hint is not None else math.nan
             step0 = z * h if 0 < h < 2 else 0.5
