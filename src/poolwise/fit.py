@@ -1037,25 +1037,26 @@ class Fit:
         the REML criterion (with a warning) of a REML fit.  Empirical fits only."""
         return _estimates.deviance(self.bound, self._point(), lambda: self.residuals("deviance"))
 
-    def confint(self, method: str = "profile", prob: float = 0.95) -> pd.DataFrame:
+    def confint(self, method: str = "profile", prob: float = 0.95, parm: list[str] | None = None) -> pd.DataFrame:
         """Confidence intervals of an empirical fit's parameters (lme4's ``confint``).
 
         ``method="profile"``: profile likelihood on the ML deviance for every coefficient, σ, SD
         and correlation (as lme4, which refits a REML fit by ML for it;
         :func:`poolwise.profile.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
-        β, on the log / atanh scale for SDs and correlations).  Returns ``lo``, ``hi`` by
-        parameter."""
+        β, on the log / atanh scale for SDs and correlations).  ``parm``: some parameters only, by
+        name.  Returns ``lo``, ``hi`` by parameter."""
         pt, cond = self._point(), self._conditional(with_cov=False, joint=True)
         if pt is None or cond is None:
             raise SpecError("confint() gives confidence intervals of an empirical fit; this fit is Bayesian.",
                             hint="Use summary() for its posterior intervals, or fit with method='empirical'.",
                             option="method")
         if method == "Wald":
-            return self._estimate_summary(prob, False)[["lo", "hi"]]  # type: ignore[no-any-return]
+            wald = self._estimate_summary(prob, False)[["lo", "hi"]]
+            return wald if parm is None else wald.loc[[n for n in wald.index if n in parm]]
         if method != "profile":
             raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
         hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
-        out = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs)
+        out = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, parm=parm)
         order = [n for n in self._estimate_summary(prob, False).index if n in out.index]
         return out.loc[order]
 
