@@ -974,7 +974,17 @@ class Fit:
 
     def fixef(self) -> pd.Series:
         """The fixed effects β̂ by coefficient name (lme4's ``fixef``); for a Bayesian fit their
-        posterior means.  See :mod:`poolwise.estimates`."""
+        posterior means.  See :mod:`poolwise.estimates`.
+
+        Examples
+        --------
+        >>> import poolwise as pw
+        >>> f = pw.fit("reaction ~ night + (1 | driver)", pw.datasets.drivers(seed=1), method="empirical")
+        >>> list(f.fixef().index), list(f.ranef()["driver"].columns)
+        (['Intercept', 'night'], ['Intercept'])
+        >>> f.summary(groups=False).attrs["title"]
+        'REML estimates'
+        """
         return _estimates.fixef(self.bound, self._bayes_draws(), self._point())
 
     def vcov(self, use_hessian: bool = True) -> pd.DataFrame:
