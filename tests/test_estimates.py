@@ -611,3 +611,17 @@ def test_profile_with_three_correlated_terms_reaches_the_bound() -> None:
             r = optimize.minimize(g_, y0, method="Nelder-Mead", options={"maxfev": 4000, "xatol": 1e-7, "fatol": 1e-9})
             best = min(best, _minimize(g_, np.asarray(r.x))[1])
         assert best - d_hat == pytest.approx(target, abs=2e-3), name
+
+
+def test_empirical_accessors_make_no_draws() -> None:
+    """The estimates, their summary and every accessor come from the estimates alone: the fit's
+    draws stay deferred (an empirical fit pays only for what it uses)."""
+    from poolwise.infer import DeferredDraws
+
+    for formula, df, kw in (("Reaction ~ Days + (Days | Subject)", pw.datasets.sleepstudy(), {}),
+                            ("incidence | trials(size) ~ period + (1 | herd)", pw.datasets.cbpp(),
+                             {"family": "binomial"})):
+        f = pw.fit(formula, df, method="empirical", **kw)  # type: ignore[arg-type]
+        f.fixef(), f.vcov(), f.varcorr(), f.ranef(), f.coef(), f.fitted(), f.residuals()
+        f.loglik(), f.aic(), f.bic(), f.summary(), f.notes()
+        assert isinstance(f._draws, DeferredDraws)

@@ -272,8 +272,8 @@ def test_predictive_sample_reads_the_fit(cmp: pw.Comparison) -> None:
     from poolwise.fit import Fit
 
     f = cmp.hierarchical
+    stored = f.idata.posterior_predictive[f.spec.outcome].values.reshape(f.n_samples, -1)  # now stored
     rows, y, rep = predictive_sample(f, n_draws=50)
-    stored = f.idata.posterior_predictive[f.spec.outcome].values.reshape(f.n_samples, -1)
     step = f.n_samples // 50
     np.testing.assert_array_equal(rep, stored[: 50 * step : step])
     np.testing.assert_array_equal(y, f.bound.y)

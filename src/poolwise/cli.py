@@ -67,6 +67,9 @@ OutOpt = Annotated[Path | None, typer.Option(help="Folder to write results to (c
                                              show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help=(
     "Overwrite files that exist in --out (and --report); a link is never written through."))]
+PointwiseOpt = Annotated[bool, typer.Option("--pointwise", help=(
+    "Also write the pointwise log-likelihood and posterior predictive (draws × rows) into the NetCDF "
+    "files of --out (for az.loo and PPC elsewhere); they are most of a file's size."))]
 ReportOpt = Annotated[Path | None, typer.Option(
     help="Write a self-contained HTML report (figures, tables, the recommendation) to this file.",
     show_default=False)]
@@ -95,6 +98,7 @@ def fit_command(
     out: OutOpt = None,
     force: ForceOpt = False,
     engine: EngineOpt = None,
+    pointwise: PointwiseOpt = False,
     intervals: Annotated[str, typer.Option(
         help="Confidence intervals of an empirical fit's SDs, correlations and sigma: Wald (on the log and "
              "atanh scales, fast) or profile (profile likelihood, as lme4's confint).")] = "Wald",
@@ -124,7 +128,7 @@ def fit_command(
         if out is not None:
             with _progress() as step:
                 step(f"writing {out}", 0.0)
-                f.to_netcdf(targets["fit.nc"], overwrite=force)
+                f.to_netcdf(targets["fit.nc"], overwrite=force, pointwise=pointwise)
                 write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
                 # one term: indexed by group; several: by (term, group), with each term's factor
                 pf = f.pooling_factors() if sum(b.q for b in f.bound.blocks) == 1 else pooling_factors(f)
@@ -150,6 +154,7 @@ def compare_command(
     out: OutOpt = None,
     report: ReportOpt = None,
     force: ForceOpt = False,
+    pointwise: PointwiseOpt = False,
 ) -> None:
     """Fit the pooled, unpooled and hierarchical models and compare them.
 
@@ -199,7 +204,7 @@ def compare_command(
                 write_file(targets["table.csv"], table.to_csv, overwrite=force)
                 write_file(targets["loo.csv"], loo.to_csv, overwrite=force)
                 for name, f in cmp.fits.items():
-                    f.to_netcdf(targets[f"{name}.nc"], overwrite=force)
+                    f.to_netcdf(targets[f"{name}.nc"], overwrite=force, pointwise=pointwise)
             _print_written(console, targets.values())
         if report_path is not None:
             from .report import write_report

@@ -700,8 +700,8 @@ def predictive_sample(f: Fit, *, n_draws: int = 50, max_rows: int = 10_000,
     k = max(1, min(int(n_draws), S))
     step = max(1, S // k)
     pick = slice(0, step * k, step)
-    if "posterior_predictive" in f.idata.groups():
-        stored = np.asarray(f.idata.posterior_predictive[f.spec.outcome].values).reshape(S, n)
+    stored = f._stored_predictive()
+    if stored is not None:
         y_rep = stored[pick][:, rows]
     else:
         eta = f._eta(rows, pick)  # type: ignore[arg-type]  # row indices select like a slice
@@ -711,7 +711,7 @@ def predictive_sample(f: Fit, *, n_draws: int = 50, max_rows: int = 10_000,
 
 def _sampler(f: Fit) -> tuple[str, int | None, str]:
     """(how the draws were made, divergences or None, a phrase on divergences) of one fit."""
-    info = f.draws.info if isinstance(f.draws.info, dict) else {}
+    info = f.info if isinstance(f.info, dict) else {}
     stats = f.draws.sample_stats
     if "diverging" in stats:
         n_div = int(np.asarray(stats["diverging"]).sum())
@@ -756,7 +756,7 @@ def diagnostics(f: Fit) -> pd.DataFrame:
     """
     import arviz as az
 
-    post = f.idata.posterior
+    post = f._core_idata().posterior
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant draws: R-hat 0/0
         rhat = az.rhat(post)
@@ -779,8 +779,8 @@ def diagnostics(f: Fit) -> pd.DataFrame:
                          "sampled": sampled})
     out = pd.DataFrame(rows, columns=["parameter", "kind", "n", "r_hat", "ess_bulk", "ess_tail", "sampled"])
     sampler, n_div, text = _sampler(f)
-    out.attrs["fit"] = {"method": f.method, "sampler": sampler, "chains": f.draws.n_chains,
-                        "draws": f.draws.n_draws, "divergences": n_div, "divergences_text": text}
+    out.attrs["fit"] = {"method": f.method, "sampler": sampler, "chains": f.n_chains,
+                        "draws": f.n_draws, "divergences": n_div, "divergences_text": text}
     return out
 
 
@@ -1006,7 +1006,7 @@ def loo(f: Fit, *, max_refits: int = MAX_REFITS, max_seconds: float = MAX_SECOND
     from scipy.special import logsumexp
 
     S = f.n_samples
-    ess = az.ess(f.idata.posterior, method="mean")
+    ess = az.ess(f._core_idata().posterior, method="mean")
     # relative efficiency exactly as arviz.loo computes it
     reff = float(np.hstack([ess[v].values.ravel() for v in ess.data_vars]).mean()) / S
     reff = reff if math.isfinite(reff) and reff > 0 else 1.0
@@ -1052,7 +1052,7 @@ def loo(f: Fit, *, max_refits: int = MAX_REFITS, max_seconds: float = MAX_SECOND
 
 
 def _seed(f: Fit) -> int:
-    return int(f.draws.info.get("seed", 0)) if isinstance(getattr(f.draws, "info", None), dict) else 0
+    return int(f.info.get("seed", 0)) if isinstance(f.info, dict) else 0
 
 
 def logo(f: Fit, *, max_refits: int = MAX_REFITS, draws: int = 250, chains: int = 4, folds: int = 10,

@@ -4,9 +4,10 @@
 pointwise log-likelihood and predictions go through the family's NumPy methods
 (:class:`~poolwise.families.Family`).  ``Fit`` holds an ArviZ ``InferenceData`` (convertible to
 an xarray DataTree) rather than being one, so a move to ArviZ 1.x stays inside this module and
-``compare.py``.  Arrays of draws × rows
-(pointwise log-likelihood, posterior predictive) are put into the results only when they fit a
-memory budget; otherwise they are computed on demand, in chunks of rows.  The arithmetic of
+``compare.py``.  A fit pays only for what it uses: the InferenceData is built on first access, an
+empirical fit's draws are made on first use, and arrays of draws × rows (pointwise
+log-likelihood, posterior predictive) are put into the results only when ``idata`` is read and
+they fit a memory budget; otherwise they are computed on demand, in chunks of rows.  The arithmetic of
 pooling factors is in :mod:`poolwise.pooling`, that of prior predictive draws and of new rows in
 :mod:`poolwise.predictive`; how the data are bound (in memory or inside DuckDB/Spark) in
 :func:`poolwise.query.bind_data`.
@@ -32,7 +33,7 @@ from . import predictive as _predictive
 from . import reduce as _reduce
 from .errors import DataError, SpecError
 from .families import separation, separation_text
-from .infer import BlockDraws, Draws, Progress, run
+from .infer import BlockDraws, DeferredDraws, Draws, Progress, run
 from .output import write_file
 from .priors import Prior
 from .query import bind_data
@@ -251,30 +252,102 @@ class Fit:
     bound
         What was derived from the data (:class:`BoundSpec`).
     draws
-        The raw :class:`~poolwise.infer.Draws`.
+        The raw :class:`~poolwise.infer.Draws` (an empirical fit makes them on first access).
     idata
-        ArviZ InferenceData: ``posterior``, ``sample_stats``, ``observed_data``, and
-        ``log_likelihood`` / ``posterior_predictive`` when they fit the memory budget.
+        ArviZ InferenceData, built on first access: ``posterior``, ``sample_stats``,
+        ``observed_data``, and ``log_likelihood`` / ``posterior_predictive`` when they fit the
+        memory budget.
+
+    Every fit pays only for what it uses: ``fit()`` returns with the draws (an empirical fit with
+    its estimates only, the draws made when first used), the InferenceData is built when first
+    asked for, and the arrays of draws × rows (pointwise log-likelihood, posterior predictive)
+    only when ``idata`` is read or they are written (``to_netcdf(pointwise=True)``); LOO and the
+    predictive checks compute what they need in chunks.
     """
 
-    def __init__(self, bound: BoundSpec, draws: Draws, *, memory_budget: int = MEMORY_BUDGET) -> None:
+    def __init__(self, bound: BoundSpec, draws: Draws | DeferredDraws, *,
+                 memory_budget: int = MEMORY_BUDGET) -> None:
         self.bound = bound
         self.spec = bound.spec
-        self.draws = draws
+        self._draws = draws
         self.memory_budget = memory_budget
-        self.block_draws: tuple[BlockDraws, ...] = draws.block_draws()
-        if len(self.block_draws) != len(bound.blocks):
-            raise SpecError(f"The draws hold {len(self.block_draws)} group blocks but the model has "
-                            f"{len(bound.blocks)}.", hint="Pass the draws made for this bound spec.")
+        self._block_draws: tuple[BlockDraws, ...] | None = None
+        if isinstance(draws, Draws):
+            self._check_blocks()
         self._moments: tuple[np.ndarray, np.ndarray] | None = None
         self._diagnostics: pd.DataFrame | None = None
         self._separation: list[str] | None = None
-        self.idata = _to_inference_data(self)
+        self._idata: Any = None  # the InferenceData without the draws × rows arrays, built once
+        self._pointwise_added = False
 
     # -- basic facts -------------------------------------------------------------------------
     @property
+    def draws(self) -> Draws:
+        """The draws (:class:`~poolwise.infer.Draws`); an empirical fit's are made here, once."""
+        if isinstance(self._draws, DeferredDraws):
+            self._draws = self._draws.realize()
+            self._check_blocks()
+        return self._draws
+
+    def _check_blocks(self) -> None:
+        got = len(self.block_draws)
+        if got != len(self.bound.blocks):
+            raise SpecError(f"The draws hold {got} group blocks but the model has {len(self.bound.blocks)}.",
+                            hint="Pass the draws made for this bound spec.")
+
+    @property
+    def block_draws(self) -> tuple[BlockDraws, ...]:
+        """The draws per grouping factor (:meth:`~poolwise.infer.Draws.block_draws`)."""
+        if self._block_draws is None:
+            self._block_draws = self.draws.block_draws()
+        return self._block_draws
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Settings, notes and (empirical fits) estimates of the run, without making any draws."""
+        return self._draws.info
+
+    @property
+    def n_chains(self) -> int:
+        return self._draws.n_chains
+
+    @property
+    def n_draws(self) -> int:
+        """Draws per chain."""
+        return self._draws.n_draws
+
+    @property
+    def idata(self) -> Any:
+        """ArviZ InferenceData of the fit (built on first access), with the pointwise
+        log-likelihood and posterior predictive when they fit the memory budget."""
+        idata = self._core_idata()
+        if not self._pointwise_added:
+            self._pointwise_added = True
+            if self.eager_pointwise:
+                ll, pp = self._pointwise(seed=0)
+                name = self.spec.outcome
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    idata.add_groups({"log_likelihood": {name: ll}, "posterior_predictive": {name: pp}},
+                                     dims={name: ["obs"]}, coords={"obs": np.arange(self.bound.n_obs)})
+        return idata
+
+    def _stored_predictive(self) -> np.ndarray | None:
+        """The posterior predictive (draws, rows) when :attr:`idata` already holds it, else ``None``
+        (never builds it)."""
+        if not self._pointwise_added or "posterior_predictive" not in self._idata.groups():
+            return None
+        return np.asarray(self._idata.posterior_predictive[self.spec.outcome].values).reshape(self.n_samples, -1)
+
+    def _core_idata(self) -> Any:
+        """The InferenceData without arrays of draws × rows (what summaries and diagnostics read)."""
+        if self._idata is None:
+            self._idata = _to_inference_data(self)
+        return self._idata
+
+    @property
     def method(self) -> str:
-        return self.draws.method
+        return self._draws.method
 
     @property
     def pooling(self) -> Pooling:
@@ -299,7 +372,7 @@ class Fit:
 
     @property
     def n_samples(self) -> int:
-        return self.draws.n_chains * self.draws.n_draws
+        return self.n_chains * self.n_draws
 
     @property
     def value_draws(self) -> np.ndarray | None:
@@ -363,8 +436,8 @@ class Fit:
         groups = (str(b.n_groups) if len(b.blocks) == 1
                   else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
         return (f"<poolwise.Fit {self.spec.formula!r} family={self.spec.fam.name} pooling={pooling} "
-                f"method={self.method} rows={b.n_obs} groups={groups} draws={self.draws.n_chains}×"
-                f"{self.draws.n_draws}>")
+                f"method={self.method} rows={b.n_obs} groups={groups} draws={self.n_chains}×"
+                f"{self.n_draws}>")
 
     # -- draws as arrays -------------------------------------------------------------------
     def param(self, name: str) -> np.ndarray:
@@ -633,17 +706,18 @@ class Fit:
         import arviz as az
 
         skip = set() if groups else set(self.group_vars)
-        names = [n for n in self.idata.posterior.data_vars if n not in skip]
+        idata = self._core_idata()
+        names = [n for n in idata.posterior.data_vars if n not in skip]
         with warnings.catch_warnings():  # a constant (REML estimates, a fixed setting) has no R-hat: NaN in the table
             warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-            out = az.summary(self.idata, var_names=names, hdi_prob=hdi_prob, kind="all", round_to="none")
-            if groups and "group_values" in self.idata.groups():  # thinned group values: their own draws
-                gv = self.idata["group_values"]
+            out = az.summary(idata, var_names=names, hdi_prob=hdi_prob, kind="all", round_to="none")
+            if groups and "group_values" in idata.groups():  # thinned group values: their own draws
+                gv = idata["group_values"]
                 gv = (gv.to_dataset() if hasattr(gv, "to_dataset") else gv).rename({"value_draw": "draw"})
                 out = pd.concat([out, az.summary(gv, hdi_prob=hdi_prob, kind="all", round_to="none")])
         # from the unrounded R-hat and ESS where diagnostics() checked the row, else from this table's own
         flags = self.diagnostics()["flag"].reindex(out.index)
-        out["flag"] = flags.fillna(convergence_flags(out, self.draws.n_chains))
+        out["flag"] = flags.fillna(convergence_flags(out, self.n_chains))
         out.attrs["priors"] = self.priors
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
@@ -684,7 +758,7 @@ class Fit:
         if self._diagnostics is None:
             import arviz as az
 
-            post = self.idata.posterior
+            post = self._core_idata().posterior
             gvars = [n for n in self.group_vars if n in post.data_vars]
             total = sum(int(np.prod([post[n].sizes[d] for d in post[n].dims[2:]])) for n in gvars)
             ds = post[[n for n in post.data_vars if n not in gvars]]
@@ -700,7 +774,7 @@ class Fit:
             with warnings.catch_warnings():  # constants have no R-hat: NaN
                 warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
                 table = az.summary(ds, kind="diagnostics", round_to="none")[["r_hat", "ess_bulk", "ess_tail"]]
-            table["flag"] = convergence_flags(table, self.draws.n_chains)
+            table["flag"] = convergence_flags(table, self.n_chains)
             table.attrs.update(groups_checked=checked, groups_total=total)
             self._diagnostics = table
         return self._diagnostics
@@ -711,7 +785,7 @@ class Fit:
         bad = table[table["flag"] != ""]
         if bad.empty:
             return None
-        chains = self.draws.n_chains
+        chains = self.n_chains
         order = (bad["r_hat"] - 1.0).rank(ascending=False) + bad[["ess_bulk", "ess_tail"]].min(axis=1).rank()
         shown = bad.loc[order.sort_values(kind="stable").index[:5]]
         items = [f"{name} (R-hat {row.r_hat:.3f}, bulk ESS {row.ess_bulk:.0f}, tail ESS {row.ess_tail:.0f})"
@@ -758,7 +832,7 @@ class Fit:
         """Plain-language notes on the run: parameters that have not converged (R-hat, ESS),
         separation of a binary outcome, divergent transitions at each NUTS attempt, sampler
         fallbacks."""
-        info = self.draws.info
+        info = self.info
         out: list[str] = []
         conv = self._convergence_note() if self.method != "empirical" else None  # estimates: nothing sampled
         if conv:
@@ -791,9 +865,9 @@ class Fit:
                        "conditional SDs.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
-        vd = self.value_draws
+        vd = None if isinstance(self._draws, DeferredDraws) else self.value_draws  # not drawn: nothing thinned
         if vd is not None:
-            out.append(f"Group values kept for {vd.size} of {self.draws.n_draws} draws per chain (draws × groups pass "
+            out.append(f"Group values kept for {vd.size} of {self.n_draws} draws per chain (draws × groups pass "
                        "the group_budget); coefficients and hyperparameters keep every draw; group_estimates() gives "
                        "each group's mean and SD from every draw (Rao-Blackwellized) with a normal interval, other "
                        "group-level results use the kept draws.")
@@ -940,7 +1014,7 @@ class Fit:
 
     def _run_info(self) -> Mapping[str, Any]:
         """The inference path's ``info`` (estimates, loglik, criterion, method)."""
-        return self.draws.info
+        return self.info
 
     def _bayes_draws(self) -> Draws | None:
         """The draws a Bayesian fit's accessors summarize; ``None`` for an empirical fit (its
@@ -1140,10 +1214,16 @@ class Fit:
                              "new_group": any_new}, index=frame.index)
 
     # -- output ------------------------------------------------------------------------------
-    def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write the results to a NetCDF file, whole or not at all (:func:`poolwise.output.write_file`);
-        never overwrites unless asked, never through a link."""
-        return write_file(path, self.idata.to_netcdf, overwrite=overwrite)
+    def to_netcdf(self, path: str | os.PathLike[str], *, overwrite: bool = False, pointwise: bool = False) -> str:
+        """Write the results to a NetCDF file (compressed), whole or not at all
+        (:func:`poolwise.output.write_file`); never overwrites unless asked, never through a link.
+
+        The pointwise log-likelihood and posterior predictive (draws × rows, most of the size of
+        a fit's file) are written only with ``pointwise=True`` (and when they fit the memory budget)."""
+        idata = self.idata if pointwise else self._core_idata()
+        skip = set() if pointwise else {"log_likelihood", "posterior_predictive"}
+        groups = [g for g in idata.groups() if g not in skip]
+        return write_file(path, lambda tmp: idata.to_netcdf(tmp, compress=True, groups=groups), overwrite=overwrite)
 
 
 def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:
@@ -1165,7 +1245,7 @@ def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:
 
 
 def _to_inference_data(f: Fit) -> Any:
-    """The single Draws → InferenceData converter."""
+    """The single Draws → InferenceData converter (without the arrays of draws × rows)."""
     import arviz as az
 
     b, d = f.bound, f.draws
@@ -1201,14 +1281,9 @@ def _to_inference_data(f: Fit) -> Any:
     observed = {b.spec.outcome: b.y} if b.has_rows else None
     if b.has_rows:  # (reduced in the query: no row arrays, so no observed data nor an 'obs' coordinate)
         dims[b.spec.outcome] = ["obs"]
-    kwargs: dict[str, Any] = {}
-    if f.eager_pointwise:
-        ll, pp = f._pointwise(seed=0)
-        kwargs["log_likelihood"] = {b.spec.outcome: ll}
-        kwargs["posterior_predictive"] = {b.spec.outcome: pp}
-    idata = az.from_dict(
+    idata = az.from_dict(  # the arrays of draws × rows are added by Fit.idata on first access
         posterior=posterior, sample_stats=dict(d.sample_stats) or None, observed_data=observed,
-        coords=coords, dims=dims, **kwargs,
+        coords=coords, dims=dims,
     )
     if thinned:
         import xarray as xr

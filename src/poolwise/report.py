@@ -288,7 +288,7 @@ def _section_model(cmp: Comparison) -> str:
     for name, f in cmp.fits.items():
         settings = f.priors[f.priors["source"] == "pooling"]
         sigma = "; ".join(f"{k} = {v}" for k, v in settings["prior"].items()) or "learned (priors below)"
-        rows.append({"pooling": name, "method": f.method, "draws": f"{f.draws.n_chains} × {f.draws.n_draws}",
+        rows.append({"pooling": name, "method": f.method, "draws": f"{f.n_chains} × {f.n_draws}",
                      "sampler": diag[name]["sampler"], "group SDs": sigma})
     table = _frame_html(pd.DataFrame(rows).set_index("pooling"), index_name="pooling", raw=False,
                         caption="The three fits: one model, the population SD τ set three ways")

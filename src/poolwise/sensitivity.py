@@ -178,7 +178,7 @@ def _quantities(f: Fit) -> tuple[list[str], list[str], np.ndarray]:
     cols: list[np.ndarray] = []
     skip = set(f.group_vars)
     coefs = set(f.bound.coef_names)
-    for name in f.idata.posterior.data_vars:
+    for name in f._core_idata().posterior.data_vars:
         name = str(name)
         if name in skip:
             continue

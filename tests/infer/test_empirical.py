@@ -121,7 +121,7 @@ def paired(request: pytest.FixtureRequest) -> tuple[BoundSpec, Draws, Any, bool]
     df = _rdata(name)
     ours_f, sm_f, group, re_f = CASES[name]
     bound = _bind(ours_f, df)
-    draws = run(bound, method="empirical", seed=0, reml=reml)
+    draws = run(bound, method="empirical", seed=0, reml=reml).realize()
     return bound, draws, _statsmodels(df, sm_f, group, reml, re_f), reml
 
 
@@ -165,7 +165,7 @@ def test_blups_are_the_mean_of_the_group_draws(paired: tuple[BoundSpec, Draws, A
 
 def test_sleepstudy_matches_lme4_published_reml() -> None:
     """lme4's ``lmer(Reaction ~ Days + (Days | Subject), sleepstudy)`` (Bates et al., 2015, §1)."""
-    d = run(_bind("Reaction ~ Days + (Days | Subject)", _rdata("sleepstudy")), method="empirical", seed=0)
+    d = run(_bind("Reaction ~ Days + (Days | Subject)", _rdata("sleepstudy")), method="empirical", seed=0).realize()
     est = d.info["estimates"]
     # the published values are rounded (and lme4's optimum is looser than ours: its intercept SD
     # 24.741 against 24.74045 here and 24.74042 by statsmodels), hence 1e-4 relative
@@ -185,7 +185,7 @@ CBPP = "incidence | trials(size) ~ period + (1 | herd)"
 
 def test_cbpp_matches_glmer() -> None:
     """lme4's ``glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), binomial, cbpp)``."""
-    d = run(_bind(CBPP, _rdata("cbpp"), "binomial"), method="empirical", seed=0)
+    d = run(_bind(CBPP, _rdata("cbpp"), "binomial"), method="empirical", seed=0).realize()
     est = d.info["estimates"]
     assert d.info["method"] == "Laplace" and d.info["converged"]
     np.testing.assert_allclose(est["beta"], [-1.3983, -0.9919, -1.1282, -1.5797], rtol=1e-3)
@@ -235,7 +235,7 @@ def test_laplace_recovers_simulated_truth(family: str) -> None:
     y = rng.poisson(np.exp(eta)) if family == "poisson" else (rng.random(g.size) < special.expit(eta))
     df = pd.DataFrame({"y": y.astype(int), "x": x, "g": [f"g{k}" for k in g]})
     bound = _bind("y ~ x + (1 | g)", df, family)
-    d = run(bound, method="empirical", seed=0, chains=2, draws=500)
+    d = run(bound, method="empirical", seed=0, chains=2, draws=500).realize()
     est = d.info["estimates"]
     assert d.info["converged"]
     np.testing.assert_allclose(est["beta"], [0.3, 0.5], atol=0.25)
@@ -263,7 +263,7 @@ def test_fit_dispatch_and_reml_option() -> None:
 def test_fixed_sigma_pooling() -> None:
     df = _rdata("radon")
     d = run(_bind("log_radon ~ floor + (1 | county)", df).spec.replace(pooling="pooled").bind(read_table(df)),
-            method="empirical", seed=0, chains=1, draws=50)
+            method="empirical", seed=0, chains=1, draws=50).realize()
     assert d.tau is None and d.b is None
     ols = np.linalg.lstsq(np.c_[np.ones(len(df)), df["floor"]], df["log_radon"], rcond=None)[0]
     np.testing.assert_allclose(d.info["estimates"]["beta"], ols, rtol=1e-8)

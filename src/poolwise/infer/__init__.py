@@ -1,7 +1,8 @@
 """Inference: a bound spec and its reduced data in, a :class:`Draws` record out.
 
 Every method returns the same record — arrays shaped (chain, draw, …) with plain names —
-so that ``fit.py`` needs one converter to ArviZ.  No labels, no ArviZ here.
+so that ``fit.py`` needs one converter to ArviZ.  No labels, no ArviZ here.  An empirical fit
+returns :class:`DeferredDraws` instead: its estimates at once, its draws when first used.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import SpecError
 from ..spec import BoundSpec
 
-__all__ = ["Draws", "BlockDraws", "run", "METHODS", "Progress"]
+__all__ = ["Draws", "DeferredDraws", "BlockDraws", "run", "METHODS", "Progress"]
 
 METHODS = ("exact", "nuts", "empirical", "laplace")
 
@@ -108,6 +109,25 @@ class Draws:
         return int(self.beta.shape[1])
 
 
+@dataclass(frozen=True)
+class DeferredDraws:
+    """The draws of a fit made only when first used (an empirical fit: its estimates are in ``info``).
+
+    Has the facts of :class:`Draws` that need no draws (``method``, ``info``, ``n_chains``,
+    ``n_draws``); :meth:`realize` makes them (deterministic: the same seed, the same draws,
+    whenever it is called), with this record's ``info``.
+    """
+
+    method: str
+    info: dict[str, Any]
+    n_chains: int
+    n_draws: int
+    make: Callable[[], Draws]
+
+    def realize(self) -> Draws:
+        return replace(self.make(), info=self.info)
+
+
 def run(
     bound: BoundSpec,
     *,
@@ -119,8 +139,8 @@ def run(
     progress: Progress | None = None,
     group_budget: int | None = None,
     **options: Any,
-) -> Draws:
-    """Dispatch to an inference method.
+) -> Draws | DeferredDraws:
+    """Dispatch to an inference method (``method="empirical"``: :class:`DeferredDraws`).
 
     ``group_budget`` (bytes) caps the stored group values of the exact and empirical paths of
     the varying-intercept model: past it they are kept for a thinned subset of the draws.

@@ -39,9 +39,11 @@ W), and the criterion is h(û) − ½ log|H|.  As lme4's glmer, θ (the entries 
 optimized with (β, u) at their joint mode (PIRLS), then (β, θ) jointly on the Laplace criterion.
 One factor keeps the per-group path above (batched over the groups, faster).
 
-The hyperparameters are constant across the draws (they are point estimates); ``info`` holds the
-``estimates``, ``loglik`` (ℓ at the optimum), ``criterion`` (−2ℓ), ``converged`` and ``method``
-(``"REML"``, ``"ML"`` or ``"Laplace"``).
+Every route returns a :class:`~poolwise.infer.DeferredDraws`: the estimates at once, the draws of β
+and the group values only when first used (a fit that is only read for its estimates never makes
+them).  The hyperparameters are constant across the draws (they are point estimates); ``info``
+holds the ``estimates``, ``loglik`` (ℓ at the optimum), ``criterion`` (−2ℓ), ``converged`` and
+``method`` (``"REML"``, ``"ML"`` or ``"Laplace"``).
 
 References
 ----------
@@ -70,7 +72,7 @@ from ..errors import DataError, SpecError
 from ..families import separation, separation_text
 from ..reduce import BlockStats, Reduced, bound_block_stats, reduce, sparse_stats
 from ..spec import BoundSpec
-from . import BlockDraws, Draws, Progress
+from . import BlockDraws, DeferredDraws, Draws, Progress
 from . import blockmath, exact, imh
 
 __all__ = ["gaussian_loglik", "block_loglik", "laplace_loglik", "sample"]
@@ -364,11 +366,10 @@ def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, i
 
 
 def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: bool,
-              group_budget: int | None = None) -> Draws:
+              group_budget: int | None = None) -> DeferredDraws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
     hyp = _Hyper(bound.has_sigma, blk.q, blk.Sigma, blk.term.correlated)
-    rng = np.random.default_rng(seed)
     C, D = chains, draws
     if bound.simple:
         red = reduce(bound)
@@ -415,29 +416,15 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
         theta, ll, converged, n_eval = _maximize(f, starts, np.full(hyp.dim, 0.5))
     sigma, sd, L, Lam = hyp.unpack(theta)
     corr = None if L is None else L @ L.T
-    sig_d = np.full(C * D, sigma)
     pooled = blk.pooled
     if bound.simple:
         tau = float(Lam[0, 0])
         beta_hat = exact.conditional_moments(red, _flat(red.p), np.array([sigma]), np.array([tau]),
                                              groups=False)[0][0]
-        # the hyperparameters are fixed: the sums over groups once, shared by every draw
-        one = exact.group_sums(red, np.array([tau**2 / sigma**2]), logdet=False)
-        keep = exact.thinned_draws(C, D, red.n_groups, group_budget)
-        with np.errstate(all="ignore"):
-            beta, b = exact.draw_conditional(red, _flat(red.p), sig_d, np.full(C * D, tau), rng,
-                                             with_groups=not pooled, sums=one.take(np.zeros(C * D, dtype=np.int64)),
-                                             group_rows=None if keep is None else exact.flat_rows(C, D, keep))
-        values = None if b is None else b.reshape(C, -1, red.n_groups, 1)
     else:
         beta_hat = _block_gls(stats, sigma, Lam)[0]
-        with np.errstate(all="ignore"):
-            beta, bq = blockmath._np_draw(stats, np.zeros(stats.p), np.full(stats.p, np.inf), sig_d,
-                                          np.ascontiguousarray(np.broadcast_to(Lam, (C * D,) + Lam.shape)), rng)
-        values = None if pooled else bq.reshape(C, D, blk.n_groups, blk.q)
     shift = red.shift if bound.simple else stats.shift  # β back from the statistics' shifted coordinates
-    beta_hat, beta = shift.unshift(beta_hat), shift.unshift(beta)
-    estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
+    estimates: dict[str, Any] = {"beta": shift.unshift(beta_hat).tolist()}
     if bound.has_sigma:
         estimates["sigma"] = sigma
     if sd is not None:
@@ -446,16 +433,35 @@ def _gaussian(bound: BoundSpec, *, seed: int, chains: int, draws: int, reml: boo
         estimates["corr"] = corr.tolist()
     info = {"method": "REML" if reml else "ML", "estimates": estimates, "loglik": ll, "criterion": -2.0 * ll,
             "converged": converged, "evaluations": n_eval, "seconds": time.perf_counter() - t0}
-    sigma_draws = np.full((C, D), sigma) if bound.has_sigma else None
-    beta = beta.reshape(C, D, -1)
-    if bound.simple:
-        return Draws(beta=beta, sigma=sigma_draws, tau=None if sd is None else np.full((C, D), float(sd[0])),
-                     b=None if values is None else values[..., 0], method="empirical", info=info,
-                     value_draws=None if values is None else keep)
-    sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
-    corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
-    return Draws(beta=beta, sigma=sigma_draws, tau=None, b=None, method="empirical", info=info,
-                 blocks=(BlockDraws(sd=sd_d, corr=corr_d, values=values),))
+
+    def make() -> Draws:
+        rng = np.random.default_rng(seed)
+        sig_d = np.full(C * D, sigma)
+        sigma_draws = np.full((C, D), sigma) if bound.has_sigma else None
+        if bound.simple:
+            # the hyperparameters are fixed: the sums over groups once, shared by every draw
+            one = exact.group_sums(red, np.array([tau**2 / sigma**2]), logdet=False)
+            keep = exact.thinned_draws(C, D, red.n_groups, group_budget)
+            with np.errstate(all="ignore"):
+                beta, b = exact.draw_conditional(red, _flat(red.p), sig_d, np.full(C * D, tau), rng,
+                                                 with_groups=not pooled,
+                                                 sums=one.take(np.zeros(C * D, dtype=np.int64)),
+                                                 group_rows=None if keep is None else exact.flat_rows(C, D, keep))
+            beta = shift.unshift(beta).reshape(C, D, -1)
+            values = None if b is None else b.reshape(C, -1, red.n_groups)
+            return Draws(beta=beta, sigma=sigma_draws, tau=None if sd is None else np.full((C, D), float(sd[0])),
+                         b=values, method="empirical", info=info, value_draws=None if values is None else keep)
+        with np.errstate(all="ignore"):
+            beta, bq = blockmath._np_draw(stats, np.zeros(stats.p), np.full(stats.p, np.inf), sig_d,
+                                          np.ascontiguousarray(np.broadcast_to(Lam, (C * D,) + Lam.shape)), rng)
+        sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
+        corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
+        return Draws(beta=shift.unshift(beta).reshape(C, D, -1), sigma=sigma_draws, tau=None, b=None,
+                     method="empirical", info=info,
+                     blocks=(BlockDraws(sd=sd_d, corr=corr_d,
+                                        values=None if pooled else bq.reshape(C, D, blk.n_groups, blk.q)),))
+
+    return DeferredDraws(method="empirical", info=info, n_chains=C, n_draws=D, make=make)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -589,7 +595,7 @@ def laplace_loglik(bound: BoundSpec, beta: np.ndarray, Lam: np.ndarray) -> float
     return _Laplace(bound)(np.asarray(beta, dtype=float), np.asarray(Lam, dtype=float))
 
 
-def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
+def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> DeferredDraws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
     lap = _Laplace(bound)
@@ -621,21 +627,9 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
     HinvLtZWX = np.linalg.solve(H, LtZWX)
     prec = X.T @ (wi[:, None] * X) - np.einsum("jak,jal->kl", LtZWX, HinvLtZWX)
     prec = 0.5 * (prec + prec.T)
-    rng = np.random.default_rng(seed)
     C, D = chains, draws
     N = C * D
-    if p:
-        cov = np.linalg.inv(prec)
-        beta = beta_hat + rng.standard_normal((N, p)) @ np.linalg.cholesky(0.5 * (cov + cov.T)).T
-    else:
-        cov = np.zeros((0, 0))
-        beta = np.zeros((N, 0))
-    dev = beta - beta_hat  # (N, p)
-    mean_u = u[None] - np.einsum("jak,nk->nja", HinvLtZWX, dev)  # (N, J, q)
-    cH = np.linalg.cholesky(H)  # u_j noise: C_j⁻ᵀ ε has covariance H_j⁻¹
-    eps = rng.standard_normal((N, lap.J, lap.q, 1))
-    noise = np.linalg.solve(np.swapaxes(cH, -1, -2)[None], eps)[..., 0]
-    vals = (mean_u + noise) @ Lam.T  # b_j = Λu_j
+    cov = np.linalg.inv(prec) if p else np.zeros((0, 0))
     estimates: dict[str, Any] = {"beta": beta_hat.tolist(), "beta_cov": cov.tolist()}
     if sd is not None:
         estimates["sd"] = sd.tolist()
@@ -643,15 +637,30 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Draws:
         estimates["corr"] = corr.tolist()
     info = {"method": "Laplace", "estimates": estimates, "loglik": ll, "criterion": -2.0 * ll,
             "converged": bool(converged and inner_ok), "evaluations": n_eval, "seconds": time.perf_counter() - t0}
-    beta_d = beta.reshape(C, D, p)
-    values = None if blk.pooled else vals.reshape(C, D, lap.J, lap.q)
-    if bound.simple:
-        return Draws(beta=beta_d, sigma=None, tau=None if sd is None else np.full((C, D), float(sd[0])),
-                     b=None if values is None else values[..., 0], method="empirical", info=info)
-    sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
-    corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
-    return Draws(beta=beta_d, sigma=None, tau=None, b=None, method="empirical", info=info,
-                 blocks=(BlockDraws(sd=sd_d, corr=corr_d, values=values),))
+
+    def make() -> Draws:
+        rng = np.random.default_rng(seed)
+        if p:
+            beta = beta_hat + rng.standard_normal((N, p)) @ np.linalg.cholesky(0.5 * (cov + cov.T)).T
+        else:
+            beta = np.zeros((N, 0))
+        dev = beta - beta_hat  # (N, p)
+        mean_u = u[None] - np.einsum("jak,nk->nja", HinvLtZWX, dev)  # (N, J, q)
+        cH = np.linalg.cholesky(H)  # u_j noise: C_j⁻ᵀ ε has covariance H_j⁻¹
+        eps = rng.standard_normal((N, lap.J, lap.q, 1))
+        noise = np.linalg.solve(np.swapaxes(cH, -1, -2)[None], eps)[..., 0]
+        vals = (mean_u + noise) @ Lam.T  # b_j = Λu_j
+        beta_d = beta.reshape(C, D, p)
+        values = None if blk.pooled else vals.reshape(C, D, lap.J, lap.q)
+        if bound.simple:
+            return Draws(beta=beta_d, sigma=None, tau=None if sd is None else np.full((C, D), float(sd[0])),
+                         b=None if values is None else values[..., 0], method="empirical", info=info)
+        sd_d = None if sd is None else np.broadcast_to(sd, (C, D, blk.q)).copy()
+        corr_d = None if corr is None else np.broadcast_to(corr, (C, D, blk.q, blk.q)).copy()
+        return Draws(beta=beta_d, sigma=None, tau=None, b=None, method="empirical", info=info,
+                     blocks=(BlockDraws(sd=sd_d, corr=corr_d, values=values),))
+
+    return DeferredDraws(method="empirical", info=info, n_chains=C, n_draws=D, make=make)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1033,7 +1042,7 @@ def _minimize_fd(fun: Callable[[np.ndarray], float], x0: np.ndarray, bounds: lis
 
 
 def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
-                     progress: Progress | None = None) -> Draws:
+                     progress: Progress | None = None) -> DeferredDraws:
     from . import sparse
 
     lap = _CrossedLaplace(bound)
@@ -1042,7 +1051,7 @@ def _laplace_crossed(bound: BoundSpec, *, seed: int, chains: int, draws: int,
 
 
 def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, chains: int, draws: int,
-                         progress: Progress | None = None) -> Draws:
+                         progress: Progress | None = None) -> DeferredDraws:
     """Laplace (lme4's glmer, nAGQ = 1) for several grouping factors.
 
     As glmer: first θ (lme4's Λ entries, diagonals ≥ 0) with (β, u) at their joint mode (PIRLS,
@@ -1101,20 +1110,12 @@ def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, c
     lams = lams_of(theta)
     u, ll, inner_ok = lap.modes(beta_hat, lams)
     prec, Cb = lap.gaussian(beta_hat, lams, u)
-    if progress:
-        progress("group values", 0.8)
-    # the Gaussian approximation of (β, u): β ~ N(β̂, prec⁻¹), u | β ~ N(û − P'L⁻ᵀCb(β − β̂), A⁻¹)
-    rng = np.random.default_rng(seed)
+    # the Gaussian approximation of (β, u): β ~ N(β̂, prec⁻¹), u | β ~ N(û − P'L⁻ᵀCb(β − β̂), A⁻¹), made
+    # when first used through the factor of A kept by ``lap``
     C, D = chains, draws
     N = C * D
-    if p:
-        cov = np.linalg.inv(prec)
-        cov = 0.5 * (cov + cov.T)
-        beta = beta_hat + rng.standard_normal((N, p)) @ np.linalg.cholesky(cov).T
-    else:
-        cov, beta = np.zeros((0, 0)), np.zeros((N, 0))
-    a = u[:, None] + lap.fz.solve_Lt(rng.standard_normal((lap.Q, N)) - Cb @ (beta - beta_hat).T)
-    values = sparse._lam(lams, lap.st, a)  # per factor (N, J, q)
+    cov = np.linalg.inv(prec) if p else np.zeros((0, 0))
+    cov = 0.5 * (cov + cov.T)
     sds: list[np.ndarray | None] = []
     corrs: list[np.ndarray | None] = []
     sd_est: dict[str, float] = {}
@@ -1144,8 +1145,17 @@ def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, c
     info = {"method": "Laplace", "estimates": estimates, "loglik": ll, "criterion": -2.0 * ll,
             "theta": theta.tolist(), "converged": bool(ok1 and ok2 and inner_ok and math.isfinite(ll)),
             "evaluations": ne1 + ne2, "factorization": lap.fz.backend, "seconds": time.perf_counter() - t0}
-    return Draws(beta=beta.reshape(C, D, p), sigma=None, tau=None, b=None, method="empirical", info=info,
-                 blocks=sparse._blocks(bound, C, D, sds, corrs, values))
+
+    def make() -> Draws:
+        rng = np.random.default_rng(seed)
+        beta = (beta_hat + rng.standard_normal((N, p)) @ np.linalg.cholesky(cov).T) if p else np.zeros((N, 0))
+        with sparse._blas(lap.fz):
+            a = u[:, None] + lap.fz.solve_Lt(rng.standard_normal((lap.Q, N)) - Cb @ (beta - beta_hat).T)
+        values = sparse._lam(lams, lap.st, a)  # per factor (N, J, q)
+        return Draws(beta=beta.reshape(C, D, p), sigma=None, tau=None, b=None, method="empirical", info=info,
+                     blocks=sparse._blocks(bound, C, D, sds, corrs, values))
+
+    return DeferredDraws(method="empirical", info=info, n_chains=C, n_draws=D, make=make)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1224,7 +1234,7 @@ def sample(
     progress: Progress | None = None,
     reml: bool = True,
     group_budget: int | None = None,
-) -> Draws:
+) -> DeferredDraws:
     """Empirical Bayes: hyperparameters at their (restricted) marginal maximum, then the conditional draws.
 
     Parameters
@@ -1243,8 +1253,8 @@ def sample(
 
     Returns
     -------
-    Draws
-        ``method="empirical"``; ``info`` holds ``estimates``, ``loglik``, ``criterion`` (−2 loglik,
+    DeferredDraws
+        ``method="empirical"``, the draws made when first used; ``info`` holds ``estimates``, ``loglik``, ``criterion`` (−2 loglik,
         lme4's "REML criterion" or deviance), ``converged`` and ``method``.
 
     Raises

@@ -62,7 +62,7 @@ from scipy import optimize
 from ..priors import Prior
 from ..reduce import SparseStats, bound_sparse_stats
 from ..spec import BoundSpec
-from . import BlockDraws, Draws, Progress, imh
+from . import BlockDraws, DeferredDraws, Draws, Progress, imh
 from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
 
 __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical",
@@ -1112,8 +1112,9 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
 
 
 def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000, reml: bool = True,
-              progress: Progress | None = None) -> Draws:
-    """REML (or ML) for any grouping factors, then β ~ N(β̂, (X'V⁻¹X)⁻¹) and every b | β exactly."""
+              progress: Progress | None = None) -> DeferredDraws:
+    """REML (or ML) for any grouping factors; the draws, β ~ N(β̂, (X'V⁻¹X)⁻¹) and every b | β
+    exactly, are made when first used."""
     t0 = time.perf_counter()
     if progress:
         progress("cross-products", 0.0)
@@ -1123,15 +1124,8 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
         progress("hyperparameters", 0.1)
     est = fit_reml(st, _settings(bound), has_sigma=bound.has_sigma, reml=reml, fz=fz)
     C, D = chains, draws
-    rng = np.random.default_rng(seed)
-    if progress:
-        progress("group values", 0.7)
     p = st.p
-    lams = [np.broadcast_to(lam, (C * D,) + lam.shape) for lam in est.lams]
-    with _blas(fz):
-        beta, b = draw(st, fz, np.zeros(p), np.zeros((p, p)), np.full(C * D, est.sigma), lams, rng)
     beta_hat = st.shift.unshift(est.beta)
-    beta = st.shift.unshift(beta)
     estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
     if bound.has_sigma:
         estimates["sigma"] = est.sigma
@@ -1165,8 +1159,17 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
             "factorization": est.backend, "seconds": time.perf_counter() - t0}
     if progress:
         progress("done", 1.0)
-    return Draws(beta=beta.reshape(C, D, p), sigma=np.full((C, D), est.sigma) if bound.has_sigma else None,
-                 tau=None, b=None, method="empirical", info=info, blocks=_blocks(bound, C, D, sds, corrs, b))
+
+    def make() -> Draws:
+        lams = [np.broadcast_to(lam, (C * D,) + lam.shape) for lam in est.lams]
+        with _blas(fz):
+            beta, b = draw(st, fz, np.zeros(p), np.zeros((p, p)), np.full(C * D, est.sigma), lams,
+                           np.random.default_rng(seed))
+        return Draws(beta=st.shift.unshift(beta).reshape(C, D, p),
+                     sigma=np.full((C, D), est.sigma) if bound.has_sigma else None, tau=None, b=None,
+                     method="empirical", info=info, blocks=_blocks(bound, C, D, sds, corrs, b))
+
+    return DeferredDraws(method="empirical", info=info, n_chains=C, n_draws=D, make=make)
 
 
 def _row_ll(target: HyperTarget, sigma: np.ndarray, lams: Sequence[np.ndarray], i: int) -> float:
