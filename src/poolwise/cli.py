@@ -114,6 +114,9 @@ def fit_command(
     force: ForceOpt = False,
     engine: EngineOpt = None,
     pointwise: PointwiseOpt = False,
+    intervals: Annotated[str, typer.Option(
+        help="Confidence intervals of an empirical fit's SDs, correlations and sigma: Wald (on the log and "
+             "atanh scales, fast) or profile (profile likelihood, as lme4's confint).")] = "Wald",
 ) -> None:
     """Fit one model under one pooling; print its summary and priors.
 
@@ -129,12 +132,13 @@ def fit_command(
                     weights=weights, method=method, seed=seed, chains=chains, draws=draws, warmup=warmup,
                     progress=step, engine=engine, spark=_spark_session() if engine == "spark" else None, **options)
             step("summary and convergence diagnostics", 1.0)
-            summary = f.summary(groups=False)
+            summary = f.summary(groups=False, intervals=intervals)
             notes = f.notes()
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(summary))
-        console.print(_priors_table(f))
+        if f.method != "empirical":  # estimates use no priors
+            console.print(_priors_table(f))
         for note in notes:
             console.print(f"note: {note}", markup=False, highlight=False)
         if out is not None:
@@ -402,6 +406,9 @@ def _frame_table(frame: pd.DataFrame, title: str, index_name: str, formats: dict
         for col in frame.columns:
             v = row[col]
             digits = (formats or {}).get(str(col), 4)
+            if isinstance(v, str):
+                cells.append(v)
+                continue
             cells.append(str(int(v)) if digits == 0 and pd.notna(v) else number(v, digits))
         table.add_row(Text(str(idx)), *cells)
     return table
@@ -411,8 +418,8 @@ def _summary_table(s: pd.DataFrame) -> Table:
     """The posterior summary (``Fit.summary(groups=False)``) as a Rich table."""
     s = s.drop(columns=[c for c in s.columns if str(c).startswith("mcse")])  # all columns in summary.csv
     s = s.rename(columns=lambda c: str(c).removeprefix("hdi_"))
-    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4}
-    return _frame_table(s, "Posterior summary", "parameter", digits)
+    digits = {c: 0 for c in ("ess_bulk", "ess_tail")} | {"r_hat": 4} | {c: 6 for c in ("estimate", "lo", "hi")}
+    return _frame_table(s, str(s.attrs.get("title", "Posterior summary")), "parameter", digits)
 
 
 def _priors_table(f: Fit) -> Table:

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import data as _data
+from . import estimates as _estimates
+from . import profile as _profile
 from . import pooling as _pooling
 from . import predictive as _predictive
 from . import reduce as _reduce
@@ -694,8 +696,13 @@ class Fit:
             )
 
     # -- summaries ---------------------------------------------------------------------------
-    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True) -> pd.DataFrame:
+    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True, intervals: str = "Wald") -> pd.DataFrame:
         """Posterior summary: mean, sd, HDI, MCSE, bulk/tail ESS and R-hat of each parameter.
+
+        An empirical fit's summary holds its estimates instead (:meth:`_estimate_summary`):
+        ``estimate``, ``se``, ``lo``, ``hi`` (at ``hdi_prob``) and ``interval``, titled
+        ``.attrs["title"]`` ("REML estimates"); ``intervals="profile"`` gives σ, the SDs and the
+        correlations profile-likelihood intervals (:meth:`confint`; slower) instead of Wald ones.
 
         Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
@@ -705,6 +712,12 @@ class Fit:
         check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
         Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
+        kind = {"wald": "Wald", "profile": "profile"}.get(str(intervals).lower())
+        if kind is None:
+            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
+                            option="intervals")
+        if self.method == "empirical":  # estimates, SEs and confidence intervals: no priors, no R-hat
+            return self._estimate_summary(hdi_prob, groups, kind)
         import arviz as az
 
         skip = set() if groups else set(self.group_vars)
@@ -721,6 +734,27 @@ class Fit:
         flags = self.diagnostics()["flag"].reindex(out.index)
         out["flag"] = flags.fillna(convergence_flags(out, self.n_chains))
         out.attrs["priors"] = self.priors
+        out.attrs["model"] = repr(self)
+        out.attrs["notes"] = self.notes()
+        return out
+
+    def _estimate_summary(self, prob: float, groups: bool, intervals: str = "Wald") -> pd.DataFrame:
+        """An empirical fit's summary: :func:`poolwise.estimates.estimate_table`, titled by its method;
+        with ``intervals="profile"`` the variance parameters' intervals from :meth:`confint`."""
+        if intervals not in ("Wald", "profile"):
+            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
+                            option="intervals")
+        pt, cond = self._point(), self._conditional(with_cov=groups, joint=True)
+        assert pt is not None and cond is not None
+        out = _estimates.estimate_table(self.bound, pt, cond, prob=prob, groups=self.ranef() if groups else None)
+        if intervals == "profile":
+            hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
+            prof = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, coefficients=False)
+            for name in prof.index:
+                if name in out.index:
+                    out.loc[name, ["lo", "hi"]] = prof.loc[name, ["lo", "hi"]].to_numpy(float)
+                    out.loc[name, "interval"] = "profile (ML)"
+        out.attrs["title"] = f"{pt.method} estimates"
         out.attrs["model"] = repr(self)
         out.attrs["notes"] = self.notes()
         return out
@@ -815,7 +849,7 @@ class Fit:
         fallbacks."""
         info = self.info
         out: list[str] = []
-        conv = self._convergence_note()
+        conv = self._convergence_note() if self.method != "empirical" else None  # estimates: nothing sampled
         if conv:
             out.append(conv)
         out.extend(self._separation_notes())
@@ -836,12 +870,17 @@ class Fit:
             if info.get(key):
                 out.append(str(info[key]))
         if self.method == "empirical":
-            out.append(f"{info.get('method', 'REML')} point estimates of the hyperparameters (criterion "
-                       f"{float(info.get('criterion', float('nan'))):.6g}); the priors listed are not used for them. "
-                       "Coefficients and group values are drawn from their conditional posterior given the estimates.")
+            method = info.get("method", "REML")
+            crit = {"REML": "REML criterion", "ML": "deviance −2ℓ",
+                    "Laplace": "−2ℓ (Laplace)"}.get(method, "criterion")
+            out.append(f"{method} estimates ({crit} {float(info.get('criterion', float('nan'))):.6g}); no priors are "
+                       "used. Standard errors: Cov(β̂) for the coefficients, the curvature of the criterion for the "
+                       "SDs and correlations (Wald intervals on the log and atanh scales; profile-likelihood "
+                       "intervals as lme4's: fit.confint()); group values are the conditional modes ± their "
+                       "conditional SDs.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
-        vd = self.value_draws
+        vd = None if isinstance(self._draws, DeferredDraws) else self.value_draws  # not drawn: nothing thinned
         if vd is not None:
             out.append(f"Group values kept for {vd.size} of {self.n_draws} draws per chain (draws × groups pass "
                        "the group_budget); coefficients and hyperparameters keep every draw; group_estimates() gives "
@@ -980,6 +1019,149 @@ class Fit:
             icpt = b.coef_names.index("Intercept") if "Intercept" in b.coef_names else None
             self._moments = group_moments(_reduce.reduce(b), sigma, tau, d.beta.reshape(S, -1), icpt)
         return self._moments
+
+    # -- estimates as lme4 users know them (the logic: poolwise.estimates) ---------------------
+    def _estimates_cache(self) -> dict[str, Any]:
+        cache: dict[str, Any] | None = self.__dict__.get("_lme4_cache")
+        if cache is None:
+            cache = self.__dict__["_lme4_cache"] = {}
+        return cache
+
+    def _run_info(self) -> Mapping[str, Any]:
+        """The inference path's ``info`` (estimates, loglik, criterion, method)."""
+        return self.info
+
+    def _bayes_draws(self) -> Draws | None:
+        """The draws a Bayesian fit's accessors summarize; ``None`` for an empirical fit (its
+        accessors use the estimates alone and never make draws)."""
+        return None if self.method == "empirical" else self.draws
+
+    def _point(self) -> _estimates.Point | None:
+        """An empirical fit's point estimates (``None`` for a Bayesian fit)."""
+        if self.method != "empirical":
+            return None
+        cache = self._estimates_cache()
+        if "point" not in cache:
+            cache["point"] = _estimates.point_estimates(self.bound, self._run_info())
+        out: _estimates.Point = cache["point"]
+        return out
+
+    def _conditional(self, with_cov: bool = True, joint: bool = False) -> _estimates.Conditional | None:
+        """An empirical fit's conditional modes, covariances and Cov(β̂), in closed form (cached);
+        ``joint``: a GLMM's Cov(β̂) from the joint Hessian (:func:`poolwise.estimates.conditional`)."""
+        pt = self._point()
+        if pt is None:
+            return None
+        cache = self._estimates_cache()
+        got = cache.get("conditional")
+        if got is None or (with_cov and got.cov is None) or (joint and not got.joint):
+            got = cache["conditional"] = _estimates.conditional(
+                self.bound, pt, with_cov=with_cov or (got is not None and got.cov is not None),
+                joint=joint or (got is not None and got.joint))
+        out: _estimates.Conditional = got
+        return out
+
+    def fixef(self) -> pd.Series:
+        """The fixed effects β̂ by coefficient name (lme4's ``fixef``); for a Bayesian fit their
+        posterior means.  See :mod:`poolwise.estimates`.
+
+        Examples
+        --------
+        >>> import poolwise as pw
+        >>> f = pw.fit("reaction ~ night + (1 | driver)", pw.datasets.drivers(seed=1), method="empirical")
+        >>> list(f.fixef().index), list(f.ranef()["driver"].columns)
+        (['Intercept', 'night'], ['Intercept'])
+        >>> f.summary(groups=False).attrs["title"]
+        'REML estimates'
+        """
+        return _estimates.fixef(self.bound, self._bayes_draws(), self._point())
+
+    def vcov(self, use_hessian: bool = True) -> pd.DataFrame:
+        """Cov(β̂) at the estimates (lme4's ``vcov``): (X'V⁻¹X)⁻¹ for a Gaussian fit; for a GLMM the
+        β block of the inverse Hessian of the Laplace criterion in (β, θ), or with
+        ``use_hessian=False`` its curvature in β alone.  For a Bayesian fit the posterior
+        covariance of β."""
+        cond = self._conditional(with_cov=False, joint=use_hessian)
+        return _estimates.vcov(self.bound, self._bayes_draws(), cond, use_hessian=use_hessian)
+
+    def varcorr(self) -> pd.DataFrame:
+        """SDs and correlations of the group terms per grouping factor, and σ (lme4's
+        ``as.data.frame(VarCorr(fit))``; posterior means for a Bayesian fit).  See
+        :func:`poolwise.estimates.varcorr`."""
+        return _estimates.varcorr(self.bound, self._bayes_draws(), self._point())
+
+    def ranef(self, condvar: bool = True) -> dict[str, pd.DataFrame]:
+        """Per grouping factor, the group values: conditional modes (lme4's ``ranef``) with their
+        conditional SDs in ``.attrs["condsd"]`` and covariances in ``.attrs["condcov"]``
+        (``condVar = TRUE``: β held at β̂); for a Bayesian fit posterior means and SDs.  Index:
+        the levels; columns: the terms."""
+        cond = self._conditional(with_cov=condvar)
+        return _estimates.ranef(self.bound, self._bayes_draws(), cond, condvar=condvar)
+
+    def coef(self) -> dict[str, pd.DataFrame]:
+        """Per grouping factor, each level's coefficients: fixed effects + its group values
+        (lme4's ``coef``)."""
+        return _estimates.coef(self.bound, self.fixef(), self.ranef(condvar=False))
+
+    def fitted(self) -> pd.Series:
+        """Fitted means per row at the estimates and conditional modes (lme4's ``fitted``: the
+        success probability for binomial); for a Bayesian fit the posterior mean of link⁻¹(η)."""
+        cache = self._estimates_cache()
+        if "fitted" not in cache:
+            cache["fitted"] = _estimates.fitted(self.bound, self._point(), self._conditional(with_cov=False),
+                                                self._mu_chunks)
+        out: pd.Series = cache["fitted"].copy()
+        return out
+
+    def residuals(self, type: str | None = None) -> pd.Series:  # noqa: A002 (lme4's argument name)
+        """Residuals per row: ``"response"`` (default for gaussian), ``"deviance"`` (default
+        otherwise, as lme4) or ``"pearson"``, from :meth:`fitted`."""
+        return _estimates.residuals(self.bound, self.fitted(), type)
+
+    def loglik(self) -> _estimates.LogLik:
+        """The maximized log-likelihood (REML log-likelihood of a REML fit; Laplace's approximation
+        of a GLMM), a float with ``.df`` as lme4's ``logLik``.  Empirical fits only."""
+        return _estimates.loglik(self.bound, self._point())
+
+    def aic(self) -> float:
+        """−2ℓ + 2 df (lme4's ``AIC``).  Empirical fits only."""
+        return _estimates.aic(self.bound, self._point())
+
+    def bic(self) -> float:
+        """−2ℓ + df log(rows) (lme4's ``BIC``).  Empirical fits only."""
+        return _estimates.bic(self.bound, self._point())
+
+    def deviance(self) -> float:
+        """lme4's ``deviance``: −2ℓ of an ML fit, the sum of squared deviance residuals of a GLMM,
+        the REML criterion (with a warning) of a REML fit.  Empirical fits only."""
+        return _estimates.deviance(self.bound, self._point(), lambda: self.residuals("deviance"))
+
+    def confint(self, method: str = "profile", prob: float = 0.95, parm: list[str] | None = None) -> pd.DataFrame:
+        """Confidence intervals of an empirical fit's parameters (lme4's ``confint``).
+
+        ``method="profile"``: profile likelihood on the ML deviance for every coefficient, σ, SD
+        and correlation (as lme4, which refits a REML fit by ML for it;
+        :func:`poolwise.profile.profile_confint`); ``"Wald"``: the summary's intervals (Wald for
+        β, on the log / atanh scale for SDs and correlations).  ``parm``: some parameters only, by
+        name.  Returns ``lo``, ``hi`` by parameter."""
+        pt, cond = self._point(), self._conditional(with_cov=False, joint=True)
+        if pt is None or cond is None:
+            raise SpecError("confint() gives confidence intervals of an empirical fit; this fit is Bayesian.",
+                            hint="Use summary() for its posterior intervals, or fit with method='empirical'.",
+                            option="method")
+        if method == "Wald":
+            wald = self._estimate_summary(prob, False)[["lo", "hi"]]
+            return wald if parm is None else wald.loc[[n for n in wald.index if n in parm]]
+        if method != "profile":
+            raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
+        hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
+        out = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, parm=parm)
+        order = [n for n in self._estimate_summary(prob, False).index if n in out.index]
+        return out.loc[order]
+
+    def remlcrit(self) -> float:
+        """The REML criterion −2ℓ_REML (lme4's ``REMLcrit``).  REML fits only."""
+        return _estimates.remlcrit(self.bound, self._point())
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(
