@@ -746,16 +746,19 @@ def worker_crossed_fit(model: str, csv: str, method: str, repeats: int = 5, cold
                            "wall_s": min(times) if times else first,
                            "median_s": statistics.median(times) if times else first,
                            "groups": {b.factor: int(b.n_groups) for b in f.bound.blocks}}
-    info = f.draws.info or {}
+    info = f.info or {}
     out["info"] = {k: _to_plain(v) for k, v in info.items() if k != "estimates"
                    and isinstance(v, (int, float, str, bool, np.floating, np.integer))}
     if "estimates" in info:
         out["estimates"] = _to_plain(info["estimates"])
     if method == "exact":
         out.update(_min_ess_split(f.idata.posterior, list(f.group_vars)))
-        out["chains"], out["draws"] = f.draws.n_chains, f.draws.n_draws
-    summ = f.summary(groups=False)
-    out["posterior_means"] = {str(n): float(v) for n, v in summ["mean"].items()}
+        out["chains"], out["draws"] = f.n_chains, f.n_draws
+    summ = f.summary(groups=False)  # an empirical fit's: the estimates (no draws made); a Bayesian one's: means
+    if "estimate" in summ:
+        out["point_estimates"] = {str(n): float(v) for n, v in summ["estimate"].items()}
+    else:
+        out["posterior_means"] = {str(n): float(v) for n, v in summ["mean"].items()}
     if cold_cli:
         out.update(_cli_fit(csv, m.pw_formula, method, m.pw_family))
     return out

@@ -659,6 +659,8 @@ def run_crossed(args: argparse.Namespace, quick: bool, chains: int, rows: list[d
         methods = [("empirical", e_rep)] + ([("exact", x_rep)] if x_rep is not None else [])
         for method, rep in methods:
             big = model.data == "InstEval"
+            if args.crossed_fast and big and method == "exact":
+                continue  # kept from the saved results (--crossed-fast)
             r = spawn("crossed_fit", model=key, csv=csv, method=method, repeats=rep, cold_cli=cold, chains=chains,
                       draws=draws, warmup_rows=CROSSED_WARMUP_ROWS if big else None, timeout=args.crossed_timeout)
             if method == "empirical":
@@ -703,6 +705,8 @@ def run_crossed_large(args: argparse.Namespace, quick: bool, rows: list[dict[str
     rows.append({**base, "tool": "DuckDB GROUP BY (the floor)", "crossed_tool": "floor",
                  "settings": "pairs and levels, one scan", **r})
     log(f"{ds}: floor {json.dumps({k: v for k, v in r.items() if k != 'query'})[:1500]}")
+    if args.crossed_fast:
+        return  # the exact fit's row is kept from the saved results
     kw: dict[str, Any] = {}
     if quick:
         kw["draws"] = 100
@@ -818,12 +822,17 @@ def crossed_ratios(rows: list[dict[str, Any]]) -> None:
             row["x_floor"] = row["wall_s"] / floor["wall_s"]
 
 
+def _slow_crossed(row: dict[str, Any]) -> bool:
+    """A crossed row ``--crossed-fast`` does not measure: InstEval's exact fit, the large set's exact fit."""
+    return row.get("crossed_tool") == "exact" and (row.get("crossed_model") in ("insteval", "large"))
+
+
 def estimates_vs_lme4(row: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
     """The largest relative difference of poolwise's estimates from lme4's (absolute where lme4's is 0):
-    the SDs and σ by name (the fit's summary rows ``sd(term|group)``, ``sigma``: point estimates in an
-    empirical fit), β in order (both treatment coding, intercept first) from the REML / Laplace estimates."""
+    the SDs and σ by name (the empirical fit's summary rows ``sd(term|group)``, ``sigma``: its point
+    estimates), β in order (both treatment coding, intercept first) from the REML / Laplace estimates."""
     est = ref.get("estimates") or {}
-    mine = row.get("posterior_means") or {}
+    mine = row.get("point_estimates") or row.get("posterior_means") or {}
     out: dict[str, float] = {}
     sds = [(mine.get(k), v) for k, v in (est.get("sd") or {}).items()]
     if est.get("cor"):
@@ -894,6 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-note", metavar="TEXT",
                     help="this run is on another device (e.g. \"1× NVIDIA H200, jax[cuda12]\"): also write its "
                          "rows to --external-rows, marked \"measured on TEXT\", for the main run's table")
+    ap.add_argument("--crossed-fast", action="store_true",
+                    help="with --only crossed: skip the slow exact rows (InstEval, the large Parquet set) and keep "
+                         "their rows from the saved results .json (marked with the run they come from)")
     ap.add_argument("--crossed-timeout", type=float, default=CROSSED_TIMEOUT_S,
                     help="stop each crossed-design row (a model's lme4 fits, poolwise's fits, the large crossed set's "
                          "generation, floor and fit) after this many seconds (default %(default)s)")
@@ -967,7 +979,8 @@ def main(argv: list[str] | None = None) -> int:
                 # replaces that set's rows only)
                 now_large = {r["dataset"] for r in rows if task_of(r) == "large"}
                 kept = [r for r in saved["rows"] if task_of(r) not in only
-                        or (task_of(r) == "large" and r["dataset"] not in now_large)]
+                        or (task_of(r) == "large" and r["dataset"] not in now_large)
+                        or (args.crossed_fast and task_of(r) == "crossed" and _slow_crossed(r))]
                 kept_large = {r["dataset"] for r in kept if task_of(r) == "large"}
                 if kept_large:
                     old_large = [n for n in saved.get("task_notes", {}).get("large", [])
