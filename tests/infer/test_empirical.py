@@ -88,6 +88,67 @@ def test_criteria_equal_dense(reml: bool) -> None:
     assert got == pytest.approx(_dense_loglik(y, X, Z, g, 0.9, Lam @ Lam.T, reml), rel=1e-10)
 
 
+def _dense_profiled(y: np.ndarray, X: np.ndarray, g: np.ndarray, v: float, reml: bool) -> float:
+    """F(v) = dof·log R + log|V_r| (+ log|A_r|), −2× the σ-profiled criterion up to a constant, with
+    V_r = I + ρ ZZ' (ρ = e^v) formed densely."""
+    n, p = X.shape
+    Vr = np.eye(n) + math.exp(v) * (g[:, None] == g[None, :])
+    Vi = np.linalg.inv(Vr)
+    A = X.T @ Vi @ X
+    bb = X.T @ Vi @ y
+    R = float(y @ Vi @ y - bb @ np.linalg.solve(A, bb))
+    dof = n - p if reml else n
+    return dof * math.log(R) + np.linalg.slogdet(Vr)[1] + (np.linalg.slogdet(A)[1] if reml else 0.0)
+
+
+def _unbalanced(seed: int, n: int = 90, J: int = 12, tau: float = 0.8) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    g = rng.choice(J, n, p=rng.dirichlet(np.ones(J)))  # unequal group sizes
+    X = np.c_[np.ones(n), rng.normal(size=(n, 2))]
+    y = X @ np.array([1.0, 0.5, -0.3]) + tau * rng.normal(size=J)[g] + rng.normal(size=n)
+    return y, X, g
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_profile_derivatives_equal_dense_differences(reml: bool) -> None:
+    """The analytic slope and curvature of the σ-profiled criterion (the 1-D REML/ML search) equal
+    central differences of the dense criterion (h = 1e-3: truncation ~h² times the fourth
+    derivative, ~1e-6; round-off ~1e-16·|F|/h², ~1e-8 of the curvature)."""
+    y, X, g = _unbalanced(2)
+    red = reduce_arrays(y, X, np.ones(y.size), g, int(g.max()) + 1)
+    m = empirical.exact._by_size(red)
+    dof = y.size - X.shape[1] if reml else y.size
+    h = 1e-3
+    for v in (-4.0, -1.0, 0.3, 2.5):
+        F1, F2 = empirical._profile_derivs(m, v, dof, reml)
+        f = [_dense_profiled(y, X, g, v + d, reml) for d in (-h, 0.0, h)]
+        assert F1 == pytest.approx((f[2] - f[0]) / (2 * h), rel=1e-6, abs=1e-7)
+        assert F2 == pytest.approx((f[2] - 2 * f[1] + f[0]) / h**2, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_profile_search_finds_the_dense_optimum(reml: bool) -> None:
+    """The grid + Newton search ends where a tight scalar search of the dense criterion does (log ρ to
+    1e-6, i.e. τ/σ to 5e-7 relative), in a handful of Newton steps after the grid; with no group
+    variation it stops at the grid's lower end (τ ≈ 0) with a criterion no worse than there."""
+    for seed, tau in ((4, 0.8), (5, 0.0)):
+        y, X, g = _unbalanced(seed, tau=tau)
+        red = reduce_arrays(y, X, np.ones(y.size), g, int(g.max()) + 1)
+        sigma, tau_hat, ll, n_eval = empirical._profile_simple(red, reml=reml)
+        assert n_eval - 211 <= 15  # the grid, then few Newton steps (Brent took about 25)
+        ref = optimize.minimize_scalar(lambda v: _dense_profiled(y, X, g, v, reml), bounds=(-30.0, 12.0),
+                                       method="bounded", options={"xatol": 1e-12})
+        v_hat = 2.0 * math.log(tau_hat / sigma)
+        if ref.x > -25.0:  # an interior optimum
+            assert v_hat == pytest.approx(ref.x, abs=1e-6)
+        else:  # τ̂ = 0 (the boundary): at the grid's end
+            assert v_hat == pytest.approx(-30.0, abs=1e-9)
+            assert _dense_profiled(y, X, g, v_hat, reml) <= ref.fun + 1e-9
+        # and ℓ there is the dense log-likelihood at (σ̂, τ̂)
+        Sigma = np.array([[tau_hat**2]])
+        assert ll == pytest.approx(_dense_loglik(y, X, np.ones((y.size, 1)), g, sigma, Sigma, reml), rel=1e-10)
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. against statsmodels and lme4
 

@@ -323,17 +323,63 @@ def _scale_guess(XtWX: np.ndarray, XtWy: np.ndarray, yWy: float, n: int) -> floa
     return math.sqrt(max(rss, 1e-12 * max(yWy, 1e-300)) / max(n - p, 1))
 
 
+def _profile_derivs(m: Any, v: float, dof: int, reml: bool) -> tuple[float, float]:
+    """∂F/∂v and ∂²F/∂v² of F(v) = dof·log R + Σ_j log(1 + a_jρ) (+ log|Ā| for REML), v = log ρ.
+
+    F is −2 × the σ-profiled criterion of :func:`_profile_simple` up to a constant.  Every sum is
+    linear in k_j(ρ) = 1/(a_j(1 + a_jρ)) over the merged group sizes (:func:`exact._by_size`), with
+    closed-form derivatives ∂k/∂v = −ρw², ∂²k/∂v² = −ρw² + 2aρ²w³ (w = 1/(1 + aρ)), so one
+    evaluation costs O(K p²) for K distinct sizes.  With β = Ā⁻¹b̄, R = q̄ − b̄'β and e = b̄' − Ā'β:
+
+        R'  = q̄' − 2β'b̄' + β'Ā'β,        R'' = q̄'' − 2β'b̄'' + β'Ā''β − 2e'Ā⁻¹e,
+        (log|Ā|)' = tr(Ā⁻¹Ā'),            (log|Ā|)'' = tr(Ā⁻¹Ā'') − tr(Ā⁻¹Ā'Ā⁻¹Ā').
+    """
+    rho = math.exp(v)
+    a, p = m.a, m.A_in.shape[0]
+    w = 1.0 / (1.0 + a * rho)
+    has = a > 0  # a group of no rows adds nothing
+    k = np.divide(w, a, out=np.zeros_like(w), where=has)
+    k1 = np.where(has, -rho * w * w, 0.0)
+    k2 = k1 + 2.0 * a * rho * rho * w**3
+    aw = a * rho * w
+    ld1, ld2 = float(aw @ m.count), float((aw * w) @ m.count)
+    kk = np.stack([k, k1, k2])
+    q, q1, q2 = kk @ m.sy2
+    q = q + m.q_in
+    if p:
+        AA = (kk @ m.uu).reshape(3, p, p)
+        bb = kk @ m.usy
+        A = m.A_in + AA[0]
+        b = m.b_in + bb[0]
+        # one solve for Ā⁻¹ [b̄, b̄', Ā', Ā'']
+        S = np.linalg.solve(A, np.column_stack([b, bb[1], AA[1], AA[2]]))
+        beta, Sb1, S1, S2 = S[:, 0], S[:, 1], S[:, 2:2 + p], S[:, 2 + p:]
+        e = bb[1] - AA[1] @ beta
+        R = q - b @ beta
+        R1 = q1 - 2.0 * beta @ bb[1] + beta @ AA[1] @ beta
+        R2 = q2 - 2.0 * beta @ bb[2] + beta @ AA[2] @ beta - 2.0 * e @ (Sb1 - S1 @ beta)
+    else:
+        R, R1, R2 = q, q1, q2
+    F1 = dof * R1 / R + ld1
+    F2 = dof * (R2 / R - (R1 / R) ** 2) + ld2
+    if reml and p:
+        F1 += float(np.trace(S1))
+        F2 += float(np.trace(S2) - np.sum(S1 * S1.T))
+    return float(F1), float(F2)
+
+
 def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, int]:
     """REML/ML of the varying-intercept model with σ² profiled out: a 1-D search over ρ = τ²/σ².
 
     For fixed ρ the sums Ā, b̄, q̄ and the log-determinant do not depend on σ, and the criterion
     is maximized at σ̂² = R/(N − p) (REML) or R/N (ML), R = q̄ − b̄'Ā⁻¹b̄.  A grid over log ρ
-    brackets the maximum, which a bounded Brent search then polishes.
+    (one batched evaluation) brackets the maximum; Newton steps with the analytic first and second
+    derivatives (:func:`_profile_derivs`), kept inside the bracket by bisection on the sign of the
+    derivative, then polish it to a stationary point (a few steps, each O(K p²) for K distinct
+    group sizes).  At an end of the grid with the slope pointing outwards the end is the answer.
 
-    Returns σ̂, τ̂, the criterion there and the number of evaluations.
+    Returns σ̂, τ̂, the criterion there and the number of evaluations (grid points and steps).
     """
-    from scipy.optimize import minimize_scalar
-
     p, N = red.p, red.n_obs
     dof = N - p if reml else N
     count = 0
@@ -360,11 +406,33 @@ def _profile_simple(red: Reduced, *, reml: bool) -> tuple[float, float, float, i
     grid = np.linspace(-30.0, 12.0, 211)
     ll, _ = crit(grid)
     k = int(np.argmax(ll))
-    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
-    res = minimize_scalar(lambda v: -float(crit(np.array([v]))[0][0]), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-10})
-    v = float(res.x) if -float(res.fun) >= ll[k] else float(grid[k])
+    lo, hi = float(grid[max(k - 1, 0)]), float(grid[min(k + 1, grid.size - 1)])
+    v = float(grid[k])
+    m = exact._by_size(red)
+    with np.errstate(all="ignore"):
+        for _ in range(100):
+            try:
+                F1, F2 = _profile_derivs(m, v, dof, reml)
+            except np.linalg.LinAlgError:
+                break
+            count += 1
+            if not math.isfinite(F1):
+                break
+            if F1 > 0.0:  # F (−2ℓ) rises: the minimum lies to the left
+                hi = v
+            else:
+                lo = v
+            new = v - F1 / F2 if F2 > 0.0 else math.nan
+            if not lo < new < hi:  # (nan included) bisect instead
+                new = 0.5 * (lo + hi)
+            done = abs(new - v) < 1e-10 or hi - lo < 1e-10
+            v = new
+            if done:
+                break
     best, s2 = crit(np.array([v]))
+    if not best[0] >= ll[k]:  # never worse than the grid's best point
+        v = float(grid[k])
+        best, s2 = crit(np.array([v]))
     sigma = math.sqrt(float(s2[0]))
     return sigma, sigma * math.exp(0.5 * v), float(best[0]), count
 
