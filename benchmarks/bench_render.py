@@ -31,8 +31,11 @@ CROSSED_FLOOR_X = 5.0
 CROSSED_REML_RTOL = 1e-4
 CROSSED_GLMM_RTOL = 1e-3
 
-EXTRA = ("path", "reml", "large", "crossed")
+EXTRA = ("path", "reml", "reml_lme4", "large", "crossed")
+#: the data sets of the ``reml_lme4`` rows (warm REML at most lme4's wall time), model key → label
+REML_LME4_LABELS = {"dyestuff": "Dyestuff", "sleepstudy": "sleepstudy", "radon": "radon", "orthodont": "Orthodont"}
 ANCHOR_POINT = "#point-estimates-reml-and-the-pooling-path"
+ANCHOR_REML_LME4 = "#one-grouping-factor-warm-reml-against-lme4"
 ANCHOR_CROSSED = "#crossed-designs-lme4-in-the-same-run"
 ANCHOR_LARGE = "#large-parquet-sets-the-exact-path-against-the-bare-aggregation"
 
@@ -132,6 +135,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     paths = [r for r in all_rows if task_of(r) == "path"]
     large = [r for r in all_rows if task_of(r) == "large"]
     crossed = [r for r in all_rows if task_of(r) == "crossed"]
+    reml_lme4 = [r for r in all_rows if task_of(r) == "reml_lme4"]
     mach, ver = results.get("machine") or machine(), results.get("versions") or versions()
     L: list[str] = []
     L.append("# poolwise benchmark: poolwise vs NumPyro, PyMC, nutpie, Bambi and statsmodels MixedLM")
@@ -156,7 +160,8 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
                  f"{','.join(missing)}` measures them and keeps the other rows)")
     L.append("")
     L.append(f"Tables: [samplers side by side](#samplers-side-by-side) · [point estimates: REML (statsmodels "
-             f"MixedLM, poolwise empirical) and the pooling path]({ANCHOR_POINT}) · [large Parquet sets]"
+             f"MixedLM, poolwise empirical) and the pooling path]({ANCHOR_POINT}) · [one grouping factor: warm REML "
+             f"against lme4]({ANCHOR_REML_LME4}) · [large Parquet sets]"
              f"({ANCHOR_LARGE}) · [crossed designs, lme4 in the same run]({ANCHOR_CROSSED}) · [targets](#targets) · "
              f"[how it was measured](#how-it-was-measured)")
     L.append("")
@@ -228,7 +233,8 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     if fits or paths:
         L.append("## Point estimates: REML and the pooling path")
         L.append("")
-        L.append("Wall time of one warm call (after a warm-up call in the same fresh process). The estimates "
+        L.append("Wall time: the fastest of several warm calls (after a warm-up call in the same fresh process; "
+                 "how many: the details' `times_s`, older rows one call). The estimates "
                  "are the REML fit's: σ the residual SD, τ the group SD(s), cor their correlation (slopes). "
                  "*× best other* = the fastest non-poolwise REML row's wall time over the row's, same data set, "
                  "same run.")
@@ -291,6 +297,10 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
                      f"{_int(r.get('groups'))} | | {_fmt(r['wall_s'], 2)} | {_fmt(peak, 0)} | "
                      f"{'1 (the floor)' if r['tool'].startswith('DuckDB') else _x(r.get('x_floor'))} | {ess} |")
         L.append("")
+
+    # ------------------------------------------------------------------ one factor against lme4
+    if reml_lme4:
+        L.extend(reml_lme4_section(reml_lme4))
 
     # ------------------------------------------------------------------ crossed designs
     if crossed:
@@ -387,6 +397,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
             continue
         checks.append((f"({r['dataset']}, not a target) total fit / bare aggregation; peak memory", None,
                        f"{_x(r['x_floor'])}; {_fmt(r.get('peak_mib_fit', r.get('peak_mib')), 0)} MiB"))
+    checks.extend(reml_lme4_checks(reml_lme4, quick))
     checks.extend(crossed_checks(crossed, quick))
     for what, ok, val in checks:
         mark = "n/a" if ok is None else ("**holds**" if ok else "**MISSED**")
@@ -399,7 +410,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     L.extend(how_measured(rows, fits, paths, large, external, bare, quick, prior_text))
     for n in notes:
         L.append(f"- {n}")
-    for t in ("path", "reml", "laplace", "pymc", "bambi", "large", "crossed"):
+    for t in ("path", "reml", "reml_lme4", "laplace", "pymc", "bambi", "large", "crossed"):
         for n in task_notes.get(t, []):
             L.append(f"- {n}")
     L.append("")
@@ -449,9 +460,18 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
              "timing process. For samplers that run chains in child processes (PyMC's default sampler, Bambi) "
              "it is the largest single process (the worker or one of its children), not their sum. A bare "
              f"`import poolwise` process peaks at {_fmt(bare.get('peak_mib'), 0)} MiB.")
+    base = [r for r in rows if r.get("baseline") and "wall_s" in r]
+    old = [r["dataset"] for r in base if not r.get("chain_method")]
     L.append("- Plain NumPyro: a hand-written non-centered model, `MCMC(NUTS(model), num_warmup, num_samples, "
-             "num_chains=4, chain_method=\"vectorized\")`, default `target_accept_prob` 0.8 and tree depth 10, "
-             "JAX defaults (float32), the same priors as poolwise's defaults:")
+             "num_chains=4, chain_method=\"parallel\")` after `numpyro.set_host_device_count(4)` (before JAX "
+             "starts its backend, in the worker's fresh process): NumPyro's fastest CPU setting, each chain on its "
+             "own virtual CPU device, the four in parallel (`chain_method` in the details; on an accelerator, one "
+             "device, the chains are vectorized); default `target_accept_prob` 0.8 and tree depth 10, JAX defaults "
+             "(float32), the same priors as poolwise's defaults:")
+    if old:
+        L.append(f"  - the NumPyro rows of {', '.join(old)} were measured before this setting, with "
+                 "`chain_method=\"vectorized\"` (one device, the chains batched), slower on a CPU: re-measure them "
+                 "(`--only` those data sets) before reading their ratios")
     for ds in DATASETS:
         if not any(r["dataset"] == ds for r in rows) or prior_text is None:
             continue
@@ -502,14 +522,17 @@ def how_measured(rows: list[dict[str, Any]], fits: list[dict[str, Any]], paths: 
              "default for the gaussian family) against `statsmodels.formula.api.mixedlm(fixed, df, "
              "groups=df[g], re_formula=...).fit(reml=True, method=[\"lbfgs\"])` and, where it installs, "
              "`mixedlm_rs.mixedlm(...).fit(reml=True)` (the same statsmodels-style call; a Rust REML from PyPI); "
-             "each in its own fresh process, one warm-up fit, then the timed fit. statsmodels' and mixedlm-rs' "
-             "times include building the model from the formula; poolwise's is the whole `pw.fit` call, "
-             "including its draws of β and the group values at the estimates. σ = √scale, τ = √diag(cov_re). "
+             "each in its own fresh process, one warm-up fit, then the timed fits (the fastest counts; "
+             "`times_s` in the details). statsmodels' and mixedlm-rs' "
+             "times include building the model from the formula; poolwise's is the whole `pw.fit` call from "
+             "the pandas frame (validation, reduction, the REML search; an empirical fit makes its draws of β "
+             "and the group values only when they are first used). σ = √scale, τ = √diag(cov_re). "
              "\"× faster\" = the other's wall time / the row's, both measured in the same run. Where "
              "statsmodels' lbfgs broke down (a non-finite log-likelihood), the row times statsmodels' default "
-             "method instead (the failed attempt is `lbfgs_failed` in the details). poolwise's optimizer "
-             "alone is `optimizer_s` in the details; the rest of its wall time is the 4×1000 draws and the "
-             "InferenceData. Point estimates have no ESS, so these rows are not in the samplers' table.")
+             "method instead (the failed attempt is `lbfgs_failed` in the details). poolwise's reduction and "
+             "REML search together are `optimizer_s` in the details (`evaluations`: the σ-profiled criterion's, "
+             "a batched grid of 211 values of log(τ²/σ²) and the Newton steps after it); the rest of its wall "
+             "time is reading and checking the frame. Point estimates have no ESS, so these rows are not in the samplers' table.")
     L.append("- Pooling path: `pw.pooling_path(\"log_radon ~ floor + (1 | county)\", pw.datasets.radon())`, "
              "default grid (τ = 0 and 100 log-spaced values), the second call in a fresh process (the first, "
              "with imports and caches, is `cold_s` in the details).")
@@ -581,11 +604,88 @@ def crossed_section(crossed: list[dict[str, Any]]) -> list[str]:
              "lme4's (SDs and correlations, σ, β). *criterion*: lme4's REML criterion (glmer: −2 log-lik), "
              "poolwise's −2 × its REML (Laplace) log-likelihood.")
     L.append("")
-    L.append("| data set | tool | settings | rows | levels | wall s | first s | cold s | peak MiB | × lme4 | "
-             "× lme4 cold | min bulk ESS (β, σ, SDs) | vs lme4: SDs, σ, β | criterion |")
-    L.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     small = [r for r in crossed if r.get("crossed_model") != "large"]
-    for r in small:
+    L.extend(_lme4_table(small))
+    ver = next((r["versions"] for r in small if r.get("crossed_tool") == "lme4" and r.get("versions")), None)
+    if ver:
+        L.append("")
+        L.append(f"lme4 {ver.get('lme4')} (Matrix {ver.get('Matrix')}), {ver.get('R')}: Debian's `r-cran-lme4`. The "
+                 "R script of each lme4 row (`r_code`) is in the results .json. *min bulk ESS*: "
+                 "`arviz.ess(method=\"bulk\")`, the minimum over β, σ, the SDs and correlations (over the group "
+                 "values too: `min_ess_values` in the details).")
+    L.append("")
+    L.extend(_crossed_large_table(crossed))
+    return L
+
+
+def reml_lme4_section(rows: list[dict[str, Any]]) -> list[str]:
+    """One grouping factor: warm REML of lme4 and poolwise, same CSV, same run."""
+    L = ["## One grouping factor: warm REML against lme4", ""]
+    L.append("lme4's `lmer(..., REML = TRUE)` at its defaults and poolwise's `pw.fit(formula, df, "
+             "method=\"empirical\", seed=0)` (REML; the estimates only, no draws until asked) on the same CSV, in "
+             "the same run. *wall s* = the fastest of the warm fits in one process (lme4: after a first fit in "
+             "the same R process, each timed by `Sys.time()`; poolwise: after a first `pw.fit` in the same Python "
+             "process, each the whole call from the pandas frame). *× lme4* = the row's time over lme4's (below 1: "
+             "faster). *vs lme4* = the largest relative difference of the estimates from lme4's (SDs and "
+             "correlations, σ, β). *criterion*: lme4's REML criterion, poolwise's −2 × its REML log-likelihood.")
+    L.append("")
+    L.extend(_lme4_table(rows))
+    ver = next((r["versions"] for r in rows if r.get("crossed_tool") == "lme4" and r.get("versions")), None)
+    if ver:
+        L.append("")
+        L.append(f"lme4 {ver.get('lme4')} (Matrix {ver.get('Matrix')}), {ver.get('R')}. The R script of each lme4 "
+                 "row (`r_code`) is in the results .json.")
+    L.append("")
+    return L
+
+
+def reml_lme4_checks(rows: list[dict[str, Any]], quick: bool) -> list[tuple[str, bool | None, str]]:
+    """Warm REML on each one-factor set at most lme4's wall time, and the estimates equal to lme4's."""
+    checks: list[tuple[str, bool | None, str]] = []
+    for key, label in REML_LME4_LABELS.items():
+        ref = next((r for r in rows if r.get("crossed_model") == key and r.get("crossed_tool") == "lme4"), None)
+        r = next((r for r in rows if r.get("crossed_model") == key and r.get("crossed_tool") == "empirical"), None)
+        what = f"Warm REML on {label} at most lme4's wall time"
+        if r is None or ref is None:
+            checks.append((what + " (`--only reml_lme4`)", None, "not run"))
+            continue
+        if "error" in r or "error" in ref:
+            bad = r if "error" in r else ref
+            checks.append((what, False if "error" in r else None, f"{bad['tool']}: {_failed(bad)}"))
+            continue
+        x = r.get("x_lme4")
+        checks.append((what, None if x is None else x <= 1.0,
+                       "—" if x is None else f"{_x(x)}: {r['wall_s'] * 1e3:.1f} ms vs lme4 {ref['wall_s'] * 1e3:.1f} ms"))
+        vs = r.get("vs_lme4")
+        worst = None if not vs else max(vs.values())
+        # both maximize the same REML criterion: where the estimates differ by more, the lower criterion
+        # says whose optimum is the better one (lme4's optimizer stops earlier on flat directions)
+        mine, theirs = _crit_value(r), _crit_value(ref)
+        gain = None if mine is None or theirs is None else mine - theirs
+        ok = None if worst is None else (worst <= CROSSED_REML_RTOL or (gain is not None and gain < 0.0))
+        val = "—" if not vs else ", ".join(f"{k} {v:.1e}" for k, v in vs.items())
+        if gain is not None:
+            val += f"; criterion poolwise − lme4 {gain:+.1e}"
+        checks.append((f"{label}: REML estimates equal to lme4's to {CROSSED_REML_RTOL:g} (relative), or "
+                       f"poolwise's REML criterion lower (lme4 stopped short)", ok, val))
+    return checks
+
+
+def _crit_value(r: dict[str, Any]) -> float | None:
+    """The row's REML criterion as a number (lme4's ``REMLcrit``; poolwise's −2 × its log-likelihood)."""
+    if r.get("crossed_tool") == "lme4":
+        v = (r.get("estimates") or {}).get("REMLcrit")
+        return None if v is None else float(v)
+    ll = (r.get("info") or {}).get("loglik")
+    return None if ll is None else -2.0 * float(ll)
+
+
+def _lme4_table(rows: list[dict[str, Any]]) -> list[str]:
+    """lme4's rows beside poolwise's: times, ratios, the estimates' differences and the criteria."""
+    L = ["| data set | tool | settings | rows | levels | wall s | first s | cold s | peak MiB | × lme4 | "
+         "× lme4 cold | min bulk ESS (β, σ, SDs) | vs lme4: SDs, σ, β | criterion |",
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
         if "error" in r:
             L.append(f"| {r['dataset']} | {r['tool']} | {r.get('settings', '')} | | | {_failed(r)} | | | "
                      f"{_fmt(r.get('peak_mib'), 0)} | | | | | |")
@@ -603,14 +703,11 @@ def crossed_section(crossed: list[dict[str, Any]]) -> list[str]:
                  f"{_fmt(r['wall_s'], 3)} | {_fmt(r.get('first_s'), 3)} | {cold_txt} | {_fmt(r.get('peak_mib'), 0)} | "
                  f"{'1 (lme4)' if lme4 else _x(r.get('x_lme4'))} | {'' if lme4 else _x(r.get('x_lme4_cold'))} | "
                  f"{ess} | {vs_txt} | {_crit(r)} |")
-    ver = next((r["versions"] for r in small if r.get("crossed_tool") == "lme4" and r.get("versions")), None)
-    if ver:
-        L.append("")
-        L.append(f"lme4 {ver.get('lme4')} (Matrix {ver.get('Matrix')}), {ver.get('R')}: Debian's `r-cran-lme4`. The "
-                 "R script of each lme4 row (`r_code`) is in the results .json. *min bulk ESS*: "
-                 "`arviz.ess(method=\"bulk\")`, the minimum over β, σ, the SDs and correlations (over the group "
-                 "values too: `min_ess_values` in the details).")
-    L.append("")
+    return L
+
+
+def _crossed_large_table(crossed: list[dict[str, Any]]) -> list[str]:
+    L: list[str] = []
     big = [r for r in crossed if r.get("crossed_model") == "large"]
     if big:
         L.append("A large crossed design from Parquet (generated once, cached under `benchmarks/_data/crossed_*`): "

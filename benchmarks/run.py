@@ -6,7 +6,9 @@ Tasks (``--only`` names), in the order they run:
   slopes), ``sleepstudy`` (correlated slopes): poolwise (exact and nuts)
   against plain NumPyro NUTS;
 * ``path``: radon's pooling path; ``reml``: poolwise ``method="empirical"`` (REML) against
-  statsmodels MixedLM (and mixedlm-rs); ``laplace``: poolwise laplace on the logistic set;
+  statsmodels MixedLM (and mixedlm-rs); ``reml_lme4``: warm REML on one grouping factor (Dyestuff,
+  sleepstudy, radon, Orthodont) against lme4 in the same run; ``laplace``: poolwise laplace on the
+  logistic set;
 * ``pymc``: the same models in PyMC, sampled by PyMC's default NUTS and by nutpie, on all four
   data sets; ``bambi``: ``bmb.Model(formula, df).fit()`` on radon, synthetic and sleepstudy
   (both in their own virtual environment, ``benchmarks/_data/_venv_pymc``; skipped with a note
@@ -87,10 +89,21 @@ CROSSED_TIMEOUT_S = 1800.0
 EXTERNAL_ROWS = "benchmarks/gpu_rows.json"
 
 #: tasks of ``--only`` besides the data sets
-EXTRA_TASKS = ("path", "reml", "laplace", "pymc", "bambi", "large", "crossed")
+EXTRA_TASKS = ("path", "reml", "reml_lme4", "laplace", "pymc", "bambi", "large", "crossed")
 TASKS = (*DATASETS, *EXTRA_TASKS)
 #: data sets of the REML rows, in order
 REML_DATASETS = ("synthetic", "radon", "sleepstudy")
+#: the timed REML fits per tool and process (``reml``): the fastest counts; statsmodels takes seconds a fit
+#: on the 200,000-row set, hence fewer
+REML_REPEATS = {"poolwise": 15, "mixedlm-rs": 15, "statsmodels": 3}
+#: the ``reml_lme4`` rows: model key (``bench_lme4.MODELS``) → (label, lme4 fits in its R process (the
+#: first is not counted), poolwise's timed warm fits)
+REML_LME4_MODELS = {
+    "dyestuff": ("Dyestuff", 31, 30),
+    "sleepstudy": ("sleepstudy", 31, 30),
+    "radon": ("radon", 31, 30),
+    "orthodont": ("Orthodont", 31, 30),
+}
 #: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
 PYMC_DATASETS = ("radon", "synthetic", "logistic", "sleepstudy")
 BAMBI_DATASETS = ("radon", "synthetic", "sleepstudy")
@@ -425,12 +438,45 @@ def run_reml(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
              "mixedlm-rs": "mixedlm-rs REML"}
     for ds in REML_DATASETS:
         for tool in tools:
-            r = spawn("reml", dataset=ds, tool=tool, quick=quick, timeout=args.numpyro_timeout)
+            n = 2 if quick else REML_REPEATS[tool]
+            r = spawn("reml", dataset=ds, tool=tool, quick=quick, repeats=n, timeout=args.numpyro_timeout)
             rows.append({"dataset": ds, "task": "reml", "tool": names[tool], "reml_tool": tool,
-                         "settings": "REML", **r})
+                         "settings": f"REML, min of {n} warm fits", **r})
             log(f"{ds}: REML {tool} {json.dumps(r)[:2000]}")
             if "error" in r:
                 notes.append(f"REML: {names[tool]} failed on {ds}: {r['error']} (log in the details).")
+
+
+def run_reml_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
+                  task_notes: dict[str, list[str]], log: Log) -> None:
+    """Warm REML on one grouping factor, lme4 in the same run: ``lmer`` (R) and ``pw.fit(...,
+    method="empirical")`` on the same CSV, each the fastest of many warm fits in one process (the
+    crossed rows' workers)."""
+    notes = task_notes.setdefault("reml_lme4", [])
+    have_r, why = ensure_lme4(install=not args.no_install_r)
+    if not have_r:
+        notes.append(f"REML against lme4: the lme4 rows were not run: lme4 is not available ({why}); on Debian "
+                     f"`apt-get install r-cran-lme4` (the task tries it itself unless `--no-install-r`).")
+        log(f"reml_lme4: no lme4 ({why}); poolwise rows only")
+    for key, (label, r_rep, p_rep) in REML_LME4_MODELS.items():
+        if quick:
+            r_rep, p_rep = 3, 2
+        model = LME4_MODELS[key]
+        csv = export_lme4(model.data, quick)
+        base = {"dataset": label, "task": "reml_lme4", "crossed_model": key, "formula": model.pw_formula}
+        if have_r:
+            r = spawn("lme4", model=key, csv=csv, repeats=r_rep, timeout=args.crossed_timeout)
+            rows.append({**base, "tool": "lme4 lmer REML", "crossed_tool": "lme4",
+                         "settings": f"min of {r_rep - 1} warm fits", **r})
+            log(f"{label}: lme4 {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
+            if "error" in r:
+                notes.append(f"REML against lme4: lme4 on {label} failed ({r['error']}; log in the details).")
+        r = spawn("crossed_fit", model=key, csv=csv, method="empirical", repeats=p_rep, timeout=args.crossed_timeout)
+        rows.append({**base, "tool": "poolwise empirical (REML)", "crossed_tool": "empirical",
+                     "settings": f"min of {p_rep} warm fits", **r})
+        log(f"{label}: poolwise REML {json.dumps(r)[:1500]}")
+        if "error" in r:
+            notes.append(f"REML against lme4: poolwise on {label} failed ({r['error']}; log in the details).")
 
 
 def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
@@ -802,7 +848,7 @@ def crossed_ratios(rows: list[dict[str, Any]]) -> None:
     """Crossed rows: each poolwise row's wall time over lme4's (same model, same run; ``x_lme4``, the
     cold ones over lme4's cold process, ``x_lme4_cold``), the largest relative difference of its
     estimates from lme4's (``vs_lme4``), and the large set's fit over its floor (``x_floor``)."""
-    crossed = [r for r in rows if task_of(r) == "crossed"]
+    crossed = [r for r in rows if task_of(r) in ("crossed", "reml_lme4")]
     for row in crossed:
         for k in ("x_lme4", "x_lme4_cold", "x_floor", "vs_lme4"):
             row.pop(k, None)
@@ -873,7 +919,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-numpyro-synthetic", action="store_true", help="do not run NumPyro on the synthetic set")
     ap.add_argument("--only", action="append", metavar="NAME",
                     help=f"run only these tasks ({', '.join(TASKS)}; repeat or comma-separate; path = radon's "
-                         "pooling path, reml = REML vs statsmodels (and mixedlm-rs), laplace = poolwise laplace on "
+                         "pooling path, reml = REML vs statsmodels (and mixedlm-rs), reml_lme4 = warm REML on Dyestuff, "
+                         "sleepstudy, radon and Orthodont vs lme4, laplace = poolwise laplace on "
                          "the logistic set, pymc = PyMC default sampler and nutpie, bambi = Bambi, large = the "
                          "Parquet sets); the rows of the others are kept from the saved results .json next to --out")
     ap.add_argument("--no-merge", action="store_true", help="with --only: do not keep the other tasks' rows")
@@ -954,6 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
         run_path(quick, rows, task_notes, log)
     if "reml" in only:
         run_reml(args, quick, rows, task_notes, log)
+    if "reml_lme4" in only:
+        run_reml_lme4(args, quick, rows, task_notes, log)
     if "laplace" in only:
         run_laplace(args, quick, chains, rows, task_notes, log)
     if "pymc" in only:
