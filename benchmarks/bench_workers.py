@@ -113,10 +113,11 @@ def _numpyro_best_cpu(chains: int) -> str:
 
 
 def worker_numpyro(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
-                   priors: dict[str, Any]) -> dict[str, Any]:
+                   priors: dict[str, Any], chain_method: str | None = None) -> dict[str, Any]:
     """Plain NumPyro NUTS, non-centered, JAX defaults (float32 unless the user asks otherwise), chains in
-    parallel on one virtual CPU device each (:func:`_numpyro_best_cpu`)."""
-    chain_method = _numpyro_best_cpu(chains)
+    parallel on one virtual CPU device each (:func:`_numpyro_best_cpu`; ``chain_method`` forces another
+    setting, to compare)."""
+    chain_method = chain_method or _numpyro_best_cpu(chains)
     import jax
     import jax.numpy as jnp
     import numpy as np
