@@ -23,10 +23,12 @@ is 1/√w_i), ``student_t`` t_ν(η, σ), ``bernoulli`` and ``binomial`` (logit 
 
 Compiled once, reused: the model is one function per model *structure* (family, terms, pooling
 settings, priors of the SDs and auxiliary parameters, sizes) taking the data arrays as
-arguments, and the whole run (initialization, warmup, sampling) is compiled under
-:func:`jax.jit` once per structure, data shapes and sampler settings.  A fit of new data of the
-same shapes reuses the compiled program (the last :data:`CACHE_SIZE` are kept); the same seed
-gives the same draws.
+arguments, and the run is two programs compiled under :func:`jax.jit` once per structure, data
+shapes and sampler settings: the chains' start, and a number of iterations (warmup or sampling)
+that Python calls in turn, so that Ctrl-C stops the run between two calls.  A fit of new data
+of the same shapes reuses the compiled programs (the last :data:`CACHE_SIZE` are kept); a later
+process finds them in JAX's persistent compilation cache, in the user's cache folder
+(:mod:`~poolwise.infer.compile_cache`); the same seed gives the same draws.
 
 Divergent transitions are acted on, then reported: the run is repeated at a higher target
 acceptance (0.95, then 0.99); if it still diverges a :class:`~poolwise.errors.ConvergenceWarning`
@@ -499,10 +501,11 @@ def fixed_sites(bound: BoundSpec) -> dict[str, jax.Array]:
 
 # -- the sampler: one compiled run per (structure, data shapes, settings), least recently used out
 #
-# The whole run — initialization, warmup and sampling of every chain — is traced once under
-# jax.jit with the data and the key as arguments.  (NumPyro's MCMC(jit_model_args=True) does not
-# avoid the recompilation on its own: its outer sampling loop takes a fresh jitted body as a
-# static argument on every run.)  Same key, same compiled program: same draws.
+# The run — initialization, then warmup and sampling of every chain in calls of a few dozen
+# iterations — is traced once under jax.jit with the data and the key as arguments.  (NumPyro's
+# MCMC(jit_model_args=True) does not avoid the recompilation on its own: its outer sampling loop
+# takes a fresh jitted body as a static argument on every run.)  Same key, same compiled
+# programs: same draws, those of MCMC(chain_method="vectorized").
 
 #: how many compiled samplers are kept (each holds its XLA executables)
 CACHE_SIZE = 8
@@ -564,17 +567,20 @@ def _median0(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.any(jnp.isnan(x), axis=0), jnp.nan, mid)
 
 
-# -- Ctrl-C: the compiled run is one call into XLA, during which Python runs no signal handler.
+# -- Ctrl-C: a call into XLA runs no Python signal handler until it returns.
 #
-# The call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
-# KeyboardInterrupt there at once; the main thread then sets _CANCEL, which the running program
-# reads through a host callback every few iterations and stops on (the callback
-# raises, XLA abandons the run), and KeyboardInterrupt goes on to the caller once the worker has
-# ended: no computation is left running behind it.
+# Each call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
+# KeyboardInterrupt there at once; KeyboardInterrupt goes on to the caller once the worker has
+# ended: no computation is left running behind it.  The sampler's run is a sequence of short
+# calls (_run_once), so it stops after the current one.  The exact path's NUTS on the collapsed
+# marginal (collapsed.py) is one call: the main thread sets _CANCEL, which the running program
+# reads through a host callback every few iterations and stops on (the callback raises, XLA
+# abandons the run).  A program with a host callback cannot be kept in JAX's persistent cache,
+# hence the calls for the sampler.
 
-#: most iterations between two looks at a pending interrupt.  Each look is one host callback,
-#: about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in 0.57 s) a look every
-#: 16 iterations cost 5 % of the sampling time, every 64 none measurable.
+#: most iterations per call of the sampler (and between two looks at a pending interrupt by a
+#: host callback, each about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in
+#: 0.57 s) a look every 16 iterations cost 5 % of the sampling time, every 64 none measurable).
 INTERRUPT_EVERY = 64
 #: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
 #: gradient, summed over the iterations between two looks, about: larger data look more often
