@@ -4,9 +4,18 @@ submission's CI cannot fail on a new random draw); ``HYPOTHESIS_PROFILE=explore`
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from hypothesis import settings
+
+# compiled programs go to a folder of this test session, not the user's cache (and subprocesses,
+# such as the CLI's, inherit it); set POOLWISE_CACHE_DIR to keep them between sessions
+if "POOLWISE_CACHE_DIR" not in os.environ:
+    os.environ["POOLWISE_CACHE_DIR"] = tempfile.mkdtemp(prefix="poolwise-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["POOLWISE_CACHE_DIR"], ignore_errors=True)
 
 settings.register_profile("repeatable", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)

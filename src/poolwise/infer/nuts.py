@@ -23,10 +23,12 @@ is 1/√w_i), ``student_t`` t_ν(η, σ), ``bernoulli`` and ``binomial`` (logit 
 
 Compiled once, reused: the model is one function per model *structure* (family, terms, pooling
 settings, priors of the SDs and auxiliary parameters, sizes) taking the data arrays as
-arguments, and the whole run (initialization, warmup, sampling) is compiled under
-:func:`jax.jit` once per structure, data shapes and sampler settings.  A fit of new data of the
-same shapes reuses the compiled program (the last :data:`CACHE_SIZE` are kept); the same seed
-gives the same draws.
+arguments, and the run is two programs compiled under :func:`jax.jit` once per structure, data
+shapes and sampler settings: the chains' start, and a number of iterations (warmup or sampling)
+that Python calls in turn, so that Ctrl-C stops the run between two calls.  A fit of new data
+of the same shapes reuses the compiled programs (the last :data:`CACHE_SIZE` are kept); a later
+process finds them in JAX's persistent compilation cache, in the user's cache folder
+(:mod:`~poolwise.infer.compile_cache`); the same seed gives the same draws.
 
 Divergent transitions are acted on, then reported: the run is repeated at a higher target
 acceptance (0.95, then 0.99); if it still diverges a :class:`~poolwise.errors.ConvergenceWarning`
@@ -62,6 +64,9 @@ from typing import Any
 import jax
 
 jax.config.update("jax_enable_x64", True)  # posteriors must agree tightly with the exact path
+from . import compile_cache  # noqa: E402
+
+compile_cache.configure()  # compiled programs kept on disk between processes, before the first compile
 
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import io_callback  # noqa: E402
@@ -69,7 +74,7 @@ import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 from numpyro.distributions import constraints  # noqa: E402
-from numpyro.infer import MCMC, NUTS  # noqa: E402
+from numpyro.infer import NUTS  # noqa: E402
 
 from ..errors import ConvergenceWarning  # noqa: E402
 from ..priors import DISTRIBUTIONS, Prior  # noqa: E402
@@ -496,10 +501,11 @@ def fixed_sites(bound: BoundSpec) -> dict[str, jax.Array]:
 
 # -- the sampler: one compiled run per (structure, data shapes, settings), least recently used out
 #
-# The whole run — initialization, warmup and sampling of every chain — is traced once under
-# jax.jit with the data and the key as arguments.  (NumPyro's MCMC(jit_model_args=True) does not
-# avoid the recompilation on its own: its outer sampling loop takes a fresh jitted body as a
-# static argument on every run.)  Same key, same compiled program: same draws.
+# The run — initialization, then warmup and sampling of every chain in calls of a few dozen
+# iterations — is traced once under jax.jit with the data and the key as arguments.  (NumPyro's
+# MCMC(jit_model_args=True) does not avoid the recompilation on its own: its outer sampling loop
+# takes a fresh jitted body as a static argument on every run.)  Same key, same compiled
+# programs: same draws, those of MCMC(chain_method="vectorized").
 
 #: how many compiled samplers are kept (each holds its XLA executables)
 CACHE_SIZE = 8
@@ -539,21 +545,42 @@ def init_to_jittered_median(site: dict[str, Any] | None = None, radius: float = 
     except NotImplementedError:
         return init_to_uniform(site, radius=radius)
     transform = biject_to(site["fn"].support)
-    middle = jnp.median(transform.inv(draws), axis=0)
+    middle = _median0(transform.inv(draws))
     return transform(middle + jax.random.uniform(k_jitter, middle.shape, minval=-radius, maxval=radius))
 
 
-# -- Ctrl-C: the compiled run is one call into XLA, during which Python runs no signal handler.
-#
-# The call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
-# KeyboardInterrupt there at once; the main thread then sets _CANCEL, which the running program
-# reads through a host callback every few iterations and stops on (the callback
-# raises, XLA abandons the run), and KeyboardInterrupt goes on to the caller once the worker has
-# ended: no computation is left running behind it.
+def _median0(x: jax.Array) -> jax.Array:
+    """``jnp.median(x, axis=0)`` by ranks, without a sort: XLA's CPU backend cannot serialize an
+    executable holding this sort (``LessThan`` is not serializable), so JAX's persistent cache
+    (:mod:`~poolwise.infer.compile_cache`) could not keep the sampler's start.  The same value:
+    the middle order statistic, or the mean of the two middle ones."""
+    n = x.shape[0]
+    below = jnp.sum(x[None, :] < x[:, None], axis=1)  # (n, ...): how many are smaller
+    ties = jnp.sum((x[None, :] == x[:, None]) & (jnp.arange(n)[None, :] < jnp.arange(n)[:, None]).reshape(
+        (n, n) + (1,) * (x.ndim - 1)), axis=1)
+    rank = below + ties  # 0..n-1, a permutation along axis 0
 
-#: most iterations between two looks at a pending interrupt.  Each look is one host callback,
-#: about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in 0.57 s) a look every
-#: 16 iterations cost 5 % of the sampling time, every 64 none measurable.
+    def order(k: int) -> jax.Array:
+        return jnp.sum(jnp.where(rank == k, x, 0.0), axis=0)
+
+    mid = order(n // 2) if n % 2 else 0.5 * (order(n // 2 - 1) + order(n // 2))
+    return jnp.where(jnp.any(jnp.isnan(x), axis=0), jnp.nan, mid)
+
+
+# -- Ctrl-C: a call into XLA runs no Python signal handler until it returns.
+#
+# Each call runs in a worker thread while the main thread waits in short steps, so SIGINT raises
+# KeyboardInterrupt there at once; KeyboardInterrupt goes on to the caller once the worker has
+# ended: no computation is left running behind it.  The sampler's run is a sequence of short
+# calls (_run_once), so it stops after the current one.  The exact path's NUTS on the collapsed
+# marginal (collapsed.py) is one call: the main thread sets _CANCEL, which the running program
+# reads through a host callback every few iterations and stops on (the callback raises, XLA
+# abandons the run).  A program with a host callback cannot be kept in JAX's persistent cache,
+# hence the calls for the sampler.
+
+#: most iterations per call of the sampler (and between two looks at a pending interrupt by a
+#: host callback, each about 0.25 ms: on a small model (20 groups, 4 chains, 2,000 iterations in
+#: 0.57 s) a look every 16 iterations cost 5 % of the sampling time, every 64 none measurable).
 INTERRUPT_EVERY = 64
 #: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
 #: gradient, summed over the iterations between two looks, about: larger data look more often
@@ -643,43 +670,69 @@ def _interruptible(call: Callable[[], Any]) -> Any:
 
 
 class _Sampler:
-    """One jitted run, compiled ahead of its first call (so that compiling and sampling are two
-    steps, each interruptible) and kept compiled: its cache key fixes the argument shapes."""
+    """One sampler, two compiled programs kept together: ``init(key, data, y) -> state`` (the
+    chains' starting points and NUTS's adaptation state) and ``advance(state, data, y, n) ->
+    (state, (samples, extra))``, which runs ``n`` iterations (n ≤ its ``chunk``; the rest of the
+    ``chunk`` leave the state as it is) and returns each iteration's constrained sites and
+    sample fields.  Compiled ahead of their first call (so that compiling and sampling are two
+    steps, each interruptible) and kept compiled: the cache key fixes the argument shapes.
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.jitted = jax.jit(fn)
-        self.executable: Any = None
-        self.compiles = 0  #: how many times it was compiled (once, while cached)
+    The run is a loop in Python over calls of ``advance`` (:func:`_run_once`), so that Ctrl-C
+    stops it between two calls and the programs hold no host callback: JAX's persistent
+    compilation cache (:mod:`~poolwise.infer.compile_cache`) can then keep their executables for
+    later processes, which it cannot do for a program with a host callback.  The chains' draws
+    are those of :class:`numpyro.infer.MCMC` with ``chain_method="vectorized"``.
+    """
 
-    def compile(self, *args: Any) -> Any:
-        if self.executable is None:
-            self.executable = self.jitted.lower(*args).compile()
+    def __init__(self, model: Model, *, chains: int, warmup: int, target_accept: float, max_tree_depth: int,
+                 chunk: int) -> None:
+        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                      init_strategy=init_to_jittered_median)
+
+        def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:
+            keys = jax.random.split(key, chains) if chains > 1 else key  # as MCMC starts its chains
+            return kernel.init(keys, warmup, None, (data,), {"y": y})
+
+        def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
+            args, kwargs = (data,), {"y": y}
+            constrain = kernel.postprocess_fn(args, kwargs)
+            if chains > 1:
+                constrain = jax.vmap(constrain)
+
+            def step(st: Any, i: jax.Array) -> tuple[Any, Any]:
+                st = jax.lax.cond(i < n, lambda s: kernel.sample(s, args, kwargs), lambda s: s, st)
+                return st, (constrain(st.z), {f: getattr(st, f) for f in _EXTRA_FIELDS})
+
+            return jax.lax.scan(step, state, jnp.arange(chunk))
+
+        self.chunk = chunk
+        self.jitted = (jax.jit(init), jax.jit(advance))
+        self.executables: tuple[Any, Any] | None = None
+        self.compiles = 0  #: how many times it was compiled (at most once while cached)
+
+    def compile(self, key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[Any, Any]:
+        """The executables of ``init`` and ``advance`` for arguments shaped as these (``init``
+        is traced first: tracing it sets up the kernel that ``advance`` runs)."""
+        if self.executables is None:
+            init = self.jitted[0].lower(key, data, y).compile()
+            advance = self.jitted[1].lower(init.out_info, data, y, jnp.int32(0)).compile()
+            self.executables = (init, advance)
             self.compiles += 1
-        return self.executable
-
-    def __call__(self, *args: Any) -> Any:
-        return self.compile(*args)(*args)
+        return self.executables
 
 
 def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
                   target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY) -> _Sampler:
-    """``run(key, data, y) -> (samples, extra)``, jitted; one per model, shapes and settings
-    (``every``: iterations between two looks at a pending Ctrl-C)."""
-    cache_key = (model, shapes, chains, draws, warmup, target_accept, max_tree_depth, every)
+    """The sampler of ``model`` for data of these ``shapes`` and these settings, compiled at most
+    once while cached (``every``: iterations per call of its ``advance``, between two looks at a
+    pending Ctrl-C).  The number of ``draws`` is not part of the programs."""
+    cache_key = (model, shapes, chains, warmup, target_accept, max_tree_depth, every)
     run = _RUN_CACHE.get(cache_key)
     if run is not None:
         _RUN_CACHE.move_to_end(cache_key)
         return run
-
-    def run_mcmc(key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[dict[str, Any], dict[str, Any]]:
-        kernel = _InterruptibleNUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
-                                    init_strategy=init_to_jittered_median, every=every)
-        mcmc = MCMC(kernel, num_warmup=warmup, num_samples=draws, num_chains=chains,
-                    chain_method="vectorized", progress_bar=False)
-        mcmc.run(key, data, y=y, extra_fields=_EXTRA_FIELDS)
-        return mcmc.get_samples(group_by_chain=True), mcmc.get_extra_fields(group_by_chain=True)
-
-    run = _Sampler(run_mcmc)
+    run = _Sampler(model, chains=chains, warmup=warmup, target_accept=target_accept,
+                   max_tree_depth=max_tree_depth, chunk=every)
     _RUN_CACHE[cache_key] = run
     while len(_RUN_CACHE) > CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)
@@ -687,7 +740,8 @@ def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, wa
 
 
 def clear_cache() -> None:
-    """Drop every compiled sampler (the next fit of each model structure compiles again)."""
+    """Drop every compiled sampler of this process (the next fit of each model structure loads it
+    from the on-disk cache, or compiles it again)."""
     _RUN_CACHE.clear()
 
 
@@ -697,19 +751,45 @@ def _run_once(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One MCMC run of the structural ``model(args, y=data["y"])``, ``args`` the rest of ``data``;
     compiled at most once per model, data shapes and settings (while in the cache).  Ctrl-C
-    stops it (compiling, within the compile; sampling, within a fraction of a second)."""
+    stops it (compiling, within the compile; sampling, within one call of ``advance``)."""
     args = {k: v for k, v in data.items() if k != "y"}
+    y = data["y"]
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
                         target_accept=target_accept, max_tree_depth=max_tree_depth,
-                        every=_interrupt_every(int(np.size(data["y"])) * chains))
-    exe = _interruptible(lambda: run.compile(key, args, data["y"]))
+                        every=_interrupt_every(int(np.size(y)) * chains))
+    init, advance = _interruptible(lambda: run.compile(key, args, y))
+    stage = f"warmup+sampling (target_accept={target_accept:g})"
     if progress:
-        progress(f"warmup+sampling (target_accept={target_accept:g})", 0.0)
-    samples, extra = _interruptible(lambda: jax.block_until_ready(exe(key, args, data["y"])))
-    out = {k: np.asarray(v) for k, v in samples.items()}, {k: np.asarray(v) for k, v in extra.items()}
-    if not np.isfinite(out[1]["potential_energy"]).all():  # under jit, NumPyro's own check of the start is skipped
+        progress(stage, 0.0)
+    state = _interruptible(lambda: init(key, args, y))
+    total, done = warmup + draws, 0
+    kept: list[Any] = []
+    while done < total:
+        n = min(run.chunk, total - done)
+        state, out = _interruptible(lambda: jax.block_until_ready(advance(state, args, y, jnp.int32(n))))
+        first = max(warmup - done, 0)  # the first kept iteration of this call
+        if first < n:
+            kept.append(jax.tree.map(lambda v: np.asarray(v)[first:n], out))
+        done += n
+        if progress:
+            progress(stage, done / total)
+    samples, extra = _collect(kept, chains)
+    if not np.isfinite(extra["potential_energy"]).all():  # as under MCMC's jit, NumPyro's own check of the start is skipped
         raise RuntimeError("NUTS found no starting point with a finite log density; check the data and priors.")
-    return out
+    return samples, extra
+
+
+def _collect(kept: list[Any], chains: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The kept iterations of every call, (iteration[, chain], ...) each, as (chain, draw, ...) arrays."""
+    def join(*parts: np.ndarray) -> np.ndarray:
+        v = np.concatenate(parts, axis=0)
+        return v[:, None] if chains == 1 else v  # one chain runs without a chain axis
+
+    if not kept:
+        raise ValueError("draws must be at least 1")
+    samples, extra = jax.tree.map(join, *kept) if len(kept) > 1 else jax.tree.map(join, kept[0])
+    return ({k: np.swapaxes(v, 0, 1) for k, v in samples.items()},
+            {k: np.swapaxes(v, 0, 1) for k, v in extra.items()})
 
 
 def sample(
