@@ -187,7 +187,7 @@ def parse_formula(f: str) -> ParsedFormula:
         raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
                            hint="Transform the column before fitting.", option="formula")
     protected, quoted = _protect(rhs)  # (brackets and bars inside `quoted names` are the names')
-    uncorrelated, rhs_protected = _rewrite_double_bars(protected)
+    uncorrelated, rhs_protected, double = _rewrite_double_bars(protected)
     uncorrelated = {_restore(u, quoted).replace("`", "") for u in uncorrelated}
     rhs_clean = _restore(rhs_protected, quoted)
     try:
@@ -223,12 +223,14 @@ def parse_formula(f: str) -> ParsedFormula:
     except Exception as err:
         raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
                            hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
+    correlated = _same_factor_terms(checker.groups, double, f)
     terms = []
     for factor, exprs in by_factor.items():
         exprs.sort(key=lambda e: e != "Intercept")
         first = factor.split(":")[0]
-        terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
-                               and first not in uncorrelated, sources=tuple(sources.get(factor, ()))))
+        terms.append(GroupTerm(tuple(exprs), factor, correlated=correlated.get(factor, True)
+                               and factor not in uncorrelated and first not in uncorrelated,
+                               sources=tuple(sources.get(factor, ()))))
     variables = columns | set(extras.values()) | set(failures.columns if failures else ())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
@@ -672,6 +674,65 @@ def _group_sources(groups: list[object]) -> dict[str, list[str]]:
     return out
 
 
+def _same_factor_terms(groups: list[object], double: list[bool], f: str) -> dict[str, bool]:
+    """Per grouping factor, whether its varying terms are correlated, as lme4 reads them.
+
+    lme4 makes separate group terms on one factor independent: ``(1 | g) + (0 + x | g)`` is
+    ``(1 + x || g)`` (their covariance is block-diagonal across the terms).  A factor is
+    correlated when one term written with ``|`` holds all its varying terms; when each of its
+    terms holds one varying term (or was written with ``||``), they are independent.
+
+    Raises
+    ------
+    FormulaError
+        Two terms on one factor that share a varying term (``(1 | g) + (1 | g)``: lme4 would fit
+        a model that is not identifiable), or a correlated term of several varying terms beside
+        another term on the same factor (a covariance of several blocks; not supported).
+    """
+    from formulae import model_description
+
+    if len(double) != len(groups):  # (both list the group terms in the order written)
+        double = [False] * len(groups)
+    parts: dict[str, list[tuple[set[str], bool, str]]] = {}  # factor → (varying terms, ||, text)
+    for node, dbl in zip(groups, double):
+        text = _unparse(node)
+        per: dict[str, set[str]] = {}
+        for t in model_description(f"pw_response_ ~ {text}").group_terms:
+            factor = ":".join(v.name for v in t.factor.components)
+            per.setdefault(factor, set()).add("Intercept" if type(t.expr).__name__ == "Intercept"
+                                              else str(t.expr.name))
+        for factor, exprs in per.items():
+            parts.setdefault(factor, []).append((exprs, dbl, text.replace("|", "||") if dbl else text))
+    out: dict[str, bool] = {}
+    for factor, items in parts.items():
+        seen: dict[str, str] = {}
+        for exprs, _, text in items:
+            for e in sorted(exprs):
+                if e in seen:
+                    name = "1" if e == "Intercept" else e
+                    raise FormulaError(
+                        f"The group terms {seen[e]} and {text} of formula {f} both let '{name}' vary over "
+                        f"'{factor}': the model would not be identifiable.",
+                        hint=f"Write each varying term once per grouping factor, e.g. (1 + x | {factor}) "
+                             f"(correlated) or (1 | {factor}) + (0 + x | {factor}) (independent).",
+                        option="formula")
+                seen[e] = text
+        if len(items) == 1:
+            out[factor] = not items[0][1]
+            continue
+        wide = [text for exprs, dbl, text in items if len(exprs) > 1 and not dbl]
+        if wide:
+            names = sorted(seen, key=lambda e: e != "Intercept")
+            listed = " + ".join("1" if e == "Intercept" else e for e in names)
+            raise FormulaError(
+                f"The group terms of formula {f} on '{factor}' make a covariance of several correlated "
+                f"blocks ({wide[0]} beside another term on '{factor}'), which poolwise does not fit.",
+                hint=f"Write one correlated term ({listed} | {factor}) or independent ones "
+                     f"({listed} || {factor}).", option="formula")
+        out[factor] = False
+    return out
+
+
 def _protect(text: str) -> tuple[str, list[str]]:
     """``text`` with each backtick-quoted name replaced by a placeholder, and the names."""
     quoted: list[str] = []
@@ -709,11 +770,15 @@ def _brackets(rhs: str) -> list[tuple[int, int]]:
     return out
 
 
-def _rewrite_double_bars(rhs: str) -> tuple[set[str], str]:
+def _rewrite_double_bars(rhs: str) -> tuple[set[str], str, list[bool]]:
+    """``||`` rewritten to ``|``: the factors so marked, the text, and per group term (in the order
+    written) whether it was written with ``||``."""
     uncorrelated: set[str] = set()
+    double: list[bool] = []
     pieces, last = [], 0
     for i, j in _brackets(rhs):
         inner = rhs[i + 1 : j]
+        double.append("||" in inner)
         if "||" in inner:
             left, right = inner.split("||", 1)
             uncorrelated.add(right.strip().split("/")[0].strip())
@@ -723,7 +788,7 @@ def _rewrite_double_bars(rhs: str) -> tuple[set[str], str]:
         pieces.append(rhs[last:i] + "(" + inner + ")")
         last = j + 1
     pieces.append(rhs[last:])
-    return uncorrelated, "".join(pieces)
+    return uncorrelated, "".join(pieces), double
 
 
 def _strip_group_terms(rhs: str) -> str:
