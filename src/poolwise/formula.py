@@ -41,6 +41,14 @@ class GroupTerm:
     correlated: bool = True
     #: the varying terms as the formula writes them (names quoted), for building their columns
     sources: tuple[str, ...] = field(default=(), compare=False)
+    #: which block of its factor's covariance this term is (0 for the first; ``(1 + x | g) + (0 + z | g)``
+    #: makes two independent blocks on ``g``, as in lme4)
+    part: int = 0
+
+    @property
+    def site(self) -> str:
+        """A name for this term unique in its formula: the factor, ``g#1`` for a factor's second block."""
+        return self.factor if self.part == 0 else f"{self.factor}#{self.part}"
 
     def design_formula(self, response: str = "pw_response_") -> str:
         """A formula whose design holds every varying term as a column named as in :attr:`exprs`."""
@@ -93,7 +101,8 @@ class ParsedFormula:
     common
         The right-hand side without group terms (``"1"`` when nothing is left).
     group_terms
-        One :class:`GroupTerm` per grouping factor.
+        One :class:`GroupTerm` per grouping factor, or per block of a factor's covariance when
+        its terms are independent blocks (``(1 + x | g) + (0 + z | g)``: two, as in lme4).
     variables
         Every data column the formula names.
     categorical
@@ -223,14 +232,23 @@ def parse_formula(f: str) -> ParsedFormula:
     except Exception as err:
         raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
                            hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
-    correlated = _same_factor_terms(checker.groups, double, f)
+    try:
+        blocks = _same_factor_terms(checker.groups, double, uncorrelated, f)
+    except FormulaError:
+        raise
+    except Exception as err:
+        raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
+                           hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
     terms = []
     for factor, exprs in by_factor.items():
         exprs.sort(key=lambda e: e != "Intercept")
         first = factor.split(":")[0]
-        terms.append(GroupTerm(tuple(exprs), factor, correlated=correlated.get(factor, True)
-                               and factor not in uncorrelated and first not in uncorrelated,
-                               sources=tuple(sources.get(factor, ()))))
+        got = blocks.get(factor)
+        if got is None or sorted(e for b in got for e in b[0]) != sorted(exprs):  # (not expected)
+            got = [(tuple(exprs), factor not in uncorrelated and first not in uncorrelated,
+                    tuple(sources.get(factor, ())))]
+        for k, (block_exprs, corr, src) in enumerate(got):
+            terms.append(GroupTerm(block_exprs, factor, correlated=corr, sources=src, part=k))
     variables = columns | set(extras.values()) | set(failures.columns if failures else ())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
@@ -658,15 +676,7 @@ def _group_sources(groups: list[object]) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for node in groups:
-        summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
-        while stack:
-            n = stack.pop()
-            if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
-                stack += [n.right, n.left]  # type: ignore[attr-defined]
-            elif type(n).__name__ == "Grouping":
-                stack.append(n.expression)  # type: ignore[attr-defined]
-            elif type(n).__name__ != "Literal":
-                summands.append(_unparse(n))
+        summands = _summands(node)
         for t in model_description(f"pw_response_ ~ {_unparse(node)}").group_terms:
             factor = ":".join(v.name for v in t.factor.components)
             have = out.setdefault(factor, [])
@@ -674,40 +684,46 @@ def _group_sources(groups: list[object]) -> dict[str, list[str]]:
     return out
 
 
-def _same_factor_terms(groups: list[object], double: list[bool], f: str) -> dict[str, bool]:
-    """Per grouping factor, whether its varying terms are correlated, as lme4 reads them.
+def _same_factor_terms(groups: list[object], double: list[bool], uncorrelated: set[str],
+                       f: str) -> dict[str, list[tuple[tuple[str, ...], bool, tuple[str, ...]]]]:
+    """Per grouping factor, its group terms as lme4 reads them: (varying terms, correlated, the
+    terms' source texts) per block of the factor's covariance.
 
-    lme4 makes separate group terms on one factor independent: ``(1 | g) + (0 + x | g)`` is
-    ``(1 + x || g)`` (their covariance is block-diagonal across the terms).  A factor is
-    correlated when one term written with ``|`` holds all its varying terms; when each of its
-    terms holds one varying term (or was written with ``||``), they are independent.
+    lme4 makes separate group terms on one factor independent (Σ block-diagonal across the terms):
+    ``(1 | g) + (0 + x | g)`` is ``(1 + x || g)``.  A factor's terms of one varying term each (and
+    those written with ``||``) make one block with a diagonal Σ — the very term ``||`` gives; a
+    term of several varying terms written with ``|`` beside other terms on its factor is a block
+    of its own (``(1 + x | g) + (0 + z | g)``: two blocks on ``g``).
 
     Raises
     ------
     FormulaError
         Two terms on one factor that share a varying term (``(1 | g) + (1 | g)``: lme4 would fit
-        a model that is not identifiable), or a correlated term of several varying terms beside
-        another term on the same factor (a covariance of several blocks; not supported).
+        a model that is not identifiable).
     """
     from formulae import model_description
 
-    if len(double) != len(groups):  # (both list the group terms in the order written)
-        double = [False] * len(groups)
-    parts: dict[str, list[tuple[set[str], bool, str]]] = {}  # factor → (varying terms, ||, text)
-    for node, dbl in zip(groups, double):
+    matched = len(double) == len(groups)  # (both list the group terms in the order written)
+    # factor → (varying terms, ||, text, source texts) per group term written on it
+    parts: dict[str, list[tuple[list[str], bool, str, list[str]]]] = {}
+    for i, node in enumerate(groups):
         text = _unparse(node)
-        per: dict[str, set[str]] = {}
+        summands = _summands(node)
+        per: dict[str, list[str]] = {}
         for t in model_description(f"pw_response_ ~ {text}").group_terms:
             factor = ":".join(v.name for v in t.factor.components)
-            per.setdefault(factor, set()).add("Intercept" if type(t.expr).__name__ == "Intercept"
-                                              else str(t.expr.name))
+            e = "Intercept" if type(t.expr).__name__ == "Intercept" else str(t.expr.name)
+            if e not in per.setdefault(factor, []):
+                per[factor].append(e)
         for factor, exprs in per.items():
-            parts.setdefault(factor, []).append((exprs, dbl, text.replace("|", "||") if dbl else text))
-    out: dict[str, bool] = {}
+            dbl_here = double[i] if matched else (factor in uncorrelated or factor.split(":")[0] in uncorrelated)
+            parts.setdefault(factor, []).append((exprs, dbl_here, text.replace("|", "||") if dbl_here else text,
+                                                 summands))
+    out: dict[str, list[tuple[tuple[str, ...], bool, tuple[str, ...]]]] = {}
     for factor, items in parts.items():
         seen: dict[str, str] = {}
-        for exprs, _, text in items:
-            for e in sorted(exprs):
+        for exprs, _, text, _ in items:
+            for e in exprs:
                 if e in seen:
                     name = "1" if e == "Intercept" else e
                     raise FormulaError(
@@ -718,19 +734,41 @@ def _same_factor_terms(groups: list[object], double: list[bool], f: str) -> dict
                         option="formula")
                 seen[e] = text
         if len(items) == 1:
-            out[factor] = not items[0][1]
+            exprs, dbl, _, src = items[0]
+            out[factor] = [(tuple(exprs), not dbl, tuple(src))]
             continue
-        wide = [text for exprs, dbl, text in items if len(exprs) > 1 and not dbl]
-        if wide:
-            names = sorted(seen, key=lambda e: e != "Intercept")
-            listed = " + ".join("1" if e == "Intercept" else e for e in names)
-            raise FormulaError(
-                f"The group terms of formula {f} on '{factor}' make a covariance of several correlated "
-                f"blocks ({wide[0]} beside another term on '{factor}'), which poolwise does not fit.",
-                hint=f"Write one correlated term ({listed} | {factor}) or independent ones "
-                     f"({listed} || {factor}).", option="formula")
-        out[factor] = False
+        blocks: list[tuple[tuple[str, ...], bool, tuple[str, ...]]] = []
+        rest: list[str] = []
+        rest_src: list[str] = []
+        rest_dbl = False
+        for exprs, dbl, _, src in items:
+            if len(exprs) > 1 and not dbl:
+                blocks.append((tuple(exprs), True, tuple(src)))
+            else:
+                rest += exprs
+                rest_src += [s for s in src if s not in rest_src]
+                rest_dbl = rest_dbl or dbl
+        if rest:
+            blocks.append((tuple(rest), not (rest_dbl or len(rest) > 1), tuple(rest_src)))
+        for i, (exprs, corr, src) in enumerate(blocks):
+            blocks[i] = (tuple(sorted(exprs, key=lambda e: e != "Intercept")), corr, src)
+        blocks.sort(key=lambda b: b[0][0] != "Intercept")  # (stable: else in the order written)
+        out[factor] = blocks
     return out
+
+
+def _summands(node: object) -> list[str]:
+    """The text of each varying term of a group term's node (``(1 + x + log(z) | g)`` → x, log(z))."""
+    summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
+    while stack:
+        n = stack.pop()
+        if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
+            stack += [n.right, n.left]  # type: ignore[attr-defined]
+        elif type(n).__name__ == "Grouping":
+            stack.append(n.expression)  # type: ignore[attr-defined]
+        elif type(n).__name__ != "Literal":
+            summands.append(_unparse(n))
+    return summands
 
 
 def _protect(text: str) -> tuple[str, list[str]]:

@@ -639,10 +639,18 @@ def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: s
     """
     names: dict[str, GroupTerm] = {}
     for t in terms:
-        for name in (term_key(t), term_key(t).replace("||", "|"), t.factor):
+        keys = [term_key(t), term_key(t).replace("||", "|"), t.factor]
+        if t.exprs[0] != "Intercept":  # as the formula writes it: (0 + z | g)
+            keys += ["0+" + keys[0], "0+" + keys[1]]
+        for name in keys:
             names.setdefault(_norm_key(name), t)
     t = names.get(_norm_key(str(key)))
     if t is not None:
+        same = [u for u in terms if u.factor == t.factor]
+        if len(same) > 1 and _norm_key(str(key)) == _norm_key(t.factor):  # a factor of several blocks
+            listed = ", ".join(repr(term_key(u)) for u in same)
+            raise SpecError(f"{what} {key!r}, a grouping factor with several group terms in formula {formula} "
+                            f"({listed}).", hint=f"Name one of them: {listed}.", option=option)
         return t
     listed = ", ".join(repr(term_key(t)) for t in terms) or "none"
     near = difflib.get_close_matches(_norm_key(str(key)), list(names), n=1)
@@ -663,14 +671,15 @@ def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...],
     """
     settings: dict[GroupTerm, str | float] = {}
     for key, value in items:
-        t = find_term(key, terms, formula)
-        if t in settings:
-            raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
-                            hint="Give each group term one setting.", option="pooling")
-        try:
-            settings[t] = _check_pooling(value)
-        except SpecError as err:
-            raise SpecError(f"The pooling of {key!r}: {err.message}", hint=err.hint, option="pooling") from None
+        same = [t for t in terms if _norm_key(t.factor) == _norm_key(str(key))]  # a factor: all its terms
+        for t in same if len(same) > 1 else [find_term(key, terms, formula)]:
+            if t in settings:
+                raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
+                                hint="Give each group term one setting.", option="pooling")
+            try:
+                settings[t] = _check_pooling(value)
+            except SpecError as err:
+                raise SpecError(f"The pooling of {key!r}: {err.message}", hint=err.hint, option="pooling") from None
     full = [(term_key(t), settings.get(t, "hierarchical")) for t in terms]
     values = {v for _, v in full}
     if len(values) <= 1:  # every term alike: the one setting
@@ -888,10 +897,15 @@ def bind_parts(
         else:
             Sigma = np.eye(term.q) * float(pooling) ** 2
         if Sigma is not None:  # the group SDs and correlations are not parameters then
-            for name in [term.sd_name(e) for e in term.exprs] + [f"cor({term.factor})"]:
+            for name in [term.sd_name(e) for e in term.exprs]:
                 priors.pop(name, None)
                 source.pop(name, None)
         out.append(GroupBlock(term, raw.Z, raw.group, raw.levels, Sigma, counts=raw.counts, ZtWZ=raw.ZtWZ))
+    learned_cor = {b.factor for b in out if b.Sigma is None and b.term.correlated and b.q > 1}
+    for b in out:  # (one LKJ prior per factor: kept while another block on the factor learns its correlations)
+        if b.Sigma is not None and b.factor not in learned_cor:
+            priors.pop(f"cor({b.factor})", None)
+            source.pop(f"cor({b.factor})", None)
     return BoundSpec(
         spec=spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
         blocks=tuple(out), priors=priors, prior_source=source, scale=scale, design=design, reduced=reduced,
