@@ -69,7 +69,9 @@ class ModelSpec:
     ----------
     formula
         lme4 syntax, ``"y ~ x1 + x2 + (1 + x1 | g)"``; ``||`` for uncorrelated group terms;
-        ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  brms-style additions:
+        ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  Separate terms on one
+        factor are independent, as in lme4: ``(1 | g) + (0 + x | g)`` is ``(1 + x || g)``, and
+        ``(1 + x | g) + (0 + z | g)`` two blocks on ``g``.  brms-style additions:
         ``"y | se(s) ~ 1 + (1 | g)"`` (known standard errors), ``"y | trials(n) ~ …"``
         (binomial), or lme4's ``"cbind(successes, failures) ~ …"`` (binomial, the trials being
         successes + failures; the failures a column or arithmetic on columns such as
@@ -81,7 +83,7 @@ class ModelSpec:
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (every group SD
         fixed at that value); or per group term, a mapping from the term (``"1|s"``,
-        ``"1 + x|subj"``, or the factor ``"s"``) to one of those (terms not named:
+        ``"1 + x|subj"``, or the factor ``"s"``: every block on it) to one of those (terms not named:
         ``"hierarchical"``), or the text ``"1|s=pooled, 1|d=hierarchical"``.  Stored as one
         setting when every term has the same, else as a tuple of (term, setting) pairs in the
         formula's order (:func:`term_key` names the terms).
@@ -316,7 +318,8 @@ class BoundSpec:
     trials
         Number of trials per row (binomial), else ``None``.
     blocks
-        One :class:`GroupBlock` per grouping factor.
+        One :class:`GroupBlock` per group term: per grouping factor, or per block of a factor's
+        covariance (``(1 + x | g) + (0 + z | g)``: two blocks on ``g``).
     priors
         Every prior used, by parameter name.
     prior_source
