@@ -259,3 +259,28 @@ def test_profile_intervals_of_two_blocks_equal_lme4(mixed: pd.DataFrame) -> None
     for name, want in LME4_MIXED_PROFILE.items():
         np.testing.assert_allclose(ci.loc[name].to_numpy(float), want, rtol=5e-4,
                                    atol=1e-4 if name.startswith("cor") else 0, err_msg=name)
+
+
+def test_glmm_two_blocks_on_one_factor_are_two_factors_of_the_same_levels() -> None:
+    """Laplace (glmer's two stages) for a bernoulli model with two blocks on one factor: the fit of
+    the second block on a copy of the factor (the crossed-factor path, checked against glmer on
+    grouseticks elsewhere) is the same model, to the optimizer's precision."""
+    rng = np.random.default_rng(7)
+    J, n = 30, 600
+    g = rng.integers(0, J, n)
+    x, z = rng.normal(size=n), rng.normal(size=n)
+    b0 = rng.normal(size=J) * 0.8
+    b1, c = 0.5 * b0 + rng.normal(size=J) * 0.4, rng.normal(size=J) * 0.6
+    eta = -0.3 + 0.5 * x + 0.2 * z + b0[g] + b1[g] * x + c[g] * z
+    df = pd.DataFrame({"y": (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int), "x": x, "z": z,
+                       "g": [f"g{i}" for i in g]}).assign(g2=lambda d: d["g"])
+    kw = dict(family="bernoulli", method="empirical", draws=10, chains=1)
+    a = pw.fit(MIXED, df, **kw)
+    b = pw.fit("y ~ x + z + (1 + x | g) + (0 + z | g2)", df, **kw)
+    assert float(a.loglik()) == pytest.approx(float(b.loglik()), rel=1e-9)
+    assert a.loglik().df == 7
+    np.testing.assert_allclose(a.varcorr()["sd_cor"].to_numpy(), b.varcorr()["sd_cor"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(a.fixef().to_numpy(), b.fixef().to_numpy(), rtol=1e-6)
+    re = a.ranef()["g"]
+    assert list(re.columns) == ["Intercept", "x", "z"]
+    np.testing.assert_allclose(re["z"].to_numpy(), b.ranef()["g2"]["z"].to_numpy(), rtol=1e-5, atol=1e-7)
