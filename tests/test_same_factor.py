@@ -154,11 +154,24 @@ def test_a_csv_fit_through_duckdb_equals_the_in_memory_fit(sleep: pd.DataFrame, 
         np.testing.assert_allclose(f.varcorr()["sd_cor"], LME4[reml][2:], rtol=RTOL)
 
 
-def test_pooling_names_the_merged_term(sleep: pd.DataFrame) -> None:
-    fit = pw.fit(SEPARATE, sleep, method="empirical", pooling={"Subject": 10.0}, draws=10, chains=1)
-    assert fit.varcorr().loc["sd(Days|Subject)", "fixed"]
-    with pytest.raises(SpecError, match="1 \\+ Days\\|\\|Subject"):  # one of the merged terms alone
-        pw.fit(SEPARATE, sleep, method="empirical", pooling={"1|Subject": "pooled"}, draws=10, chains=1)
+def test_pooling_names_the_block_or_one_of_its_terms(sleep: pd.DataFrame) -> None:
+    kw = dict(method="empirical", draws=10, chains=1)
+    fit = pw.fit(SEPARATE, sleep, pooling={"Subject": 10.0}, **kw)
+    assert fit.varcorr().loc["sd(Days|Subject)", "fixed"] and len(fit.bound.blocks) == 1
+    # a key naming one term of the independent block splits it into one block per term (the same
+    # model: Σ diagonal either way), each with its own setting
+    split = pw.fit(SEPARATE, sleep, pooling={"1|Subject": "hierarchical", "Days|Subject": "hierarchical"}, **kw)
+    assert [b.exprs for b in split.bound.blocks] == [("Intercept",), ("Days",)]
+    assert float(split.loglik()) == pytest.approx(LME4[True][0], rel=1e-9, abs=1e-6)
+    np.testing.assert_allclose(split.varcorr()["sd_cor"].to_numpy(), LME4[True][2:], rtol=RTOL)
+    pd.testing.assert_frame_equal(split.ranef()["Subject"], pw.fit(SEPARATE, sleep, **kw).ranef()["Subject"],
+                                  check_exact=False, rtol=1e-5, atol=1e-6)
+    for key in ("0 + Days | Subject", "Days|Subject"):  # a pooled term's fit is the fit without it
+        pooled = pw.fit(SEPARATE, sleep, pooling={key: "pooled"}, **kw)
+        alone = pw.fit("Reaction ~ Days + (1 | Subject)", sleep, **kw)
+        assert float(pooled.loglik()) == pytest.approx(float(alone.loglik()), rel=1e-10)
+    with pytest.raises(SpecError, match="no group term"):
+        pw.fit(SEPARATE, sleep, pooling={"Daze|Subject": "pooled"}, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,7 @@ class ModelSpec:
                      "failures", "count_columns"):
             object.__setattr__(self, name, getattr(p, name))
         if per_term is not None:
+            object.__setattr__(self, "group_terms", _split_for_pooling(per_term, self.group_terms))
             object.__setattr__(self, "pooling", _resolve_pooling(per_term, self.group_terms, self.formula))
         fam = self.fam
         if p.se and fam.name != "gaussian":
@@ -662,6 +663,31 @@ def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: s
             "Add a group term such as (1 | g) to the formula.")
     raise SpecError(f"{what} {key!r}, which is no group term of formula {formula} (its group terms: {listed}).",
                     hint=hint, option=option)
+
+
+def _split_for_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...]) -> tuple[GroupTerm, ...]:
+    """The group terms, with each block of independent terms (``||``, or ``(1 | g) + (0 + x | g)``)
+    that a pooling key names one term of (``"1|g"``, ``"0 + x|g"``) split into one block per term:
+    the same model (Σ diagonal either way), each term then with its own setting."""
+    wanted = {_norm_key(str(k)) for k, _ in items}
+    out: list[GroupTerm] = []
+    for t in terms:
+        if t.correlated or t.q < 2:
+            out.append(t)
+            continue
+        singles = [GroupTerm((e,), t.factor, True, sources=t.sources) for e in t.exprs]
+        names = {_norm_key(n) for u in singles for n in (term_key(u), "0+" + term_key(u))}
+        if not names & wanted:
+            out.append(t)
+            continue
+        out.extend(singles)
+    parts: dict[str, int] = {}  # renumber the blocks of each factor
+    numbered = []
+    for t in out:
+        k = parts.get(t.factor, 0)
+        parts[t.factor] = k + 1
+        numbered.append(t if t.part == k else GroupTerm(t.exprs, t.factor, t.correlated, sources=t.sources, part=k))
+    return tuple(numbered)
 
 
 def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...], formula: str) -> Pooling:
