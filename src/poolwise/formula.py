@@ -247,6 +247,8 @@ def parse_formula(f: str) -> ParsedFormula:
         if got is None or sorted(e for b in got for e in b[0]) != sorted(exprs):  # (not expected)
             got = [(tuple(exprs), factor not in uncorrelated and first not in uncorrelated,
                     tuple(sources.get(factor, ())))]
+        elif len(got) == 1:  # one block: the factor's terms in the formula's order, as ever
+            got = [(tuple(exprs), got[0][1], tuple(sources.get(factor, ())))]
         for k, (block_exprs, corr, src) in enumerate(got):
             terms.append(GroupTerm(block_exprs, factor, correlated=corr, sources=src, part=k))
     variables = columns | set(extras.values()) | set(failures.columns if failures else ())
