@@ -208,6 +208,7 @@ def test_two_blocks_on_one_factor_equal_lme4(mixed: pd.DataFrame, reml: bool) ->
         for level, want in LME4_MIXED_RANEF.items():
             np.testing.assert_allclose(re["g"].loc[level].to_numpy(), want, rtol=1e-4, atol=1e-6)
     assert list(fit.coef()["g"].columns) == ["Intercept", "x", "z"]
+    assert "groups=30 " in repr(fit)  # one factor, listed once
 
 
 def test_two_blocks_on_one_factor_are_two_factors_of_the_same_levels(mixed: pd.DataFrame) -> None:

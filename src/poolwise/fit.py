@@ -440,8 +440,8 @@ class Fit:
     def __repr__(self) -> str:
         b = self.bound
         pooling = repr(self.spec.pooling_text) if isinstance(self.pooling, tuple) else self.spec.pooling_text
-        groups = (str(b.n_groups) if len(b.blocks) == 1
-                  else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
+        per = {blk.factor: blk.n_groups for blk in b.blocks}  # (blocks on one factor: listed once)
+        groups = str(b.n_groups) if len(per) == 1 else "(" + ", ".join(f"{k}: {v}" for k, v in per.items()) + ")"
         shown = b.shown  # the formula and family as the user gave them
         weights = f" weights={shown.weights}" if shown.weights else ""
         return (f"<poolwise.Fit {shown.formula!r} family={shown.fam.name}{weights} pooling={pooling} "
