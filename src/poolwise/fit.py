@@ -417,7 +417,8 @@ class Fit:
             for k, e in enumerate(block.exprs):
                 rows.append({"parameter": block.term.sd_name(e), "prior": self._fixed_sd_text(block, k),
                              "source": "pooling"})
-            if block.term.correlated and block.q > 1:
+            shared = f"cor({block.factor})" in b.priors  # (the LKJ prior of another block on the factor)
+            if block.term.correlated and block.q > 1 and not shared:
                 what = "none (pooled: group terms dropped)" if block.pooled else "0 fixed (Σ diagonal)"
                 rows.append({"parameter": f"cor({block.factor})", "prior": what, "source": "pooling"})
         if not b.has_sigma and "sigma" in self.spec.fam.params:
