@@ -284,3 +284,15 @@ def test_cbind_and_weights_in_spark_equal_the_in_memory_fits(spark: Any) -> None
     bad = sleep.assign(w=sleep["w"].where(sleep.index != 11, 0.0))
     with pytest.raises(DataError, match=r"'w' must be positive .*row 11"):
         pw.fit("Reaction ~ Days + (1 | Subject)", spark.createDataFrame(bad), weights="w", method="empirical")
+
+
+def test_two_blocks_on_one_factor_in_spark_equal_the_in_memory_fit(spark: Any) -> None:
+    """(1 + x | g) + (0 + z | g): two blocks on g, the pair of a factor with itself, reduced inside
+    Spark ((1 | g) + (0 + x | g) is (x || g), in FORMULAS)."""
+    mixed = pd.read_csv(Path(__file__).parent / "data" / "same_factor_mixed.csv")
+    formula = "y ~ x + z + (1 + x | g) + (0 + z | g)"
+    got = pw.fit(formula, spark.createDataFrame(mixed), method="empirical", draws=10, chains=1)
+    want = pw.fit(formula, mixed, method="empirical", draws=10, chains=1)
+    assert got.bound.reduced is not None and got.bound.reduced.engine == "spark"
+    assert float(got.loglik()) == pytest.approx(float(want.loglik()), rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(got.varcorr()["sd_cor"], want.varcorr()["sd_cor"], rtol=1e-6)

@@ -537,8 +537,8 @@ class Comparison:
     def __repr__(self) -> str:
         f = self.hierarchical
         blocks = f.bound.blocks
-        groups = (str(f.bound.n_groups) if len(blocks) == 1
-                  else "(" + ", ".join(f"{b.factor}: {b.n_groups}" for b in blocks) + ")")
+        per = {b.factor: b.n_groups for b in blocks}  # (blocks on one factor: listed once)
+        groups = str(f.bound.n_groups) if len(per) == 1 else "(" + ", ".join(f"{k}: {v}" for k, v in per.items()) + ")"
         return f"<poolwise.Comparison {f.bound.shown.formula!r} rows={f.bound.n_obs} groups={groups} method={f.method}>"
 
     def _repr_html_(self) -> str:

@@ -477,7 +477,29 @@ def ranef(bound: BoundSpec, draws: Draws | None, cond: Conditional | None, *, co
             df.attrs["condsd"] = pd.DataFrame(np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0.0, None)),
                                               index=_levels_index(blk), columns=cols)
             df.attrs["condcov"] = cov
+        if blk.factor in out:  # another block on the same factor ((1 + x | g) + (0 + z | g)): its columns
+            df = _join_blocks(out[blk.factor], df)
         out[blk.factor] = df
+    return out
+
+
+def _join_blocks(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Two blocks' group values on one factor side by side (same levels, in the same order); the
+    conditional covariances block-diagonal — the blocks are independent a priori, and the
+    covariance across them is not part of either block's, so it is left out (zeros), as lme4's
+    ``condVar`` gives one matrix per term."""
+    bare = [x.copy() for x in (a, b)]
+    for x in bare:
+        x.attrs = {}
+    out = pd.concat(bare, axis=1)
+    if "condsd" in a.attrs and "condsd" in b.attrs:
+        out.attrs["condsd"] = pd.concat([a.attrs["condsd"], b.attrs["condsd"]], axis=1)
+    if "condcov" in a.attrs and "condcov" in b.attrs:
+        ca, cb = a.attrs["condcov"], b.attrs["condcov"]
+        qa, qb = ca.shape[1], cb.shape[1]
+        cov = np.zeros((ca.shape[0], qa + qb, qa + qb))
+        cov[:, :qa, :qa], cov[:, qa:, qa:] = ca, cb
+        out.attrs["condcov"] = cov
     return out
 
 

@@ -417,7 +417,8 @@ class Fit:
             for k, e in enumerate(block.exprs):
                 rows.append({"parameter": block.term.sd_name(e), "prior": self._fixed_sd_text(block, k),
                              "source": "pooling"})
-            if block.term.correlated and block.q > 1:
+            shared = f"cor({block.factor})" in b.priors  # (the LKJ prior of another block on the factor)
+            if block.term.correlated and block.q > 1 and not shared:
                 what = "none (pooled: group terms dropped)" if block.pooled else "0 fixed (Σ diagonal)"
                 rows.append({"parameter": f"cor({block.factor})", "prior": what, "source": "pooling"})
         if not b.has_sigma and "sigma" in self.spec.fam.params:
@@ -440,8 +441,8 @@ class Fit:
     def __repr__(self) -> str:
         b = self.bound
         pooling = repr(self.spec.pooling_text) if isinstance(self.pooling, tuple) else self.spec.pooling_text
-        groups = (str(b.n_groups) if len(b.blocks) == 1
-                  else "(" + ", ".join(f"{blk.factor}: {blk.n_groups}" for blk in b.blocks) + ")")
+        per = {blk.factor: blk.n_groups for blk in b.blocks}  # (blocks on one factor: listed once)
+        groups = str(b.n_groups) if len(per) == 1 else "(" + ", ".join(f"{k}: {v}" for k, v in per.items()) + ")"
         shown = b.shown  # the formula and family as the user gave them
         weights = f" weights={shown.weights}" if shown.weights else ""
         return (f"<poolwise.Fit {shown.formula!r} family={shown.fam.name}{weights} pooling={pooling} "

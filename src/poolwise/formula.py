@@ -41,6 +41,14 @@ class GroupTerm:
     correlated: bool = True
     #: the varying terms as the formula writes them (names quoted), for building their columns
     sources: tuple[str, ...] = field(default=(), compare=False)
+    #: which block of its factor's covariance this term is (0 for the first; ``(1 + x | g) + (0 + z | g)``
+    #: makes two independent blocks on ``g``, as in lme4)
+    part: int = 0
+
+    @property
+    def site(self) -> str:
+        """A name for this term unique in its formula: the factor, ``g#1`` for a factor's second block."""
+        return self.factor if self.part == 0 else f"{self.factor}#{self.part}"
 
     def design_formula(self, response: str = "pw_response_") -> str:
         """A formula whose design holds every varying term as a column named as in :attr:`exprs`."""
@@ -93,7 +101,8 @@ class ParsedFormula:
     common
         The right-hand side without group terms (``"1"`` when nothing is left).
     group_terms
-        One :class:`GroupTerm` per grouping factor.
+        One :class:`GroupTerm` per grouping factor, or per block of a factor's covariance when
+        its terms are independent blocks (``(1 + x | g) + (0 + z | g)``: two, as in lme4).
     variables
         Every data column the formula names.
     categorical
@@ -187,7 +196,7 @@ def parse_formula(f: str) -> ParsedFormula:
         raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
                            hint="Transform the column before fitting.", option="formula")
     protected, quoted = _protect(rhs)  # (brackets and bars inside `quoted names` are the names')
-    uncorrelated, rhs_protected = _rewrite_double_bars(protected)
+    uncorrelated, rhs_protected, double = _rewrite_double_bars(protected)
     uncorrelated = {_restore(u, quoted).replace("`", "") for u in uncorrelated}
     rhs_clean = _restore(rhs_protected, quoted)
     try:
@@ -223,12 +232,25 @@ def parse_formula(f: str) -> ParsedFormula:
     except Exception as err:
         raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
                            hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
+    try:
+        blocks = _same_factor_terms(checker.groups, double, uncorrelated, f)
+    except FormulaError:
+        raise
+    except Exception as err:
+        raise FormulaError(f"Cannot parse the group terms of formula {f} ({str(err).strip() or type(err).__name__}).",
+                           hint="lme4 syntax is y ~ x + (1 + x | g).", option="formula") from None
     terms = []
     for factor, exprs in by_factor.items():
         exprs.sort(key=lambda e: e != "Intercept")
         first = factor.split(":")[0]
-        terms.append(GroupTerm(tuple(exprs), factor, correlated=factor not in uncorrelated
-                               and first not in uncorrelated, sources=tuple(sources.get(factor, ()))))
+        got = blocks.get(factor)
+        if got is None or sorted(e for b in got for e in b[0]) != sorted(exprs):  # (not expected)
+            got = [(tuple(exprs), factor not in uncorrelated and first not in uncorrelated,
+                    tuple(sources.get(factor, ())))]
+        elif len(got) == 1:  # one block: the factor's terms in the formula's order, as ever
+            got = [(tuple(exprs), got[0][1], tuple(sources.get(factor, ())))]
+        for k, (block_exprs, corr, src) in enumerate(got):
+            terms.append(GroupTerm(block_exprs, factor, correlated=corr, sources=src, part=k))
     variables = columns | set(extras.values()) | set(failures.columns if failures else ())
     return ParsedFormula(
         outcome=outcome, se=extras.get("se"), trials=extras.get("trials"), rhs=rhs_clean.strip(),
@@ -656,20 +678,99 @@ def _group_sources(groups: list[object]) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for node in groups:
-        summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
-        while stack:
-            n = stack.pop()
-            if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
-                stack += [n.right, n.left]  # type: ignore[attr-defined]
-            elif type(n).__name__ == "Grouping":
-                stack.append(n.expression)  # type: ignore[attr-defined]
-            elif type(n).__name__ != "Literal":
-                summands.append(_unparse(n))
+        summands = _summands(node)
         for t in model_description(f"pw_response_ ~ {_unparse(node)}").group_terms:
             factor = ":".join(v.name for v in t.factor.components)
             have = out.setdefault(factor, [])
             have.extend(x for x in summands if x not in have)
     return out
+
+
+def _same_factor_terms(groups: list[object], double: list[bool], uncorrelated: set[str],
+                       f: str) -> dict[str, list[tuple[tuple[str, ...], bool, tuple[str, ...]]]]:
+    """Per grouping factor, its group terms as lme4 reads them: (varying terms, correlated, the
+    terms' source texts) per block of the factor's covariance.
+
+    lme4 makes separate group terms on one factor independent (Σ block-diagonal across the terms):
+    ``(1 | g) + (0 + x | g)`` is ``(1 + x || g)``.  A factor's terms of one varying term each (and
+    those written with ``||``) make one block with a diagonal Σ — the very term ``||`` gives; a
+    term of several varying terms written with ``|`` beside other terms on its factor is a block
+    of its own (``(1 + x | g) + (0 + z | g)``: two blocks on ``g``).
+
+    Raises
+    ------
+    FormulaError
+        Two terms on one factor that share a varying term (``(1 | g) + (1 | g)``: lme4 would fit
+        a model that is not identifiable).
+    """
+    from formulae import model_description
+
+    matched = len(double) == len(groups)  # (both list the group terms in the order written)
+    # factor → (varying terms, ||, text, source texts) per group term written on it
+    parts: dict[str, list[tuple[list[str], bool, str, list[str]]]] = {}
+    for i, node in enumerate(groups):
+        text = _unparse(node)
+        summands = _summands(node)
+        per: dict[str, list[str]] = {}
+        for t in model_description(f"pw_response_ ~ {text}").group_terms:
+            factor = ":".join(v.name for v in t.factor.components)
+            e = "Intercept" if type(t.expr).__name__ == "Intercept" else str(t.expr.name)
+            if e not in per.setdefault(factor, []):
+                per[factor].append(e)
+        for factor, exprs in per.items():
+            dbl_here = double[i] if matched else (factor in uncorrelated or factor.split(":")[0] in uncorrelated)
+            parts.setdefault(factor, []).append((exprs, dbl_here, text.replace("|", "||") if dbl_here else text,
+                                                 summands))
+    out: dict[str, list[tuple[tuple[str, ...], bool, tuple[str, ...]]]] = {}
+    for factor, items in parts.items():
+        seen: dict[str, str] = {}
+        for exprs, _, text, _ in items:
+            for e in exprs:
+                if e in seen:
+                    name = "1" if e == "Intercept" else e
+                    raise FormulaError(
+                        f"The group terms {seen[e]} and {text} of formula {f} both let '{name}' vary over "
+                        f"'{factor}': the model would not be identifiable.",
+                        hint=f"Write each varying term once per grouping factor, e.g. (1 + x | {factor}) "
+                             f"(correlated) or (1 | {factor}) + (0 + x | {factor}) (independent).",
+                        option="formula")
+                seen[e] = text
+        if len(items) == 1:
+            exprs, dbl, _, src = items[0]
+            out[factor] = [(tuple(exprs), not dbl, tuple(src))]
+            continue
+        blocks: list[tuple[tuple[str, ...], bool, tuple[str, ...]]] = []
+        rest: list[str] = []
+        rest_src: list[str] = []
+        rest_dbl = False
+        for exprs, dbl, _, src in items:
+            if len(exprs) > 1 and not dbl:
+                blocks.append((tuple(exprs), True, tuple(src)))
+            else:
+                rest += exprs
+                rest_src += [s for s in src if s not in rest_src]
+                rest_dbl = rest_dbl or dbl
+        if rest:
+            blocks.append((tuple(rest), not (rest_dbl or len(rest) > 1), tuple(rest_src)))
+        for i, (exprs, corr, src) in enumerate(blocks):
+            blocks[i] = (tuple(sorted(exprs, key=lambda e: e != "Intercept")), corr, src)
+        blocks.sort(key=lambda b: b[0][0] != "Intercept")  # (stable: else in the order written)
+        out[factor] = blocks
+    return out
+
+
+def _summands(node: object) -> list[str]:
+    """The text of each varying term of a group term's node (``(1 + x + log(z) | g)`` → x, log(z))."""
+    summands, stack = [], [node.expression.left]  # type: ignore[attr-defined]
+    while stack:
+        n = stack.pop()
+        if type(n).__name__ == "Binary" and n.operator.kind in ("PLUS", "MINUS"):  # type: ignore[attr-defined]
+            stack += [n.right, n.left]  # type: ignore[attr-defined]
+        elif type(n).__name__ == "Grouping":
+            stack.append(n.expression)  # type: ignore[attr-defined]
+        elif type(n).__name__ != "Literal":
+            summands.append(_unparse(n))
+    return summands
 
 
 def _protect(text: str) -> tuple[str, list[str]]:
@@ -709,11 +810,15 @@ def _brackets(rhs: str) -> list[tuple[int, int]]:
     return out
 
 
-def _rewrite_double_bars(rhs: str) -> tuple[set[str], str]:
+def _rewrite_double_bars(rhs: str) -> tuple[set[str], str, list[bool]]:
+    """``||`` rewritten to ``|``: the factors so marked, the text, and per group term (in the order
+    written) whether it was written with ``||``."""
     uncorrelated: set[str] = set()
+    double: list[bool] = []
     pieces, last = [], 0
     for i, j in _brackets(rhs):
         inner = rhs[i + 1 : j]
+        double.append("||" in inner)
         if "||" in inner:
             left, right = inner.split("||", 1)
             uncorrelated.add(right.strip().split("/")[0].strip())
@@ -723,7 +828,7 @@ def _rewrite_double_bars(rhs: str) -> tuple[set[str], str]:
         pieces.append(rhs[last:i] + "(" + inner + ")")
         last = j + 1
     pieces.append(rhs[last:])
-    return uncorrelated, "".join(pieces)
+    return uncorrelated, "".join(pieces), double
 
 
 def _strip_group_terms(rhs: str) -> str:

@@ -318,10 +318,12 @@ def _factor_of(term: str | None, terms: tuple[GroupTerm, ...]) -> GroupTerm | No
     text = str(term).strip()
     if text.startswith("sd(") and text.endswith(")"):
         text = text[3:-1]
-    _, bar, factor = text.rpartition("|")
+    expr, bar, factor = text.rpartition("|")
     if not bar:
         return None
-    return next((t for t in terms if t.factor == factor.strip()), None)
+    expr = "Intercept" if expr.strip() in ("1", "Intercept") else expr.strip()
+    same = [t for t in terms if t.factor == factor.strip()]  # (several: blocks on one factor)
+    return next((t for t in same if expr in t.exprs), same[0] if same else None)
 
 
 def _check_grid(grid: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -69,7 +69,9 @@ class ModelSpec:
     ----------
     formula
         lme4 syntax, ``"y ~ x1 + x2 + (1 + x1 | g)"``; ``||`` for uncorrelated group terms;
-        ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  brms-style additions:
+        ``(1 | region/county)`` nested, ``(1 | a) + (1 | b)`` crossed.  Separate terms on one
+        factor are independent, as in lme4: ``(1 | g) + (0 + x | g)`` is ``(1 + x || g)``, and
+        ``(1 + x | g) + (0 + z | g)`` two blocks on ``g``.  brms-style additions:
         ``"y | se(s) ~ 1 + (1 | g)"`` (known standard errors), ``"y | trials(n) ~ …"``
         (binomial), or lme4's ``"cbind(successes, failures) ~ …"`` (binomial, the trials being
         successes + failures; the failures a column or arithmetic on columns such as
@@ -81,7 +83,7 @@ class ModelSpec:
     pooling
         ``"pooled"``, ``"unpooled"``, ``"hierarchical"`` or a positive number (every group SD
         fixed at that value); or per group term, a mapping from the term (``"1|s"``,
-        ``"1 + x|subj"``, or the factor ``"s"``) to one of those (terms not named:
+        ``"1 + x|subj"``, or the factor ``"s"``: every block on it) to one of those (terms not named:
         ``"hierarchical"``), or the text ``"1|s=pooled, 1|d=hierarchical"``.  Stored as one
         setting when every term has the same, else as a tuple of (term, setting) pairs in the
         formula's order (:func:`term_key` names the terms).
@@ -131,6 +133,7 @@ class ModelSpec:
                      "failures", "count_columns"):
             object.__setattr__(self, name, getattr(p, name))
         if per_term is not None:
+            object.__setattr__(self, "group_terms", _split_for_pooling(per_term, self.group_terms))
             object.__setattr__(self, "pooling", _resolve_pooling(per_term, self.group_terms, self.formula))
         fam = self.fam
         if p.se and fam.name != "gaussian":
@@ -316,7 +319,8 @@ class BoundSpec:
     trials
         Number of trials per row (binomial), else ``None``.
     blocks
-        One :class:`GroupBlock` per grouping factor.
+        One :class:`GroupBlock` per group term: per grouping factor, or per block of a factor's
+        covariance (``(1 + x | g) + (0 + z | g)``: two blocks on ``g``).
     priors
         Every prior used, by parameter name.
     prior_source
@@ -639,10 +643,18 @@ def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: s
     """
     names: dict[str, GroupTerm] = {}
     for t in terms:
-        for name in (term_key(t), term_key(t).replace("||", "|"), t.factor):
+        keys = [term_key(t), term_key(t).replace("||", "|"), t.factor]
+        if t.exprs[0] != "Intercept":  # as the formula writes it: (0 + z | g)
+            keys += ["0+" + keys[0], "0+" + keys[1]]
+        for name in keys:
             names.setdefault(_norm_key(name), t)
     t = names.get(_norm_key(str(key)))
     if t is not None:
+        same = [u for u in terms if u.factor == t.factor]
+        if len(same) > 1 and _norm_key(str(key)) == _norm_key(t.factor):  # a factor of several blocks
+            listed = ", ".join(repr(term_key(u)) for u in same)
+            raise SpecError(f"{what} {key!r}, a grouping factor with several group terms in formula {formula} "
+                            f"({listed}).", hint=f"Name one of them: {listed}.", option=option)
         return t
     listed = ", ".join(repr(term_key(t)) for t in terms) or "none"
     near = difflib.get_close_matches(_norm_key(str(key)), list(names), n=1)
@@ -651,6 +663,31 @@ def find_term(key: str, terms: tuple[GroupTerm, ...], formula: str, *, option: s
             "Add a group term such as (1 | g) to the formula.")
     raise SpecError(f"{what} {key!r}, which is no group term of formula {formula} (its group terms: {listed}).",
                     hint=hint, option=option)
+
+
+def _split_for_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...]) -> tuple[GroupTerm, ...]:
+    """The group terms, with each block of independent terms (``||``, or ``(1 | g) + (0 + x | g)``)
+    that a pooling key names one term of (``"1|g"``, ``"0 + x|g"``) split into one block per term:
+    the same model (Σ diagonal either way), each term then with its own setting."""
+    wanted = {_norm_key(str(k)) for k, _ in items}
+    out: list[GroupTerm] = []
+    for t in terms:
+        if t.correlated or t.q < 2:
+            out.append(t)
+            continue
+        singles = [GroupTerm((e,), t.factor, True, sources=t.sources) for e in t.exprs]
+        names = {_norm_key(n) for u in singles for n in (term_key(u), "0+" + term_key(u))}
+        if not names & wanted:
+            out.append(t)
+            continue
+        out.extend(singles)
+    parts: dict[str, int] = {}  # renumber the blocks of each factor
+    numbered = []
+    for t in out:
+        k = parts.get(t.factor, 0)
+        parts[t.factor] = k + 1
+        numbered.append(t if t.part == k else GroupTerm(t.exprs, t.factor, t.correlated, sources=t.sources, part=k))
+    return tuple(numbered)
 
 
 def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...], formula: str) -> Pooling:
@@ -663,14 +700,15 @@ def _resolve_pooling(items: list[tuple[str, Any]], terms: tuple[GroupTerm, ...],
     """
     settings: dict[GroupTerm, str | float] = {}
     for key, value in items:
-        t = find_term(key, terms, formula)
-        if t in settings:
-            raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
-                            hint="Give each group term one setting.", option="pooling")
-        try:
-            settings[t] = _check_pooling(value)
-        except SpecError as err:
-            raise SpecError(f"The pooling of {key!r}: {err.message}", hint=err.hint, option="pooling") from None
+        same = [t for t in terms if _norm_key(t.factor) == _norm_key(str(key))]  # a factor: all its terms
+        for t in same if len(same) > 1 else [find_term(key, terms, formula)]:
+            if t in settings:
+                raise SpecError(f"The pooling names the group term {term_key(t)!r} twice (as {key!r}).",
+                                hint="Give each group term one setting.", option="pooling")
+            try:
+                settings[t] = _check_pooling(value)
+            except SpecError as err:
+                raise SpecError(f"The pooling of {key!r}: {err.message}", hint=err.hint, option="pooling") from None
     full = [(term_key(t), settings.get(t, "hierarchical")) for t in terms]
     values = {v for _, v in full}
     if len(values) <= 1:  # every term alike: the one setting
@@ -888,10 +926,15 @@ def bind_parts(
         else:
             Sigma = np.eye(term.q) * float(pooling) ** 2
         if Sigma is not None:  # the group SDs and correlations are not parameters then
-            for name in [term.sd_name(e) for e in term.exprs] + [f"cor({term.factor})"]:
+            for name in [term.sd_name(e) for e in term.exprs]:
                 priors.pop(name, None)
                 source.pop(name, None)
         out.append(GroupBlock(term, raw.Z, raw.group, raw.levels, Sigma, counts=raw.counts, ZtWZ=raw.ZtWZ))
+    learned_cor = {b.factor for b in out if b.Sigma is None and b.term.correlated and b.q > 1}
+    for b in out:  # (one LKJ prior per factor: kept while another block on the factor learns its correlations)
+        if b.Sigma is not None and b.factor not in learned_cor:
+            priors.pop(f"cor({b.factor})", None)
+            source.pop(f"cor({b.factor})", None)
     return BoundSpec(
         spec=spec, y=y, X=X, coef_names=coef_names, weights=weights, offset=offset, trials=trials,
         blocks=tuple(out), priors=priors, prior_source=source, scale=scale, design=design, reduced=reduced,

@@ -144,7 +144,7 @@ class BlockSites:
 
 def site_names(block: GroupBlock) -> BlockSites:
     """The sample-site names of ``block`` in :func:`build_model`'s model."""
-    f = block.factor
+    f = block.term.site
     return BlockSites(sd=tuple(block.sd_names), chol=f"L({f})", z=f"z({f})", values=f"u({f})")
 
 
@@ -235,7 +235,7 @@ def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool 
     for block in _present(bound, with_groups):
         learn_cor = _learns_cor(block)
         blocks.append(_BlockStructure(
-            factor=block.factor,
+            factor=block.term.site,
             sd=tuple(site_names(block).sd),
             n_groups=block.n_groups,
             learn_cor=learn_cor,
