@@ -1196,32 +1196,8 @@ def _laplace_crossed_fit(bound: BoundSpec, lap: _CrossedLaplace, *, seed: int, c
     N = C * D
     cov = np.linalg.inv(prec) if p else np.zeros((0, 0))
     cov = 0.5 * (cov + cov.T)
-    sds: list[np.ndarray | None] = []
-    corrs: list[np.ndarray | None] = []
-    sd_est: dict[str, float] = {}
-    corr_est: dict[str, float] = {}
-    for blk, lam in zip(bound.blocks, lams):
-        if blk.Sigma is not None:
-            sds.append(None)
-            corrs.append(None)
-            continue
-        S = lam @ lam.T
-        sd = np.sqrt(np.diagonal(S))
-        sds.append(np.broadcast_to(sd, (N, blk.q)).copy())
-        sd_est.update({n: float(v) for n, v in zip(blk.sd_names, sd)})
-        if blk.term.correlated and blk.q > 1:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                Rm = S / np.outer(sd, sd)
-            corrs.append(np.broadcast_to(Rm, (N, blk.q, blk.q)).copy())
-            corr_est.update({n: float(Rm[i, j]) for n, (i, j) in zip(
-                blk.cor_names, [(i, j) for j in range(blk.q) for i in range(j)])})
-        else:
-            corrs.append(None)
-    estimates: dict[str, Any] = {"beta": beta_hat.tolist(), "beta_cov": cov.tolist()}
-    if sd_est:
-        estimates["sd"] = sd_est
-    if corr_est:
-        estimates["corr"] = corr_est
+    sds, corrs, named = sparse.sd_corr_estimates(bound, lams)
+    estimates: dict[str, Any] = {"beta": beta_hat.tolist(), "beta_cov": cov.tolist(), **named}
     info = {"method": "Laplace", "estimates": estimates, "loglik": ll, "criterion": -2.0 * ll,
             "theta": theta.tolist(), "converged": bool(ok1 and ok2 and inner_ok and math.isfinite(ll)),
             "evaluations": ne1 + ne2, "factorization": lap.fz.backend, "seconds": time.perf_counter() - t0}

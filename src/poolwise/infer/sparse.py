@@ -1034,12 +1034,52 @@ def _settings(bound: BoundSpec) -> list[FactorSetting]:
 
 def _blocks(bound: BoundSpec, C: int, D: int, sds: Sequence[np.ndarray | None], corrs: Sequence[np.ndarray | None],
             values: Sequence[np.ndarray]) -> tuple[BlockDraws, ...]:
+    """Per block: the SDs and correlations (per draw, or one estimate repeated over the draws) and the
+    group values shaped (chain, draw, …)."""
+    def shaped(a: np.ndarray | None, tail: tuple[int, ...]) -> np.ndarray | None:
+        if a is None:
+            return None
+        return (a if a.ndim > len(tail) else np.broadcast_to(a, (C * D,) + tail).copy()).reshape((C, D) + tail)
+
     out = []
     for blk, sd, corr, v in zip(bound.blocks, sds, corrs, values):
-        out.append(BlockDraws(sd=None if sd is None else sd.reshape(C, D, blk.q),
-                              corr=None if corr is None else corr.reshape(C, D, blk.q, blk.q),
+        out.append(BlockDraws(sd=shaped(sd, (blk.q,)), corr=shaped(corr, (blk.q, blk.q)),
                               values=None if blk.pooled else v.reshape(C, D, blk.n_groups, blk.q)))
     return tuple(out)
+
+
+def sd_corr_estimates(bound: BoundSpec, lams: Sequence[np.ndarray]
+                      ) -> tuple[list[np.ndarray | None], list[np.ndarray | None], dict[str, Any]]:
+    """Per block at the estimates Λ (Σ = ΛΛ'): its SDs (q,) and correlation matrix (q, q) (``None``
+    for a fixed Σ, and the correlations of uncorrelated terms), and the ``estimates`` entries ``sd``
+    and ``corr`` by name."""
+    sds: list[np.ndarray | None] = []
+    corrs: list[np.ndarray | None] = []
+    sd_est: dict[str, float] = {}
+    corr_est: dict[str, float] = {}
+    for blk, lam in zip(bound.blocks, lams):
+        if blk.Sigma is not None:
+            sds.append(None)
+            corrs.append(None)
+            continue
+        S = lam @ lam.T
+        sd = np.sqrt(np.diagonal(S))
+        sds.append(sd)
+        sd_est.update({n: float(v) for n, v in zip(blk.sd_names, sd)})
+        if blk.term.correlated and blk.q > 1:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                R = S / np.outer(sd, sd)
+            corrs.append(R)
+            corr_est.update({n: float(R[i, j]) for n, (i, j) in zip(
+                blk.cor_names, [(i, j) for j in range(blk.q) for i in range(j)])})
+        else:
+            corrs.append(None)
+    named: dict[str, Any] = {}
+    if sd_est:
+        named["sd"] = sd_est
+    if corr_est:
+        named["corr"] = corr_est
+    return sds, corrs, named
 
 
 def sample(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000,
@@ -1132,31 +1172,8 @@ def empirical(bound: BoundSpec, *, seed: int, chains: int = 4, draws: int = 1000
     estimates: dict[str, Any] = {"beta": beta_hat.tolist()}
     if bound.has_sigma:
         estimates["sigma"] = est.sigma
-    sds: list[np.ndarray | None] = []
-    corrs: list[np.ndarray | None] = []
-    sd_est: dict[str, float] = {}
-    corr_est: dict[str, float] = {}
-    for blk, lam in zip(bound.blocks, est.lams):
-        if blk.Sigma is not None:
-            sds.append(None)
-            corrs.append(None)
-            continue
-        S = lam @ lam.T
-        sd = np.sqrt(np.diagonal(S))
-        sds.append(np.broadcast_to(sd, (C * D, blk.q)).copy())
-        sd_est.update({n: float(v) for n, v in zip(blk.sd_names, sd)})
-        if blk.term.correlated and blk.q > 1:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                R = S / np.outer(sd, sd)
-            corrs.append(np.broadcast_to(R, (C * D, blk.q, blk.q)).copy())
-            corr_est.update({n: float(R[i, j]) for n, (i, j) in zip(
-                blk.cor_names, [(i, j) for j in range(blk.q) for i in range(j)])})
-        else:
-            corrs.append(None)
-    if sd_est:
-        estimates["sd"] = sd_est
-    if corr_est:
-        estimates["corr"] = corr_est
+    sds, corrs, named = sd_corr_estimates(bound, est.lams)
+    estimates.update(named)
     info = {"method": "REML" if reml else "ML", "estimates": estimates, "loglik": est.loglik,
             "criterion": -2.0 * est.loglik, "converged": est.converged, "evaluations": est.evaluations,
             "factorization": est.backend, "seconds": time.perf_counter() - t0}
