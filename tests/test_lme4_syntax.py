@@ -330,3 +330,15 @@ def test_cli_file_fit_shows_no_internal_names(cbpp: pd.DataFrame, tmp_path: Path
     r = run("fit", bpath, "-f", "y ~ x + (1 | g)", "--family", "bernoulli", "--ml", "--draws", "100", "--chains", "2")
     assert r.exit_code == 0, r.output
     assert "family=bernoulli" in r.stdout and "pw_" not in r.stdout and "merged" not in r.stdout
+
+
+def test_caret_is_r_power_and_crossing() -> None:
+    """R's ^ means what formulae's ** does: a power inside I(...), crossing up to an order outside."""
+    from poolwise.formula import parse_formula
+
+    caret = parse_formula("y ~ (a + b)^2 + I(x^2) + (1 | g)")
+    stars = parse_formula("y ~ (a + b)**2 + I(x**2) + (1 | g)")
+    assert caret == stars
+    assert caret.common == "(a + b)**2 + I(x**2)"
+    with pytest.raises(FormulaError):
+        parse_formula("y ~ x ^ + (1 | g)")

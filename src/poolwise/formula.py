@@ -138,7 +138,7 @@ def parse_formula(f: str) -> ParsedFormula:
     on one argument:
 
     - ``log exp sqrt log10 log2 log1p abs`` (elementwise, also nested and inside ``I()``);
-    - ``I(...)``: arithmetic on columns and numbers with ``+ - * / **``;
+    - ``I(...)``: arithmetic on columns and numbers with ``+ - * / **`` (R's ``^`` is read as ``**``);
     - ``C(column)``: a column as categorical (treatment coding);
     - ``offset(...)``: a term with coefficient 1 (e.g. ``offset(log(exposure))``);
     - ``scale(...)``: centred and scaled (tables in memory only: a file's query cannot compute it);
@@ -196,6 +196,8 @@ def parse_formula(f: str) -> ParsedFormula:
         raise FormulaError(f"The outcome '{outcome}' in formula {f!r} must be a column name.",
                            hint="Transform the column before fitting.", option="formula")
     protected, quoted = _protect(rhs)  # (brackets and bars inside `quoted names` are the names')
+    # R's ^ is formulae's **: a power inside I(...), crossing up to an order outside ((a + b)^2)
+    protected = protected.replace("^", "**")
     uncorrelated, rhs_protected, double = _rewrite_double_bars(protected)
     uncorrelated = {_restore(u, quoted).replace("`", "") for u in uncorrelated}
     rhs_clean = _restore(rhs_protected, quoted)

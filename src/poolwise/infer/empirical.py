@@ -638,13 +638,63 @@ class _Laplace:
         """β of the pooled GLM (Newton/IRLS) and its standard errors."""
         return _glm_start(self.fam, self.y, self.X, self.offset, self.w, self.trials)
 
+    def _info_slope(self, eta: np.ndarray, wi: np.ndarray) -> np.ndarray:
+        """d(information)/dη per row: n·p(1−p)(1−2p) (logit), μ (log); central differences otherwise."""
+        name = self.fam.name
+        if name in ("bernoulli", "binomial"):
+            out: np.ndarray = wi * (1.0 - 2.0 * self.fam.inverse_link(eta))
+            return out
+        if name == "poisson":
+            return wi
+        h = 1e-5 * np.maximum(1.0, np.abs(eta))
+        plus = self.fam.information(eta + h, trials=self.trials, weights=self.w)
+        minus = self.fam.information(eta - h, trials=self.trials, weights=self.w)
+        return (plus - minus) / (2.0 * h)
+
+    def value_grad_beta(self, beta: np.ndarray, Lam: np.ndarray) -> tuple[float, np.ndarray]:
+        """The Laplace log-likelihood at (β, Λ) and its exact gradient in β.
+
+        With û the inner mode, H_j = I + Λ'Z_j'W Z_jΛ and l(β) = Σ_j h_j(û_j) − ½ log|H_j|, the
+        envelope theorem gives ∂h/∂β = X's (s the score at û) and the log-determinant term
+        −½ Σ_i w'_i ℓ_i d_i with w'_i = dW_i/dη_i, ℓ_i = z_i'ΛH⁻¹Λ'z_i (the leverage of row i) and
+        d_i = dη_i/dβ = x_i + z_i'Λ dû/dβ, dû_j/dβ = −H_j⁻¹Λ'Z_j'W X_j.
+        """
+        p = beta.size
+        if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(Lam))):
+            return -math.inf, np.zeros(p)
+        u, H, val, ok = self.modes(beta, Lam)
+        if not math.isfinite(val):
+            return -math.inf, np.zeros(p)
+        if ok:
+            self.u = u
+        eta = self._eta(beta, Lam, u)
+        mu = self.fam.inverse_link(eta)
+        s = self.w * (self.y - self.n_mean * mu)
+        wi = self.fam.information(eta, trials=self.trials, weights=self.w)
+        Hinv = np.linalg.inv(H)  # (J, q, q)
+        ZL = self.Z @ Lam  # (N, q): row i's z_i'Λ
+        lev = np.einsum("ia,iab,ib->i", ZL, Hinv[self.group], ZL)
+        LZWX = np.stack([np.stack([self._per_group(wi * ZL[:, a] * self.X[:, k]) for k in range(p)], axis=1)
+                         for a in range(self.q)], axis=1)  # (J, q, p): Λ'Z_j'W X_j
+        dU = -np.einsum("jab,jbk->jak", Hinv, LZWX)  # (J, q, p)
+        d = self.X + np.einsum("ia,iak->ik", ZL, dU[self.group])
+        grad = self.X.T @ s - 0.5 * (self._info_slope(eta, wi) * lev) @ d
+        return val, grad
+
 
 def _glm_start(fam: Any, y: np.ndarray, X: np.ndarray, offset: np.ndarray, w: np.ndarray,
                trials: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """β of the pooled GLM (Newton/IRLS) and its standard errors."""
+    beta, se, _ = _glm_fit(fam, y, X, offset, w, trials, np.zeros(X.shape[1]))
+    return beta, se
+
+
+def _glm_fit(fam: Any, y: np.ndarray, X: np.ndarray, offset: np.ndarray, w: np.ndarray,
+             trials: np.ndarray | None, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pooled GLM by Newton/IRLS from β: its estimate, standard errors and covariance."""
     p = X.shape[1]
     n_mean = np.ones_like(y, dtype=float) if trials is None else np.asarray(trials, dtype=float)
-    beta = np.zeros(p)
+    beta = np.array(beta, dtype=float)
     cov = np.eye(p)
     for _ in range(50):
         eta = X @ beta + offset
@@ -657,7 +707,7 @@ def _glm_start(fam: Any, y: np.ndarray, X: np.ndarray, offset: np.ndarray, w: np
         beta = beta + step
         if np.abs(step).max() < 1e-10:
             break
-    return beta, np.sqrt(np.maximum(np.diag(cov), 1e-12))
+    return beta, np.sqrt(np.maximum(np.diag(cov), 1e-12)), cov
 
 
 def laplace_loglik(bound: BoundSpec, beta: np.ndarray, Lam: np.ndarray) -> float:
@@ -675,6 +725,70 @@ def laplace_loglik(bound: BoundSpec, beta: np.ndarray, Lam: np.ndarray) -> float
     return _Laplace(bound)(np.asarray(beta, dtype=float), np.asarray(Lam, dtype=float))
 
 
+def _laplace_optimum(lap: _Laplace, hyp: _Hyper, beta0: np.ndarray, starts: list[np.ndarray]
+                     ) -> tuple[np.ndarray, float, bool, int]:
+    """Maximize the Laplace log-likelihood over (β, θ) by L-BFGS: β's gradient exact
+    (:meth:`_Laplace.value_grad_beta`), θ's by central differences (θ has few coordinates), β in
+    coordinates whitened by the pooled GLM's covariance (an intercept and an uncentred covariate,
+    or x and x², are nearly collinear otherwise).
+
+    Returns (β, θ) stacked, the log-likelihood there, whether the gradient vanished (every
+    whitened coordinate below 1e-3, a thousandth of a standard error of β) and the number of
+    Laplace evaluations; tried from each start until one converges.
+    """
+    from . import sparse
+
+    p, dim = beta0.size, hyp.dim
+    _, _, cov0 = _glm_fit(lap.fam, lap.y, lap.X, lap.offset, lap.w, lap.trials, beta0)
+    try:
+        white = np.linalg.cholesky(0.5 * (cov0 + cov0.T)) if p else np.zeros((0, 0))
+    except np.linalg.LinAlgError:
+        white = np.diag(np.sqrt(np.maximum(np.diag(cov0), 1e-12)))
+    n_eval = 0
+    h = 1e-5
+
+    def beta_lam(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return beta0 + white @ x[:p], hyp.unpack(x[p:])[3]
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        nonlocal n_eval
+        beta, Lam = beta_lam(x)
+        with np.errstate(all="ignore"):
+            val, gb = lap.value_grad_beta(beta, Lam)
+        n_eval += 1
+        g = np.zeros(x.size)
+        if not math.isfinite(val):
+            return 1e300, g
+        g[:p] = white.T @ gb
+        for i in range(dim):
+            e = np.zeros(x.size)
+            e[p + i] = h
+            with np.errstate(all="ignore"):
+                fp, fm = lap(*beta_lam(x + e)), lap(*beta_lam(x - e))
+            n_eval += 2
+            g[p + i] = (fp - fm) / (2.0 * h) if math.isfinite(fp) and math.isfinite(fm) else 0.0
+        return -val, -g
+
+    best: tuple[np.ndarray, float, bool] | None = None
+    for theta0 in starts:
+        x0 = np.concatenate([np.zeros(p), theta0])
+        lap.u = np.zeros((lap.J, lap.q))
+        f0, _ = fg(x0)
+        x, fx, _ = sparse.lbfgs_restarts(fg, x0, f0, [(None, None)] * x0.size, ftol=1e-13, gtol=1e-6,
+                                         maxiter=500)
+        _, g = fg(x)
+        ok = bool(np.all(np.isfinite(g)) and np.abs(g).max() < 1e-3)
+        if best is None or fx < best[1]:
+            best = (x, fx, ok)
+        if ok:
+            break
+    assert best is not None
+    x, fx, ok = best
+    beta, _ = beta_lam(x)
+    lap(beta, hyp.unpack(x[p:])[3])  # leave the inner modes at the optimum
+    return np.concatenate([beta, x[p:]]), -fx, ok, n_eval
+
+
 def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> DeferredDraws:
     t0 = time.perf_counter()
     blk = bound.blocks[0]
@@ -686,13 +800,17 @@ def _laplace(bound: BoundSpec, *, seed: int, chains: int, draws: int) -> Deferre
         _, _, _, Lam = hyp.unpack(theta[p:])
         return lap(theta[:p], Lam)
 
-    beta0, se0 = lap.glm_start()
+    beta0, _ = lap.glm_start()
     zz = np.sqrt(np.maximum((blk.Z**2).mean(axis=0), 1e-300))
-    starts = []
-    for sd_f in (1.0, 0.3):
-        starts.append(np.concatenate([beta0, np.log(sd_f / zz)[:hyp.n_sd], np.zeros(hyp.n_corr)]))
-    steps = np.concatenate([np.maximum(2.0 * se0, 1e-3), np.full(hyp.dim, 0.5)])
-    theta, ll, converged, n_eval = _maximize(f, starts, steps)
+    starts = [np.concatenate([np.log(sd_f / zz)[:hyp.n_sd], np.zeros(hyp.n_corr)]) for sd_f in (1.0, 0.3)]
+    theta, ll, converged, n_eval = _laplace_optimum(lap, hyp, beta0, starts)
+    if not converged:  # the derivative-free search from two starts, as a fallback
+        steps = np.concatenate([np.full(p, 0.1), np.full(hyp.dim, 0.5)])
+        theta_nm, ll_nm, converged, ne = _maximize(f, [theta] + [np.concatenate([beta0, t]) for t in starts],
+                                                   steps)
+        n_eval += ne
+        if ll_nm >= ll:
+            theta, ll = theta_nm, ll_nm
     beta_hat = theta[:p]
     _, sd, L, Lam = hyp.unpack(theta[p:])
     corr = None if L is None else L @ L.T
