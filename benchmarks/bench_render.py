@@ -31,7 +31,13 @@ CROSSED_FLOOR_X = 5.0
 CROSSED_REML_RTOL = 1e-4
 CROSSED_GLMM_RTOL = 1e-3
 
-EXTRA = ("path", "reml", "reml_lme4", "large", "crossed")
+EXTRA = ("path", "reml", "reml_lme4", "glmm_lme4", "large", "crossed")
+#: the ``glmm_lme4`` rows: model key → label; poolwise's default warm at most this many times glmer's
+GLMM_LME4_LABELS = {"cbpp": "cbpp", "contraception": "Contraception",
+                    "grouseticks_centred": "grouseticks (centred HEIGHT)"}
+GLMM_LME4_X = 5.0
+#: cbpp's CLI fit in a fresh process under this many seconds
+GLMM_COLD_S = 3.0
 #: the data sets of the ``reml_lme4`` rows (warm REML at most lme4's wall time), model key → label
 REML_LME4_LABELS = {"dyestuff": "Dyestuff", "sleepstudy": "sleepstudy", "radon": "radon", "orthodont": "Orthodont"}
 ANCHOR_POINT = "#point-estimates-reml-and-the-pooling-path"
@@ -136,6 +142,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     large = [r for r in all_rows if task_of(r) == "large"]
     crossed = [r for r in all_rows if task_of(r) == "crossed"]
     reml_lme4 = [r for r in all_rows if task_of(r) == "reml_lme4"]
+    glmm_lme4 = [r for r in all_rows if task_of(r) == "glmm_lme4"]
     mach, ver = results.get("machine") or machine(), results.get("versions") or versions()
     L: list[str] = []
     L.append("# poolwise benchmark: poolwise vs NumPyro, PyMC, nutpie, Bambi and statsmodels MixedLM")
@@ -301,6 +308,8 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     # ------------------------------------------------------------------ one factor against lme4
     if reml_lme4:
         L.extend(reml_lme4_section(reml_lme4))
+    if glmm_lme4:
+        L.extend(glmm_lme4_section(glmm_lme4))
 
     # ------------------------------------------------------------------ crossed designs
     if crossed:
@@ -398,6 +407,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
         checks.append((f"({r['dataset']}, not a target) total fit / bare aggregation; peak memory", None,
                        f"{_x(r['x_floor'])}; {_fmt(r.get('peak_mib_fit', r.get('peak_mib')), 0)} MiB"))
     checks.extend(reml_lme4_checks(reml_lme4, quick))
+    checks.extend(glmm_lme4_checks(glmm_lme4))
     checks.extend(crossed_checks(crossed, quick))
     for what, ok, val in checks:
         mark = "n/a" if ok is None else ("**holds**" if ok else "**MISSED**")
@@ -410,7 +420,7 @@ def render(results: dict[str, Any], prior_text: Callable[[str, bool], str] | Non
     L.extend(how_measured(rows, fits, paths, large, external, bare, quick, prior_text))
     for n in notes:
         L.append(f"- {n}")
-    for t in ("path", "reml", "reml_lme4", "laplace", "pymc", "bambi", "large", "crossed"):
+    for t in ("path", "reml", "reml_lme4", "glmm_lme4", "laplace", "pymc", "bambi", "large", "crossed"):
         for n in task_notes.get(t, []):
             L.append(f"- {n}")
     L.append("")
@@ -637,6 +647,47 @@ def reml_lme4_section(rows: list[dict[str, Any]]) -> list[str]:
                  "row (`r_code`) is in the results .json.")
     L.append("")
     return L
+
+
+def glmm_lme4_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Binary and count outcomes: glmer and poolwise's default method, same CSV, same run."""
+    L = ["## Binary and count outcomes against glmer", ""]
+    L.append("lme4's `glmer(..., family)` (Laplace, nAGQ = 1) at its defaults and poolwise's `pw.fit(formula, df, "
+             "family=..., seed=0)` with the method poolwise chooses for the model (its name in the tool column; "
+             "exact methods draw 4×1000 from the posterior, glmer gives the Laplace estimates) on the same CSV, in "
+             "the same run. *wall s* = the fastest of the warm fits in one process (as the REML rows); *cold s* "
+             "(poolwise): `python -m poolwise fit <csv> -f ...` in a fresh process, timed whole; lme4's: its "
+             "first fit in a fresh R process. *× lme4* = the row's time over glmer's.")
+    L.append("")
+    L.extend(_lme4_table(rows))
+    L.append("")
+    return L
+
+
+def glmm_lme4_checks(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
+    """poolwise's default warm at most 5× glmer's wall time; cbpp's cold CLI fit under 3 s."""
+    checks: list[tuple[str, bool | None, str]] = []
+    for key, label in GLMM_LME4_LABELS.items():
+        ref = next((r for r in rows if r.get("crossed_model") == key and r.get("crossed_tool") == "lme4"), None)
+        r = next((r for r in rows if r.get("crossed_model") == key and r.get("crossed_tool") == "default"), None)
+        what = f"{label}: poolwise's default, warm, at most {GLMM_LME4_X:g}× glmer's wall time"
+        if r is None or ref is None:
+            checks.append((what + " (`--only glmm_lme4`)", None, "not run"))
+            continue
+        if "error" in r or "error" in ref:
+            bad = r if "error" in r else ref
+            checks.append((what, False if "error" in r else None, f"{bad['tool']}: {_failed(bad)}"))
+            continue
+        x = r.get("x_lme4")
+        checks.append((what, None if x is None else x <= GLMM_LME4_X,
+                       "—" if x is None else f"{_x(x)}: {r['wall_s']:.3f} s ({r.get('method', '?')}) vs glmer "
+                                             f"{ref['wall_s']:.3f} s"))
+        if r.get("cold_cli_s") is not None:
+            cold = float(r["cold_cli_s"])
+            checks.append((f"{label}: the CLI's fit in a fresh process under {GLMM_COLD_S:g} s",
+                           None if r.get("cold_cli_rc") else cold < GLMM_COLD_S,
+                           "failed" if r.get("cold_cli_rc") else f"{cold:.2f} s"))
+    return checks
 
 
 def reml_lme4_checks(rows: list[dict[str, Any]], quick: bool) -> list[tuple[str, bool | None, str]]:

@@ -727,7 +727,9 @@ def _cli_fit(data: str, formula: str, method: str, family: str) -> dict[str, Any
     import os
     import subprocess
 
-    cmd = [sys.executable, "-m", "poolwise", "fit", data, "-f", formula, "--method", method, "--seed", "0"]
+    cmd = [sys.executable, "-m", "poolwise", "fit", data, "-f", formula, "--seed", "0"]
+    if method != "default":  # "default": the method poolwise chooses for the model
+        cmd += ["--method", method]
     if family != "gaussian":
         cmd += ["--family", family]
     t0 = time.perf_counter()
@@ -758,7 +760,9 @@ def worker_crossed_fit(model: str, csv: str, method: str, repeats: int = 5, cold
     df = pd.read_csv(csv)
     import poolwise as pw
 
-    kw: dict[str, Any] = dict(family=m.pw_family, method=method, seed=0, chains=chains, draws=draws)
+    kw: dict[str, Any] = dict(family=m.pw_family, seed=0, chains=chains, draws=draws)
+    if method != "default":  # "default": the method poolwise chooses for the model
+        kw["method"] = method
     t0 = time.perf_counter()
     f = pw.fit(m.pw_formula, df if warmup_rows is None else df.iloc[:warmup_rows], **kw)
     first = time.perf_counter() - t0
@@ -778,7 +782,8 @@ def worker_crossed_fit(model: str, csv: str, method: str, repeats: int = 5, cold
                    and isinstance(v, (int, float, str, bool, np.floating, np.integer))}
     if "estimates" in info:
         out["estimates"] = _to_plain(info["estimates"])
-    if method == "exact":
+    out["method"] = str(f.method)
+    if f.method not in ("empirical", "laplace"):
         out.update(_min_ess_split(f.idata.posterior, list(f.group_vars)))
         out["chains"], out["draws"] = f.n_chains, f.n_draws
     summ = f.summary(groups=False)  # an empirical fit's: the estimates (no draws made); a Bayesian one's: means

@@ -7,8 +7,9 @@ Tasks (``--only`` names), in the order they run:
   against plain NumPyro NUTS;
 * ``path``: radon's pooling path; ``reml``: poolwise ``method="empirical"`` (REML) against
   statsmodels MixedLM (and mixedlm-rs); ``reml_lme4``: warm REML on one grouping factor (Dyestuff,
-  sleepstudy, radon, Orthodont) against lme4 in the same run; ``laplace``: poolwise laplace on the
-  logistic set;
+  sleepstudy, radon, Orthodont) against lme4 in the same run; ``glmm_lme4``: binary and count
+  outcomes (cbpp, Contraception, grouseticks) by poolwise's default method against ``glmer``, warm, and
+  cbpp's CLI fit cold; ``laplace``: poolwise laplace on the logistic set;
 * ``pymc``: the same models in PyMC, sampled by PyMC's default NUTS and by nutpie, on all four
   data sets; ``bambi``: ``bmb.Model(formula, df).fit()`` on radon, synthetic and sleepstudy
   (both in their own virtual environment, ``benchmarks/_data/_venv_pymc``; skipped with a note
@@ -89,7 +90,7 @@ CROSSED_TIMEOUT_S = 1800.0
 EXTERNAL_ROWS = "benchmarks/gpu_rows.json"
 
 #: tasks of ``--only`` besides the data sets
-EXTRA_TASKS = ("path", "reml", "reml_lme4", "laplace", "pymc", "bambi", "large", "crossed")
+EXTRA_TASKS = ("path", "reml", "reml_lme4", "glmm_lme4", "laplace", "pymc", "bambi", "large", "crossed")
 TASKS = (*DATASETS, *EXTRA_TASKS)
 #: data sets of the REML rows, in order
 REML_DATASETS = ("synthetic", "radon", "sleepstudy")
@@ -103,6 +104,13 @@ REML_LME4_MODELS = {
     "sleepstudy": ("sleepstudy", 31, 30),
     "radon": ("radon", 31, 30),
     "orthodont": ("Orthodont", 31, 30),
+}
+#: the ``glmm_lme4`` rows: model key (``bench_lme4.MODELS``) → (label, lme4 fits in its R process, warm
+#: poolwise fits, whether the CLI's cold fit is timed too)
+GLMM_LME4_MODELS = {
+    "cbpp": ("cbpp", 31, 10, True),
+    "contraception": ("Contraception", 11, 5, False),
+    "grouseticks_centred": ("grouseticks (centred HEIGHT)", 11, 3, False),
 }
 #: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
 PYMC_DATASETS = ("radon", "synthetic", "logistic", "sleepstudy")
@@ -479,6 +487,38 @@ def run_reml_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, An
             notes.append(f"REML against lme4: poolwise on {label} failed ({r['error']}; log in the details).")
 
 
+def run_glmm_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
+                  task_notes: dict[str, list[str]], log: Log) -> None:
+    """Binary and count outcomes against glmer in the same run: ``glmer`` (R, Laplace) and poolwise's
+    default method (``pw.fit(formula, df, family=..., seed=0)``, 4×1000 draws) on the same CSV, warm (the
+    fastest of several fits in one process, after a first), and cbpp's CLI fit in a fresh process."""
+    notes = task_notes.setdefault("glmm_lme4", [])
+    have_r, why = ensure_lme4(install=not args.no_install_r)
+    if not have_r:
+        notes.append(f"GLMMs against glmer: the lme4 rows were not run: lme4 is not available ({why}).")
+        log(f"glmm_lme4: no lme4 ({why}); poolwise rows only")
+    for key, (label, r_rep, p_rep, cold) in GLMM_LME4_MODELS.items():
+        if quick:
+            r_rep, p_rep = 3, 1
+        model = LME4_MODELS[key]
+        csv = export_lme4(model.data, quick)
+        base = {"dataset": label, "task": "glmm_lme4", "crossed_model": key, "formula": model.pw_formula}
+        if have_r:
+            r = spawn("lme4", model=key, csv=csv, repeats=r_rep, timeout=args.crossed_timeout)
+            rows.append({**base, "tool": "lme4 glmer (Laplace)", "crossed_tool": "lme4",
+                         "settings": f"min of {r_rep - 1} warm fits", **r})
+            log(f"{label}: glmer {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
+            if "error" in r:
+                notes.append(f"GLMMs against glmer: glmer on {label} failed ({r['error']}; log in the details).")
+        r = spawn("crossed_fit", model=key, csv=csv, method="default", repeats=p_rep, cold_cli=cold,
+                  timeout=args.crossed_timeout)
+        rows.append({**base, "tool": f"poolwise default ({r.get('method', '?')})", "crossed_tool": "default",
+                     "settings": f"4×1000, min of {p_rep} warm fits", **r})
+        log(f"{label}: poolwise default {json.dumps(r)[:1500]}")
+        if "error" in r:
+            notes.append(f"GLMMs against glmer: poolwise on {label} failed ({r['error']}; log in the details).")
+
+
 def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
                 task_notes: dict[str, list[str]], log: Log) -> None:
     """poolwise ``method="laplace"`` on the logistic set, 4×1000 draws (skipped when the method is missing)."""
@@ -848,7 +888,7 @@ def crossed_ratios(rows: list[dict[str, Any]]) -> None:
     """Crossed rows: each poolwise row's wall time over lme4's (same model, same run; ``x_lme4``, the
     cold ones over lme4's cold process, ``x_lme4_cold``), the largest relative difference of its
     estimates from lme4's (``vs_lme4``), and the large set's fit over its floor (``x_floor``)."""
-    crossed = [r for r in rows if task_of(r) in ("crossed", "reml_lme4")]
+    crossed = [r for r in rows if task_of(r) in ("crossed", "reml_lme4", "glmm_lme4")]
     for row in crossed:
         for k in ("x_lme4", "x_lme4_cold", "x_floor", "vs_lme4"):
             row.pop(k, None)
@@ -920,7 +960,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", metavar="NAME",
                     help=f"run only these tasks ({', '.join(TASKS)}; repeat or comma-separate; path = radon's "
                          "pooling path, reml = REML vs statsmodels (and mixedlm-rs), reml_lme4 = warm REML on Dyestuff, "
-                         "sleepstudy, radon and Orthodont vs lme4, laplace = poolwise laplace on "
+                         "sleepstudy, radon and Orthodont vs lme4, glmm_lme4 = cbpp, Contraception and grouseticks "
+                         "(poolwise's default method) vs glmer, laplace = poolwise laplace on "
                          "the logistic set, pymc = PyMC default sampler and nutpie, bambi = Bambi, large = the "
                          "Parquet sets); the rows of the others are kept from the saved results .json next to --out")
     ap.add_argument("--no-merge", action="store_true", help="with --only: do not keep the other tasks' rows")
@@ -1003,6 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
         run_reml(args, quick, rows, task_notes, log)
     if "reml_lme4" in only:
         run_reml_lme4(args, quick, rows, task_notes, log)
+    if "glmm_lme4" in only:
+        run_glmm_lme4(args, quick, rows, task_notes, log)
     if "laplace" in only:
         run_laplace(args, quick, chains, rows, task_notes, log)
     if "pymc" in only:
