@@ -108,7 +108,7 @@ def test_dyestuff_summary_is_estimates_with_standard_errors(dyestuff: tuple[pw.F
     ``confint(method = "Wald")`` for β; for σ and the SD the SE of the balanced one-way model's
     REML/ML estimates in closed form (Searle, Casella & McCulloch 1992, §3.6 and §4.7)."""
     f, reml = dyestuff
-    s = f.summary(groups=False)
+    s = f.summary(groups=False, intervals="wald")
     assert s.attrs["title"] == ("REML estimates" if reml else "ML estimates")
     assert list(s.columns) == ["estimate", "se", "lo", "hi", "interval"]
     assert "priors" not in s.attrs and not any("R-hat" in n for n in s.attrs["notes"])
@@ -133,6 +133,12 @@ def test_dyestuff_summary_is_estimates_with_standard_errors(dyestuff: tuple[pw.F
     _close(s.loc["sd(Intercept|Batch)", ["lo", "hi"]].to_numpy(float),
            [v * math.exp(-z * se_sd / v), v * math.exp(z * se_sd / v)], 1e-4)
     assert s.loc["sd(Intercept|Batch)", "interval"] == "Wald (log scale)"
+    # by default σ and the SD have lme4's profile intervals (confint(method = "profile")), β stays Wald
+    d = f.summary(groups=False)
+    assert list(d["interval"]) == ["Wald", "profile (ML)", "profile (ML)"]
+    _close(d.loc["Intercept", ["lo", "hi"]].to_numpy(float), wald, 1e-7)
+    for name in ("sigma", "sd(Intercept|Batch)"):
+        _close(d.loc[name, ["lo", "hi"]].to_numpy(float), PROFILES["dyestuff"][name], PROFILE_RTOL)
     g = f.summary()
     _close(g.loc["1|Batch[A]", "estimate"], ref["modes"][0])
     _close(g.loc["1|Batch[A]", "se"], ref["condsd"])
@@ -484,11 +490,13 @@ def test_cli_prints_estimates_without_priors_or_rhat(tmp_path) -> None:  # noqa:
     assert res.exit_code == 0, res.output
     assert "REML estimates" in res.output and "Posterior summary" not in res.output
     assert "Priors" not in res.output and "r_hat" not in res.output
-    assert "1527.50" in res.output and "Wald (log scale)" in res.output
+    # profile intervals by default (lme4: 12.19853521, spline-interpolated); Wald on request
+    assert "1527.50" in res.output and "profile (ML)" in res.output and "12.1965" in res.output
+    assert "Wald (log scale)" not in res.output
     res = CliRunner().invoke(app, ["fit", str(path), "-f", "Yield ~ 1 + (1 | Batch)", "--method", "empirical",
-                                   "--intervals", "profile"], env={"COLUMNS": "200"})
+                                   "--intervals", "wald"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "profile (ML)" in res.output and "12.1965" in res.output  # lme4: 12.19853521 (spline-interpolated)
+    assert "Wald (log scale)" in res.output and "profile (ML)" not in res.output
 
 
 # ----------------------------------------------------------------------------------------------
