@@ -545,6 +545,61 @@ def test_cbpp_profile_of_the_sd_matches_glmer(cbpp: pw.Fit) -> None:
         cbpp.confint("boot")
 
 
+#: lme4 1.1-31's confint(m, oldNames = FALSE) (profile) on the frames of tests/_crossed_data.lme4_frame,
+#: written to CSV and read back in R (the REML fits of lmer)
+PROFILES_CROSSED = {
+    "Penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", {
+        "sd(Intercept|plate)": (0.6335659670, 1.1821039760), "sd(Intercept|sample)": (1.0957893024, 3.5562909526),
+        "sigma": (0.4858454002, 0.6294534785)}),
+    "Pastes": ("strength ~ 1 + (1 | batch/cask)", {
+        "sd(Intercept|batch:cask)": (2.1579337082, 4.053588944), "sd(Intercept|batch)": (0.0, 2.946591097),
+        "sigma": (0.6520233593, 1.085448104)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES_CROSSED))
+def test_default_summary_of_crossed_and_nested_fits_has_lme4s_profile_intervals(name: str) -> None:
+    """The summary's default intervals of σ and the SDs are lme4's profile intervals; Pastes' sd(batch)
+    profile stays below the bound down to 0 (lme4's lower end 0), labelled so; β keeps its Wald interval."""
+    from _crossed_data import lme4_frame
+
+    formula, ref = PROFILES_CROSSED[name]
+    s = _fit(formula, lme4_frame(name)).summary(groups=False)
+    assert s.loc["Intercept", "interval"] == "Wald"
+    for par, want in ref.items():
+        _close(s.loc[par, ["lo", "hi"]].to_numpy(float), want, PROFILE_RTOL)
+        label = "profile (ML; lower end 0)" if want[0] == 0.0 else "profile (ML)"
+        assert s.loc[par, "interval"] == label, par
+
+
+def test_default_summary_gives_wald_intervals_past_the_size_rule(dyestuff: tuple[pw.Fit, bool],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size rule (here lowered to 5 group values; Dyestuff has 6) the default is Wald, and a
+    note says why and how to get the profiles; intervals="profile" still profiles."""
+    from poolwise import profile
+
+    monkeypatch.setattr(profile, "PROFILE_MAX_GROUP_VALUES", 5)
+    s = dyestuff[0].summary(groups=False)
+    assert s.loc["sd(Intercept|Batch)", "interval"] == "Wald (log scale)"
+    assert any("6 group values (over 5)" in n and "intervals='profile'" in n for n in s.attrs["notes"])
+    p = dyestuff[0].summary(groups=False, intervals="profile")
+    _close(p.loc["sd(Intercept|Batch)", ["lo", "hi"]].to_numpy(float), PROFILES["dyestuff"]["sd(Intercept|Batch)"],
+           PROFILE_RTOL)
+
+
+def test_a_failed_profile_keeps_the_wald_interval_labelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poolwise import profile
+
+    def fail(*args: object, **kw: object) -> None:
+        raise ArithmeticError("no profile")
+
+    monkeypatch.setattr(profile, "_end", fail)
+    f = _fit("Yield ~ 1 + (1 | Batch)", _rdata("lme4", "Dyestuff"))
+    s, w = f.summary(groups=False), f.summary(groups=False, intervals="Wald")
+    assert s.loc["sigma", "interval"] == "Wald (log scale); profile failed"
+    _close(s.loc["sigma", ["lo", "hi"]].to_numpy(float), w.loc["sigma", ["lo", "hi"]].to_numpy(float), 1e-12)
+
+
 def test_summary_with_profile_intervals(dyestuff: tuple[pw.Fit, bool]) -> None:
     s = dyestuff[0].summary(groups=False, intervals="profile")
     assert s.loc["Intercept", "interval"] == "Wald" and s.loc["sigma", "interval"] == "profile (ML)"
