@@ -572,6 +572,22 @@ def test_default_summary_of_crossed_and_nested_fits_has_lme4s_profile_intervals(
         assert s.loc[par, "interval"] == label, par
 
 
+def test_profile_of_an_sd_estimated_at_zero_matches_lme4() -> None:
+    """No group variation: REML puts the SD at 0 (no Wald interval); the profile gives lme4's [0, upper]
+    (lme4 1.1-31, confint(lmer(y ~ x + (1 | g), d), oldNames = FALSE) on this frame, written to CSV)."""
+    rng = np.random.default_rng(1)
+    J, n = 8, 6
+    g = np.repeat(np.arange(J), n)
+    x = rng.normal(size=J * n)
+    df = pd.DataFrame({"y": 1 + 0.3 * x + rng.normal(size=J * n), "x": x, "g": [f"g{i}" for i in g]})
+    s = _fit("y ~ x + (1 | g)", df).summary(groups=False)
+    assert s.loc["sd(Intercept|g)", "estimate"] < 1e-5
+    assert s.loc["sd(Intercept|g)", "interval"] == "profile (ML; lower end 0)"
+    assert s.loc["sd(Intercept|g)", "lo"] == 0.0
+    _close(s.loc["sd(Intercept|g)", "hi"], 0.34640874, PROFILE_RTOL)
+    _close(s.loc["sigma", ["lo", "hi"]].to_numpy(float), [0.6868344613, 1.02654164], PROFILE_RTOL)
+
+
 def test_default_summary_gives_wald_intervals_past_the_size_rule(dyestuff: tuple[pw.Fit, bool],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the size rule (here lowered to 5 group values; Dyestuff has 6) the default is Wald, and a
