@@ -755,7 +755,11 @@ class Fit:
                          "rule for profiling them by default; summary(intervals='profile') or fit.confint() gives "
                          "the profile-likelihood intervals (slower).")
         elif kind in ("auto", "profile"):
-            prof = self._profile_intervals(prob)
+            try:
+                prof = self._profile_intervals(prob)
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):  # not even the ML optimum: Wald, labelled
+                prof = pd.DataFrame(columns=["lo", "hi"])
+                prof.attrs["failed"] = [n for n in out.index if str(out.loc[n, "interval"]).startswith("Wald (")]
             ends, failed = prof.attrs.get("boundary", {}), set(prof.attrs.get("failed", ()))
             for name in failed & set(out.index):  # the Wald interval stays, labelled so
                 out.loc[name, "interval"] = f"{out.loc[name, 'interval']}; profile failed"
