@@ -742,7 +742,12 @@ def _profiled_batch(st: SparseStats, pat: _Pattern, rel: Sequence[np.ndarray], *
     B = rel[0].shape[0] if rel else 1
     bc = cross_batch(st, pat, np.ones(B), rel)
     r2, logdetA = bc.qq.copy(), np.zeros(B)
-    if st.p:
+    if st.p == 1:  # one coefficient (an intercept): X'V⁻¹X is a number, no factor to take
+        ax = bc.A_X[:, 0, 0]
+        with np.errstate(all="ignore"):
+            r2 -= bc.bb[:, 0] ** 2 / ax
+            logdetA = np.where(ax > 0, np.log(np.abs(ax)), np.nan)
+    elif st.p:
         LX = np.linalg.cholesky(bc.A_X)
         z = np.linalg.solve(LX, bc.bb[..., None])[..., 0]
         r2 -= (z * z).sum(axis=1)
