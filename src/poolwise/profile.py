@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .estimates import Point, _hessian, _sqrts
+from .estimates import Point, _hessian, _sqrt, _sqrts
 from .spec import BoundSpec
 
 __all__ = ["profile_confint", "why_not_profile", "PROFILE_MAX_GROUP_VALUES", "PROFILE_MAX_GROUP_VALUES_GLMM",
@@ -390,6 +390,8 @@ class _Deviance:
         self.pt = pt
         self.gaussian = bound.spec.fam.exact
         self.p = pt.beta.size
+        #: square roots of the factors' Σ at the estimates (the fixed ones stay; the learned are replaced)
+        self._fixed: list[np.ndarray] = [_sqrt(S) for S in pt.Sigma]
         if self.gaussian:
             from .reduce import bound_sparse_stats
 
@@ -470,8 +472,6 @@ class _Deviance:
             return np.array([self.with_beta(layout, x, k, c) for x in X])
         from .infer import sparse
 
-        if not hasattr(self, "_fixed"):
-            self._fixed = [_sqrts([S])[0] if S.size else S for S in self.pt.Sigma]  # type: ignore[index]
         out = np.empty(X.shape[0])
         step = sparse._batch_chunk(self.st.size if self.gaussian else self.lap.Q)
         for s in range(0, X.shape[0], step):
