@@ -110,7 +110,7 @@ def test_dyestuff_summary_is_estimates_with_standard_errors(dyestuff: tuple[pw.F
     ``confint(method = "Wald")`` for β; for σ and the SD the SE of the balanced one-way model's
     REML/ML estimates in closed form (Searle, Casella & McCulloch 1992, §3.6 and §4.7)."""
     f, reml = dyestuff
-    s = f.summary(groups=False)
+    s = f.summary(groups=False, intervals="wald")
     assert s.attrs["title"] == ("REML estimates" if reml else "ML estimates")
     assert list(s.columns) == ["estimate", "se", "lo", "hi", "interval"]
     assert "priors" not in s.attrs and not any("R-hat" in n for n in s.attrs["notes"])
@@ -135,6 +135,12 @@ def test_dyestuff_summary_is_estimates_with_standard_errors(dyestuff: tuple[pw.F
     _close(s.loc["sd(Intercept|Batch)", ["lo", "hi"]].to_numpy(float),
            [v * math.exp(-z * se_sd / v), v * math.exp(z * se_sd / v)], 1e-4)
     assert s.loc["sd(Intercept|Batch)", "interval"] == "Wald (log scale)"
+    # by default σ and the SD have lme4's profile intervals (confint(method = "profile")), β stays Wald
+    d = f.summary(groups=False)
+    assert list(d["interval"]) == ["Wald", "profile (ML)", "profile (ML)"]
+    _close(d.loc["Intercept", ["lo", "hi"]].to_numpy(float), wald, 1e-7)
+    for name in ("sigma", "sd(Intercept|Batch)"):
+        _close(d.loc[name, ["lo", "hi"]].to_numpy(float), PROFILES["dyestuff"][name], PROFILE_RTOL)
     g = f.summary()
     _close(g.loc["1|Batch[A]", "estimate"], ref["modes"][0])
     _close(g.loc["1|Batch[A]", "se"], ref["condsd"])
@@ -524,11 +530,13 @@ def test_cli_prints_estimates_without_priors_or_rhat(tmp_path) -> None:  # noqa:
     assert res.exit_code == 0, res.output
     assert "REML estimates" in res.output and "Posterior summary" not in res.output
     assert "Priors" not in res.output and "r_hat" not in res.output
-    assert "1527.50" in res.output and "Wald (log scale)" in res.output
+    # profile intervals by default (lme4: 12.19853521, spline-interpolated); Wald on request
+    assert "1527.50" in res.output and "profile (ML)" in res.output and "12.1965" in res.output
+    assert "Wald (log scale)" not in res.output
     res = CliRunner().invoke(app, ["fit", str(path), "-f", "Yield ~ 1 + (1 | Batch)", "--method", "empirical",
-                                   "--intervals", "profile"], env={"COLUMNS": "200"})
+                                   "--intervals", "wald"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "profile (ML)" in res.output and "12.1965" in res.output  # lme4: 12.19853521 (spline-interpolated)
+    assert "Wald (log scale)" in res.output and "profile (ML)" not in res.output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -575,6 +583,77 @@ def test_cbpp_profile_of_the_sd_matches_glmer(cbpp: pw.Fit) -> None:
     _close(ci.loc["period[2]"].to_numpy(float), [-1.6167832557, -0.4077630678], CBPP_RTOL)
     with pytest.raises(SpecError, match="profile"):
         cbpp.confint("boot")
+
+
+#: lme4 1.1-31's confint(m, oldNames = FALSE) (profile) on the frames of tests/_crossed_data.lme4_frame,
+#: written to CSV and read back in R (the REML fits of lmer)
+PROFILES_CROSSED = {
+    "Penicillin": ("diameter ~ 1 + (1 | plate) + (1 | sample)", {
+        "sd(Intercept|plate)": (0.6335659670, 1.1821039760), "sd(Intercept|sample)": (1.0957893024, 3.5562909526),
+        "sigma": (0.4858454002, 0.6294534785)}),
+    "Pastes": ("strength ~ 1 + (1 | batch/cask)", {
+        "sd(Intercept|batch:cask)": (2.1579337082, 4.053588944), "sd(Intercept|batch)": (0.0, 2.946591097),
+        "sigma": (0.6520233593, 1.085448104)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES_CROSSED))
+def test_default_summary_of_crossed_and_nested_fits_has_lme4s_profile_intervals(name: str) -> None:
+    """The summary's default intervals of σ and the SDs are lme4's profile intervals; Pastes' sd(batch)
+    profile stays below the bound down to 0 (lme4's lower end 0), labelled so; β keeps its Wald interval."""
+    from _crossed_data import lme4_frame
+
+    formula, ref = PROFILES_CROSSED[name]
+    s = _fit(formula, lme4_frame(name)).summary(groups=False)
+    assert s.loc["Intercept", "interval"] == "Wald"
+    for par, want in ref.items():
+        _close(s.loc[par, ["lo", "hi"]].to_numpy(float), want, PROFILE_RTOL)
+        label = "profile (ML; lower end 0)" if want[0] == 0.0 else "profile (ML)"
+        assert s.loc[par, "interval"] == label, par
+
+
+def test_profile_of_an_sd_estimated_at_zero_matches_lme4() -> None:
+    """No group variation: REML puts the SD at 0 (no Wald interval); the profile gives lme4's [0, upper]
+    (lme4 1.1-31, confint(lmer(y ~ x + (1 | g), d), oldNames = FALSE) on this frame, written to CSV)."""
+    rng = np.random.default_rng(1)
+    J, n = 8, 6
+    g = np.repeat(np.arange(J), n)
+    x = rng.normal(size=J * n)
+    df = pd.DataFrame({"y": 1 + 0.3 * x + rng.normal(size=J * n), "x": x, "g": [f"g{i}" for i in g]})
+    s = _fit("y ~ x + (1 | g)", df).summary(groups=False)
+    assert s.loc["sd(Intercept|g)", "estimate"] < 1e-5
+    assert s.loc["sd(Intercept|g)", "interval"] == "profile (ML; lower end 0)"
+    assert s.loc["sd(Intercept|g)", "lo"] == 0.0
+    _close(s.loc["sd(Intercept|g)", "hi"], 0.34640874, PROFILE_RTOL)
+    _close(s.loc["sigma", ["lo", "hi"]].to_numpy(float), [0.6868344613, 1.02654164], PROFILE_RTOL)
+
+
+def test_default_summary_gives_wald_intervals_past_the_size_rule(dyestuff: tuple[pw.Fit, bool],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the size rule (here lowered to 5 group values; Dyestuff has 6) the default is Wald, and a
+    note says why and how to get the profiles; intervals="profile" still profiles."""
+    from poolwise import profile
+
+    monkeypatch.setattr(profile, "PROFILE_MAX_GROUP_VALUES", 5)
+    s = dyestuff[0].summary(groups=False)
+    assert s.loc["sd(Intercept|Batch)", "interval"] == "Wald (log scale)"
+    assert any("6 group values (over 5)" in n and "intervals='profile'" in n for n in s.attrs["notes"])
+    p = dyestuff[0].summary(groups=False, intervals="profile")
+    _close(p.loc["sd(Intercept|Batch)", ["lo", "hi"]].to_numpy(float), PROFILES["dyestuff"]["sd(Intercept|Batch)"],
+           PROFILE_RTOL)
+
+
+def test_a_failed_profile_keeps_the_wald_interval_labelled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poolwise import profile
+
+    def fail(*args: object, **kw: object) -> None:
+        raise ArithmeticError("no profile")
+
+    monkeypatch.setattr(profile, "_end", fail)
+    f = _fit("Yield ~ 1 + (1 | Batch)", _rdata("lme4", "Dyestuff"))
+    s, w = f.summary(groups=False), f.summary(groups=False, intervals="Wald")
+    assert s.loc["sigma", "interval"] == "Wald (log scale); profile failed"
+    _close(s.loc["sigma", ["lo", "hi"]].to_numpy(float), w.loc["sigma", ["lo", "hi"]].to_numpy(float), 1e-12)
 
 
 def test_summary_with_profile_intervals(dyestuff: tuple[pw.Fit, bool]) -> None:

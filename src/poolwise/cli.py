@@ -28,6 +28,8 @@ from .compare import POOLINGS, Comparison, compare, pooling_factors
 from .errors import PoolwiseError, PriorError, SpecError
 from .fit import Fit, fit
 from .output import check_folder, check_outputs, number, write_file
+from .profile import (PROFILE_MAX_GROUP_VALUES, PROFILE_MAX_GROUP_VALUES_GLMM, PROFILE_MAX_PARAMETERS,
+                      PROFILE_MAX_ROWS_GLMM)
 
 __all__ = ["app", "main"]
 
@@ -115,8 +117,11 @@ def fit_command(
     engine: EngineOpt = None,
     pointwise: PointwiseOpt = False,
     intervals: Annotated[str, typer.Option(
-        help="Confidence intervals of an empirical fit's SDs, correlations and sigma: Wald (on the log and "
-             "atanh scales, fast) or profile (profile likelihood, as lme4's confint).")] = "Wald",
+        help="Confidence intervals of an empirical fit's SDs, correlations and sigma: profile (profile "
+             "likelihood, as lme4's confint), wald (on the log and atanh scales, fast) or auto: profile unless "
+             f"the model is large (over {PROFILE_MAX_GROUP_VALUES} group values or {PROFILE_MAX_PARAMETERS} "
+             f"variance parameters; a GLMM over {PROFILE_MAX_GROUP_VALUES_GLMM} group values or "
+             f"{PROFILE_MAX_ROWS_GLMM:,} rows), then wald with a note.")] = "auto",
 ) -> None:
     """Fit one model under one pooling; print its summary and priors.
 
@@ -133,7 +138,7 @@ def fit_command(
                     progress=step, engine=engine, spark=_spark_session() if engine == "spark" else None, **options)
             step("summary and convergence diagnostics", 1.0)
             summary = f.summary(groups=False, intervals=intervals)
-            notes = f.notes()
+            notes = list(summary.attrs.get("notes", f.notes()))
         console = _stdout()
         console.print(repr(f), markup=False, highlight=False)
         console.print(_summary_table(summary))
@@ -145,7 +150,7 @@ def fit_command(
             with _progress() as step:
                 step(f"writing {out}", 0.0)
                 f.to_netcdf(targets["fit.nc"], overwrite=force, pointwise=pointwise)
-                write_file(targets["summary.csv"], f.summary().to_csv, overwrite=force)
+                write_file(targets["summary.csv"], f.summary(intervals=intervals).to_csv, overwrite=force)
                 # one term: indexed by group; several: by (term, group), with each term's factor
                 pf = f.pooling_factors() if sum(b.q for b in f.bound.blocks) == 1 else pooling_factors(f)
                 write_file(targets["pooling_factors.csv"], pf.to_csv, overwrite=force)

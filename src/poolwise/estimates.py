@@ -47,6 +47,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -796,9 +797,7 @@ def estimate_table(bound: BoundSpec, pt: Point, cond: Conditional, *, prob: floa
     parameters at a boundary (an SD of 0) have no interval.  With ``groups`` (:func:`ranef`), the
     group values' conditional modes ± z conditional SDs.  The ``interval`` column says which.
     """
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + prob / 2.0))
+    z = NormalDist().inv_cdf(0.5 + prob / 2.0)  # (not scipy.stats: 1 s of imports in a fresh process)
     rows: list[dict[str, Any]] = []
     se_b = np.sqrt(np.clip(np.diagonal(cond.beta_cov), 0.0, None))
     for name, b, s in zip(bound.coef_names, pt.beta, se_b):

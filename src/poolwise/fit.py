@@ -697,13 +697,16 @@ class Fit:
             )
 
     # -- summaries ---------------------------------------------------------------------------
-    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True, intervals: str = "Wald") -> pd.DataFrame:
+    def summary(self, *, hdi_prob: float = 0.95, groups: bool = True, intervals: str = "auto") -> pd.DataFrame:
         """Posterior summary: mean, sd, HDI, MCSE, bulk/tail ESS and R-hat of each parameter.
 
         An empirical fit's summary holds its estimates instead (:meth:`_estimate_summary`):
         ``estimate``, ``se``, ``lo``, ``hi`` (at ``hdi_prob``) and ``interval``, titled
-        ``.attrs["title"]`` ("REML estimates"); ``intervals="profile"`` gives σ, the SDs and the
-        correlations profile-likelihood intervals (:meth:`confint`; slower) instead of Wald ones.
+        ``.attrs["title"]`` ("REML estimates").  Confidence intervals as lme4's ``confint``: Wald for
+        the coefficients, and for σ, the SDs and the correlations ``intervals="profile"``: profile
+        likelihood (as ``confint(method = "profile")``, :meth:`confint`), ``"Wald"``: Wald on the log
+        and atanh scales, ``"auto"`` (the default): profile, unless the model is past the size rule
+        of :func:`poolwise.profile.why_not_profile` (then Wald, with a note saying why).
 
         Rows are ``Intercept``, the predictors, ``sigma``, auxiliary parameters (``nu``,
         ``phi``), ``sd(<term>|<group>)``, ``cor(<a>,<b>|<group>)`` and (with ``groups``) the
@@ -713,10 +716,7 @@ class Fit:
         check a row fails (:func:`convergence_flags`: ``R-hat``, ``ESS``), empty when it passes.
         Every value at full precision (rounding is for display: :func:`poolwise.output.number`).
         """
-        kind = {"wald": "Wald", "profile": "profile"}.get(str(intervals).lower())
-        if kind is None:
-            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
-                            option="intervals")
+        kind = _interval_kind(intervals)
         if self.method == "empirical":  # estimates, SEs and confidence intervals: no priors, no R-hat
             return self._estimate_summary(hdi_prob, groups, kind)
         import arviz as az
@@ -741,23 +741,46 @@ class Fit:
 
     def _estimate_summary(self, prob: float, groups: bool, intervals: str = "Wald") -> pd.DataFrame:
         """An empirical fit's summary: :func:`poolwise.estimates.estimate_table`, titled by its method;
-        with ``intervals="profile"`` the variance parameters' intervals from :meth:`confint`."""
-        if intervals not in ("Wald", "profile"):
-            raise SpecError(f"The 'intervals' option must be 'Wald' or 'profile'. Got {intervals!r}.",
-                            option="intervals")
+        with ``intervals="profile"`` (or ``"auto"`` within the size rule) the variance parameters'
+        intervals from their profiles (:meth:`_profile_intervals`), labelled ``profile (ML)``; where a
+        profile cannot be completed the Wald interval stays, labelled so."""
+        kind = _interval_kind(intervals)
         pt, cond = self._point(), self._conditional(with_cov=groups, joint=True)
         assert pt is not None and cond is not None
         out = _estimates.estimate_table(self.bound, pt, cond, prob=prob, groups=self.ranef() if groups else None)
-        if intervals == "profile":
-            hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
-            prof = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, coefficients=False)
+        notes = self.notes()
+        why = _profile.why_not_profile(self.bound, pt) if kind == "auto" else None
+        if why is not None:
+            notes.append(f"Wald intervals for sigma, the SDs and correlations: the model has {why}, past the size "
+                         "rule for profiling them by default; summary(intervals='profile') or fit.confint() gives "
+                         "the profile-likelihood intervals (slower).")
+        elif kind in ("auto", "profile"):
+            try:
+                prof = self._profile_intervals(prob)
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError):  # not even the ML optimum: Wald, labelled
+                prof = pd.DataFrame(columns=["lo", "hi"])
+                prof.attrs["failed"] = [n for n in out.index if str(out.loc[n, "interval"]).startswith("Wald (")]
+            ends, failed = prof.attrs.get("boundary", {}), set(prof.attrs.get("failed", ()))
+            for name in failed & set(out.index):  # the Wald interval stays, labelled so
+                out.loc[name, "interval"] = f"{out.loc[name, 'interval']}; profile failed"
             for name in prof.index:
-                if name in out.index:
+                if name in out.index and name not in failed:
                     out.loc[name, ["lo", "hi"]] = prof.loc[name, ["lo", "hi"]].to_numpy(float)
-                    out.loc[name, "interval"] = "profile (ML)"
+                    out.loc[name, "interval"] = f"profile (ML; {ends[name]})" if name in ends else "profile (ML)"
         out.attrs["title"] = f"{pt.method} estimates"
         out.attrs["model"] = repr(self)
-        out.attrs["notes"] = self.notes()
+        out.attrs["notes"] = notes
+        return out
+
+    def _profile_intervals(self, prob: float) -> pd.DataFrame:
+        """σ, the SDs and the correlations' profile intervals at ``prob`` (computed once per fit)."""
+        cache = self._estimates_cache()
+        key = ("profile", float(prob))
+        if key not in cache:
+            pt = self._point()
+            assert pt is not None
+            cache[key] = _profile.profile_confint(self.bound, pt, prob=prob, coefficients=False)
+        out: pd.DataFrame = cache[key]
         return out
 
     def diagnostics(self) -> pd.DataFrame:
@@ -876,9 +899,9 @@ class Fit:
                     "Laplace": "−2ℓ (Laplace)"}.get(method, "criterion")
             out.append(f"{method} estimates ({crit} {float(info.get('criterion', float('nan'))):.6g}); no priors are "
                        "used. Standard errors: Cov(β̂) for the coefficients, the curvature of the criterion for the "
-                       "SDs and correlations (Wald intervals on the log and atanh scales; profile-likelihood "
-                       "intervals as lme4's: fit.confint()); group values are the conditional modes ± their "
-                       "conditional SDs.")
+                       "SDs and correlations; intervals: Wald for the coefficients, profile likelihood for sigma, "
+                       "the SDs and correlations (on the ML deviance, as lme4's confint) where the interval column "
+                       "says profile; group values are the conditional modes ± their conditional SDs.")
         if self.method == "laplace":
             out.append("Group values integrated out by Laplace's approximation; an approximation of the posterior.")
         vd = None if isinstance(self._draws, DeferredDraws) else self.value_draws  # not drawn: nothing thinned
@@ -1155,8 +1178,7 @@ class Fit:
             return wald if parm is None else wald.loc[[n for n in wald.index if n in parm]]
         if method != "profile":
             raise SpecError(f"The 'method' option must be 'profile' or 'Wald'. Got {method!r}.", option="method")
-        hs = cond.hyper_se if cond.hyper_se is not None else _estimates.hyper_se(self.bound, pt)
-        out = _profile.profile_confint(self.bound, pt, prob=prob, se_hint=hs, parm=parm)
+        out = _profile.profile_confint(self.bound, pt, prob=prob, parm=parm)
         order = [n for n in self._estimate_summary(prob, False).index if n in out.index]
         return out.loc[order]
 
@@ -1267,6 +1289,15 @@ class Fit:
         skip = set() if pointwise else {"log_likelihood", "posterior_predictive"}
         groups = [g for g in idata.groups() if g not in skip]
         return write_file(path, lambda tmp: idata.to_netcdf(tmp, compress=True, groups=groups), overwrite=overwrite)
+
+
+def _interval_kind(intervals: str) -> str:
+    """``"auto"``, ``"Wald"`` or ``"profile"`` from the ``intervals`` option (any case)."""
+    kind = {"auto": "auto", "wald": "Wald", "profile": "profile"}.get(str(intervals).lower())
+    if kind is None:
+        raise SpecError(f"The 'intervals' option must be 'auto', 'profile' or 'Wald'. Got {intervals!r}.",
+                        option="intervals")
+    return kind
 
 
 def _attempt_targets(info: Mapping[str, Any], n: int) -> list[float | None]:

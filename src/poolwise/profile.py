@@ -3,8 +3,13 @@
 For a parameter ψ (a coefficient, σ, a group SD, a correlation) the profile deviance is
 dev(ψ) = min over every other parameter of the ML deviance with ψ held (lme4 refits a REML fit by
 ML to profile it; so does this; a GLMM's deviance is −2 × Laplace's approximation), and the interval
-is {ψ : dev(ψ) − dev(ψ̂) ≤ χ²₁(prob)}: the roots of the signed root ζ(ψ) = ±√(dev(ψ) − dev(ψ̂)) at ±z,
-found by Brent's method (ζ is close to linear in ψ, so few steps).
+is {ψ : dev(ψ) − dev(ψ̂) ≤ χ²₁(prob)}: the roots of the signed root ζ(ψ) = ±√(dev(ψ) − dev(ψ̂)) at ±z.
+As lme4's ``profile.merMod``, each end comes from a few points along the profile, each one inner
+minimization warm-started from the straight line through its neighbours; ζ is close to linear in ψ
+on these scales, so the first point is the Wald end of the optimum's curvature and the next ones
+secant steps on ζ (where lme4 interpolates a spline through its grid, this finds the root to
+|ζ − z| < 10⁻⁶).  The inner minimizations are damped Newton steps whose finite differences are
+evaluated in one batch (a dense factor: one batched LAPACK call per step).
 
 The other parameters are minimized in unconstrained coordinates: log σ, log SDs, and per grouping
 factor the atanh of the canonical partial correlations of its correlation matrix (Lewandowski,
@@ -27,15 +32,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .estimates import Point, _hessian, _sqrts
+from .estimates import Point, _hessian, _sqrt, _sqrts
 from .spec import BoundSpec
 
-__all__ = ["profile_confint"]
+__all__ = ["profile_confint", "why_not_profile", "PROFILE_MAX_GROUP_VALUES", "PROFILE_MAX_GROUP_VALUES_GLMM",
+           "PROFILE_MAX_ROWS_GLMM", "PROFILE_MAX_PARAMETERS"]
+
+#: an empirical fit's summary profiles σ, the SDs and correlations by default up to this many group
+#: values (Gaussian; measured ≲ 1 s for 1000 on a quiet machine), else gives Wald intervals
+PROFILE_MAX_GROUP_VALUES = 1000
+#: the same for a GLMM (each deviance its own Laplace modes), and at most this many rows
+PROFILE_MAX_GROUP_VALUES_GLMM = 500
+PROFILE_MAX_ROWS_GLMM = 50_000
+#: and at most this many variance parameters (σ, SDs, correlations)
+PROFILE_MAX_PARAMETERS = 10
 
 _Z_MAX = 1.0 - 1e-12  # a partial correlation just inside ±1
 
@@ -135,6 +151,34 @@ class _Layout:
                 x[cpc_at:cpc_at + z.size] = np.arctanh(z)
         return x
 
+    def lams_batch(self, X: np.ndarray, fixed: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """σ² (B,) and per factor a square root Λ_b (B, q, q) of Σ_b (Λ_bΛ_b' = Σ_b) for a batch of
+        coordinates X (B, size): diag(sd)·L of each correlation matrix, its rows put back in the terms'
+        order (the marginal depends on ΛΛ' only); ``fixed`` the square roots of the fixed Σ's."""
+        B = X.shape[0]
+        s2 = np.exp(2.0 * X[:, 0]) if self.pt.sigma is not None else np.ones(B)
+        lams = [np.broadcast_to(f, (B,) + f.shape) for f in fixed]
+        for i, sd_at, cpc_at in self.slots:
+            q = fixed[i].shape[0]
+            sd = np.exp(X[:, sd_at:sd_at + q])
+            if self.pt.corr[i] is None:
+                lams[i] = sd[:, :, None] * np.eye(q)[None]
+                continue
+            z = np.tanh(X[:, cpc_at:cpc_at + q * (q - 1) // 2])
+            L = np.zeros((B, q, q))
+            L[:, 0, 0] = 1.0
+            at = 0
+            for r in range(1, q):
+                rest = np.ones(B)
+                for c in range(r):
+                    L[:, r, c] = z[:, at] * np.sqrt(np.clip(rest, 0.0, None))
+                    rest = rest - L[:, r, c] ** 2
+                    at += 1
+                L[:, r, r] = np.sqrt(np.clip(rest, 0.0, None))
+            order = self.perm.get(i, list(range(q)))
+            lams[i] = sd[:, :, None] * L[:, np.argsort(order), :]  # R = (P'L)(P'L)', P the terms' reordering
+        return s2, lams
+
     def unpack(self, x: np.ndarray) -> tuple[float | None, list[np.ndarray]]:
         sigma = math.exp(x[0]) if self.pt.sigma is not None else None
         Sigmas = list(self.pt.Sigma)
@@ -167,7 +211,8 @@ def _inv_pd(H: np.ndarray) -> np.ndarray | None:
 
 def _minimize(f: Callable[[np.ndarray], float], x0: np.ndarray, hess_inv0: np.ndarray | None = None
               ) -> tuple[np.ndarray, float]:
-    """min f by BFGS with central-difference gradients (f smooth, few coordinates)."""
+    """min f by BFGS with central-difference gradients (f smooth, few coordinates): a second,
+    independent optimizer (the profiles use :func:`_newton`)."""
     from scipy import optimize
 
     if x0.size == 0:
@@ -185,50 +230,154 @@ def _minimize(f: Callable[[np.ndarray], float], x0: np.ndarray, hess_inv0: np.nd
     opts: dict[str, Any] = {"gtol": 1e-6, "maxiter": 500}
     if hess_inv0 is not None:
         opts["hess_inv0"] = hess_inv0
-    # BFGS: L-BFGS-B stopped after its first step on flat starts (seen with three correlated terms)
     res = optimize.minimize(fg, x0, jac=True, method="BFGS", options=opts)
     x, fx = np.asarray(res.x, dtype=float), float(res.fun)
     f0 = f(x0)
     return (x, fx) if fx <= f0 else (x0, f0)
 
 
-def _profile_ends(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]], center: float, warm: np.ndarray,
-                  z: float, step0: float, limit: tuple[float, float], kind: str) -> tuple[float, float]:
-    """The two ends of {t : ζ(t) ≤ z} around ``center``, ζ(t) = √(prof(t)) the signed root of the
-    profile (prof(center) = 0).  The first try is ``step0`` (a Wald half-width) away, then steps
-    outward, doubling, until ζ passes z; then Brent's method on ζ − z.  Past ``limit`` without
-    passing: an SD's lower end is 0, a correlation's end ±1, otherwise ±∞."""
-    from scipy import optimize
+# ----------------------------------------------------------------------------------------------
+# the inner minimizations: Newton steps with finite differences, evaluated in batches
 
-    ends = []
-    for side, lim in zip((-1.0, 1.0), limit):
-        step = step0
-        t_prev, x_prev = center, warm
-        near: dict[float, np.ndarray] = {center: warm}
-        end = math.nan
-        while True:
-            t = t_prev + side * step
-            if abs(t - center) > lim:
-                end = (0.0 if kind == "sd" and side < 0 else side if kind == "cor" else side * math.inf)
-                break
-            dz, x_new = prof(t, x_prev)
-            near[t] = x_new
-            if dz >= z * z:
-                lo_t, hi_t = sorted((t_prev, t))
+Batch = Callable[[np.ndarray], np.ndarray]
 
-                def zeta(u: float) -> float:
-                    start = near[min(near, key=lambda v: abs(v - u))]
-                    d, x = prof(u, start)
-                    near[u] = x
-                    return math.sqrt(max(d, 0.0)) - z
 
-                tt = optimize.brentq(zeta, lo_t, hi_t, xtol=1e-7 * max(abs(step0), 1e-300), rtol=1e-10)
-                end = math.exp(tt) if kind in ("sd", "sigma") else math.tanh(tt) if kind == "cor" else tt
-                break
-            t_prev, x_prev = t, x_new
-            step = 0.5 * step0 if step == step0 else 2.0 * step  # just past the Wald end, then farther
-        ends.append(end)
-    return ends[0], ends[1]
+def _differences(fb: Batch, y: np.ndarray, h: np.ndarray, hessian: bool
+                 ) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """f, its central-difference gradient and (``hessian``) Hessian at y, all points in one batch:
+    1 + 2d (+ 2d(d − 1)) evaluations."""
+    d = y.size
+    E = np.diag(h)
+    pts = [y[None], y + E, y - E]
+    pairs = [(a, c) for a in range(d) for c in range(a)] if hessian else []
+    if pairs:
+        ia, ic = np.array([a for a, _ in pairs]), np.array([c for _, c in pairs])
+        for sa, sc in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+            pts.append(y + sa * E[ia] + sc * E[ic])
+    v = fb(np.vstack(pts))
+    f0, up, dn = float(v[0]), v[1:d + 1], v[d + 1:2 * d + 1]
+    g = (up - dn) / (2.0 * h)
+    if not hessian:
+        return f0, g, None
+    H = np.diag((up - 2.0 * f0 + dn) / (h * h))
+    if pairs:
+        m = len(pairs)
+        pp, pm, mp, mm = (v[2 * d + 1 + s * m:2 * d + 1 + (s + 1) * m] for s in range(4))
+        off = (pp - pm - mp + mm) / (4.0 * h[ia] * h[ic])
+        H[ia, ic] = H[ic, ia] = off
+    return f0, g, H
+
+
+def _newton_step(g: np.ndarray, H: np.ndarray, free: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """−H⁻¹g on the free coordinates, H's eigenvalues taken in absolute value and floored (a saddle or a
+    flat direction gives a bounded step), capped at 3 units of each coordinate's scale (h / 10⁻³)."""
+    s = np.zeros(g.size)
+    if not free.any():
+        return s
+    Hf = H[np.ix_(free, free)]
+    Hf = 0.5 * (Hf + Hf.T)
+    lam, V = np.linalg.eigh(Hf)
+    lam = np.maximum(np.abs(lam), 1e-8 * max(1.0, float(np.abs(lam).max())))
+    s[free] = -V @ ((V.T @ g[free]) / lam)
+    big = float(np.max(np.abs(s) / (3e3 * h)))
+    return s / big if big > 1.0 else s
+
+
+def _newton(fb: Batch, y0: np.ndarray, h: np.ndarray, *, full: bool, bounds: tuple[np.ndarray, np.ndarray],
+            H0: np.ndarray | None = None, tol: float = 1e-10, max_iter: int = 40
+            ) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """min fb by damped Newton steps inside ``bounds``, from ``y0``: (y, f(y), the last Hessian).
+
+    ``full``: the Hessian by differences every step (the evaluations batched: cheap for the dense
+    Gaussian path); else BFGS updates of ``H0`` (each evaluation its own factorization, a GLMM's
+    Laplace modes, a large sparse factor).  A coordinate at its bound whose gradient points outward
+    is held.  Stops when the predicted decrease falls below ``tol`` × (1 + |f|)."""
+    lo, hi = bounds
+    y = np.clip(np.asarray(y0, dtype=float), lo, hi)
+    d = y.size
+    if d == 0:
+        return y, float(fb(y[None])[0]), None
+    f, g, H = _differences(fb, y, h, full)
+    if H is None:
+        H = np.array(H0, dtype=float) if H0 is not None else np.diag(1.0 / (1e6 * h * h))
+    for _ in range(max_iter):
+        free = ~(((y <= lo) & (g > 0)) | ((y >= hi) & (g < 0)))
+        s = _newton_step(g, H, free, h)
+        dec = -0.5 * float(g @ s)
+        if not dec > tol * (1.0 + abs(f)):
+            break
+        steps = np.array([1.0, 0.3, 0.05])
+        trial = np.clip(y[None] + steps[:, None] * s[None], lo, hi)
+        vals = fb(trial)
+        best = int(np.argmin(vals))
+        if not vals[best] < f:
+            break
+        y_new = trial[best]
+        if full:
+            f, g, H = _differences(fb, y_new, h, True)
+            y = y_new
+            continue
+        f_new, g_new, _ = _differences(fb, y_new, h, False)
+        sk, yk = y_new - y, g_new - g
+        if float(sk @ yk) > 1e-12 * float(np.linalg.norm(sk) * np.linalg.norm(yk)):  # BFGS on H
+            Hs = H @ sk
+            H = H - np.outer(Hs, Hs) / float(sk @ Hs) + np.outer(yk, yk) / float(sk @ yk)
+        y, f, g = y_new, f_new, g_new
+    return y, f, H
+
+
+# ----------------------------------------------------------------------------------------------
+# one end of an interval: the root of ζ(t) = z, ζ interpolated linearly between profiled points
+
+
+def _end(prof: Callable[[float, np.ndarray], tuple[float, np.ndarray]], t_hat: float, y_hat: np.ndarray,
+         dy: np.ndarray, slope: float, z: float, side: float, lim: float, tol: float = 1e-6) -> float | None:
+    """The t on one side of t̂ where the signed root of the profile ζ(t) = √(dev(t) − dev̂) reaches z,
+    or ``None`` when it stays below z up to ``lim`` away.
+
+    As lme4's ``profile``: a few points along the profile, each inner minimization warm-started
+    from the straight line through its neighbours (the first from the optimum's own direction ``dy``,
+    dy/dt of the other coordinates by the implicit-function theorem); ζ is close to linear in t
+    on these scales, so the first point is the Wald end (``slope`` = dζ/dt at t̂) and the rest secant
+    steps on ζ (Illinois-safeguarded once the root is bracketed) to |ζ − z| < ``tol``."""
+    if lim <= 0.0:
+        return None
+    pts: list[tuple[float, float, np.ndarray]] = [(t_hat, 0.0, y_hat)]
+    step = z / slope if slope > 0 and math.isfinite(slope) else 1.0
+    t = t_hat + side * min(step, 3.0, lim)
+    y0 = y_hat + (t - t_hat) * dy
+    a: list[float] = [t_hat, 0.0]  # the bracket's ends (t, ζ − z): below z, and above once found
+    b: list[float] | None = None
+    last = 0  # which end the previous point replaced (−1: a, +1: b)
+    for _ in range(60):
+        zeta, y = prof(t, y0)
+        if abs(zeta - z) < tol:
+            return t
+        pts.append((t, zeta, y))
+        if zeta < z:
+            if last == -1 and b is not None:  # a replaced twice running: halve b's weight (Illinois)
+                b[1] *= 0.5
+            a, last = [t, zeta - z], -1
+        else:
+            if last == 1:
+                a[1] *= 0.5
+            b, last = [t, zeta - z], 1
+        if b is None:
+            if abs(t - t_hat) >= lim * (1.0 - 1e-12):
+                return None
+            (t1, z1, _), (t2, z2, _) = pts[-2], pts[-1]
+            t_new = t2 + (z - z2) * (t2 - t1) / (z2 - z1) if z2 > z1 + 1e-9 else t2 + 4.0 * (t2 - t1)
+            far = 4.0 * abs(t2 - t_hat)  # at most 4 × farther out than the last point
+            t_new = t_hat + side * min(max(side * (t_new - t_hat), abs(t2 - t_hat)), far, lim)
+        else:
+            t_new = a[0] - a[1] * (b[0] - a[0]) / (b[1] - a[1])
+        if abs(t_new - t) < 1e-12 * max(1.0, abs(t)):
+            return t
+        near = sorted(pts, key=lambda p: abs(p[0] - t_new))[:2]
+        (tp, _, yp), (tq, _, yq) = near
+        y0 = yp + (t_new - tp) * (yq - yp) / (tq - tp) if tq != tp else yp
+        t = t_new
+    return t
 
 
 class _Deviance:
@@ -241,6 +390,8 @@ class _Deviance:
         self.pt = pt
         self.gaussian = bound.spec.fam.exact
         self.p = pt.beta.size
+        #: square roots of the factors' Σ at the estimates (the fixed ones stay; the learned are replaced)
+        self._fixed: list[np.ndarray] = [_sqrt(S) for S in pt.Sigma]
         if self.gaussian:
             from .reduce import bound_sparse_stats
 
@@ -305,6 +456,60 @@ class _Deviance:
         out = self.n_log2pi + logdetV + qq - float(bb @ sol[:, 0]) + gap * gap / float(a @ sol[:, 1])
         return out if math.isfinite(out) else 1e300
 
+    @property
+    def batched(self) -> bool:
+        """Whether :meth:`batch` evaluates a batch at once (a Gaussian model with a dense factor)."""
+        return bool(self.fz.dense if self.gaussian else self.lap.fz.dense)
+
+    def batch(self, layout: _Layout, X: np.ndarray, k: int | None = None, c: float = 0.0) -> np.ndarray:
+        """The deviance at every row of X (B, m) (with β_k = c when ``k`` is given: :meth:`with_beta`):
+        one batched dense evaluation (:func:`poolwise.infer.sparse.cross_batch`) where
+        :attr:`batched`, else one evaluation per row.  1e300 where not finite."""
+        X = np.atleast_2d(X)
+        if not self.batched:
+            if k is None:
+                return np.array([self(layout, x) for x in X])
+            return np.array([self.with_beta(layout, x, k, c) for x in X])
+        from .infer import sparse
+
+        out = np.empty(X.shape[0])
+        step = sparse._batch_chunk(self.st.size if self.gaussian else self.lap.Q)
+        for s in range(0, X.shape[0], step):
+            with np.errstate(all="ignore"):
+                try:
+                    out[s:s + step] = self._batch(layout, X[s:s + step], k, c)
+                except np.linalg.LinAlgError:  # one point not positive definite: each alone
+                    out[s:s + step] = [self(layout, x) if k is None else self.with_beta(layout, x, k, c)
+                                       for x in X[s:s + step]]
+        return np.where(np.isfinite(out), out, 1e300)
+
+    def _batch(self, layout: _Layout, X: np.ndarray, k: int | None, c: float) -> np.ndarray:
+        from .infer import sparse
+
+        if not self.gaussian:  # Laplace: the modes of the batch at once, from the fit's modes
+            p = self.p
+            _, lams = layout.lams_batch(X[:, p:], self._fixed)
+            lams = [np.ascontiguousarray(lam) for lam in lams]
+            u0 = np.concatenate([np.einsum("bac,jc->bja", np.linalg.pinv(lam), b).reshape(X.shape[0], -1)
+                                 for lam, b in zip(lams, self.lap.b_ref)], axis=1)
+            _, ll, _, _ = self.lap.modes_batch(np.ascontiguousarray(X[:, :p]), lams, np.where(np.isfinite(u0), u0, 0.0))
+            return np.asarray(-2.0 * ll)
+        s2, lams = layout.lams_batch(X, self._fixed)
+        bc = sparse.cross_batch(self.st, self.fz.pattern, s2, lams)
+        base = self.n_log2pi + bc.logdetV + bc.qq
+        if not self.p:
+            return np.asarray(base)
+        if k is None:
+            LX = np.linalg.cholesky(bc.A_X)
+            zz = np.linalg.solve(LX, bc.bb[..., None])[..., 0]
+            return np.asarray(base - (zz * zz).sum(axis=1))
+        a = self.B[k]
+        rhs = np.stack([bc.bb, np.broadcast_to(a, bc.bb.shape)], axis=2)
+        sol = np.linalg.solve(bc.A_X, rhs)
+        d = c - (self.st.shift.y if k == self.i0 else 0.0)
+        gap = sol[:, :, 0] @ a - d
+        return np.asarray(base - np.einsum("bi,bi->b", bc.bb, sol[:, :, 0]) + gap * gap / (sol[:, :, 1] @ a))
+
     def beta_and_se(self, layout: _Layout, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """β̂ and its Wald SEs at x (Gaussian: GLS; Laplace: β in x, SEs from the fit's Cov(β̂))."""
         if not self.gaussian:
@@ -331,8 +536,8 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
     prob
         Confidence level.
     se_hint
-        The hyperparameters' SEs on the log / atanh scale (:func:`poolwise.estimates.hyper_se`),
-        where the search for each end starts (else half a unit).
+        Unused (kept for callers): each search starts at the Wald end of the ML deviance's own
+        curvature.
     coefficients
         Profile the coefficients too (else σ, the SDs and the correlations only).
     parm
@@ -342,90 +547,176 @@ def profile_confint(bound: BoundSpec, pt: Point, *, prob: float = 0.95,
     -------
     DataFrame indexed by parameter name with ``lo`` and ``hi``.  An SD whose profile stays below the
     bound down to 0 has lower end 0; a correlation whose profile does so towards ±1 has end ±1.
-    """
-    from scipy.stats import norm
+    ``.attrs["boundary"]`` names the parameters with such an end.
 
-    z = float(norm.ppf(0.5 + prob / 2.0))
+    Notes
+    -----
+    The ML optimum is found from the fit's estimates by Newton steps; each end from a handful of
+    profiled points (:func:`_end`), each point one warm-started inner minimization
+    (:func:`_newton`).  A Gaussian model with a dense factor evaluates the finite differences of a
+    Newton step in one batch.
+    """
+    del se_hint
+    z = NormalDist().inv_cdf(0.5 + prob / 2.0)
     dev = _Deviance(bound, pt)
     base = _Layout(bound, pt)
     p, nb = dev.p, (0 if dev.gaussian else dev.p)
     ref = max([1.0 if pt.sigma is None else pt.sigma]
               + [float(np.max(sd)) for sd in pt.sd if sd is not None and sd.size])
+    log_ref = math.log(ref)
     rows: dict[str, dict[str, float]] = {}
+    boundary: dict[str, str] = {}
+    failed: list[str] = []
+    se_b = np.sqrt(np.clip(np.diagonal(pt.beta_cov), 1e-300, None)) if pt.beta_cov is not None else np.ones(p)
 
-    def start_steps(m: int) -> np.ndarray:
-        se_b = np.sqrt(np.clip(np.diagonal(pt.beta_cov), 1e-300, None)) if pt.beta_cov is not None else np.ones(p)
-        return np.concatenate([1e-2 * se_b[:nb], np.full(m - nb, 1e-3)])
+    def coords(layout: _Layout) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Finite-difference steps and bounds of [β (a GLMM), layout coordinates]: log SDs and log σ
+        within e⁻²⁰ and e¹² of the data's scale, atanh correlations within ±8 (|ρ| < 1 − 2·10⁻⁷)."""
+        kinds = ["beta"] * nb + layout.kinds
+        h = np.array([1e-3 * se_b[a] if kd == "beta" else 1e-3 for a, kd in enumerate(kinds)])
+        lo = np.array([-np.inf if kd == "beta" else -8.0 if kd == "cor" else log_ref - 20.0 for kd in kinds])
+        hi = np.array([np.inf if kd == "beta" else 8.0 if kd == "cor" else log_ref + 12.0 for kd in kinds])
+        return h, (lo, hi)
+
+    def fb_of(layout: _Layout) -> Batch:
+        return lambda X: dev.batch(layout, X)
+
+    def optimum(layout: _Layout, x0: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        h, bd = coords(layout)
+        fb = fb_of(layout)
+        if dev.batched:
+            x, fx, H = _newton(fb, x0, h, full=True, bounds=bd, tol=1e-12)
+        else:
+            x, fx = _minimize(lambda v: float(fb(v[None])[0]), np.clip(x0, *bd))
+            x, fx, _ = _newton(fb, x, h, full=False, bounds=bd, H0=_hessian(lambda v: float(fb(v[None])[0]), x, h),
+                               tol=1e-12)
+            H = None
+        if H is None or not dev.batched:
+            H = _hessian(lambda v: float(fb(v[None])[0]), x, h) if x.size else np.zeros((0, 0))
+        assert H is not None
+        return x, fx, H
+
+    def profile_one(layout: _Layout, x_c: np.ndarray, d_hat: float, H: np.ndarray, col: int, kind: str,
+                    limits: tuple[float, float]) -> tuple[float | None, float | None]:
+        h, (lo, hi) = coords(layout)
+        others = np.array([a for a in range(x_c.size) if a != col], dtype=int)
+        Hoo, hoc = H[np.ix_(others, others)], H[others, col]
+        Hi = _inv_pd(Hoo)
+        dy = -(Hi @ hoc) if Hi is not None else np.zeros(others.size)
+        curv = float(H[col, col] + hoc @ dy)  # the profile's curvature at the optimum (Schur complement)
+        slope = math.sqrt(0.5 * curv) if curv > 0 else 0.0
+        fb = fb_of(layout)
+
+        def prof(t: float, warm: np.ndarray) -> tuple[float, np.ndarray]:
+            def g(Y: np.ndarray) -> np.ndarray:
+                X = np.empty((Y.shape[0], x_c.size))
+                X[:, others], X[:, col] = Y, t
+                return fb(X)
+
+            y, fy, _ = _newton(g, warm, h[others], full=dev.batched, bounds=(lo[others], hi[others]),
+                               H0=Hoo if Hi is not None else None)
+            return math.sqrt(max(fy - d_hat, 0.0)), y
+
+        t_hat = float(x_c[col])
+        return (_end(prof, t_hat, x_c[others], dy, slope, z, -1.0, limits[0]),
+                _end(prof, t_hat, x_c[others], dy, slope, z, 1.0, limits[1]))
 
     with dev.ctx:
         x0 = base.pack(pt.sigma, pt.Sigma)
         full0 = x0 if dev.gaussian else np.concatenate([pt.beta, x0])
-        x_hat, d_hat = _minimize(lambda x: dev(base, x), full0)  # the ML optimum (REML refitted by ML)
+        x_hat, d_hat, H = optimum(base, full0)  # the ML optimum (REML refitted by ML)
         sigma_ml, Sigma_ml = base.unpack(x_hat[nb:])
-        m = x_hat.size
-        H = _hessian(lambda x: dev(base, x), x_hat, start_steps(m))  # BFGS starts from its blocks
-
-        def profile_one(layout: _Layout, x_c: np.ndarray, col: int, kind: str, Hl: np.ndarray, step0: float,
-                        limit: tuple[float, float]) -> tuple[float, float]:
-            others = [a for a in range(x_c.size) if a != col]
-            Hi = _inv_pd(Hl[np.ix_(others, others)])
-
-            def prof(t: float, warm: np.ndarray) -> tuple[float, np.ndarray]:
-                def g(y: np.ndarray) -> float:
-                    x = np.empty(x_c.size)
-                    x[others], x[col] = y, t
-                    return dev(layout, x)
-
-                y, fy = _minimize(g, warm, Hi)
-                return fy - d_hat, y
-
-            return _profile_ends(prof, float(x_c[col]), x_c[others], z, step0, limit, kind)
+        h_all, bd_all = coords(base)
 
         if coefficients and (parm is None or any(n in parm for n in bound.coef_names)):
             beta_ml, se_ml = dev.beta_and_se(base, x_hat)
             for k, name in enumerate(bound.coef_names):
                 if parm is not None and name not in parm:
                     continue
-                lim = (50.0 * float(se_ml[k]),) * 2
+                if not (se_ml[k] > 0 and math.isfinite(se_ml[k])):
+                    failed.append(name)
+                    continue
+                lim = 50.0 * float(se_ml[k])
                 if dev.gaussian:
                     Hi = _inv_pd(H)
 
                     def prof_b(t: float, warm: np.ndarray, k: int = k, Hi: np.ndarray | None = Hi
                                ) -> tuple[float, np.ndarray]:
-                        y, fy = _minimize(lambda x: dev.with_beta(base, x, k, t), warm, Hi)
-                        return fy - d_hat, y
+                        y, fy, _ = _newton(lambda X: dev.batch(base, X, k, t), warm, h_all, full=dev.batched,
+                                           bounds=bd_all, H0=H if Hi is not None else None)
+                        return math.sqrt(max(fy - d_hat, 0.0)), y
 
-                    lo, hi = _profile_ends(prof_b, float(beta_ml[k]), x_hat, z, z * float(se_ml[k]), lim, "beta")
+                    t_hat = float(beta_ml[k])
+                    ends = [_end(prof_b, t_hat, x_hat, np.zeros(x_hat.size), 1.0 / float(se_ml[k]), z, s, lim)
+                            for s in (-1.0, 1.0)]
                 else:
-                    lo, hi = profile_one(base, x_hat, k, "beta", H, z * float(se_ml[k]), lim)
-                rows[name] = {"lo": lo, "hi": hi}
-        for j, name in enumerate(base.names):
-            if parm is not None and name not in parm:
-                continue
+                    ends = list(profile_one(base, x_hat, d_hat, H, k, "beta", (lim, lim)))
+                rows[name] = {"lo": -math.inf if ends[0] is None else ends[0],
+                              "hi": math.inf if ends[1] is None else ends[1]}
+
+        def hyper_one(j: int, name: str) -> dict[str, float]:
+            """The interval of σ, an SD or a correlation (base coordinate j)."""
             kind = base.kinds[j]
-            h = float(se_hint.get(name, math.nan)) if se_hint is not None else math.nan
-            step0 = z * h if 0 < h < 2 else 0.5
             if kind != "cor":
                 c = float(x_hat[nb + j])
-                # log SD, log σ: a factor e¹² down, and up to 10⁴ × the data's scale (an SD estimated at
-                # 0 starts far below it)
-                lim = (12.0, max(12.0, math.log(1e4 * ref) - c))
-                rows[name] = dict(zip(("lo", "hi"), profile_one(base, x_hat, nb + j, kind, H, step0, lim)))
-                continue
+                _, (lo_b, hi_b) = coords(base)
+                # log SD, log σ: a factor e¹² down (or to the floor), up to 10⁴ × the data's scale
+                lim = (min(12.0, c - lo_b[nb + j]), min(max(12.0, math.log(1e4 * ref) - c), hi_b[nb + j] - c))
+                lo_t, hi_t = profile_one(base, x_hat, d_hat, H, nb + j, kind, lim)
+                ends = (["lower end 0"] if lo_t is None else []) + (["no upper end"] if hi_t is None else [])
+                if ends:
+                    boundary[name] = ", ".join(ends)
+                return {"lo": 0.0 if lo_t is None else math.exp(lo_t), "hi": math.inf if hi_t is None else math.exp(hi_t)}
             # a correlation: its factor's terms reordered so that the pair comes first (its first CPC)
             i, (a, c_) = _which_cor(bound, name)
             q = bound.blocks[i].q
-            layout = _Layout(bound, pt, {i: [a, c_] + [t for t in range(q) if t not in (a, c_)]})
-            xl = layout.pack(sigma_ml, Sigma_ml)
-            xl = xl if dev.gaussian else np.concatenate([x_hat[:p], xl])
+            if q == 2:
+                layout, xl, Hl = base, x_hat, H
+            else:
+                layout = _Layout(bound, pt, {i: [a, c_] + [t for t in range(q) if t not in (a, c_)]})
+                xl = layout.pack(sigma_ml, Sigma_ml)
+                xl = xl if dev.gaussian else np.concatenate([x_hat[:p], xl])
+                Hl = _hessian(lambda v: float(fb_of(layout)(v[None])[0]), xl, coords(layout)[0])
             col = nb + layout.names.index(name) if name in layout.names else None
             if col is None:  # named with the terms the other way round
                 col = nb + layout.names.index(_swap(name))
-            Hl = H if q == 2 else _hessian(lambda x: dev(layout, x), xl, start_steps(xl.size))
-            rows[name] = dict(zip(("lo", "hi"), profile_one(layout, xl, col, "cor", Hl, step0, (8.0, 8.0))))
+            t_c = float(xl[col])
+            lo_t, hi_t = profile_one(layout, xl, d_hat, Hl, col, "cor", (8.0 + t_c, 8.0 - t_c))
+            if lo_t is None or hi_t is None:
+                boundary[name] = "end at ±1"
+            return {"lo": -1.0 if lo_t is None else math.tanh(lo_t), "hi": 1.0 if hi_t is None else math.tanh(hi_t)}
+
+        for j, name in enumerate(base.names):
+            if parm is not None and name not in parm:
+                continue
+            try:
+                rows[name] = hyper_one(j, name)
+            except (np.linalg.LinAlgError, ValueError, ArithmeticError, KeyError):
+                failed.append(name)
+
     out = pd.DataFrame.from_dict(rows, orient="index", columns=["lo", "hi"])
     out.index.name = "parameter"
+    out.attrs["boundary"] = boundary
+    out.attrs["failed"] = failed
     return out
+
+
+def why_not_profile(bound: BoundSpec, pt: Point) -> str | None:
+    """Why an empirical fit's summary gives Wald intervals by default for σ, the SDs and the
+    correlations (``None``: it profiles them).  The rule is the model's size: at most
+    :data:`PROFILE_MAX_PARAMETERS` variance parameters and :data:`PROFILE_MAX_GROUP_VALUES` group
+    values (a GLMM: :data:`PROFILE_MAX_GROUP_VALUES_GLMM`, and :data:`PROFILE_MAX_ROWS_GLMM` rows)."""
+    n_par = _Layout(bound, pt).size
+    n_values = sum(int(b.n_groups) * int(b.q) for b in bound.blocks)
+    gaussian = bound.spec.fam.exact
+    cap = PROFILE_MAX_GROUP_VALUES if gaussian else PROFILE_MAX_GROUP_VALUES_GLMM
+    if n_par > PROFILE_MAX_PARAMETERS:
+        return f"{n_par} variance parameters (over {PROFILE_MAX_PARAMETERS})"
+    if n_values > cap:
+        return f"{n_values} group values (over {cap})"
+    if not gaussian and bound.n_obs > PROFILE_MAX_ROWS_GLMM:
+        return f"{bound.n_obs} rows (a GLMM, over {PROFILE_MAX_ROWS_GLMM})"
+    return None
 
 
 def _which_cor(bound: BoundSpec, name: str) -> tuple[int, tuple[int, int]]:

@@ -740,7 +740,26 @@ def _check_pooling(pooling: Any) -> str | float:
 def _labels(table: _data.Table, cols: list[str]) -> pd.Categorical:
     if len(cols) == 1:
         return _data.group_labels(table, cols[0])
-    parts = [np.asarray(_data.group_labels(table, c)).astype(str) for c in cols]
+    labels = [_data.group_labels(table, c) for c in cols]
+    codes = [np.asarray(lab.codes, dtype=np.int64) for lab in labels]
+    if all(c.size == 0 or c.min() >= 0 for c in codes):
+        # the level pairs from the codes (no string per row): a:b for each pair that occurs, sorted as text
+        key = codes[0]
+        for lab, c in zip(labels[1:], codes[1:]):
+            key = key * len(lab.categories) + c
+        pairs, inv = np.unique(key, return_inverse=True)
+        names = []
+        for v in pairs.tolist():
+            at = []
+            for lab in reversed(labels[1:]):
+                v, r = divmod(v, len(lab.categories))
+                at.append(str(lab.categories[r]))
+            names.append(":".join([str(labels[0].categories[v])] + at[::-1]))
+        order = sorted(range(len(names)), key=names.__getitem__)
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[order] = np.arange(len(names))
+        return pd.Categorical.from_codes(rank[np.asarray(inv).ravel()], categories=[names[i] for i in order])
+    parts = [np.asarray(lab).astype(str) for lab in labels]
     joined = pd.Series(parts[0])
     for p in parts[1:]:
         joined = joined + ":" + p

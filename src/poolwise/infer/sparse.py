@@ -640,24 +640,33 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
         g = (v[1:d + 1] - v[d + 1:]) / (up - dn).diagonal()
         return float(v[0]), np.where(np.isfinite(g), g, 0.0)
 
-    x, fx, converged = start, negll(start), True
+    x, fx, converged = start, (negll(start) if not start.size else math.inf), True
     if start.size:
         # L-BFGS-B to a relative 1e-10, then the Newton polish (second differences) takes the last digits:
         # with sparse factors the forward-difference gradient is ~1e-2 off near the optimum, and on a flat
-        # criterion (a factor with few levels) L-BFGS-B's last iterations gain nothing the polish does not
-        x, fx, converged = lbfgs_restarts(fun_jac, x, fx, bounds, ftol=1e-10)
+        # criterion (a factor with few levels) L-BFGS-B's last iterations gain nothing the polish does not.
+        # With dense factors the polish is a full Newton step (the Hessian in one batch), so L-BFGS-B is not
+        # restarted to confirm its end (Pastes: 2-3 of its ~17 batched evaluations)
+        x, fx, converged = lbfgs_restarts(fun_jac, x, fx, bounds, ftol=1e-10, restarts=1 if fz.dense else 4)
         x, fx = _polish(negll_batch, x, fx, lower, full=fz.dense)
     # σ and the absolute Λ at the optimum
     if profile:
-        ll, s2 = _profiled(st, fz, rel_lams(x), reml=reml)
+        # one factorization gives σ̂ and β̂: at Λ = σΛ_rel, X'V⁻¹X = A_X/σ² and X'V⁻¹y = bb/σ² of Λ_rel
+        logdetV, A_X, bb, qq = _cross(st, fz, rel_lams(x), 1.0)
+        fitted, logdetA = _gls(A_X, bb)
+        r2, dof = qq - fitted, (st.n_obs - st.p if reml else st.n_obs)
+        s2 = r2 / dof if r2 > 0 and dof > 0 else math.nan
+        ll = -0.5 * (logdetV + dof * (1.0 + math.log(2.0 * math.pi * s2)) + (logdetA if reml else 0.0))
         sigma = math.sqrt(s2)
         lams = [lam * sigma for lam in rel_lams(x)]
+        A_X = A_X / s2 if st.p else A_X
+        bb = bb / s2 if st.p else bb
     else:
         sigma = 1.0 if not has_sigma else float(math.exp(x[-1]))
         lams = [s.tril(t) * sigma if f is None else f for s, t, f in zip(settings, _split_theta(x, settings), fixed)]
         ll = -fx
-    # β̂ and its covariance (X'V⁻¹X)⁻¹
-    _, A_X, bb, _ = _cross(st, fz, lams, sigma * sigma)
+        # β̂ and its covariance (X'V⁻¹X)⁻¹
+        _, A_X, bb, _ = _cross(st, fz, lams, sigma * sigma)
     if st.p:
         cov = np.linalg.inv(A_X)
         beta = cov @ bb
@@ -733,7 +742,12 @@ def _profiled_batch(st: SparseStats, pat: _Pattern, rel: Sequence[np.ndarray], *
     B = rel[0].shape[0] if rel else 1
     bc = cross_batch(st, pat, np.ones(B), rel)
     r2, logdetA = bc.qq.copy(), np.zeros(B)
-    if st.p:
+    if st.p == 1:  # one coefficient (an intercept): X'V⁻¹X is a number, no factor to take
+        ax = bc.A_X[:, 0, 0]
+        with np.errstate(all="ignore"):
+            r2 -= bc.bb[:, 0] ** 2 / ax
+            logdetA = np.where(ax > 0, np.log(np.abs(ax)), np.nan)
+    elif st.p:
         LX = np.linalg.cholesky(bc.A_X)
         z = np.linalg.solve(LX, bc.bb[..., None])[..., 0]
         r2 -= (z * z).sum(axis=1)
