@@ -110,7 +110,7 @@ REML_LME4_MODELS = {
 GLMM_LME4_MODELS = {
     "cbpp": ("cbpp", 31, 10, True),
     "contraception": ("Contraception", 11, 5, False),
-    "grouseticks_centred": ("grouseticks (centred HEIGHT)", 11, 3, False),
+    "grouseticks_centred": ("grouseticks (centred HEIGHT)", 11, 1, False),
 }
 #: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
 PYMC_DATASETS = ("radon", "synthetic", "logistic", "sleepstudy")
