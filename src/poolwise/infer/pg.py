@@ -667,8 +667,8 @@ def _sample(bound: BoundSpec, *, seed: int, chains: int, draws: int, warmup: int
     how = ("Pólya-Gamma Gibbs: the group SDs" + (" and correlations" if corr_out is not None else "")
            + f" by random-walk Metropolis on the collapsed target ({theta_steps} steps per sweep), then β and the "
            "group values from their exact conditional, then the Pólya-Gamma weights") if th is not None else (
-        "Pólya-Gamma Gibbs: β" + (" and the group values" if groups else "")
-        + " from their exact conditional, then the Pólya-Gamma weights")
+        "Pólya-Gamma Gibbs: β" + (" and the group values from their" if groups else " from its")
+        + " exact conditional, then the Pólya-Gamma weights")
     info: dict[str, Any] = {
         "seconds": seconds,
         "seconds_pg_draws": seconds_pg,
