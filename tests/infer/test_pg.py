@@ -231,3 +231,26 @@ def test_unpooled_and_fixed_sd_fits() -> None:
         assert f.method == "exact"
         bd = f.block_draws[0]
         assert bd.sd is None and bd.values is not None and bd.values.shape == (4, 200, 15, 1)
+
+
+def test_a_prior_weight_of_two_is_a_duplicated_row() -> None:
+    """w · log p(y | η) with w = 2 is the log-likelihood of the row twice: the same patterns."""
+    rng = np.random.default_rng(4)
+    n = 30
+    X = np.column_stack([np.ones(n), rng.integers(0, 3, n)])
+    g = rng.integers(0, 4, n)
+    y, t = rng.integers(0, 4, n).astype(float), np.full(n, 3.0)
+    w = np.where(np.arange(n) % 3 == 0, 2.0, 1.0)
+    a = pg.merge_rows(y, t, X, np.ones((n, 1)), g, np.zeros(n), w)
+    dup = np.concatenate([np.arange(n), np.flatnonzero(w == 2.0)])
+    b = pg.merge_rows(y[dup], t[dup], X[dup], np.ones((dup.size, 1)), g[dup], np.zeros(dup.size), np.ones(dup.size))
+    for field in ("X", "Z", "group", "offset", "h", "kappa"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_independent_slopes_have_no_correlation() -> None:
+    b = _bind("y ~ x + (1 + x || g)", slopes_data(n_rows=400, n_groups=12), "bernoulli")
+    d = pg.sample(b, seed=0, chains=2, draws=50, warmup=50)
+    bd = d.blocks[0]
+    assert bd.corr is None and bd.sd is not None and bd.sd.shape == (2, 50, 2)
+    assert bd.values is not None and bd.values.shape == (2, 50, 12, 2)
