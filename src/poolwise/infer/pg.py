@@ -469,18 +469,18 @@ class _Theta:
     def unpack(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """s (C, q), L_R (C, q, q) or None, Λ = diag(s)L_R (C, q, q), log prior + log-Jacobian (C,)."""
         q = self.q
-        if True:  # (NumPy's floating-point warnings are silenced around the sampler)
-            sd = np.exp(theta[:, :q])
-            lp = np.zeros(theta.shape[0])
-            for k, pr in enumerate(self.sd_priors):
-                lp = lp + pr.logpdf(sd[:, k]) + theta[:, k]
-            L = None
-            if self.n_corr:
-                L, logjac = _corr_cholesky(theta[:, q:], q)
-                lp = lp + _lkj_cholesky_logpdf(L, self.lkj_eta) + logjac
-                Lam = sd[:, :, None] * L
-            else:
-                Lam = sd[:, :, None] * np.eye(q)
+        # (NumPy's floating-point warnings are silenced around the sampler)
+        sd = np.exp(theta[:, :q])
+        lp = np.zeros(theta.shape[0])
+        for k, pr in enumerate(self.sd_priors):
+            lp = lp + pr.logpdf(sd[:, k]) + theta[:, k]
+        L = None
+        if self.n_corr:
+            L, logjac = _corr_cholesky(theta[:, q:], q)
+            lp = lp + _lkj_cholesky_logpdf(L, self.lkj_eta) + logjac
+            Lam = sd[:, :, None] * L
+        else:
+            Lam = sd[:, :, None] * np.eye(q)
         lp = np.where(np.isfinite(lp) & np.all(np.isfinite(Lam), axis=(1, 2)), lp, -np.inf)
         return sd, L, Lam, lp
 
