@@ -379,6 +379,12 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
         rows.append({"dataset": ds, "tool": tool, "settings": settings, "baseline": baseline, **r})
         log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
 
+    # poolwise's default there, exact (Pólya-Gamma Gibbs, no compilation), at the full settings
+    pw_w, pw_d = (50, 50) if quick else (1000, 1000)
+    r = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=pw_d, warmup=pw_w,
+              timed=True, warm=False, timeout=timeout)
+    rows.append({"dataset": ds, "tool": "poolwise exact (Pólya-Gamma)", "settings": f"{chains}×({pw_w}+{pw_d})", **r})
+    log(f"{ds}: poolwise exact (Pólya-Gamma) {json.dumps(r)[:2000]}")
     if quick:
         add("poolwise nuts (float64)", spawn("poolwise", dataset=ds, method="nuts", quick=quick, chains=chains,
                                              draws=nd, warmup=nw, timed=True, warm=False, timeout=timeout))

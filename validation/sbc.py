@@ -186,12 +186,17 @@ def run_sbc(
 # -- the NUTS path: bernoulli and poisson varying intercepts ------------------------------------
 
 NUTS_FAMILIES = ("bernoulli", "poisson")
+#: the families of the exact path's Pólya-Gamma sampler (``run_sbc_nuts(..., method="exact")``)
+PG_FAMILIES = ("bernoulli", "binomial")
 #: the priors the NUTS-path parameters are simulated from (and, by default, fitted with); the
 #: poisson's keep the rates moderate (the linear predictor mostly within log 0.3 .. log 40)
 NUTS_SIM_PRIORS: dict[str, dict[str, str]] = {
     "bernoulli": {"Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sd(Intercept|g)": "half_normal(1)"},
     "poisson": {"Intercept": "normal(1, 0.5)", "x": "normal(0, 0.5)", "sd(Intercept|g)": "half_normal(0.5)"},
+    "binomial": {"Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sd(Intercept|g)": "half_normal(1)"},
 }
+#: trials per row of the binomial design: drawn once, uniformly from 1 to this
+BINOMIAL_MAX_TRIALS = 10
 #: rows per group of the NUTS design (8 groups, 3 to 15 rows, 67 rows)
 NUTS_SIZES = (3, 4, 5, 6, 8, 11, 15, 15)
 _NUTS_SCALARS = ("Intercept", "x", "sd(Intercept|g)")
@@ -219,8 +224,10 @@ def run_sbc_nuts(
     design_seed: int = 20180417,
     progress: Callable[[int, int], None] | None = None,
     info: dict[str, list[float]] | None = None,
+    method: str = "nuts",
 ) -> dict[str, np.ndarray]:
-    """SBC ranks of poolwise's NUTS path (``infer.nuts.sample``) on ``y ~ x + (1 | g)``.
+    """SBC ranks of poolwise's NUTS path (``infer.nuts.sample``) on ``y ~ x + (1 | g)``, or with
+    ``method="exact"`` of the Pólya-Gamma Gibbs sampler (``infer.pg.sample``; bernoulli, binomial).
 
     Each replication draws Intercept, the slope of ``x``, τ = sd(Intercept|g) and the group
     deviations b_j ~ N(0, τ²) from :data:`NUTS_SIM_PRIORS` (``family``), simulates y (bernoulli:
@@ -235,7 +242,8 @@ def run_sbc_nuts(
     Parameters
     ----------
     family
-        ``"bernoulli"`` or ``"poisson"``.
+        ``"bernoulli"`` or ``"poisson"`` (NUTS); ``"bernoulli"`` or ``"binomial"`` (exact; the
+        binomial rows have 1 to :data:`BINOMIAL_MAX_TRIALS` trials, fixed by the design).
     reps, seed
         Replications and their seed (parameters, outcomes and fit seeds derive from it).
     sizes
@@ -243,7 +251,7 @@ def run_sbc_nuts(
     draws_per_fit
         L, the posterior draws each rank is taken among (ranks in 0..L).
     warmup, draws, max_chains
-        NUTS warmup and kept iterations of each chain, and the most chains of one replication.
+        Warmup and kept iterations of each chain, and the most chains of one replication.
     fit_priors
         Priors of the fit; default the simulation's. Different priors make a deliberately
         miscalibrated fit (negative control).
@@ -256,6 +264,8 @@ def run_sbc_nuts(
     info
         Optional dict, filled with per-replication lists ``"draws"`` (over its chains),
         ``"ess_min"``, ``"divergences"`` (of all its chains) and ``"seconds"``.
+    method
+        ``"nuts"`` or ``"exact"`` (the Pólya-Gamma sampler).
 
     Returns
     -------
@@ -268,11 +278,14 @@ def run_sbc_nuts(
 
     import poolwise.data
     from poolwise.errors import ConvergenceWarning
-    from poolwise.infer import nuts
+    from poolwise.infer import nuts, pg
     from poolwise.spec import ModelSpec
 
-    if family not in NUTS_FAMILIES:
-        raise ValueError(f"family must be one of {NUTS_FAMILIES}, got {family!r}")
+    allowed = {"nuts": NUTS_FAMILIES, "exact": PG_FAMILIES}.get(method)
+    if allowed is None:
+        raise ValueError(f"method must be 'nuts' or 'exact', got {method!r}")
+    if family not in allowed:
+        raise ValueError(f"family must be one of {allowed} with method={method!r}, got {family!r}")
     sizes_arr = np.asarray(sizes, dtype=int)
     if (sizes_arr < 1).any() or sizes_arr.size < 2:
         raise ValueError(f"sizes must hold at least 2 positive group sizes, got {list(sizes_arr)}")
@@ -290,7 +303,10 @@ def run_sbc_nuts(
     group_names = [f"b[{labels[j]}, n={sizes_arr[j]}]" for j in tracked]
     names = list(_NUTS_SCALARS) + group_names
     ranks = {n: np.empty(reps, dtype=np.int64) for n in names}
-    spec = ModelSpec(FORMULA, family=family, priors=priors)
+    trials = np.random.default_rng(design_seed + 1).integers(1, BINOMIAL_MAX_TRIALS + 1, size=g.size)
+    formula = FORMULA.replace("y ~", "cbind(y, n - y) ~") if family == "binomial" else FORMULA
+    spec = ModelSpec(formula, family=family, priors=priors)
+    sampler = nuts.sample if method == "nuts" else pg.sample
     children = np.random.SeedSequence(seed).spawn(reps)
     for r, child in enumerate(children):
         t0 = time.perf_counter()
@@ -300,17 +316,20 @@ def run_sbc_nuts(
         eta = truth["Intercept"] + truth["x"] * x + b[g]
         if family == "bernoulli":
             y = (rng.uniform(size=g.size) < 1.0 / (1.0 + np.exp(-eta))).astype(float)
+        elif family == "binomial":
+            y = rng.binomial(trials, 1.0 / (1.0 + np.exp(-eta))).astype(float)
         else:
             y = rng.poisson(np.exp(eta)).astype(float)
-        bound = spec.bind(poolwise.data.read_table(design.assign(y=y)))
+        frame = design.assign(y=y, n=trials) if family == "binomial" else design.assign(y=y)
+        bound = spec.bind(poolwise.data.read_table(frame))
         fit_seed = int(rng.integers(2**31))
         chains: list[dict[str, np.ndarray]] = []
         n_div = 0
         while True:  # chains of the same shape reuse one compiled sampler
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)  # counted in info instead
-                d = nuts.sample(bound, seed=fit_seed + len(chains), chains=1, warmup=warmup, draws=draws)
-            n_div += d.info["divergences"][-1]
+                d = sampler(bound, seed=fit_seed + len(chains), chains=1, warmup=warmup, draws=draws)
+            n_div += d.info["divergences"][-1] if method == "nuts" else 0
             sd, values = d.blocks[0].sd, d.blocks[0].values
             assert sd is not None and values is not None  # a learned, non-pooled block
             chain = {"Intercept": d.beta[0, :, 0], "x": d.beta[0, :, 1], "sd(Intercept|g)": sd[0, :, 0]}

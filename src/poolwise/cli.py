@@ -61,7 +61,8 @@ FamilyOpt = Annotated[str | None, typer.Option(
          "cbind(successes, failures) outcome, else gaussian).", show_default=False)]
 MethodOpt = Annotated[str | None, typer.Option(help=(
     "exact | nuts | empirical | laplace:\n\n"
-    "exact: Gaussian posterior, group values integrated out exactly (default for gaussian);\n\n"
+    "exact: the exact posterior, group values integrated out (default for gaussian, and for bernoulli and "
+    "binomial with one grouping factor: Pólya-Gamma Gibbs);\n\n"
     "nuts: NUTS on the full model, any family (default for the others);\n\n"
     "empirical: lme4's estimates, REML/ML (gaussian) or Laplace ML (bernoulli, binomial, poisson);\n\n"
     "laplace: group values integrated out by Laplace's approximation, hyperparameters sampled."),

@@ -736,6 +736,9 @@ def _sampler(f: Fit) -> tuple[str, int | None, str]:
     if f.method == "laplace":
         return ("independence MH over coefficients and hyperparameters (Laplace marginal)", None,
                 "none possible: independence Metropolis-Hastings does not diverge")
+    if f.method == "exact" and info.get("sampler") == "polya-gamma gibbs":
+        return (str(info.get("hyper_sampler")), None,
+                "none possible: Gibbs and random-walk Metropolis steps (no Hamiltonian dynamics)")
     if f.method == "exact":
         hyper = str(info.get("hyper_sampler", "independence MH (quadrature-grid proposal)" if info.get("grid_points")
                                  else "none (nothing to sample)"))

@@ -33,7 +33,7 @@ from . import predictive as _predictive
 from . import reduce as _reduce
 from .errors import DataError, SpecError
 from .families import separation, separation_text
-from .infer import BlockDraws, DeferredDraws, Draws, Progress, run
+from .infer import BlockDraws, DeferredDraws, Draws, Progress, default_method, run
 from .output import write_file
 from .priors import Prior
 from .query import bind_data
@@ -135,7 +135,10 @@ def fit(
         residual variance is σ²/w; another family's row log-likelihood is multiplied by w
         (see :class:`~poolwise.spec.ModelSpec`).
     method
-        ``"exact"`` (default for gaussian) or ``"nuts"``.
+        ``"exact"``, ``"nuts"``, ``"empirical"`` or ``"laplace"``.  By default ``"exact"`` for
+        gaussian models and for bernoulli and binomial models of at most one grouping factor
+        (Pólya-Gamma Gibbs sampling, :mod:`poolwise.infer.pg`), else ``"nuts"``
+        (:func:`poolwise.infer.default_method`).
     seed
         Seed: the same seed gives the same draws.
     chains, draws, warmup
@@ -184,7 +187,7 @@ def fit(
             raise SpecError(f"The '{name}' option must be a positive integer. Got {value!r}.", option=name)
     if not isinstance(warmup, int) or warmup < 0:
         raise SpecError(f"The 'warmup' option must be a non-negative integer. Got {warmup!r}.", option="warmup")
-    method = method or ("exact" if spec.fam.exact else "nuts")
+    method = method or default_method(spec)
     if progress:
         progress("reduce", 0.0)
     bound, note = bind_data(spec, data, method=method, engine=engine, spark=spark)
@@ -219,7 +222,8 @@ def draws_memory(bound: BoundSpec, method: str, chains: int, draws: int,
         if not block.pooled:
             values += block.n_groups * block.q
     thinned = 0
-    if method in ("exact", "empirical") and bound.simple and group_budget is not None:
+    if method in ("exact", "empirical") and bound.simple and group_budget is not None \
+            and (bound.spec.fam.exact or method == "empirical"):  # (the Pólya-Gamma path keeps every draw)
         thinned = min(chains * draws * values * 8, int(group_budget))
     else:
         per += values * (2 if method == "nuts" else 1)

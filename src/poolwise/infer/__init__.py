@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from ..spec import BoundSpec
+from ..spec import BoundSpec, ModelSpec
 
-__all__ = ["Draws", "DeferredDraws", "BlockDraws", "run", "METHODS", "Progress"]
+__all__ = ["Draws", "DeferredDraws", "BlockDraws", "run", "default_method", "METHODS", "Progress"]
 
 METHODS = ("exact", "nuts", "empirical", "laplace")
 
@@ -152,9 +152,11 @@ def run(
     """
     _check_supported(bound, method)
     if method == "exact":
-        if not bound.spec.fam.exact:
-            raise SpecError(f"method='exact' needs a gaussian family, not {bound.spec.fam.name}.",
-                            hint="Use method='nuts'.", option="method")
+        if not bound.spec.fam.exact:  # bernoulli / binomial: Pólya-Gamma Gibbs (pg refuses the rest)
+            from . import pg
+
+            return pg.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
+                             **options)
         from . import exact
         from ..reduce import reduce
 
@@ -204,6 +206,17 @@ def run(
         return laplace.sample(bound, seed=seed, chains=chains, draws=draws, progress=progress, **options)
     raise SpecError(f"The 'method' option must be one of {', '.join(repr(m) for m in METHODS)}. Got {method!r}.",
                     option="method")
+
+
+def default_method(spec: ModelSpec) -> str:
+    """The method a fit uses when none is given: ``"exact"`` for gaussian models and for
+    bernoulli and binomial models of at most one grouping factor (Pólya-Gamma Gibbs,
+    :mod:`poolwise.infer.pg`), else ``"nuts"``."""
+    if spec.fam.exact:
+        return "exact"
+    from . import pg
+
+    return "exact" if pg.unsupported(spec) is None else "nuts"
 
 
 def _check_supported(bound: BoundSpec, method: str) -> None:
