@@ -64,6 +64,7 @@ from ..reduce import SparseStats, bound_sparse_stats
 from ..spec import BoundSpec
 from . import BlockDraws, DeferredDraws, Draws, Progress, imh
 from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
+from .schur import SchurBatch, SchurLayout, schur_flops
 
 __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical",
            "DENSE_MAX", "have_cholmod"]
@@ -142,9 +143,10 @@ class _Pattern:
         A.sort_indices()
         self.order = A.data.astype(np.int64) - 1
         self.indices, self.indptr = A.indices.copy(), A.indptr.copy()
-        # positions (in the listed order) of the diagonal entries of A, and of every entry in a dense A
+        # positions (in the listed order) of the diagonal entries of A, and the batched dense factors' layout
         self.diag_at = np.flatnonzero(row == col)
-        self.flat = row * self.Q + col
+        self.flat = row * self.Q + col  # every entry's place in a dense A (the Laplace path's batches)
+        self.schur = SchurLayout(row, col, st.J, st.q, st.offsets)
         self.ZtWZ = st.ZtWZ
         self.pair_blocks = [st.pairs[key].ZtWZ for key in self.pair_keys]
 
@@ -164,11 +166,16 @@ class _Pattern:
         return vals
 
     def dense(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> np.ndarray:
-        """A for a batch as dense (B, Q, Q) matrices."""
+        """A for a batch as dense (B, Q, Q) matrices (a reference for tests)."""
         vals = self.listed(lams, s2)
         out = np.zeros((s2.shape[0], self.Q * self.Q))
         out[:, self.flat] = vals
         return out.reshape(-1, self.Q, self.Q)
+
+    def factor_batch(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> SchurBatch:
+        """Dense Cholesky factors of A for a batch (block elimination of the largest factor,
+        :mod:`poolwise.infer.schur`): lams (B, q_k, q_k), s2 (B,)."""
+        return SchurBatch(self.schur, self.listed(lams, s2))
 
     def reweight(self, ZtWZ: Sequence[np.ndarray], pair_blocks: Sequence[np.ndarray]) -> None:
         """New per-level and per-pair blocks of Z'WZ on the same pattern (other weights W: the
@@ -199,16 +206,19 @@ class Factorizer:
         self.pattern = _Pattern(st)
         Q = self.pattern.Q
         self._sym: Any = None
-        self._L: np.ndarray | None = None
+        self._F: SchurBatch | None = None
         self._logdet = 0.0
-        self.flops = Q**3 / 3.0
+        dense_flops = schur_flops(st.J, st.q)
+        self.flops = dense_flops
         choose = dense is None
         if dense is None:
             dense = Q <= DENSE_ALWAYS or not have_cholmod()
         if not dense:
             self._sym, self.flops = self._analyze(st)
-            if choose and Q <= DENSE_MAX:  # between the two: whichever costs less per value of the hyperparameters
-                dense = Q**3 / 3.0 <= self.flops + _PER_VALUE_FLOPS
+            if choose and self.pattern.schur.R <= DENSE_MAX:  # whichever costs less per value of the hyperparameters
+                dense = dense_flops <= self.flops + _PER_VALUE_FLOPS
+                if dense:
+                    self.flops = dense_flops
         self.dense = dense
 
     def _analyze(self, st: SparseStats) -> tuple[Any, float]:
@@ -240,13 +250,11 @@ class Factorizer:
 
     def factor(self, lams: Sequence[np.ndarray], s2: float) -> Factorizer:
         """Factor A(σ², Λ) (returns itself)."""
-        vals = self.pattern.values(lams, s2)
         if self.dense:
-            A = self.pattern.matrix(vals).toarray()
-            self._L = sla.cholesky(A, lower=True, check_finite=False)
-            self._logdet = 2.0 * float(np.log(np.diagonal(self._L)).sum())
+            self._F = self.pattern.factor_batch([lam[None] for lam in lams], np.array([s2]))
+            self._logdet = float(self._F.logdet[0])
         else:
-            self._sym.cholesky_inplace(self.pattern.matrix(vals))
+            self._sym.cholesky_inplace(self.pattern.matrix(self.pattern.values(lams, s2)))
             self._logdet = float(self._sym.logdet())
         return self
 
@@ -257,13 +265,15 @@ class Factorizer:
     def solve_L(self, B: np.ndarray) -> np.ndarray:
         """L⁻¹PB (so that |L⁻¹PB|² = B'A⁻¹B)."""
         if self.dense:
-            return np.asarray(sla.solve_triangular(self._L, B, lower=True, check_finite=False))
+            assert self._F is not None
+            return self._F.solve_L(B.reshape(1, B.shape[0], -1)).reshape(B.shape)
         return np.asarray(self._sym.solve_L(self._sym.apply_P(B), use_LDLt_decomposition=False))
 
     def solve_Lt(self, B: np.ndarray) -> np.ndarray:
         """P'L⁻ᵀB (so that A⁻¹ = (P'L⁻ᵀ)(P'L⁻ᵀ)')."""
         if self.dense:
-            return np.asarray(sla.solve_triangular(self._L, B, lower=True, trans="T", check_finite=False))
+            assert self._F is not None
+            return self._F.solve_Lt(B.reshape(1, B.shape[0], -1)).reshape(B.shape)
         return np.asarray(self._sym.apply_Pt(self._sym.solve_Lt(B, use_LDLt_decomposition=False)))
 
 
@@ -336,21 +346,17 @@ def pieces(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, logd
     z = sla.solve_triangular(LP, r, lower=True)
     quad -= float(z @ z)
     ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + logdet_prior + 2.0 * float(np.log(np.diagonal(LP)).sum()) + quad)
-    if quad < 0:  # precision lost far in the tails: a positive definite form cannot be negative
+    # precision lost far in the tails: a positive definite form cannot be negative
+    if quad < 0 or _lost(A_X[None], st.XtWX, np.array([s2]))[0]:
         ll = -math.inf
     return Pieces(ll, logdetV, A_X, bb, qq, LP)
-
-
-def _batch_chunk(Q: int) -> int:
-    """θ per batch of the dense path: about 2²² numbers per (B, Q, Q) work array."""
-    return max(1, (1 << 22) // max(1, Q * Q))
 
 
 @dataclass
 class BatchCross:
     """A's Cholesky factors and the marginal's quadratic forms for a batch of small systems."""
 
-    L: np.ndarray  # (B, Q, Q)
+    F: SchurBatch  # A's factors
     logdetV: np.ndarray  # (B,)
     A_X: np.ndarray  # (B, p, p)
     bb: np.ndarray  # (B, p)
@@ -360,15 +366,14 @@ class BatchCross:
 def cross_batch(st: SparseStats, pat: _Pattern, s2: np.ndarray, lams: Sequence[np.ndarray]) -> BatchCross:
     """:func:`_cross` for a batch, dense (batched LAPACK): s2 (B,), lams per factor (B, q_k, q_k)."""
     p, n = st.p, st.n_obs
-    A = pat.dense(lams, s2)
-    L = np.linalg.cholesky(A)
-    logdetA = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    F = pat.factor_batch(lams, s2)
+    logdetA = F.logdet
     u = _lam_t_batch(lams, st.ZtWy) / s2[:, None]  # (B, Q)
     rhs = u[..., None]
     if p:
         U = _lam_t_batch(lams, st.ZtWX) / s2[:, None, None]  # (B, Q, p)
         rhs = np.concatenate([rhs, U], axis=2)
-    c = _tri_solve(L, rhs)  # L⁻¹[u, U]
+    c = F.solve_L(rhs)  # L⁻¹P[u, U]
     qq = st.yWy / s2 - np.einsum("bq,bq->b", c[..., 0], c[..., 0])
     logdetV = n * np.log(s2) - st.sum_log_w + logdetA
     if p:
@@ -377,12 +382,7 @@ def cross_batch(st: SparseStats, pat: _Pattern, s2: np.ndarray, lams: Sequence[n
         bb = st.XtWy[None] / s2[:, None] - np.einsum("bqi,bq->bi", c[..., 1:], c[..., 0])
     else:
         A_X, bb = np.zeros((s2.shape[0], 0, 0)), np.zeros((s2.shape[0], 0))
-    return BatchCross(L, logdetV, A_X, bb, qq)
-
-
-def _tri_solve(L: np.ndarray, B: np.ndarray, *, transpose: bool = False) -> np.ndarray:
-    """L⁻¹B (or L⁻ᵀB) for a batch of lower-triangular L (B, Q, Q), B (B, Q, m)."""
-    return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)  # batched LAPACK (small Q)
+    return BatchCross(F, logdetV, A_X, bb, qq)
 
 
 def pieces_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, logdet_prior: float,
@@ -401,7 +401,17 @@ def pieces_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray,
     quad = quad - (z * z).sum(axis=1)
     ll = -0.5 * (n * _LOG2PI + logdetV + logdet_prior + 2.0 * np.log(np.diagonal(LP, axis1=1, axis2=2)).sum(axis=1)
                  + quad)
-    return np.where(np.isfinite(ll) & (quad >= 0), ll, -np.inf)
+    return np.where(np.isfinite(ll) & (quad >= 0) & ~_lost(A_X, st.XtWX, sigma * sigma), ll, -np.inf)
+
+
+#: X'V⁻¹X = X'WX/σ² − (L⁻¹PΛ'Z'WX)'(…)/σ⁴ is trusted while its diagonal keeps this share of X'WX/σ²'s
+_CANCEL = 1e-12
+
+
+def _lost(A_X: np.ndarray, XtWX: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Where X'V⁻¹X (B, p, p) has lost its digits to cancellation (fewer than about four left: a group
+    SD some 10⁶ times σ or more, far in the tails), so that the density there is taken as 0."""
+    return np.any(np.diagonal(A_X, axis1=1, axis2=2) < _CANCEL * np.diagonal(XtWX)[None] / s2[:, None], axis=1)
 
 
 def _lam_t_batch(lams: Sequence[np.ndarray], per_factor: Sequence[np.ndarray]) -> np.ndarray:
@@ -611,7 +621,7 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
             return np.array([negll(t) for t in thetas])
         n_eval += thetas.shape[0]
         out = np.full(thetas.shape[0], math.inf)
-        step = _batch_chunk(st.size)
+        step = fz.pattern.schur.chunk()
         for s in range(0, thetas.shape[0], step):
             th = thetas[s:s + step]
             rel = [np.stack([st_.tril(t) for t in part]) for st_, part in
@@ -791,7 +801,7 @@ def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma:
     key = np.concatenate([sigma[:, None]] + [lam.reshape(D, -1) for lam in lams], axis=1)
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     if fz.dense and first.size > D // 8:  # mostly distinct (σ, Λ): batched dense factors
-        step = _batch_chunk(st.size)
+        step = fz.pattern.schur.chunk()
         for s in range(0, D, step):
             sl = slice(s, min(D, s + step))
             beta[sl], parts = _draw_batch(st, fz.pattern, m0, Q0, sigma[sl], [lam[sl] for lam in lams], rng)
@@ -849,8 +859,8 @@ def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, 
         res = np.broadcast_to(np.concatenate([v.reshape(-1) for v in st.ZtWy]), (B, st.size))
     rhs = np.concatenate([np.einsum("bra,bjr->bja", lam, res[:, o:o + J * q].reshape(B, J, q)).reshape(B, -1)
                           for lam, o, J, q in zip(lams, st.offsets, st.J, st.q)], axis=1) / s2[:, None]
-    t = _tri_solve(bc.L, rhs[..., None])
-    a = _tri_solve(bc.L, t + rng.standard_normal(t.shape), transpose=True)[..., 0]  # (B, Q)
+    t = bc.F.solve_L(rhs[..., None])
+    a = bc.F.solve_Lt(t + rng.standard_normal(t.shape))[..., 0]  # (B, Q)
     out = []
     for lam, o, J, q in zip(lams, st.offsets, st.J, st.q):
         out.append(np.einsum("bra,bja->bjr", lam, a[:, o:o + J * q].reshape(B, J, q)))
@@ -960,7 +970,7 @@ class HyperTarget:
         if self.fz.dense:
             ok = np.flatnonzero(np.isfinite(lp) & np.isfinite(sigma) & (sigma > 0)
                                 & np.all([np.all(np.isfinite(lam), axis=(1, 2)) for lam in lams], axis=0))
-            step = _batch_chunk(self.st.size)
+            step = self.fz.pattern.schur.chunk()
             for s in range(0, ok.size, step):
                 idx = ok[s:s + step]
                 self.n_eval += idx.size
