@@ -339,7 +339,7 @@ def _chains(target: _Target, prop: _Proposal, chains: int, n: int, rng: np.rando
     d = prop.mu.size
     total = chains * (n + 1)
     th = prop.draw(rng, total)
-    lp = target(th)
+    lp = getattr(target, "evaluate_chains", target)(th)  # a target may make its draws alongside
     lw = lp - prop.logpdf(th)
     th = th.reshape(chains, n + 1, d)
     lp = lp.reshape(chains, n + 1)

@@ -15,11 +15,12 @@ is about J_e q_e R² + R³/3 flops (:func:`schur_flops`), against Q³/3 for the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SchurLayout", "SchurBatch", "schur_flops"]
+__all__ = ["SchurLayout", "SchurBatch", "schur_flops", "tri_solve"]
 
 
 def schur_flops(J: tuple[int, ...] | list[int], q: tuple[int, ...] | list[int]) -> float:
@@ -32,33 +33,100 @@ def schur_flops(J: tuple[int, ...] | list[int], q: tuple[int, ...] | list[int]) 
     return float(n1 * R * R + R**3 / 3.0 + J[e] * q[e] ** 3 / 3.0)
 
 
-class SchurLayout:
-    """Where each listed nonzero of A (``rows``, ``cols``: the pattern's (row, col) list, whose first
-    entries are each factor's (J_k, q_k, q_k) diagonal blocks in factor order) lands in A₁₁, A₁₂
-    and A₂₂ once the largest factor is ordered first."""
+def _sandwich(La: np.ndarray, T: np.ndarray, Lb: np.ndarray) -> np.ndarray:
+    """La_b'T Lb_b per batch row, block by block: La (B, qa, qa), T (Ja, qa, Jb, qb), Lb (B, qb, qb) →
+    (B, Ja qa, Jb qb)."""
+    B, (Ja, qa, Jb, qb) = La.shape[0], T.shape
+    if qa == 1 and qb == 1:  # intercepts: one scalar per batch row
+        return np.asarray((La[:, 0, 0] * Lb[:, 0, 0])[:, None, None] * T.reshape(1, Ja, Jb))
+    out = np.einsum("bri,jrks,bsc->bjikc", La, T, Lb)
+    return np.asarray(out.reshape(B, Ja * qa, Jb * qb))
 
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, J: tuple[int, ...], q: tuple[int, ...],
-                 offsets: tuple[int, ...]) -> None:
+
+class SchurLayout:
+    """The blocks of A once the largest factor (e) is ordered first: dense templates of Z_e'WZ_l (A₁₂)
+    and of the other factors' cross-products (A₂₂), rebuilt when the pattern's blocks change."""
+
+    def __init__(self, J: tuple[int, ...], q: tuple[int, ...], offsets: tuple[int, ...],
+                 pair_keys: list[tuple[int, int]], pair_ab: list[tuple[np.ndarray, np.ndarray]]) -> None:
         sizes = [j * k for j, k in zip(J, q)]
-        Q = int(sum(sizes))
+        self.J, self.q = tuple(J), tuple(q)
+        self.Q = Q = int(sum(sizes))
         self.e = e = int(np.argmax(sizes)) if sizes else 0
         self.J1, self.q1 = (J[e], q[e]) if sizes else (0, 1)
         self.n1 = n1 = sizes[e] if sizes else 0
-        self.R = R = Q - n1
-        self.Q = Q
+        self.R = Q - n1
         # the original index of each position in the new order (factor e first, the rest in order)
         first = np.arange(offsets[e], offsets[e] + n1) if sizes else np.zeros(0, np.int64)
         self.order = np.concatenate([first, np.setdiff1d(np.arange(Q), first)]).astype(np.int64)
-        new = np.empty(Q, dtype=np.int64)
-        new[self.order] = np.arange(Q)
-        # factor e's diagonal blocks in the listed values
-        start = int(sum(J[k] * q[k] * q[k] for k in range(e)))
-        self.diag11 = slice(start, start + self.J1 * self.q1 * self.q1)
-        r, c = new[rows], new[cols]
-        in12 = (r < n1) & (c >= n1)
-        in22 = (r >= n1) & (c >= n1)
-        self.at12, self.flat12 = np.flatnonzero(in12), r[in12] * R + (c[in12] - n1)
-        self.at22, self.flat22 = np.flatnonzero(in22), (r[in22] - n1) * R + (c[in22] - n1)
+        self.others = [k for k in range(len(sizes)) if k != e]
+        self.roff: dict[int, int] = {}
+        at = 0
+        for k in self.others:
+            self.roff[k] = at
+            at += sizes[k]
+        # flat positions in R × R of each other factor's (J_l, q_l, q_l) diagonal blocks
+        self.diag22: dict[int, np.ndarray] = {}
+        for k in self.others:
+            base = self.roff[k] + np.arange(J[k])[:, None, None] * q[k]
+            r = base + np.arange(q[k])[None, :, None]
+            c = base + np.arange(q[k])[None, None, :]
+            self.diag22[k] = (r * self.R + c).ravel()
+        self.pair_keys, self.pair_ab = list(pair_keys), list(pair_ab)
+        self._src: list[np.ndarray] | None = None
+        self._T12: dict[int, np.ndarray] = {}
+        self._T22: dict[tuple[int, int], np.ndarray] = {}
+
+    def _templates(self, pair_blocks: list[np.ndarray]) -> None:
+        if self._src is not None and len(self._src) == len(pair_blocks) and \
+                all(a is b for a, b in zip(self._src, pair_blocks)):
+            return
+        J, q, e = self.J, self.q, self.e
+        self._T12 = {}
+        self._T22 = {}
+        for (k, l), (a, b), P in zip(self.pair_keys, self.pair_ab, pair_blocks):
+            if k == e:
+                T = self._T12.setdefault(l, np.zeros((J[e], q[e], J[l], q[l])))
+                T[a, :, b, :] = P
+            elif l == e:
+                T = self._T12.setdefault(k, np.zeros((J[e], q[e], J[k], q[k])))
+                T[b, :, a, :] = np.swapaxes(P, 1, 2)
+            else:
+                T = np.zeros((J[k], q[k], J[l], q[l]))
+                T[a, :, b, :] = P
+                self._T22[(k, l)] = T
+        self._src = list(pair_blocks)
+
+    def blocks(self, lams: Sequence[np.ndarray], s2: np.ndarray, ZtWZ: Sequence[np.ndarray],
+               pair_blocks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A₁₁ (B, J_e, q_e, q_e), A₁₂ (B, n1, R) and A₂₂ (B, R, R; its lower triangle) for a batch."""
+        self._templates(pair_blocks)
+        B, e, R, q = s2.shape[0], self.e, self.R, self.q
+        inv = (1.0 / s2)[:, None, None]
+        lam_e = lams[e]
+        M = ZtWZ[e]
+        if self.q1 == 1:
+            A11 = (lam_e[:, 0, 0] ** 2 / s2)[:, None, None, None] * M[None] + 1.0
+        else:
+            A11 = np.einsum("bri,jrs,bsc->bjic", lam_e, M, lam_e) / s2[:, None, None, None] + np.eye(self.q1)
+        A12 = np.zeros((B, self.n1, R))
+        A22 = np.zeros((B, R * R))
+        for k in self.others:
+            o, w = self.roff[k], self.J[k] * q[k]
+            if k in self._T12:
+                A12[:, :, o:o + w] = _sandwich(lam_e, self._T12[k], lams[k]) * inv
+            Mk = ZtWZ[k]
+            if q[k] == 1:
+                d = (lams[k][:, 0, 0] ** 2 / s2)[:, None] * Mk.reshape(1, -1) + 1.0
+            else:
+                d = (np.einsum("bri,jrs,bsc->bjic", lams[k], Mk, lams[k]) / s2[:, None, None, None]
+                     + np.eye(q[k])).reshape(B, -1)
+            A22[:, self.diag22[k]] = d
+        A22 = A22.reshape(B, R, R)
+        for (k, l), T in self._T22.items():  # k < l: the block below the diagonal is (l, k)
+            ok, wk, ol, wl = self.roff[k], self.J[k] * q[k], self.roff[l], self.J[l] * q[l]
+            A22[:, ol:ol + wl, ok:ok + wk] = np.swapaxes(_sandwich(lams[k], T, lams[l]), 1, 2) * inv
+        return A11, A12, A22
 
     def chunk(self) -> int:
         """Values of (σ, Λ) per batch: about 2²² numbers in the largest work array."""
@@ -66,23 +134,19 @@ class SchurLayout:
 
 
 class SchurBatch:
-    """The factors for a batch of B values (``vals``: A's listed nonzeros, (B, nnz)).
+    """The factors for a batch of B values of (σ², Λ): lams per factor (B, q_k, q_k), s2 (B,), with the
+    pattern's current blocks of Z'WZ.
 
     Raises :class:`numpy.linalg.LinAlgError` when some A in the batch is not positive definite.
     """
 
-    def __init__(self, lay: SchurLayout, vals: np.ndarray) -> None:
+    def __init__(self, lay: SchurLayout, lams: Sequence[np.ndarray], s2: np.ndarray, ZtWZ: Sequence[np.ndarray],
+                 pair_blocks: list[np.ndarray]) -> None:
         self.lay = lay
-        B = vals.shape[0]
+        B = s2.shape[0]
         self.B = B
         J1, q1, n1, R = lay.J1, lay.q1, lay.n1, lay.R
-        A11 = vals[:, lay.diag11].reshape(B, J1, q1, q1)
-        A12 = np.zeros((B, n1 * R))
-        A12[:, lay.flat12] = vals[:, lay.at12]
-        A12 = A12.reshape(B, n1, R)
-        A22 = np.zeros((B, R * R))
-        A22[:, lay.flat22] = vals[:, lay.at22]
-        A22 = A22.reshape(B, R, R)
+        A11, A12, A22 = lay.blocks(lams, s2, ZtWZ, pair_blocks)
         if q1 == 1:
             d = A11[..., 0, 0]
             if not np.all(d > 0):
@@ -93,10 +157,10 @@ class SchurBatch:
         else:
             self.l11 = np.linalg.cholesky(A11)  # (B, J1, q1, q1)
             logdet1 = 2.0 * np.log(np.diagonal(self.l11, axis1=2, axis2=3)).sum(axis=(1, 2))
-            G = np.linalg.solve(self.l11, A12.reshape(B, J1, q1, R)).reshape(B, n1, R)
+            G = tri_solve(self.l11.reshape(B * J1, q1, q1), A12.reshape(B * J1, q1, R)).reshape(B, n1, R)
         self.G = G
         if R:
-            S = A22 - np.matmul(np.swapaxes(G, 1, 2), G)
+            S = A22 - np.matmul(np.swapaxes(G, 1, 2), G)  # its lower triangle is S's (Cholesky reads only that)
             self.LS = np.linalg.cholesky(S)
             logdet2 = 2.0 * np.log(np.diagonal(self.LS, axis1=1, axis2=2)).sum(axis=1)
         else:
@@ -109,8 +173,8 @@ class SchurBatch:
         if self.lay.q1 == 1:
             return v / self.l11[..., None]
         B, J1, q1 = self.B, self.lay.J1, self.lay.q1
-        L = np.swapaxes(self.l11, 2, 3) if transpose else self.l11
-        return np.linalg.solve(L, v.reshape(B, J1, q1, -1)).reshape(B, J1 * q1, -1)
+        x = tri_solve(self.l11.reshape(B * J1, q1, q1), v.reshape(B * J1, q1, -1), transpose=transpose)
+        return x.reshape(B, J1 * q1, -1)
 
     def solve_L(self, v: np.ndarray) -> np.ndarray:
         """L⁻¹Pv for v (B, Q, m) in A's original order (the result is in the factor's order)."""
@@ -119,7 +183,7 @@ class SchurBatch:
         c1 = self._l11_solve(vp[:, :n1])
         if not self.lay.R:
             return c1
-        c2 = _tri(self.LS, vp[:, n1:] - np.matmul(np.swapaxes(self.G, 1, 2), c1))
+        c2 = tri_solve(self.LS, vp[:, n1:] - np.matmul(np.swapaxes(self.G, 1, 2), c1))
         return np.concatenate([c1, c2], axis=1)
 
     def solve_Lt(self, t: np.ndarray) -> np.ndarray:
@@ -127,7 +191,7 @@ class SchurBatch:
         n1 = self.lay.n1
         out = np.empty_like(t)
         if self.lay.R:
-            x2 = _tri(self.LS, t[:, n1:], transpose=True)
+            x2 = tri_solve(self.LS, t[:, n1:], transpose=True)
             x1 = self._l11_solve(t[:, :n1] - np.matmul(self.G, x2), transpose=True)
             out[:, self.lay.order] = np.concatenate([x1, x2], axis=1)
         else:
@@ -135,6 +199,22 @@ class SchurBatch:
         return out
 
 
-def _tri(L: np.ndarray, B: np.ndarray, *, transpose: bool = False) -> Any:
+#: up to this size a batch of triangular systems is solved by substitution, row by row over the batch
+#: (NumPy's stacked solve factors each small matrix anew by LU, at a fixed cost per matrix)
+SUBSTITUTE_MAX = 16
+
+
+def tri_solve(L: np.ndarray, B: np.ndarray, *, transpose: bool = False) -> Any:
     """L⁻¹B (or L⁻ᵀB) for a batch of lower-triangular L (B, R, R) and B (B, R, m)."""
-    return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)
+    R = L.shape[-1]
+    if R > SUBSTITUTE_MAX:
+        return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)
+    x = np.empty(np.broadcast_shapes(B.shape, L.shape[:-1] + B.shape[-1:]))
+    rows = range(R - 1, -1, -1) if transpose else range(R)
+    for i in rows:
+        if transpose:  # x_i = (b_i − Σ_{k>i} L_ki x_k) / L_ii
+            acc = B[:, i] - np.einsum("bk,bkm->bm", L[:, i + 1:, i], x[:, i + 1:]) if i + 1 < R else B[:, i]
+        else:  # x_i = (b_i − Σ_{k<i} L_ik x_k) / L_ii
+            acc = B[:, i] - np.einsum("bk,bkm->bm", L[:, i, :i], x[:, :i]) if i else B[:, i]
+        x[:, i] = acc / L[:, i, i, None]
+    return x
