@@ -1054,13 +1054,17 @@ class HyperTarget:
         finally:
             self._drawing = False
 
-    def draws_at(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The (β, stacked b) drawn when the chains' proposals were evaluated, for each row of θ; ``None``
-        when some row was not among them or has no draw."""
+    def draws_at(self, theta: np.ndarray, source: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (β, stacked b) drawn when the chains' proposals were evaluated, for each row of θ (at the
+        rows ``source`` of that batch when given); ``None`` when some row was not among them or has no draw."""
         if self.last_theta is None:
             return None
-        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
-        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        pos = None if source is None else np.asarray(source, dtype=np.int64).ravel()
+        if pos is None or pos.size != theta.shape[0] or np.any(pos >= self.last_theta.shape[0]) or \
+                not np.array_equal(self.last_theta[pos], theta):
+            lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+            pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
         if np.any(pos < 0):
             return None
         beta, b = self.last_draws[0][pos], self.last_draws[1][pos]
@@ -1183,11 +1187,13 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
         if res.info["acceptance_rate"] < imh.IMH_MIN_ACCEPT:
             return f"the independence MH acceptance rate was {res.info['acceptance_rate']:.2f} (< {imh.IMH_MIN_ACCEPT})"
         theta = res.theta.reshape(C * D, target.dim)
+        source = res.source
         stats_out = {"accepted": res.accepted, "lp": res.lp}
         info.update(res.info)
         info.update({"hyper_sampler": "independence MH (t proposal)", "warmup": 0})
     else:
         theta = np.zeros((C * D, 0))
+        source = None
         lp0 = target(np.zeros((1, 0)))[0]
         stats_out = {"lp": np.full((C, D), lp0)}
         info.update({"hyper_sampler": "none (nothing to sample)", "warmup": 0})
@@ -1196,7 +1202,7 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
     sigma, sds, Ls, lams, _ = target.unpack(theta)
     if progress:
         progress("group values", 0.6)
-    carried = target.draws_at(theta) if target.carry else None
+    carried = target.draws_at(theta, source) if target.carry else None
     if carried is not None:
         beta = carried[0]
         b = [carried[1][:, o:o + J * q].reshape(-1, J, q) for o, J, q in zip(st.offsets, st.J, st.q)]
