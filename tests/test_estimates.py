@@ -243,7 +243,7 @@ def test_penicillin_crossed_matches_lme4() -> None:
 @pytest.mark.parametrize("dense", [False, True], ids=["cholmod", "dense"])
 def test_conditional_sds_sparse_factor_equals_dense_inverse(dense: bool) -> None:
     """The diagonal blocks of A⁻¹ from CHOLMOD's factor (chunks of columns) or from the inverse of a
-    dense factor (LAPACK's trtri) equal those of numpy's inverse of A."""
+    dense factor (:mod:`poolwise.infer.schur`) equal those of numpy's inverse of A."""
     if not dense:
         pytest.importorskip("sksparse")
     from _crossed_data import crossed_slopes

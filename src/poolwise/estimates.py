@@ -220,17 +220,13 @@ def _diag_blocks(fz: Any, lams: Sequence[np.ndarray], s2: float) -> list[np.ndar
     Q = int(sum(Jk * qk for Jk, qk in zip(J, q)))
     out = []
     at = 0
-    if fz.dense:  # a dense factor (no permutation): L⁻¹ once (LAPACK's trtri, Q³/3 flops), A⁻¹ = L⁻ᵀL⁻¹
-        from scipy.linalg import lapack
-
-        Linv, info = lapack.dtrtri(np.asarray(fz._L), lower=1)
-        if info == 0:
-            for Jk, qk in zip(J, q):
-                C = Linv[:, at:at + Jk * qk].reshape(Q, Jk, qk)
-                out.append(np.einsum("rja,rjb->jab", C, C))
-                at += Jk * qk
-            return out
-        out, at = [], 0
+    if fz.dense:  # a small dense factor: L⁻¹P once, A⁻¹ = (L⁻¹P)'(L⁻¹P)
+        Linv = np.asarray(fz.solve_L(np.eye(Q)))
+        for Jk, qk in zip(J, q):
+            C = Linv[:, at:at + Jk * qk].reshape(Q, Jk, qk)
+            out.append(np.einsum("rja,rjb->jab", C, C))
+            at += Jk * qk
+        return out
     for Jk, qk in zip(J, q):
         G = np.empty((Jk, qk, qk))
         step = max(1, _CHUNK_NUMBERS // max(1, Q * qk))

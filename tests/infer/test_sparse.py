@@ -157,3 +157,42 @@ def test_crossed_reml_equals_statsmodels():
     assert est["sd"]["sd(Intercept|b)"] == pytest.approx(vc["b"], rel=1e-3)
     assert est["sigma"] == pytest.approx(math.sqrt(m.scale), rel=1e-3)
     np.testing.assert_allclose(est["beta"], m.fe_params.to_numpy(), rtol=1e-4)
+
+
+def _three_factors(seed: int = 7):
+    """(1 + x | a) crossed with (1 | b) and (1 + x | c), c partly nested in b: every block of the
+    batched dense factor (the eliminated factor's slopes, a pair between two kept factors) in use."""
+    rng = np.random.default_rng(seed)
+    n = 160
+    a, b = rng.integers(0, 11, n), rng.integers(0, 5, n)
+    c = b * 2 + rng.integers(0, 2, n)  # 10 levels, within b
+    x = rng.normal(size=n)
+    X = np.column_stack([np.ones(n), x])
+    y = X @ [1.0, 0.5] + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, size=n)
+    Zs = np.column_stack([np.ones(n), x])
+    return y, X, w, [(Zs, a, 11), (np.ones((n, 1)), b, 5), (Zs, c, 10)]
+
+
+def test_batched_factor_equals_dense_gaussian():
+    """log p(y | σ, Σ) of the batched dense factors (block elimination of the largest factor) for a batch
+    of three (σ, Λ), and every draw's centre, against the dense N(Xm0, V + XS0X') to 1e-10."""
+    y, X, w, factors = _three_factors()
+    st = sparse_stats(y, X, w, factors)
+    fz = S.Factorizer(st, dense=True)
+    assert fz.pattern.schur.e == 0 and fz.pattern.schur.R == 5 + 20
+    m0, s0 = np.array([0.5, 0.0]), np.array([2.0, 1.5])
+    Q0, ldp = S.prior_precision(s0)
+    sig = np.array([0.7, 1.1, 0.4])
+    lam_sets = [[np.array([[0.9, 0.0], [0.3, 0.4]]), np.array([[0.6]]), np.array([[0.5, 0.0], [-0.2, 0.3]])],
+                [np.array([[0.2, 0.0], [0.1, 0.8]]), np.array([[1.5]]), np.array([[0.1, 0.0], [0.05, 0.2]])],
+                [np.array([[2.0, 0.0], [-1.0, 0.5]]), np.array([[0.05]]), np.array([[1.0, 0.0], [0.9, 0.1]])]]
+    lams = [np.stack([ls[k] for ls in lam_sets]) for k in range(3)]
+    got = S.pieces_batch(st, fz.pattern, m0, Q0, ldp, sig, lams)
+    r = y - X @ m0
+    for i, (sigma, ls) in enumerate(zip(sig, lam_sets)):
+        V = _dense_V(X, w, factors, sigma, ls) + X @ np.diag(s0**2) @ X.T
+        sign, logdet = np.linalg.slogdet(V)
+        want = -0.5 * (y.size * math.log(2 * math.pi) + logdet + r @ np.linalg.solve(V, r))
+        assert got[i] == pytest.approx(want, rel=1e-10, abs=1e-10)
+        assert S.pieces(st, fz, m0, Q0, ldp, float(sigma), ls).ll == pytest.approx(want, rel=1e-10, abs=1e-10)

@@ -296,6 +296,7 @@ class _ImhResult:
     lp: np.ndarray  # (C, D)
     accepted: np.ndarray  # (C, D)
     info: dict[str, Any]
+    source: np.ndarray | None = None  # (C, D): each draw's row in the last batch the chains evaluated
 
 
 IMH_MIN_ACCEPT = 0.3  # below this acceptance rate the sampler falls back to NUTS
@@ -339,7 +340,7 @@ def _chains(target: _Target, prop: _Proposal, chains: int, n: int, rng: np.rando
     d = prop.mu.size
     total = chains * (n + 1)
     th = prop.draw(rng, total)
-    lp = target(th)
+    lp = getattr(target, "evaluate_chains", target)(th)  # a target may make its draws alongside
     lw = lp - prop.logpdf(th)
     th = th.reshape(chains, n + 1, d)
     lp = lp.reshape(chains, n + 1)
@@ -347,16 +348,19 @@ def _chains(target: _Target, prop: _Proposal, chains: int, n: int, rng: np.rando
     log_u = np.log(rng.random((chains, n)))
     idx = np.zeros((chains, n), dtype=np.int64)
     acc = np.zeros((chains, n), dtype=bool)
-    cur_i = np.zeros(chains, dtype=np.int64)
-    cur_w = lw[:, 0].copy()
-    for t in range(n):
-        prop_w = lw[:, t + 1]
-        a = log_u[:, t] < prop_w - cur_w
-        cur_i = np.where(a, t + 1, cur_i)
-        cur_w = np.where(a, prop_w, cur_w)
-        idx[:, t] = cur_i
-        acc[:, t] = a
-    if not np.all(np.isfinite(cur_w)):
+    finite = True
+    for c in range(chains):  # the sequential scan in plain floats (NumPy's per-call cost dominates here)
+        w, u = lw[c].tolist(), log_u[c].tolist()
+        ic, wc = 0, w[0]
+        ii, aa = [0] * n, [False] * n
+        for t in range(n):
+            if u[t] < w[t + 1] - wc:
+                ic, wc = t + 1, w[t + 1]
+                aa[t] = True
+            ii[t] = ic
+        idx[c], acc[c] = ii, aa
+        finite = finite and math.isfinite(wc)
+    if not finite:
         return "a chain found no proposal of finite density"
     rows = np.arange(chains)[:, None]
     return th[rows, idx], lp[rows, idx], acc, idx
@@ -444,7 +448,7 @@ def _imh(target: _Target, chains: int, draws: int, rng: np.random.Generator) -> 
         got = _chains(target, _Proposal(mu, chol, wide), chains, n, rng)
         if isinstance(got, str):
             return got
-        theta, lp, acc, _ = got
+        theta, lp, acc, src = got
         mix = _mixing(theta, lp, acc)
         if mix.ok(chains):
             break
@@ -470,4 +474,5 @@ def _imh(target: _Target, chains: int, draws: int, rng: np.random.Generator) -> 
         info["imh_thin"] = thin
     elif thin > 1:
         info["imh_thin"] = thin
-    return _ImhResult(theta=theta[:, keep], lp=lp[:, keep], accepted=moved, info=info)
+    source = (np.arange(chains)[:, None] * (n + 1) + src)[:, keep]
+    return _ImhResult(theta=theta[:, keep], lp=lp[:, keep], accepted=moved, info=info, source=source)

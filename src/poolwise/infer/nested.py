@@ -35,6 +35,7 @@ import math
 import time
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..reduce import Reduced, reduce_arrays
 from ..spec import BoundSpec, GroupBlock
@@ -67,20 +68,21 @@ class _Nested:
                                           intercept=icpt)
         self.parent = parent
         self.J_outer = outer.n_groups
+        # the (outer × inner) incidence matrix: sums over each outer group's inner groups
+        self._up = sp.csr_matrix((np.ones(parent.size), (parent, np.arange(parent.size))),
+                                 shape=(outer.n_groups, parent.size))
         self.hp = HyperPrior.from_bound(bound, self.red.shift)
 
     def _outer_sums(self, rho_c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """S, T, Y per outer group for a batch of ρ_c: sums over each outer group's inner groups, as one
+        product with the (outer × inner) incidence matrix."""
         red = self.red
         f = 1.0 / (1.0 + red.a[None, :] * rho_c[:, None])  # (B, K)
-        B = rho_c.size
-        S = np.zeros((B, self.J_outer))
-        Y = np.zeros((B, self.J_outer))
-        T = np.zeros((B, self.J_outer, red.p))
-        for i in range(B):
-            S[i] = np.bincount(self.parent, weights=red.a * f[i], minlength=self.J_outer)
-            Y[i] = np.bincount(self.parent, weights=red.sy * f[i], minlength=self.J_outer)
-            for k in range(red.p):
-                T[i, :, k] = np.bincount(self.parent, weights=red.u[:, k] * f[i], minlength=self.J_outer)
+        B, K = f.shape
+        S = np.asarray(self._up @ (f * red.a).T).T  # (B, R)
+        Y = np.asarray(self._up @ (f * red.sy).T).T
+        U = (f.T[:, :, None] * red.u[:, None, :]).reshape(K, B * red.p)  # (K, B·p)
+        T = np.asarray(self._up @ U).reshape(self.J_outer, B, red.p).transpose(1, 0, 2)
         return S, T, Y
 
     def sums(self, rho_a: np.ndarray, rho_c: np.ndarray) -> tuple[GroupSums, np.ndarray, np.ndarray, np.ndarray]:

@@ -15,8 +15,10 @@ so one evaluation needs the cross-products Z'WZ, Z'WX, Z'Wy, X'WX, X'Wy, y'Wy
 (:class:`poolwise.reduce.SparseStats`) and one numeric factorization of A.  The pattern of A is
 fixed (the block pattern of Z'WZ plus I), so the fill-reducing ordering and the symbolic
 analysis are computed once (CHOLMOD, through scikit-sparse) and only the numeric factorization is
-repeated per (σ, Λ).  Small systems use a dense Cholesky factor instead (faster below
-:data:`DENSE_MAX` group values); both sit behind :class:`Factorizer`.
+repeated per (σ, Λ).  Small systems use batched dense factors instead, by block elimination of the
+factor with the most group values (:mod:`poolwise.infer.schur`: only the other factors' values are
+factored densely, up to :data:`DENSE_MAX` of them, when that needs fewer flops); both sit behind
+:class:`Factorizer`.
 
 * **REML / ML** (``method="empirical"``): Λ = σΛ_rel, σ² profiled out, the relative factor θ
   (lme4's θ: the lower-triangular entries of each Λ_rel,k, diagonals ≥ 0) optimized by
@@ -64,6 +66,7 @@ from ..reduce import SparseStats, bound_sparse_stats
 from ..spec import BoundSpec
 from . import BlockDraws, DeferredDraws, Draws, Progress, imh
 from .blockmath import _corr_cholesky, _lkj_cholesky_logpdf, _psd_sqrt, prior_precision
+from .schur import SchurBatch, SchurLayout, schur_flops, tri_solve
 
 __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTarget", "sample", "empirical",
            "DENSE_MAX", "have_cholmod"]
@@ -71,8 +74,8 @@ __all__ = ["Factorizer", "FactorSetting", "loglik", "fit_reml", "draw", "HyperTa
 _LOG2PI = math.log(2.0 * math.pi)
 #: up to this many group values a dense Cholesky factor (batched over hyperparameter values) is used
 DENSE_ALWAYS = 64
-#: up to this many, the dense or the CHOLMOD factor, whichever needs fewer flops (a block-diagonal
-#: pattern favours CHOLMOD, a densely crossed one the batched dense factor)
+#: up to this many values besides the largest factor's, the dense or the CHOLMOD factor, whichever needs
+#: fewer flops (a block-diagonal pattern favours CHOLMOD, a densely crossed one the batched dense factor)
 DENSE_MAX = 1500
 #: the unbatched CHOLMOD path's Python cost per (σ, Λ) besides the factorization, in flops of a factor
 _PER_VALUE_FLOPS = 2e6
@@ -142,11 +145,13 @@ class _Pattern:
         A.sort_indices()
         self.order = A.data.astype(np.int64) - 1
         self.indices, self.indptr = A.indices.copy(), A.indptr.copy()
-        # positions (in the listed order) of the diagonal entries of A, and of every entry in a dense A
+        # positions (in the listed order) of the diagonal entries of A, and the batched dense factors' layout
         self.diag_at = np.flatnonzero(row == col)
-        self.flat = row * self.Q + col
+        self.flat = row * self.Q + col  # every entry's place in a dense A (the Laplace path's batches)
         self.ZtWZ = st.ZtWZ
         self.pair_blocks = [st.pairs[key].ZtWZ for key in self.pair_keys]
+        self.schur = SchurLayout(st.J, st.q, st.offsets, self.pair_keys,
+                                 [(st.pairs[key].a, st.pairs[key].b) for key in self.pair_keys])
 
     def values(self, lams: Sequence[np.ndarray], s2: float) -> np.ndarray:
         """The nonzeros of A in CSC order for the per-factor Λ_k."""
@@ -164,11 +169,16 @@ class _Pattern:
         return vals
 
     def dense(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> np.ndarray:
-        """A for a batch as dense (B, Q, Q) matrices."""
+        """A for a batch as dense (B, Q, Q) matrices (a reference for tests)."""
         vals = self.listed(lams, s2)
         out = np.zeros((s2.shape[0], self.Q * self.Q))
         out[:, self.flat] = vals
         return out.reshape(-1, self.Q, self.Q)
+
+    def factor_batch(self, lams: Sequence[np.ndarray], s2: np.ndarray) -> SchurBatch:
+        """Dense Cholesky factors of A for a batch (block elimination of the largest factor,
+        :mod:`poolwise.infer.schur`): lams (B, q_k, q_k), s2 (B,)."""
+        return SchurBatch(self.schur, lams, s2, self.ZtWZ, self.pair_blocks)
 
     def reweight(self, ZtWZ: Sequence[np.ndarray], pair_blocks: Sequence[np.ndarray]) -> None:
         """New per-level and per-pair blocks of Z'WZ on the same pattern (other weights W: the
@@ -192,23 +202,27 @@ def _sandwich(La: np.ndarray, M: np.ndarray, Lb: np.ndarray) -> np.ndarray:
 
 class Factorizer:
     """Cholesky factors of A for a fixed pattern: dense up to :data:`DENSE_ALWAYS` values (or without
-    CHOLMOD), else CHOLMOD with its fill-reducing ordering and symbolic analysis done once (up to
-    :data:`DENSE_MAX` values, whichever of the two needs fewer flops)."""
+    CHOLMOD), else CHOLMOD with its fill-reducing ordering and symbolic analysis done once (whichever of
+    the two needs fewer flops while the dense factor's Schur complement has at most :data:`DENSE_MAX`
+    values).  The dense factors eliminate the largest factor first (:class:`~poolwise.infer.schur.SchurBatch`)."""
 
     def __init__(self, st: SparseStats, *, dense: bool | None = None) -> None:
         self.pattern = _Pattern(st)
         Q = self.pattern.Q
         self._sym: Any = None
-        self._L: np.ndarray | None = None
+        self._F: SchurBatch | None = None
         self._logdet = 0.0
-        self.flops = Q**3 / 3.0
+        dense_flops = schur_flops(st.J, st.q)
+        self.flops = dense_flops
         choose = dense is None
         if dense is None:
             dense = Q <= DENSE_ALWAYS or not have_cholmod()
         if not dense:
             self._sym, self.flops = self._analyze(st)
-            if choose and Q <= DENSE_MAX:  # between the two: whichever costs less per value of the hyperparameters
-                dense = Q**3 / 3.0 <= self.flops + _PER_VALUE_FLOPS
+            if choose and self.pattern.schur.R <= DENSE_MAX:  # whichever costs less per value of the hyperparameters
+                dense = dense_flops <= self.flops + _PER_VALUE_FLOPS
+                if dense:
+                    self.flops = dense_flops
         self.dense = dense
 
     def _analyze(self, st: SparseStats) -> tuple[Any, float]:
@@ -240,13 +254,11 @@ class Factorizer:
 
     def factor(self, lams: Sequence[np.ndarray], s2: float) -> Factorizer:
         """Factor A(σ², Λ) (returns itself)."""
-        vals = self.pattern.values(lams, s2)
         if self.dense:
-            A = self.pattern.matrix(vals).toarray()
-            self._L = sla.cholesky(A, lower=True, check_finite=False)
-            self._logdet = 2.0 * float(np.log(np.diagonal(self._L)).sum())
+            self._F = self.pattern.factor_batch([lam[None] for lam in lams], np.array([s2]))
+            self._logdet = float(self._F.logdet[0])
         else:
-            self._sym.cholesky_inplace(self.pattern.matrix(vals))
+            self._sym.cholesky_inplace(self.pattern.matrix(self.pattern.values(lams, s2)))
             self._logdet = float(self._sym.logdet())
         return self
 
@@ -257,13 +269,15 @@ class Factorizer:
     def solve_L(self, B: np.ndarray) -> np.ndarray:
         """L⁻¹PB (so that |L⁻¹PB|² = B'A⁻¹B)."""
         if self.dense:
-            return np.asarray(sla.solve_triangular(self._L, B, lower=True, check_finite=False))
+            assert self._F is not None
+            return self._F.solve_L(B.reshape(1, B.shape[0], -1)).reshape(B.shape)
         return np.asarray(self._sym.solve_L(self._sym.apply_P(B), use_LDLt_decomposition=False))
 
     def solve_Lt(self, B: np.ndarray) -> np.ndarray:
         """P'L⁻ᵀB (so that A⁻¹ = (P'L⁻ᵀ)(P'L⁻ᵀ)')."""
         if self.dense:
-            return np.asarray(sla.solve_triangular(self._L, B, lower=True, trans="T", check_finite=False))
+            assert self._F is not None
+            return self._F.solve_Lt(B.reshape(1, B.shape[0], -1)).reshape(B.shape)
         return np.asarray(self._sym.apply_Pt(self._sym.solve_Lt(B, use_LDLt_decomposition=False)))
 
 
@@ -336,21 +350,17 @@ def pieces(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, logd
     z = sla.solve_triangular(LP, r, lower=True)
     quad -= float(z @ z)
     ll = -0.5 * (st.n_obs * _LOG2PI + logdetV + logdet_prior + 2.0 * float(np.log(np.diagonal(LP)).sum()) + quad)
-    if quad < 0:  # precision lost far in the tails: a positive definite form cannot be negative
+    # precision lost far in the tails: a positive definite form cannot be negative
+    if quad < 0 or _lost(A_X[None], st.XtWX, np.array([s2]))[0]:
         ll = -math.inf
     return Pieces(ll, logdetV, A_X, bb, qq, LP)
-
-
-def _batch_chunk(Q: int) -> int:
-    """θ per batch of the dense path: about 2²² numbers per (B, Q, Q) work array."""
-    return max(1, (1 << 22) // max(1, Q * Q))
 
 
 @dataclass
 class BatchCross:
     """A's Cholesky factors and the marginal's quadratic forms for a batch of small systems."""
 
-    L: np.ndarray  # (B, Q, Q)
+    F: SchurBatch  # A's factors
     logdetV: np.ndarray  # (B,)
     A_X: np.ndarray  # (B, p, p)
     bb: np.ndarray  # (B, p)
@@ -360,15 +370,14 @@ class BatchCross:
 def cross_batch(st: SparseStats, pat: _Pattern, s2: np.ndarray, lams: Sequence[np.ndarray]) -> BatchCross:
     """:func:`_cross` for a batch, dense (batched LAPACK): s2 (B,), lams per factor (B, q_k, q_k)."""
     p, n = st.p, st.n_obs
-    A = pat.dense(lams, s2)
-    L = np.linalg.cholesky(A)
-    logdetA = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+    F = pat.factor_batch(lams, s2)
+    logdetA = F.logdet
     u = _lam_t_batch(lams, st.ZtWy) / s2[:, None]  # (B, Q)
     rhs = u[..., None]
     if p:
         U = _lam_t_batch(lams, st.ZtWX) / s2[:, None, None]  # (B, Q, p)
         rhs = np.concatenate([rhs, U], axis=2)
-    c = _tri_solve(L, rhs)  # L⁻¹[u, U]
+    c = F.solve_L(rhs)  # L⁻¹P[u, U]
     qq = st.yWy / s2 - np.einsum("bq,bq->b", c[..., 0], c[..., 0])
     logdetV = n * np.log(s2) - st.sum_log_w + logdetA
     if p:
@@ -377,31 +386,47 @@ def cross_batch(st: SparseStats, pat: _Pattern, s2: np.ndarray, lams: Sequence[n
         bb = st.XtWy[None] / s2[:, None] - np.einsum("bqi,bq->bi", c[..., 1:], c[..., 0])
     else:
         A_X, bb = np.zeros((s2.shape[0], 0, 0)), np.zeros((s2.shape[0], 0))
-    return BatchCross(L, logdetV, A_X, bb, qq)
-
-
-def _tri_solve(L: np.ndarray, B: np.ndarray, *, transpose: bool = False) -> np.ndarray:
-    """L⁻¹B (or L⁻ᵀB) for a batch of lower-triangular L (B, Q, Q), B (B, Q, m)."""
-    return np.linalg.solve(np.swapaxes(L, 1, 2) if transpose else L, B)  # batched LAPACK (small Q)
+    return BatchCross(F, logdetV, A_X, bb, qq)
 
 
 def pieces_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, logdet_prior: float,
                  sigma: np.ndarray, lams: Sequence[np.ndarray]) -> np.ndarray:
     """:func:`pieces`' log p(y | σ, Λ) for a batch of small systems at once (dense, batched LAPACK):
     sigma (B,), lams per factor (B, q_k, q_k).  −∞ where not finite."""
+    return _pieces_batch(st, pat, m0, Q0, logdet_prior, sigma, lams)[0]
+
+
+def _pieces_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, logdet_prior: float,
+                  sigma: np.ndarray, lams: Sequence[np.ndarray], rng: np.random.Generator | None = None
+                  ) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]] | None]:
+    """:func:`pieces_batch`, and with ``rng`` one draw of (β, b) per row through the same factors
+    (:func:`_draw_batch`; meaningful where the log density is finite)."""
     n = st.n_obs
     bc = cross_batch(st, pat, sigma * sigma, lams)
     qq, logdetV, A_X, bb = bc.qq, bc.logdetV, bc.A_X, bc.bb
     if not st.p:
-        return np.where(np.isfinite(ll := -0.5 * (n * _LOG2PI + logdetV + qq)), ll, -np.inf)
+        ll = -0.5 * (n * _LOG2PI + logdetV + qq)
+        return np.where(np.isfinite(ll), ll, -np.inf), (None if rng is None else
+                                                         _draws_from(st, bc, None, m0, sigma, lams, rng))
     r = bb - A_X @ m0
     quad = qq - 2.0 * bb @ m0 + np.einsum("bij,i,j->b", A_X, m0, m0)
     LP = np.linalg.cholesky(A_X + Q0)
-    z = np.linalg.solve(LP, r[..., None])[..., 0]
-    quad = quad - (z * z).sum(axis=1)
+    z = tri_solve(LP, r[..., None])
+    quad = quad - (z[..., 0] ** 2).sum(axis=1)
     ll = -0.5 * (n * _LOG2PI + logdetV + logdet_prior + 2.0 * np.log(np.diagonal(LP, axis1=1, axis2=2)).sum(axis=1)
                  + quad)
-    return np.where(np.isfinite(ll) & (quad >= 0), ll, -np.inf)
+    ll = np.where(np.isfinite(ll) & (quad >= 0) & ~_lost(A_X, st.XtWX, sigma * sigma), ll, -np.inf)
+    return ll, None if rng is None else _draws_from(st, bc, (LP, z), m0, sigma, lams, rng)
+
+
+#: X'V⁻¹X = X'WX/σ² − (L⁻¹PΛ'Z'WX)'(…)/σ⁴ is trusted while its diagonal keeps this share of X'WX/σ²'s
+_CANCEL = 1e-12
+
+
+def _lost(A_X: np.ndarray, XtWX: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Where X'V⁻¹X (B, p, p) has lost its digits to cancellation (fewer than about four left: a group
+    SD some 10⁶ times σ or more, far in the tails), so that the density there is taken as 0."""
+    return np.any(np.diagonal(A_X, axis1=1, axis2=2) < _CANCEL * np.diagonal(XtWX)[None] / s2[:, None], axis=1)
 
 
 def _lam_t_batch(lams: Sequence[np.ndarray], per_factor: Sequence[np.ndarray]) -> np.ndarray:
@@ -611,7 +636,7 @@ def _fit_reml(st: SparseStats, settings: Sequence[FactorSetting], *, has_sigma: 
             return np.array([negll(t) for t in thetas])
         n_eval += thetas.shape[0]
         out = np.full(thetas.shape[0], math.inf)
-        step = _batch_chunk(st.size)
+        step = fz.pattern.schur.chunk()
         for s in range(0, thetas.shape[0], step):
             th = thetas[s:s + step]
             rel = [np.stack([st_.tril(t) for t in part]) for st_, part in
@@ -749,7 +774,7 @@ def _profiled_batch(st: SparseStats, pat: _Pattern, rel: Sequence[np.ndarray], *
             logdetA = np.where(ax > 0, np.log(np.abs(ax)), np.nan)
     elif st.p:
         LX = np.linalg.cholesky(bc.A_X)
-        z = np.linalg.solve(LX, bc.bb[..., None])[..., 0]
+        z = tri_solve(LX, bc.bb[..., None])[..., 0]
         r2 -= (z * z).sum(axis=1)
         logdetA = 2.0 * np.log(np.diagonal(LX, axis1=1, axis2=2)).sum(axis=1)
     dof = st.n_obs - st.p if reml else st.n_obs
@@ -805,7 +830,7 @@ def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma:
     key = np.concatenate([sigma[:, None]] + [lam.reshape(D, -1) for lam in lams], axis=1)
     _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
     if fz.dense and first.size > D // 8:  # mostly distinct (σ, Λ): batched dense factors
-        step = _batch_chunk(st.size)
+        step = fz.pattern.schur.chunk()
         for s in range(0, D, step):
             sl = slice(s, min(D, s + step))
             beta[sl], parts = _draw_batch(st, fz.pattern, m0, Q0, sigma[sl], [lam[sl] for lam in lams], rng)
@@ -848,14 +873,25 @@ def draw(st: SparseStats, fz: Factorizer, m0: np.ndarray, Q0: np.ndarray, sigma:
 def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, sigma: np.ndarray,
                 lams: Sequence[np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, list[np.ndarray]]:
     """:func:`draw` for a batch of small systems (dense, batched LAPACK)."""
+    bc = cross_batch(st, pat, sigma * sigma, lams)
+    if not st.p:
+        return _draws_from(st, bc, None, m0, sigma, lams, rng)
+    LP = np.linalg.cholesky(bc.A_X + Q0)
+    z = tri_solve(LP, (bc.bb - bc.A_X @ m0)[..., None])
+    return _draws_from(st, bc, (LP, z), m0, sigma, lams, rng)
+
+
+def _draws_from(st: SparseStats, bc: BatchCross, LPz: tuple[np.ndarray, np.ndarray] | None, m0: np.ndarray,
+                sigma: np.ndarray, lams: Sequence[np.ndarray], rng: np.random.Generator
+                ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """β ~ N(m0 + P⁻¹r, P⁻¹) (P = X'V⁻¹X + S0⁻¹ = LP LP', z = LP⁻¹r) and b = Λa, a ~ N(A⁻¹Λ'Z'W(y − Xβ)/σ²,
+    A⁻¹), through A's factors in ``bc``."""
     B, p = sigma.shape[0], st.p
     s2 = sigma * sigma
-    bc = cross_batch(st, pat, s2, lams)
     if p:
-        LP = np.linalg.cholesky(bc.A_X + Q0)
-        rr = bc.bb - bc.A_X @ m0
-        z = np.linalg.solve(LP, rr[..., None])
-        beta = m0 + np.linalg.solve(np.swapaxes(LP, 1, 2), z + rng.standard_normal((B, p, 1)))[..., 0]
+        assert LPz is not None
+        LP, z = LPz
+        beta = m0 + tri_solve(LP, z + rng.standard_normal((B, p, 1)), transpose=True)[..., 0]
         ZtWX = np.concatenate([v.reshape(-1, p) for v in st.ZtWX], axis=0)
         res = np.concatenate([v.reshape(-1) for v in st.ZtWy])[None] - beta @ ZtWX.T  # (B, Q)
     else:
@@ -863,8 +899,8 @@ def _draw_batch(st: SparseStats, pat: _Pattern, m0: np.ndarray, Q0: np.ndarray, 
         res = np.broadcast_to(np.concatenate([v.reshape(-1) for v in st.ZtWy]), (B, st.size))
     rhs = np.concatenate([np.einsum("bra,bjr->bja", lam, res[:, o:o + J * q].reshape(B, J, q)).reshape(B, -1)
                           for lam, o, J, q in zip(lams, st.offsets, st.J, st.q)], axis=1) / s2[:, None]
-    t = _tri_solve(bc.L, rhs[..., None])
-    a = _tri_solve(bc.L, t + rng.standard_normal(t.shape), transpose=True)[..., 0]  # (B, Q)
+    t = bc.F.solve_L(rhs[..., None])
+    a = bc.F.solve_Lt(t + rng.standard_normal(t.shape))[..., 0]  # (B, Q)
     out = []
     for lam, o, J, q in zip(lams, st.offsets, st.J, st.q):
         out.append(np.einsum("bra,bja->bjr", lam, a[:, o:o + J * q].reshape(B, J, q)))
@@ -918,9 +954,13 @@ class HyperTarget:
         self.n_corr = [s.q * (s.q - 1) // 2 if (s.learned and s.q > 1 and s.correlated) else 0 for s in settings]
         self.dim = self.n_sigma + sum(s.q + c for s, c in zip(settings, self.n_corr) if s.learned)
         self.n_eval = 0
-        # sparse factors: each costs far more than its solves, so the draws ride along with the
-        # evaluations and the importance-sampling rounds of the proposal are shorter
-        self.carry = not fz.dense
+        # the chains' evaluations make one draw of (β, b) each through their factors (no second
+        # factorization for the draws: :meth:`evaluate_chains`); sparse factors cost far more than
+        # their solves, so the importance-sampling rounds of the proposal are shorter there.  (Rounds of
+        # 1000 dense draws measured nearly as well on Penicillin, but the long crossed SBC then fell back
+        # to NUTS in 2 of 400 replications, against none with 2000: the proposal's fit is worth its cost.)
+        self.carry = True
+        self._drawing = False
         self.is_draws = 2000 if fz.dense else 400
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[2])
         self.last_theta: np.ndarray | None = None
@@ -974,20 +1014,28 @@ class HyperTarget:
         if self.fz.dense:
             ok = np.flatnonzero(np.isfinite(lp) & np.isfinite(sigma) & (sigma > 0)
                                 & np.all([np.all(np.isfinite(lam), axis=(1, 2)) for lam in lams], axis=0))
-            step = _batch_chunk(self.st.size)
+            step = self.fz.pattern.schur.chunk()
+            dense_carry = (np.full((theta.shape[0], self.st.p), np.nan), np.full((theta.shape[0], self.st.size), np.nan)) \
+                if self._drawing else None
             for s in range(0, ok.size, step):
                 idx = ok[s:s + step]
                 self.n_eval += idx.size
                 with np.errstate(all="ignore"):
                     try:
-                        ll = pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior, sigma[idx],
-                                          [np.ascontiguousarray(lam[idx]) for lam in lams])
-                    except np.linalg.LinAlgError:  # one singular matrix in the batch: one at a time
+                        ll, dr = _pieces_batch(self.st, self.fz.pattern, self.m0, self.Q0, self.logdet_prior, sigma[idx],
+                                               [np.ascontiguousarray(lam[idx]) for lam in lams],
+                                               self.rng if dense_carry is not None else None)
+                        if dense_carry is not None and dr is not None:
+                            dense_carry[0][idx] = dr[0]
+                            dense_carry[1][idx] = np.concatenate([v.reshape(idx.size, -1) for v in dr[1]], axis=1)
+                    except np.linalg.LinAlgError:  # one singular matrix in the batch: one at a time (no draws)
                         ll = np.array([_row_ll(self, sigma, lams, i) for i in idx])
                 out[idx] = np.where(np.isfinite(ll + lp[idx]), ll + lp[idx], -np.inf)
+            if dense_carry is not None:
+                self.last_theta, self.last_draws = theta.copy(), dense_carry
             return out
         # one draw of (β, b) per evaluated θ through its factor (no second factorization for the draws)
-        carry = (np.zeros((theta.shape[0], self.st.p)), np.zeros((theta.shape[0], self.st.size))) if self.carry \
+        carry = (np.zeros((theta.shape[0], self.st.p)), np.zeros((theta.shape[0], self.st.size))) if self._drawing \
             else None
         for b in range(theta.shape[0]):
             if not (np.isfinite(lp[b]) and np.isfinite(sigma[b]) and sigma[b] > 0
@@ -1010,16 +1058,32 @@ class HyperTarget:
             self.last_theta, self.last_draws = theta.copy(), carry
         return out
 
-    def draws_at(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The (β, stacked b) drawn when the last batch was evaluated, for each row of θ; ``None`` when
-        some row was not in it."""
+    def evaluate_chains(self, theta: np.ndarray) -> np.ndarray:
+        """The log density of the chains' proposals (:func:`poolwise.infer.imh._chains`), with one draw
+        of (β, b) per row through its factor, kept for :meth:`draws_at`."""
+        self._drawing = True
+        try:
+            return self(theta)
+        finally:
+            self._drawing = False
+
+    def draws_at(self, theta: np.ndarray, source: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (β, stacked b) drawn when the chains' proposals were evaluated, for each row of θ (at the
+        rows ``source`` of that batch when given); ``None`` when some row was not among them or has no draw."""
         if self.last_theta is None:
             return None
-        lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
-        pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
+        pos = None if source is None else np.asarray(source, dtype=np.int64).ravel()
+        if pos is None or pos.size != theta.shape[0] or np.any(pos >= self.last_theta.shape[0]) or \
+                not np.array_equal(self.last_theta[pos], theta):
+            lookup = {row.tobytes(): i for i, row in enumerate(self.last_theta)}
+            pos = np.array([lookup.get(row.tobytes(), -1) for row in theta], dtype=np.int64)
         if np.any(pos < 0):
             return None
-        return self.last_draws[0][pos], self.last_draws[1][pos]
+        beta, b = self.last_draws[0][pos], self.last_draws[1][pos]
+        if not (np.all(np.isfinite(beta)) and np.all(np.isfinite(b))):
+            return None
+        return beta, b
 
     def center(self) -> np.ndarray:
         """A data-scaled start: σ at 0.8 and each SD at 0.5 of the regression's residual SD (per unit
@@ -1136,11 +1200,13 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
         if res.info["acceptance_rate"] < imh.IMH_MIN_ACCEPT:
             return f"the independence MH acceptance rate was {res.info['acceptance_rate']:.2f} (< {imh.IMH_MIN_ACCEPT})"
         theta = res.theta.reshape(C * D, target.dim)
+        source = res.source
         stats_out = {"accepted": res.accepted, "lp": res.lp}
         info.update(res.info)
         info.update({"hyper_sampler": "independence MH (t proposal)", "warmup": 0})
     else:
         theta = np.zeros((C * D, 0))
+        source = None
         lp0 = target(np.zeros((1, 0)))[0]
         stats_out = {"lp": np.full((C, D), lp0)}
         info.update({"hyper_sampler": "none (nothing to sample)", "warmup": 0})
@@ -1149,7 +1215,7 @@ def _sample(bound: BoundSpec, st: SparseStats, fz: Factorizer, target: HyperTarg
     sigma, sds, Ls, lams, _ = target.unpack(theta)
     if progress:
         progress("group values", 0.6)
-    carried = target.draws_at(theta) if target.carry else None
+    carried = target.draws_at(theta, source) if target.carry else None
     if carried is not None:
         beta = carried[0]
         b = [carried[1][:, o:o + J * q].reshape(-1, J, q) for o, J, q in zip(st.offsets, st.J, st.q)]
