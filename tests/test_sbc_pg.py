@@ -41,8 +41,8 @@ def _check(family: str, reps: int, L: int, bins: int, warmup: int, draws: int) -
 
 @pytest.mark.parametrize("family", ["bernoulli", "binomial"])
 def test_pg_path_is_calibrated_short(family: str) -> None:
-    """32 replications, ranks among 39 draws in 4 bins (8 expected per bin)."""
-    _check(family, reps=32, L=39, bins=4, warmup=100, draws=160)
+    """24 replications, ranks among 39 draws in 4 bins (6 expected per bin)."""
+    _check(family, reps=24, L=39, bins=4, warmup=100, draws=160)
 
 
 @pytest.mark.validate

@@ -254,3 +254,24 @@ def test_independent_slopes_have_no_correlation() -> None:
     bd = d.blocks[0]
     assert bd.corr is None and bd.sd is not None and bd.sd.shape == (2, 50, 2)
     assert bd.values is not None and bd.values.shape == (2, 50, 12, 2)
+
+
+@pytest.mark.validate
+@pytest.mark.parametrize("case", ["cbpp", "slopes"])
+def test_stored_nuts_references_hold(case: str) -> None:
+    """The stored references above, recomputed by a long NUTS run (another seed) within 4 combined MCSE."""
+    from poolwise.infer import nuts
+
+    if case == "cbpp":
+        b, want, draws = _bind(CBPP, pw.datasets.cbpp(), "binomial"), CBPP_NUTS, 5000
+    else:
+        b, want, draws = _bind(SLOPES, slopes_data(), "bernoulli"), SLOPES_NUTS, 3000
+    d = nuts.sample(b, seed=7, chains=4, warmup=1000, draws=draws)
+    _agree(_mean_mcse(_scalars(b, d)), want)
+
+
+@pytest.mark.validate
+def test_logistic_slopes_match_nuts_long() -> None:
+    b = _bind(SLOPES, slopes_data(), "bernoulli")
+    d = pg.sample(b, seed=11, chains=4, draws=3000, warmup=1000)
+    _agree(_mean_mcse(_scalars(b, d)), SLOPES_NUTS)
