@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -585,6 +585,9 @@ INTERRUPT_EVERY = 64
 #: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
 #: gradient, summed over the iterations between two looks, about: larger data look more often
 INTERRUPT_TERMS = 256_000
+#: calls of the sampler dispatched ahead of the one being read: with chains in parallel each
+#: device goes on to its next call when its chain is done with the last, not when every chain is
+AHEAD = 2
 _CANCEL = threading.Event()
 
 
@@ -669,34 +672,57 @@ def _interruptible(call: Callable[[], Any]) -> Any:
     return result["value"]
 
 
+def _chain_devices(chains: int) -> tuple[Any, ...] | None:
+    """The CPU devices on which ``chains`` chains run in parallel, one each, or ``None`` to
+    vectorize them on one device (one chain; an accelerator; fewer devices than chains).
+
+    XLA runs one program on one CPU device on one core, in lockstep across vectorized chains
+    (every NUTS iteration waits for the chain with the longest trajectory); chains on devices of
+    their own run on as many cores, each at its own pace.  poolwise asks for
+    max(4, cores) virtual CPU devices when it is imported before JAX starts (see
+    :mod:`poolwise`)."""
+    if chains < 2 or jax.default_backend() != "cpu":
+        return None
+    devices = jax.local_devices()
+    return tuple(devices[:chains]) if len(devices) >= chains else None
+
+
 class _Sampler:
     """One sampler, two compiled programs kept together: ``init(key, data, y) -> state`` (the
     chains' starting points and NUTS's adaptation state) and ``advance(state, data, y, n) ->
     (state, (samples, extra))``, which runs ``n`` iterations (n ≤ its ``chunk``; the rest of the
     ``chunk`` leave the state as it is) and returns each iteration's constrained sites and
-    sample fields.  Compiled ahead of their first call (so that compiling and sampling are two
-    steps, each interruptible) and kept compiled: the cache key fixes the argument shapes.
+    sample fields, (iteration, chain, ...) each.  Compiled ahead of their first call (so that
+    compiling and sampling are two steps, each interruptible) and kept compiled: the cache key
+    fixes the argument shapes.
 
     The run is a loop in Python over calls of ``advance`` (:func:`_run_once`), so that Ctrl-C
     stops it between two calls and the programs hold no host callback: JAX's persistent
     compilation cache (:mod:`~poolwise.infer.compile_cache`) can then keep their executables for
-    later processes, which it cannot do for a program with a host callback.  The chains' draws
-    are those of :class:`numpyro.infer.MCMC` with ``chain_method="vectorized"``.
+    later processes, which it cannot do for a program with a host callback.
+
+    ``devices``: one per chain, the chains in parallel (:func:`_chain_devices`): both programs
+    are :func:`jax.shard_map` of one chain's program over a mesh of these devices, each device
+    running its chain's NUTS without waiting for the others (no collective).  Otherwise the
+    chains are vectorized on one device, the draws of :class:`numpyro.infer.MCMC` with
+    ``chain_method="vectorized"``.  Chain c starts from the c-th key of
+    ``jax.random.split(key, chains)`` either way, as MCMC starts its chains.
     """
 
     def __init__(self, model: Model, *, chains: int, warmup: int, target_accept: float, max_tree_depth: int,
-                 chunk: int) -> None:
+                 chunk: int, devices: tuple[Any, ...] | None = None) -> None:
         kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                       init_strategy=init_to_jittered_median)
+        self.mesh = None if devices is None else jax.sharding.Mesh(np.asarray(devices), ("chain",))
 
         def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:
             keys = jax.random.split(key, chains) if chains > 1 else key  # as MCMC starts its chains
             return kernel.init(keys, warmup, None, (data,), {"y": y})
 
-        def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
+        def run(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
             args, kwargs = (data,), {"y": y}
             constrain = kernel.postprocess_fn(args, kwargs)
-            if chains > 1:
+            if chains > 1 and self.mesh is None:
                 constrain = jax.vmap(constrain)
 
             def step(st: Any, i: jax.Array) -> tuple[Any, Any]:
@@ -705,10 +731,49 @@ class _Sampler:
 
             return jax.lax.scan(step, state, jnp.arange(chunk))
 
+        advance = run
+        if self.mesh is not None:
+            from jax.sharding import PartitionSpec as P
+
+            def one(v: jax.Array) -> jax.Array:  # a chain's block (1, ...) as the chain's value
+                return v[0]
+
+            def block(v: jax.Array) -> jax.Array:  # a chain's value as its block (1, ...)
+                return v[None]
+
+            def init_shard(keys: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:
+                return jax.tree.map(block, kernel.init(keys[0], warmup, None, (data,), {"y": y}))
+
+            def advance_shard(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
+                state, out = run(jax.tree.map(one, state), data, y, n)
+                return jax.tree.map(block, state), jax.tree.map(lambda v: v[:, None], out)  # (chunk, 1, ...)
+
+            init_map = jax.shard_map(init_shard, mesh=self.mesh, in_specs=(P("chain"), P(), P()),
+                                     out_specs=P("chain"), check_vma=False)
+            advance_map = jax.shard_map(advance_shard, mesh=self.mesh, in_specs=(P("chain"), P(), P(), P()),
+                                        out_specs=(P("chain"), P(None, "chain")), check_vma=False)
+
+            def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:  # noqa: F811
+                return init_map(jax.random.split(key, chains), data, y)  # as MCMC starts its chains
+
+            advance = advance_map
+
         self.chunk = chunk
         self.jitted = (jax.jit(init), jax.jit(advance))
         self.executables: tuple[Any, Any] | None = None
         self.compiles = 0  #: how many times it was compiled (at most once while cached)
+
+    @property
+    def chain_method(self) -> str:
+        """``"parallel"`` (a device per chain) or ``"vectorized"`` (the chains on one device)."""
+        return "vectorized" if self.mesh is None else "parallel"
+
+    def place(self, tree: Any) -> Any:
+        """``tree``'s arrays where the programs read them: on every device of a parallel run
+        (copied once per run, not at each call of ``advance``); as they are otherwise."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
 
     def compile(self, key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[Any, Any]:
         """The executables of ``init`` and ``advance`` for arguments shaped as these (``init``
@@ -722,17 +787,19 @@ class _Sampler:
 
 
 def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
-                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY) -> _Sampler:
+                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY,
+                  devices: tuple[Any, ...] | None = None) -> _Sampler:
     """The sampler of ``model`` for data of these ``shapes`` and these settings, compiled at most
     once while cached (``every``: iterations per call of its ``advance``, between two looks at a
-    pending Ctrl-C).  The number of ``draws`` is not part of the programs."""
-    cache_key = (model, shapes, chains, warmup, target_accept, max_tree_depth, every)
+    pending Ctrl-C; ``devices``: one per chain, run in parallel, or ``None``: vectorized).  The
+    number of ``draws`` is not part of the programs."""
+    cache_key = (model, shapes, chains, warmup, target_accept, max_tree_depth, every, devices)
     run = _RUN_CACHE.get(cache_key)
     if run is not None:
         _RUN_CACHE.move_to_end(cache_key)
         return run
     run = _Sampler(model, chains=chains, warmup=warmup, target_accept=target_accept,
-                   max_tree_depth=max_tree_depth, chunk=every)
+                   max_tree_depth=max_tree_depth, chunk=every, devices=devices)
     _RUN_CACHE[cache_key] = run
     while len(_RUN_CACHE) > CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)
@@ -748,31 +815,46 @@ def clear_cache() -> None:
 def _run_once(
     model: Model, data: dict[str, Any], key: jax.Array, *, chains: int, draws: int, warmup: int,
     target_accept: float, max_tree_depth: int, progress: Progress | None = None,
+    devices: tuple[Any, ...] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One MCMC run of the structural ``model(args, y=data["y"])``, ``args`` the rest of ``data``;
     compiled at most once per model, data shapes and settings (while in the cache).  Ctrl-C
-    stops it (compiling, within the compile; sampling, within one call of ``advance``)."""
-    args = {k: v for k, v in data.items() if k != "y"}
-    y = data["y"]
+    stops it (compiling, within the compile; sampling, within one call of ``advance``).
+    ``devices``: one per chain, the chains in parallel (:func:`_chain_devices`)."""
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
                         target_accept=target_accept, max_tree_depth=max_tree_depth,
-                        every=_interrupt_every(int(np.size(y)) * chains))
+                        every=_interrupt_every(int(np.size(data["y"])) * (1 if devices else chains)),
+                        devices=devices)
+    placed = run.place(data)
+    args = {k: v for k, v in placed.items() if k != "y"}
+    y = placed["y"]
     init, advance = _interruptible(lambda: run.compile(key, args, y))
     stage = f"warmup+sampling (target_accept={target_accept:g})"
     if progress:
         progress(stage, 0.0)
     state = _interruptible(lambda: init(key, args, y))
-    total, done = warmup + draws, 0
+    total, queued, finished = warmup + draws, 0, 0
     kept: list[Any] = []
-    while done < total:
-        n = min(run.chunk, total - done)
-        state, out = _interruptible(lambda: jax.block_until_ready(advance(state, args, y, jnp.int32(n))))
-        first = max(warmup - done, 0)  # the first kept iteration of this call
-        if first < n:
-            kept.append(jax.tree.map(lambda v: np.asarray(v)[first:n], out))
-        done += n
-        if progress:
-            progress(stage, done / total)
+    pending: deque[tuple[int, int, Any]] = deque()  # calls dispatched, not yet read: (first iteration, n, output)
+    try:
+        while finished < total:
+            while queued < total and len(pending) < AHEAD:  # JAX dispatches a call without waiting for it
+                n = min(run.chunk, total - queued)
+                state, out = advance(state, args, y, jnp.int32(n))
+                pending.append((queued, n, out))
+                queued += n
+            start, n, out = pending[0]
+            out = _interruptible(lambda: jax.block_until_ready(out))
+            pending.popleft()
+            first = max(warmup - start, 0)  # the first kept iteration of this call
+            if first < n:
+                kept.append(jax.tree.map(lambda v: np.asarray(v)[first:n], out))
+            finished += n
+            if progress:
+                progress(stage, finished / total)
+    except BaseException:  # Ctrl-C: the calls still dispatched end before the caller goes on
+        jax.block_until_ready([p[2] for p in pending])
+        raise
     samples, extra = _collect(kept, chains)
     if not np.isfinite(extra["potential_energy"]).all():  # as under MCMC's jit, NumPyro's own check of the start is skipped
         raise RuntimeError("NUTS found no starting point with a finite log density; check the data and priors.")
@@ -803,8 +885,10 @@ def sample(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     statistics: bool | None = None,
+    chain_method: str | None = None,
 ) -> Draws:
-    """Posterior draws of the full model with NUTS, chains vectorized on one device.
+    """Posterior draws of the full model with NUTS, chains in parallel on CPU devices of their own
+    (else vectorized on one device).
 
     Parameters
     ----------
@@ -826,6 +910,12 @@ def sample(
         rather than the rows: the same log density, at a cost per gradient set by the number
         of groups, not of rows.  Default: whenever :func:`uses_statistics` allows (gaussian,
         at most one grouping factor that is not pooled).
+    chain_method
+        ``"parallel"``: each chain on a CPU device of its own, at its own pace, on as many cores
+        (:func:`_chain_devices`); ``"vectorized"``: the chains side by side on one device, each
+        iteration as long as the longest chain's.  Default: parallel where JAX has a CPU device
+        per chain (poolwise asks for max(4, cores) when imported before JAX starts), else
+        vectorized.  The same seed gives the same draws with the same method.
 
     Returns
     -------
@@ -839,8 +929,8 @@ def sample(
         (``None`` when pooled); else both are ``None``.  ``sample_stats`` with ``diverging``,
         ``acceptance_rate``, ``n_steps``, ``tree_depth``, ``energy`` and ``lp`` (the log
         density, the potential energy negated), each (chain, draw); ``info`` with ``seconds``,
-        the ``target_accept`` finally used, ``divergences`` at each attempt and the number of
-        ``retries``.
+        the ``target_accept`` finally used, ``divergences`` at each attempt, the number of
+        ``retries`` and the ``chain_method``.
 
     Warns
     -----
@@ -873,9 +963,10 @@ def sample(
     if uy != 1.0 or np.any(ux != 1.0):  # data in very small or large units: sampled in units of 10^k, mapped back
         out = sample(_in_units(bound, uy, ux), seed=seed, chains=chains, draws=draws, warmup=warmup,
                      progress=progress, target_accept=target_accept, max_tree_depth=max_tree_depth,
-                     statistics=statistics)
+                     statistics=statistics, chain_method=chain_method)
         return _draws_times(out, uy, ux)
     t0 = time.perf_counter()
+    devices = _resolve_chain_method(chain_method, chains)
     if progress:
         progress("warmup+sampling", 0.0)  # compiling first, unless compiled before
     allowed = uses_statistics(bound)
@@ -894,7 +985,8 @@ def sample(
     extra: dict[str, np.ndarray] = {}
     for used in schedule:
         samples, extra = _run_once(model, data, key, chains=chains, draws=draws, warmup=warmup,
-                                   target_accept=used, max_tree_depth=max_tree_depth, progress=progress)
+                                   target_accept=used, max_tree_depth=max_tree_depth, progress=progress,
+                                   devices=devices)
         divergences.append(int(extra["diverging"].sum()))
         if divergences[-1] == 0:
             break
@@ -929,6 +1021,7 @@ def sample(
             "target_accept": used,
             "divergences": divergences,
             "retries": len(divergences) - 1,
+            "chain_method": "vectorized" if devices is None else "parallel",
             "max_tree_depth": max_tree_depth,
             "warmup": warmup,
             "likelihood": "sufficient statistics" if suff else "rows",
@@ -937,6 +1030,22 @@ def sample(
         aux={k: samples[k].astype(float) for k in _AUX if k in samples},
         blocks=blocks,
     )
+
+
+def _resolve_chain_method(chain_method: str | None, chains: int) -> tuple[Any, ...] | None:
+    """The devices of :func:`sample`'s ``chain_method``: one per chain, or ``None`` (vectorized)."""
+    if chain_method not in (None, "parallel", "vectorized"):
+        raise ValueError(f'chain_method must be "parallel", "vectorized" or None, not {chain_method!r}.')
+    if chain_method == "vectorized":
+        return None
+    devices = _chain_devices(chains)
+    if chain_method == "parallel" and devices is None and chains > 1:
+        raise ValueError(
+            f"chain_method='parallel' needs a CPU device per chain ({chains}); JAX has "
+            f"{jax.local_device_count()} {jax.default_backend()} device(s). Import poolwise before JAX (it then "
+            "asks for max(4, cores) CPU devices), set XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{chains} before JAX starts, or use chain_method='vectorized'.")
+    return devices
 
 
 def _power_of_ten(v: float) -> float:
