@@ -1,4 +1,4 @@
-"""Full-model inference with NUTS in NumPyro: the model from the spec, vectorized chains.
+"""Full-model inference with NUTS in NumPyro: the model from the spec, chains in parallel.
 
 This module owns the NumPyro model of a bound spec, written once from a
 :class:`~poolwise.spec.BoundSpec` as a plain function, and the sampler run around it:
@@ -9,9 +9,10 @@ This module owns the NumPyro model of a bound spec, written once from a
 
 so that u_j ~ N(0, Σ) with Σ = diag(s) R diag(s), R = L L'.  The group effects are
 non-centered (u = diag(s) L z), which removes the funnel between the SDs and the group values
-when groups hold little data (Betancourt & Girolami, 2015); a gaussian model of one grouping
-factor whose groups hold much data samples them centered instead, u_j ~ N(0, Σ)
-(:func:`prefers_centered`), its likelihood from sufficient statistics (:func:`uses_statistics`).  Uncorrelated terms (``||``) and
+when groups hold little data (Betancourt & Girolami, 2015); a model of one grouping factor
+whose groups hold much data (gaussian, bernoulli, binomial, poisson, negative binomial) samples
+them centered instead, u_j ~ N(0, Σ) (:func:`prefers_centered`); a gaussian model's likelihood
+comes from sufficient statistics (:func:`uses_statistics`).  Uncorrelated terms (``||``) and
 single terms have L = I.  Pooling is a setting of Σ and never a branch in the model body: a
 learned Σ has sample sites for its SDs (named as the priors, ``sd(x|g)``) and its Cholesky
 factor; a fixed Σ conditions the SD sites with :func:`numpyro.handlers.condition` and enters
@@ -25,7 +26,9 @@ Compiled once, reused: the model is one function per model *structure* (family, 
 settings, priors of the SDs and auxiliary parameters, sizes) taking the data arrays as
 arguments, and the run is two programs compiled under :func:`jax.jit` once per structure, data
 shapes and sampler settings: the chains' start, and a number of iterations (warmup or sampling)
-that Python calls in turn, so that Ctrl-C stops the run between two calls.  A fit of new data
+that Python calls in turn, so that Ctrl-C stops the run between two calls.  On a CPU the chains
+run in parallel, one virtual XLA device each (importing poolwise asks for max(4, cores)), each at
+its own pace rather than in lockstep (:func:`_chain_devices`); else they are vectorized.  A fit of new data
 of the same shapes reuses the compiled programs (the last :data:`CACHE_SIZE` are kept); a later
 process finds them in JAX's persistent compilation cache, in the user's cache folder
 (:mod:`~poolwise.infer.compile_cache`); the same seed gives the same draws.
@@ -203,18 +206,40 @@ def uses_statistics(bound: BoundSpec) -> bool:
 
 
 def prefers_centered(bound: BoundSpec, stats: dict[str, Any] | None = None) -> bool:
-    """Whether the group values of a gaussian model sample better centered, u_j ~ N(0, Σ), than
-    non-centered, u_j = diag(s) L z_j: when the data say more about a typical group than the
-    population does (Papaspiliopoulos, Roberts & Sköld, 2007).
+    """Whether the group values sample better centered, u_j ~ N(0, Σ), than non-centered,
+    u_j = diag(s) L z_j: when the data say more about a typical group than the population does
+    (Papaspiliopoulos, Roberts & Sköld, 2007).  Non-centered values of groups that the data pin
+    down leave NUTS a funnel between z_j = u_j / s and s, which diverges; centered values of
+    groups the data say little about leave it the funnel between u_j and s.
 
-    Judged on the varying intercept by the method of moments about the pooled least-squares fit:
-    σ̂² from the within-group sum of squares, τ̂² from the spread of the groups' mean residuals
-    less their sampling variance; centered when the median pooling factor τ̂²/(τ̂² + σ̂²/n_j) is at
-    least ½.  Only for the sufficient-statistics model of one grouping factor whose first term is
-    the intercept; otherwise non-centered.  ``stats``: :func:`_suff_data` of ``bound``, when at hand.
+    Judged on the varying intercept by the method of moments: each group's mean residual about
+    the pooled fit of the common terms, m_j, with its sampling variance v_j; τ̂² from the spread of
+    the m_j less their sampling variance; centered when the median pooling factor
+    τ̂²/(τ̂² + v_j) is at least ½.  Gaussian (the sufficient-statistics model): least squares,
+    v_j = σ̂²/n_j.  Bernoulli, binomial, poisson and negative binomial: the maximum-likelihood
+    GLM of the common terms (:func:`_pooled_glm_information`), m_j = Σ_i (y_i − μ_i) / a_j the
+    one-step Newton estimate of the group's deviation on the link scale and v_j = 1/a_j, a_j the
+    group's Fisher information, Σ_i w_i Var(y_i) (the poisson's for the negative binomial, whose
+    φ is not known yet), for a varying intercept alone.  Only for one grouping factor whose
+    first term is the intercept; otherwise non-centered.  ``stats``: :func:`_suff_data` of ``bound``, when at hand.
     """
     present = _present(bound, None)
-    if not uses_statistics(bound) or len(present) != 1 or present[0].exprs[0] != "Intercept":
+    if len(present) != 1 or present[0].exprs[0] != "Intercept":
+        return False
+    if bound.spec.fam.name in _GLM_VARIANCE:
+        if present[0].q != 1:  # varying slopes of these families: non-centered (not yet measured centered)
+            return False
+        info = _pooled_glm_information(bound)
+        if info is None:
+            return False
+        a, score = info
+        ok = a > 1e-12
+        if ok.sum() < 2:
+            return False
+        m, v = score[ok] / a[ok], 1.0 / a[ok]
+        tau2 = max(float(np.mean(m**2) - np.mean(v)), 1e-12)
+        return bool(np.median(tau2 / (tau2 + v)) >= 0.5)
+    if not uses_statistics(bound):
         return False
     s = _suff_data(bound) if stats is None else stats
     a = s["ZtWZ"][:, 0, 0]
@@ -227,6 +252,57 @@ def prefers_centered(bound: BoundSpec, stats: dict[str, Any] | None = None) -> b
     sigma2 = max(s["rWr"] - between_ss, 0.0) / dof if bound.has_sigma and dof > 0 else 1.0
     tau2 = max(float(np.mean(m**2) - np.mean(sigma2 / a[ok])), 1e-12 * sigma2)
     return bool(np.median(tau2 / (tau2 + sigma2 / a[ok])) >= 0.5)
+
+
+#: the variance of one row's outcome given its mean μ (and trials t), of the families whose
+#: group values :func:`prefers_centered` judges by a pooled GLM
+_GLM_VARIANCE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "bernoulli": lambda mu, t: mu * (1.0 - mu / t),
+    "binomial": lambda mu, t: mu * (1.0 - mu / t),
+    "poisson": lambda mu, t: mu,
+    "negative_binomial": lambda mu, t: mu,  # φ unknown: the poisson's information, an upper bound
+}
+
+
+def _pooled_glm_information(bound: BoundSpec, iterations: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per group of the first grouping factor: the Fisher information a_j of its intercept and
+    its score Σ_i w_i (y_i − μ_i), at the maximum-likelihood fit of the common terms alone (the
+    canonical link's Newton iterations, a ridge of 10⁻⁸ against separation); ``None`` when the
+    fit does not settle or gives no finite values."""
+    fam = bound.spec.fam.name
+    X = np.asarray(bound.X, dtype=float)
+    y = np.asarray(bound.y, dtype=float)
+    off = np.asarray(bound.offset, dtype=float)
+    w = np.asarray(bound.weights, dtype=float)
+    t = np.asarray(bound.trials, dtype=float) if bound.trials is not None else np.ones_like(y)
+    logistic = fam in ("bernoulli", "binomial")
+
+    def mean(eta: np.ndarray) -> np.ndarray:
+        eta = np.clip(eta, -30.0, 30.0)
+        return t / (1.0 + np.exp(-eta)) if logistic else np.exp(eta)
+
+    beta = np.zeros(X.shape[1])
+    if X.shape[1] and bound.coef_names[:1] == ["Intercept"]:  # start at the outcome's mean
+        r = float(np.sum(w * y) / max(np.sum(w * t), 1e-300))
+        link = math.log(max(r, 1e-6) / max(1.0 - r, 1e-6)) if logistic else math.log(max(r, 1e-6))
+        beta[0] = link - float(np.mean(off))
+    for _ in range(iterations if X.shape[1] else 0):
+        mu = mean(X @ beta + off)
+        W = w * _GLM_VARIANCE[fam](mu, t)
+        step = np.linalg.solve(X.T @ (X * W[:, None]) + 1e-8 * np.eye(X.shape[1]), X.T @ (w * (y - mu)))
+        if not np.all(np.isfinite(step)):
+            return None
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    mu = mean(X @ beta + off)
+    blk = _present(bound, None)[0]
+    z = np.asarray(blk.Z, dtype=float)[:, 0]
+    a = np.bincount(blk.group, weights=w * _GLM_VARIANCE[fam](mu, t) * z**2, minlength=blk.n_groups)
+    score = np.bincount(blk.group, weights=w * (y - mu) * z, minlength=blk.n_groups)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(score))):
+        return None
+    return a, score
 
 
 def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool = False,
@@ -371,9 +447,9 @@ def _group_values(bs: _BlockStructure, data: dict[str, Any], centered: bool = Fa
     return u
 
 
-def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
+def _group_term(bs: _BlockStructure, data: dict[str, Any], centered: bool = False) -> jax.Array:
     """The contribution of one non-pooled grouping factor to the linear predictor (:func:`_group_values`)."""
-    u = _group_values(bs, data)
+    u = _group_values(bs, data, centered)
     Z, g = data["Z"], data["g"]
     # one column of u gathered at a time: on XLA's CPU backend the gradient is 1.3-1.5x faster
     # in float64 (4x in float32) than that of sum(Z * u[g], axis=1), whose (n, q) gather and
@@ -432,7 +508,7 @@ def _structural_model(st: _Structure) -> Model:
             return
         eta = data["X"] @ beta + data["offset"]
         for bs, block_data in zip(st.blocks, data["blocks"]):
-            eta = eta + _group_term(bs, block_data)
+            eta = eta + _group_term(bs, block_data, st.centered)
         d = _likelihood(st, data, eta)
         with numpyro.plate("obs", data["X"].shape[0]):
             if st.weighted:  # prior weights: each row's log-likelihood times w (families.log_likelihood)
@@ -587,6 +663,7 @@ INTERRUPT_EVERY = 64
 INTERRUPT_TERMS = 256_000
 #: calls of the sampler dispatched ahead of the one being read: with chains in parallel each
 #: device goes on to its next call when its chain is done with the last, not when every chain is
+#: (each call the shorter for it: Ctrl-C waits for every call dispatched)
 AHEAD = 2
 _CANCEL = threading.Event()
 
@@ -823,7 +900,7 @@ def _run_once(
     ``devices``: one per chain, the chains in parallel (:func:`_chain_devices`)."""
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
                         target_accept=target_accept, max_tree_depth=max_tree_depth,
-                        every=_interrupt_every(int(np.size(data["y"])) * (1 if devices else chains)),
+                        every=_interrupt_every(int(np.size(data["y"])) * chains * AHEAD),
                         devices=devices)
     placed = run.place(data)
     args = {k: v for k, v in placed.items() if k != "y"}
@@ -944,7 +1021,8 @@ def sample(
 
     Notes
     -----
-    The group effects are non-centered (Betancourt & Girolami, 2015) with an LKJ prior on
+    The group effects are non-centered (Betancourt & Girolami, 2015), or centered where the
+    groups hold much data (:func:`prefers_centered`), with an LKJ prior on
     their correlations (Lewandowski et al., 2009); a fixed Σ conditions the SD sites; a pooled
     factor has no terms.  NUTS is Hoffman & Gelman (2014)'s, as implemented in NumPyro.
 
@@ -974,7 +1052,7 @@ def sample(
     if suff and not allowed:
         raise ValueError("The likelihood of this model cannot be computed from sufficient statistics.")
     stats = _suff_data(bound) if suff else None
-    centered = suff and prefers_centered(bound, stats)
+    centered = (suff or bound.spec.fam.name in _GLM_VARIANCE) and prefers_centered(bound, stats)
     model = _structural_model(_structure(bound, suff=suff, centered=centered))
     data = _sample_data(bound, suff, stats)
     key = jax.random.PRNGKey(seed)
