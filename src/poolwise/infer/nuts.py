@@ -796,7 +796,7 @@ class _Sampler:
             keys = jax.random.split(key, chains) if chains > 1 else key  # as MCMC starts its chains
             return kernel.init(keys, warmup, None, (data,), {"y": y})
 
-        def run(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
+        def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
             args, kwargs = (data,), {"y": y}
             constrain = kernel.postprocess_fn(args, kwargs)
             if chains > 1 and self.mesh is None:
@@ -808,8 +808,8 @@ class _Sampler:
 
             return jax.lax.scan(step, state, jnp.arange(chunk))
 
-        advance = run
         if self.mesh is not None:
+            one_chain = advance
             from jax.sharding import PartitionSpec as P
 
             def one(v: jax.Array) -> jax.Array:  # a chain's block (1, ...) as the chain's value
@@ -822,7 +822,7 @@ class _Sampler:
                 return jax.tree.map(block, kernel.init(keys[0], warmup, None, (data,), {"y": y}))
 
             def advance_shard(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
-                state, out = run(jax.tree.map(one, state), data, y, n)
+                state, out = one_chain(jax.tree.map(one, state), data, y, n)
                 return jax.tree.map(block, state), jax.tree.map(lambda v: v[:, None], out)  # (chunk, 1, ...)
 
             init_map = jax.shard_map(init_shard, mesh=self.mesh, in_specs=(P("chain"), P(), P()),
@@ -833,7 +833,8 @@ class _Sampler:
             def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:  # noqa: F811
                 return init_map(jax.random.split(key, chains), data, y)  # as MCMC starts its chains
 
-            advance = advance_map
+            def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:  # noqa: F811
+                return advance_map(state, data, y, n)
 
         self.chunk = chunk
         self.jitted = (jax.jit(init), jax.jit(advance))
