@@ -58,9 +58,12 @@ def test_library_raises_keyboard_interrupt() -> None:
         sent.append(time.perf_counter())
         signal.raise_signal(signal.SIGINT)
 
-    def progress(stage: str, fraction: float) -> None:
-        if stage.startswith(SAMPLING) and not sent:
-            threading.Timer(0.5, interrupt).start()
+    timers: list[threading.Timer] = []
+
+    def progress(stage: str, fraction: float) -> None:  # called after every call of the sampler: one timer
+        if stage.startswith(SAMPLING) and not timers:
+            timers.append(threading.Timer(0.5, interrupt))
+            timers[0].start()
 
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):

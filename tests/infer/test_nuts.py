@@ -172,6 +172,50 @@ def test_new_data_of_the_same_shapes_reuses_the_compiled_sampler() -> None:
     np.testing.assert_array_equal(a.tau, c.tau)
 
 
+def test_parallel_chains_draw_as_the_vectorized_chains() -> None:
+    """Chains on a CPU device each (the default where JAX has a device per chain, which importing
+    poolwise asks for) start from the same keys and run the same NUTS as NumPyro's vectorized
+    chains: the same draws up to rounding, each chain at its own pace; the same seed, the same
+    draws.  (target_accept 0.99: no retry, one program per method.)"""
+    if nuts._chain_devices(2) is None:
+        pytest.skip("JAX was started before poolwise was imported: one CPU device")
+    bound = _bind("y ~ x + (1 | g)")
+    settings: dict[str, Any] = {"seed": 5, "chains": 2, "warmup": 40, "draws": 30, "target_accept": 0.99}
+    par = nuts.sample(bound, **settings)
+    again = nuts.sample(bound, chain_method="parallel", **settings)
+    vec = nuts.sample(bound, chain_method="vectorized", **settings)
+    assert par.info["chain_method"] == "parallel" and vec.info["chain_method"] == "vectorized"
+    np.testing.assert_array_equal(par.beta, again.beta)
+    assert not np.allclose(par.beta[0], par.beta[1])  # two chains, not one twice
+    assert vec.sigma is not None and par.sigma is not None and vec.tau is not None and par.tau is not None
+    for a, b in [(par.beta, vec.beta), (par.sigma, vec.sigma), (par.tau, vec.tau)]:
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(par.sample_stats["n_steps"], vec.sample_stats["n_steps"])
+    with pytest.raises(ValueError, match="chain_method"):
+        nuts.sample(bound, chain_method="sequential", **settings)
+
+
+def test_importing_poolwise_asks_for_a_cpu_device_per_core_and_keeps_the_users_flags() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(poolwise.__file__).resolve().parents[1])
+    code = "import poolwise, jax; print(jax.local_device_count('cpu'))"
+
+    def devices(**env: str) -> int:
+        environ = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        environ["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**environ, **env},
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout.split()[-1])
+
+    assert devices() == max(4, os.cpu_count() or 1)
+    assert devices(XLA_FLAGS="--xla_force_host_platform_device_count=2") == 2
+
+
 def test_compiled_samplers_are_least_recently_used_out(monkeypatch: pytest.MonkeyPatch) -> None:
     from collections import OrderedDict
 

@@ -320,3 +320,22 @@ def test_divergence_advice_names_the_group_sds(monkeypatch: pytest.MonkeyPatch) 
     assert "sd(Intercept|g), sd(x|g) may be biased" in msg and "half_normal" in msg
     assert 'method="exact"' not in msg
     assert d.blocks[0].corr is not None and d.blocks[0].corr.shape == (2, 10, 2, 2)
+
+
+def test_counts_and_binary_groups_rich_in_data_sample_centered() -> None:
+    """The pooled GLM's per-group information (:func:`nuts.prefers_centered`): poisson groups of
+    40 rows at rates near 8 with τ = 0.5 (pooling factors near 1) are centered, bernoulli groups
+    of 3 rows with τ = 0.1 (near 0) are not; the cut is the median pooling factor ½."""
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(20), 40)
+    x = rng.normal(size=g.size)
+    rich = pd.DataFrame({"y": rng.poisson(np.exp(2.0 + 0.3 * x + rng.normal(0, 0.5, 20)[g])), "x": x, "g": g})
+    g2 = np.repeat(np.arange(100), 3)
+    poor = pd.DataFrame({"y": (rng.random(g2.size) < 0.5 + 0.1 * rng.normal(size=100)[g2]).astype(int), "g": g2})
+    assert nuts.prefers_centered(_bind("y ~ x + (1 | g)", rich, "poisson"))
+    assert nuts.prefers_centered(_bind("y ~ x + (1 | g)", rich, "negative_binomial"))
+    assert not nuts.prefers_centered(_bind("y ~ 1 + (1 | g)", poor, "bernoulli"))
+    assert not nuts.prefers_centered(_bind("y ~ x + (1 | g)", rich, "poisson", pooling="pooled"))
+    a, score = nuts._pooled_glm_information(_bind("y ~ x + (1 | g)", rich, "poisson"))
+    # at the pooled maximum-likelihood fit the scores of the intercept sum to 0; a_j = Σ μ_i
+    assert abs(score.sum()) < 1e-6 * a.sum() and np.all(a > 100)

@@ -1,4 +1,4 @@
-"""Full-model inference with NUTS in NumPyro: the model from the spec, vectorized chains.
+"""Full-model inference with NUTS in NumPyro: the model from the spec, chains in parallel.
 
 This module owns the NumPyro model of a bound spec, written once from a
 :class:`~poolwise.spec.BoundSpec` as a plain function, and the sampler run around it:
@@ -9,9 +9,10 @@ This module owns the NumPyro model of a bound spec, written once from a
 
 so that u_j ~ N(0, Σ) with Σ = diag(s) R diag(s), R = L L'.  The group effects are
 non-centered (u = diag(s) L z), which removes the funnel between the SDs and the group values
-when groups hold little data (Betancourt & Girolami, 2015); a gaussian model of one grouping
-factor whose groups hold much data samples them centered instead, u_j ~ N(0, Σ)
-(:func:`prefers_centered`), its likelihood from sufficient statistics (:func:`uses_statistics`).  Uncorrelated terms (``||``) and
+when groups hold little data (Betancourt & Girolami, 2015); a model of one grouping factor
+whose groups hold much data (gaussian, bernoulli, binomial, poisson, negative binomial) samples
+them centered instead, u_j ~ N(0, Σ) (:func:`prefers_centered`); a gaussian model's likelihood
+comes from sufficient statistics (:func:`uses_statistics`).  Uncorrelated terms (``||``) and
 single terms have L = I.  Pooling is a setting of Σ and never a branch in the model body: a
 learned Σ has sample sites for its SDs (named as the priors, ``sd(x|g)``) and its Cholesky
 factor; a fixed Σ conditions the SD sites with :func:`numpyro.handlers.condition` and enters
@@ -25,7 +26,9 @@ Compiled once, reused: the model is one function per model *structure* (family, 
 settings, priors of the SDs and auxiliary parameters, sizes) taking the data arrays as
 arguments, and the run is two programs compiled under :func:`jax.jit` once per structure, data
 shapes and sampler settings: the chains' start, and a number of iterations (warmup or sampling)
-that Python calls in turn, so that Ctrl-C stops the run between two calls.  A fit of new data
+that Python calls in turn, so that Ctrl-C stops the run between two calls.  On a CPU the chains
+run in parallel, one virtual XLA device each (importing poolwise asks for max(4, cores)), each at
+its own pace rather than in lockstep (:func:`_chain_devices`); else they are vectorized.  A fit of new data
 of the same shapes reuses the compiled programs (the last :data:`CACHE_SIZE` are kept); a later
 process finds them in JAX's persistent compilation cache, in the user's cache folder
 (:mod:`~poolwise.infer.compile_cache`); the same seed gives the same draws.
@@ -56,7 +59,7 @@ import sys
 import threading
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -203,18 +206,40 @@ def uses_statistics(bound: BoundSpec) -> bool:
 
 
 def prefers_centered(bound: BoundSpec, stats: dict[str, Any] | None = None) -> bool:
-    """Whether the group values of a gaussian model sample better centered, u_j ~ N(0, Σ), than
-    non-centered, u_j = diag(s) L z_j: when the data say more about a typical group than the
-    population does (Papaspiliopoulos, Roberts & Sköld, 2007).
+    """Whether the group values sample better centered, u_j ~ N(0, Σ), than non-centered,
+    u_j = diag(s) L z_j: when the data say more about a typical group than the population does
+    (Papaspiliopoulos, Roberts & Sköld, 2007).  Non-centered values of groups that the data pin
+    down leave NUTS a funnel between z_j = u_j / s and s, which diverges; centered values of
+    groups the data say little about leave it the funnel between u_j and s.
 
-    Judged on the varying intercept by the method of moments about the pooled least-squares fit:
-    σ̂² from the within-group sum of squares, τ̂² from the spread of the groups' mean residuals
-    less their sampling variance; centered when the median pooling factor τ̂²/(τ̂² + σ̂²/n_j) is at
-    least ½.  Only for the sufficient-statistics model of one grouping factor whose first term is
-    the intercept; otherwise non-centered.  ``stats``: :func:`_suff_data` of ``bound``, when at hand.
+    Judged on the varying intercept by the method of moments: each group's mean residual about
+    the pooled fit of the common terms, m_j, with its sampling variance v_j; τ̂² from the spread of
+    the m_j less their sampling variance; centered when the median pooling factor
+    τ̂²/(τ̂² + v_j) is at least ½.  Gaussian (the sufficient-statistics model): least squares,
+    v_j = σ̂²/n_j.  Bernoulli, binomial, poisson and negative binomial: the maximum-likelihood
+    GLM of the common terms (:func:`_pooled_glm_information`), m_j = Σ_i (y_i − μ_i) / a_j the
+    one-step Newton estimate of the group's deviation on the link scale and v_j = 1/a_j, a_j the
+    group's Fisher information, Σ_i w_i Var(y_i) (the poisson's for the negative binomial, whose
+    φ is not known yet), for a varying intercept alone.  Only for one grouping factor whose
+    first term is the intercept; otherwise non-centered.  ``stats``: :func:`_suff_data` of ``bound``, when at hand.
     """
     present = _present(bound, None)
-    if not uses_statistics(bound) or len(present) != 1 or present[0].exprs[0] != "Intercept":
+    if len(present) != 1 or present[0].exprs[0] != "Intercept":
+        return False
+    if bound.spec.fam.name in _GLM_VARIANCE:
+        if present[0].q != 1:  # varying slopes of these families: non-centered (not yet measured centered)
+            return False
+        info = _pooled_glm_information(bound)
+        if info is None:
+            return False
+        a, score = info
+        ok = a > 1e-12
+        if ok.sum() < 2:
+            return False
+        m, v = score[ok] / a[ok], 1.0 / a[ok]
+        tau2 = max(float(np.mean(m**2) - np.mean(v)), 1e-12)
+        return bool(np.median(tau2 / (tau2 + v)) >= 0.5)
+    if not uses_statistics(bound):
         return False
     s = _suff_data(bound) if stats is None else stats
     a = s["ZtWZ"][:, 0, 0]
@@ -227,6 +252,57 @@ def prefers_centered(bound: BoundSpec, stats: dict[str, Any] | None = None) -> b
     sigma2 = max(s["rWr"] - between_ss, 0.0) / dof if bound.has_sigma and dof > 0 else 1.0
     tau2 = max(float(np.mean(m**2) - np.mean(sigma2 / a[ok])), 1e-12 * sigma2)
     return bool(np.median(tau2 / (tau2 + sigma2 / a[ok])) >= 0.5)
+
+
+#: the variance of one row's outcome given its mean μ (and trials t), of the families whose
+#: group values :func:`prefers_centered` judges by a pooled GLM
+_GLM_VARIANCE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "bernoulli": lambda mu, t: mu * (1.0 - mu / t),
+    "binomial": lambda mu, t: mu * (1.0 - mu / t),
+    "poisson": lambda mu, t: mu,
+    "negative_binomial": lambda mu, t: mu,  # φ unknown: the poisson's information, an upper bound
+}
+
+
+def _pooled_glm_information(bound: BoundSpec, iterations: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per group of the first grouping factor: the Fisher information a_j of its intercept and
+    its score Σ_i w_i (y_i − μ_i), at the maximum-likelihood fit of the common terms alone (the
+    canonical link's Newton iterations, a ridge of 10⁻⁸ against separation); ``None`` when the
+    fit does not settle or gives no finite values."""
+    fam = bound.spec.fam.name
+    X = np.asarray(bound.X, dtype=float)
+    y = np.asarray(bound.y, dtype=float)
+    off = np.asarray(bound.offset, dtype=float)
+    w = np.asarray(bound.weights, dtype=float)
+    t = np.asarray(bound.trials, dtype=float) if bound.trials is not None else np.ones_like(y)
+    logistic = fam in ("bernoulli", "binomial")
+
+    def mean(eta: np.ndarray) -> np.ndarray:
+        eta = np.clip(eta, -30.0, 30.0)
+        return t / (1.0 + np.exp(-eta)) if logistic else np.exp(eta)
+
+    beta = np.zeros(X.shape[1])
+    if X.shape[1] and bound.coef_names[:1] == ["Intercept"]:  # start at the outcome's mean
+        r = float(np.sum(w * y) / max(np.sum(w * t), 1e-300))
+        link = math.log(max(r, 1e-6) / max(1.0 - r, 1e-6)) if logistic else math.log(max(r, 1e-6))
+        beta[0] = link - float(np.mean(off))
+    for _ in range(iterations if X.shape[1] else 0):
+        mu = mean(X @ beta + off)
+        W = w * _GLM_VARIANCE[fam](mu, t)
+        step = np.linalg.solve(X.T @ (X * W[:, None]) + 1e-8 * np.eye(X.shape[1]), X.T @ (w * (y - mu)))
+        if not np.all(np.isfinite(step)):
+            return None
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    mu = mean(X @ beta + off)
+    blk = _present(bound, None)[0]
+    z = np.asarray(blk.Z, dtype=float)[:, 0]
+    a = np.bincount(blk.group, weights=w * _GLM_VARIANCE[fam](mu, t) * z**2, minlength=blk.n_groups)
+    score = np.bincount(blk.group, weights=w * (y - mu) * z, minlength=blk.n_groups)
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(score))):
+        return None
+    return a, score
 
 
 def _structure(bound: BoundSpec, with_groups: bool | None = None, *, suff: bool = False,
@@ -371,9 +447,9 @@ def _group_values(bs: _BlockStructure, data: dict[str, Any], centered: bool = Fa
     return u
 
 
-def _group_term(bs: _BlockStructure, data: dict[str, Any]) -> jax.Array:
+def _group_term(bs: _BlockStructure, data: dict[str, Any], centered: bool = False) -> jax.Array:
     """The contribution of one non-pooled grouping factor to the linear predictor (:func:`_group_values`)."""
-    u = _group_values(bs, data)
+    u = _group_values(bs, data, centered)
     Z, g = data["Z"], data["g"]
     # one column of u gathered at a time: on XLA's CPU backend the gradient is 1.3-1.5x faster
     # in float64 (4x in float32) than that of sum(Z * u[g], axis=1), whose (n, q) gather and
@@ -432,7 +508,7 @@ def _structural_model(st: _Structure) -> Model:
             return
         eta = data["X"] @ beta + data["offset"]
         for bs, block_data in zip(st.blocks, data["blocks"]):
-            eta = eta + _group_term(bs, block_data)
+            eta = eta + _group_term(bs, block_data, st.centered)
         d = _likelihood(st, data, eta)
         with numpyro.plate("obs", data["X"].shape[0]):
             if st.weighted:  # prior weights: each row's log-likelihood times w (families.log_likelihood)
@@ -585,6 +661,10 @@ INTERRUPT_EVERY = 64
 #: likelihood terms (rows, or groups on the statistics path, times chains) evaluated per
 #: gradient, summed over the iterations between two looks, about: larger data look more often
 INTERRUPT_TERMS = 256_000
+#: calls of the sampler dispatched ahead of the one being read: with chains in parallel each
+#: device goes on to its next call when its chain is done with the last, not when every chain is
+#: (each call the shorter for it: Ctrl-C waits for every call dispatched)
+AHEAD = 2
 _CANCEL = threading.Event()
 
 
@@ -669,25 +749,48 @@ def _interruptible(call: Callable[[], Any]) -> Any:
     return result["value"]
 
 
+def _chain_devices(chains: int) -> tuple[Any, ...] | None:
+    """The CPU devices on which ``chains`` chains run in parallel, one each, or ``None`` to
+    vectorize them on one device (one chain; an accelerator; fewer devices than chains).
+
+    XLA runs one program on one CPU device on one core, in lockstep across vectorized chains
+    (every NUTS iteration waits for the chain with the longest trajectory); chains on devices of
+    their own run on as many cores, each at its own pace.  poolwise asks for
+    max(4, cores) virtual CPU devices when it is imported before JAX starts (see
+    :mod:`poolwise`)."""
+    if chains < 2 or jax.default_backend() != "cpu":
+        return None
+    devices = jax.local_devices()
+    return tuple(devices[:chains]) if len(devices) >= chains else None
+
+
 class _Sampler:
     """One sampler, two compiled programs kept together: ``init(key, data, y) -> state`` (the
     chains' starting points and NUTS's adaptation state) and ``advance(state, data, y, n) ->
     (state, (samples, extra))``, which runs ``n`` iterations (n ≤ its ``chunk``; the rest of the
     ``chunk`` leave the state as it is) and returns each iteration's constrained sites and
-    sample fields.  Compiled ahead of their first call (so that compiling and sampling are two
-    steps, each interruptible) and kept compiled: the cache key fixes the argument shapes.
+    sample fields, (iteration, chain, ...) each.  Compiled ahead of their first call (so that
+    compiling and sampling are two steps, each interruptible) and kept compiled: the cache key
+    fixes the argument shapes.
 
     The run is a loop in Python over calls of ``advance`` (:func:`_run_once`), so that Ctrl-C
     stops it between two calls and the programs hold no host callback: JAX's persistent
     compilation cache (:mod:`~poolwise.infer.compile_cache`) can then keep their executables for
-    later processes, which it cannot do for a program with a host callback.  The chains' draws
-    are those of :class:`numpyro.infer.MCMC` with ``chain_method="vectorized"``.
+    later processes, which it cannot do for a program with a host callback.
+
+    ``devices``: one per chain, the chains in parallel (:func:`_chain_devices`): both programs
+    are :func:`jax.shard_map` of one chain's program over a mesh of these devices, each device
+    running its chain's NUTS without waiting for the others (no collective).  Otherwise the
+    chains are vectorized on one device, the draws of :class:`numpyro.infer.MCMC` with
+    ``chain_method="vectorized"``.  Chain c starts from the c-th key of
+    ``jax.random.split(key, chains)`` either way, as MCMC starts its chains.
     """
 
     def __init__(self, model: Model, *, chains: int, warmup: int, target_accept: float, max_tree_depth: int,
-                 chunk: int) -> None:
+                 chunk: int, devices: tuple[Any, ...] | None = None) -> None:
         kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                       init_strategy=init_to_jittered_median)
+        self.mesh = None if devices is None else jax.sharding.Mesh(np.asarray(devices), ("chain",))
 
         def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:
             keys = jax.random.split(key, chains) if chains > 1 else key  # as MCMC starts its chains
@@ -696,7 +799,7 @@ class _Sampler:
         def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
             args, kwargs = (data,), {"y": y}
             constrain = kernel.postprocess_fn(args, kwargs)
-            if chains > 1:
+            if chains > 1 and self.mesh is None:
                 constrain = jax.vmap(constrain)
 
             def step(st: Any, i: jax.Array) -> tuple[Any, Any]:
@@ -705,10 +808,50 @@ class _Sampler:
 
             return jax.lax.scan(step, state, jnp.arange(chunk))
 
+        if self.mesh is not None:
+            one_chain = advance
+            from jax.sharding import PartitionSpec as P
+
+            def one(v: jax.Array) -> jax.Array:  # a chain's block (1, ...) as the chain's value
+                return v[0]
+
+            def block(v: jax.Array) -> jax.Array:  # a chain's value as its block (1, ...)
+                return v[None]
+
+            def init_shard(keys: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:
+                return jax.tree.map(block, kernel.init(keys[0], warmup, None, (data,), {"y": y}))
+
+            def advance_shard(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:
+                state, out = one_chain(jax.tree.map(one, state), data, y, n)
+                return jax.tree.map(block, state), jax.tree.map(lambda v: v[:, None], out)  # (chunk, 1, ...)
+
+            init_map = jax.shard_map(init_shard, mesh=self.mesh, in_specs=(P("chain"), P(), P()),
+                                     out_specs=P("chain"), check_vma=False)
+            advance_map = jax.shard_map(advance_shard, mesh=self.mesh, in_specs=(P("chain"), P(), P(), P()),
+                                        out_specs=(P("chain"), P(None, "chain")), check_vma=False)
+
+            def init(key: jax.Array, data: dict[str, Any], y: jax.Array) -> Any:  # noqa: F811
+                return init_map(jax.random.split(key, chains), data, y)  # as MCMC starts its chains
+
+            def advance(state: Any, data: dict[str, Any], y: jax.Array, n: jax.Array) -> Any:  # noqa: F811
+                return advance_map(state, data, y, n)
+
         self.chunk = chunk
         self.jitted = (jax.jit(init), jax.jit(advance))
         self.executables: tuple[Any, Any] | None = None
         self.compiles = 0  #: how many times it was compiled (at most once while cached)
+
+    @property
+    def chain_method(self) -> str:
+        """``"parallel"`` (a device per chain) or ``"vectorized"`` (the chains on one device)."""
+        return "vectorized" if self.mesh is None else "parallel"
+
+    def place(self, tree: Any) -> Any:
+        """``tree``'s arrays where the programs read them: on every device of a parallel run
+        (copied once per run, not at each call of ``advance``); as they are otherwise."""
+        if self.mesh is None:
+            return tree
+        return jax.device_put(tree, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
 
     def compile(self, key: jax.Array, data: dict[str, Any], y: jax.Array) -> tuple[Any, Any]:
         """The executables of ``init`` and ``advance`` for arguments shaped as these (``init``
@@ -722,17 +865,19 @@ class _Sampler:
 
 
 def _compiled_run(model: Model, shapes: Hashable, *, chains: int, draws: int, warmup: int,
-                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY) -> _Sampler:
+                  target_accept: float, max_tree_depth: int, every: int = INTERRUPT_EVERY,
+                  devices: tuple[Any, ...] | None = None) -> _Sampler:
     """The sampler of ``model`` for data of these ``shapes`` and these settings, compiled at most
     once while cached (``every``: iterations per call of its ``advance``, between two looks at a
-    pending Ctrl-C).  The number of ``draws`` is not part of the programs."""
-    cache_key = (model, shapes, chains, warmup, target_accept, max_tree_depth, every)
+    pending Ctrl-C; ``devices``: one per chain, run in parallel, or ``None``: vectorized).  The
+    number of ``draws`` is not part of the programs."""
+    cache_key = (model, shapes, chains, warmup, target_accept, max_tree_depth, every, devices)
     run = _RUN_CACHE.get(cache_key)
     if run is not None:
         _RUN_CACHE.move_to_end(cache_key)
         return run
     run = _Sampler(model, chains=chains, warmup=warmup, target_accept=target_accept,
-                   max_tree_depth=max_tree_depth, chunk=every)
+                   max_tree_depth=max_tree_depth, chunk=every, devices=devices)
     _RUN_CACHE[cache_key] = run
     while len(_RUN_CACHE) > CACHE_SIZE:
         _RUN_CACHE.popitem(last=False)
@@ -748,31 +893,46 @@ def clear_cache() -> None:
 def _run_once(
     model: Model, data: dict[str, Any], key: jax.Array, *, chains: int, draws: int, warmup: int,
     target_accept: float, max_tree_depth: int, progress: Progress | None = None,
+    devices: tuple[Any, ...] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One MCMC run of the structural ``model(args, y=data["y"])``, ``args`` the rest of ``data``;
     compiled at most once per model, data shapes and settings (while in the cache).  Ctrl-C
-    stops it (compiling, within the compile; sampling, within one call of ``advance``)."""
-    args = {k: v for k, v in data.items() if k != "y"}
-    y = data["y"]
+    stops it (compiling, within the compile; sampling, within one call of ``advance``).
+    ``devices``: one per chain, the chains in parallel (:func:`_chain_devices`)."""
     run = _compiled_run(model, _shapes(data), chains=chains, draws=draws, warmup=warmup,
                         target_accept=target_accept, max_tree_depth=max_tree_depth,
-                        every=_interrupt_every(int(np.size(y)) * chains))
+                        every=_interrupt_every(int(np.size(data["y"])) * chains * AHEAD),
+                        devices=devices)
+    placed = run.place(data)
+    args = {k: v for k, v in placed.items() if k != "y"}
+    y = placed["y"]
     init, advance = _interruptible(lambda: run.compile(key, args, y))
     stage = f"warmup+sampling (target_accept={target_accept:g})"
     if progress:
         progress(stage, 0.0)
     state = _interruptible(lambda: init(key, args, y))
-    total, done = warmup + draws, 0
+    total, queued, finished = warmup + draws, 0, 0
     kept: list[Any] = []
-    while done < total:
-        n = min(run.chunk, total - done)
-        state, out = _interruptible(lambda: jax.block_until_ready(advance(state, args, y, jnp.int32(n))))
-        first = max(warmup - done, 0)  # the first kept iteration of this call
-        if first < n:
-            kept.append(jax.tree.map(lambda v: np.asarray(v)[first:n], out))
-        done += n
-        if progress:
-            progress(stage, done / total)
+    pending: deque[tuple[int, int, Any]] = deque()  # calls dispatched, not yet read: (first iteration, n, output)
+    try:
+        while finished < total:
+            while queued < total and len(pending) < AHEAD:  # JAX dispatches a call without waiting for it
+                n = min(run.chunk, total - queued)
+                state, out = advance(state, args, y, jnp.int32(n))
+                pending.append((queued, n, out))
+                queued += n
+            start, n, out = pending[0]
+            out = _interruptible(lambda: jax.block_until_ready(out))
+            pending.popleft()
+            first = max(warmup - start, 0)  # the first kept iteration of this call
+            if first < n:
+                kept.append(jax.tree.map(lambda v: np.asarray(v)[first:n], out))
+            finished += n
+            if progress:
+                progress(stage, finished / total)
+    except BaseException:  # Ctrl-C: the calls still dispatched end before the caller goes on
+        jax.block_until_ready([p[2] for p in pending])
+        raise
     samples, extra = _collect(kept, chains)
     if not np.isfinite(extra["potential_energy"]).all():  # as under MCMC's jit, NumPyro's own check of the start is skipped
         raise RuntimeError("NUTS found no starting point with a finite log density; check the data and priors.")
@@ -803,8 +963,10 @@ def sample(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     statistics: bool | None = None,
+    chain_method: str | None = None,
 ) -> Draws:
-    """Posterior draws of the full model with NUTS, chains vectorized on one device.
+    """Posterior draws of the full model with NUTS, chains in parallel on CPU devices of their own
+    (else vectorized on one device).
 
     Parameters
     ----------
@@ -826,6 +988,12 @@ def sample(
         rather than the rows: the same log density, at a cost per gradient set by the number
         of groups, not of rows.  Default: whenever :func:`uses_statistics` allows (gaussian,
         at most one grouping factor that is not pooled).
+    chain_method
+        ``"parallel"``: each chain on a CPU device of its own, at its own pace, on as many cores
+        (:func:`_chain_devices`); ``"vectorized"``: the chains side by side on one device, each
+        iteration as long as the longest chain's.  Default: parallel where JAX has a CPU device
+        per chain (poolwise asks for max(4, cores) when imported before JAX starts), else
+        vectorized.  The same seed gives the same draws with the same method.
 
     Returns
     -------
@@ -839,8 +1007,8 @@ def sample(
         (``None`` when pooled); else both are ``None``.  ``sample_stats`` with ``diverging``,
         ``acceptance_rate``, ``n_steps``, ``tree_depth``, ``energy`` and ``lp`` (the log
         density, the potential energy negated), each (chain, draw); ``info`` with ``seconds``,
-        the ``target_accept`` finally used, ``divergences`` at each attempt and the number of
-        ``retries``.
+        the ``target_accept`` finally used, ``divergences`` at each attempt, the number of
+        ``retries`` and the ``chain_method``.
 
     Warns
     -----
@@ -854,7 +1022,8 @@ def sample(
 
     Notes
     -----
-    The group effects are non-centered (Betancourt & Girolami, 2015) with an LKJ prior on
+    The group effects are non-centered (Betancourt & Girolami, 2015), or centered where the
+    groups hold much data (:func:`prefers_centered`), with an LKJ prior on
     their correlations (Lewandowski et al., 2009); a fixed Σ conditions the SD sites; a pooled
     factor has no terms.  NUTS is Hoffman & Gelman (2014)'s, as implemented in NumPyro.
 
@@ -873,9 +1042,10 @@ def sample(
     if uy != 1.0 or np.any(ux != 1.0):  # data in very small or large units: sampled in units of 10^k, mapped back
         out = sample(_in_units(bound, uy, ux), seed=seed, chains=chains, draws=draws, warmup=warmup,
                      progress=progress, target_accept=target_accept, max_tree_depth=max_tree_depth,
-                     statistics=statistics)
+                     statistics=statistics, chain_method=chain_method)
         return _draws_times(out, uy, ux)
     t0 = time.perf_counter()
+    devices = _resolve_chain_method(chain_method, chains)
     if progress:
         progress("warmup+sampling", 0.0)  # compiling first, unless compiled before
     allowed = uses_statistics(bound)
@@ -883,7 +1053,7 @@ def sample(
     if suff and not allowed:
         raise ValueError("The likelihood of this model cannot be computed from sufficient statistics.")
     stats = _suff_data(bound) if suff else None
-    centered = suff and prefers_centered(bound, stats)
+    centered = (suff or bound.spec.fam.name in _GLM_VARIANCE) and prefers_centered(bound, stats)
     model = _structural_model(_structure(bound, suff=suff, centered=centered))
     data = _sample_data(bound, suff, stats)
     key = jax.random.PRNGKey(seed)
@@ -894,7 +1064,8 @@ def sample(
     extra: dict[str, np.ndarray] = {}
     for used in schedule:
         samples, extra = _run_once(model, data, key, chains=chains, draws=draws, warmup=warmup,
-                                   target_accept=used, max_tree_depth=max_tree_depth, progress=progress)
+                                   target_accept=used, max_tree_depth=max_tree_depth, progress=progress,
+                                   devices=devices)
         divergences.append(int(extra["diverging"].sum()))
         if divergences[-1] == 0:
             break
@@ -929,6 +1100,7 @@ def sample(
             "target_accept": used,
             "divergences": divergences,
             "retries": len(divergences) - 1,
+            "chain_method": "vectorized" if devices is None else "parallel",
             "max_tree_depth": max_tree_depth,
             "warmup": warmup,
             "likelihood": "sufficient statistics" if suff else "rows",
@@ -937,6 +1109,22 @@ def sample(
         aux={k: samples[k].astype(float) for k in _AUX if k in samples},
         blocks=blocks,
     )
+
+
+def _resolve_chain_method(chain_method: str | None, chains: int) -> tuple[Any, ...] | None:
+    """The devices of :func:`sample`'s ``chain_method``: one per chain, or ``None`` (vectorized)."""
+    if chain_method not in (None, "parallel", "vectorized"):
+        raise ValueError(f'chain_method must be "parallel", "vectorized" or None, not {chain_method!r}.')
+    if chain_method == "vectorized":
+        return None
+    devices = _chain_devices(chains)
+    if chain_method == "parallel" and devices is None and chains > 1:
+        raise ValueError(
+            f"chain_method='parallel' needs a CPU device per chain ({chains}); JAX has "
+            f"{jax.local_device_count()} {jax.default_backend()} device(s). Import poolwise before JAX (it then "
+            "asks for max(4, cores) CPU devices), set XLA_FLAGS=--xla_force_host_platform_device_count="
+            f"{chains} before JAX starts, or use chain_method='vectorized'.")
+    return devices
 
 
 def _power_of_ten(v: float) -> float:
