@@ -75,7 +75,7 @@ FAMILIES = ("bernoulli", "binomial")
 #: acceptance rate the random-walk proposal of θ is tuned to during warmup
 TARGET_ACCEPT = 0.3
 #: the fewest and the most random-walk Metropolis steps on θ per Gibbs sweep (:func:`default_theta_steps`)
-THETA_STEPS = (2, 16)
+THETA_STEPS = (2, 8)
 
 
 def default_theta_steps(n_patterns: int, n_groups: int, q: int) -> int:
@@ -86,7 +86,8 @@ def default_theta_steps(n_patterns: int, n_groups: int, q: int) -> int:
     as 8 steps for 200 groups × 2 terms, and ESS per CPU second peaked there (4 steps: −20 %,
     12: −8 %); on cbpp (56 binomial rows, 15 herds) 2 steps beat 4 and 8 (the slowest quantity is
     a coefficient, not the SD).  So about one step per 1.5 patterns per group term, within
-    :data:`THETA_STEPS`.
+    :data:`THETA_STEPS`; no more than 8: on Contraception (1,547 patterns, 60 districts, one term) ESS
+    per CPU second was 132, 156, 190, 197 and 141 at 1, 2, 4, 8 and 16 steps (one process, loaded machine).
     """
     per = n_patterns / max(1, n_groups * q)
     return int(min(THETA_STEPS[1], max(THETA_STEPS[0], round(per / 1.5))))
