@@ -470,10 +470,8 @@ class _Deviance:
             if k is None:
                 return np.array([self(layout, x) for x in X])
             return np.array([self.with_beta(layout, x, k, c) for x in X])
-        from .infer import sparse
-
         out = np.empty(X.shape[0])
-        step = sparse._batch_chunk(self.st.size if self.gaussian else self.lap.Q)
+        step = (self.fz if self.gaussian else self.lap.fz).pattern.schur.chunk()
         for s in range(0, X.shape[0], step):
             with np.errstate(all="ignore"):
                 try:
