@@ -17,6 +17,13 @@ if "POOLWISE_CACHE_DIR" not in os.environ:
     os.environ["POOLWISE_CACHE_DIR"] = tempfile.mkdtemp(prefix="poolwise-test-cache-")
     atexit.register(shutil.rmtree, os.environ["POOLWISE_CACHE_DIR"], ignore_errors=True)
 
+# `make test` runs two workers on a 2-core machine: NUTS's chains in parallel (a CPU device each, which
+# importing poolwise asks XLA for) would put 8 threads on 2 cores.  Two devices per worker: a 2-chain fit
+# still runs in parallel (tests/infer/test_nuts.py checks it draws as the vectorized chains), 4-chain
+# fits vectorize as a one-core worker should.  A user's (or CI's) XLA_FLAGS count is kept.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
+
 settings.register_profile("repeatable", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
