@@ -94,6 +94,7 @@ def test_cbpp_binomial_matches_glmer() -> None:
     assert d.sigma is None and d.aux == {}
 
 
+@pytest.mark.validate  # make test: tests/test_slopes_families.py checks NUTS against the exact path on sleepstudy
 def test_sleepstudy_varying_slopes_match_lmer() -> None:
     """lme4's lmer(Reaction ~ Days + (Days | Subject)), REML: 251.405 (SE 6.825), 10.467 (1.546);
     SDs 24.741 and 5.922, correlation 0.066, residual SD 25.592.
@@ -197,6 +198,7 @@ def test_student_t_recovers_truth() -> None:
     assert hi < 30  # heavy tails are seen
 
 
+@pytest.mark.validate  # make test: one-factor logistic slopes by Pólya-Gamma against NUTS (tests/infer/test_pg.py)
 def test_bernoulli_varying_slope_recovers_truth() -> None:
     """P(y = 1) = logit⁻¹(−0.5 + x + u_g + v_g x), sd(u) = 1, sd(v) = 0.5, 30 groups × 30 rows."""
     rng = np.random.default_rng(4)
