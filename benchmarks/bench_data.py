@@ -27,6 +27,9 @@ SYNTH_ROWS = 200_000
 SYNTH_GROUPS = 5_000
 LOGISTIC_ROWS = 100_000
 LOGISTIC_GROUPS = 2_000
+#: the small logistic set (issue 15's first target: every sampler at 4×(1000+1000))
+LOGISTIC5K_ROWS = 5_000
+LOGISTIC5K_GROUPS = 200
 #: (rows, groups) of the large sets of the full run, and of ``--quick``
 LARGE_SETS = ((10_000_000, 100_000), (100_000_000, 1_000_000))
 LARGE_SETS_QUICK = ((1_000_000, 10_000),)
@@ -41,6 +44,7 @@ DATASETS = {
     "radon": (RADON_FORMULA, "gaussian"),
     "synthetic": (SYNTH_FORMULA, "gaussian"),
     "logistic": (LOGISTIC_FORMULA, "bernoulli"),
+    "logistic5k": (LOGISTIC_FORMULA, "bernoulli"),
     "sleepstudy": (SLEEP_FORMULA, "gaussian"),
 }
 
@@ -131,6 +135,8 @@ def load(dataset: str, quick: bool, data_path: str | None = None) -> tuple[Any, 
         return poolwise.datasets.sleepstudy(), formula
     if dataset == "logistic":
         return (logistic(n_rows=2_000, n_groups=50) if quick else logistic()), formula
+    if dataset == "logistic5k":
+        return logistic(n_rows=1_000 if quick else LOGISTIC5K_ROWS, n_groups=40 if quick else LOGISTIC5K_GROUPS), formula
     if quick:
         return synthetic(n_rows=5_000, n_groups=100), formula
     return synthetic(), formula

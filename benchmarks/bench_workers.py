@@ -124,7 +124,6 @@ def worker_numpyro(dataset: str, quick: bool, chains: int, draws: int, warmup: i
     import numpyro
     import numpyro.distributions as dist
     import pandas as pd
-    from numpyro.infer import MCMC, NUTS
 
     df, formula = load(dataset, quick)
     outcome = formula.split("~")[0].strip()
@@ -148,22 +147,36 @@ def worker_numpyro(dataset: str, quick: bool, chains: int, draws: int, warmup: i
         with numpyro.plate("obs", X.shape[0]):
             numpyro.sample("y", dist.Normal(X @ beta + b[g], sigma), obs=y)
 
+    return _run_numpyro(model, (X, g, y), ("beta", "sigma", "tau", "b"), rows=len(df), groups=J, chains=chains,
+                        draws=draws, warmup=warmup, chain_method=chain_method)
+
+
+def _run_numpyro(model: Any, args: tuple[Any, Any, Any], keep: tuple[str, ...], *, rows: int, groups: int,
+                 chains: int, draws: int, warmup: int, chain_method: str) -> dict[str, Any]:
+    """Run NUTS on ``model(a, b, y=y)`` timed (``args`` = (a, b, y)), and the row of the result: the
+    minimum bulk ESS over the ``keep`` quantities (``"cor"``: the LKJ factor's correlation) and over ``z``
+    (the non-centered draws), the divergences and the mean number of leapfrog steps."""
+    import jax
+    import numpy as np
+    from numpyro.infer import MCMC, NUTS
+
+    a, b, y = args
     t0 = time.perf_counter()
     mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
                 chain_method=chain_method, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), X, g, y=y, extra_fields=("diverging", "num_steps"))
+    mcmc.run(jax.random.PRNGKey(0), a, b, y=y, extra_fields=("diverging", "num_steps"))
     samples = mcmc.get_samples(group_by_chain=True)
     jax.block_until_ready(samples)
     wall = time.perf_counter() - t0
     import arviz as az
 
     s = {k: np.asarray(v) for k, v in samples.items()}
-    post = {"beta": s["beta"], "sigma": s["sigma"], "tau": s["tau"], "b": s["b"]}
+    post = {k: (s["L"][..., 1, 0] if k == "cor" else s[k]) for k in keep if k in s or k == "cor"}
     min_ess, at = _min_bulk_ess(az.from_dict(posterior=post).posterior)
     min_ess_z, _ = _min_bulk_ess(az.from_dict(posterior={"z": s["z"]}).posterior)
     extra = mcmc.get_extra_fields(group_by_chain=True)
     return {
-        "rows": len(df), "groups": J, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
+        "rows": rows, "groups": groups, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
         "min_ess_z": min_ess_z, "dtype": str(s["beta"].dtype),
         "divergences": int(np.asarray(extra["diverging"]).sum()),
         "mean_steps": float(np.asarray(extra["num_steps"]).mean()),
@@ -196,10 +209,8 @@ def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, wa
     chain_method = _numpyro_best_cpu(chains)
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import numpyro
     import numpyro.distributions as dist
-    from numpyro.infer import MCMC, NUTS
 
     a = _slopes_arrays(dataset, quick)
     J = a["J"]
@@ -224,29 +235,8 @@ def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, wa
             with numpyro.plate("obs", x.shape[0]):
                 numpyro.sample("y", dist.BernoulliLogits(eta), obs=y)
 
-    t0 = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=draws, num_chains=chains,
-                chain_method=chain_method, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), x, g, y=y, extra_fields=("diverging", "num_steps"))
-    samples = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(samples)
-    wall = time.perf_counter() - t0
-    import arviz as az
-
-    s = {k: np.asarray(v) for k, v in samples.items()}
-    post = {"beta": s["beta"], "sds": s["sds"], "cor": s["L"][..., 1, 0], "u": s["u"]}
-    if "sigma" in s:
-        post["sigma"] = s["sigma"]
-    min_ess, at = _min_bulk_ess(az.from_dict(posterior=post).posterior)
-    min_ess_z, _ = _min_bulk_ess(az.from_dict(posterior={"z": s["z"]}).posterior)
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    return {
-        "rows": a["rows"], "groups": J, "wall_s": wall, "min_ess": min_ess, "min_ess_at": at,
-        "min_ess_z": min_ess_z, "dtype": str(s["beta"].dtype),
-        "divergences": int(np.asarray(extra["diverging"]).sum()),
-        "mean_steps": float(np.asarray(extra["num_steps"]).mean()),
-        "chains": chains, "draws": draws, "warmup": warmup, "chain_method": chain_method, **_jax_device(),
-    }
+    return _run_numpyro(model, (x, g, y), ("beta", "sds", "cor", "u", "sigma"), rows=a["rows"], groups=J,
+                        chains=chains, draws=draws, warmup=warmup, chain_method=chain_method)
 
 
 def _intercept_arrays(dataset: str, quick: bool, data_path: str | None = None) -> dict[str, Any]:

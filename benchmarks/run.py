@@ -113,8 +113,8 @@ GLMM_LME4_MODELS = {
     "grouseticks_centred": ("grouseticks (centred HEIGHT)", 11, 1, False),
 }
 #: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
-PYMC_DATASETS = ("radon", "synthetic", "logistic", "sleepstudy")
-BAMBI_DATASETS = ("radon", "synthetic", "sleepstudy")
+PYMC_DATASETS = ("radon", "synthetic", "logistic", "logistic5k", "sleepstudy")
+BAMBI_DATASETS = ("radon", "synthetic", "logistic5k", "sleepstudy")
 QUICK_OTHER_DATASETS = ("radon",)
 
 Log = Callable[[str], None]
@@ -358,14 +358,16 @@ def other_timeout(args: argparse.Namespace, dataset: str) -> float:
 
 
 def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
-                 notes: list[str], log: Log) -> None:
-    """poolwise nuts and plain NumPyro on the 100,000-row logistic set, same settings."""
-    ds = "logistic"
-    nw, nd = other_settings(args, ds, quick, 1000, 1000)
+                 notes: list[str], log: Log, ds: str = "logistic") -> None:
+    """poolwise exact (its default there), poolwise nuts and plain NumPyro on a logistic set: the
+    100,000-row one (NUTS at ``--logistic``'s shortened settings) or ``logistic5k`` (everything at
+    4×(1000+1000))."""
+    big = ds == "logistic"
+    nw, nd = other_settings(args, ds, quick, 1000, 1000) if big else ((100, 100) if quick else (1000, 1000))
     settings = f"{chains}×({nw}+{nd})"
     pri = slopes_priors(ds, quick)
-    timeout = args.logistic_timeout
-    if not quick and (nw, nd) != (1000, 1000):
+    timeout = args.logistic_timeout if big else args.numpyro_timeout
+    if big and not quick and (nw, nd) != (1000, 1000):
         notes.append(
             f"Every sampler on the logistic set ran at {settings}, not 4×(1000+1000): each gradient is a pass "
             f"over all 100,000 rows and NUTS takes up to hundreds per iteration, so the full run would "
@@ -374,8 +376,8 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
 
     def add(tool: str, r: dict[str, Any], baseline: bool = False) -> None:
         if "error" in r and r.get("timed_out"):
-            notes.append(f"{tool} on the logistic set did not finish {settings} within {timeout:.0f} s and was "
-                         f"stopped (`--logistic-timeout`); it has no ESS/s.")
+            notes.append(f"{tool} on the {ds} set did not finish {settings} within {timeout:.0f} s and was "
+                         f"stopped; it has no ESS/s.")
         rows.append({"dataset": ds, "tool": tool, "settings": settings, "baseline": baseline, **r})
         log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
 
@@ -466,31 +468,10 @@ def run_reml_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, An
     """Warm REML on one grouping factor, lme4 in the same run: ``lmer`` (R) and ``pw.fit(...,
     method="empirical")`` on the same CSV, each the fastest of many warm fits in one process (the
     crossed rows' workers)."""
-    notes = task_notes.setdefault("reml_lme4", [])
-    have_r, why = ensure_lme4(install=not args.no_install_r)
-    if not have_r:
-        notes.append(f"REML against lme4: the lme4 rows were not run: lme4 is not available ({why}); on Debian "
-                     f"`apt-get install r-cran-lme4` (the task tries it itself unless `--no-install-r`).")
-        log(f"reml_lme4: no lme4 ({why}); poolwise rows only")
-    for key, (label, r_rep, p_rep) in REML_LME4_MODELS.items():
-        if quick:
-            r_rep, p_rep = 3, 2
-        model = LME4_MODELS[key]
-        csv = export_lme4(model.data, quick)
-        base = {"dataset": label, "task": "reml_lme4", "crossed_model": key, "formula": model.pw_formula}
-        if have_r:
-            r = spawn("lme4", model=key, csv=csv, repeats=r_rep, timeout=args.crossed_timeout)
-            rows.append({**base, "tool": "lme4 lmer REML", "crossed_tool": "lme4",
-                         "settings": f"min of {r_rep - 1} warm fits", **r})
-            log(f"{label}: lme4 {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
-            if "error" in r:
-                notes.append(f"REML against lme4: lme4 on {label} failed ({r['error']}; log in the details).")
-        r = spawn("crossed_fit", model=key, csv=csv, method="empirical", repeats=p_rep, timeout=args.crossed_timeout)
-        rows.append({**base, "tool": "poolwise empirical (REML)", "crossed_tool": "empirical",
-                     "settings": f"min of {p_rep} warm fits", **r})
-        log(f"{label}: poolwise REML {json.dumps(r)[:1500]}")
-        if "error" in r:
-            notes.append(f"REML against lme4: poolwise on {label} failed ({r['error']}; log in the details).")
+    models = {k: (label, r_rep, p_rep, False) for k, (label, r_rep, p_rep) in REML_LME4_MODELS.items()}
+    _run_against_lme4(args, quick, rows, task_notes.setdefault("reml_lme4", []), log, "reml_lme4", models,
+                      what="REML against lme4", r_tool="lme4 lmer REML", method="empirical",
+                      quick_reps=(3, 2), pw_settings="min of {} warm fits")
 
 
 def run_glmm_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]],
@@ -498,31 +479,43 @@ def run_glmm_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, An
     """Binary and count outcomes against glmer in the same run: ``glmer`` (R, Laplace) and poolwise's
     default method (``pw.fit(formula, df, family=..., seed=0)``, 4×1000 draws) on the same CSV, warm (the
     fastest of several fits in one process, after a first), and cbpp's CLI fit in a fresh process."""
-    notes = task_notes.setdefault("glmm_lme4", [])
+    _run_against_lme4(args, quick, rows, task_notes.setdefault("glmm_lme4", []), log, "glmm_lme4",
+                      GLMM_LME4_MODELS, what="GLMMs against glmer", r_tool="lme4 glmer (Laplace)",
+                      method="default", quick_reps=(3, 1), pw_settings="4×1000, min of {} warm fits")
+
+
+def _run_against_lme4(args: argparse.Namespace, quick: bool, rows: list[dict[str, Any]], notes: list[str],
+                      log: Log, task: str, models: dict[str, tuple[str, int, int, bool]], *, what: str,
+                      r_tool: str, method: str, quick_reps: tuple[int, int], pw_settings: str) -> None:
+    """lme4 (when R has it) and poolwise's ``method`` on each model's CSV, same run: ``models`` maps a
+    model key (``bench_lme4.MODELS``) to (label, lme4 fits in its R process, warm poolwise fits, whether
+    the CLI's cold fit is timed too)."""
     have_r, why = ensure_lme4(install=not args.no_install_r)
     if not have_r:
-        notes.append(f"GLMMs against glmer: the lme4 rows were not run: lme4 is not available ({why}).")
-        log(f"glmm_lme4: no lme4 ({why}); poolwise rows only")
-    for key, (label, r_rep, p_rep, cold) in GLMM_LME4_MODELS.items():
+        notes.append(f"{what}: the lme4 rows were not run: lme4 is not available ({why}); on Debian "
+                     f"`apt-get install r-cran-lme4` (the task tries it itself unless `--no-install-r`).")
+        log(f"{task}: no lme4 ({why}); poolwise rows only")
+    for key, (label, r_rep, p_rep, cold) in models.items():
         if quick:
-            r_rep, p_rep = 3, 1
+            r_rep, p_rep = quick_reps
         model = LME4_MODELS[key]
         csv = export_lme4(model.data, quick)
-        base = {"dataset": label, "task": "glmm_lme4", "crossed_model": key, "formula": model.pw_formula}
+        base = {"dataset": label, "task": task, "crossed_model": key, "formula": model.pw_formula}
         if have_r:
             r = spawn("lme4", model=key, csv=csv, repeats=r_rep, timeout=args.crossed_timeout)
-            rows.append({**base, "tool": "lme4 glmer (Laplace)", "crossed_tool": "lme4",
+            rows.append({**base, "tool": r_tool, "crossed_tool": "lme4",
                          "settings": f"min of {r_rep - 1} warm fits", **r})
-            log(f"{label}: glmer {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
+            log(f"{label}: lme4 {json.dumps({k: v for k, v in r.items() if 'code' not in k})[:1500]}")
             if "error" in r:
-                notes.append(f"GLMMs against glmer: glmer on {label} failed ({r['error']}; log in the details).")
-        r = spawn("crossed_fit", model=key, csv=csv, method="default", repeats=p_rep, cold_cli=cold,
-                  timeout=args.crossed_timeout)
-        rows.append({**base, "tool": f"poolwise default ({r.get('method', '?')})", "crossed_tool": "default",
-                     "settings": f"4×1000, min of {p_rep} warm fits", **r})
-        log(f"{label}: poolwise default {json.dumps(r)[:1500]}")
+                notes.append(f"{what}: lme4 on {label} failed ({r['error']}; log in the details).")
+        extra = {"cold_cli": True} if cold else {}
+        r = spawn("crossed_fit", model=key, csv=csv, method=method, repeats=p_rep, timeout=args.crossed_timeout,
+                  **extra)
+        tool = "poolwise empirical (REML)" if method == "empirical" else f"poolwise default ({r.get('method', '?')})"
+        rows.append({**base, "tool": tool, "crossed_tool": method, "settings": pw_settings.format(p_rep), **r})
+        log(f"{label}: poolwise {method} {json.dumps(r)[:1500]}")
         if "error" in r:
-            notes.append(f"GLMMs against glmer: poolwise on {label} failed ({r['error']}; log in the details).")
+            notes.append(f"{what}: poolwise on {label} failed ({r['error']}; log in the details).")
 
 
 def run_laplace(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
@@ -1040,8 +1033,9 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in ("radon", "synthetic"):
         if dataset in only:
             run_intercept(args, dataset, quick, chains, draws, warmup, rows, notes, log)
-    if "logistic" in only:
-        run_logistic(args, quick, chains, rows, notes, log)
+    for dataset in ("logistic", "logistic5k"):
+        if dataset in only:
+            run_logistic(args, quick, chains, rows, notes, log, ds=dataset)
     if "sleepstudy" in only:
         run_sleepstudy(args, quick, chains, draws, warmup, rows, notes, log)
     if "path" in only:
