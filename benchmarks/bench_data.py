@@ -20,6 +20,8 @@ RADON_FORMULA = "log_radon ~ floor + (1 | county)"
 SYNTH_FORMULA = "y ~ x1 + x2 + (1 | g)"
 SLEEP_FORMULA = "Reaction ~ Days + (Days | Subject)"
 LOGISTIC_FORMULA = "y ~ x + (1 + x | g)"
+#: counts over an exposure: the offset is the log exposure
+POISSON_FORMULA = "y ~ x + offset(log_t) + (1 + x | g)"
 #: the large Parquet sets: the synthetic model, integer group ids
 LARGE_FORMULA = SYNTH_FORMULA
 
@@ -27,6 +29,8 @@ SYNTH_ROWS = 200_000
 SYNTH_GROUPS = 5_000
 LOGISTIC_ROWS = 100_000
 LOGISTIC_GROUPS = 2_000
+POISSON_ROWS = 100_000
+POISSON_GROUPS = 2_000
 #: the small logistic set (issue 15's first target: every sampler at 4×(1000+1000))
 LOGISTIC5K_ROWS = 5_000
 LOGISTIC5K_GROUPS = 200
@@ -45,6 +49,7 @@ DATASETS = {
     "synthetic": (SYNTH_FORMULA, "gaussian"),
     "logistic": (LOGISTIC_FORMULA, "bernoulli"),
     "logistic5k": (LOGISTIC_FORMULA, "bernoulli"),
+    "poisson": (POISSON_FORMULA, "poisson"),
     "sleepstudy": (SLEEP_FORMULA, "gaussian"),
 }
 
@@ -114,6 +119,28 @@ def logistic(n_rows: int = LOGISTIC_ROWS, n_groups: int = LOGISTIC_GROUPS, seed:
     return pd.DataFrame({"y": y, "x": x, "g": np.char.add("g", g.astype(str))})
 
 
+def poisson_counts(n_rows: int = POISSON_ROWS, n_groups: int = POISSON_GROUPS, seed: int = 20240604) -> Any:
+    """``y ~ Poisson(t · exp(0.3 + 0.5 x + a_g + b_g x))`` with correlated ``(a_g, b_g)``, exposure t.
+
+    ``(a_g, b_g) ~ N(0, Σ)``, SDs 0.5 and 0.3, correlation 0.3; ``x ~ N(0, 1)``; exposure
+    ``t ~ Uniform(0.5, 2)``, given as ``log_t``.  Group sizes lognormal (σ = 1), as the logistic set's.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    sizes = group_sizes(rng, n_rows, n_groups, sigma=1.0)
+    g = np.repeat(np.arange(n_groups), sizes)
+    rng.shuffle(g)
+    sd, rho = np.array([0.5, 0.3]), 0.3
+    chol = np.linalg.cholesky(np.array([[1.0, rho], [rho, 1.0]]))
+    ab = (rng.normal(size=(n_groups, 2)) @ chol.T) * sd
+    x = rng.normal(size=n_rows)
+    log_t = np.log(rng.uniform(0.5, 2.0, size=n_rows))
+    y = rng.poisson(np.exp(0.3 + 0.5 * x + ab[g, 0] + ab[g, 1] * x + log_t))
+    return pd.DataFrame({"y": y.astype(np.int64), "x": x, "log_t": log_t, "g": np.char.add("g", g.astype(str))})
+
+
 def load(dataset: str, quick: bool, data_path: str | None = None) -> tuple[Any, str]:
     """The data frame and formula of a data set (see :data:`DATASETS`).
 
@@ -135,6 +162,8 @@ def load(dataset: str, quick: bool, data_path: str | None = None) -> tuple[Any, 
         return poolwise.datasets.sleepstudy(), formula
     if dataset == "logistic":
         return (logistic(n_rows=2_000, n_groups=50) if quick else logistic()), formula
+    if dataset == "poisson":
+        return (poisson_counts(n_rows=2_000, n_groups=50) if quick else poisson_counts()), formula
     if dataset == "logistic5k":
         return logistic(n_rows=1_000 if quick else LOGISTIC5K_ROWS, n_groups=40 if quick else LOGISTIC5K_GROUPS), formula
     if quick:

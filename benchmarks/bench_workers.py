@@ -9,6 +9,7 @@ they read the data sets from the Parquet files the parent exports).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -60,8 +61,9 @@ def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: 
 
     df, formula = load(dataset, quick)
     out: dict[str, Any] = {"rows": len(df)}
-    kw: dict[str, Any] = dict(family=DATASETS[dataset][1], method=method, seed=0, chains=chains, draws=draws,
-                              warmup=warmup)
+    kw: dict[str, Any] = dict(family=DATASETS[dataset][1], seed=0, chains=chains, draws=draws, warmup=warmup)
+    if method != "default":  # "default": the method poolwise chooses (reported as "method")
+        kw["method"] = method
     if timed and warm:
         t0 = time.perf_counter()
         first = pw.fit(formula, df, **kw)
@@ -78,10 +80,11 @@ def worker_poolwise(dataset: str, method: str, quick: bool, chains: int, draws: 
         out["times_s"] = times
     out["groups"] = int(np.asarray(f.bound.n_groups).ravel()[0])
     out["sampler_s"] = float(f.draws.info.get("seconds", float("nan")))
+    out["method"] = f.method
     if timed:
         out["min_ess"], out["min_ess_at"] = _min_bulk_ess(f.idata.posterior)
         out["eager_pointwise"] = bool(f.eager_pointwise)
-        if method == "exact":
+        if f.method == "exact":
             out["acceptance_rate"] = f.draws.info.get("acceptance_rate")
         else:
             out["divergences"] = f.draws.info.get("divergences")
@@ -194,8 +197,10 @@ def _slopes_arrays(dataset: str, quick: bool, data_path: str | None = None) -> d
     x_name = formula.split("~")[1].split("+")[0].strip()
     group = formula.split("|")[1].strip(" )")
     codes, levels = pd.factorize(df[group], sort=True)
+    off = re.search(r"offset\((\w+)\)", formula)
     return {"y": df[outcome].to_numpy(dtype=float), "x": df[x_name].to_numpy(dtype=float),
-            "g": codes.astype(np.int64), "J": len(levels), "rows": len(df)}
+            "g": codes.astype(np.int64), "J": len(levels), "rows": len(df),
+            "offset": df[off.group(1)].to_numpy(dtype=float) if off else np.zeros(len(df))}
 
 
 def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
@@ -203,7 +208,7 @@ def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, wa
     """Plain NumPyro NUTS for ``y ~ x + (1 + x | g)`` with correlated (intercept, slope).
 
     Non-centered: ``s_k ~ half-t``, ``L ~ LKJCholesky(2, η)``, ``z_j ~ N(0, I)``,
-    ``u_j = diag(s) L z_j``; gaussian or bernoulli (logit) likelihood.  JAX defaults (float32), chains in
+    ``u_j = diag(s) L z_j``; gaussian, bernoulli (logit) or poisson (log, with the offset) likelihood.  JAX defaults (float32), chains in
     parallel on one virtual CPU device each (:func:`_numpyro_best_cpu`).
     """
     chain_method = _numpyro_best_cpu(chains)
@@ -214,7 +219,7 @@ def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, wa
 
     a = _slopes_arrays(dataset, quick)
     J = a["J"]
-    y, x, g = jnp.asarray(a["y"]), jnp.asarray(a["x"]), jnp.asarray(a["g"])
+    y, x, g, off = jnp.asarray(a["y"]), jnp.asarray(a["x"]), jnp.asarray(a["g"]), jnp.asarray(a["offset"])
     m0, s0 = jnp.asarray(priors["m0"]), jnp.asarray(priors["s0"])
     sd_df, sd_scale = jnp.asarray(priors["sd_df"]), jnp.asarray(priors["sd_scale"])
     family = DATASETS[dataset][1]
@@ -231,6 +236,9 @@ def worker_numpyro_slopes(dataset: str, quick: bool, chains: int, draws: int, wa
             sigma = numpyro.sample("sigma", dist.Exponential(priors["sigma_rate"]))
             with numpyro.plate("obs", x.shape[0]):
                 numpyro.sample("y", dist.Normal(eta, sigma), obs=y)
+        elif family == "poisson":
+            with numpyro.plate("obs", x.shape[0]):
+                numpyro.sample("y", dist.Poisson(jnp.exp(eta + off)), obs=y)
         else:
             with numpyro.plate("obs", x.shape[0]):
                 numpyro.sample("y", dist.BernoulliLogits(eta), obs=y)
@@ -289,7 +297,7 @@ def worker_pymc(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
             z = pm.Normal("z", 0.0, 1.0, shape=(J, 2))
             u = pm.Deterministic("u", z @ chol.T)
             x = a["x"]
-            eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x
+            eta = beta[0] + beta[1] * x + u[g, 0] + u[g, 1] * x + a["offset"]
         else:
             X = a["X"]
             beta = pm.Normal("beta", mu=np.asarray(priors["m0"]), sigma=np.asarray(priors["s0"]), shape=X.shape[1])
@@ -300,6 +308,8 @@ def worker_pymc(dataset: str, quick: bool, chains: int, draws: int, warmup: int,
         if family == "gaussian":
             sigma = pm.Exponential("sigma", lam=priors["sigma_rate"])
             pm.Normal("y", mu=eta, sigma=sigma, observed=a["y"])
+        elif family == "poisson":
+            pm.Poisson("y", mu=pm.math.exp(eta), observed=a["y"])
         else:
             pm.Bernoulli("y", logit_p=eta, observed=a["y"])
     out: dict[str, Any] = {"sampler": sampler}

@@ -113,7 +113,9 @@ GLMM_LME4_MODELS = {
     "grouseticks_centred": ("grouseticks (centred HEIGHT)", 11, 1, False),
 }
 #: data sets of the PyMC and Bambi rows (``--quick``: radon only; compiling each model takes 20–60 s)
-PYMC_DATASETS = ("radon", "synthetic", "logistic", "logistic5k", "sleepstudy")
+PYMC_DATASETS = ("radon", "synthetic", "logistic", "logistic5k", "poisson", "sleepstudy")
+#: the 100,000-row GLMM sets: every sampler at ``--logistic``'s settings, each row stopped after ``--logistic-timeout``
+BIG_GLMM_SETS = ("logistic", "poisson")
 BAMBI_DATASETS = ("radon", "synthetic", "logistic5k", "sleepstudy")
 QUICK_OTHER_DATASETS = ("radon",)
 
@@ -343,33 +345,33 @@ def other_settings(args: argparse.Namespace, dataset: str, quick: bool, warmup: 
     """(warmup, draws) per chain of the non-poolwise samplers on a data set: the full settings, except
     on the synthetic and logistic sets (``--numpyro-synthetic``, ``--logistic``) and in ``--quick``."""
     if quick:
-        return (50, 50) if dataset == "logistic" else (warmup, draws)
+        return (50, 50) if dataset in BIG_GLMM_SETS else (warmup, draws)
     if dataset == "synthetic":
         w, d = (int(v) for v in args.numpyro_synthetic.split("+"))
         return w, d
-    if dataset == "logistic":
+    if dataset in BIG_GLMM_SETS:
         w, d = (int(v) for v in args.logistic.split("+"))
         return w, d
     return warmup, draws
 
 
 def other_timeout(args: argparse.Namespace, dataset: str) -> float:
-    return args.logistic_timeout if dataset == "logistic" else args.numpyro_timeout
+    return args.logistic_timeout if dataset in BIG_GLMM_SETS else args.numpyro_timeout
 
 
 def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[dict[str, Any]],
                  notes: list[str], log: Log, ds: str = "logistic") -> None:
-    """poolwise exact (its default there), poolwise nuts and plain NumPyro on a logistic set: the
-    100,000-row one (NUTS at ``--logistic``'s shortened settings) or ``logistic5k`` (everything at
+    """poolwise's default method, poolwise nuts and plain NumPyro on a GLMM set: the 100,000-row logistic
+    or poisson one (NUTS at ``--logistic``'s shortened settings) or ``logistic5k`` (everything at
     4×(1000+1000))."""
-    big = ds == "logistic"
+    big = ds in BIG_GLMM_SETS
     nw, nd = other_settings(args, ds, quick, 1000, 1000) if big else ((100, 100) if quick else (1000, 1000))
     settings = f"{chains}×({nw}+{nd})"
     pri = slopes_priors(ds, quick)
     timeout = args.logistic_timeout if big else args.numpyro_timeout
     if big and not quick and (nw, nd) != (1000, 1000):
         notes.append(
-            f"Every sampler on the logistic set ran at {settings}, not 4×(1000+1000): each gradient is a pass "
+            f"Every sampler on the {ds} set ran at {settings}, not 4×(1000+1000): each gradient is a pass "
             f"over all 100,000 rows and NUTS takes up to hundreds per iteration, so the full run would "
             f"take far longer than this benchmark's budget on this machine. ESS/s is as measured at these "
             f"settings; nothing is extrapolated. Short warmup means less adaptation, for every sampler alike.")
@@ -381,12 +383,14 @@ def run_logistic(args: argparse.Namespace, quick: bool, chains: int, rows: list[
         rows.append({"dataset": ds, "tool": tool, "settings": settings, "baseline": baseline, **r})
         log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
 
-    # poolwise's default there, exact (Pólya-Gamma Gibbs, no compilation), at the full settings
+    # poolwise's default there (bernoulli: exact, Pólya-Gamma Gibbs, no compilation), at the full settings
     pw_w, pw_d = (50, 50) if quick else (1000, 1000)
-    r = spawn("poolwise", dataset=ds, method="exact", quick=quick, chains=chains, draws=pw_d, warmup=pw_w,
+    r = spawn("poolwise", dataset=ds, method="default", quick=quick, chains=chains, draws=pw_d, warmup=pw_w,
               timed=True, warm=False, timeout=timeout)
-    rows.append({"dataset": ds, "tool": "poolwise exact (Pólya-Gamma)", "settings": f"{chains}×({pw_w}+{pw_d})", **r})
-    log(f"{ds}: poolwise exact (Pólya-Gamma) {json.dumps(r)[:2000]}")
+    tool = ("poolwise exact (Pólya-Gamma)" if DATASETS[ds][1] == "bernoulli"
+            else f"poolwise default ({r.get('method', '?')})")
+    rows.append({"dataset": ds, "tool": tool, "settings": f"{chains}×({pw_w}+{pw_d})", **r})
+    log(f"{ds}: {tool} {json.dumps(r)[:2000]}")
     if quick:
         add("poolwise nuts (float64)", spawn("poolwise", dataset=ds, method="nuts", quick=quick, chains=chains,
                                              draws=nd, warmup=nw, timed=True, warm=False, timeout=timeout))
@@ -1033,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in ("radon", "synthetic"):
         if dataset in only:
             run_intercept(args, dataset, quick, chains, draws, warmup, rows, notes, log)
-    for dataset in ("logistic", "logistic5k"):
+    for dataset in ("logistic", "logistic5k", "poisson"):
         if dataset in only:
             run_logistic(args, quick, chains, rows, notes, log, ds=dataset)
     if "sleepstudy" in only:
