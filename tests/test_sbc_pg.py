@@ -1,6 +1,6 @@
 """Simulation-based calibration of the exact path of bernoulli and binomial models (Pólya-Gamma
-Gibbs, ``infer.pg.sample``): a small run of ``validation/sbc.py`` in ``make test``, a long one
-under ``validate``.
+Gibbs, ``infer.pg.sample``, and ``infer.pg_multi`` for crossed factors): a small run of
+``validation/sbc.py`` in ``make test``, a long one under ``validate``.
 
 ``y ~ x + (1 | g)`` on 8 groups of 3 to 15 rows (binomial rows: 1 to 10 trials), one chain per
 replication thinned to L draws by its ESS (another chain while the ESS is below L).  Each of the
@@ -64,3 +64,29 @@ def test_uniformity_check_flags_a_wrong_group_sd_prior() -> None:
 def test_sbc_refuses_a_family_the_sampler_does_not_fit() -> None:
     with pytest.raises(ValueError, match="family"):
         run_sbc_nuts("poisson", 5, method="exact")
+
+
+def _check_crossed(reps: int, L: int, bins: int, seed: int) -> None:
+    """Binomial rows on the unbalanced crossed design of ``validation.sbc.crossed_design`` (12 × 8 levels,
+    30 % empty cells), ``y | trials(n) ~ x + (1 | a) + (1 | b)``: the several-factor sampler
+    (``infer.pg_multi``), two chains per replication thinned by 3 (ESS per sweep ≈ 0.3–0.5)."""
+    from validation.sbc import run_sbc_crossed
+
+    info: dict[str, list] = {}
+    ranks = run_sbc_crossed(reps, seed, variant="binomial", chains=2, draws_per_fit=L, thin=3, warmup=150, info=info)
+    assert set(info["method"]) == {"exact"}
+    p = uniformity_pvalues(ranks, L, bins)
+    print("crossed binomial", {k: round(v, 4) for k, v in p.items()},
+          f"median {np.median(info['seconds']):.2f} s per replication")
+    assert failing(p, ALPHA) == [], f"non-uniform SBC ranks (crossed binomial): {p}"
+
+
+def test_crossed_binomial_is_calibrated_short() -> None:
+    """24 replications, ranks among 39 draws in 4 bins."""
+    _check_crossed(24, 39, 4, seed=31)
+
+
+@pytest.mark.validate
+def test_crossed_binomial_is_calibrated() -> None:
+    """200 replications, ranks among 99 draws in 10 bins."""
+    _check_crossed(200, 99, 10, seed=32)

@@ -367,6 +367,10 @@ CROSSED_VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
         "Intercept": "normal(0, 1)", "x": "normal(0, 1)", "sigma": "exponential(1)",
         "sd(Intercept|a)": "half_normal(1)", "sd(x|a)": "half_normal(0.5)", "sd(Intercept|b)": "half_normal(1)",
         "cor(a)": "lkj(2)"}),
+    # binomial outcomes (1 to 6 trials a row): the exact path is Pólya-Gamma Gibbs (poolwise.infer.pg_multi)
+    "binomial": ("y | trials(n) ~ x + (1 | a) + (1 | b)", {
+        "Intercept": "normal(0, 1)", "x": "normal(0, 1)",
+        "sd(Intercept|a)": "half_normal(1)", "sd(Intercept|b)": "half_normal(1)"}),
 }
 #: the crossed design: levels of a and b, the share of empty (a, b) cells, rows per non-empty cell
 CROSSED_LEVELS = (12, 8)
@@ -418,8 +422,12 @@ def run_sbc_crossed(
     design_seed: int = 20180417,
     progress: Callable[[int, int], None] | None = None,
     info: dict[str, list[Any]] | None = None,
+    thin: int = 1,
+    warmup: int = 200,
 ) -> dict[str, np.ndarray]:
-    """SBC ranks of the exact path with two crossed grouping factors (:mod:`poolwise.infer.sparse`).
+    """SBC ranks of the exact path with two crossed grouping factors (:mod:`poolwise.infer.sparse`;
+    the ``"binomial"`` variant: :mod:`poolwise.infer.pg_multi`, whose Gibbs draws are thinned by
+    ``thin`` after ``warmup`` sweeps).
 
     ``variant`` picks the model of :data:`CROSSED_VARIANTS`: ``"intercepts"``, y ~ x + (1 | a) +
     (1 | b); ``"slopes"``, y ~ x + (1 + x | a) + (1 | b) with the intercept and slope of a
@@ -450,6 +458,7 @@ def run_sbc_crossed(
     formula, sim = CROSSED_VARIANTS[variant]
     priors = dict(fit_priors) if fit_priors is not None else dict(sim)
     slopes = variant == "slopes"
+    binomial = variant == "binomial"
     design = crossed_design(design_seed)
     ia, ib = design["ia"].to_numpy(), design["ib"].to_numpy()
     x = design["x"].to_numpy()
@@ -469,6 +478,8 @@ def run_sbc_crossed(
     ranks = {n: np.empty(reps, dtype=np.int64) for n in names + list(ctrl)}
     per_chain = -(-(draws_per_fit + 1) // chains)
     table = design[["a", "b", "x"]]
+    if binomial:  # trials per row, fixed with the design
+        table = table.assign(n=np.random.default_rng(design_seed).integers(1, 7, size=x.size))
     children = np.random.SeedSequence(seed).spawn(reps)
     for r, child in enumerate(children):
         t0 = time.perf_counter()
@@ -482,19 +493,28 @@ def run_sbc_crossed(
             L = np.eye(1)
         ua = (rng.standard_normal((n_a, sd_a.size)) @ L.T) * sd_a  # rows ~ N(0, diag(s) R diag(s))
         ub = rng.normal(0.0, truth["sd(Intercept|b)"], size=n_b)
-        y = (truth["Intercept"] + truth["x"] * x + ua[ia, 0] + ub[ib]
-             + (ua[ia, 1] * x if slopes else 0.0) + truth["sigma"] * rng.standard_normal(x.size))
+        eta = truth["Intercept"] + truth["x"] * x + ua[ia, 0] + ub[ib] + (ua[ia, 1] * x if slopes else 0.0)
+        if binomial:
+            y = rng.binomial(table["n"].to_numpy(), 1.0 / (1.0 + np.exp(-eta)))
+            opts: dict[str, Any] = {"family": "binomial", "warmup": warmup}
+        else:
+            y = eta + truth["sigma"] * rng.standard_normal(x.size)
+            opts = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fit = pw.fit(formula, table.assign(y=y), priors=priors, method="exact", chains=chains, draws=per_chain,
-                         seed=int(rng.integers(2**31)))
-        post = {k: fit.param(k).reshape(-1)[:draws_per_fit] for k in scalars}
+            fit = pw.fit(formula, table.assign(y=y), priors=priors, method="exact", chains=chains,
+                         draws=per_chain * thin, seed=int(rng.integers(2**31)), **opts)
+
+        def kept(a: np.ndarray) -> np.ndarray:
+            return a[:, ::thin].reshape(-1)[:draws_per_fit]
+
+        post = {k: kept(fit.param(k)) for k in scalars}
         for var, j, k, name in tracked:
             i = [blk.factor for blk in fit.bound.blocks].index(var[-1])
             blk, v = fit.bound.blocks[i], fit.block_draws[i].values
             assert v is not None
             label = (lab_a if var.endswith("a") else lab_b)[j]
-            post[name] = v[..., list(map(str, blk.levels)).index(label), k].reshape(-1)[:draws_per_fit]
+            post[name] = kept(v[..., list(map(str, blk.levels)).index(label), k])
             truth[name] = float((ua if var.endswith("a") else ub[:, None])[j, k])
         for name in names:
             d = post[name] if perturb is None else perturb(name, post[name])

@@ -153,8 +153,20 @@ def run(
     _check_supported(bound, method)
     if method == "exact":
         if not bound.spec.fam.exact:  # bernoulli / binomial: Pólya-Gamma Gibbs (pg refuses the rest)
-            from . import pg
+            from . import pg, pg_multi
 
+            if len(bound.blocks) > 1 and pg_multi.unsupported_bound(bound) is None:
+                big = pg_multi.too_large(bound)
+                if big is None:
+                    return pg_multi.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
+                                           progress=progress, **options)
+                from . import nuts
+
+                result = nuts.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup,
+                                     progress=progress, **{k: v for k, v in options.items()
+                                                           if k not in ("theta_steps", "merge")})
+                note = f"method='exact' fitted this model with NUTS (also exact, and faster here): {big}."
+                return replace(result, info={**result.info, "note": note})
             return pg.sample(bound, seed=seed, chains=chains, draws=draws, warmup=warmup, progress=progress,
                              **options)
         from . import exact
@@ -210,13 +222,14 @@ def run(
 
 def default_method(spec: ModelSpec) -> str:
     """The method a fit uses when none is given: ``"exact"`` for gaussian models and for
-    bernoulli and binomial models of at most one grouping factor (Pólya-Gamma Gibbs,
-    :mod:`poolwise.infer.pg`), else ``"nuts"``."""
+    bernoulli and binomial models (Pólya-Gamma Gibbs: :mod:`poolwise.infer.pg` for one grouping
+    factor, :mod:`poolwise.infer.pg_multi` for several, which hands designs too large for it to
+    NUTS with a note), else ``"nuts"``."""
     if spec.fam.exact:
         return "exact"
-    from . import pg
+    from . import pg, pg_multi
 
-    return "exact" if pg.unsupported(spec) is None else "nuts"
+    return "exact" if pg.unsupported(spec) is None or pg_multi.unsupported(spec) is None else "nuts"
 
 
 def _check_supported(bound: BoundSpec, method: str) -> None:
